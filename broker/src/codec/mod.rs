@@ -1,0 +1,431 @@
+//! MQTT wire format: bytes to packets and back, for protocol levels 4 (3.1.1) and 5 (5.0).
+//!
+//! One packet model serves both versions; the protocol level is passed to `decode` and
+//! `encode` instead of keeping two copied trees. Decoding is strict: anything the
+//! specification calls malformed or a protocol error comes back as an [`Error`] whose
+//! [`Error::reason_code`] is what a 5.0 client is told before the connection closes.
+//! Payloads are `Bytes` slices of the read buffer, so a message is never copied on the
+//! way in and is shared by every subscriber on the way out.
+
+mod ack;
+mod connect;
+mod disconnect;
+mod properties;
+mod publish;
+mod subscribe;
+
+pub use ack::{Ack, AckKind};
+pub use connect::{ConnAck, Connect, Will};
+pub use disconnect::{Auth, Disconnect};
+pub use properties::Properties;
+pub use publish::Publish;
+pub use subscribe::{RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// The protocol level a connection speaks, fixed by its CONNECT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Version {
+    V311,
+    V5,
+}
+
+impl Version {
+    pub fn level(self) -> u8 {
+        match self {
+            Version::V311 => 4,
+            Version::V5 => 5,
+        }
+    }
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Version::V311 => "3.1.1",
+            Version::V5 => "5.0",
+        })
+    }
+}
+
+/// Quality of service. Ordered, so `min` gives the delivery QoS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum QoS {
+    #[default]
+    AtMostOnce = 0,
+    AtLeastOnce = 1,
+    ExactlyOnce = 2,
+}
+
+impl QoS {
+    pub fn from_u8(v: u8) -> Option<QoS> {
+        match v {
+            0 => Some(QoS::AtMostOnce),
+            1 => Some(QoS::AtLeastOnce),
+            2 => Some(QoS::ExactlyOnce),
+            _ => None,
+        }
+    }
+}
+
+/// Reason codes the broker itself sends (MQTT 5.0 section 2.4). 3.1.1 has its own
+/// smaller CONNACK set; [`connack_v311_code`] maps onto it.
+pub mod reason {
+    pub const SUCCESS: u8 = 0x00;
+    pub const GRANTED_QOS1: u8 = 0x01;
+    pub const GRANTED_QOS2: u8 = 0x02;
+    pub const DISCONNECT_WITH_WILL: u8 = 0x04;
+    pub const NO_MATCHING_SUBSCRIBERS: u8 = 0x10;
+    pub const NO_SUBSCRIPTION_EXISTED: u8 = 0x11;
+    pub const UNSPECIFIED_ERROR: u8 = 0x80;
+    pub const MALFORMED_PACKET: u8 = 0x81;
+    pub const PROTOCOL_ERROR: u8 = 0x82;
+    pub const IMPLEMENTATION_SPECIFIC: u8 = 0x83;
+    pub const UNSUPPORTED_PROTOCOL_VERSION: u8 = 0x84;
+    pub const CLIENT_ID_NOT_VALID: u8 = 0x85;
+    pub const BAD_USERNAME_OR_PASSWORD: u8 = 0x86;
+    pub const NOT_AUTHORIZED: u8 = 0x87;
+    pub const SERVER_UNAVAILABLE: u8 = 0x88;
+    pub const SERVER_BUSY: u8 = 0x89;
+    pub const SERVER_SHUTTING_DOWN: u8 = 0x8B;
+    pub const KEEP_ALIVE_TIMEOUT: u8 = 0x8D;
+    pub const SESSION_TAKEN_OVER: u8 = 0x8E;
+    pub const TOPIC_FILTER_INVALID: u8 = 0x8F;
+    pub const TOPIC_NAME_INVALID: u8 = 0x90;
+    pub const PACKET_ID_IN_USE: u8 = 0x91;
+    pub const PACKET_ID_NOT_FOUND: u8 = 0x92;
+    pub const RECEIVE_MAXIMUM_EXCEEDED: u8 = 0x93;
+    pub const TOPIC_ALIAS_INVALID: u8 = 0x94;
+    pub const PACKET_TOO_LARGE: u8 = 0x95;
+    pub const QUOTA_EXCEEDED: u8 = 0x97;
+    pub const ADMINISTRATIVE_ACTION: u8 = 0x98;
+    pub const PAYLOAD_FORMAT_INVALID: u8 = 0x99;
+    pub const RETAIN_NOT_SUPPORTED: u8 = 0x9A;
+    pub const QOS_NOT_SUPPORTED: u8 = 0x9B;
+    pub const SHARED_SUBSCRIPTIONS_NOT_SUPPORTED: u8 = 0x9E;
+    pub const CONNECTION_RATE_EXCEEDED: u8 = 0x9F;
+    pub const SUBSCRIPTION_IDS_NOT_SUPPORTED: u8 = 0xA1;
+    pub const WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED: u8 = 0xA2;
+
+    /// The 3.1.1 CONNACK return code closest to a 5.0 reason code.
+    pub fn connack_v311_code(code: u8) -> u8 {
+        match code {
+            SUCCESS => 0,
+            UNSUPPORTED_PROTOCOL_VERSION => 1,
+            CLIENT_ID_NOT_VALID => 2,
+            SERVER_UNAVAILABLE | SERVER_BUSY | SERVER_SHUTTING_DOWN | CONNECTION_RATE_EXCEEDED => 3,
+            BAD_USERNAME_OR_PASSWORD => 4,
+            _ => 5,
+        }
+    }
+}
+
+/// Why bytes could not become a packet. Each kind maps to the reason code the
+/// specification asks the server to send before it closes the connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("malformed packet: {0}")]
+    Malformed(&'static str),
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
+    #[error("unsupported protocol level {0}")]
+    UnsupportedVersion(u8),
+    #[error("packet of {size} bytes exceeds the maximum packet size of {max}")]
+    TooLarge { size: usize, max: usize },
+    #[error("invalid topic name: {0}")]
+    TopicName(&'static str),
+    #[error("invalid topic filter: {0}")]
+    TopicFilter(&'static str),
+    #[error("payload format indicator says UTF-8 but the payload is not")]
+    PayloadFormat,
+}
+
+impl Error {
+    pub fn reason_code(&self) -> u8 {
+        match self {
+            Error::Malformed(_) => reason::MALFORMED_PACKET,
+            Error::Protocol(_) => reason::PROTOCOL_ERROR,
+            Error::UnsupportedVersion(_) => reason::UNSUPPORTED_PROTOCOL_VERSION,
+            Error::TooLarge { .. } => reason::PACKET_TOO_LARGE,
+            Error::TopicName(_) => reason::TOPIC_NAME_INVALID,
+            Error::TopicFilter(_) => reason::TOPIC_FILTER_INVALID,
+            Error::PayloadFormat => reason::PAYLOAD_FORMAT_INVALID,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Every MQTT control packet.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Packet {
+    Connect(Box<Connect>),
+    ConnAck(ConnAck),
+    Publish(Publish),
+    Ack(Ack),
+    Subscribe(Subscribe),
+    SubAck(SubAck),
+    Unsubscribe(Unsubscribe),
+    UnsubAck(UnsubAck),
+    PingReq,
+    PingResp,
+    Disconnect(Disconnect),
+    Auth(Auth),
+}
+
+impl Packet {
+    /// A short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Packet::Connect(_) => "CONNECT",
+            Packet::ConnAck(_) => "CONNACK",
+            Packet::Publish(_) => "PUBLISH",
+            Packet::Ack(a) => a.kind.name(),
+            Packet::Subscribe(_) => "SUBSCRIBE",
+            Packet::SubAck(_) => "SUBACK",
+            Packet::Unsubscribe(_) => "UNSUBSCRIBE",
+            Packet::UnsubAck(_) => "UNSUBACK",
+            Packet::PingReq => "PINGREQ",
+            Packet::PingResp => "PINGRESP",
+            Packet::Disconnect(_) => "DISCONNECT",
+            Packet::Auth(_) => "AUTH",
+        }
+    }
+
+    /// Appends the wire form of this packet to `out`.
+    pub fn encode(&self, version: Version, out: &mut BytesMut) {
+        match self {
+            Packet::Connect(c) => c.encode(out),
+            Packet::ConnAck(c) => c.encode(version, out),
+            Packet::Publish(p) => p.encode(version, out),
+            Packet::Ack(a) => a.encode(version, out),
+            Packet::Subscribe(s) => s.encode(version, out),
+            Packet::SubAck(s) => s.encode(version, out),
+            Packet::Unsubscribe(u) => u.encode(version, out),
+            Packet::UnsubAck(u) => u.encode(version, out),
+            Packet::PingReq => out.put_slice(&[0xC0, 0]),
+            Packet::PingResp => out.put_slice(&[0xD0, 0]),
+            Packet::Disconnect(d) => d.encode(version, out),
+            Packet::Auth(a) => a.encode(out),
+        }
+    }
+
+    /// The encoded size in bytes, for checking against a peer's Maximum Packet Size.
+    pub fn encoded_len(&self, version: Version) -> usize {
+        let mut b = BytesMut::new();
+        self.encode(version, &mut b);
+        b.len()
+    }
+}
+
+/// Looks for one complete packet at the start of `buf`. Returns its total length
+/// (fixed header included) once all of it has arrived, `None` while more bytes are
+/// needed, and an error as soon as the length is invalid or larger than `max_size`, so
+/// an oversized packet is refused before it is buffered.
+pub fn frame_len(buf: &[u8], max_size: usize) -> Result<Option<usize>> {
+    if buf.len() < 2 {
+        return Ok(None);
+    }
+    let mut len: usize = 0;
+    let mut shift = 0;
+    let mut i = 1;
+    loop {
+        if i > 4 {
+            return Err(Error::Malformed("remaining length longer than 4 bytes"));
+        }
+        let Some(&b) = buf.get(i) else {
+            return Ok(None);
+        };
+        len |= ((b & 0x7F) as usize) << shift;
+        i += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+    }
+    let total = i + len;
+    if total > max_size {
+        return Err(Error::TooLarge { size: total, max: max_size });
+    }
+    Ok((buf.len() >= total).then_some(total))
+}
+
+/// Decodes one complete packet (as delimited by [`frame_len`]). `version` is the
+/// connection's protocol level; a CONNECT carries its own and ignores it.
+pub fn decode(mut frame: Bytes, version: Version) -> Result<Packet> {
+    let header = frame.get_u8();
+    let _ = read_varint(&mut frame)?;
+    let kind = header >> 4;
+    let flags = header & 0x0F;
+    let fixed_flags = |want: u8| {
+        if flags == want {
+            Ok(())
+        } else {
+            Err(Error::Malformed("reserved fixed header flags are wrong"))
+        }
+    };
+    let packet = match kind {
+        1 => {
+            fixed_flags(0)?;
+            Packet::Connect(Box::new(Connect::decode(&mut frame)?))
+        }
+        2 => {
+            fixed_flags(0)?;
+            Packet::ConnAck(ConnAck::decode(&mut frame, version)?)
+        }
+        3 => Packet::Publish(Publish::decode(flags, &mut frame, version)?),
+        4..=7 => {
+            let kind = AckKind::from_type(kind);
+            fixed_flags(if kind == AckKind::PubRel { 2 } else { 0 })?;
+            Packet::Ack(Ack::decode(kind, &mut frame, version)?)
+        }
+        8 => {
+            fixed_flags(2)?;
+            Packet::Subscribe(Subscribe::decode(&mut frame, version)?)
+        }
+        9 => {
+            fixed_flags(0)?;
+            Packet::SubAck(SubAck::decode(&mut frame, version)?)
+        }
+        10 => {
+            fixed_flags(2)?;
+            Packet::Unsubscribe(Unsubscribe::decode(&mut frame, version)?)
+        }
+        11 => {
+            fixed_flags(0)?;
+            Packet::UnsubAck(UnsubAck::decode(&mut frame, version)?)
+        }
+        12 | 13 => {
+            fixed_flags(0)?;
+            if !frame.is_empty() {
+                return Err(Error::Malformed("PINGREQ/PINGRESP has a body"));
+            }
+            if kind == 12 {
+                Packet::PingReq
+            } else {
+                Packet::PingResp
+            }
+        }
+        14 => {
+            fixed_flags(0)?;
+            Packet::Disconnect(Disconnect::decode(&mut frame, version)?)
+        }
+        15 => {
+            fixed_flags(0)?;
+            if version != Version::V5 {
+                return Err(Error::Malformed("AUTH is a 5.0 packet"));
+            }
+            Packet::Auth(Auth::decode(&mut frame)?)
+        }
+        _ => return Err(Error::Malformed("packet type 0 is reserved")),
+    };
+    if !frame.is_empty() {
+        return Err(Error::Malformed("bytes left over after the packet"));
+    }
+    Ok(packet)
+}
+
+// ---- primitive readers: every one checks length first, so truncation is an error, never a panic.
+
+pub(crate) fn read_u8(b: &mut Bytes) -> Result<u8> {
+    if b.remaining() < 1 {
+        return Err(Error::Malformed("truncated packet"));
+    }
+    Ok(b.get_u8())
+}
+
+pub(crate) fn read_u16(b: &mut Bytes) -> Result<u16> {
+    if b.remaining() < 2 {
+        return Err(Error::Malformed("truncated packet"));
+    }
+    Ok(b.get_u16())
+}
+
+pub(crate) fn read_u32(b: &mut Bytes) -> Result<u32> {
+    if b.remaining() < 4 {
+        return Err(Error::Malformed("truncated packet"));
+    }
+    Ok(b.get_u32())
+}
+
+pub(crate) fn read_varint(b: &mut Bytes) -> Result<u32> {
+    let mut value: u32 = 0;
+    for i in 0..4 {
+        let byte = read_u8(b)?;
+        value |= ((byte & 0x7F) as u32) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    Err(Error::Malformed("variable byte integer longer than 4 bytes"))
+}
+
+pub(crate) fn read_binary(b: &mut Bytes) -> Result<Bytes> {
+    let len = read_u16(b)? as usize;
+    if b.remaining() < len {
+        return Err(Error::Malformed("truncated packet"));
+    }
+    Ok(b.split_to(len))
+}
+
+pub(crate) fn read_string(b: &mut Bytes) -> Result<String> {
+    let raw = read_binary(b)?;
+    let s = std::str::from_utf8(&raw).map_err(|_| Error::Malformed("string is not valid UTF-8"))?;
+    if s.contains('\0') {
+        return Err(Error::Malformed("string contains U+0000"));
+    }
+    Ok(s.to_owned())
+}
+
+pub(crate) fn read_packet_id(b: &mut Bytes) -> Result<u16> {
+    match read_u16(b)? {
+        0 => Err(Error::Malformed("packet identifier 0")),
+        id => Ok(id),
+    }
+}
+
+// ---- primitive writers.
+
+pub(crate) fn varint_len(v: usize) -> usize {
+    match v {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
+pub(crate) fn write_varint(out: &mut BytesMut, mut v: usize) {
+    loop {
+        let mut byte = (v % 128) as u8;
+        v /= 128;
+        if v > 0 {
+            byte |= 0x80;
+        }
+        out.put_u8(byte);
+        if v == 0 {
+            break;
+        }
+    }
+}
+
+pub(crate) fn write_binary(out: &mut BytesMut, b: &[u8]) {
+    out.put_u16(b.len() as u16);
+    out.put_slice(b);
+}
+
+pub(crate) fn write_string(out: &mut BytesMut, s: &str) {
+    write_binary(out, s.as_bytes());
+}
+
+/// Writes the fixed header and `body` — the form every packet but PUBLISH uses,
+/// since only PUBLISH is large and hot enough to avoid the body copy.
+pub(crate) fn write_packet(out: &mut BytesMut, header: u8, body: &[u8]) {
+    out.reserve(5 + body.len());
+    out.put_u8(header);
+    write_varint(out, body.len());
+    out.put_slice(body);
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,353 @@
+//! MQTT 5.0 properties: one struct for every packet, with the set of identifiers each
+//! packet may carry checked on decode. A 3.1.1 connection never reads or writes them.
+
+use super::{
+    read_binary, read_string, read_u16, read_u32, read_u8, read_varint, varint_len, write_binary,
+    write_string, write_varint, Error, Result,
+};
+use bytes::{BufMut, Bytes, BytesMut};
+
+const PAYLOAD_FORMAT: u8 = 0x01;
+const MESSAGE_EXPIRY: u8 = 0x02;
+const CONTENT_TYPE: u8 = 0x03;
+const RESPONSE_TOPIC: u8 = 0x08;
+const CORRELATION_DATA: u8 = 0x09;
+const SUBSCRIPTION_ID: u8 = 0x0B;
+const SESSION_EXPIRY: u8 = 0x11;
+const ASSIGNED_CLIENT_ID: u8 = 0x12;
+const SERVER_KEEP_ALIVE: u8 = 0x13;
+const AUTH_METHOD: u8 = 0x15;
+const AUTH_DATA: u8 = 0x16;
+const REQUEST_PROBLEM_INFO: u8 = 0x17;
+const WILL_DELAY: u8 = 0x18;
+const REQUEST_RESPONSE_INFO: u8 = 0x19;
+const RESPONSE_INFO: u8 = 0x1A;
+const SERVER_REFERENCE: u8 = 0x1C;
+const REASON_STRING: u8 = 0x1F;
+const RECEIVE_MAXIMUM: u8 = 0x21;
+const TOPIC_ALIAS_MAXIMUM: u8 = 0x22;
+const TOPIC_ALIAS: u8 = 0x23;
+const MAXIMUM_QOS: u8 = 0x24;
+const RETAIN_AVAILABLE: u8 = 0x25;
+const USER_PROPERTY: u8 = 0x26;
+const MAXIMUM_PACKET_SIZE: u8 = 0x27;
+const WILDCARD_SUB_AVAILABLE: u8 = 0x28;
+const SUB_ID_AVAILABLE: u8 = 0x29;
+const SHARED_SUB_AVAILABLE: u8 = 0x2A;
+
+/// Which packet the properties belong to; decides which identifiers are allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Context {
+    Connect,
+    Will,
+    ConnAck,
+    Publish,
+    Ack,
+    Subscribe,
+    SubAck,
+    Unsubscribe,
+    UnsubAck,
+    Disconnect,
+    Auth,
+}
+
+impl Context {
+    fn allows(self, id: u8) -> bool {
+        if id == USER_PROPERTY {
+            return true;
+        }
+        let allowed: &[u8] = match self {
+            Context::Connect => &[
+                SESSION_EXPIRY,
+                AUTH_METHOD,
+                AUTH_DATA,
+                REQUEST_PROBLEM_INFO,
+                REQUEST_RESPONSE_INFO,
+                RECEIVE_MAXIMUM,
+                TOPIC_ALIAS_MAXIMUM,
+                MAXIMUM_PACKET_SIZE,
+            ],
+            Context::Will => &[
+                PAYLOAD_FORMAT,
+                MESSAGE_EXPIRY,
+                CONTENT_TYPE,
+                RESPONSE_TOPIC,
+                CORRELATION_DATA,
+                WILL_DELAY,
+            ],
+            Context::ConnAck => &[
+                SESSION_EXPIRY,
+                ASSIGNED_CLIENT_ID,
+                SERVER_KEEP_ALIVE,
+                AUTH_METHOD,
+                AUTH_DATA,
+                RESPONSE_INFO,
+                SERVER_REFERENCE,
+                REASON_STRING,
+                RECEIVE_MAXIMUM,
+                TOPIC_ALIAS_MAXIMUM,
+                MAXIMUM_QOS,
+                RETAIN_AVAILABLE,
+                MAXIMUM_PACKET_SIZE,
+                WILDCARD_SUB_AVAILABLE,
+                SUB_ID_AVAILABLE,
+                SHARED_SUB_AVAILABLE,
+            ],
+            Context::Publish => &[
+                PAYLOAD_FORMAT,
+                MESSAGE_EXPIRY,
+                CONTENT_TYPE,
+                RESPONSE_TOPIC,
+                CORRELATION_DATA,
+                SUBSCRIPTION_ID,
+                TOPIC_ALIAS,
+            ],
+            Context::Ack | Context::SubAck | Context::UnsubAck => &[REASON_STRING],
+            Context::Subscribe => &[SUBSCRIPTION_ID],
+            Context::Unsubscribe => &[],
+            Context::Disconnect => &[SESSION_EXPIRY, SERVER_REFERENCE, REASON_STRING],
+            Context::Auth => &[AUTH_METHOD, AUTH_DATA, REASON_STRING],
+        };
+        allowed.contains(&id)
+    }
+}
+
+/// Every 5.0 property. Unset ones are `None` (or empty) and are not written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Properties {
+    pub payload_format_indicator: Option<u8>,
+    pub message_expiry_interval: Option<u32>,
+    pub content_type: Option<String>,
+    pub response_topic: Option<String>,
+    pub correlation_data: Option<Bytes>,
+    /// Several only in a PUBLISH sent by the server (one per matching subscription).
+    pub subscription_identifiers: Vec<u32>,
+    pub session_expiry_interval: Option<u32>,
+    pub assigned_client_identifier: Option<String>,
+    pub server_keep_alive: Option<u16>,
+    pub authentication_method: Option<String>,
+    pub authentication_data: Option<Bytes>,
+    pub request_problem_information: Option<u8>,
+    pub will_delay_interval: Option<u32>,
+    pub request_response_information: Option<u8>,
+    pub response_information: Option<String>,
+    pub server_reference: Option<String>,
+    pub reason_string: Option<String>,
+    pub receive_maximum: Option<u16>,
+    pub topic_alias_maximum: Option<u16>,
+    pub topic_alias: Option<u16>,
+    pub maximum_qos: Option<u8>,
+    pub retain_available: Option<u8>,
+    pub user_properties: Vec<(String, String)>,
+    pub maximum_packet_size: Option<u32>,
+    pub wildcard_subscription_available: Option<u8>,
+    pub subscription_identifier_available: Option<u8>,
+    pub shared_subscription_available: Option<u8>,
+}
+
+/// Sets a property once; a second occurrence is a protocol error (MQTT-2.2.2-2).
+fn once<T>(slot: &mut Option<T>, v: T) -> Result<()> {
+    if slot.is_some() {
+        return Err(Error::Protocol("property appears more than once"));
+    }
+    *slot = Some(v);
+    Ok(())
+}
+
+fn flag(b: &mut Bytes, what: &'static str) -> Result<u8> {
+    let v = read_u8(b)?;
+    if v > 1 {
+        return Err(Error::Protocol(what));
+    }
+    Ok(v)
+}
+
+impl Properties {
+    pub(crate) fn decode(b: &mut Bytes, ctx: Context) -> Result<Properties> {
+        let len = read_varint(b)? as usize;
+        if b.len() < len {
+            return Err(Error::Malformed("property length exceeds the packet"));
+        }
+        let mut p = b.split_to(len);
+        let mut props = Properties::default();
+        while !p.is_empty() {
+            let id = read_varint(&mut p)?;
+            let id = u8::try_from(id).map_err(|_| Error::Malformed("unknown property identifier"))?;
+            if !ctx.allows(id) {
+                return Err(Error::Malformed("property not allowed in this packet"));
+            }
+            match id {
+                PAYLOAD_FORMAT => once(
+                    &mut props.payload_format_indicator,
+                    flag(&mut p, "payload format indicator must be 0 or 1")?,
+                )?,
+                MESSAGE_EXPIRY => once(&mut props.message_expiry_interval, read_u32(&mut p)?)?,
+                CONTENT_TYPE => once(&mut props.content_type, read_string(&mut p)?)?,
+                RESPONSE_TOPIC => {
+                    let t = read_string(&mut p)?;
+                    crate::topic::validate_name(&t)?;
+                    once(&mut props.response_topic, t)?
+                }
+                CORRELATION_DATA => once(&mut props.correlation_data, read_binary(&mut p)?)?,
+                SUBSCRIPTION_ID => {
+                    let v = read_varint(&mut p)?;
+                    if v == 0 {
+                        return Err(Error::Protocol("subscription identifier 0"));
+                    }
+                    if ctx == Context::Subscribe && !props.subscription_identifiers.is_empty() {
+                        return Err(Error::Protocol("property appears more than once"));
+                    }
+                    props.subscription_identifiers.push(v);
+                }
+                SESSION_EXPIRY => once(&mut props.session_expiry_interval, read_u32(&mut p)?)?,
+                ASSIGNED_CLIENT_ID => once(&mut props.assigned_client_identifier, read_string(&mut p)?)?,
+                SERVER_KEEP_ALIVE => once(&mut props.server_keep_alive, read_u16(&mut p)?)?,
+                AUTH_METHOD => once(&mut props.authentication_method, read_string(&mut p)?)?,
+                AUTH_DATA => once(&mut props.authentication_data, read_binary(&mut p)?)?,
+                REQUEST_PROBLEM_INFO => once(
+                    &mut props.request_problem_information,
+                    flag(&mut p, "request problem information must be 0 or 1")?,
+                )?,
+                WILL_DELAY => once(&mut props.will_delay_interval, read_u32(&mut p)?)?,
+                REQUEST_RESPONSE_INFO => once(
+                    &mut props.request_response_information,
+                    flag(&mut p, "request response information must be 0 or 1")?,
+                )?,
+                RESPONSE_INFO => once(&mut props.response_information, read_string(&mut p)?)?,
+                SERVER_REFERENCE => once(&mut props.server_reference, read_string(&mut p)?)?,
+                REASON_STRING => once(&mut props.reason_string, read_string(&mut p)?)?,
+                RECEIVE_MAXIMUM => {
+                    let v = read_u16(&mut p)?;
+                    if v == 0 {
+                        return Err(Error::Protocol("receive maximum 0"));
+                    }
+                    once(&mut props.receive_maximum, v)?
+                }
+                TOPIC_ALIAS_MAXIMUM => once(&mut props.topic_alias_maximum, read_u16(&mut p)?)?,
+                TOPIC_ALIAS => {
+                    let v = read_u16(&mut p)?;
+                    if v == 0 {
+                        return Err(Error::Protocol("topic alias 0"));
+                    }
+                    once(&mut props.topic_alias, v)?
+                }
+                MAXIMUM_QOS => once(&mut props.maximum_qos, flag(&mut p, "maximum QoS must be 0 or 1")?)?,
+                RETAIN_AVAILABLE => {
+                    once(&mut props.retain_available, flag(&mut p, "retain available must be 0 or 1")?)?
+                }
+                USER_PROPERTY => {
+                    let k = read_string(&mut p)?;
+                    let v = read_string(&mut p)?;
+                    props.user_properties.push((k, v));
+                }
+                MAXIMUM_PACKET_SIZE => {
+                    let v = read_u32(&mut p)?;
+                    if v == 0 {
+                        return Err(Error::Protocol("maximum packet size 0"));
+                    }
+                    once(&mut props.maximum_packet_size, v)?
+                }
+                WILDCARD_SUB_AVAILABLE => once(
+                    &mut props.wildcard_subscription_available,
+                    flag(&mut p, "wildcard subscription available must be 0 or 1")?,
+                )?,
+                SUB_ID_AVAILABLE => once(
+                    &mut props.subscription_identifier_available,
+                    flag(&mut p, "subscription identifier available must be 0 or 1")?,
+                )?,
+                SHARED_SUB_AVAILABLE => once(
+                    &mut props.shared_subscription_available,
+                    flag(&mut p, "shared subscription available must be 0 or 1")?,
+                )?,
+                _ => return Err(Error::Malformed("unknown property identifier")),
+            }
+        }
+        Ok(props)
+    }
+
+    /// Writes the property length and the properties.
+    pub(crate) fn encode(&self, out: &mut BytesMut) {
+        let mut body = BytesMut::new();
+        self.encode_body(&mut body);
+        write_varint(out, body.len());
+        out.put_slice(&body);
+    }
+
+    /// Encoded size including the length prefix.
+    pub(crate) fn encoded_len(&self) -> usize {
+        let mut body = BytesMut::new();
+        self.encode_body(&mut body);
+        varint_len(body.len()) + body.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Properties::default()
+    }
+
+    fn encode_body(&self, o: &mut BytesMut) {
+        fn byte(o: &mut BytesMut, id: u8, v: Option<u8>) {
+            if let Some(v) = v {
+                o.put_u8(id);
+                o.put_u8(v);
+            }
+        }
+        fn u16p(o: &mut BytesMut, id: u8, v: Option<u16>) {
+            if let Some(v) = v {
+                o.put_u8(id);
+                o.put_u16(v);
+            }
+        }
+        fn u32p(o: &mut BytesMut, id: u8, v: Option<u32>) {
+            if let Some(v) = v {
+                o.put_u8(id);
+                o.put_u32(v);
+            }
+        }
+        fn strp(o: &mut BytesMut, id: u8, v: &Option<String>) {
+            if let Some(v) = v {
+                o.put_u8(id);
+                write_string(o, v);
+            }
+        }
+        fn binp(o: &mut BytesMut, id: u8, v: &Option<Bytes>) {
+            if let Some(v) = v {
+                o.put_u8(id);
+                write_binary(o, v);
+            }
+        }
+        byte(o, PAYLOAD_FORMAT, self.payload_format_indicator);
+        u32p(o, MESSAGE_EXPIRY, self.message_expiry_interval);
+        strp(o, CONTENT_TYPE, &self.content_type);
+        strp(o, RESPONSE_TOPIC, &self.response_topic);
+        binp(o, CORRELATION_DATA, &self.correlation_data);
+        for id in &self.subscription_identifiers {
+            o.put_u8(SUBSCRIPTION_ID);
+            write_varint(o, *id as usize);
+        }
+        u32p(o, SESSION_EXPIRY, self.session_expiry_interval);
+        strp(o, ASSIGNED_CLIENT_ID, &self.assigned_client_identifier);
+        u16p(o, SERVER_KEEP_ALIVE, self.server_keep_alive);
+        strp(o, AUTH_METHOD, &self.authentication_method);
+        binp(o, AUTH_DATA, &self.authentication_data);
+        byte(o, REQUEST_PROBLEM_INFO, self.request_problem_information);
+        u32p(o, WILL_DELAY, self.will_delay_interval);
+        byte(o, REQUEST_RESPONSE_INFO, self.request_response_information);
+        strp(o, RESPONSE_INFO, &self.response_information);
+        strp(o, SERVER_REFERENCE, &self.server_reference);
+        strp(o, REASON_STRING, &self.reason_string);
+        u16p(o, RECEIVE_MAXIMUM, self.receive_maximum);
+        u16p(o, TOPIC_ALIAS_MAXIMUM, self.topic_alias_maximum);
+        u16p(o, TOPIC_ALIAS, self.topic_alias);
+        byte(o, MAXIMUM_QOS, self.maximum_qos);
+        byte(o, RETAIN_AVAILABLE, self.retain_available);
+        for (k, v) in &self.user_properties {
+            o.put_u8(USER_PROPERTY);
+            write_string(o, k);
+            write_string(o, v);
+        }
+        u32p(o, MAXIMUM_PACKET_SIZE, self.maximum_packet_size);
+        byte(o, WILDCARD_SUB_AVAILABLE, self.wildcard_subscription_available);
+        byte(o, SUB_ID_AVAILABLE, self.subscription_identifier_available);
+        byte(o, SHARED_SUB_AVAILABLE, self.shared_subscription_available);
+    }
+}

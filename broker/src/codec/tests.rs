@@ -1,0 +1,331 @@
+use super::*;
+
+const BOTH: [Version; 2] = [Version::V311, Version::V5];
+
+fn roundtrip(p: &Packet, v: Version) -> Packet {
+    let mut buf = BytesMut::new();
+    p.encode(v, &mut buf);
+    let total = frame_len(&buf, usize::MAX).unwrap().expect("complete frame");
+    assert_eq!(total, buf.len(), "frame length of {}", p.name());
+    decode(buf.freeze(), v).unwrap_or_else(|e| panic!("{} ({v}): {e}", p.name()))
+}
+
+fn decode_raw(bytes: &[u8], v: Version) -> Result<Packet> {
+    match frame_len(bytes, usize::MAX)? {
+        Some(n) if n == bytes.len() => decode(Bytes::copy_from_slice(bytes), v),
+        Some(_) => panic!("test frame has trailing bytes"),
+        None => Err(Error::Malformed("incomplete")),
+    }
+}
+
+fn full_props() -> Properties {
+    Properties {
+        payload_format_indicator: Some(1),
+        message_expiry_interval: Some(60),
+        content_type: Some("text/plain".into()),
+        response_topic: Some("reply/here".into()),
+        correlation_data: Some(Bytes::from_static(b"\x00\x01")),
+        user_properties: vec![("k".into(), "v".into()), ("k".into(), "v2".into())],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn connect_roundtrip_both_versions() {
+    for v in BOTH {
+        let mut props = Properties::default();
+        let mut will_props = Properties::default();
+        if v == Version::V5 {
+            props.session_expiry_interval = Some(300);
+            props.receive_maximum = Some(10);
+            props.maximum_packet_size = Some(4096);
+            props.topic_alias_maximum = Some(5);
+            props.request_response_information = Some(1);
+            props.user_properties = vec![("a".into(), "b".into())];
+            will_props = full_props();
+            will_props.will_delay_interval = Some(5);
+        }
+        let c = Packet::Connect(Box::new(Connect {
+            version: v,
+            clean_start: true,
+            keep_alive: 30,
+            client_id: "dev-1".into(),
+            will: Some(Will {
+                topic: "will/t".into(),
+                payload: Bytes::from_static(b"bye"),
+                qos: QoS::AtLeastOnce,
+                retain: true,
+                properties: will_props,
+            }),
+            username: Some("user".into()),
+            password: Some(Bytes::from_static(b"pw")),
+            properties: props,
+        }));
+        assert_eq!(roundtrip(&c, v), c);
+    }
+}
+
+#[test]
+fn every_other_packet_roundtrips() {
+    for v in BOTH {
+        let props = |p: Properties| if v == Version::V5 { p } else { Properties::default() };
+        let reason_props = props(Properties { reason_string: Some("why".into()), ..Default::default() });
+        let mut packets = vec![
+            Packet::ConnAck(ConnAck {
+                session_present: true,
+                code: 0,
+                properties: props(Properties {
+                    assigned_client_identifier: Some("auto-1".into()),
+                    server_keep_alive: Some(20),
+                    receive_maximum: Some(100),
+                    topic_alias_maximum: Some(10),
+                    maximum_qos: Some(1),
+                    retain_available: Some(1),
+                    maximum_packet_size: Some(1 << 20),
+                    wildcard_subscription_available: Some(1),
+                    subscription_identifier_available: Some(1),
+                    shared_subscription_available: Some(1),
+                    response_information: Some("resp/".into()),
+                    ..Default::default()
+                }),
+            }),
+            Packet::Publish(Publish {
+                dup: false,
+                qos: QoS::AtMostOnce,
+                retain: true,
+                topic: "a/b".into(),
+                pid: 0,
+                properties: props(full_props()),
+                payload: Bytes::from_static(b"hello"),
+            }),
+            Packet::Publish(Publish {
+                dup: true,
+                qos: QoS::ExactlyOnce,
+                retain: false,
+                topic: "a/b".into(),
+                pid: 7,
+                properties: props(Properties {
+                    subscription_identifiers: vec![1, 300],
+                    topic_alias: Some(3),
+                    ..Default::default()
+                }),
+                payload: Bytes::new(),
+            }),
+            Packet::Subscribe(Subscribe {
+                pid: 9,
+                filters: vec![
+                    ("a/+".into(), SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() }),
+                    (
+                        "$share/g/x/#".into(),
+                        SubscriptionOptions {
+                            qos: QoS::ExactlyOnce,
+                            no_local: v == Version::V5,
+                            retain_as_published: v == Version::V5,
+                            retain_handling: if v == Version::V5 {
+                                RetainHandling::Never
+                            } else {
+                                RetainHandling::SendAlways
+                            },
+                        },
+                    ),
+                ],
+                properties: props(Properties { subscription_identifiers: vec![42], ..Default::default() }),
+            }),
+            Packet::SubAck(SubAck { pid: 9, codes: vec![0, 1, 2, 0x80], properties: reason_props.clone() }),
+            Packet::Unsubscribe(Unsubscribe {
+                pid: 10,
+                filters: vec!["a/+".into(), "b".into()],
+                properties: props(Properties { user_properties: vec![("x".into(), "y".into())], ..Default::default() }),
+            }),
+            Packet::UnsubAck(UnsubAck {
+                pid: 10,
+                codes: if v == Version::V5 { vec![0, 0x11] } else { vec![] },
+                properties: reason_props.clone(),
+            }),
+            Packet::PingReq,
+            Packet::PingResp,
+            Packet::Disconnect(Disconnect::default()),
+        ];
+        for kind in [AckKind::PubAck, AckKind::PubRec, AckKind::PubRel, AckKind::PubComp] {
+            packets.push(Packet::Ack(Ack::new(kind, 77)));
+            if v == Version::V5 {
+                let code = if matches!(kind, AckKind::PubRel | AckKind::PubComp) { 0x92 } else { 0x87 };
+                packets.push(Packet::Ack(Ack { kind, pid: 78, code, properties: reason_props.clone() }));
+            }
+        }
+        if v == Version::V5 {
+            packets.push(Packet::Disconnect(Disconnect {
+                code: reason::DISCONNECT_WITH_WILL,
+                properties: Properties { session_expiry_interval: Some(0), ..reason_props.clone() },
+            }));
+            packets.push(Packet::Auth(Auth {
+                code: 0x18,
+                properties: Properties {
+                    authentication_method: Some("SCRAM".into()),
+                    authentication_data: Some(Bytes::from_static(b"x")),
+                    ..Default::default()
+                },
+            }));
+        }
+        for p in packets {
+            assert_eq!(roundtrip(&p, v), p, "{} ({v})", p.name());
+        }
+    }
+}
+
+#[test]
+fn large_publish_uses_multibyte_length() {
+    let p = Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: "big".into(),
+        pid: 1,
+        properties: Properties::default(),
+        payload: Bytes::from(vec![7u8; 200_000]),
+    });
+    for v in BOTH {
+        assert_eq!(roundtrip(&p, v), p);
+    }
+}
+
+#[test]
+fn frame_len_handles_partial_and_bad_lengths() {
+    assert_eq!(frame_len(&[0x30], 100).unwrap(), None);
+    assert_eq!(frame_len(&[0x30, 0x80], 100).unwrap(), None);
+    assert_eq!(frame_len(&[0x30, 3, 0, 1], 100).unwrap(), None);
+    assert_eq!(frame_len(&[0xC0, 0], 100).unwrap(), Some(2));
+    assert!(matches!(frame_len(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01], usize::MAX), Err(Error::Malformed(_))));
+    assert!(matches!(frame_len(&[0x30, 0xFF, 0x7F], 100), Err(Error::TooLarge { .. })));
+}
+
+/// Every truncation of every valid packet is an error, never a panic.
+#[test]
+fn truncated_packets_are_errors() {
+    let mut buf = BytesMut::new();
+    Packet::Connect(Box::new(Connect {
+        version: Version::V5,
+        clean_start: false,
+        keep_alive: 10,
+        client_id: "c".into(),
+        will: Some(Will {
+            topic: "w".into(),
+            payload: Bytes::from_static(b"p"),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: full_props(),
+        }),
+        username: Some("u".into()),
+        password: Some(Bytes::from_static(b"p")),
+        properties: Properties { session_expiry_interval: Some(1), ..Default::default() },
+    }))
+    .encode(Version::V5, &mut buf);
+    let full = buf.to_vec();
+    for cut in 2..full.len() {
+        let mut bad = full[..cut].to_vec();
+        bad[1] = (cut - 2) as u8; // claim exactly what is there
+        assert!(decode_raw(&bad, Version::V5).is_err(), "cut at {cut}");
+    }
+}
+
+#[test]
+fn malformed_inputs_are_rejected() {
+    let v5 = Version::V5;
+    let v4 = Version::V311;
+    // Reserved flag bits in fixed headers.
+    assert!(decode_raw(&[0xC1, 0], v4).is_err(), "PINGREQ flags");
+    assert!(decode_raw(&[0x60, 2, 0, 1], v4).is_err(), "PUBREL must have flags 0010");
+    assert!(decode_raw(&[0x80, 6, 0, 1, 0, 1, b'a', 0], v4).is_err(), "SUBSCRIBE must have flags 0010");
+    assert!(decode_raw(&[0x00, 0], v4).is_err(), "type 0");
+    // QoS 3 publish, DUP on QoS 0.
+    assert!(decode_raw(&[0x36, 5, 0, 1, b'a', 0, 1], v4).is_err());
+    assert!(decode_raw(&[0x38, 3, 0, 1, b'a'], v4).is_err());
+    // Wildcard in a topic name; empty name on 3.1.1.
+    assert!(matches!(decode_raw(&[0x30, 3, 0, 1, b'+'], v4), Err(Error::TopicName(_))));
+    assert!(decode_raw(&[0x30, 2, 0, 0], v4).is_err());
+    // Bad UTF-8, U+0000, and an encoded surrogate (ED A0 80) in a topic.
+    assert!(decode_raw(&[0x30, 4, 0, 2, 0xC3, 0x28], v4).is_err());
+    assert!(decode_raw(&[0x30, 4, 0, 2, b'a', 0], v4).is_err());
+    assert!(decode_raw(&[0x30, 5, 0, 3, 0xED, 0xA0, 0x80], v4).is_err());
+    // Packet identifier 0.
+    assert!(decode_raw(&[0x40, 2, 0, 0], v4).is_err());
+    assert!(decode_raw(&[0x32, 5, 0, 1, b'a', 0, 0], v4).is_err());
+    // SUBSCRIBE: reserved option bits, no filters, retain handling 3.
+    assert!(decode_raw(&[0x82, 6, 0, 1, 0, 1, b'a', 0x04], v4).is_err());
+    assert!(decode_raw(&[0x82, 2, 0, 1], v4).is_err());
+    assert!(decode_raw(&[0x82, 7, 0, 1, 0, 0, 1, b'a', 0x30], v5).is_err());
+    // CONNECT: reserved flag, bad protocol name, unsupported level, will flags without will.
+    let connect = |name: &[u8], level: u8, flags: u8| {
+        let mut b = vec![0x10, 0];
+        b.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        b.extend_from_slice(name);
+        b.extend_from_slice(&[level, flags, 0, 10]);
+        if level == 5 {
+            b.push(0);
+        }
+        b.extend_from_slice(&[0, 1, b'c']);
+        b[1] = (b.len() - 2) as u8;
+        b
+    };
+    assert!(decode_raw(&connect(b"MQTT", 4, 0x02), v4).is_ok());
+    assert!(matches!(decode_raw(&connect(b"MQTT", 4, 0x03), v4), Err(Error::Malformed(_))));
+    assert!(matches!(decode_raw(&connect(b"MQTX", 4, 0x02), v4), Err(Error::Malformed(_))));
+    assert!(matches!(decode_raw(&connect(b"MQTT", 6, 0x02), v4), Err(Error::UnsupportedVersion(6))));
+    assert!(matches!(decode_raw(&connect(b"MQIsdp", 3, 0x02), v4), Err(Error::UnsupportedVersion(3))));
+    assert!(decode_raw(&connect(b"MQTT", 4, 0x22), v4).is_err(), "will retain without will");
+    assert!(decode_raw(&connect(b"MQTT", 4, 0x42), v4).is_err(), "password without username (3.1.1)");
+    // 5.0 properties: not allowed in this packet, duplicated, unknown, bad value, overlong.
+    assert!(decode_raw(&[0x30, 6, 0, 1, b'a', 2, 0x11, 0], v5).is_err(), "session expiry in PUBLISH");
+    assert!(decode_raw(&[0x30, 8, 0, 1, b'a', 4, 0x01, 0, 0x01, 0], v5).is_err(), "duplicate");
+    assert!(decode_raw(&[0x30, 6, 0, 1, b'a', 2, 0x7F, 0], v5).is_err(), "unknown id");
+    assert!(decode_raw(&[0x30, 6, 0, 1, b'a', 2, 0x01, 2], v5).is_err(), "payload format 2");
+    assert!(decode_raw(&[0x30, 5, 0, 1, b'a', 9, 0x01], v5).is_err(), "property length too long");
+    assert!(decode_raw(&[0x30, 7, 0, 1, b'a', 3, 0x23, 0, 0], v5).is_err(), "topic alias 0");
+    // Payload format indicator 1 with a payload that is not UTF-8.
+    assert!(matches!(
+        decode_raw(&[0x30, 7, 0, 1, b'a', 2, 0x01, 1, 0xFF], v5),
+        Err(Error::PayloadFormat)
+    ));
+    // Bodies where none is allowed, leftovers, and AUTH on 3.1.1.
+    assert!(decode_raw(&[0xE0, 1, 0], v4).is_err());
+    assert!(decode_raw(&[0x40, 3, 0, 1, 0], v4).is_err());
+    assert!(decode_raw(&[0xF0, 0], v4).is_err());
+    // Invalid reason code in a 5.0 PUBACK.
+    assert!(decode_raw(&[0x40, 3, 0, 1, 0x05], v5).is_err());
+}
+
+/// A cheap fuzz: mutations of valid packets must never panic.
+#[test]
+fn random_mutations_never_panic() {
+    let mut seed: u64 = 0x9E3779B97F4A7C15;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut base = BytesMut::new();
+    Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: "x/y".into(),
+        pid: 3,
+        properties: full_props(),
+        payload: Bytes::from_static(b"payload"),
+    })
+    .encode(Version::V5, &mut base);
+    let base = base.to_vec();
+    for _ in 0..20_000 {
+        let mut b = base.clone();
+        for _ in 0..(next() % 4 + 1) {
+            let i = (next() as usize) % b.len();
+            b[i] = next() as u8;
+        }
+        for v in BOTH {
+            if let Ok(Some(n)) = frame_len(&b, 1 << 20) {
+                let _ = decode(Bytes::copy_from_slice(&b[..n]), v);
+            }
+        }
+    }
+}
