@@ -1,7 +1,20 @@
 //! Weir: an MQTT 3.1.1 and 5.0 broker.
 //!
-//! Data flows one way: listener -> codec -> connection -> hooks -> router -> session ->
-//! back out through the connection's writer. See `docs/architecture.md`.
+//! Data flows one way: `listener` (sockets to byte streams) -> `codec` (bytes to
+//! packets) -> `connection` (one client's protocol state) -> `hooks` (may it?) ->
+//! `broker`/`router` (who wants it) -> `session` (what each client is owed, made durable
+//! by `store`) -> back out through the subscriber's connection.
 
+pub mod broker;
 pub mod codec;
+pub mod config;
+pub mod connection;
+pub mod hooks;
+pub mod listener;
+pub mod message;
+pub mod metrics;
+pub mod router;
+pub mod server;
+pub mod session;
+pub mod store;
 pub mod topic;

@@ -18,7 +18,7 @@ pub use ack::{Ack, AckKind};
 pub use connect::{ConnAck, Connect, Will};
 pub use disconnect::{Auth, Disconnect};
 pub use properties::Properties;
-pub use publish::Publish;
+pub use publish::{encode_publish, Publish, PublishHeader};
 pub use subscribe::{RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};

@@ -47,29 +47,59 @@ impl Publish {
     }
 
     pub(crate) fn encode(&self, version: Version, out: &mut BytesMut) {
-        let props_len = match version {
-            Version::V5 => self.properties.encoded_len(),
-            Version::V311 => 0,
-        };
-        let pid_len = if self.qos == QoS::AtMostOnce { 0 } else { 2 };
-        let remaining = 2 + self.topic.len() + pid_len + props_len + self.payload.len();
-        out.reserve(1 + varint_len(remaining) + remaining);
-        let mut header = 0x30 | ((self.qos as u8) << 1);
-        if self.dup {
-            header |= 0x08;
-        }
-        if self.retain {
-            header |= 0x01;
-        }
-        out.put_u8(header);
-        write_varint(out, remaining);
-        write_string(out, &self.topic);
-        if pid_len > 0 {
-            out.put_u16(self.pid);
-        }
-        if version == Version::V5 {
-            self.properties.encode(out);
-        }
-        out.put_slice(&self.payload);
+        let header = PublishHeader { dup: self.dup, qos: self.qos, retain: self.retain, pid: self.pid };
+        let props = (version == Version::V5).then_some(&self.properties);
+        encode_publish(out, version, header, &self.topic, props, &self.payload);
     }
+}
+
+/// The fixed-size parts of a PUBLISH that differ per delivery.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishHeader {
+    pub dup: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    /// Ignored at QoS 0.
+    pub pid: u16,
+}
+
+/// Encodes a PUBLISH from borrowed parts, so a delivery shared by many subscribers is
+/// written without building a `Publish` (and copying its topic) for each of them.
+/// `properties` is ignored on a 3.1.1 connection.
+pub fn encode_publish(
+    out: &mut BytesMut,
+    version: Version,
+    h: PublishHeader,
+    topic: &str,
+    properties: Option<&Properties>,
+    payload: &[u8],
+) {
+    let properties = properties.filter(|_| version == Version::V5);
+    let props_len = match (version, properties) {
+        (Version::V5, Some(p)) => p.encoded_len(),
+        (Version::V5, None) => 1,
+        (Version::V311, _) => 0,
+    };
+    let pid_len = if h.qos == QoS::AtMostOnce { 0 } else { 2 };
+    let remaining = 2 + topic.len() + pid_len + props_len + payload.len();
+    out.reserve(1 + varint_len(remaining) + remaining);
+    let mut header = 0x30 | ((h.qos as u8) << 1);
+    if h.dup {
+        header |= 0x08;
+    }
+    if h.retain {
+        header |= 0x01;
+    }
+    out.put_u8(header);
+    write_varint(out, remaining);
+    write_string(out, topic);
+    if pid_len > 0 {
+        out.put_u16(h.pid);
+    }
+    match (version, properties) {
+        (Version::V5, Some(p)) => p.encode(out),
+        (Version::V5, None) => out.put_u8(0),
+        (Version::V311, _) => {}
+    }
+    out.put_slice(payload);
 }

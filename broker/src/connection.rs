@@ -1,0 +1,772 @@
+//! One client connection: its protocol state and the task that runs it.
+//!
+//! The task owns the socket. It parses every complete packet in its read buffer before
+//! awaiting again, and everything it has to say (acknowledgements, deliveries) goes into
+//! one write buffer that is written once per wake-up. It never blocks on another client:
+//! publishing only pushes into bounded session queues. Acknowledgements that promise
+//! durability wait in `pending` until the store's group commit covers them.
+
+use crate::broker::Broker;
+use crate::codec::{
+    self, reason, Ack, AckKind, ConnAck, Disconnect, Packet, Properties, Publish, QoS, RetainHandling, SubAck,
+    Subscribe, UnsubAck, Unsubscribe, Version, Will,
+};
+use crate::hooks::{Action, ClientInfo, ConnectInfo, Decision};
+use crate::message::{now_secs, Delivery, Message};
+use crate::metrics::Metrics;
+use crate::session::{will_message, ConnHandle, Control, Outgoing, Session, NEVER};
+use crate::topic;
+use bytes::{Bytes, BytesMut};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{sleep_until, Instant};
+
+/// What a connection needs to know about the listener that accepted it.
+#[derive(Debug)]
+pub struct ListenerInfo {
+    pub name: Arc<str>,
+    pub allow_anonymous: bool,
+    pub max_packet_size: u32,
+}
+
+/// Deliveries moved into the write buffer per wake-up, at most.
+const MAX_BATCH: usize = 512;
+/// Bytes buffered for writing before the connection writes instead of taking more.
+const WRITE_HIGH_WATER: usize = 256 * 1024;
+const BAD_AUTHENTICATION_METHOD: u8 = 0x8C;
+
+static ASSIGNED_IDS: AtomicU64 = AtomicU64::new(0);
+
+/// Why a connection ended. Decides the DISCONNECT sent, whether the will is published,
+/// and the log line.
+#[derive(Debug)]
+enum Exit {
+    /// The client sent DISCONNECT; `will` for 5.0 reason 0x04.
+    ClientDisconnect { will: bool },
+    Closed,
+    Io(std::io::Error),
+    Protocol { code: u8, cause: String },
+    KeepAlive,
+    TakenOver,
+    Kicked(u8),
+    Shutdown,
+}
+
+impl Exit {
+    fn protocol(code: u8, cause: impl Into<String>) -> Exit {
+        Exit::Protocol { code, cause: cause.into() }
+    }
+
+    fn sends_will(&self) -> bool {
+        match self {
+            Exit::ClientDisconnect { will } => *will,
+            Exit::Shutdown => false,
+            _ => true,
+        }
+    }
+
+    /// The reason code of the DISCONNECT a 5.0 client is sent.
+    fn disconnect_code(&self) -> Option<u8> {
+        match self {
+            Exit::Protocol { code, .. } => Some(*code),
+            Exit::KeepAlive => Some(reason::KEEP_ALIVE_TIMEOUT),
+            Exit::TakenOver => Some(reason::SESSION_TAKEN_OVER),
+            Exit::Kicked(c) => Some(*c),
+            Exit::Shutdown => Some(reason::SERVER_SHUTTING_DOWN),
+            _ => None,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Exit::ClientDisconnect { will: false } => "client sent DISCONNECT".into(),
+            Exit::ClientDisconnect { will: true } => "client sent DISCONNECT with will".into(),
+            Exit::Closed => "connection closed by client without DISCONNECT".into(),
+            Exit::Io(e) => format!("network error: {e}"),
+            Exit::Protocol { code, cause } => format!("{cause} (reason 0x{code:02X})"),
+            Exit::KeepAlive => "keep alive timeout".into(),
+            Exit::TakenOver => "session taken over by a new connection".into(),
+            Exit::Kicked(c) => format!("disconnected by the server (reason 0x{c:02X})"),
+            Exit::Shutdown => "server shutting down".into(),
+        }
+    }
+}
+
+impl From<codec::Error> for Exit {
+    fn from(e: codec::Error) -> Exit {
+        Exit::protocol(e.reason_code(), e.to_string())
+    }
+}
+
+/// Reads until one complete frame is buffered.
+async fn read_frame<S: AsyncRead + Unpin>(io: &mut S, buf: &mut BytesMut, max: usize) -> Result<Bytes, Exit> {
+    loop {
+        if let Some(n) = codec::frame_len(buf, max)? {
+            return Ok(buf.split_to(n).freeze());
+        }
+        buf.reserve(4096);
+        match io.read_buf(buf).await {
+            Ok(0) => return Err(Exit::Closed),
+            Ok(_) => {}
+            Err(e) => return Err(Exit::Io(e)),
+        }
+    }
+}
+
+/// The protocol level a CONNECT frame claims, read without trusting the rest.
+fn connect_level(frame: &[u8]) -> Option<u8> {
+    let mut i = 1;
+    while frame.get(i)? & 0x80 != 0 {
+        i += 1;
+    }
+    let name_len = u16::from_be_bytes([*frame.get(i + 1)?, *frame.get(i + 2)?]) as usize;
+    frame.get(i + 3 + name_len).copied()
+}
+
+async fn write_packet<S: AsyncWrite + Unpin>(io: &mut S, p: &Packet, v: Version) {
+    let mut b = BytesMut::new();
+    p.encode(v, &mut b);
+    let _ = tokio::time::timeout(Duration::from_secs(1), io.write_all(&b)).await;
+}
+
+fn connack_refusal(code: u8, why: &str, v: Version) -> Packet {
+    let mut properties = Properties::default();
+    if v == Version::V5 {
+        properties.reason_string = Some(why.to_owned());
+    }
+    Packet::ConnAck(ConnAck { session_present: false, code, properties })
+}
+
+/// Runs one connection from its first byte to its end. `over_limit` says the listener
+/// is full: the client is told so in a CONNACK rather than just cut off.
+pub async fn serve<S>(
+    mut io: S,
+    peer: SocketAddr,
+    listener: Arc<ListenerInfo>,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+    over_limit: bool,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let limits = &broker.config.limits;
+    let max_packet = listener.max_packet_size as usize;
+    let mut rbuf = BytesMut::with_capacity(4096);
+    let connect_timeout = Duration::from_secs(limits.connect_timeout_secs);
+    let frame = match tokio::time::timeout(connect_timeout, read_frame(&mut io, &mut rbuf, max_packet)).await {
+        Err(_) => {
+            tracing::info!(%peer, listener = %listener.name, "closed: no CONNECT within {}s", limits.connect_timeout_secs);
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::info!(%peer, listener = %listener.name, "closed before CONNECT: {}", e.describe());
+            return;
+        }
+        Ok(Ok(frame)) => frame,
+    };
+    let connect = match codec::decode(frame.clone(), Version::V311) {
+        Ok(Packet::Connect(c)) => *c,
+        Ok(other) => {
+            tracing::info!(%peer, listener = %listener.name, "closed: first packet was {}, not CONNECT", other.name());
+            return;
+        }
+        Err(e) => {
+            tracing::info!(%peer, listener = %listener.name, "closed: bad CONNECT: {e}");
+            match (&e, connect_level(&frame)) {
+                // 3.1.1 clients of an unknown level get return code 1 (MQTT-3.1.2-2).
+                (codec::Error::UnsupportedVersion(_), _) => {
+                    write_packet(&mut io, &connack_refusal(e.reason_code(), "", Version::V311), Version::V311).await
+                }
+                (_, Some(5)) => {
+                    write_packet(&mut io, &connack_refusal(e.reason_code(), &e.to_string(), Version::V5), Version::V5)
+                        .await
+                }
+                _ => {}
+            }
+            return;
+        }
+    };
+    let version = connect.version;
+    let refuse = |code: u8, why: &str| {
+        tracing::info!(%peer, listener = %listener.name, client_id = %connect.client_id, protocol = %version,
+            "connection refused: {why} (reason 0x{code:02X})");
+        connack_refusal(code, why, version)
+    };
+    if over_limit {
+        let p = refuse(reason::SERVER_BUSY, "connection limit reached");
+        return write_packet(&mut io, &p, version).await;
+    }
+    if connect.properties.authentication_method.is_some() {
+        let p = refuse(BAD_AUTHENTICATION_METHOD, "enhanced authentication is not supported");
+        return write_packet(&mut io, &p, version).await;
+    }
+    let mut assigned = None;
+    let client_id: Arc<str> = if connect.client_id.is_empty() {
+        if version == Version::V311 && !connect.clean_start {
+            let p = refuse(reason::CLIENT_ID_NOT_VALID, "empty client id needs clean session");
+            return write_packet(&mut io, &p, version).await;
+        }
+        let id = format!("weir-{:x}-{}", now_secs(), ASSIGNED_IDS.fetch_add(1, Ordering::Relaxed));
+        assigned = Some(id.clone());
+        Arc::from(id)
+    } else {
+        Arc::from(connect.client_id.as_str())
+    };
+    let decision = broker.hooks.authenticate(&ConnectInfo {
+        client_id: &client_id,
+        username: connect.username.as_deref(),
+        password: connect.password.as_ref(),
+        version,
+        peer,
+        listener: &listener.name,
+        allow_anonymous: listener.allow_anonymous,
+        user_properties: &connect.properties.user_properties,
+    });
+    if let Decision::Deny(code) = decision {
+        let p = refuse(code, "authentication failed");
+        return write_packet(&mut io, &p, version).await;
+    }
+    if let Some(w) = &connect.will {
+        let info = ClientInfo { client_id: &client_id, username: connect.username.as_deref(), listener: &listener.name };
+        let bad_topic = w.topic.len() > limits.max_topic_length || topic::levels(&w.topic) > limits.max_topic_levels;
+        if bad_topic {
+            let p = refuse(reason::TOPIC_NAME_INVALID, "will topic exceeds the topic limits");
+            return write_packet(&mut io, &p, version).await;
+        }
+        if let Decision::Deny(code) = broker.hooks.authorize(&info, Action::Publish, &w.topic, w.qos, w.retain) {
+            let p = refuse(code, "will topic not authorized");
+            return write_packet(&mut io, &p, version).await;
+        }
+    }
+    let requested_expiry = match version {
+        Version::V311 if connect.clean_start => 0,
+        Version::V311 => NEVER,
+        Version::V5 => connect.properties.session_expiry_interval.unwrap_or(0),
+    };
+    let expiry = requested_expiry.min(limits.max_session_expiry_secs);
+    let keep_alive = match limits.max_keep_alive {
+        0 => connect.keep_alive,
+        max if connect.keep_alive == 0 || connect.keep_alive > max => max,
+        _ => connect.keep_alive,
+    };
+
+    let conn_id = broker.next_conn_id();
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let (session, present) = broker.attach(
+        client_id.clone(),
+        connect.clean_start,
+        expiry,
+        ConnHandle { id: conn_id, control: control_tx },
+    );
+
+    let mut props = Properties::default();
+    if version == Version::V5 {
+        props.assigned_client_identifier = assigned;
+        if expiry != requested_expiry {
+            props.session_expiry_interval = Some(expiry);
+        }
+        if keep_alive != connect.keep_alive {
+            props.server_keep_alive = Some(keep_alive);
+        }
+        if limits.max_inflight != u16::MAX {
+            props.receive_maximum = Some(limits.max_inflight);
+        }
+        props.maximum_packet_size = Some(listener.max_packet_size);
+        if limits.topic_alias_maximum > 0 {
+            props.topic_alias_maximum = Some(limits.topic_alias_maximum);
+        }
+        if connect.properties.request_response_information == Some(1) {
+            props.response_information = Some(format!("response/{client_id}"));
+        }
+    }
+    let mut wbuf = BytesMut::with_capacity(4096);
+    Packet::ConnAck(ConnAck { session_present: present, code: reason::SUCCESS, properties: props }).encode(version, &mut wbuf);
+    Metrics::add(&broker.metrics.connections, 1);
+    tracing::info!(%client_id, %peer, listener = %listener.name, protocol = %version, clean_start = connect.clean_start,
+        session_present = present, keep_alive, "client connected");
+
+    let durable = broker.store.durable();
+    let mut conn = Connection {
+        io,
+        version,
+        client_id,
+        username: connect.username.clone(),
+        listener,
+        peer,
+        conn_id,
+        session,
+        rbuf,
+        wbuf,
+        keep_alive: (keep_alive > 0).then(|| Duration::from_millis(keep_alive as u64 * 1500)),
+        connect_expiry: expiry,
+        client_receive_max: connect.properties.receive_maximum.unwrap_or(u16::MAX),
+        client_max_packet: connect.properties.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
+        client_alias_max: connect.properties.topic_alias_maximum.unwrap_or(0),
+        out_aliases: HashMap::new(),
+        in_aliases: HashMap::new(),
+        will: connect.will,
+        pending: VecDeque::new(),
+        durable,
+        control: control_rx,
+        shutdown,
+        batch: Vec::new(),
+        broker,
+    };
+    let exit = conn.run().await;
+    conn.finish(exit).await;
+}
+
+/// An acknowledgement held back until the store has made what it promises durable,
+/// with deliveries that must follow it (retained messages after a SUBACK).
+struct Pending {
+    ticket: u64,
+    packet: Packet,
+    then: Vec<Delivery>,
+}
+
+struct Connection<S> {
+    io: S,
+    version: Version,
+    client_id: Arc<str>,
+    username: Option<String>,
+    listener: Arc<ListenerInfo>,
+    peer: SocketAddr,
+    conn_id: u64,
+    session: Arc<Session>,
+    broker: Arc<Broker>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    /// 1.5 times the keep alive: silence longer than this ends the connection.
+    keep_alive: Option<Duration>,
+    connect_expiry: u32,
+    client_receive_max: u16,
+    client_max_packet: usize,
+    client_alias_max: u16,
+    /// Topic aliases we assigned towards the client.
+    out_aliases: HashMap<Arc<str>, u16>,
+    /// Topic aliases the client established towards us.
+    in_aliases: HashMap<u16, String>,
+    will: Option<Will>,
+    pending: VecDeque<Pending>,
+    durable: watch::Receiver<u64>,
+    control: mpsc::UnboundedReceiver<Control>,
+    shutdown: watch::Receiver<bool>,
+    /// Reused between wake-ups so draining the session allocates nothing.
+    batch: Vec<Outgoing>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
+    async fn run(&mut self) -> Exit {
+        if let Err(e) = self.drain() {
+            return e;
+        }
+        let mut last_read = Instant::now();
+        loop {
+            if !self.wbuf.is_empty() {
+                let n = self.wbuf.len();
+                if let Err(e) = self.io.write_all(&self.wbuf).await {
+                    return Exit::Io(e);
+                }
+                Metrics::add(&self.broker.metrics.bytes_out, n as u64);
+                self.wbuf.clear();
+                // A large burst may leave a big buffer behind; do not keep it per idle client.
+                if self.wbuf.capacity() > 4 * WRITE_HIGH_WATER {
+                    self.wbuf = BytesMut::with_capacity(4096);
+                }
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < 1024 {
+                self.rbuf.reserve(16 * 1024);
+            }
+            let deadline = self.keep_alive.map(|k| last_read + k);
+            let step = tokio::select! {
+                r = self.io.read_buf(&mut self.rbuf) => match r {
+                    Ok(0) => Err(Exit::Closed),
+                    Ok(n) => {
+                        last_read = Instant::now();
+                        Metrics::add(&self.broker.metrics.bytes_in, n as u64);
+                        self.process_input()
+                    }
+                    Err(e) => Err(Exit::Io(e)),
+                },
+                _ = self.session.notify.notified() => Ok(()),
+                c = self.control.recv() => match c {
+                    Some(Control::TakenOver) | None => Err(Exit::TakenOver),
+                    Some(Control::Kick(code)) => Err(Exit::Kicked(code)),
+                },
+                _ = self.shutdown.changed() => Err(Exit::Shutdown),
+                _ = self.durable.changed(), if !self.pending.is_empty() => Ok(()),
+                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => Err(Exit::KeepAlive),
+            };
+            if let Err(e) = step.and_then(|_| self.release_acks()).and_then(|_| self.drain()) {
+                return e;
+            }
+        }
+    }
+
+    /// Parses and handles every complete packet in the read buffer.
+    fn process_input(&mut self) -> Result<(), Exit> {
+        let max = self.listener.max_packet_size as usize;
+        while let Some(n) = codec::frame_len(&self.rbuf, max)? {
+            let frame = self.rbuf.split_to(n).freeze();
+            let packet = codec::decode(frame, self.version)?;
+            self.handle(packet)?;
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, packet: Packet) -> Result<(), Exit> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p),
+            Packet::Ack(a) => self.on_ack(a),
+            Packet::Subscribe(s) => self.on_subscribe(s),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u),
+            Packet::PingReq => {
+                Packet::PingResp.encode(self.version, &mut self.wbuf);
+                Ok(())
+            }
+            Packet::Disconnect(d) => self.on_disconnect(d),
+            Packet::Connect(_) => Err(Exit::protocol(reason::PROTOCOL_ERROR, "second CONNECT")),
+            Packet::Auth(_) => Err(Exit::protocol(reason::PROTOCOL_ERROR, "AUTH without enhanced authentication")),
+            other => Err(Exit::protocol(reason::PROTOCOL_ERROR, format!("{} may only be sent by a server", other.name()))),
+        }
+    }
+
+    fn client_info(&self) -> ClientInfo<'_> {
+        ClientInfo { client_id: &self.client_id, username: self.username.as_deref(), listener: &self.listener.name }
+    }
+
+    fn persistent(&self) -> bool {
+        self.session.lock().expiry_interval > 0
+    }
+
+    fn on_publish(&mut self, mut p: Publish) -> Result<(), Exit> {
+        let limits = &self.broker.config.limits;
+        if let Some(alias) = p.properties.topic_alias {
+            if alias > limits.topic_alias_maximum {
+                return Err(Exit::protocol(
+                    reason::TOPIC_ALIAS_INVALID,
+                    format!("topic alias {alias} exceeds the maximum {}", limits.topic_alias_maximum),
+                ));
+            }
+            if p.topic.is_empty() {
+                match self.in_aliases.get(&alias) {
+                    Some(t) => p.topic = t.clone(),
+                    None => return Err(Exit::protocol(reason::PROTOCOL_ERROR, format!("unknown topic alias {alias}"))),
+                }
+            } else {
+                self.in_aliases.insert(alias, p.topic.clone());
+            }
+        }
+        if p.topic.len() > limits.max_topic_length || topic::levels(&p.topic) > limits.max_topic_levels {
+            return Err(Exit::protocol(reason::TOPIC_NAME_INVALID, "topic exceeds the configured length or levels"));
+        }
+        if !p.properties.subscription_identifiers.is_empty() {
+            return Err(Exit::protocol(reason::PROTOCOL_ERROR, "subscription identifier in a client PUBLISH"));
+        }
+        let (qos, pid) = (p.qos, p.pid);
+        Metrics::add(&self.broker.metrics.messages_in, 1);
+        if qos == QoS::ExactlyOnce && self.session.lock().incoming.contains(&pid) {
+            // A resend of a message already routed: acknowledge again, route nothing.
+            self.ack(Packet::Ack(Ack::new(AckKind::PubRec, pid)), false, Vec::new());
+            return Ok(());
+        }
+        if qos != QoS::AtMostOnce {
+            let unacked = self.pending.len() + self.session.lock().incoming.len();
+            if unacked >= limits.max_inflight as usize {
+                return Err(Exit::protocol(reason::RECEIVE_MAXIMUM_EXCEEDED, "client exceeded our Receive Maximum"));
+            }
+        }
+        let decision = self.broker.hooks.authorize(&self.client_info(), Action::Publish, &p.topic, qos, p.retain);
+        if let Decision::Deny(code) = decision {
+            Metrics::add(&self.broker.metrics.dropped_denied, 1);
+            tracing::debug!(client_id = %self.client_id, topic = %p.topic, "publish not authorized");
+            match qos {
+                QoS::AtMostOnce => {}
+                QoS::AtLeastOnce => self.ack(Packet::Ack(Ack::with_code(AckKind::PubAck, pid, code)), false, Vec::new()),
+                QoS::ExactlyOnce => self.ack(Packet::Ack(Ack::with_code(AckKind::PubRec, pid, code)), false, Vec::new()),
+            }
+            return Ok(());
+        }
+        let msg = Arc::new(Message::from_publish(p, Some(self.client_id.clone())));
+        let mut stored = self.broker.publish(msg);
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.ack(Packet::Ack(Ack::new(AckKind::PubAck, pid)), stored, Vec::new()),
+            QoS::ExactlyOnce => {
+                self.session.lock().incoming.insert(pid);
+                if self.persistent() {
+                    stored |= crate::session::log_store(
+                        self.broker.store.save_incoming(&self.client_id, pid, true),
+                        &self.client_id,
+                    );
+                }
+                self.ack(Packet::Ack(Ack::new(AckKind::PubRec, pid)), stored, Vec::new());
+            }
+        }
+        Ok(())
+    }
+
+    fn on_ack(&mut self, a: Ack) -> Result<(), Exit> {
+        let store = &*self.broker.store;
+        let v5 = self.version == Version::V5;
+        match a.kind {
+            AckKind::PubAck | AckKind::PubComp => {
+                self.session.lock().complete(&self.client_id, a.pid, store);
+            }
+            AckKind::PubRec => {
+                let mut st = self.session.lock();
+                if a.code >= 0x80 {
+                    st.complete(&self.client_id, a.pid, store);
+                } else {
+                    let known = st.release(&self.client_id, a.pid, store);
+                    drop(st);
+                    let code = if known || !v5 { 0 } else { reason::PACKET_ID_NOT_FOUND };
+                    Packet::Ack(Ack::with_code(AckKind::PubRel, a.pid, code)).encode(self.version, &mut self.wbuf);
+                }
+            }
+            AckKind::PubRel => {
+                let had = self.session.lock().incoming.remove(&a.pid);
+                if had && self.persistent() {
+                    crate::session::log_store(store.save_incoming(&self.client_id, a.pid, false), &self.client_id);
+                }
+                let code = if had || !v5 { 0 } else { reason::PACKET_ID_NOT_FOUND };
+                Packet::Ack(Ack::with_code(AckKind::PubComp, a.pid, code)).encode(self.version, &mut self.wbuf);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Exit> {
+        let limits = &self.broker.config.limits;
+        let sub_id = s.properties.subscription_identifiers.first().copied();
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut then = Vec::new();
+        let mut changed = false;
+        for (filter, opts) in s.filters {
+            let is_shared = match topic::parse_shared(&filter) {
+                Ok(Some(_)) => true,
+                Ok(None) if topic::validate_filter(&filter).is_ok() => false,
+                _ => {
+                    codes.push(reason::TOPIC_FILTER_INVALID);
+                    continue;
+                }
+            };
+            if filter.len() > limits.max_topic_length || topic::levels(&filter) > limits.max_topic_levels {
+                codes.push(reason::TOPIC_FILTER_INVALID);
+                continue;
+            }
+            if is_shared && opts.no_local && self.version == Version::V5 {
+                return Err(Exit::protocol(reason::PROTOCOL_ERROR, "No Local set on a shared subscription"));
+            }
+            let decision = self.broker.hooks.authorize(&self.client_info(), Action::Subscribe, &filter, opts.qos, false);
+            if let Decision::Deny(code) = decision {
+                codes.push(code);
+                continue;
+            }
+            let existed = self.broker.subscribe(&self.session, &filter, opts, sub_id);
+            changed = true;
+            codes.push(opts.qos as u8);
+            let send_retained = match opts.retain_handling {
+                RetainHandling::SendAlways => true,
+                RetainHandling::SendIfNew => !existed,
+                RetainHandling::Never => false,
+            };
+            if send_retained && !is_shared {
+                then.extend(self.broker.retained_for(&filter, opts, sub_id));
+            }
+        }
+        let stored = changed && self.persistent();
+        if changed {
+            self.broker.save_meta(&self.session);
+        }
+        let suback = SubAck { pid: s.pid, codes, properties: Properties::default() };
+        self.ack(Packet::SubAck(suback), stored, then);
+        Ok(())
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), Exit> {
+        let codes = u
+            .filters
+            .iter()
+            .map(|f| {
+                if self.broker.unsubscribe(&self.session, f) {
+                    reason::SUCCESS
+                } else {
+                    reason::NO_SUBSCRIPTION_EXISTED
+                }
+            })
+            .collect();
+        self.broker.save_meta(&self.session);
+        let stored = self.persistent();
+        self.ack(Packet::UnsubAck(UnsubAck { pid: u.pid, codes, properties: Properties::default() }), stored, Vec::new());
+        Ok(())
+    }
+
+    fn on_disconnect(&mut self, d: Disconnect) -> Result<(), Exit> {
+        if let Some(e) = d.properties.session_expiry_interval {
+            if self.connect_expiry == 0 && e != 0 {
+                return Err(Exit::protocol(reason::PROTOCOL_ERROR, "session expiry set on DISCONNECT after 0 at CONNECT"));
+            }
+            self.session.lock().expiry_interval = e.min(self.broker.config.limits.max_session_expiry_secs);
+        }
+        Err(Exit::ClientDisconnect { will: d.code == reason::DISCONNECT_WITH_WILL })
+    }
+
+    /// Sends an acknowledgement now, or once the store has synced what it covers when
+    /// `needs_sync`. Order is kept: nothing overtakes an acknowledgement that waits.
+    fn ack(&mut self, packet: Packet, needs_sync: bool, then: Vec<Delivery>) {
+        let ticket = if needs_sync { self.broker.store.commit() } else { 0 };
+        if ticket == 0 && self.pending.is_empty() {
+            packet.encode(self.version, &mut self.wbuf);
+            for d in then {
+                self.broker.deliver(&self.session, d);
+            }
+        } else {
+            self.pending.push_back(Pending { ticket, packet, then });
+        }
+    }
+
+    fn release_acks(&mut self) -> Result<(), Exit> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let durable = *self.durable.borrow_and_update();
+        while self.pending.front().is_some_and(|p| p.ticket <= durable) {
+            if let Some(p) = self.pending.pop_front() {
+                p.packet.encode(self.version, &mut self.wbuf);
+                for d in p.then {
+                    self.broker.deliver(&self.session, d);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves what the session may send now into the write buffer.
+    fn drain(&mut self) -> Result<(), Exit> {
+        if self.wbuf.len() >= WRITE_HIGH_WATER {
+            // Write first; come back for more on the next turn.
+            self.session.notify.notify_one();
+            return Ok(());
+        }
+        let window = self.client_receive_max.min(self.broker.config.limits.max_inflight) as usize;
+        let now = now_secs();
+        let mut batch = std::mem::take(&mut self.batch);
+        let expired = {
+            let mut st = self.session.lock();
+            if !st.is_attached(self.conn_id) {
+                return Err(Exit::TakenOver);
+            }
+            st.take_sendable(&self.client_id, window, MAX_BATCH, now, &*self.broker.store, &mut batch)
+        };
+        if expired > 0 {
+            Metrics::add(&self.broker.metrics.dropped_expired, expired as u64);
+        }
+        if batch.len() >= MAX_BATCH {
+            self.session.notify.notify_one();
+        }
+        for o in batch.drain(..) {
+            match o {
+                Outgoing::PubRel { pid } => {
+                    Packet::Ack(Ack::new(AckKind::PubRel, pid)).encode(self.version, &mut self.wbuf);
+                }
+                Outgoing::Publish { pid, dup, delivery } => self.write_publish(pid, dup, &delivery, now),
+            }
+        }
+        self.batch = batch;
+        Ok(())
+    }
+
+    fn write_publish(&mut self, pid: u16, dup: bool, d: &Delivery, now: u64) {
+        let msg = &d.message;
+        let mut new_alias = false;
+        let mut alias = None;
+        let mut topic: &str = &msg.topic;
+        if self.client_alias_max > 0 {
+            if let Some(a) = self.out_aliases.get(&msg.topic) {
+                alias = Some(*a);
+                topic = "";
+            } else if self.out_aliases.len() < self.client_alias_max as usize {
+                let a = self.out_aliases.len() as u16 + 1;
+                self.out_aliases.insert(msg.topic.clone(), a);
+                alias = Some(a);
+                new_alias = true;
+            }
+        }
+        // A resend must carry the topic itself: the alias mapping may be from a
+        // connection that no longer exists.
+        if dup && topic.is_empty() {
+            topic = &msg.topic;
+        }
+        let props = (self.version == Version::V5
+            && (msg.expires_at.is_some() || !d.subscription_ids.is_empty() || alias.is_some() || !msg.properties.is_empty()))
+        .then(|| {
+            let mut p = msg.properties.clone();
+            p.message_expiry_interval = msg.remaining_expiry(now);
+            p.subscription_identifiers = d.subscription_ids.clone();
+            p.topic_alias = alias;
+            p
+        });
+        let before = self.wbuf.len();
+        codec::encode_publish(
+            &mut self.wbuf,
+            self.version,
+            codec::PublishHeader { dup, qos: d.qos, retain: d.retain, pid },
+            topic,
+            props.as_ref(),
+            &msg.payload,
+        );
+        if self.wbuf.len() - before > self.client_max_packet {
+            self.wbuf.truncate(before);
+            if new_alias {
+                self.out_aliases.remove(&msg.topic);
+            }
+            Metrics::add(&self.broker.metrics.dropped_too_large, 1);
+            tracing::debug!(client_id = %self.client_id, topic = %msg.topic, "message larger than the client's maximum packet size dropped");
+            if d.qos != QoS::AtMostOnce {
+                self.session.lock().complete(&self.client_id, pid, &*self.broker.store);
+            }
+            return;
+        }
+        Metrics::add(&self.broker.metrics.messages_out, 1);
+    }
+
+    /// Says goodbye (5.0 DISCONNECT where the server ends it), hands the session back
+    /// and publishes or schedules the will.
+    async fn finish(mut self, exit: Exit) {
+        if let (Version::V5, Some(code)) = (self.version, exit.disconnect_code()) {
+            let mut properties = Properties::default();
+            if let Exit::Protocol { cause, .. } = &exit {
+                properties.reason_string = Some(cause.clone());
+            }
+            Packet::Disconnect(Disconnect { code, properties }).encode(self.version, &mut self.wbuf);
+        }
+        if !self.wbuf.is_empty() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.io.write_all(&self.wbuf)).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
+        let will = self.will.take().filter(|_| exit.sends_will()).map(|w| {
+            let delay = w.properties.will_delay_interval.unwrap_or(0);
+            (Arc::new(will_message(&w, &self.client_id)), delay)
+        });
+        match exit {
+            Exit::TakenOver => {
+                // The new connection resumed or replaced the session; a delayed will was
+                // cancelled by that reconnect, an immediate one goes out now.
+                if let Some((m, 0)) = will {
+                    self.broker.publish(m);
+                    self.broker.store.commit();
+                }
+            }
+            _ => self.broker.detach(&self.session, self.conn_id, will),
+        }
+        self.broker.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+        tracing::info!(client_id = %self.client_id, peer = %self.peer, listener = %self.listener.name,
+            protocol = %self.version, reason = %exit.describe(), "client disconnected");
+    }
+}

@@ -1,0 +1,70 @@
+//! The application message as the broker holds it between publisher and subscribers.
+//!
+//! One `Arc<Message>` is shared by every subscriber queue, the retained index and the
+//! store; what differs per subscriber (QoS, retain flag, subscription identifiers,
+//! packet identifier, topic alias) lives in [`Delivery`] or is decided when encoding.
+
+use crate::codec::{Properties, Publish, QoS};
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Seconds since the Unix epoch: absolute times survive a restart, `Instant` does not.
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub topic: Arc<str>,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// The properties forwarded unchanged: payload format, content type, response topic,
+    /// correlation data, user properties. Expiry is kept absolute in `expires_at`.
+    pub properties: Properties,
+    /// Unix seconds after which the message must not be sent; `None` never expires.
+    pub expires_at: Option<u64>,
+    /// Who published it, for No Local. Not persisted: only routing needs it.
+    pub publisher: Option<Arc<str>>,
+}
+
+impl Message {
+    /// Builds the routed message from an inbound PUBLISH (topic alias already resolved).
+    pub fn from_publish(p: Publish, publisher: Option<Arc<str>>) -> Message {
+        let mut properties = p.properties;
+        let expires_at = properties.message_expiry_interval.take().map(|s| now_secs() + s as u64);
+        properties.topic_alias = None;
+        properties.subscription_identifiers.clear();
+        Message {
+            topic: Arc::from(p.topic),
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties,
+            expires_at,
+            publisher,
+        }
+    }
+
+    pub fn is_expired(&self, now: u64) -> bool {
+        self.expires_at.is_some_and(|t| now >= t)
+    }
+
+    /// Seconds left, for the Message Expiry Interval sent onward (MQTT-3.3.2-6).
+    pub fn remaining_expiry(&self, now: u64) -> Option<u32> {
+        self.expires_at.map(|t| t.saturating_sub(now).min(u32::MAX as u64) as u32)
+    }
+}
+
+/// One message owed to one session.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: Arc<Message>,
+    /// min(published QoS, granted QoS).
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+    /// Key of the stored copy when the session is persistent and QoS > 0.
+    pub store_seq: Option<u64>,
+}

@@ -1,0 +1,221 @@
+use crate::codec::SubscriptionOptions;
+use crate::topic;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// One subscription that matched a published topic.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub client_id: Arc<str>,
+    pub options: SubscriptionOptions,
+    pub id: Option<u32>,
+    /// Shared subscriptions never get retained messages and ignore No Local.
+    pub shared: bool,
+}
+
+#[derive(Default)]
+struct Node {
+    children: HashMap<Box<str>, Node>,
+    subscribers: HashMap<Arc<str>, (SubscriptionOptions, Option<u32>)>,
+    groups: HashMap<Box<str>, Group>,
+}
+
+#[derive(Default)]
+struct Group {
+    members: Vec<(Arc<str>, SubscriptionOptions, Option<u32>)>,
+    /// Round-robin position; atomic so picking a member needs only the read lock.
+    next: AtomicUsize,
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty() && self.subscribers.is_empty() && self.groups.is_empty()
+    }
+}
+
+#[derive(Default)]
+pub struct Router {
+    root: RwLock<Node>,
+}
+
+impl Router {
+    /// Adds or replaces `client_id`'s subscription to `filter` (which may be
+    /// `$share/group/...`, already validated). Returns whether it existed before.
+    pub fn subscribe(&self, client_id: &Arc<str>, filter: &str, options: SubscriptionOptions, id: Option<u32>) -> bool {
+        let (group, real) = match topic::parse_shared(filter) {
+            Ok(Some(s)) => (Some(s.group), s.filter),
+            _ => (None, filter),
+        };
+        let mut root = self.root.write().unwrap_or_else(|e| e.into_inner());
+        let mut node = &mut *root;
+        for level in real.split('/') {
+            node = node.children.entry(level.into()).or_default();
+        }
+        match group {
+            None => node.subscribers.insert(client_id.clone(), (options, id)).is_some(),
+            Some(g) => {
+                let group = node.groups.entry(g.into()).or_default();
+                if let Some(m) = group.members.iter_mut().find(|m| &m.0 == client_id) {
+                    *m = (client_id.clone(), options, id);
+                    true
+                } else {
+                    group.members.push((client_id.clone(), options, id));
+                    false
+                }
+            }
+        }
+    }
+
+    /// Removes `client_id`'s subscription to `filter`; returns whether there was one.
+    pub fn unsubscribe(&self, client_id: &str, filter: &str) -> bool {
+        let (group, real) = match topic::parse_shared(filter) {
+            Ok(Some(s)) => (Some(s.group), s.filter),
+            _ => (None, filter),
+        };
+        let levels: Vec<&str> = real.split('/').collect();
+        let mut root = self.root.write().unwrap_or_else(|e| e.into_inner());
+        remove(&mut root, &levels, group, client_id)
+    }
+
+    /// Calls `f` for every subscription matching `topic`: each ordinary subscription,
+    /// and one member per shared group, preferring members for which `online` holds.
+    pub fn matches(&self, topic: &str, online: &dyn Fn(&str) -> bool, f: &mut dyn FnMut(Target)) {
+        let root = self.root.read().unwrap_or_else(|e| e.into_inner());
+        let levels: Vec<&str> = topic.split('/').collect();
+        walk(&root, &levels, 0, topic.starts_with('$'), online, f);
+    }
+}
+
+fn remove(node: &mut Node, levels: &[&str], group: Option<&str>, client_id: &str) -> bool {
+    let Some((first, rest)) = levels.split_first() else {
+        return match group {
+            None => node.subscribers.remove(client_id).is_some(),
+            Some(g) => {
+                let Some(grp) = node.groups.get_mut(g) else { return false };
+                let before = grp.members.len();
+                grp.members.retain(|m| &*m.0 != client_id);
+                let removed = grp.members.len() != before;
+                if grp.members.is_empty() {
+                    node.groups.remove(g);
+                }
+                removed
+            }
+        };
+    };
+    let Some(child) = node.children.get_mut(*first) else { return false };
+    let removed = remove(child, rest, group, client_id);
+    if child.is_empty() {
+        node.children.remove(*first);
+    }
+    removed
+}
+
+fn emit(node: &Node, online: &dyn Fn(&str) -> bool, f: &mut dyn FnMut(Target)) {
+    for (client_id, (options, id)) in &node.subscribers {
+        f(Target { client_id: client_id.clone(), options: *options, id: *id, shared: false });
+    }
+    for group in node.groups.values() {
+        let n = group.members.len();
+        if n == 0 {
+            continue;
+        }
+        let start = group.next.fetch_add(1, Ordering::Relaxed) % n;
+        let pick = (0..n).map(|i| (start + i) % n).find(|&i| online(&group.members[i].0)).unwrap_or(start);
+        let (client_id, options, id) = &group.members[pick];
+        f(Target { client_id: client_id.clone(), options: *options, id: *id, shared: true });
+    }
+}
+
+fn walk(node: &Node, levels: &[&str], i: usize, dollar: bool, online: &dyn Fn(&str) -> bool, f: &mut dyn FnMut(Target)) {
+    // Wildcards in the first level never match a `$` topic (MQTT-4.7.2-1).
+    let wildcards = !(i == 0 && dollar);
+    if wildcards {
+        if let Some(hash) = node.children.get("#") {
+            emit(hash, online, f);
+        }
+    }
+    let Some(level) = levels.get(i) else {
+        emit(node, online, f);
+        return;
+    };
+    if wildcards {
+        if let Some(plus) = node.children.get("+") {
+            walk(plus, levels, i + 1, dollar, online, f);
+        }
+    }
+    if let Some(child) = node.children.get(*level) {
+        walk(child, levels, i + 1, dollar, online, f);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(r: &Router, topic: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        r.matches(topic, &|_| true, &mut |t| out.push(format!("{}:{}", t.client_id, t.id.unwrap_or(0))));
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn trie_agrees_with_the_matcher() {
+        let filters = ["a/b", "a/+", "a/#", "#", "+/b", "+", "a/+/c", "$SYS/#", "+/+", "/", "a//c"];
+        let topics = ["a/b", "a", "a/b/c", "b", "$SYS/x", "/", "a//c", "x/b", ""];
+        let r = Router::default();
+        for (i, f) in filters.iter().enumerate() {
+            r.subscribe(&Arc::from(format!("c{i}")), f, SubscriptionOptions::default(), Some(i as u32));
+        }
+        for t in topics {
+            let mut want: Vec<String> = filters
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| topic::matches(f, t))
+                .map(|(i, _)| format!("c{i}:{i}"))
+                .collect();
+            want.sort();
+            assert_eq!(ids(&r, t), want, "topic {t:?}");
+        }
+    }
+
+    #[test]
+    fn unsubscribe_prunes() {
+        let r = Router::default();
+        let c: Arc<str> = Arc::from("c");
+        assert!(!r.subscribe(&c, "a/b/c", SubscriptionOptions::default(), None));
+        assert!(r.subscribe(&c, "a/b/c", SubscriptionOptions::default(), None));
+        assert!(r.unsubscribe("c", "a/b/c"));
+        assert!(!r.unsubscribe("c", "a/b/c"));
+        assert!(r.root.read().unwrap().is_empty());
+    }
+
+    #[test]
+    fn shared_groups_pick_one_member_round_robin() {
+        let r = Router::default();
+        for c in ["x", "y", "z"] {
+            r.subscribe(&Arc::from(c), "$share/g/t/+", SubscriptionOptions::default(), None);
+        }
+        r.subscribe(&Arc::from("solo"), "t/#", SubscriptionOptions::default(), None);
+        let mut counts = HashMap::new();
+        for _ in 0..30 {
+            let mut got = Vec::new();
+            r.matches("t/1", &|_| true, &mut |t| got.push(t));
+            assert_eq!(got.len(), 2);
+            for t in got.iter().filter(|t| t.shared) {
+                *counts.entry(t.client_id.to_string()).or_insert(0) += 1;
+            }
+        }
+        assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![10, 10, 10]);
+        // Offline members are skipped while an online one exists.
+        for _ in 0..5 {
+            r.matches("t/1", &|c| c == "z", &mut |t| {
+                if t.shared {
+                    assert_eq!(&*t.client_id, "z")
+                }
+            });
+        }
+        assert!(r.unsubscribe("x", "$share/g/t/+"));
+    }
+}

@@ -1,0 +1,137 @@
+//! Binary encoding of stored messages. The message itself is kept as a 5.0 PUBLISH
+//! packet, so the codec that already validates the wire format also validates what is
+//! read back from disk.
+
+use crate::codec::{self, Packet, Publish, QoS, Version};
+use crate::message::Message;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::sync::Arc;
+
+/// Where a stored delivery stands in its QoS flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    /// Not sent yet.
+    Queued,
+    /// PUBLISH sent with this packet id, waiting for PUBACK / PUBREC.
+    Sent(u16),
+    /// PUBREC received, PUBREL sent with this packet id, waiting for PUBCOMP.
+    Released(u16),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredDelivery {
+    pub state: DeliveryState,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+    pub message: Message,
+}
+
+pub(crate) fn encode_message(m: &Message) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    out.put_u64(m.expires_at.unwrap_or(0));
+    Packet::Publish(Publish {
+        dup: false,
+        qos: m.qos,
+        retain: m.retain,
+        topic: m.topic.to_string(),
+        pid: if m.qos == QoS::AtMostOnce { 0 } else { 1 },
+        properties: m.properties.clone(),
+        payload: m.payload.clone(),
+    })
+    .encode(Version::V5, &mut out);
+    out.to_vec()
+}
+
+pub(crate) fn decode_message(mut b: Bytes) -> Result<Message, String> {
+    if b.len() < 8 {
+        return Err("record shorter than its header".into());
+    }
+    let expires = b.get_u64();
+    match codec::frame_len(&b, usize::MAX) {
+        Ok(Some(n)) if n == b.len() => {}
+        _ => return Err("message is not one complete packet".into()),
+    }
+    match codec::decode(b, Version::V5).map_err(|e| e.to_string())? {
+        Packet::Publish(p) => Ok(Message {
+            topic: Arc::from(p.topic),
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties: p.properties,
+            expires_at: (expires != 0).then_some(expires),
+            publisher: None,
+        }),
+        other => Err(format!("expected PUBLISH, found {}", other.name())),
+    }
+}
+
+impl StoredDelivery {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        let (state, pid) = match self.state {
+            DeliveryState::Queued => (0u8, 0u16),
+            DeliveryState::Sent(p) => (1, p),
+            DeliveryState::Released(p) => (2, p),
+        };
+        out.put_u8(state);
+        out.put_u16(pid);
+        out.put_u8(self.qos as u8);
+        out.put_u8(self.retain as u8);
+        out.put_u16(self.subscription_ids.len() as u16);
+        for id in &self.subscription_ids {
+            out.put_u32(*id);
+        }
+        out.put_slice(&encode_message(&self.message));
+        out.to_vec()
+    }
+
+    pub(crate) fn decode(mut b: Bytes) -> Result<StoredDelivery, String> {
+        if b.len() < 7 {
+            return Err("delivery record too short".into());
+        }
+        let state = b.get_u8();
+        let pid = b.get_u16();
+        let qos = QoS::from_u8(b.get_u8()).ok_or("bad QoS")?;
+        let retain = b.get_u8() != 0;
+        let n = b.get_u16() as usize;
+        if b.len() < n * 4 {
+            return Err("delivery record truncated".into());
+        }
+        let subscription_ids = (0..n).map(|_| b.get_u32()).collect();
+        let state = match (state, pid) {
+            (0, _) => DeliveryState::Queued,
+            (1, p) if p != 0 => DeliveryState::Sent(p),
+            (2, p) if p != 0 => DeliveryState::Released(p),
+            _ => return Err("bad delivery state".into()),
+        };
+        Ok(StoredDelivery { state, qos, retain, subscription_ids, message: decode_message(b)? })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Properties;
+
+    #[test]
+    fn delivery_roundtrip() {
+        let d = StoredDelivery {
+            state: DeliveryState::Released(42),
+            qos: QoS::ExactlyOnce,
+            retain: true,
+            subscription_ids: vec![1, 99],
+            message: Message {
+                topic: Arc::from("a/b"),
+                payload: Bytes::from_static(b"x"),
+                qos: QoS::ExactlyOnce,
+                retain: false,
+                properties: Properties { content_type: Some("t".into()), ..Default::default() },
+                expires_at: Some(1_900_000_000),
+                publisher: None,
+            },
+        };
+        assert_eq!(StoredDelivery::decode(Bytes::from(d.encode())).unwrap(), d);
+        assert!(StoredDelivery::decode(Bytes::from_static(b"\x01\x00")).is_err());
+    }
+}
