@@ -1,1 +1,185 @@
+//! Test harness: builds and starts the real `weir` binary on a free loopback port with
+//! its own data directory, and gives tests independent MQTT clients to talk to it.
 
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub mod clients;
+pub mod raw;
+
+/// Path of the `weir` binary, built once per test process with the same cargo.
+pub fn weir_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("WEIR_BIN") {
+            return PathBuf::from(p);
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
+        let status = Command::new(cargo)
+            .args(["build", "-q", "-p", "weir", "--bin", "weir"])
+            .current_dir(&root)
+            .status()
+            .expect("running cargo build for the weir binary");
+        assert!(status.success(), "building the weir binary failed");
+        let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+        target.join("debug").join("weir")
+    })
+    .clone()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("binding a free port").local_addr().unwrap().port()
+}
+
+/// Extra configuration for a test broker, as TOML lines per table.
+#[derive(Default, Clone)]
+pub struct Opts {
+    pub listener: String,
+    pub limits: String,
+    pub storage: String,
+}
+
+impl Opts {
+    pub fn limits(s: &str) -> Opts {
+        Opts { limits: s.into(), ..Default::default() }
+    }
+}
+
+/// A running broker. Dropping it kills the process.
+pub struct Weir {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    opts: Opts,
+}
+
+impl Weir {
+    pub fn start() -> Weir {
+        Weir::with(Opts::default())
+    }
+
+    pub fn with(opts: Opts) -> Weir {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut w = Weir { child: None, port: 0, dir, opts };
+        for _ in 0..5 {
+            w.port = free_port();
+            if w.spawn() {
+                return w;
+            }
+        }
+        panic!("broker did not start; log:\n{}", w.log());
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("weir.toml")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("weir.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn write_config(&self) {
+        let data = self.dir.path().join("data");
+        let text = format!(
+            "[[listener]]\nname = \"tcp\"\nbind = \"127.0.0.1:{}\"\n{}\n\n[limits]\n{}\n\n[storage]\ndir = {:?}\n{}\n\n[log]\nlevel = \"info\"\n",
+            self.port, self.opts.listener, self.opts.limits, data, self.opts.storage
+        );
+        std::fs::write(self.config_path(), text).expect("writing config");
+    }
+
+    /// Starts the process and waits until it accepts connections. False if it exited
+    /// first (the port was taken, say).
+    fn spawn(&mut self) -> bool {
+        self.write_config();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log file");
+        let child = Command::new(weir_bin())
+            .arg("--config")
+            .arg(self.config_path())
+            .current_dir(self.dir.path())
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning weir");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return true;
+            }
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("broker running").id()
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("broker running");
+        signal(c.id(), "TERM");
+        wait_timeout(&mut c, Duration::from_secs(15)).expect("broker did not exit within 15 s of SIGTERM")
+    }
+
+    /// Starts the broker again on the same port and data directory.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the broker first");
+        assert!(self.spawn(), "broker did not restart; log:\n{}", self.log());
+    }
+}
+
+impl Drop for Weir {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+}
+
+pub fn wait_timeout(c: &mut Child, d: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + d;
+    while Instant::now() < deadline {
+        if let Ok(Some(s)) = c.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    None
+}
+
+/// Waits until `f` holds, polling; false on timeout.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    false
+}
