@@ -111,15 +111,17 @@ macro_rules! client {
                 self.suback().await
             }
 
-            /// Waits for the connection to end; returns what ended it (packets seen last).
-            pub async fn closed_within(&mut self, d: Duration) -> Option<Vec<m::Incoming >> {
+            /// Waits for the connection to end. Returns what was seen last, packets and the
+            /// client's closing error (which names a server DISCONNECT's reason code).
+            pub async fn closed_within(&mut self, d: Duration) -> Option<String> {
                 let deadline = tokio::time::Instant::now() + d;
-                let mut seen = Vec::new();
+                let mut seen = String::new();
                 loop {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     match tokio::time::timeout(left, self.events.recv()).await {
-                        Ok(Some(Ok(p))) => seen.push(p),
-                        Ok(Some(Err(_))) | Ok(None) => return Some(seen),
+                        Ok(Some(Ok(p))) => seen.push_str(&format!("{p:?}; ")),
+                        Ok(Some(Err(e))) => return Some(seen + &e),
+                        Ok(None) => return Some(seen),
                         Err(_) => return None,
                     }
                 }
