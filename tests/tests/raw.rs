@@ -1,0 +1,323 @@
+//! Protocol details checked byte for byte with a hand-written client: what libraries
+//! will not send (malformed packets, resends) and the exact reason codes that come back.
+
+use std::time::{Duration, Instant};
+use weir_tests::clients::v5::QoS;
+use weir_tests::clients::C5;
+use weir_tests::raw::{connect, packet, string, Raw};
+use weir_tests::{Opts, Weir};
+
+const CLEAN: u8 = 0x02;
+
+/// Connects a 5.0 client and checks the CONNACK is a success.
+fn v5_client(w: &Weir, id: &str, props: &[u8]) -> Raw {
+    let mut r = Raw::connect(w.port);
+    r.send(&connect(5, id, CLEAN, 60, props));
+    let ack = r.recv().expect("CONNACK");
+    assert_eq!((ack[0], ack[3]), (0x20, 0), "CONNACK success: {ack:?}");
+    r
+}
+
+fn v4_client(w: &Weir, id: &str, flags: u8, keep_alive: u16) -> Raw {
+    let mut r = Raw::connect(w.port);
+    r.send(&connect(4, id, flags, keep_alive, &[]));
+    assert_eq!(r.recv().expect("CONNACK"), vec![0x20, 2, 0, 0]);
+    r
+}
+
+/// A 5.0 PUBLISH with empty properties unless given.
+fn publish5(flags: u8, topic: &str, pid: Option<u16>, props: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut b = string(topic);
+    if let Some(p) = pid {
+        b.extend_from_slice(&p.to_be_bytes());
+    }
+    b.extend(weir_tests::raw::varint(props.len()));
+    b.extend_from_slice(props);
+    b.extend_from_slice(payload);
+    packet(0x30 | flags, &b)
+}
+
+fn subscribe5(pid: u16, filter: &str, options: u8) -> Vec<u8> {
+    let mut b = pid.to_be_bytes().to_vec();
+    b.push(0);
+    b.extend(string(filter));
+    b.push(options);
+    packet(0x82, &b)
+}
+
+/// The reason code of a 5.0 DISCONNECT, if that is what `p` is.
+fn disconnect_code(p: &[u8]) -> Option<u8> {
+    (p[0] == 0xE0).then(|| p.get(2).copied().unwrap_or(0))
+}
+
+#[test]
+fn malformed_packet_gets_disconnect_0x81_on_v5_and_a_plain_close_on_311() {
+    let w = Weir::start();
+    let mut r = v5_client(&w, "bad5", &[]);
+    r.send(&[0x36, 5, 0, 1, b'a', 0, 1]); // PUBLISH with QoS 3
+    let p = r.recv().expect("DISCONNECT before close");
+    assert_eq!(disconnect_code(&p), Some(0x81), "{p:?}");
+    assert!(r.closed());
+
+    let mut r = v4_client(&w, "bad4", CLEAN, 60);
+    r.send(&[0x62, 3, 0, 1, 0]); // PUBREL with a leftover byte
+    assert!(r.closed());
+    assert!(w.log().contains("bad4"), "the close is logged with the client id");
+}
+
+#[test]
+fn protocol_errors_in_v5_get_their_reason_codes() {
+    let w = Weir::with(Opts::limits("topic_alias_maximum = 2"));
+    // Second CONNECT.
+    let mut r = v5_client(&w, "twice", &[]);
+    r.send(&connect(5, "twice", CLEAN, 60, &[]));
+    assert_eq!(disconnect_code(&r.recv().unwrap()), Some(0x82));
+    // Topic alias above the maximum we announced.
+    let mut r = v5_client(&w, "alias", &[]);
+    r.send(&publish5(0, "t", None, &[0x23, 0, 3], b"x"));
+    assert_eq!(disconnect_code(&r.recv().unwrap()), Some(0x94));
+    // Unknown topic alias with an empty topic.
+    let mut r = v5_client(&w, "alias2", &[]);
+    r.send(&publish5(0, "", None, &[0x23, 0, 1], b"x"));
+    assert_eq!(disconnect_code(&r.recv().unwrap()), Some(0x82));
+    // No Local on a shared subscription.
+    let mut r = v5_client(&w, "shared-nl", &[]);
+    r.send(&subscribe5(1, "$share/g/t", 0x04));
+    assert_eq!(disconnect_code(&r.recv().unwrap()), Some(0x82));
+    // Duplicate property.
+    let mut r = v5_client(&w, "dup-prop", &[]);
+    r.send(&publish5(0, "t", None, &[0x01, 0, 0x01, 0], b"x"));
+    assert_eq!(disconnect_code(&r.recv().unwrap()), Some(0x82));
+    // A server-only packet from the client.
+    let mut r = v5_client(&w, "pingresp", &[]);
+    r.send(&[0xD0, 0]);
+    assert_eq!(disconnect_code(&r.recv().unwrap()), Some(0x82));
+}
+
+#[test]
+fn bad_connects_get_the_right_connack() {
+    let w = Weir::start();
+    // Unknown protocol level: 3.1.1-style CONNACK 0x01.
+    let mut r = Raw::connect(w.port);
+    r.send(&connect(6, "x", CLEAN, 60, &[]));
+    assert_eq!(r.recv(), Some(vec![0x20, 2, 0, 1]));
+    assert!(r.closed());
+    // 5.0 CONNECT with a malformed property: CONNACK with 0x81.
+    let mut r = Raw::connect(w.port);
+    r.send(&connect(5, "x", CLEAN, 60, &[0x7F, 0]));
+    let ack = r.recv().unwrap();
+    assert_eq!((ack[0], ack[3]), (0x20, 0x81), "{ack:?}");
+    // 5.0 receive maximum 0 is a protocol error.
+    let mut r = Raw::connect(w.port);
+    r.send(&connect(5, "x", CLEAN, 60, &[0x21, 0, 0]));
+    assert_eq!(r.recv().unwrap()[3], 0x82);
+    // 3.1.1: empty client id needs clean session.
+    let mut r = Raw::connect(w.port);
+    r.send(&connect(4, "", 0, 60, &[]));
+    assert_eq!(r.recv(), Some(vec![0x20, 2, 0, 2]));
+    let _ok = v4_client(&w, "", CLEAN, 60);
+    // First packet not a CONNECT: closed.
+    let mut r = Raw::connect(w.port);
+    r.send(&[0xC0, 0]);
+    assert!(r.closed());
+    // Enhanced authentication is not offered: 0x8C.
+    let mut r = Raw::connect(w.port);
+    let mut props = vec![0x15];
+    props.extend(string("SCRAM-SHA-1"));
+    r.send(&connect(5, "x", CLEAN, 60, &props));
+    assert_eq!(r.recv().unwrap()[3], 0x8C);
+}
+
+#[test]
+fn empty_client_id_on_v5_gets_an_assigned_identifier() {
+    let w = Weir::start();
+    let mut r = Raw::connect(w.port);
+    r.send(&connect(5, "", CLEAN, 60, &[]));
+    let ack = r.recv().unwrap();
+    assert_eq!(ack[3], 0);
+    let props = &ack[5..];
+    let i = props.iter().position(|b| *b == 0x12).expect("Assigned Client Identifier property");
+    let len = u16::from_be_bytes([props[i + 1], props[i + 2]]) as usize;
+    assert!(len > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn qos2_resent_with_dup_is_delivered_exactly_once() {
+    let w = Weir::start();
+    let (mut sub, _) = C5::connect_with(C5::opts(w.port, "sub")).await;
+    sub.subscribe("eo/#", QoS::ExactlyOnce).await;
+    let mut r = v5_client(&w, "pub", &[]);
+    r.send(&publish5(0x04, "eo/x", Some(7), &[], b"once"));
+    assert_eq!(r.recv().unwrap()[..4], [0x50, 2, 0, 7], "PUBREC");
+    r.send(&publish5(0x0C, "eo/x", Some(7), &[], b"once")); // DUP resend before PUBREL
+    assert_eq!(r.recv().unwrap()[..4], [0x50, 2, 0, 7], "PUBREC again");
+    r.send(&[0x62, 2, 0, 7]);
+    assert_eq!(r.recv().unwrap()[..4], [0x70, 2, 0, 7], "PUBCOMP");
+    // The id is free again: a new message with it is a new message.
+    r.send(&publish5(0x04, "eo/x", Some(7), &[], b"twice"));
+    assert_eq!(r.recv().unwrap()[..4], [0x50, 2, 0, 7]);
+    r.send(&[0x62, 2, 0, 7]);
+    r.recv();
+    let got: Vec<_> = sub.drain_publishes().await.into_iter().map(|p| p.payload).collect();
+    assert_eq!(got, vec![&b"once"[..], &b"twice"[..]]);
+    // PUBREL for an unknown id: PUBCOMP 0x92.
+    r.send(&[0x62, 2, 0, 9]);
+    assert_eq!(r.recv().unwrap(), vec![0x70, 3, 0, 9, 0x92]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keep_alive_timeout_closes_and_sends_the_will() {
+    let w = Weir::start();
+    let (mut watcher, _) = C5::connect_with(C5::opts(w.port, "watcher")).await;
+    watcher.subscribe("will/#", QoS::AtMostOnce).await;
+    let mut body = string("MQTT");
+    body.extend_from_slice(&[4, CLEAN | 0x04, 0, 1]); // will flag, keep alive 1 s
+    body.extend(string("silent"));
+    body.extend(string("will/silent"));
+    body.extend(string("timed out"));
+    let mut r = Raw::connect(w.port);
+    r.send(&packet(0x10, &body));
+    assert_eq!(r.recv().unwrap(), vec![0x20, 2, 0, 0]);
+    let t0 = Instant::now();
+    assert!(r.closed());
+    let waited = t0.elapsed();
+    assert!(waited >= Duration::from_millis(1400) && waited < Duration::from_secs(4), "closed after {waited:?}");
+    assert_eq!(&watcher.publish().await.payload[..], b"timed out");
+
+    // A client that pings stays.
+    let mut r = v4_client(&w, "pinger", CLEAN, 1);
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(700));
+        r.send(&[0xC0, 0]);
+        assert_eq!(r.recv(), Some(vec![0xD0, 0]));
+    }
+}
+
+#[test]
+fn socket_without_connect_is_closed_after_the_connect_timeout() {
+    let w = Weir::with(Opts::limits("connect_timeout_secs = 1"));
+    let mut r = Raw::connect(w.port);
+    let t0 = Instant::now();
+    assert!(r.closed());
+    assert!(t0.elapsed() < Duration::from_secs(4));
+    assert!(w.log().contains("no CONNECT within 1s"), "{}", w.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn inbound_topic_alias_resolves_to_the_topic() {
+    let w = Weir::start();
+    let (mut sub, _) = C5::connect_with(C5::opts(w.port, "sub")).await;
+    sub.subscribe("al/#", QoS::AtMostOnce).await;
+    let mut r = v5_client(&w, "aliaser", &[]);
+    r.send(&publish5(0, "al/x", None, &[0x23, 0, 1], b"1"));
+    r.send(&publish5(0, "", None, &[0x23, 0, 1], b"2"));
+    r.send(&publish5(0, "al/y", None, &[0x23, 0, 1], b"3")); // remaps alias 1
+    r.send(&publish5(0, "", None, &[0x23, 0, 1], b"4"));
+    let got: Vec<_> = sub.drain_publishes().await.into_iter().map(|p| (p.topic, p.payload)).collect();
+    let want: Vec<(&[u8], &[u8])> = vec![(b"al/x", b"1"), (b"al/x", b"2"), (b"al/y", b"3"), (b"al/y", b"4")];
+    assert_eq!(got.len(), 4);
+    for ((t, p), (wt, wp)) in got.iter().zip(want) {
+        assert_eq!((&t[..], &p[..]), (wt, wp));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn disconnect_with_will_message_sends_the_will() {
+    let w = Weir::start();
+    let (mut watcher, _) = C5::connect_with(C5::opts(w.port, "watcher")).await;
+    watcher.subscribe("will/#", QoS::AtMostOnce).await;
+    for (code, sent) in [(0x04u8, true), (0x00, false)] {
+        let mut body = string("MQTT");
+        body.extend_from_slice(&[5, CLEAN | 0x04, 0, 60, 0]);
+        body.extend(string(&format!("c{code}")));
+        body.push(0); // will properties
+        body.extend(string(&format!("will/{code}")));
+        body.extend(string("w"));
+        let mut r = Raw::connect(w.port);
+        r.send(&packet(0x10, &body));
+        assert_eq!(r.recv().unwrap()[3], 0);
+        r.send(&[0xE0, 1, code]);
+        assert!(r.closed());
+        let got = watcher.publish_within(Duration::from_millis(700)).await;
+        assert_eq!(got.is_some(), sent, "DISCONNECT 0x{code:02X}");
+    }
+}
+
+#[test]
+fn exceeding_our_receive_maximum_is_disconnected_with_0x93() {
+    let w = Weir::with(Opts::limits("max_inflight = 2"));
+    let mut r = v5_client(&w, "greedy", &[]);
+    for pid in 1..=3u16 {
+        r.send(&publish5(0x04, "rm", Some(pid), &[], b"x")); // QoS 2, never released
+    }
+    let mut codes = Vec::new();
+    while let Some(p) = r.recv() {
+        codes.push(p[0]);
+        if let Some(c) = disconnect_code(&p) {
+            assert_eq!(c, 0x93);
+            return;
+        }
+    }
+    panic!("no DISCONNECT 0x93; got {codes:?}");
+}
+
+#[test]
+fn packet_over_the_maximum_size_is_refused() {
+    let w = Weir::with(Opts { listener: "max_packet_size = 128".into(), ..Default::default() });
+    let mut r = v5_client(&w, "big", &[]);
+    r.send(&publish5(0, "t", None, &[], &[0u8; 300]));
+    assert_eq!(disconnect_code(&r.recv().unwrap()), Some(0x95));
+}
+
+#[test]
+fn invalid_filters_get_failure_codes_in_suback() {
+    let w = Weir::start();
+    let mut r = v5_client(&w, "f5", &[]);
+    let mut b = vec![0, 1, 0];
+    for f in ["a/#/b", "ok/+", "a+", "$share/g"] {
+        b.extend(string(f));
+        b.push(1);
+    }
+    r.send(&packet(0x82, &b));
+    assert_eq!(r.recv().unwrap(), vec![0x90, 7, 0, 1, 0, 0x8F, 1, 0x8F, 0x8F]);
+
+    let mut r = v4_client(&w, "f4", CLEAN, 60);
+    let mut b = vec![0, 2];
+    for f in ["a/#/b", "ok/+"] {
+        b.extend(string(f));
+        b.push(1);
+    }
+    r.send(&packet(0x82, &b));
+    assert_eq!(r.recv().unwrap(), vec![0x90, 4, 0, 2, 0x80, 1]);
+}
+
+#[test]
+fn connections_over_the_limit_get_server_busy() {
+    let w = Weir::with(Opts { listener: "max_connections = 1".into(), ..Default::default() });
+    // The harness's readiness probe may still hold the one slot for a moment.
+    let mut first = None;
+    assert!(weir_tests::eventually(Duration::from_secs(5), || {
+        let mut r = Raw::connect(w.port);
+        r.send(&connect(5, "first", CLEAN, 60, &[]));
+        let ok = r.recv().is_some_and(|a| a[3] == 0);
+        first = Some(r);
+        ok
+    }));
+    let mut r = Raw::connect(w.port);
+    r.send(&connect(5, "second", CLEAN, 60, &[]));
+    assert_eq!(r.recv().unwrap()[3], 0x89);
+    let mut r = Raw::connect(w.port);
+    r.send(&connect(4, "third", CLEAN, 60, &[]));
+    assert_eq!(r.recv(), Some(vec![0x20, 2, 0, 3]), "3.1.1: server unavailable");
+}
+
+#[test]
+fn anonymous_clients_are_refused_when_the_listener_says_so() {
+    let w = Weir::with(Opts { listener: "allow_anonymous = false".into(), ..Default::default() });
+    let mut r = Raw::connect(w.port);
+    r.send(&connect(5, "anon", CLEAN, 60, &[]));
+    assert_eq!(r.recv().unwrap()[3], 0x87);
+    let mut r = Raw::connect(w.port);
+    r.send(&connect(4, "anon", CLEAN, 60, &[]));
+    assert_eq!(r.recv(), Some(vec![0x20, 2, 0, 5]));
+}
