@@ -321,12 +321,18 @@ pub async fn serve<S>(
     conn.finish(exit).await;
 }
 
-/// An acknowledgement held back until the store has made what it promises durable,
-/// with deliveries that must follow it (retained messages after a SUBACK).
+/// Output held back until the store has made what it promises durable: an
+/// acknowledgement (with deliveries that must follow it, such as retained messages after
+/// a SUBACK), or encoded deliveries whose packet ids were just stored.
 struct Pending {
     ticket: u64,
-    packet: Packet,
+    held: Held,
     then: Vec<Delivery>,
+}
+
+enum Held {
+    Packet(Box<Packet>),
+    Bytes(BytesMut),
 }
 
 struct Connection<S> {
@@ -476,7 +482,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             return Ok(());
         }
         if qos != QoS::AtMostOnce {
-            let unacked = self.pending.len() + self.session.lock().incoming.len();
+            // QoS 1 messages whose PUBACK is held, plus QoS 2 messages not yet released
+            // (those are in `incoming` whether or not their PUBREC is held).
+            let held_acks = self
+                .pending
+                .iter()
+                .filter(|p| matches!(&p.held, Held::Packet(p) if matches!(&**p, Packet::Ack(a) if a.kind == AckKind::PubAck)))
+                .count();
+            let unacked = held_acks + self.session.lock().incoming.len();
             if unacked >= limits.max_inflight as usize {
                 return Err(Exit::protocol(reason::RECEIVE_MAXIMUM_EXCEEDED, "client exceeded our Receive Maximum"));
             }
@@ -627,7 +640,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 self.broker.deliver(&self.session, d);
             }
         } else {
-            self.pending.push_back(Pending { ticket, packet, then });
+            self.pending.push_back(Pending { ticket, held: Held::Packet(Box::new(packet)), then });
         }
     }
 
@@ -638,7 +651,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let durable = *self.durable.borrow_and_update();
         while self.pending.front().is_some_and(|p| p.ticket <= durable) {
             if let Some(p) = self.pending.pop_front() {
-                p.packet.encode(self.version, &mut self.wbuf);
+                match p.held {
+                    Held::Packet(packet) => packet.encode(self.version, &mut self.wbuf),
+                    Held::Bytes(bytes) => self.wbuf.extend_from_slice(&bytes),
+                }
                 for d in p.then {
                     self.broker.deliver(&self.session, d);
                 }
@@ -657,16 +673,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let window = self.client_receive_max.min(self.broker.config.limits.max_inflight) as usize;
         let now = now_secs();
         let mut batch = std::mem::take(&mut self.batch);
-        let expired = {
+        let taken = {
             let mut st = self.session.lock();
             if !st.is_attached(self.conn_id) {
                 return Err(Exit::TakenOver);
             }
             st.take_sendable(&self.client_id, window, MAX_BATCH, now, &*self.broker.store, &mut batch)
         };
-        if expired > 0 {
-            Metrics::add(&self.broker.metrics.dropped_expired, expired as u64);
+        if taken.expired > 0 {
+            Metrics::add(&self.broker.metrics.dropped_expired, taken.expired as u64);
         }
+        let start = self.wbuf.len();
         if batch.len() >= MAX_BATCH {
             self.session.notify.notify_one();
         }
@@ -679,6 +696,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             }
         }
         self.batch = batch;
+        // Stored packet ids must be durable before the client sees them; and nothing
+        // may overtake output that is already held.
+        if self.wbuf.len() > start && (taken.stored || !self.pending.is_empty()) {
+            let ticket = if taken.stored { self.broker.store.commit() } else { 0 };
+            let bytes = self.wbuf.split_off(start);
+            self.pending.push_back(Pending { ticket, held: Held::Bytes(bytes), then: Vec::new() });
+            self.release_acks()?;
+        }
         Ok(())
     }
 

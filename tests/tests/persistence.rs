@@ -108,8 +108,8 @@ async fn graceful_restart_keeps_sessions_subscriptions_and_retained() {
     w.restart();
     let (mut s, present) = persistent(&w, "keeper", 3600, false).await;
     assert!(present);
-    let m = s.publish().await;
-    assert_eq!(&m.payload[..], b"queued");
+    let queued: Vec<_> = s.drain_publishes().await.into_iter().map(|m| m.payload.to_vec()).collect();
+    assert_eq!(queued, vec![b"queued".to_vec(), b"retained".to_vec()], "both were queued while offline");
     // The subscription itself survived: a new message is routed to it.
     let (p, _) = C5::connect_with(C5::opts(w.port, "pub")).await;
     p.client.publish("g/new", QoS::AtLeastOnce, false, "new").await.unwrap();

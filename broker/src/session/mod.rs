@@ -68,6 +68,13 @@ pub enum Outgoing {
     PubRel { pid: u16 },
 }
 
+/// What [`SessionState::take_sendable`] did besides filling `out`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Taken {
+    pub expired: u32,
+    pub stored: bool,
+}
+
 #[derive(Debug)]
 pub struct SessionState {
     pub conn: Option<ConnHandle>,
@@ -251,8 +258,10 @@ impl SessionState {
 
     /// Moves what may be sent now into `out`: first the resends, then queued deliveries
     /// while fewer than `window` QoS 1/2 messages are in flight. Expired messages are
-    /// dropped (and counted in the return value). At most `max` items per call, so one
-    /// wake-up cannot build an unbounded write buffer.
+    /// dropped and counted. At most `max` items per call, so one wake-up cannot build an
+    /// unbounded write buffer. `stored` in the result says a stored delivery changed
+    /// state: the packet id it is sent under must be durable before it goes out, or a
+    /// crash could resend it under another id and break exactly-once.
     pub fn take_sendable(
         &mut self,
         client_id: &str,
@@ -261,8 +270,8 @@ impl SessionState {
         now: u64,
         store: &dyn Store,
         out: &mut Vec<Outgoing>,
-    ) -> u32 {
-        let mut expired = 0;
+    ) -> Taken {
+        let mut taken = Taken::default();
         for pid in std::mem::take(&mut self.resend) {
             if let Some(f) = self.inflight.get(&pid) {
                 out.push(if f.released {
@@ -280,7 +289,7 @@ impl SessionState {
                         log_store(store.delete_delivery(client_id, s), client_id);
                     }
                 }
-                expired += 1;
+                taken.expired += 1;
                 continue;
             }
             if front.qos == QoS::AtMostOnce {
@@ -295,12 +304,13 @@ impl SessionState {
             let Some(pid) = self.free_pid() else { break };
             let Some(d) = self.queue.pop_front() else { break };
             if let Some(s) = d.store_seq {
-                log_store(store.save_delivery(client_id, s, &stored(&d, DeliveryState::Sent(pid))), client_id);
+                taken.stored |=
+                    log_store(store.save_delivery(client_id, s, &stored(&d, DeliveryState::Sent(pid))), client_id);
             }
             self.inflight.insert(pid, Inflight { delivery: d.clone(), released: false });
             out.push(Outgoing::Publish { pid, dup: false, delivery: d });
         }
-        expired
+        taken
     }
 
     fn free_pid(&mut self) -> Option<u16> {
