@@ -14,6 +14,10 @@ struct Args {
     /// 127.0.0.1:1883, anonymous clients allowed, data in ./weir-data.
     #[arg(long, short)]
     config: Option<PathBuf>,
+
+    /// Only check the configuration and exit: 0 if it is valid.
+    #[arg(long)]
+    check: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -22,6 +26,10 @@ fn main() -> anyhow::Result<()> {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
     };
+    if args.check {
+        println!("configuration is valid");
+        return Ok(());
+    }
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|f| f.parse::<tracing_subscriber::EnvFilter>().ok())

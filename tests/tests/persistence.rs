@@ -132,3 +132,30 @@ async fn expired_sessions_are_purged_across_a_restart() {
     assert!(!persistent(&w, "brief", 1, false).await.1, "expired while the broker was down");
     assert!(persistent(&w, "lasting", 3600, false).await.1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delayed_will_survives_a_restart() {
+    use rumqttc::v5::mqttbytes::v5::{LastWill, LastWillProperties};
+    let mut w = Weir::start();
+    let mut o = C5::opts(w.port, "mortal");
+    o.set_session_expiry_interval(Some(3600));
+    let props = LastWillProperties {
+        delay_interval: Some(3),
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: vec![],
+    };
+    o.set_last_will(LastWill::new("will/mortal", "late", QoS::AtLeastOnce, false, Some(props)));
+    let (c, _) = C5::connect_with(o).await;
+    c.drop_connection();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(w.terminate().success());
+    w.restart();
+    let (mut watcher, _) = C5::connect_with(C5::opts(w.port, "watcher")).await;
+    watcher.subscribe("will/#", QoS::AtLeastOnce).await;
+    let m = watcher.publish_within(Duration::from_secs(6)).await.expect("the pending will was published after restart");
+    assert_eq!(&m.payload[..], b"late");
+}

@@ -321,3 +321,41 @@ fn anonymous_clients_are_refused_when_the_listener_says_so() {
     r.send(&connect(4, "anon", CLEAN, 60, &[]));
     assert_eq!(r.recv(), Some(vec![0x20, 2, 0, 5]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn protocol_error_sends_the_will_and_a_reason_string() {
+    let w = Weir::start();
+    let (mut watcher, _) = C5::connect_with(C5::opts(w.port, "watcher")).await;
+    watcher.subscribe("will/#", QoS::AtMostOnce).await;
+    let mut body = string("MQTT");
+    body.extend_from_slice(&[5, CLEAN | 0x04, 0, 60, 0]);
+    body.extend(string("broken"));
+    body.push(0);
+    body.extend(string("will/broken"));
+    body.extend(string("protocol error"));
+    let mut r = Raw::connect(w.port);
+    r.send(&packet(0x10, &body));
+    assert_eq!(r.recv().unwrap()[3], 0);
+    r.send(&[0x36, 5, 0, 1, b'a', 0, 1]); // QoS 3
+    let d = r.recv().unwrap();
+    assert_eq!(disconnect_code(&d), Some(0x81));
+    assert_eq!(d[4], 0x1F, "DISCONNECT carries a Reason String: {d:?}");
+    let reason = String::from_utf8_lossy(&d[7..]).to_string();
+    assert!(reason.contains("QoS 3"), "{reason}");
+    assert_eq!(&watcher.publish().await.payload[..], b"protocol error");
+}
+
+#[test]
+fn topic_length_and_level_limits_are_enforced() {
+    let w = Weir::with(Opts::limits("max_topic_levels = 3\nmax_topic_length = 20"));
+    let mut r = v5_client(&w, "levels", &[]);
+    r.send(&subscribe5(1, "a/b/c/d", 0));
+    assert_eq!(r.recv().unwrap(), vec![0x90, 4, 0, 1, 0, 0x8F]);
+    r.send(&subscribe5(2, "a/b/c", 0));
+    assert_eq!(r.recv().unwrap(), vec![0x90, 4, 0, 2, 0, 0]);
+    r.send(&publish5(0, "a/b/c/d", None, &[], b"x"));
+    assert_eq!(disconnect_code(&r.recv().unwrap()), Some(0x90));
+    let mut r = v5_client(&w, "length", &[]);
+    r.send(&publish5(0, "aaaaaaaaaaaaaaaaaaaaaaaaa", None, &[], b"x"));
+    assert_eq!(disconnect_code(&r.recv().unwrap()), Some(0x90));
+}
