@@ -7,7 +7,10 @@ use crate::hooks::Hooks;
 use crate::message::{now_secs, Delivery, Message};
 use crate::metrics::Metrics;
 use crate::router::{Retained, Router, Target};
-use crate::session::{log_store, ConnHandle, Control, PendingWill, QueueLimits, Session, Sessions, Subscription, NEVER};
+use crate::session::{
+    log_store, ConnHandle, Control, PendingWill, QueueLimits, Session, Sessions, Subscription,
+    NEVER,
+};
 use crate::store::{MemoryStore, SledStore, Store, StoreError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,7 +36,11 @@ impl Broker {
     /// Opens the store and restores retained messages and sessions from it.
     pub fn open(config: Config, hooks: Arc<dyn Hooks>) -> Result<Arc<Broker>, StoreError> {
         let store: Arc<dyn Store> = if config.storage.persistence {
-            Arc::new(SledStore::open(&config.storage.dir, config.storage.durability, config.storage.flush_interval_ms)?)
+            Arc::new(SledStore::open(
+                &config.storage.dir,
+                config.storage.durability,
+                config.storage.flush_interval_ms,
+            )?)
         } else {
             Arc::new(MemoryStore::default())
         };
@@ -72,7 +79,13 @@ impl Broker {
             let since = meta.disconnected_at.unwrap_or(now);
             let expired = meta.expiry_interval == 0
                 || (meta.expiry_interval != NEVER && now >= since + meta.expiry_interval as u64);
-            max_seq = stored.deliveries.iter().map(|d| d.0).max().unwrap_or(0).max(max_seq);
+            max_seq = stored
+                .deliveries
+                .iter()
+                .map(|d| d.0)
+                .max()
+                .unwrap_or(0)
+                .max(max_seq);
             let session = Arc::new(Session::restore(meta, stored.deliveries, stored.incoming));
             if expired {
                 if let Some(w) = session.lock().will.take() {
@@ -82,7 +95,8 @@ impl Broker {
                 continue;
             }
             for (filter, sub) in session.lock().subscriptions.iter() {
-                self.router.subscribe(&session.client_id, filter, sub.options, sub.id);
+                self.router
+                    .subscribe(&session.client_id, filter, sub.options, sub.id);
             }
             self.sessions.insert(session);
             restored += 1;
@@ -91,7 +105,11 @@ impl Broker {
         for w in wills {
             self.publish(w);
         }
-        tracing::info!(sessions = restored, retained, "state restored from the store");
+        tracing::info!(
+            sessions = restored,
+            retained,
+            "state restored from the store"
+        );
         Ok(())
     }
 
@@ -101,7 +119,11 @@ impl Broker {
 
     fn queue_limits(&self) -> QueueLimits {
         let l = &self.config.limits;
-        QueueLimits { max_queued: l.max_queued, overflow: l.overflow, queue_qos0_offline: l.queue_qos0_offline }
+        QueueLimits {
+            max_queued: l.max_queued,
+            overflow: l.overflow,
+            queue_qos0_offline: l.queue_qos0_offline,
+        }
     }
 
     /// Routes a message to every matching session and updates the retained index.
@@ -114,7 +136,11 @@ impl Broker {
             stored |= log_store(self.store.save_retained(&msg.topic, keep), "-");
         }
         let mut targets: Vec<Target> = Vec::new();
-        let online = |c: &str| self.sessions.get(c).is_some_and(|s| s.lock().conn.is_some());
+        let online = |c: &str| {
+            self.sessions
+                .get(c)
+                .is_some_and(|s| s.lock().conn.is_some())
+        };
         self.router.matches(&msg.topic, &online, &mut |t| {
             let local = msg.publisher.as_deref() == Some(&*t.client_id);
             if !(t.options.no_local && !t.shared && local) {
@@ -122,7 +148,9 @@ impl Broker {
             }
         });
         for (client_id, want) in merge_overlapping(targets) {
-            let Some(session) = self.sessions.get(&client_id) else { continue };
+            let Some(session) = self.sessions.get(&client_id) else {
+                continue;
+            };
             let d = Delivery {
                 message: msg.clone(),
                 qos: msg.qos.min(want.qos),
@@ -147,7 +175,13 @@ impl Broker {
 
     /// Attaches a new connection to the session of `client_id`, taking it over from an
     /// existing connection. Returns the session and whether it was resumed.
-    pub fn attach(&self, client_id: Arc<str>, clean_start: bool, expiry: u32, conn: ConnHandle) -> (Arc<Session>, bool) {
+    pub fn attach(
+        &self,
+        client_id: Arc<str>,
+        clean_start: bool,
+        expiry: u32,
+        conn: ConnHandle,
+    ) -> (Arc<Session>, bool) {
         let _guard = self.attach_lock.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(existing) = self.sessions.get(&client_id) {
             let mut st = existing.lock();
@@ -203,7 +237,10 @@ impl Broker {
             } else {
                 // Never later than the session's end (MQTT-3.1.2-8 note).
                 let wait = delay.min(st.expiry_interval) as u64;
-                st.will = Some(PendingWill { due_at: now + wait, message: m });
+                st.will = Some(PendingWill {
+                    due_at: now + wait,
+                    message: m,
+                });
             }
         }
         drop(st);
@@ -225,7 +262,10 @@ impl Broker {
             self.router.unsubscribe(&session.client_id, filter);
         }
         self.sessions.remove_if_same(session);
-        log_store(self.store.delete_session(&session.client_id), &session.client_id);
+        log_store(
+            self.store.delete_session(&session.client_id),
+            &session.client_id,
+        );
     }
 
     pub fn save_meta(&self, session: &Session) {
@@ -235,9 +275,20 @@ impl Broker {
     }
 
     /// Adds a subscription; returns whether one with this filter existed already.
-    pub fn subscribe(&self, session: &Session, filter: &str, options: SubscriptionOptions, id: Option<u32>) -> bool {
-        let existed = self.router.subscribe(&session.client_id, filter, options, id);
-        session.lock().subscriptions.insert(filter.to_owned(), Subscription { options, id });
+    pub fn subscribe(
+        &self,
+        session: &Session,
+        filter: &str,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+    ) -> bool {
+        let existed = self
+            .router
+            .subscribe(&session.client_id, filter, options, id);
+        session
+            .lock()
+            .subscriptions
+            .insert(filter.to_owned(), Subscription { options, id });
         existed
     }
 
@@ -248,7 +299,12 @@ impl Broker {
     }
 
     /// Retained messages for a new subscription, as deliveries (retain flag set).
-    pub fn retained_for(&self, filter: &str, options: SubscriptionOptions, id: Option<u32>) -> Vec<Delivery> {
+    pub fn retained_for(
+        &self,
+        filter: &str,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+    ) -> Vec<Delivery> {
         self.retained
             .matching(filter)
             .into_iter()
@@ -272,7 +328,9 @@ impl Broker {
                 continue;
             }
             let expired = st.expiry_interval != NEVER
-                && st.disconnected_at.is_some_and(|t| now >= t + st.expiry_interval as u64);
+                && st
+                    .disconnected_at
+                    .is_some_and(|t| now >= t + st.expiry_interval as u64);
             let will_due = st.will.as_ref().is_some_and(|w| expired || now >= w.due_at);
             let will = if will_due { st.will.take() } else { None };
             drop(st);
@@ -312,7 +370,10 @@ fn merge_overlapping(targets: Vec<Target>) -> Vec<(Arc<str>, Wanted)> {
         ids: t.id.into_iter().collect(),
     };
     if targets.len() == 1 {
-        return targets.iter().map(|t| (t.client_id.clone(), wanted(t))).collect();
+        return targets
+            .iter()
+            .map(|t| (t.client_id.clone(), wanted(t)))
+            .collect();
     }
     let mut by_client: HashMap<Arc<str>, Wanted> = HashMap::with_capacity(targets.len());
     for t in &targets {

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config key `{key}`: {message}")]
@@ -18,7 +21,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), message: message.into() }
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -169,23 +175,32 @@ pub struct Log {
 
 impl Default for Log {
     fn default() -> Self {
-        Log { level: "info".into() }
+        Log {
+            level: "info".into(),
+        }
     }
 }
 
 impl Config {
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Config::from_toml(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_owned(), message },
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
             other => other,
         })
     }
 
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: PathBuf::new(), message: e.to_string() })?;
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -200,10 +215,16 @@ impl Config {
                 return Err(invalid(format!("listener[{i}].name"), "must not be empty"));
             }
             if !names.insert(&l.name) {
-                return Err(invalid(format!("listener[{i}].name"), format!("duplicate name '{}'", l.name)));
+                return Err(invalid(
+                    format!("listener[{i}].name"),
+                    format!("duplicate name '{}'", l.name),
+                ));
             }
             if l.max_connections == Some(0) {
-                return Err(invalid(format!("listener[{i}].max_connections"), "must be at least 1"));
+                return Err(invalid(
+                    format!("listener[{i}].max_connections"),
+                    "must be at least 1",
+                ));
             }
             if let Some(s) = l.max_packet_size {
                 check_packet_size(&format!("listener[{i}].max_packet_size"), s)?;
@@ -221,7 +242,10 @@ impl Config {
             return Err(invalid("limits.max_queued", "must be at least 1"));
         }
         if l.max_topic_length == 0 || l.max_topic_length > 65_535 {
-            return Err(invalid("limits.max_topic_length", "must be between 1 and 65535"));
+            return Err(invalid(
+                "limits.max_topic_length",
+                "must be between 1 and 65535",
+            ));
         }
         if l.max_topic_levels == 0 {
             return Err(invalid("limits.max_topic_levels", "must be at least 1"));
@@ -235,8 +259,16 @@ impl Config {
         if self.storage.flush_interval_ms == 0 {
             return Err(invalid("storage.flush_interval_ms", "must be at least 1"));
         }
-        if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
-            return Err(invalid("log.level", format!("'{}' is not a valid filter", self.log.level)));
+        if self
+            .log
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
+            return Err(invalid(
+                "log.level",
+                format!("'{}' is not a valid filter", self.log.level),
+            ));
         }
         Ok(())
     }
@@ -263,17 +295,25 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let e = Config::from_toml("[limits]\nmax_conections = 5\n").unwrap_err().to_string();
+        let e = Config::from_toml("[limits]\nmax_conections = 5\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_conections"), "{e}");
     }
 
     #[test]
     fn bad_value_is_named() {
-        let e = Config::from_toml("[limits]\nmax_inflight = 0\n").unwrap_err().to_string();
+        let e = Config::from_toml("[limits]\nmax_inflight = 0\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("limits.max_inflight"), "{e}");
-        let e = Config::from_toml("[storage]\ndurability = \"sometimes\"\n").unwrap_err().to_string();
+        let e = Config::from_toml("[storage]\ndurability = \"sometimes\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("durability"), "{e}");
-        let e = Config::from_toml("[[listener]]\nname = \"a\"\nbind = \"nope\"\n").unwrap_err().to_string();
+        let e = Config::from_toml("[[listener]]\nname = \"a\"\nbind = \"nope\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bind"), "{e}");
     }
 }

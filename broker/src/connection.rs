@@ -8,8 +8,8 @@
 
 use crate::broker::Broker;
 use crate::codec::{
-    self, reason, Ack, AckKind, ConnAck, Disconnect, Packet, Properties, Publish, QoS, RetainHandling, SubAck,
-    Subscribe, UnsubAck, Unsubscribe, Version, Will,
+    self, reason, Ack, AckKind, ConnAck, Disconnect, Packet, Properties, Publish, QoS,
+    RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, Version, Will,
 };
 use crate::hooks::{Action, ClientInfo, ConnectInfo, Decision};
 use crate::message::{now_secs, Delivery, Message};
@@ -47,10 +47,15 @@ static ASSIGNED_IDS: AtomicU64 = AtomicU64::new(0);
 #[derive(Debug)]
 enum Exit {
     /// The client sent DISCONNECT; `will` for 5.0 reason 0x04.
-    ClientDisconnect { will: bool },
+    ClientDisconnect {
+        will: bool,
+    },
     Closed,
     Io(std::io::Error),
-    Protocol { code: u8, cause: String },
+    Protocol {
+        code: u8,
+        cause: String,
+    },
     KeepAlive,
     TakenOver,
     Kicked(u8),
@@ -59,7 +64,10 @@ enum Exit {
 
 impl Exit {
     fn protocol(code: u8, cause: impl Into<String>) -> Exit {
-        Exit::Protocol { code, cause: cause.into() }
+        Exit::Protocol {
+            code,
+            cause: cause.into(),
+        }
     }
 
     fn sends_will(&self) -> bool {
@@ -104,7 +112,11 @@ impl From<codec::Error> for Exit {
 }
 
 /// Reads until one complete frame is buffered.
-async fn read_frame<S: AsyncRead + Unpin>(io: &mut S, buf: &mut BytesMut, max: usize) -> Result<Bytes, Exit> {
+async fn read_frame<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Bytes, Exit> {
     loop {
         if let Some(n) = codec::frame_len(buf, max)? {
             return Ok(buf.split_to(n).freeze());
@@ -139,7 +151,11 @@ fn connack_refusal(code: u8, why: &str, v: Version) -> Packet {
     if v == Version::V5 {
         properties.reason_string = Some(why.to_owned());
     }
-    Packet::ConnAck(ConnAck { session_present: false, code, properties })
+    Packet::ConnAck(ConnAck {
+        session_present: false,
+        code,
+        properties,
+    })
 }
 
 /// Runs one connection from its first byte to its end. `over_limit` says the listener
@@ -158,7 +174,12 @@ pub async fn serve<S>(
     let max_packet = listener.max_packet_size as usize;
     let mut rbuf = BytesMut::with_capacity(4096);
     let connect_timeout = Duration::from_secs(limits.connect_timeout_secs);
-    let frame = match tokio::time::timeout(connect_timeout, read_frame(&mut io, &mut rbuf, max_packet)).await {
+    let frame = match tokio::time::timeout(
+        connect_timeout,
+        read_frame(&mut io, &mut rbuf, max_packet),
+    )
+    .await
+    {
         Err(_) => {
             tracing::info!(%peer, listener = %listener.name, "closed: no CONNECT within {}s", limits.connect_timeout_secs);
             return;
@@ -180,11 +201,20 @@ pub async fn serve<S>(
             match (&e, connect_level(&frame)) {
                 // 3.1.1 clients of an unknown level get return code 1 (MQTT-3.1.2-2).
                 (codec::Error::UnsupportedVersion(_), _) => {
-                    write_packet(&mut io, &connack_refusal(e.reason_code(), "", Version::V311), Version::V311).await
+                    write_packet(
+                        &mut io,
+                        &connack_refusal(e.reason_code(), "", Version::V311),
+                        Version::V311,
+                    )
+                    .await
                 }
                 (_, Some(5)) => {
-                    write_packet(&mut io, &connack_refusal(e.reason_code(), &e.to_string(), Version::V5), Version::V5)
-                        .await
+                    write_packet(
+                        &mut io,
+                        &connack_refusal(e.reason_code(), &e.to_string(), Version::V5),
+                        Version::V5,
+                    )
+                    .await
                 }
                 _ => {}
             }
@@ -202,16 +232,26 @@ pub async fn serve<S>(
         return write_packet(&mut io, &p, version).await;
     }
     if connect.properties.authentication_method.is_some() {
-        let p = refuse(BAD_AUTHENTICATION_METHOD, "enhanced authentication is not supported");
+        let p = refuse(
+            BAD_AUTHENTICATION_METHOD,
+            "enhanced authentication is not supported",
+        );
         return write_packet(&mut io, &p, version).await;
     }
     let mut assigned = None;
     let client_id: Arc<str> = if connect.client_id.is_empty() {
         if version == Version::V311 && !connect.clean_start {
-            let p = refuse(reason::CLIENT_ID_NOT_VALID, "empty client id needs clean session");
+            let p = refuse(
+                reason::CLIENT_ID_NOT_VALID,
+                "empty client id needs clean session",
+            );
             return write_packet(&mut io, &p, version).await;
         }
-        let id = format!("weir-{:x}-{}", now_secs(), ASSIGNED_IDS.fetch_add(1, Ordering::Relaxed));
+        let id = format!(
+            "weir-{:x}-{}",
+            now_secs(),
+            ASSIGNED_IDS.fetch_add(1, Ordering::Relaxed)
+        );
         assigned = Some(id.clone());
         Arc::from(id)
     } else {
@@ -232,13 +272,25 @@ pub async fn serve<S>(
         return write_packet(&mut io, &p, version).await;
     }
     if let Some(w) = &connect.will {
-        let info = ClientInfo { client_id: &client_id, username: connect.username.as_deref(), listener: &listener.name };
-        let bad_topic = w.topic.len() > limits.max_topic_length || topic::levels(&w.topic) > limits.max_topic_levels;
+        let info = ClientInfo {
+            client_id: &client_id,
+            username: connect.username.as_deref(),
+            listener: &listener.name,
+        };
+        let bad_topic = w.topic.len() > limits.max_topic_length
+            || topic::levels(&w.topic) > limits.max_topic_levels;
         if bad_topic {
-            let p = refuse(reason::TOPIC_NAME_INVALID, "will topic exceeds the topic limits");
+            let p = refuse(
+                reason::TOPIC_NAME_INVALID,
+                "will topic exceeds the topic limits",
+            );
             return write_packet(&mut io, &p, version).await;
         }
-        if let Decision::Deny(code) = broker.hooks.authorize(&info, Action::Publish, &w.topic, w.qos, w.retain) {
+        if let Decision::Deny(code) =
+            broker
+                .hooks
+                .authorize(&info, Action::Publish, &w.topic, w.qos, w.retain)
+        {
             let p = refuse(code, "will topic not authorized");
             return write_packet(&mut io, &p, version).await;
         }
@@ -261,7 +313,10 @@ pub async fn serve<S>(
         client_id.clone(),
         connect.clean_start,
         expiry,
-        ConnHandle { id: conn_id, control: control_tx },
+        ConnHandle {
+            id: conn_id,
+            control: control_tx,
+        },
     );
 
     let mut props = Properties::default();
@@ -285,7 +340,12 @@ pub async fn serve<S>(
         }
     }
     let mut wbuf = BytesMut::with_capacity(4096);
-    Packet::ConnAck(ConnAck { session_present: present, code: reason::SUCCESS, properties: props }).encode(version, &mut wbuf);
+    Packet::ConnAck(ConnAck {
+        session_present: present,
+        code: reason::SUCCESS,
+        properties: props,
+    })
+    .encode(version, &mut wbuf);
     Metrics::add(&broker.metrics.connections, 1);
     tracing::info!(%client_id, %peer, listener = %listener.name, protocol = %version, clean_start = connect.clean_start,
         session_present = present, keep_alive, "client connected");
@@ -305,7 +365,10 @@ pub async fn serve<S>(
         keep_alive: (keep_alive > 0).then(|| Duration::from_millis(keep_alive as u64 * 1500)),
         connect_expiry: expiry,
         client_receive_max: connect.properties.receive_maximum.unwrap_or(u16::MAX),
-        client_max_packet: connect.properties.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
+        client_max_packet: connect
+            .properties
+            .maximum_packet_size
+            .map_or(usize::MAX, |m| m as usize),
         client_alias_max: connect.properties.topic_alias_maximum.unwrap_or(0),
         out_aliases: HashMap::new(),
         in_aliases: HashMap::new(),
@@ -408,7 +471,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 _ = self.durable.changed(), if !self.pending.is_empty() => Ok(()),
                 _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => Err(Exit::KeepAlive),
             };
-            if let Err(e) = step.and_then(|_| self.release_acks()).and_then(|_| self.drain()) {
+            if let Err(e) = step
+                .and_then(|_| self.release_acks())
+                .and_then(|_| self.drain())
+            {
                 return e;
             }
         }
@@ -437,13 +503,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             }
             Packet::Disconnect(d) => self.on_disconnect(d),
             Packet::Connect(_) => Err(Exit::protocol(reason::PROTOCOL_ERROR, "second CONNECT")),
-            Packet::Auth(_) => Err(Exit::protocol(reason::PROTOCOL_ERROR, "AUTH without enhanced authentication")),
-            other => Err(Exit::protocol(reason::PROTOCOL_ERROR, format!("{} may only be sent by a server", other.name()))),
+            Packet::Auth(_) => Err(Exit::protocol(
+                reason::PROTOCOL_ERROR,
+                "AUTH without enhanced authentication",
+            )),
+            other => Err(Exit::protocol(
+                reason::PROTOCOL_ERROR,
+                format!("{} may only be sent by a server", other.name()),
+            )),
         }
     }
 
     fn client_info(&self) -> ClientInfo<'_> {
-        ClientInfo { client_id: &self.client_id, username: self.username.as_deref(), listener: &self.listener.name }
+        ClientInfo {
+            client_id: &self.client_id,
+            username: self.username.as_deref(),
+            listener: &self.listener.name,
+        }
     }
 
     fn persistent(&self) -> bool {
@@ -456,29 +532,49 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             if alias > limits.topic_alias_maximum {
                 return Err(Exit::protocol(
                     reason::TOPIC_ALIAS_INVALID,
-                    format!("topic alias {alias} exceeds the maximum {}", limits.topic_alias_maximum),
+                    format!(
+                        "topic alias {alias} exceeds the maximum {}",
+                        limits.topic_alias_maximum
+                    ),
                 ));
             }
             if p.topic.is_empty() {
                 match self.in_aliases.get(&alias) {
                     Some(t) => p.topic = t.clone(),
-                    None => return Err(Exit::protocol(reason::PROTOCOL_ERROR, format!("unknown topic alias {alias}"))),
+                    None => {
+                        return Err(Exit::protocol(
+                            reason::PROTOCOL_ERROR,
+                            format!("unknown topic alias {alias}"),
+                        ))
+                    }
                 }
             } else {
                 self.in_aliases.insert(alias, p.topic.clone());
             }
         }
-        if p.topic.len() > limits.max_topic_length || topic::levels(&p.topic) > limits.max_topic_levels {
-            return Err(Exit::protocol(reason::TOPIC_NAME_INVALID, "topic exceeds the configured length or levels"));
+        if p.topic.len() > limits.max_topic_length
+            || topic::levels(&p.topic) > limits.max_topic_levels
+        {
+            return Err(Exit::protocol(
+                reason::TOPIC_NAME_INVALID,
+                "topic exceeds the configured length or levels",
+            ));
         }
         if !p.properties.subscription_identifiers.is_empty() {
-            return Err(Exit::protocol(reason::PROTOCOL_ERROR, "subscription identifier in a client PUBLISH"));
+            return Err(Exit::protocol(
+                reason::PROTOCOL_ERROR,
+                "subscription identifier in a client PUBLISH",
+            ));
         }
         let (qos, pid) = (p.qos, p.pid);
         Metrics::add(&self.broker.metrics.messages_in, 1);
         if qos == QoS::ExactlyOnce && self.session.lock().incoming.contains(&pid) {
             // A resend of a message already routed: acknowledge again, route nothing.
-            self.ack(Packet::Ack(Ack::new(AckKind::PubRec, pid)), false, Vec::new());
+            self.ack(
+                Packet::Ack(Ack::new(AckKind::PubRec, pid)),
+                false,
+                Vec::new(),
+            );
             return Ok(());
         }
         if qos != QoS::AtMostOnce {
@@ -491,17 +587,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 .count();
             let unacked = held_acks + self.session.lock().incoming.len();
             if unacked >= limits.max_inflight as usize {
-                return Err(Exit::protocol(reason::RECEIVE_MAXIMUM_EXCEEDED, "client exceeded our Receive Maximum"));
+                return Err(Exit::protocol(
+                    reason::RECEIVE_MAXIMUM_EXCEEDED,
+                    "client exceeded our Receive Maximum",
+                ));
             }
         }
-        let decision = self.broker.hooks.authorize(&self.client_info(), Action::Publish, &p.topic, qos, p.retain);
+        let decision = self.broker.hooks.authorize(
+            &self.client_info(),
+            Action::Publish,
+            &p.topic,
+            qos,
+            p.retain,
+        );
         if let Decision::Deny(code) = decision {
             Metrics::add(&self.broker.metrics.dropped_denied, 1);
             tracing::debug!(client_id = %self.client_id, topic = %p.topic, "publish not authorized");
             match qos {
                 QoS::AtMostOnce => {}
-                QoS::AtLeastOnce => self.ack(Packet::Ack(Ack::with_code(AckKind::PubAck, pid, code)), false, Vec::new()),
-                QoS::ExactlyOnce => self.ack(Packet::Ack(Ack::with_code(AckKind::PubRec, pid, code)), false, Vec::new()),
+                QoS::AtLeastOnce => self.ack(
+                    Packet::Ack(Ack::with_code(AckKind::PubAck, pid, code)),
+                    false,
+                    Vec::new(),
+                ),
+                QoS::ExactlyOnce => self.ack(
+                    Packet::Ack(Ack::with_code(AckKind::PubRec, pid, code)),
+                    false,
+                    Vec::new(),
+                ),
             }
             return Ok(());
         }
@@ -509,7 +622,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let mut stored = self.broker.publish(msg);
         match qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.ack(Packet::Ack(Ack::new(AckKind::PubAck, pid)), stored, Vec::new()),
+            QoS::AtLeastOnce => self.ack(
+                Packet::Ack(Ack::new(AckKind::PubAck, pid)),
+                stored,
+                Vec::new(),
+            ),
             QoS::ExactlyOnce => {
                 self.session.lock().incoming.insert(pid);
                 if self.persistent() {
@@ -518,7 +635,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                         &self.client_id,
                     );
                 }
-                self.ack(Packet::Ack(Ack::new(AckKind::PubRec, pid)), stored, Vec::new());
+                self.ack(
+                    Packet::Ack(Ack::new(AckKind::PubRec, pid)),
+                    stored,
+                    Vec::new(),
+                );
             }
         }
         Ok(())
@@ -538,17 +659,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 } else {
                     let known = st.release(&self.client_id, a.pid, store);
                     drop(st);
-                    let code = if known || !v5 { 0 } else { reason::PACKET_ID_NOT_FOUND };
-                    Packet::Ack(Ack::with_code(AckKind::PubRel, a.pid, code)).encode(self.version, &mut self.wbuf);
+                    let code = if known || !v5 {
+                        0
+                    } else {
+                        reason::PACKET_ID_NOT_FOUND
+                    };
+                    Packet::Ack(Ack::with_code(AckKind::PubRel, a.pid, code))
+                        .encode(self.version, &mut self.wbuf);
                 }
             }
             AckKind::PubRel => {
                 let had = self.session.lock().incoming.remove(&a.pid);
                 if had && self.persistent() {
-                    crate::session::log_store(store.save_incoming(&self.client_id, a.pid, false), &self.client_id);
+                    crate::session::log_store(
+                        store.save_incoming(&self.client_id, a.pid, false),
+                        &self.client_id,
+                    );
                 }
-                let code = if had || !v5 { 0 } else { reason::PACKET_ID_NOT_FOUND };
-                Packet::Ack(Ack::with_code(AckKind::PubComp, a.pid, code)).encode(self.version, &mut self.wbuf);
+                let code = if had || !v5 {
+                    0
+                } else {
+                    reason::PACKET_ID_NOT_FOUND
+                };
+                Packet::Ack(Ack::with_code(AckKind::PubComp, a.pid, code))
+                    .encode(self.version, &mut self.wbuf);
             }
         }
         Ok(())
@@ -569,14 +703,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     continue;
                 }
             };
-            if filter.len() > limits.max_topic_length || topic::levels(&filter) > limits.max_topic_levels {
+            if filter.len() > limits.max_topic_length
+                || topic::levels(&filter) > limits.max_topic_levels
+            {
                 codes.push(reason::TOPIC_FILTER_INVALID);
                 continue;
             }
             if is_shared && opts.no_local && self.version == Version::V5 {
-                return Err(Exit::protocol(reason::PROTOCOL_ERROR, "No Local set on a shared subscription"));
+                return Err(Exit::protocol(
+                    reason::PROTOCOL_ERROR,
+                    "No Local set on a shared subscription",
+                ));
             }
-            let decision = self.broker.hooks.authorize(&self.client_info(), Action::Subscribe, &filter, opts.qos, false);
+            let decision = self.broker.hooks.authorize(
+                &self.client_info(),
+                Action::Subscribe,
+                &filter,
+                opts.qos,
+                false,
+            );
             if let Decision::Deny(code) = decision {
                 codes.push(code);
                 continue;
@@ -597,7 +742,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         if changed {
             self.broker.save_meta(&self.session);
         }
-        let suback = SubAck { pid: s.pid, codes, properties: Properties::default() };
+        let suback = SubAck {
+            pid: s.pid,
+            codes,
+            properties: Properties::default(),
+        };
         self.ack(Packet::SubAck(suback), stored, then);
         Ok(())
     }
@@ -616,31 +765,53 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             .collect();
         self.broker.save_meta(&self.session);
         let stored = self.persistent();
-        self.ack(Packet::UnsubAck(UnsubAck { pid: u.pid, codes, properties: Properties::default() }), stored, Vec::new());
+        self.ack(
+            Packet::UnsubAck(UnsubAck {
+                pid: u.pid,
+                codes,
+                properties: Properties::default(),
+            }),
+            stored,
+            Vec::new(),
+        );
         Ok(())
     }
 
     fn on_disconnect(&mut self, d: Disconnect) -> Result<(), Exit> {
         if let Some(e) = d.properties.session_expiry_interval {
             if self.connect_expiry == 0 && e != 0 {
-                return Err(Exit::protocol(reason::PROTOCOL_ERROR, "session expiry set on DISCONNECT after 0 at CONNECT"));
+                return Err(Exit::protocol(
+                    reason::PROTOCOL_ERROR,
+                    "session expiry set on DISCONNECT after 0 at CONNECT",
+                ));
             }
-            self.session.lock().expiry_interval = e.min(self.broker.config.limits.max_session_expiry_secs);
+            self.session.lock().expiry_interval =
+                e.min(self.broker.config.limits.max_session_expiry_secs);
         }
-        Err(Exit::ClientDisconnect { will: d.code == reason::DISCONNECT_WITH_WILL })
+        Err(Exit::ClientDisconnect {
+            will: d.code == reason::DISCONNECT_WITH_WILL,
+        })
     }
 
     /// Sends an acknowledgement now, or once the store has synced what it covers when
     /// `needs_sync`. Order is kept: nothing overtakes an acknowledgement that waits.
     fn ack(&mut self, packet: Packet, needs_sync: bool, then: Vec<Delivery>) {
-        let ticket = if needs_sync { self.broker.store.commit() } else { 0 };
+        let ticket = if needs_sync {
+            self.broker.store.commit()
+        } else {
+            0
+        };
         if ticket == 0 && self.pending.is_empty() {
             packet.encode(self.version, &mut self.wbuf);
             for d in then {
                 self.broker.deliver(&self.session, d);
             }
         } else {
-            self.pending.push_back(Pending { ticket, held: Held::Packet(Box::new(packet)), then });
+            self.pending.push_back(Pending {
+                ticket,
+                held: Held::Packet(Box::new(packet)),
+                then,
+            });
         }
     }
 
@@ -670,7 +841,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             self.session.notify.notify_one();
             return Ok(());
         }
-        let window = self.client_receive_max.min(self.broker.config.limits.max_inflight) as usize;
+        let window = self
+            .client_receive_max
+            .min(self.broker.config.limits.max_inflight) as usize;
         let now = now_secs();
         let mut batch = std::mem::take(&mut self.batch);
         let taken = {
@@ -678,7 +851,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             if !st.is_attached(self.conn_id) {
                 return Err(Exit::TakenOver);
             }
-            st.take_sendable(&self.client_id, window, MAX_BATCH, now, &*self.broker.store, &mut batch)
+            st.take_sendable(
+                &self.client_id,
+                window,
+                MAX_BATCH,
+                now,
+                &*self.broker.store,
+                &mut batch,
+            )
         };
         if taken.expired > 0 {
             Metrics::add(&self.broker.metrics.dropped_expired, taken.expired as u64);
@@ -690,18 +870,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         for o in batch.drain(..) {
             match o {
                 Outgoing::PubRel { pid } => {
-                    Packet::Ack(Ack::new(AckKind::PubRel, pid)).encode(self.version, &mut self.wbuf);
+                    Packet::Ack(Ack::new(AckKind::PubRel, pid))
+                        .encode(self.version, &mut self.wbuf);
                 }
-                Outgoing::Publish { pid, dup, delivery } => self.write_publish(pid, dup, &delivery, now),
+                Outgoing::Publish { pid, dup, delivery } => {
+                    self.write_publish(pid, dup, &delivery, now)
+                }
             }
         }
         self.batch = batch;
         // Stored packet ids must be durable before the client sees them; and nothing
         // may overtake output that is already held.
         if self.wbuf.len() > start && (taken.stored || !self.pending.is_empty()) {
-            let ticket = if taken.stored { self.broker.store.commit() } else { 0 };
+            let ticket = if taken.stored {
+                self.broker.store.commit()
+            } else {
+                0
+            };
             let bytes = self.wbuf.split_off(start);
-            self.pending.push_back(Pending { ticket, held: Held::Bytes(bytes), then: Vec::new() });
+            self.pending.push_back(Pending {
+                ticket,
+                held: Held::Bytes(bytes),
+                then: Vec::new(),
+            });
             self.release_acks()?;
         }
         Ok(())
@@ -729,7 +920,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             topic = &msg.topic;
         }
         let props = (self.version == Version::V5
-            && (msg.expires_at.is_some() || !d.subscription_ids.is_empty() || alias.is_some() || !msg.properties.is_empty()))
+            && (msg.expires_at.is_some()
+                || !d.subscription_ids.is_empty()
+                || alias.is_some()
+                || !msg.properties.is_empty()))
         .then(|| {
             let mut p = msg.properties.clone();
             p.message_expiry_interval = msg.remaining_expiry(now);
@@ -741,7 +935,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         codec::encode_publish(
             &mut self.wbuf,
             self.version,
-            codec::PublishHeader { dup, qos: d.qos, retain: d.retain, pid },
+            codec::PublishHeader {
+                dup,
+                qos: d.qos,
+                retain: d.retain,
+                pid,
+            },
             topic,
             props.as_ref(),
             &msg.payload,
@@ -754,7 +953,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             Metrics::add(&self.broker.metrics.dropped_too_large, 1);
             tracing::debug!(client_id = %self.client_id, topic = %msg.topic, "message larger than the client's maximum packet size dropped");
             if d.qos != QoS::AtMostOnce {
-                self.session.lock().complete(&self.client_id, pid, &*self.broker.store);
+                self.session
+                    .lock()
+                    .complete(&self.client_id, pid, &*self.broker.store);
             }
             return;
         }
@@ -769,10 +970,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             if let Exit::Protocol { cause, .. } = &exit {
                 properties.reason_string = Some(cause.clone());
             }
-            Packet::Disconnect(Disconnect { code, properties }).encode(self.version, &mut self.wbuf);
+            Packet::Disconnect(Disconnect { code, properties })
+                .encode(self.version, &mut self.wbuf);
         }
         if !self.wbuf.is_empty() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), self.io.write_all(&self.wbuf)).await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), self.io.write_all(&self.wbuf)).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
         let will = self.will.take().filter(|_| exit.sends_will()).map(|w| {
@@ -790,7 +993,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             }
             _ => self.broker.detach(&self.session, self.conn_id, will),
         }
-        self.broker.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+        self.broker
+            .metrics
+            .connections
+            .fetch_sub(1, Ordering::Relaxed);
         tracing::info!(client_id = %self.client_id, peer = %self.peer, listener = %self.listener.name,
             protocol = %self.version, reason = %exit.describe(), "client disconnected");
     }

@@ -43,7 +43,14 @@ pub enum Decision {
 
 pub trait Hooks: Send + Sync + 'static {
     fn authenticate(&self, info: &ConnectInfo<'_>) -> Decision;
-    fn authorize(&self, client: &ClientInfo<'_>, action: Action, topic: &str, qos: QoS, retain: bool) -> Decision;
+    fn authorize(
+        &self,
+        client: &ClientInfo<'_>,
+        action: Action,
+        topic: &str,
+        qos: QoS,
+        retain: bool,
+    ) -> Decision;
 }
 
 pub struct DefaultHooks;

@@ -11,7 +11,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Seconds since the Unix epoch: absolute times survive a restart, `Instant` does not.
 pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -33,7 +36,10 @@ impl Message {
     /// Builds the routed message from an inbound PUBLISH (topic alias already resolved).
     pub fn from_publish(p: Publish, publisher: Option<Arc<str>>) -> Message {
         let mut properties = p.properties;
-        let expires_at = properties.message_expiry_interval.take().map(|s| now_secs() + s as u64);
+        let expires_at = properties
+            .message_expiry_interval
+            .take()
+            .map(|s| now_secs() + s as u64);
         properties.topic_alias = None;
         properties.subscription_identifiers.clear();
         Message {
@@ -53,7 +59,8 @@ impl Message {
 
     /// Seconds left, for the Message Expiry Interval sent onward (MQTT-3.3.2-6).
     pub fn remaining_expiry(&self, now: u64) -> Option<u32> {
-        self.expires_at.map(|t| t.saturating_sub(now).min(u32::MAX as u64) as u32)
+        self.expires_at
+            .map(|t| t.saturating_sub(now).min(u32::MAX as u64) as u32)
     }
 }
 

@@ -99,7 +99,9 @@ mod tests {
 
     #[test]
     fn filters() {
-        for ok in ["#", "+", "a/#", "a/+/b", "+/+", "/", "a//b", "+/#", "$SYS/#"] {
+        for ok in [
+            "#", "+", "a/#", "a/+/b", "+/+", "/", "a//b", "+/#", "$SYS/#",
+        ] {
             assert!(validate_filter(ok).is_ok(), "{ok}");
         }
         for bad in ["", "a#", "a/#/b", "a+", "a/b+/c", "##", "#/"] {
@@ -134,7 +136,13 @@ mod tests {
     #[test]
     fn shared() {
         assert_eq!(parse_shared("a/b").unwrap(), None);
-        assert_eq!(parse_shared("$share/g/a/+").unwrap(), Some(Shared { group: "g", filter: "a/+" }));
+        assert_eq!(
+            parse_shared("$share/g/a/+").unwrap(),
+            Some(Shared {
+                group: "g",
+                filter: "a/+"
+            })
+        );
         assert!(parse_shared("$share/g").is_err());
         assert!(parse_shared("$share//a").is_err());
         assert!(parse_shared("$share/g+/a").is_err());

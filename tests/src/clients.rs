@@ -52,7 +52,11 @@ macro_rules! client {
                         }
                     }
                 });
-                $name { client, events, task }
+                $name {
+                    client,
+                    events,
+                    task,
+                }
             }
 
             pub async fn await_connack(mut self) -> ($name, p::ConnAck) {
@@ -67,7 +71,10 @@ macro_rules! client {
 
             /// The next packet or connection error, or `None` on timeout.
             pub async fn next(&mut self, d: Duration) -> Option<Result<m::Incoming, String>> {
-                tokio::time::timeout(d, self.events.recv()).await.ok().flatten()
+                tokio::time::timeout(d, self.events.recv())
+                    .await
+                    .ok()
+                    .flatten()
             }
 
             pub async fn publish_within(&mut self, d: Duration) -> Option<p::Publish> {
@@ -83,7 +90,7 @@ macro_rules! client {
             }
 
             /// The next PUBLISH; panics if none arrives in time.
-            pub async fn publish(&mut self) -> p::Publish{
+            pub async fn publish(&mut self) -> p::Publish {
                 self.publish_within(WAIT).await.expect("expected a PUBLISH")
             }
 
@@ -107,7 +114,10 @@ macro_rules! client {
             }
 
             pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> p::SubAck {
-                self.client.subscribe(filter, qos).await.expect("subscribe request");
+                self.client
+                    .subscribe(filter, qos)
+                    .await
+                    .expect("subscribe request");
                 self.suback().await
             }
 
@@ -161,4 +171,3 @@ pub mod v5 {
 
 pub use v4::C4;
 pub use v5::C5;
-

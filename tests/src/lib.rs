@@ -15,24 +15,34 @@ pub fn weir_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         if let Ok(p) = std::env::var("WEIR_BIN") {
-            return PathBuf::from(p);
+            // The broker runs in its own temp directory, so a relative path must be resolved now.
+            return std::fs::canonicalize(&p).unwrap_or_else(|e| panic!("WEIR_BIN={p}: {e}"));
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace root")
+            .to_path_buf();
         let status = Command::new(cargo)
             .args(["build", "-q", "-p", "weir", "--bin", "weir"])
             .current_dir(&root)
             .status()
             .expect("running cargo build for the weir binary");
         assert!(status.success(), "building the weir binary failed");
-        let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| root.join("target"));
         target.join("debug").join("weir")
     })
     .clone()
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("binding a free port").local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("binding a free port")
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Extra configuration for a test broker, as TOML lines per table.
@@ -45,7 +55,10 @@ pub struct Opts {
 
 impl Opts {
     pub fn limits(s: &str) -> Opts {
-        Opts { limits: s.into(), ..Default::default() }
+        Opts {
+            limits: s.into(),
+            ..Default::default()
+        }
     }
 }
 
@@ -64,7 +77,12 @@ impl Weir {
 
     pub fn with(opts: Opts) -> Weir {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut w = Weir { child: None, port: 0, dir, opts };
+        let mut w = Weir {
+            child: None,
+            port: 0,
+            dir,
+            opts,
+        };
         for _ in 0..5 {
             w.port = free_port();
             if w.spawn() {
@@ -99,7 +117,11 @@ impl Weir {
     /// first (the port was taken, say).
     fn spawn(&mut self) -> bool {
         self.write_config();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
         let child = Command::new(weir_bin())
             .arg("--config")
             .arg(self.config_path())
@@ -140,7 +162,8 @@ impl Weir {
     pub fn terminate(&mut self) -> ExitStatus {
         let mut c = self.child.take().expect("broker running");
         signal(c.id(), "TERM");
-        wait_timeout(&mut c, Duration::from_secs(15)).expect("broker did not exit within 15 s of SIGTERM")
+        wait_timeout(&mut c, Duration::from_secs(15))
+            .expect("broker did not exit within 15 s of SIGTERM")
     }
 
     /// Starts the broker again on the same port and data directory.
@@ -157,7 +180,10 @@ impl Drop for Weir {
 }
 
 pub fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
 }
 
 pub fn wait_timeout(c: &mut Child, d: Duration) -> Option<ExitStatus> {

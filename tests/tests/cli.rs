@@ -9,8 +9,16 @@ fn run_with_config(text: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("weir.toml");
     std::fs::write(&path, text).unwrap();
-    let out = Command::new(weir_bin()).arg("--config").arg(&path).arg("--check").output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(weir_bin())
+        .arg("--config")
+        .arg(&path)
+        .arg("--check")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -28,9 +36,15 @@ fn config_errors_name_the_key() {
     for (text, key) in cases {
         let (ok, err) = run_with_config(text);
         assert!(!ok, "{text:?} was accepted");
-        assert!(err.contains(key), "error for {text:?} does not name {key}: {err}");
+        assert!(
+            err.contains(key),
+            "error for {text:?} does not name {key}: {err}"
+        );
     }
-    let out = Command::new(weir_bin()).args(["--config", "/nonexistent/weir.toml"]).output().unwrap();
+    let out = Command::new(weir_bin())
+        .args(["--config", "/nonexistent/weir.toml"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/weir.toml"));
 }
@@ -38,8 +52,15 @@ fn config_errors_name_the_key() {
 #[test]
 fn the_documented_example_config_is_valid() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/weir.example.toml");
-    let out = Command::new(weir_bin()).args(["--check", "--config", example]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(weir_bin())
+        .args(["--check", "--config", example])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -50,14 +71,22 @@ fn no_arguments_starts_on_1883_with_data_in_the_working_directory() {
         "port 1883 is in use on this machine; stop whatever holds it to run this test"
     );
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(weir_bin()).current_dir(dir.path()).spawn().unwrap();
-    let up = eventually(Duration::from_secs(20), || std::net::TcpStream::connect("127.0.0.1:1883").is_ok());
+    let mut child = Command::new(weir_bin())
+        .current_dir(dir.path())
+        .spawn()
+        .unwrap();
+    let up = eventually(Duration::from_secs(20), || {
+        std::net::TcpStream::connect("127.0.0.1:1883").is_ok()
+    });
     let data = dir.path().join("weir-data").exists();
     signal(child.id(), "INT");
     let status = wait_timeout(&mut child, Duration::from_secs(15));
     assert!(up, "not listening on 127.0.0.1:1883");
     assert!(data, "no weir-data directory in the working directory");
-    assert!(status.is_some_and(|s| s.success()), "SIGINT exits 0: {status:?}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "SIGINT exits 0: {status:?}"
+    );
     let _ = free_port();
 }
 
@@ -70,12 +99,41 @@ async fn connect_and_disconnect_are_logged_with_id_address_version_and_reason() 
     c4.subscribe("x", rumqttc::QoS::AtMostOnce).await;
     c4.drop_connection();
     let _ = QoS::AtMostOnce;
-    assert!(eventually(Duration::from_secs(5), || w.log().matches("client disconnected").count() >= 2));
+    assert!(eventually(Duration::from_secs(5), || w
+        .log()
+        .matches("client disconnected")
+        .count()
+        >= 2));
     let log = w.log();
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("logged-")).collect();
     let find = |needles: &[&str]| lines.iter().any(|l| needles.iter().all(|n| l.contains(n)));
-    assert!(find(&["client connected", "client_id=logged-five", "peer=127.0.0.1:", "protocol=5.0"]), "{log}");
-    assert!(find(&["client disconnected", "client_id=logged-five", "reason=client sent DISCONNECT"]), "{log}");
-    assert!(find(&["client connected", "client_id=logged-311", "protocol=3.1.1"]), "{log}");
-    assert!(find(&["client disconnected", "client_id=logged-311", "without DISCONNECT"]), "{log}");
+    assert!(
+        find(&[
+            "client connected",
+            "client_id=logged-five",
+            "peer=127.0.0.1:",
+            "protocol=5.0"
+        ]),
+        "{log}"
+    );
+    assert!(
+        find(&[
+            "client disconnected",
+            "client_id=logged-five",
+            "reason=client sent DISCONNECT"
+        ]),
+        "{log}"
+    );
+    assert!(
+        find(&["client connected", "client_id=logged-311", "protocol=3.1.1"]),
+        "{log}"
+    );
+    assert!(
+        find(&[
+            "client disconnected",
+            "client_id=logged-311",
+            "without DISCONNECT"
+        ]),
+        "{log}"
+    );
 }

@@ -6,7 +6,11 @@ use std::time::{Duration, Instant};
 use weir_tests::{wait_timeout, Weir};
 
 fn need(cmd: &str, hint: &str) {
-    let found = Command::new("sh").arg("-c").arg(format!("command -v {cmd} >/dev/null")).status().is_ok_and(|s| s.success());
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd} >/dev/null"))
+        .status()
+        .is_ok_and(|s| s.success());
     assert!(found, "{cmd} not found: {hint}");
 }
 
@@ -15,7 +19,11 @@ fn paho_python_client_behaviours() {
     need("python3", "install Python 3");
     let w = Weir::start();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/paho/paho_check.py");
-    let out = Command::new("python3").arg(script).arg(w.port.to_string()).output().expect("running python3");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(w.port.to_string())
+        .output()
+        .expect("running python3");
     assert!(
         out.status.success(),
         "paho checks failed (is paho-mqtt installed? run .ci/setup)\nstdout:\n{}\nstderr:\n{}\nbroker log:\n{}",
@@ -31,7 +39,22 @@ fn sub_then_pub(w: &Weir, version: &str, qos: u8, topic: &str, message: &str) ->
     let port = w.port.to_string();
     let q = qos.to_string();
     let sub = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port, "-V", version, "-q", &q, "-t", topic, "-C", "1", "-W", "10"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-V",
+            version,
+            "-q",
+            &q,
+            "-t",
+            topic,
+            "-C",
+            "1",
+            "-W",
+            "10",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .expect("mosquitto_sub");
@@ -40,7 +63,20 @@ fn sub_then_pub(w: &Weir, version: &str, qos: u8, topic: &str, message: &str) ->
     let mut sub = Some(sub);
     while Instant::now() < deadline {
         let status = Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &port, "-V", version, "-q", &q, "-t", topic, "-m", message])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-V",
+                version,
+                "-q",
+                &q,
+                "-t",
+                topic,
+                "-m",
+                message,
+            ])
             .status()
             .expect("mosquitto_pub");
         assert!(status.success(), "mosquitto_pub failed");
@@ -49,13 +85,20 @@ fn sub_then_pub(w: &Weir, version: &str, qos: u8, topic: &str, message: &str) ->
             break;
         }
     }
-    let out = sub.take().unwrap().wait_with_output().unwrap_or_else(|e| panic!("mosquitto_sub {pid}: {e}"));
+    let out = sub
+        .take()
+        .unwrap()
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("mosquitto_sub {pid}: {e}"));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 #[test]
 fn mosquitto_clients_publish_and_subscribe_at_each_qos() {
-    need("mosquitto_pub", "install Debian's mosquitto-clients (run .ci/setup)");
+    need(
+        "mosquitto_pub",
+        "install Debian's mosquitto-clients (run .ci/setup)",
+    );
     let w = Weir::start();
     for version in ["mqttv311", "mqttv5"] {
         for qos in 0..=2u8 {
@@ -68,16 +111,44 @@ fn mosquitto_clients_publish_and_subscribe_at_each_qos() {
 
 #[test]
 fn mosquitto_clients_retained_message() {
-    need("mosquitto_pub", "install Debian's mosquitto-clients (run .ci/setup)");
+    need(
+        "mosquitto_pub",
+        "install Debian's mosquitto-clients (run .ci/setup)",
+    );
     let w = Weir::start();
     let port = w.port.to_string();
     let status = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port, "-q", "1", "-r", "-t", "mosq/retained", "-m", "kept"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-q",
+            "1",
+            "-r",
+            "-t",
+            "mosq/retained",
+            "-m",
+            "kept",
+        ])
         .status()
         .unwrap();
     assert!(status.success());
     let mut sub = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port, "-t", "mosq/#", "-C", "1", "-W", "5", "-F", "%r %t %p"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            "mosq/#",
+            "-C",
+            "1",
+            "-W",
+            "5",
+            "-F",
+            "%r %t %p",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -85,5 +156,9 @@ fn mosquitto_clients_retained_message() {
     assert!(status.success());
     let mut out = String::new();
     std::io::Read::read_to_string(sub.stdout.as_mut().unwrap(), &mut out).unwrap();
-    assert_eq!(out.trim(), "1 mosq/retained kept", "retain flag, topic, payload");
+    assert_eq!(
+        out.trim(),
+        "1 mosq/retained kept",
+        "retain flag, topic, payload"
+    );
 }

@@ -42,10 +42,20 @@ async fn kill_9_loses_no_acknowledged_message() {
     let (mut p, _) = C5::connect_with(C5::opts(w.port, "pub")).await;
     const N: usize = 300;
     for i in 0..N {
-        let qos = if i % 3 == 0 { QoS::ExactlyOnce } else { QoS::AtLeastOnce };
-        p.client.publish("k/x", qos, false, format!("{i}")).await.unwrap();
+        let qos = if i % 3 == 0 {
+            QoS::ExactlyOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        p.client
+            .publish("k/x", qos, false, format!("{i}"))
+            .await
+            .unwrap();
     }
-    p.client.publish("k/retained", QoS::AtLeastOnce, true, "kept").await.unwrap();
+    p.client
+        .publish("k/retained", QoS::AtLeastOnce, true, "kept")
+        .await
+        .unwrap();
     await_acks(&mut p, N + 1).await;
     w.kill9();
 
@@ -55,7 +65,11 @@ async fn kill_9_loses_no_acknowledged_message() {
     let mut got = BTreeSet::new();
     while let Some(m) = s.publish_within(Duration::from_secs(2)).await {
         if m.topic == "k/x" {
-            got.insert(String::from_utf8_lossy(&m.payload).parse::<usize>().unwrap());
+            got.insert(
+                String::from_utf8_lossy(&m.payload)
+                    .parse::<usize>()
+                    .unwrap(),
+            );
         }
     }
     let missing: Vec<usize> = (0..N).filter(|i| !got.contains(i)).collect();
@@ -63,12 +77,21 @@ async fn kill_9_loses_no_acknowledged_message() {
 
     let (mut s4, present) = C4::connect_with(v4).await;
     assert!(present.session_present);
-    let n4 = s4.drain_publishes().await.into_iter().filter(|m| m.topic == "k/x").count();
+    let n4 = s4
+        .drain_publishes()
+        .await
+        .into_iter()
+        .filter(|m| m.topic == "k/x")
+        .count();
     assert_eq!(n4, N, "3.1.1 persistent session got every message");
 
     let (mut late, _) = C5::connect_with(C5::opts(w.port, "late")).await;
     late.subscribe("k/retained", QoS::AtLeastOnce).await;
-    assert_eq!(&late.publish().await.payload[..], b"kept", "acknowledged retained message survived");
+    assert_eq!(
+        &late.publish().await.payload[..],
+        b"kept",
+        "acknowledged retained message survived"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -80,16 +103,29 @@ async fn unacknowledged_delivery_is_resent_after_kill_9() {
     let (mut s, _) = C5::connect_with(o).await;
     s.subscribe("inf/#", QoS::ExactlyOnce).await;
     let (mut p, _) = C5::connect_with(C5::opts(w.port, "pub")).await;
-    p.client.publish("inf/1", QoS::AtLeastOnce, false, "one").await.unwrap();
-    p.client.publish("inf/2", QoS::ExactlyOnce, false, "two").await.unwrap();
+    p.client
+        .publish("inf/1", QoS::AtLeastOnce, false, "one")
+        .await
+        .unwrap();
+    p.client
+        .publish("inf/2", QoS::ExactlyOnce, false, "two")
+        .await
+        .unwrap();
     await_acks(&mut p, 2).await;
-    assert_eq!(s.drain_publishes().await.len(), 2, "delivered, not acknowledged");
+    assert_eq!(
+        s.drain_publishes().await.len(),
+        2,
+        "delivered, not acknowledged"
+    );
     w.kill9();
     w.restart();
     let (mut s, present) = persistent(&w, "slow", 3600, false).await;
     assert!(present);
     let again: Vec<_> = s.drain_publishes().await;
-    assert_eq!(again.iter().map(|m| m.payload.to_vec()).collect::<Vec<_>>(), vec![b"one".to_vec(), b"two".to_vec()]);
+    assert_eq!(
+        again.iter().map(|m| m.payload.to_vec()).collect::<Vec<_>>(),
+        vec![b"one".to_vec(), b"two".to_vec()]
+    );
     assert!(again.iter().all(|m| m.dup), "resent with DUP");
 }
 
@@ -100,19 +136,37 @@ async fn graceful_restart_keeps_sessions_subscriptions_and_retained() {
     s.subscribe("g/#", QoS::AtLeastOnce).await;
     s.disconnect().await;
     let (mut p, _) = C5::connect_with(C5::opts(w.port, "pub")).await;
-    p.client.publish("g/queued", QoS::AtLeastOnce, false, "queued").await.unwrap();
-    p.client.publish("g/retained", QoS::AtLeastOnce, true, "retained").await.unwrap();
+    p.client
+        .publish("g/queued", QoS::AtLeastOnce, false, "queued")
+        .await
+        .unwrap();
+    p.client
+        .publish("g/retained", QoS::AtLeastOnce, true, "retained")
+        .await
+        .unwrap();
     await_acks(&mut p, 2).await;
     assert!(w.terminate().success());
 
     w.restart();
     let (mut s, present) = persistent(&w, "keeper", 3600, false).await;
     assert!(present);
-    let queued: Vec<_> = s.drain_publishes().await.into_iter().map(|m| m.payload.to_vec()).collect();
-    assert_eq!(queued, vec![b"queued".to_vec(), b"retained".to_vec()], "both were queued while offline");
+    let queued: Vec<_> = s
+        .drain_publishes()
+        .await
+        .into_iter()
+        .map(|m| m.payload.to_vec())
+        .collect();
+    assert_eq!(
+        queued,
+        vec![b"queued".to_vec(), b"retained".to_vec()],
+        "both were queued while offline"
+    );
     // The subscription itself survived: a new message is routed to it.
     let (p, _) = C5::connect_with(C5::opts(w.port, "pub")).await;
-    p.client.publish("g/new", QoS::AtLeastOnce, false, "new").await.unwrap();
+    p.client
+        .publish("g/new", QoS::AtLeastOnce, false, "new")
+        .await
+        .unwrap();
     assert_eq!(&s.publish().await.payload[..], b"new");
     let (mut late, _) = C5::connect_with(C5::opts(w.port, "late")).await;
     late.subscribe("g/retained", QoS::AtLeastOnce).await;
@@ -129,7 +183,10 @@ async fn expired_sessions_are_purged_across_a_restart() {
     assert!(w.terminate().success());
     tokio::time::sleep(Duration::from_millis(2200)).await;
     w.restart();
-    assert!(!persistent(&w, "brief", 1, false).await.1, "expired while the broker was down");
+    assert!(
+        !persistent(&w, "brief", 1, false).await.1,
+        "expired while the broker was down"
+    );
     assert!(persistent(&w, "lasting", 3600, false).await.1);
 }
 
@@ -148,7 +205,13 @@ async fn a_delayed_will_survives_a_restart() {
         correlation_data: None,
         user_properties: vec![],
     };
-    o.set_last_will(LastWill::new("will/mortal", "late", QoS::AtLeastOnce, false, Some(props)));
+    o.set_last_will(LastWill::new(
+        "will/mortal",
+        "late",
+        QoS::AtLeastOnce,
+        false,
+        Some(props),
+    ));
     let (c, _) = C5::connect_with(o).await;
     c.drop_connection();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -156,6 +219,9 @@ async fn a_delayed_will_survives_a_restart() {
     w.restart();
     let (mut watcher, _) = C5::connect_with(C5::opts(w.port, "watcher")).await;
     watcher.subscribe("will/#", QoS::AtLeastOnce).await;
-    let m = watcher.publish_within(Duration::from_secs(6)).await.expect("the pending will was published after restart");
+    let m = watcher
+        .publish_within(Duration::from_secs(6))
+        .await
+        .expect("the pending will was published after restart");
     assert_eq!(&m.payload[..], b"late");
 }

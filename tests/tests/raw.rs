@@ -62,7 +62,10 @@ fn malformed_packet_gets_disconnect_0x81_on_v5_and_a_plain_close_on_311() {
     let mut r = v4_client(&w, "bad4", CLEAN, 60);
     r.send(&[0x62, 3, 0, 1, 0]); // PUBREL with a leftover byte
     assert!(r.closed());
-    assert!(w.log().contains("bad4"), "the close is logged with the client id");
+    assert!(
+        w.log().contains("bad4"),
+        "the close is logged with the client id"
+    );
 }
 
 #[test]
@@ -136,7 +139,10 @@ fn empty_client_id_on_v5_gets_an_assigned_identifier() {
     let ack = r.recv().unwrap();
     assert_eq!(ack[3], 0);
     let props = &ack[5..];
-    let i = props.iter().position(|b| *b == 0x12).expect("Assigned Client Identifier property");
+    let i = props
+        .iter()
+        .position(|b| *b == 0x12)
+        .expect("Assigned Client Identifier property");
     let len = u16::from_be_bytes([props[i + 1], props[i + 2]]) as usize;
     assert!(len > 0);
 }
@@ -158,7 +164,12 @@ async fn qos2_resent_with_dup_is_delivered_exactly_once() {
     assert_eq!(r.recv().unwrap()[..4], [0x50, 2, 0, 7]);
     r.send(&[0x62, 2, 0, 7]);
     r.recv();
-    let got: Vec<_> = sub.drain_publishes().await.into_iter().map(|p| p.payload).collect();
+    let got: Vec<_> = sub
+        .drain_publishes()
+        .await
+        .into_iter()
+        .map(|p| p.payload)
+        .collect();
     assert_eq!(got, vec![&b"once"[..], &b"twice"[..]]);
     // PUBREL for an unknown id: PUBCOMP 0x92.
     r.send(&[0x62, 2, 0, 9]);
@@ -181,7 +192,10 @@ async fn keep_alive_timeout_closes_and_sends_the_will() {
     let t0 = Instant::now();
     assert!(r.closed());
     let waited = t0.elapsed();
-    assert!(waited >= Duration::from_millis(1400) && waited < Duration::from_secs(4), "closed after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(1400) && waited < Duration::from_secs(4),
+        "closed after {waited:?}"
+    );
     assert_eq!(&watcher.publish().await.payload[..], b"timed out");
 
     // A client that pings stays.
@@ -213,8 +227,18 @@ async fn inbound_topic_alias_resolves_to_the_topic() {
     r.send(&publish5(0, "", None, &[0x23, 0, 1], b"2"));
     r.send(&publish5(0, "al/y", None, &[0x23, 0, 1], b"3")); // remaps alias 1
     r.send(&publish5(0, "", None, &[0x23, 0, 1], b"4"));
-    let got: Vec<_> = sub.drain_publishes().await.into_iter().map(|p| (p.topic, p.payload)).collect();
-    let want: Vec<(&[u8], &[u8])> = vec![(b"al/x", b"1"), (b"al/x", b"2"), (b"al/y", b"3"), (b"al/y", b"4")];
+    let got: Vec<_> = sub
+        .drain_publishes()
+        .await
+        .into_iter()
+        .map(|p| (p.topic, p.payload))
+        .collect();
+    let want: Vec<(&[u8], &[u8])> = vec![
+        (b"al/x", b"1"),
+        (b"al/x", b"2"),
+        (b"al/y", b"3"),
+        (b"al/y", b"4"),
+    ];
     assert_eq!(got.len(), 4);
     for ((t, p), (wt, wp)) in got.iter().zip(want) {
         assert_eq!((&t[..], &p[..]), (wt, wp));
@@ -263,7 +287,10 @@ fn exceeding_our_receive_maximum_is_disconnected_with_0x93() {
 
 #[test]
 fn packet_over_the_maximum_size_is_refused() {
-    let w = Weir::with(Opts { listener: "max_packet_size = 128".into(), ..Default::default() });
+    let w = Weir::with(Opts {
+        listener: "max_packet_size = 128".into(),
+        ..Default::default()
+    });
     let mut r = v5_client(&w, "big", &[]);
     r.send(&publish5(0, "t", None, &[], &[0u8; 300]));
     assert_eq!(disconnect_code(&r.recv().unwrap()), Some(0x95));
@@ -279,7 +306,10 @@ fn invalid_filters_get_failure_codes_in_suback() {
         b.push(1);
     }
     r.send(&packet(0x82, &b));
-    assert_eq!(r.recv().unwrap(), vec![0x90, 7, 0, 1, 0, 0x8F, 1, 0x8F, 0x8F]);
+    assert_eq!(
+        r.recv().unwrap(),
+        vec![0x90, 7, 0, 1, 0, 0x8F, 1, 0x8F, 0x8F]
+    );
 
     let mut r = v4_client(&w, "f4", CLEAN, 60);
     let mut b = vec![0, 2];
@@ -293,7 +323,10 @@ fn invalid_filters_get_failure_codes_in_suback() {
 
 #[test]
 fn connections_over_the_limit_get_server_busy() {
-    let w = Weir::with(Opts { listener: "max_connections = 1".into(), ..Default::default() });
+    let w = Weir::with(Opts {
+        listener: "max_connections = 1".into(),
+        ..Default::default()
+    });
     // The harness's readiness probe may still hold the one slot for a moment.
     let mut first = None;
     assert!(weir_tests::eventually(Duration::from_secs(5), || {
@@ -308,12 +341,19 @@ fn connections_over_the_limit_get_server_busy() {
     assert_eq!(r.recv().unwrap()[3], 0x89);
     let mut r = Raw::connect(w.port);
     r.send(&connect(4, "third", CLEAN, 60, &[]));
-    assert_eq!(r.recv(), Some(vec![0x20, 2, 0, 3]), "3.1.1: server unavailable");
+    assert_eq!(
+        r.recv(),
+        Some(vec![0x20, 2, 0, 3]),
+        "3.1.1: server unavailable"
+    );
 }
 
 #[test]
 fn anonymous_clients_are_refused_when_the_listener_says_so() {
-    let w = Weir::with(Opts { listener: "allow_anonymous = false".into(), ..Default::default() });
+    let w = Weir::with(Opts {
+        listener: "allow_anonymous = false".into(),
+        ..Default::default()
+    });
     let mut r = Raw::connect(w.port);
     r.send(&connect(5, "anon", CLEAN, 60, &[]));
     assert_eq!(r.recv().unwrap()[3], 0x87);

@@ -19,15 +19,36 @@ async fn publish_and_subscribe_at_each_qos_with_qos_downgrade() {
     let (mut sub2, _) = connect(&w, "sub2", true).await;
     let (mut sub1, _) = connect(&w, "sub1", true).await;
     let ack = sub2.subscribe("t/#", QoS::ExactlyOnce).await;
-    assert_eq!(ack.return_codes, vec![SubscribeReasonCode::Success(QoS::ExactlyOnce)]);
+    assert_eq!(
+        ack.return_codes,
+        vec![SubscribeReasonCode::Success(QoS::ExactlyOnce)]
+    );
     sub1.subscribe("t/#", QoS::AtLeastOnce).await;
     let (publisher, _) = connect(&w, "pub", true).await;
-    for (i, q) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce].into_iter().enumerate() {
-        publisher.client.publish(format!("t/{i}"), q, false, vec![i as u8; 3]).await.unwrap();
+    for (i, q) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+        .into_iter()
+        .enumerate()
+    {
+        publisher
+            .client
+            .publish(format!("t/{i}"), q, false, vec![i as u8; 3])
+            .await
+            .unwrap();
         let p = sub2.publish().await;
-        assert_eq!((p.topic.as_str(), p.qos, &p.payload[..]), (format!("t/{i}").as_str(), q, &[i as u8; 3][..]));
+        assert_eq!(
+            (p.topic.as_str(), p.qos, &p.payload[..]),
+            (format!("t/{i}").as_str(), q, &[i as u8; 3][..])
+        );
         let p = sub1.publish().await;
-        assert_eq!(p.qos, if q == QoS::ExactlyOnce { QoS::AtLeastOnce } else { q }, "delivery QoS is min(publish, granted)");
+        assert_eq!(
+            p.qos,
+            if q == QoS::ExactlyOnce {
+                QoS::AtLeastOnce
+            } else {
+                q
+            },
+            "delivery QoS is min(publish, granted)"
+        );
     }
 }
 
@@ -37,7 +58,10 @@ async fn retained_messages_are_stored_replaced_and_deleted() {
     let (mut live, _) = connect(&w, "live", true).await;
     live.subscribe("r/#", QoS::AtLeastOnce).await;
     let (p, _) = connect(&w, "pub", true).await;
-    p.client.publish("r/1", QoS::AtLeastOnce, true, "first").await.unwrap();
+    p.client
+        .publish("r/1", QoS::AtLeastOnce, true, "first")
+        .await
+        .unwrap();
     let m = live.publish().await;
     assert!(!m.retain, "a live subscriber gets RETAIN 0 in 3.1.1");
 
@@ -46,7 +70,10 @@ async fn retained_messages_are_stored_replaced_and_deleted() {
     let m = late.publish().await;
     assert!(m.retain && &m.payload[..] == b"first");
 
-    p.client.publish("r/1", QoS::AtLeastOnce, true, "second").await.unwrap();
+    p.client
+        .publish("r/1", QoS::AtLeastOnce, true, "second")
+        .await
+        .unwrap();
     live.publish().await;
     let (mut late2, _) = connect(&w, "late2", true).await;
     late2.subscribe("r/#", QoS::AtLeastOnce).await;
@@ -54,11 +81,17 @@ async fn retained_messages_are_stored_replaced_and_deleted() {
     assert_eq!(got.len(), 1);
     assert_eq!(&got[0].payload[..], b"second");
 
-    p.client.publish("r/1", QoS::AtLeastOnce, true, "").await.unwrap();
+    p.client
+        .publish("r/1", QoS::AtLeastOnce, true, "")
+        .await
+        .unwrap();
     live.publish().await;
     let (mut late3, _) = connect(&w, "late3", true).await;
     late3.subscribe("r/#", QoS::AtLeastOnce).await;
-    assert!(late3.drain_publishes().await.is_empty(), "an empty retained payload deletes it");
+    assert!(
+        late3.drain_publishes().await.is_empty(),
+        "an empty retained payload deletes it"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -70,15 +103,33 @@ async fn persistent_session_queues_qos1_and_qos2_while_offline() {
     s.disconnect().await;
 
     let (p, _) = connect(&w, "pub", true).await;
-    p.client.publish("q/1", QoS::AtLeastOnce, false, "one").await.unwrap();
-    p.client.publish("q/2", QoS::ExactlyOnce, false, "two").await.unwrap();
-    p.client.publish("q/0", QoS::AtMostOnce, false, "zero").await.unwrap();
+    p.client
+        .publish("q/1", QoS::AtLeastOnce, false, "one")
+        .await
+        .unwrap();
+    p.client
+        .publish("q/2", QoS::ExactlyOnce, false, "two")
+        .await
+        .unwrap();
+    p.client
+        .publish("q/0", QoS::AtMostOnce, false, "zero")
+        .await
+        .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
 
     let (mut s, present) = connect(&w, "keeper", false).await;
     assert!(present, "session resumed");
-    let got: Vec<_> = s.drain_publishes().await.into_iter().map(|m| m.payload.to_vec()).collect();
-    assert_eq!(got, vec![b"one".to_vec(), b"two".to_vec()], "QoS 0 is not queued offline by default");
+    let got: Vec<_> = s
+        .drain_publishes()
+        .await
+        .into_iter()
+        .map(|m| m.payload.to_vec())
+        .collect();
+    assert_eq!(
+        got,
+        vec![b"one".to_vec(), b"two".to_vec()],
+        "QoS 0 is not queued offline by default"
+    );
 
     // Clean session discards it.
     s.disconnect().await;
@@ -97,13 +148,24 @@ async fn will_is_sent_on_unclean_disconnect_only() {
     let (dies, _) = C4::connect_with(o).await;
     dies.drop_connection();
     let m = watcher.publish().await;
-    assert_eq!((m.topic.as_str(), &m.payload[..]), ("will/dies", &b"gone"[..]));
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..]),
+        ("will/dies", &b"gone"[..])
+    );
 
     let mut o = C4::opts(w.port, "polite");
-    o.set_last_will(LastWill::new("will/polite", "gone", QoS::AtLeastOnce, false));
+    o.set_last_will(LastWill::new(
+        "will/polite",
+        "gone",
+        QoS::AtLeastOnce,
+        false,
+    ));
     let (polite, _) = C4::connect_with(o).await;
     polite.disconnect().await;
-    assert!(watcher.drain_publishes().await.is_empty(), "no will after DISCONNECT");
+    assert!(
+        watcher.drain_publishes().await.is_empty(),
+        "no will after DISCONNECT"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -115,8 +177,15 @@ async fn second_connection_with_same_id_takes_over() {
     o.set_last_will(LastWill::new("will/twin", "taken", QoS::AtMostOnce, false));
     let (mut first, _) = C4::connect_with(o).await;
     let (mut second, _) = connect(&w, "twin", true).await;
-    assert!(first.closed_within(WAIT).await.is_some(), "first connection closed");
-    assert_eq!(&watcher.publish().await.payload[..], b"taken", "takeover publishes the will");
+    assert!(
+        first.closed_within(WAIT).await.is_some(),
+        "first connection closed"
+    );
+    assert_eq!(
+        &watcher.publish().await.payload[..],
+        b"taken",
+        "takeover publishes the will"
+    );
     second.subscribe("x", QoS::AtMostOnce).await;
 }
 
@@ -128,7 +197,10 @@ async fn overlapping_subscriptions_deliver_once_at_the_highest_qos() {
     s.subscribe("o/#", QoS::ExactlyOnce).await;
     s.subscribe("o/a", QoS::AtLeastOnce).await;
     let (p, _) = connect(&w, "p", true).await;
-    p.client.publish("o/a", QoS::ExactlyOnce, false, "x").await.unwrap();
+    p.client
+        .publish("o/a", QoS::ExactlyOnce, false, "x")
+        .await
+        .unwrap();
     let got = s.drain_publishes().await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].qos, QoS::ExactlyOnce);
@@ -144,11 +216,27 @@ async fn wildcards_at_the_start_do_not_match_dollar_topics() {
     let (mut sys, _) = connect(&w, "sys", true).await;
     sys.subscribe("$SYS/#", QoS::AtMostOnce).await;
     let (p, _) = connect(&w, "p", true).await;
-    p.client.publish("$SYS/x", QoS::AtMostOnce, false, "s").await.unwrap();
+    p.client
+        .publish("$SYS/x", QoS::AtMostOnce, false, "s")
+        .await
+        .unwrap();
     assert_eq!(sys.publish().await.topic, "$SYS/x");
-    p.client.publish("a/x", QoS::AtMostOnce, false, "a").await.unwrap();
-    let a: Vec<_> = all.drain_publishes().await.into_iter().map(|m| m.topic).collect();
-    let b: Vec<_> = plus.drain_publishes().await.into_iter().map(|m| m.topic).collect();
+    p.client
+        .publish("a/x", QoS::AtMostOnce, false, "a")
+        .await
+        .unwrap();
+    let a: Vec<_> = all
+        .drain_publishes()
+        .await
+        .into_iter()
+        .map(|m| m.topic)
+        .collect();
+    let b: Vec<_> = plus
+        .drain_publishes()
+        .await
+        .into_iter()
+        .map(|m| m.topic)
+        .collect();
     assert_eq!(a, vec!["a/x"]);
     assert_eq!(b, vec!["a/x"]);
 }
@@ -162,11 +250,23 @@ async fn shared_subscription_from_311_clients_splits_messages() {
     b.subscribe("$share/g/s/#", QoS::AtLeastOnce).await;
     let (p, _) = connect(&w, "p", true).await;
     for i in 0..10 {
-        p.client.publish(format!("s/{i}"), QoS::AtLeastOnce, false, "m").await.unwrap();
+        p.client
+            .publish(format!("s/{i}"), QoS::AtLeastOnce, false, "m")
+            .await
+            .unwrap();
     }
     let (ga, gb) = (a.drain_publishes().await, b.drain_publishes().await);
-    assert_eq!(ga.len() + gb.len(), 10, "each message to exactly one member");
-    assert!(!ga.is_empty() && !gb.is_empty(), "both members get a share: {} / {}", ga.len(), gb.len());
+    assert_eq!(
+        ga.len() + gb.len(),
+        10,
+        "each message to exactly one member"
+    );
+    assert!(
+        !ga.is_empty() && !gb.is_empty(),
+        "both members get a share: {} / {}",
+        ga.len(),
+        gb.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -183,6 +283,9 @@ async fn unsubscribe_stops_delivery() {
         }
     }
     let (p, _) = connect(&w, "p", true).await;
-    p.client.publish("u/1", QoS::AtLeastOnce, false, "x").await.unwrap();
+    p.client
+        .publish("u/1", QoS::AtLeastOnce, false, "x")
+        .await
+        .unwrap();
     assert!(s.drain_publishes().await.is_empty());
 }

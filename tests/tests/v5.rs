@@ -2,8 +2,8 @@
 
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnectReturnCode, DisconnectReasonCode, Filter, LastWill, LastWillProperties, PublishProperties,
-    RetainForwardRule, SubscribeProperties,
+    ConnectReturnCode, DisconnectReasonCode, Filter, LastWill, LastWillProperties,
+    PublishProperties, RetainForwardRule, SubscribeProperties,
 };
 use std::time::{Duration, Instant};
 use weir_tests::clients::v5::QoS;
@@ -24,12 +24,26 @@ async fn persistent(w: &Weir, id: &str, expiry: u32, clean: bool) -> (C5, bool) 
     (c, ack.session_present)
 }
 
-fn filter(path: &str, qos: QoS, nolocal: bool, preserve_retain: bool, rule: RetainForwardRule) -> Filter {
-    Filter { path: path.into(), qos, nolocal, preserve_retain, retain_forward_rule: rule }
+fn filter(
+    path: &str,
+    qos: QoS,
+    nolocal: bool,
+    preserve_retain: bool,
+    rule: RetainForwardRule,
+) -> Filter {
+    Filter {
+        path: path.into(),
+        qos,
+        nolocal,
+        preserve_retain,
+        retain_forward_rule: rule,
+    }
 }
 
 fn payloads(v: &[rumqttc::v5::mqttbytes::v5::Publish]) -> Vec<String> {
-    v.iter().map(|p| String::from_utf8_lossy(&p.payload).into_owned()).collect()
+    v.iter()
+        .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -37,12 +51,21 @@ async fn overlapping_subscriptions_carry_every_subscription_identifier() {
     let w = Weir::start();
     let mut s = connect(&w, "s").await;
     for (f, id) in [("a/+", 1), ("a/#", 2)] {
-        let props = SubscribeProperties { id: Some(id), user_properties: vec![] };
-        s.client.subscribe_with_properties(f, QoS::AtLeastOnce, props).await.unwrap();
+        let props = SubscribeProperties {
+            id: Some(id),
+            user_properties: vec![],
+        };
+        s.client
+            .subscribe_with_properties(f, QoS::AtLeastOnce, props)
+            .await
+            .unwrap();
         s.suback().await;
     }
     let p = connect(&w, "p").await;
-    p.client.publish("a/b", QoS::AtLeastOnce, false, "x").await.unwrap();
+    p.client
+        .publish("a/b", QoS::AtLeastOnce, false, "x")
+        .await
+        .unwrap();
     let got = s.drain_publishes().await;
     assert_eq!(got.len(), 1, "one delivery for overlapping subscriptions");
     let mut ids = got[0].properties.clone().unwrap().subscription_identifiers;
@@ -55,13 +78,26 @@ async fn no_local_suppresses_own_messages() {
     let w = Weir::start();
     let mut me = connect(&w, "me").await;
     me.client
-        .subscribe_many(vec![filter("nl/#", QoS::AtLeastOnce, true, false, RetainForwardRule::OnEverySubscribe)])
+        .subscribe_many(vec![filter(
+            "nl/#",
+            QoS::AtLeastOnce,
+            true,
+            false,
+            RetainForwardRule::OnEverySubscribe,
+        )])
         .await
         .unwrap();
     me.suback().await;
-    me.client.publish("nl/mine", QoS::AtLeastOnce, false, "mine").await.unwrap();
+    me.client
+        .publish("nl/mine", QoS::AtLeastOnce, false, "mine")
+        .await
+        .unwrap();
     let other = connect(&w, "other").await;
-    other.client.publish("nl/theirs", QoS::AtLeastOnce, false, "theirs").await.unwrap();
+    other
+        .client
+        .publish("nl/theirs", QoS::AtLeastOnce, false, "theirs")
+        .await
+        .unwrap();
     assert_eq!(payloads(&me.drain_publishes().await), vec!["theirs"]);
 }
 
@@ -71,29 +107,67 @@ async fn retain_as_published_and_retain_handling() {
     let mut rap = connect(&w, "rap").await;
     let mut plain = connect(&w, "plain").await;
     rap.client
-        .subscribe_many(vec![filter("rh/#", QoS::AtLeastOnce, false, true, RetainForwardRule::OnEverySubscribe)])
+        .subscribe_many(vec![filter(
+            "rh/#",
+            QoS::AtLeastOnce,
+            false,
+            true,
+            RetainForwardRule::OnEverySubscribe,
+        )])
         .await
         .unwrap();
     rap.suback().await;
     plain.subscribe("rh/#", QoS::AtLeastOnce).await;
     let p = connect(&w, "p").await;
-    p.client.publish("rh/1", QoS::AtLeastOnce, true, "kept").await.unwrap();
-    assert!(rap.publish().await.retain, "Retain As Published keeps the flag");
-    assert!(!plain.publish().await.retain, "otherwise a live message has RETAIN 0");
+    p.client
+        .publish("rh/1", QoS::AtLeastOnce, true, "kept")
+        .await
+        .unwrap();
+    assert!(
+        rap.publish().await.retain,
+        "Retain As Published keeps the flag"
+    );
+    assert!(
+        !plain.publish().await.retain,
+        "otherwise a live message has RETAIN 0"
+    );
 
     let mut c = connect(&w, "c").await;
     let sub = |rule| vec![filter("rh/#", QoS::AtLeastOnce, false, false, rule)];
-    c.client.subscribe_many(sub(RetainForwardRule::OnNewSubscribe)).await.unwrap();
+    c.client
+        .subscribe_many(sub(RetainForwardRule::OnNewSubscribe))
+        .await
+        .unwrap();
     c.suback().await;
-    assert_eq!(payloads(&c.drain_publishes().await), vec!["kept"], "handling 1, new subscription");
-    c.client.subscribe_many(sub(RetainForwardRule::OnNewSubscribe)).await.unwrap();
+    assert_eq!(
+        payloads(&c.drain_publishes().await),
+        vec!["kept"],
+        "handling 1, new subscription"
+    );
+    c.client
+        .subscribe_many(sub(RetainForwardRule::OnNewSubscribe))
+        .await
+        .unwrap();
     c.suback().await;
-    assert!(c.drain_publishes().await.is_empty(), "handling 1, existing subscription");
-    c.client.subscribe_many(sub(RetainForwardRule::OnEverySubscribe)).await.unwrap();
+    assert!(
+        c.drain_publishes().await.is_empty(),
+        "handling 1, existing subscription"
+    );
+    c.client
+        .subscribe_many(sub(RetainForwardRule::OnEverySubscribe))
+        .await
+        .unwrap();
     c.suback().await;
-    assert_eq!(payloads(&c.drain_publishes().await), vec!["kept"], "handling 0");
+    assert_eq!(
+        payloads(&c.drain_publishes().await),
+        vec!["kept"],
+        "handling 0"
+    );
     let mut n = connect(&w, "n").await;
-    n.client.subscribe_many(sub(RetainForwardRule::Never)).await.unwrap();
+    n.client
+        .subscribe_many(sub(RetainForwardRule::Never))
+        .await
+        .unwrap();
     n.suback().await;
     assert!(n.drain_publishes().await.is_empty(), "handling 2");
 }
@@ -105,23 +179,57 @@ async fn message_expiry_is_honoured_and_decremented() {
     s.subscribe("me/#", QoS::AtLeastOnce).await;
     s.disconnect().await;
     let p = connect(&w, "p").await;
-    let with_expiry = |secs| PublishProperties { message_expiry_interval: Some(secs), ..Default::default() };
-    p.client.publish_with_properties("me/short", QoS::AtLeastOnce, false, "short", with_expiry(1)).await.unwrap();
-    p.client.publish_with_properties("me/long", QoS::AtLeastOnce, false, "long", with_expiry(100)).await.unwrap();
-    p.client.publish("me/none", QoS::AtLeastOnce, false, "none").await.unwrap();
+    let with_expiry = |secs| PublishProperties {
+        message_expiry_interval: Some(secs),
+        ..Default::default()
+    };
+    p.client
+        .publish_with_properties("me/short", QoS::AtLeastOnce, false, "short", with_expiry(1))
+        .await
+        .unwrap();
+    p.client
+        .publish_with_properties("me/long", QoS::AtLeastOnce, false, "long", with_expiry(100))
+        .await
+        .unwrap();
+    p.client
+        .publish("me/none", QoS::AtLeastOnce, false, "none")
+        .await
+        .unwrap();
     // Retained messages expire too.
-    p.client.publish_with_properties("me/ret", QoS::AtLeastOnce, true, "ret", with_expiry(1)).await.unwrap();
+    p.client
+        .publish_with_properties("me/ret", QoS::AtLeastOnce, true, "ret", with_expiry(1))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let (mut s, present) = persistent(&w, "exp", 300, false).await;
     assert!(present);
     let got = s.drain_publishes().await;
-    assert_eq!(payloads(&got), vec!["long", "none"], "the expired message is never sent");
-    let left = got[0].properties.clone().unwrap().message_expiry_interval.unwrap();
-    assert!((95..100).contains(&left), "expiry decremented by the time waited: {left}");
-    assert!(got[1].properties.as_ref().and_then(|p| p.message_expiry_interval).is_none());
+    assert_eq!(
+        payloads(&got),
+        vec!["long", "none"],
+        "the expired message is never sent"
+    );
+    let left = got[0]
+        .properties
+        .clone()
+        .unwrap()
+        .message_expiry_interval
+        .unwrap();
+    assert!(
+        (95..100).contains(&left),
+        "expiry decremented by the time waited: {left}"
+    );
+    assert!(got[1]
+        .properties
+        .as_ref()
+        .and_then(|p| p.message_expiry_interval)
+        .is_none());
     let mut late = connect(&w, "late").await;
     late.subscribe("me/#", QoS::AtLeastOnce).await;
-    assert!(late.drain_publishes().await.is_empty(), "expired retained message not sent");
+    assert!(
+        late.drain_publishes().await.is_empty(),
+        "expired retained message not sent"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -133,11 +241,21 @@ async fn broker_assigns_topic_aliases_up_to_the_client_maximum() {
     s.subscribe("ta/#", QoS::AtMostOnce).await;
     let p = connect(&w, "p").await;
     for t in ["ta/x", "ta/x", "ta/y"] {
-        p.client.publish(t, QoS::AtMostOnce, false, "m").await.unwrap();
+        p.client
+            .publish(t, QoS::AtMostOnce, false, "m")
+            .await
+            .unwrap();
     }
     let got = s.drain_publishes().await;
-    let seen: Vec<(Bytes, Option<u16>)> =
-        got.iter().map(|m| (m.topic.clone(), m.properties.as_ref().and_then(|p| p.topic_alias))).collect();
+    let seen: Vec<(Bytes, Option<u16>)> = got
+        .iter()
+        .map(|m| {
+            (
+                m.topic.clone(),
+                m.properties.as_ref().and_then(|p| p.topic_alias),
+            )
+        })
+        .collect();
     assert_eq!(
         seen,
         vec![(Bytes::from("ta/x"), Some(1)), (Bytes::new(), Some(1)), (Bytes::from("ta/y"), None)],
@@ -155,10 +273,17 @@ async fn receive_maximum_limits_unacknowledged_deliveries() {
     s.subscribe("rm/#", QoS::AtLeastOnce).await;
     let p = connect(&w, "p").await;
     for i in 0..5 {
-        p.client.publish(format!("rm/{i}"), QoS::AtLeastOnce, false, format!("{i}")).await.unwrap();
+        p.client
+            .publish(format!("rm/{i}"), QoS::AtLeastOnce, false, format!("{i}"))
+            .await
+            .unwrap();
     }
     let first = s.drain_publishes().await;
-    assert_eq!(payloads(&first), vec!["0", "1"], "only Receive Maximum messages in flight");
+    assert_eq!(
+        payloads(&first),
+        vec!["0", "1"],
+        "only Receive Maximum messages in flight"
+    );
     for m in &first {
         s.client.ack(m).await.unwrap();
     }
@@ -180,8 +305,14 @@ async fn message_too_large_for_one_subscriber_is_dropped_for_it_only() {
     let mut large = connect(&w, "large").await;
     large.subscribe("big/#", QoS::AtLeastOnce).await;
     let p = connect(&w, "p").await;
-    p.client.publish("big/1", QoS::AtLeastOnce, false, vec![b'x'; 1000]).await.unwrap();
-    p.client.publish("big/2", QoS::AtLeastOnce, false, "small").await.unwrap();
+    p.client
+        .publish("big/1", QoS::AtLeastOnce, false, vec![b'x'; 1000])
+        .await
+        .unwrap();
+    p.client
+        .publish("big/2", QoS::AtLeastOnce, false, "small")
+        .await
+        .unwrap();
     assert_eq!(large.drain_publishes().await.len(), 2);
     assert_eq!(payloads(&small.drain_publishes().await), vec!["small"]);
 }
@@ -197,10 +328,17 @@ async fn message_properties_are_forwarded_unchanged() {
         content_type: Some("application/json".into()),
         response_topic: Some("reply/to".into()),
         correlation_data: Some(Bytes::from_static(b"\x01\x02")),
-        user_properties: vec![("a".into(), "1".into()), ("a".into(), "2".into()), ("b".into(), "3".into())],
+        user_properties: vec![
+            ("a".into(), "1".into()),
+            ("a".into(), "2".into()),
+            ("b".into(), "3".into()),
+        ],
         ..Default::default()
     };
-    p.client.publish_with_properties("props", QoS::AtLeastOnce, false, "{}", sent.clone()).await.unwrap();
+    p.client
+        .publish_with_properties("props", QoS::AtLeastOnce, false, "{}", sent.clone())
+        .await
+        .unwrap();
     let got = s.publish().await.properties.unwrap();
     assert_eq!(got.payload_format_indicator, sent.payload_format_indicator);
     assert_eq!(got.content_type, sent.content_type);
@@ -211,14 +349,20 @@ async fn message_properties_are_forwarded_unchanged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn request_response_information_and_limits_in_connack() {
-    let w = Weir::with(Opts::limits("max_keep_alive = 5\nmax_inflight = 50\ntopic_alias_maximum = 7"));
+    let w = Weir::with(Opts::limits(
+        "max_keep_alive = 5\nmax_inflight = 50\ntopic_alias_maximum = 7",
+    ));
     let mut o = C5::opts(w.port, "rr");
     o.set_request_response_info(Some(1));
     o.set_keep_alive(Duration::from_secs(30));
     let (_c, ack) = C5::connect_with(o).await;
     let props = ack.properties.unwrap();
     assert!(props.response_information.is_some_and(|r| !r.is_empty()));
-    assert_eq!(props.server_keep_alive, Some(5), "server keep alive overrides a longer one");
+    assert_eq!(
+        props.server_keep_alive,
+        Some(5),
+        "server keep alive overrides a longer one"
+    );
     assert_eq!(props.receive_max, Some(50));
     assert_eq!(props.topic_alias_max, Some(7));
     assert!(props.max_packet_size.is_some());
@@ -232,8 +376,14 @@ async fn session_expiry_interval_ends_the_session() {
     let (s, _) = persistent(&w, "lasting", 60, true).await;
     s.disconnect().await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert!(!persistent(&w, "brief", 1, false).await.1, "expired after 1 s");
-    assert!(persistent(&w, "lasting", 60, false).await.1, "still there within 60 s");
+    assert!(
+        !persistent(&w, "brief", 1, false).await.1,
+        "expired after 1 s"
+    );
+    assert!(
+        persistent(&w, "lasting", 60, false).await.1,
+        "still there within 60 s"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -275,10 +425,19 @@ async fn will_delay_is_waited_cancelled_by_reconnect_and_capped_by_session_end()
         seen.push((String::from_utf8_lossy(&m.topic).into_owned(), t0.elapsed()));
     }
     let topics: Vec<&str> = seen.iter().map(|s| s.0.as_str()).collect();
-    assert!(topics.contains(&"will/delayed") && topics.contains(&"will/capped"), "{seen:?}");
-    assert!(!topics.contains(&"will/returns"), "a reconnect cancels the delayed will: {seen:?}");
+    assert!(
+        topics.contains(&"will/delayed") && topics.contains(&"will/capped"),
+        "{seen:?}"
+    );
+    assert!(
+        !topics.contains(&"will/returns"),
+        "a reconnect cancels the delayed will: {seen:?}"
+    );
     for (t, at) in &seen {
-        assert!(*at >= Duration::from_millis(900), "{t} sent before its delay: {at:?}");
+        assert!(
+            *at >= Duration::from_millis(900),
+            "{t} sent before its delay: {at:?}"
+        );
         assert!(*at < Duration::from_secs(5), "{t} sent too late: {at:?}");
     }
 }
@@ -288,8 +447,14 @@ async fn takeover_sends_session_taken_over() {
     let w = Weir::start();
     let mut first = connect(&w, "twin").await;
     let _second = connect(&w, "twin").await;
-    let seen = first.closed_within(WAIT).await.expect("first connection closed");
-    assert!(seen.contains(&format!("{:?}", DisconnectReasonCode::SessionTakenOver)), "{seen}");
+    let seen = first
+        .closed_within(WAIT)
+        .await
+        .expect("first connection closed");
+    assert!(
+        seen.contains(&format!("{:?}", DisconnectReasonCode::SessionTakenOver)),
+        "{seen}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -302,7 +467,10 @@ async fn in_flight_messages_are_resent_on_session_resume() {
     let (mut s, _) = C5::connect_with(o).await;
     s.subscribe("inf/#", QoS::AtLeastOnce).await;
     let p = connect(&w, "p").await;
-    p.client.publish("inf/1", QoS::AtLeastOnce, false, "owed").await.unwrap();
+    p.client
+        .publish("inf/1", QoS::AtLeastOnce, false, "owed")
+        .await
+        .unwrap();
     let m = s.publish().await;
     assert!(!m.dup);
     s.drop_connection(); // never acknowledged
@@ -311,19 +479,31 @@ async fn in_flight_messages_are_resent_on_session_resume() {
     assert!(present);
     let again = s.publish().await;
     assert!(again.dup, "a resend carries DUP");
-    assert_eq!((&again.payload[..], again.pkid), (&b"owed"[..], m.pkid), "same message, same packet id");
+    assert_eq!(
+        (&again.payload[..], again.pkid),
+        (&b"owed"[..], m.pkid),
+        "same message, same packet id"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn offline_queue_overflow_drops_oldest_or_newest() {
-    for (policy, want) in [("drop-oldest", ["3", "4", "5"]), ("drop-newest", ["0", "1", "2"])] {
-        let w = Weir::with(Opts::limits(&format!("max_queued = 3\noverflow = \"{policy}\"")));
+    for (policy, want) in [
+        ("drop-oldest", ["3", "4", "5"]),
+        ("drop-newest", ["0", "1", "2"]),
+    ] {
+        let w = Weir::with(Opts::limits(&format!(
+            "max_queued = 3\noverflow = \"{policy}\""
+        )));
         let (mut s, _) = persistent(&w, "q", 60, true).await;
         s.subscribe("of/#", QoS::AtLeastOnce).await;
         s.disconnect().await;
         let p = connect(&w, "p").await;
         for i in 0..6 {
-            p.client.publish("of/x", QoS::AtLeastOnce, false, format!("{i}")).await.unwrap();
+            p.client
+                .publish("of/x", QoS::AtLeastOnce, false, format!("{i}"))
+                .await
+                .unwrap();
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         let (mut s, _) = persistent(&w, "q", 60, false).await;
@@ -338,7 +518,10 @@ async fn qos0_is_queued_offline_when_configured() {
     s.subscribe("z/#", QoS::AtMostOnce).await;
     s.disconnect().await;
     let p = connect(&w, "p").await;
-    p.client.publish("z/1", QoS::AtMostOnce, false, "zero").await.unwrap();
+    p.client
+        .publish("z/1", QoS::AtMostOnce, false, "zero")
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (mut s, _) = persistent(&w, "q0", 60, false).await;
     assert_eq!(payloads(&s.drain_publishes().await), vec!["zero"]);
@@ -351,7 +534,10 @@ async fn sigterm_sends_server_shutting_down_and_exits_zero() {
     let status = w.terminate();
     assert!(status.success(), "exit status {status:?}");
     let seen = c.closed_within(WAIT).await.expect("closed");
-    assert!(seen.contains(&format!("{:?}", DisconnectReasonCode::ServerShuttingDown)), "{seen}");
+    assert!(
+        seen.contains(&format!("{:?}", DisconnectReasonCode::ServerShuttingDown)),
+        "{seen}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -364,8 +550,15 @@ async fn shared_subscription_prefers_connected_members() {
     b.disconnect().await;
     let p = connect(&w, "p").await;
     for i in 0..6 {
-        p.client.publish(format!("sh/{i}"), QoS::AtLeastOnce, false, "m").await.unwrap();
+        p.client
+            .publish(format!("sh/{i}"), QoS::AtLeastOnce, false, "m")
+            .await
+            .unwrap();
     }
-    assert_eq!(a.drain_publishes().await.len(), 6, "the connected member gets them all");
+    assert_eq!(
+        a.drain_publishes().await.len(),
+        6,
+        "the connected member gets them all"
+    );
     let _ = QUIET;
 }

@@ -51,11 +51,21 @@ pub struct Ack {
 
 impl Ack {
     pub fn new(kind: AckKind, pid: u16) -> Ack {
-        Ack { kind, pid, code: 0, properties: Properties::default() }
+        Ack {
+            kind,
+            pid,
+            code: 0,
+            properties: Properties::default(),
+        }
     }
 
     pub fn with_code(kind: AckKind, pid: u16, code: u8) -> Ack {
-        Ack { kind, pid, code, properties: Properties::default() }
+        Ack {
+            kind,
+            pid,
+            code,
+            properties: Properties::default(),
+        }
     }
 
     pub(crate) fn decode(kind: AckKind, b: &mut Bytes, version: Version) -> Result<Ack> {
@@ -64,7 +74,9 @@ impl Ack {
         if version == Version::V5 && !b.is_empty() {
             ack.code = read_u8(b)?;
             if !valid_code(kind, ack.code) {
-                return Err(Error::Malformed("invalid reason code for this acknowledgement"));
+                return Err(Error::Malformed(
+                    "invalid reason code for this acknowledgement",
+                ));
             }
             if !b.is_empty() {
                 ack.properties = Properties::decode(b, Context::Ack)?;
@@ -95,7 +107,10 @@ impl Ack {
 fn valid_code(kind: AckKind, code: u8) -> bool {
     match kind {
         AckKind::PubAck | AckKind::PubRec => {
-            matches!(code, 0x00 | 0x10 | 0x80 | 0x83 | 0x87 | 0x90 | 0x91 | 0x97 | 0x99)
+            matches!(
+                code,
+                0x00 | 0x10 | 0x80 | 0x83 | 0x87 | 0x90 | 0x91 | 0x97 | 0x99
+            )
         }
         AckKind::PubRel | AckKind::PubComp => matches!(code, 0x00 | 0x92),
     }

@@ -78,13 +78,36 @@ impl Connect {
             let topic = read_string(b)?;
             crate::topic::validate_name(&topic)?;
             let payload = read_binary(b)?;
-            Some(Will { topic, payload, qos: will_qos, retain: will_retain, properties })
+            Some(Will {
+                topic,
+                payload,
+                qos: will_qos,
+                retain: will_retain,
+                properties,
+            })
         } else {
             None
         };
-        let username = if username_flag { Some(read_string(b)?) } else { None };
-        let password = if password_flag { Some(read_binary(b)?) } else { None };
-        Ok(Connect { version, clean_start, keep_alive, client_id, will, username, password, properties })
+        let username = if username_flag {
+            Some(read_string(b)?)
+        } else {
+            None
+        };
+        let password = if password_flag {
+            Some(read_binary(b)?)
+        } else {
+            None
+        };
+        Ok(Connect {
+            version,
+            clean_start,
+            keep_alive,
+            client_id,
+            will,
+            username,
+            password,
+            properties,
+        })
     }
 
     pub(crate) fn encode(&self, out: &mut BytesMut) {
@@ -149,7 +172,11 @@ impl ConnAck {
             Version::V5 => Properties::decode(b, Context::ConnAck)?,
             Version::V311 => Properties::default(),
         };
-        Ok(ConnAck { session_present: flags & 1 != 0, code, properties })
+        Ok(ConnAck {
+            session_present: flags & 1 != 0,
+            code,
+            properties,
+        })
     }
 
     pub(crate) fn encode(&self, version: Version, out: &mut BytesMut) {

@@ -12,7 +12,10 @@ pub struct Disconnect {
 
 impl Disconnect {
     pub fn with_code(code: u8) -> Disconnect {
-        Disconnect { code, properties: Properties::default() }
+        Disconnect {
+            code,
+            properties: Properties::default(),
+        }
     }
 
     pub(crate) fn decode(b: &mut Bytes, version: Version) -> Result<Disconnect> {

@@ -19,7 +19,9 @@ pub use connect::{ConnAck, Connect, Will};
 pub use disconnect::{Auth, Disconnect};
 pub use properties::Properties;
 pub use publish::{encode_publish, Publish, PublishHeader};
-pub use subscribe::{RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe};
+pub use subscribe::{
+    RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
+};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -245,7 +247,10 @@ pub fn frame_len(buf: &[u8], max_size: usize) -> Result<Option<usize>> {
     }
     let total = i + len;
     if total > max_size {
-        return Err(Error::TooLarge { size: total, max: max_size });
+        return Err(Error::TooLarge {
+            size: total,
+            max: max_size,
+        });
     }
     Ok((buf.len() >= total).then_some(total))
 }
@@ -357,7 +362,9 @@ pub(crate) fn read_varint(b: &mut Bytes) -> Result<u32> {
             return Ok(value);
         }
     }
-    Err(Error::Malformed("variable byte integer longer than 4 bytes"))
+    Err(Error::Malformed(
+        "variable byte integer longer than 4 bytes",
+    ))
 }
 
 pub(crate) fn read_binary(b: &mut Bytes) -> Result<Bytes> {

@@ -172,7 +172,8 @@ impl Properties {
         let mut props = Properties::default();
         while !p.is_empty() {
             let id = read_varint(&mut p)?;
-            let id = u8::try_from(id).map_err(|_| Error::Malformed("unknown property identifier"))?;
+            let id =
+                u8::try_from(id).map_err(|_| Error::Malformed("unknown property identifier"))?;
             if !ctx.allows(id) {
                 return Err(Error::Malformed("property not allowed in this packet"));
             }
@@ -200,7 +201,9 @@ impl Properties {
                     props.subscription_identifiers.push(v);
                 }
                 SESSION_EXPIRY => once(&mut props.session_expiry_interval, read_u32(&mut p)?)?,
-                ASSIGNED_CLIENT_ID => once(&mut props.assigned_client_identifier, read_string(&mut p)?)?,
+                ASSIGNED_CLIENT_ID => {
+                    once(&mut props.assigned_client_identifier, read_string(&mut p)?)?
+                }
                 SERVER_KEEP_ALIVE => once(&mut props.server_keep_alive, read_u16(&mut p)?)?,
                 AUTH_METHOD => once(&mut props.authentication_method, read_string(&mut p)?)?,
                 AUTH_DATA => once(&mut props.authentication_data, read_binary(&mut p)?)?,
@@ -231,10 +234,14 @@ impl Properties {
                     }
                     once(&mut props.topic_alias, v)?
                 }
-                MAXIMUM_QOS => once(&mut props.maximum_qos, flag(&mut p, "maximum QoS must be 0 or 1")?)?,
-                RETAIN_AVAILABLE => {
-                    once(&mut props.retain_available, flag(&mut p, "retain available must be 0 or 1")?)?
-                }
+                MAXIMUM_QOS => once(
+                    &mut props.maximum_qos,
+                    flag(&mut p, "maximum QoS must be 0 or 1")?,
+                )?,
+                RETAIN_AVAILABLE => once(
+                    &mut props.retain_available,
+                    flag(&mut p, "retain available must be 0 or 1")?,
+                )?,
                 USER_PROPERTY => {
                     let k = read_string(&mut p)?;
                     let v = read_string(&mut p)?;
@@ -346,7 +353,11 @@ impl Properties {
             write_string(o, v);
         }
         u32p(o, MAXIMUM_PACKET_SIZE, self.maximum_packet_size);
-        byte(o, WILDCARD_SUB_AVAILABLE, self.wildcard_subscription_available);
+        byte(
+            o,
+            WILDCARD_SUB_AVAILABLE,
+            self.wildcard_subscription_available,
+        );
         byte(o, SUB_ID_AVAILABLE, self.subscription_identifier_available);
         byte(o, SHARED_SUB_AVAILABLE, self.shared_subscription_available);
     }

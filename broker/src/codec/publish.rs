@@ -2,7 +2,10 @@
 //! output buffer with a precomputed length and copies the payload exactly once.
 
 use super::properties::Context;
-use super::{read_packet_id, read_string, varint_len, write_string, write_varint, Error, Properties, QoS, Result, Version};
+use super::{
+    read_packet_id, read_string, varint_len, write_string, write_varint, Error, Properties, QoS,
+    Result, Version,
+};
 use bytes::{BufMut, Bytes, BytesMut};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -21,13 +24,18 @@ pub struct Publish {
 impl Publish {
     pub(crate) fn decode(flags: u8, b: &mut Bytes, version: Version) -> Result<Publish> {
         let dup = flags & 0x08 != 0;
-        let qos = QoS::from_u8((flags >> 1) & 0x03).ok_or(Error::Malformed("PUBLISH with QoS 3"))?;
+        let qos =
+            QoS::from_u8((flags >> 1) & 0x03).ok_or(Error::Malformed("PUBLISH with QoS 3"))?;
         let retain = flags & 0x01 != 0;
         if qos == QoS::AtMostOnce && dup {
             return Err(Error::Malformed("DUP set on a QoS 0 PUBLISH"));
         }
         let topic = read_string(b)?;
-        let pid = if qos == QoS::AtMostOnce { 0 } else { read_packet_id(b)? };
+        let pid = if qos == QoS::AtMostOnce {
+            0
+        } else {
+            read_packet_id(b)?
+        };
         let properties = match version {
             Version::V5 => Properties::decode(b, Context::Publish)?,
             Version::V311 => Properties::default(),
@@ -40,14 +48,28 @@ impl Publish {
             crate::topic::validate_name(&topic)?;
         }
         let payload = std::mem::take(b);
-        if properties.payload_format_indicator == Some(1) && std::str::from_utf8(&payload).is_err() {
+        if properties.payload_format_indicator == Some(1) && std::str::from_utf8(&payload).is_err()
+        {
             return Err(Error::PayloadFormat);
         }
-        Ok(Publish { dup, qos, retain, topic, pid, properties, payload })
+        Ok(Publish {
+            dup,
+            qos,
+            retain,
+            topic,
+            pid,
+            properties,
+            payload,
+        })
     }
 
     pub(crate) fn encode(&self, version: Version, out: &mut BytesMut) {
-        let header = PublishHeader { dup: self.dup, qos: self.qos, retain: self.retain, pid: self.pid };
+        let header = PublishHeader {
+            dup: self.dup,
+            qos: self.qos,
+            retain: self.retain,
+            pid: self.pid,
+        };
         let props = (version == Version::V5).then_some(&self.properties);
         encode_publish(out, version, header, &self.topic, props, &self.payload);
     }

@@ -1,7 +1,10 @@
 //! SUBSCRIBE, SUBACK, UNSUBSCRIBE and UNSUBACK.
 
 use super::properties::Context;
-use super::{read_packet_id, read_string, read_u8, write_packet, write_string, Error, Properties, QoS, Result, Version};
+use super::{
+    read_packet_id, read_string, read_u8, write_packet, write_string, Error, Properties, QoS,
+    Result, Version,
+};
 use bytes::{BufMut, Bytes, BytesMut};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -30,7 +33,10 @@ impl SubscriptionOptions {
             RetainHandling::SendIfNew => 1,
             RetainHandling::Never => 2,
         };
-        (self.qos as u8) | ((self.no_local as u8) << 2) | ((self.retain_as_published as u8) << 3) | (rh << 4)
+        (self.qos as u8)
+            | ((self.no_local as u8) << 2)
+            | ((self.retain_as_published as u8) << 3)
+            | (rh << 4)
     }
 
     pub fn from_byte(b: u8, version: Version) -> Result<SubscriptionOptions> {
@@ -40,7 +46,10 @@ impl SubscriptionOptions {
                 if b & 0xFC != 0 {
                     return Err(Error::Malformed("reserved subscription option bits set"));
                 }
-                Ok(SubscriptionOptions { qos, ..Default::default() })
+                Ok(SubscriptionOptions {
+                    qos,
+                    ..Default::default()
+                })
             }
             Version::V5 => {
                 if b & 0xC0 != 0 {
@@ -88,7 +97,11 @@ impl Subscribe {
         if filters.is_empty() {
             return Err(Error::Protocol("SUBSCRIBE without a topic filter"));
         }
-        Ok(Subscribe { pid, filters, properties })
+        Ok(Subscribe {
+            pid,
+            filters,
+            properties,
+        })
     }
 
     pub(crate) fn encode(&self, version: Version, out: &mut BytesMut) {
@@ -121,7 +134,11 @@ impl SubAck {
             Version::V311 => Properties::default(),
         };
         let codes = b.split_to(b.len()).to_vec();
-        Ok(SubAck { pid, codes, properties })
+        Ok(SubAck {
+            pid,
+            codes,
+            properties,
+        })
     }
 
     pub(crate) fn encode(&self, version: Version, out: &mut BytesMut) {
@@ -163,7 +180,11 @@ impl Unsubscribe {
         if filters.is_empty() {
             return Err(Error::Protocol("UNSUBSCRIBE without a topic filter"));
         }
-        Ok(Unsubscribe { pid, filters, properties })
+        Ok(Unsubscribe {
+            pid,
+            filters,
+            properties,
+        })
     }
 
     pub(crate) fn encode(&self, version: Version, out: &mut BytesMut) {
@@ -191,10 +212,17 @@ impl UnsubAck {
     pub(crate) fn decode(b: &mut Bytes, version: Version) -> Result<UnsubAck> {
         let pid = read_packet_id(b)?;
         let (properties, codes) = match version {
-            Version::V5 => (Properties::decode(b, Context::UnsubAck)?, b.split_to(b.len()).to_vec()),
+            Version::V5 => (
+                Properties::decode(b, Context::UnsubAck)?,
+                b.split_to(b.len()).to_vec(),
+            ),
             Version::V311 => (Properties::default(), Vec::new()),
         };
-        Ok(UnsubAck { pid, codes, properties })
+        Ok(UnsubAck {
+            pid,
+            codes,
+            properties,
+        })
     }
 
     pub(crate) fn encode(&self, version: Version, out: &mut BytesMut) {

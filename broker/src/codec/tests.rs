@@ -5,7 +5,9 @@ const BOTH: [Version; 2] = [Version::V311, Version::V5];
 fn roundtrip(p: &Packet, v: Version) -> Packet {
     let mut buf = BytesMut::new();
     p.encode(v, &mut buf);
-    let total = frame_len(&buf, usize::MAX).unwrap().expect("complete frame");
+    let total = frame_len(&buf, usize::MAX)
+        .unwrap()
+        .expect("complete frame");
     assert_eq!(total, buf.len(), "frame length of {}", p.name());
     decode(buf.freeze(), v).unwrap_or_else(|e| panic!("{} ({v}): {e}", p.name()))
 }
@@ -68,8 +70,17 @@ fn connect_roundtrip_both_versions() {
 #[test]
 fn every_other_packet_roundtrips() {
     for v in BOTH {
-        let props = |p: Properties| if v == Version::V5 { p } else { Properties::default() };
-        let reason_props = props(Properties { reason_string: Some("why".into()), ..Default::default() });
+        let props = |p: Properties| {
+            if v == Version::V5 {
+                p
+            } else {
+                Properties::default()
+            }
+        };
+        let reason_props = props(Properties {
+            reason_string: Some("why".into()),
+            ..Default::default()
+        });
         let mut packets = vec![
             Packet::ConnAck(ConnAck {
                 session_present: true,
@@ -114,7 +125,13 @@ fn every_other_packet_roundtrips() {
             Packet::Subscribe(Subscribe {
                 pid: 9,
                 filters: vec![
-                    ("a/+".into(), SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() }),
+                    (
+                        "a/+".into(),
+                        SubscriptionOptions {
+                            qos: QoS::AtLeastOnce,
+                            ..Default::default()
+                        },
+                    ),
                     (
                         "$share/g/x/#".into(),
                         SubscriptionOptions {
@@ -129,34 +146,65 @@ fn every_other_packet_roundtrips() {
                         },
                     ),
                 ],
-                properties: props(Properties { subscription_identifiers: vec![42], ..Default::default() }),
+                properties: props(Properties {
+                    subscription_identifiers: vec![42],
+                    ..Default::default()
+                }),
             }),
-            Packet::SubAck(SubAck { pid: 9, codes: vec![0, 1, 2, 0x80], properties: reason_props.clone() }),
+            Packet::SubAck(SubAck {
+                pid: 9,
+                codes: vec![0, 1, 2, 0x80],
+                properties: reason_props.clone(),
+            }),
             Packet::Unsubscribe(Unsubscribe {
                 pid: 10,
                 filters: vec!["a/+".into(), "b".into()],
-                properties: props(Properties { user_properties: vec![("x".into(), "y".into())], ..Default::default() }),
+                properties: props(Properties {
+                    user_properties: vec![("x".into(), "y".into())],
+                    ..Default::default()
+                }),
             }),
             Packet::UnsubAck(UnsubAck {
                 pid: 10,
-                codes: if v == Version::V5 { vec![0, 0x11] } else { vec![] },
+                codes: if v == Version::V5 {
+                    vec![0, 0x11]
+                } else {
+                    vec![]
+                },
                 properties: reason_props.clone(),
             }),
             Packet::PingReq,
             Packet::PingResp,
             Packet::Disconnect(Disconnect::default()),
         ];
-        for kind in [AckKind::PubAck, AckKind::PubRec, AckKind::PubRel, AckKind::PubComp] {
+        for kind in [
+            AckKind::PubAck,
+            AckKind::PubRec,
+            AckKind::PubRel,
+            AckKind::PubComp,
+        ] {
             packets.push(Packet::Ack(Ack::new(kind, 77)));
             if v == Version::V5 {
-                let code = if matches!(kind, AckKind::PubRel | AckKind::PubComp) { 0x92 } else { 0x87 };
-                packets.push(Packet::Ack(Ack { kind, pid: 78, code, properties: reason_props.clone() }));
+                let code = if matches!(kind, AckKind::PubRel | AckKind::PubComp) {
+                    0x92
+                } else {
+                    0x87
+                };
+                packets.push(Packet::Ack(Ack {
+                    kind,
+                    pid: 78,
+                    code,
+                    properties: reason_props.clone(),
+                }));
             }
         }
         if v == Version::V5 {
             packets.push(Packet::Disconnect(Disconnect {
                 code: reason::DISCONNECT_WITH_WILL,
-                properties: Properties { session_expiry_interval: Some(0), ..reason_props.clone() },
+                properties: Properties {
+                    session_expiry_interval: Some(0),
+                    ..reason_props.clone()
+                },
             }));
             packets.push(Packet::Auth(Auth {
                 code: 0x18,
@@ -195,8 +243,14 @@ fn frame_len_handles_partial_and_bad_lengths() {
     assert_eq!(frame_len(&[0x30, 0x80], 100).unwrap(), None);
     assert_eq!(frame_len(&[0x30, 3, 0, 1], 100).unwrap(), None);
     assert_eq!(frame_len(&[0xC0, 0], 100).unwrap(), Some(2));
-    assert!(matches!(frame_len(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01], usize::MAX), Err(Error::Malformed(_))));
-    assert!(matches!(frame_len(&[0x30, 0xFF, 0x7F], 100), Err(Error::TooLarge { .. })));
+    assert!(matches!(
+        frame_len(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01], usize::MAX),
+        Err(Error::Malformed(_))
+    ));
+    assert!(matches!(
+        frame_len(&[0x30, 0xFF, 0x7F], 100),
+        Err(Error::TooLarge { .. })
+    ));
 }
 
 /// Every truncation of every valid packet is an error, never a panic.
@@ -217,7 +271,10 @@ fn truncated_packets_are_errors() {
         }),
         username: Some("u".into()),
         password: Some(Bytes::from_static(b"p")),
-        properties: Properties { session_expiry_interval: Some(1), ..Default::default() },
+        properties: Properties {
+            session_expiry_interval: Some(1),
+            ..Default::default()
+        },
     }))
     .encode(Version::V5, &mut buf);
     let full = buf.to_vec();
@@ -234,14 +291,23 @@ fn malformed_inputs_are_rejected() {
     let v4 = Version::V311;
     // Reserved flag bits in fixed headers.
     assert!(decode_raw(&[0xC1, 0], v4).is_err(), "PINGREQ flags");
-    assert!(decode_raw(&[0x60, 2, 0, 1], v4).is_err(), "PUBREL must have flags 0010");
-    assert!(decode_raw(&[0x80, 6, 0, 1, 0, 1, b'a', 0], v4).is_err(), "SUBSCRIBE must have flags 0010");
+    assert!(
+        decode_raw(&[0x60, 2, 0, 1], v4).is_err(),
+        "PUBREL must have flags 0010"
+    );
+    assert!(
+        decode_raw(&[0x80, 6, 0, 1, 0, 1, b'a', 0], v4).is_err(),
+        "SUBSCRIBE must have flags 0010"
+    );
     assert!(decode_raw(&[0x00, 0], v4).is_err(), "type 0");
     // QoS 3 publish, DUP on QoS 0.
     assert!(decode_raw(&[0x36, 5, 0, 1, b'a', 0, 1], v4).is_err());
     assert!(decode_raw(&[0x38, 3, 0, 1, b'a'], v4).is_err());
     // Wildcard in a topic name; empty name on 3.1.1.
-    assert!(matches!(decode_raw(&[0x30, 3, 0, 1, b'+'], v4), Err(Error::TopicName(_))));
+    assert!(matches!(
+        decode_raw(&[0x30, 3, 0, 1, b'+'], v4),
+        Err(Error::TopicName(_))
+    ));
     assert!(decode_raw(&[0x30, 2, 0, 0], v4).is_err());
     // Bad UTF-8, U+0000, and an encoded surrogate (ED A0 80) in a topic.
     assert!(decode_raw(&[0x30, 4, 0, 2, 0xC3, 0x28], v4).is_err());
@@ -268,19 +334,55 @@ fn malformed_inputs_are_rejected() {
         b
     };
     assert!(decode_raw(&connect(b"MQTT", 4, 0x02), v4).is_ok());
-    assert!(matches!(decode_raw(&connect(b"MQTT", 4, 0x03), v4), Err(Error::Malformed(_))));
-    assert!(matches!(decode_raw(&connect(b"MQTX", 4, 0x02), v4), Err(Error::Malformed(_))));
-    assert!(matches!(decode_raw(&connect(b"MQTT", 6, 0x02), v4), Err(Error::UnsupportedVersion(6))));
-    assert!(matches!(decode_raw(&connect(b"MQIsdp", 3, 0x02), v4), Err(Error::UnsupportedVersion(3))));
-    assert!(decode_raw(&connect(b"MQTT", 4, 0x22), v4).is_err(), "will retain without will");
-    assert!(decode_raw(&connect(b"MQTT", 4, 0x42), v4).is_err(), "password without username (3.1.1)");
+    assert!(matches!(
+        decode_raw(&connect(b"MQTT", 4, 0x03), v4),
+        Err(Error::Malformed(_))
+    ));
+    assert!(matches!(
+        decode_raw(&connect(b"MQTX", 4, 0x02), v4),
+        Err(Error::Malformed(_))
+    ));
+    assert!(matches!(
+        decode_raw(&connect(b"MQTT", 6, 0x02), v4),
+        Err(Error::UnsupportedVersion(6))
+    ));
+    assert!(matches!(
+        decode_raw(&connect(b"MQIsdp", 3, 0x02), v4),
+        Err(Error::UnsupportedVersion(3))
+    ));
+    assert!(
+        decode_raw(&connect(b"MQTT", 4, 0x22), v4).is_err(),
+        "will retain without will"
+    );
+    assert!(
+        decode_raw(&connect(b"MQTT", 4, 0x42), v4).is_err(),
+        "password without username (3.1.1)"
+    );
     // 5.0 properties: not allowed in this packet, duplicated, unknown, bad value, overlong.
-    assert!(decode_raw(&[0x30, 6, 0, 1, b'a', 2, 0x11, 0], v5).is_err(), "session expiry in PUBLISH");
-    assert!(decode_raw(&[0x30, 8, 0, 1, b'a', 4, 0x01, 0, 0x01, 0], v5).is_err(), "duplicate");
-    assert!(decode_raw(&[0x30, 6, 0, 1, b'a', 2, 0x7F, 0], v5).is_err(), "unknown id");
-    assert!(decode_raw(&[0x30, 6, 0, 1, b'a', 2, 0x01, 2], v5).is_err(), "payload format 2");
-    assert!(decode_raw(&[0x30, 5, 0, 1, b'a', 9, 0x01], v5).is_err(), "property length too long");
-    assert!(decode_raw(&[0x30, 7, 0, 1, b'a', 3, 0x23, 0, 0], v5).is_err(), "topic alias 0");
+    assert!(
+        decode_raw(&[0x30, 6, 0, 1, b'a', 2, 0x11, 0], v5).is_err(),
+        "session expiry in PUBLISH"
+    );
+    assert!(
+        decode_raw(&[0x30, 8, 0, 1, b'a', 4, 0x01, 0, 0x01, 0], v5).is_err(),
+        "duplicate"
+    );
+    assert!(
+        decode_raw(&[0x30, 6, 0, 1, b'a', 2, 0x7F, 0], v5).is_err(),
+        "unknown id"
+    );
+    assert!(
+        decode_raw(&[0x30, 6, 0, 1, b'a', 2, 0x01, 2], v5).is_err(),
+        "payload format 2"
+    );
+    assert!(
+        decode_raw(&[0x30, 5, 0, 1, b'a', 9, 0x01], v5).is_err(),
+        "property length too long"
+    );
+    assert!(
+        decode_raw(&[0x30, 7, 0, 1, b'a', 3, 0x23, 0, 0], v5).is_err(),
+        "topic alias 0"
+    );
     // Payload format indicator 1 with a payload that is not UTF-8.
     assert!(matches!(
         decode_raw(&[0x30, 7, 0, 1, b'a', 2, 0x01, 1, 0xFF], v5),

@@ -46,7 +46,12 @@ pub async fn accept_loop(
             .try_acquire_owned()
             .and_then(|g| limits.listener.clone().try_acquire_owned().map(|l| (g, l)));
         let over_limit = permits.is_err();
-        let (info, broker, shutdown, alive) = (info.clone(), broker.clone(), shutdown.clone(), alive.clone());
+        let (info, broker, shutdown, alive) = (
+            info.clone(),
+            broker.clone(),
+            shutdown.clone(),
+            alive.clone(),
+        );
         tokio::spawn(async move {
             let _permits = permits;
             let _alive = alive;

@@ -28,14 +28,21 @@ impl Retained {
     pub fn matching(&self, filter: &str) -> Vec<Arc<Message>> {
         let now = now_secs();
         let map = self.map.read().unwrap_or_else(|e| e.into_inner());
-        map.values().filter(|m| !m.is_expired(now) && topic::matches(filter, &m.topic)).cloned().collect()
+        map.values()
+            .filter(|m| !m.is_expired(now) && topic::matches(filter, &m.topic))
+            .cloned()
+            .collect()
     }
 
     /// Drops expired messages; returns their topics so the store can forget them too.
     pub fn purge_expired(&self) -> Vec<Arc<str>> {
         let now = now_secs();
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        let gone: Vec<Arc<str>> = map.values().filter(|m| m.is_expired(now)).map(|m| m.topic.clone()).collect();
+        let gone: Vec<Arc<str>> = map
+            .values()
+            .filter(|m| m.is_expired(now))
+            .map(|m| m.topic.clone())
+            .collect();
         for t in &gone {
             map.remove(t);
         }

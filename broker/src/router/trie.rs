@@ -42,7 +42,13 @@ pub struct Router {
 impl Router {
     /// Adds or replaces `client_id`'s subscription to `filter` (which may be
     /// `$share/group/...`, already validated). Returns whether it existed before.
-    pub fn subscribe(&self, client_id: &Arc<str>, filter: &str, options: SubscriptionOptions, id: Option<u32>) -> bool {
+    pub fn subscribe(
+        &self,
+        client_id: &Arc<str>,
+        filter: &str,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+    ) -> bool {
         let (group, real) = match topic::parse_shared(filter) {
             Ok(Some(s)) => (Some(s.group), s.filter),
             _ => (None, filter),
@@ -53,7 +59,10 @@ impl Router {
             node = node.children.entry(level.into()).or_default();
         }
         match group {
-            None => node.subscribers.insert(client_id.clone(), (options, id)).is_some(),
+            None => node
+                .subscribers
+                .insert(client_id.clone(), (options, id))
+                .is_some(),
             Some(g) => {
                 let group = node.groups.entry(g.into()).or_default();
                 if let Some(m) = group.members.iter_mut().find(|m| &m.0 == client_id) {
@@ -92,7 +101,9 @@ fn remove(node: &mut Node, levels: &[&str], group: Option<&str>, client_id: &str
         return match group {
             None => node.subscribers.remove(client_id).is_some(),
             Some(g) => {
-                let Some(grp) = node.groups.get_mut(g) else { return false };
+                let Some(grp) = node.groups.get_mut(g) else {
+                    return false;
+                };
                 let before = grp.members.len();
                 grp.members.retain(|m| &*m.0 != client_id);
                 let removed = grp.members.len() != before;
@@ -103,7 +114,9 @@ fn remove(node: &mut Node, levels: &[&str], group: Option<&str>, client_id: &str
             }
         };
     };
-    let Some(child) = node.children.get_mut(*first) else { return false };
+    let Some(child) = node.children.get_mut(*first) else {
+        return false;
+    };
     let removed = remove(child, rest, group, client_id);
     if child.is_empty() {
         node.children.remove(*first);
@@ -113,7 +126,12 @@ fn remove(node: &mut Node, levels: &[&str], group: Option<&str>, client_id: &str
 
 fn emit(node: &Node, online: &dyn Fn(&str) -> bool, f: &mut dyn FnMut(Target)) {
     for (client_id, (options, id)) in &node.subscribers {
-        f(Target { client_id: client_id.clone(), options: *options, id: *id, shared: false });
+        f(Target {
+            client_id: client_id.clone(),
+            options: *options,
+            id: *id,
+            shared: false,
+        });
     }
     for group in node.groups.values() {
         let n = group.members.len();
@@ -121,13 +139,28 @@ fn emit(node: &Node, online: &dyn Fn(&str) -> bool, f: &mut dyn FnMut(Target)) {
             continue;
         }
         let start = group.next.fetch_add(1, Ordering::Relaxed) % n;
-        let pick = (0..n).map(|i| (start + i) % n).find(|&i| online(&group.members[i].0)).unwrap_or(start);
+        let pick = (0..n)
+            .map(|i| (start + i) % n)
+            .find(|&i| online(&group.members[i].0))
+            .unwrap_or(start);
         let (client_id, options, id) = &group.members[pick];
-        f(Target { client_id: client_id.clone(), options: *options, id: *id, shared: true });
+        f(Target {
+            client_id: client_id.clone(),
+            options: *options,
+            id: *id,
+            shared: true,
+        });
     }
 }
 
-fn walk(node: &Node, levels: &[&str], i: usize, dollar: bool, online: &dyn Fn(&str) -> bool, f: &mut dyn FnMut(Target)) {
+fn walk(
+    node: &Node,
+    levels: &[&str],
+    i: usize,
+    dollar: bool,
+    online: &dyn Fn(&str) -> bool,
+    f: &mut dyn FnMut(Target),
+) {
     // Wildcards in the first level never match a `$` topic (MQTT-4.7.2-1).
     let wildcards = !(i == 0 && dollar);
     if wildcards {
@@ -155,18 +188,27 @@ mod tests {
 
     fn ids(r: &Router, topic: &str) -> Vec<String> {
         let mut out = Vec::new();
-        r.matches(topic, &|_| true, &mut |t| out.push(format!("{}:{}", t.client_id, t.id.unwrap_or(0))));
+        r.matches(topic, &|_| true, &mut |t| {
+            out.push(format!("{}:{}", t.client_id, t.id.unwrap_or(0)))
+        });
         out.sort();
         out
     }
 
     #[test]
     fn trie_agrees_with_the_matcher() {
-        let filters = ["a/b", "a/+", "a/#", "#", "+/b", "+", "a/+/c", "$SYS/#", "+/+", "/", "a//c"];
+        let filters = [
+            "a/b", "a/+", "a/#", "#", "+/b", "+", "a/+/c", "$SYS/#", "+/+", "/", "a//c",
+        ];
         let topics = ["a/b", "a", "a/b/c", "b", "$SYS/x", "/", "a//c", "x/b", ""];
         let r = Router::default();
         for (i, f) in filters.iter().enumerate() {
-            r.subscribe(&Arc::from(format!("c{i}")), f, SubscriptionOptions::default(), Some(i as u32));
+            r.subscribe(
+                &Arc::from(format!("c{i}")),
+                f,
+                SubscriptionOptions::default(),
+                Some(i as u32),
+            );
         }
         for t in topics {
             let mut want: Vec<String> = filters
@@ -195,9 +237,19 @@ mod tests {
     fn shared_groups_pick_one_member_round_robin() {
         let r = Router::default();
         for c in ["x", "y", "z"] {
-            r.subscribe(&Arc::from(c), "$share/g/t/+", SubscriptionOptions::default(), None);
+            r.subscribe(
+                &Arc::from(c),
+                "$share/g/t/+",
+                SubscriptionOptions::default(),
+                None,
+            );
         }
-        r.subscribe(&Arc::from("solo"), "t/#", SubscriptionOptions::default(), None);
+        r.subscribe(
+            &Arc::from("solo"),
+            "t/#",
+            SubscriptionOptions::default(),
+            None,
+        );
         let mut counts = HashMap::new();
         for _ in 0..30 {
             let mut got = Vec::new();
@@ -207,7 +259,10 @@ mod tests {
                 *counts.entry(t.client_id.to_string()).or_insert(0) += 1;
             }
         }
-        assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![10, 10, 10]);
+        assert_eq!(
+            counts.values().copied().collect::<Vec<_>>(),
+            vec![10, 10, 10]
+        );
         // Offline members are skipped while an online one exists.
         for _ in 0..5 {
             r.matches("t/1", &|c| c == "z", &mut |t| {

@@ -14,7 +14,9 @@ pub use registry::Sessions;
 use crate::codec::{QoS, SubscriptionOptions, Will};
 use crate::config::OverflowPolicy;
 use crate::message::{Delivery, Message};
-use crate::store::{DeliveryState, SessionMeta, Store, StoredDelivery, StoredSubscription, StoredWill};
+use crate::store::{
+    DeliveryState, SessionMeta, Store, StoredDelivery, StoredSubscription, StoredWill,
+};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{mpsc, Notify};
@@ -64,8 +66,14 @@ pub struct PendingWill {
 /// What the connection should write next, produced by [`SessionState::take_sendable`].
 #[derive(Debug)]
 pub enum Outgoing {
-    Publish { pid: u16, dup: bool, delivery: Delivery },
-    PubRel { pid: u16 },
+    Publish {
+        pid: u16,
+        dup: bool,
+        delivery: Delivery,
+    },
+    PubRel {
+        pid: u16,
+    },
 }
 
 /// What [`SessionState::take_sendable`] did besides filling `out`.
@@ -139,13 +147,21 @@ impl Session {
     }
 
     /// Rebuilds a session from the store (startup).
-    pub fn restore(meta: &SessionMeta, deliveries: Vec<(u64, StoredDelivery)>, incoming: Vec<u16>) -> Session {
+    pub fn restore(
+        meta: &SessionMeta,
+        deliveries: Vec<(u64, StoredDelivery)>,
+        incoming: Vec<u16>,
+    ) -> Session {
         let s = Session::new(Arc::from(meta.client_id.as_str()), meta.expiry_interval);
         {
             let mut st = s.lock();
-            st.disconnected_at = Some(meta.disconnected_at.unwrap_or_else(crate::message::now_secs));
+            st.disconnected_at = Some(
+                meta.disconnected_at
+                    .unwrap_or_else(crate::message::now_secs),
+            );
             for sub in &meta.subscriptions {
-                st.subscriptions.insert(sub.filter.clone(), stored_to_subscription(sub));
+                st.subscriptions
+                    .insert(sub.filter.clone(), stored_to_subscription(sub));
             }
             st.incoming = incoming.into_iter().collect();
             for (seq, d) in deliveries {
@@ -159,17 +175,36 @@ impl Session {
                 match d.state {
                     DeliveryState::Queued => st.queue.push_back(delivery),
                     DeliveryState::Sent(pid) => {
-                        st.inflight.insert(pid, Inflight { delivery, released: false });
+                        st.inflight.insert(
+                            pid,
+                            Inflight {
+                                delivery,
+                                released: false,
+                            },
+                        );
                     }
                     DeliveryState::Released(pid) => {
-                        st.inflight.insert(pid, Inflight { delivery, released: true });
+                        st.inflight.insert(
+                            pid,
+                            Inflight {
+                                delivery,
+                                released: true,
+                            },
+                        );
                     }
                 }
             }
             if let Some(w) = &meta.will {
                 match crate::store::decode_message(bytes::Bytes::from(w.message.clone())) {
-                    Ok(m) => st.will = Some(PendingWill { due_at: w.due_at, message: Arc::new(m) }),
-                    Err(e) => tracing::error!(client_id = %meta.client_id, error = %e, "dropping corrupt stored will"),
+                    Ok(m) => {
+                        st.will = Some(PendingWill {
+                            due_at: w.due_at,
+                            message: Arc::new(m),
+                        })
+                    }
+                    Err(e) => {
+                        tracing::error!(client_id = %meta.client_id, error = %e, "dropping corrupt stored will")
+                    }
                 }
             }
         }
@@ -181,7 +216,13 @@ impl Session {
     }
 
     /// Queues a delivery. Never blocks; a full queue applies the overflow policy.
-    pub fn push(&self, mut d: Delivery, limits: QueueLimits, store: &dyn Store, seq: &dyn Fn() -> u64) -> PushOutcome {
+    pub fn push(
+        &self,
+        mut d: Delivery,
+        limits: QueueLimits,
+        store: &dyn Store,
+        seq: &dyn Fn() -> u64,
+    ) -> PushOutcome {
         let mut out = PushOutcome::default();
         let mut st = self.lock();
         let online = st.conn.is_some();
@@ -205,7 +246,10 @@ impl Session {
         if st.expiry_interval > 0 && d.qos != QoS::AtMostOnce {
             let s = seq();
             let rec = stored(&d, DeliveryState::Queued);
-            if log_store(store.save_delivery(&self.client_id, s, &rec), &self.client_id) {
+            if log_store(
+                store.save_delivery(&self.client_id, s, &rec),
+                &self.client_id,
+            ) {
                 d.store_seq = Some(s);
                 out.stored = true;
             }
@@ -277,12 +321,18 @@ impl SessionState {
                 out.push(if f.released {
                     Outgoing::PubRel { pid }
                 } else {
-                    Outgoing::Publish { pid, dup: true, delivery: f.delivery.clone() }
+                    Outgoing::Publish {
+                        pid,
+                        dup: true,
+                        delivery: f.delivery.clone(),
+                    }
                 });
             }
         }
         while out.len() < max {
-            let Some(front) = self.queue.front() else { break };
+            let Some(front) = self.queue.front() else {
+                break;
+            };
             if front.message.is_expired(now) {
                 if let Some(d) = self.queue.pop_front() {
                     if let Some(s) = d.store_seq {
@@ -294,7 +344,11 @@ impl SessionState {
             }
             if front.qos == QoS::AtMostOnce {
                 if let Some(d) = self.queue.pop_front() {
-                    out.push(Outgoing::Publish { pid: 0, dup: false, delivery: d });
+                    out.push(Outgoing::Publish {
+                        pid: 0,
+                        dup: false,
+                        delivery: d,
+                    });
                 }
                 continue;
             }
@@ -302,13 +356,27 @@ impl SessionState {
                 break;
             }
             let Some(pid) = self.free_pid() else { break };
-            let Some(d) = self.queue.pop_front() else { break };
+            let Some(d) = self.queue.pop_front() else {
+                break;
+            };
             if let Some(s) = d.store_seq {
-                taken.stored |=
-                    log_store(store.save_delivery(client_id, s, &stored(&d, DeliveryState::Sent(pid))), client_id);
+                taken.stored |= log_store(
+                    store.save_delivery(client_id, s, &stored(&d, DeliveryState::Sent(pid))),
+                    client_id,
+                );
             }
-            self.inflight.insert(pid, Inflight { delivery: d.clone(), released: false });
-            out.push(Outgoing::Publish { pid, dup: false, delivery: d });
+            self.inflight.insert(
+                pid,
+                Inflight {
+                    delivery: d.clone(),
+                    released: false,
+                },
+            );
+            out.push(Outgoing::Publish {
+                pid,
+                dup: false,
+                delivery: d,
+            });
         }
         taken
     }
@@ -340,12 +408,18 @@ impl SessionState {
 
     /// PUBREC: the client has the QoS 2 message; from now on only PUBREL is resent.
     pub fn release(&mut self, client_id: &str, pid: u16, store: &dyn Store) -> bool {
-        let Some(f) = self.inflight.get_mut(&pid) else { return false };
+        let Some(f) = self.inflight.get_mut(&pid) else {
+            return false;
+        };
         if !f.released {
             f.released = true;
             if let Some(s) = f.delivery.store_seq {
                 log_store(
-                    store.save_delivery(client_id, s, &stored(&f.delivery, DeliveryState::Released(pid))),
+                    store.save_delivery(
+                        client_id,
+                        s,
+                        &stored(&f.delivery, DeliveryState::Released(pid)),
+                    ),
                     client_id,
                 );
             }
@@ -404,7 +478,10 @@ pub(crate) fn log_store(r: Result<(), crate::store::StoreError>, client_id: &str
 /// Builds the will message a connection leaves behind.
 pub fn will_message(w: &Will, client_id: &Arc<str>) -> Message {
     let mut properties = w.properties.clone();
-    let expires_at = properties.message_expiry_interval.take().map(|s| crate::message::now_secs() + s as u64);
+    let expires_at = properties
+        .message_expiry_interval
+        .take()
+        .map(|s| crate::message::now_secs() + s as u64);
     properties.will_delay_interval = None;
     Message {
         topic: Arc::from(w.topic.as_str()),

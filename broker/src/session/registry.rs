@@ -14,7 +14,10 @@ pub struct Sessions {
 
 impl Default for Sessions {
     fn default() -> Self {
-        Sessions { shards: (0..SHARDS).map(|_| RwLock::default()).collect(), hasher: RandomState::new() }
+        Sessions {
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            hasher: RandomState::new(),
+        }
     }
 }
 
@@ -24,16 +27,26 @@ impl Sessions {
     }
 
     pub fn get(&self, client_id: &str) -> Option<Arc<Session>> {
-        self.shard(client_id).read().unwrap_or_else(|e| e.into_inner()).get(client_id).cloned()
+        self.shard(client_id)
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(client_id)
+            .cloned()
     }
 
     pub fn insert(&self, s: Arc<Session>) -> Option<Arc<Session>> {
-        self.shard(&s.client_id).write().unwrap_or_else(|e| e.into_inner()).insert(s.client_id.clone(), s)
+        self.shard(&s.client_id)
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(s.client_id.clone(), s)
     }
 
     /// Removes the session only if it is still `s` (not replaced meanwhile).
     pub fn remove_if_same(&self, s: &Arc<Session>) -> bool {
-        let mut map = self.shard(&s.client_id).write().unwrap_or_else(|e| e.into_inner());
+        let mut map = self
+            .shard(&s.client_id)
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         if map.get(&s.client_id).is_some_and(|cur| Arc::ptr_eq(cur, s)) {
             map.remove(&s.client_id);
             true
@@ -46,12 +59,21 @@ impl Sessions {
     pub fn all(&self) -> Vec<Arc<Session>> {
         self.shards
             .iter()
-            .flat_map(|s| s.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect::<Vec<_>>())
+            .flat_map(|s| {
+                s.read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.read().unwrap_or_else(|e| e.into_inner()).len()).sum()
+        self.shards
+            .iter()
+            .map(|s| s.read().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {

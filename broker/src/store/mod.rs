@@ -10,7 +10,7 @@
 mod record;
 mod sled_store;
 
-pub use record::{StoredDelivery, DeliveryState};
+pub use record::{DeliveryState, StoredDelivery};
 pub use sled_store::SledStore;
 
 use crate::message::Message;
@@ -75,7 +75,12 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the session with its messages and incoming packet ids.
     fn delete_session(&self, client_id: &str) -> Result<(), StoreError>;
     fn load_sessions(&self) -> Result<Vec<StoredSession>, StoreError>;
-    fn save_delivery(&self, client_id: &str, seq: u64, d: &StoredDelivery) -> Result<(), StoreError>;
+    fn save_delivery(
+        &self,
+        client_id: &str,
+        seq: u64,
+        d: &StoredDelivery,
+    ) -> Result<(), StoreError>;
     fn delete_delivery(&self, client_id: &str, seq: u64) -> Result<(), StoreError>;
     fn save_incoming(&self, client_id: &str, pid: u16, present: bool) -> Result<(), StoreError>;
     /// A ticket covering every write made so far; 0 means "already durable".
@@ -93,7 +98,9 @@ pub struct MemoryStore {
 
 impl Default for MemoryStore {
     fn default() -> Self {
-        MemoryStore { durable: watch::channel(0).0 }
+        MemoryStore {
+            durable: watch::channel(0).0,
+        }
     }
 }
 

@@ -105,7 +105,13 @@ impl StoredDelivery {
             (2, p) if p != 0 => DeliveryState::Released(p),
             _ => return Err("bad delivery state".into()),
         };
-        Ok(StoredDelivery { state, qos, retain, subscription_ids, message: decode_message(b)? })
+        Ok(StoredDelivery {
+            state,
+            qos,
+            retain,
+            subscription_ids,
+            message: decode_message(b)?,
+        })
     }
 }
 
@@ -126,7 +132,10 @@ mod tests {
                 payload: Bytes::from_static(b"x"),
                 qos: QoS::ExactlyOnce,
                 retain: false,
-                properties: Properties { content_type: Some("t".into()), ..Default::default() },
+                properties: Properties {
+                    content_type: Some("t".into()),
+                    ..Default::default()
+                },
                 expires_at: Some(1_900_000_000),
                 publisher: None,
             },

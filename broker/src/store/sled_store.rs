@@ -31,13 +31,20 @@ struct GroupCommit {
 }
 
 impl SledStore {
-    pub fn open(dir: &Path, durability: Durability, flush_interval_ms: u64) -> Result<SledStore, StoreError> {
+    pub fn open(
+        dir: &Path,
+        durability: Durability,
+        flush_interval_ms: u64,
+    ) -> Result<SledStore, StoreError> {
         let periodic = (durability == Durability::Periodic).then_some(flush_interval_ms);
         let db = sled::Config::new()
             .path(dir)
             .flush_every_ms(periodic)
             .open()
-            .map_err(|source| StoreError::Open { dir: dir.display().to_string(), source })?;
+            .map_err(|source| StoreError::Open {
+                dir: dir.display().to_string(),
+                source,
+            })?;
         let commit = Arc::new(GroupCommit {
             issued: AtomicU64::new(0),
             durable: watch::channel(0).0,
@@ -110,13 +117,18 @@ fn prefix(client_id: &str) -> Vec<u8> {
 }
 
 fn corrupt(key: &[u8], what: impl Into<String>) -> StoreError {
-    StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), what: what.into() }
+    StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        what: what.into(),
+    }
 }
 
 impl Store for SledStore {
     fn save_retained(&self, topic: &str, msg: Option<&Message>) -> Result<(), StoreError> {
         match msg {
-            Some(m) => self.retained.insert(topic.as_bytes(), super::encode_message(m))?,
+            Some(m) => self
+                .retained
+                .insert(topic.as_bytes(), super::encode_message(m))?,
             None => self.retained.remove(topic.as_bytes())?,
         };
         Ok(())
@@ -135,7 +147,8 @@ impl Store for SledStore {
     }
 
     fn save_session(&self, meta: &SessionMeta) -> Result<(), StoreError> {
-        let json = serde_json::to_vec(meta).map_err(|e| corrupt(meta.client_id.as_bytes(), e.to_string()))?;
+        let json = serde_json::to_vec(meta)
+            .map_err(|e| corrupt(meta.client_id.as_bytes(), e.to_string()))?;
         self.sessions.insert(meta.client_id.as_bytes(), json)?;
         Ok(())
     }
@@ -183,18 +196,29 @@ impl Store for SledStore {
                     incoming.push(u16::from_be_bytes(pid));
                 }
             }
-            out.push(StoredSession { meta, deliveries, incoming });
+            out.push(StoredSession {
+                meta,
+                deliveries,
+                incoming,
+            });
         }
         Ok(out)
     }
 
-    fn save_delivery(&self, client_id: &str, seq: u64, d: &StoredDelivery) -> Result<(), StoreError> {
-        self.deliveries.insert(session_key(client_id, &seq.to_be_bytes()), d.encode())?;
+    fn save_delivery(
+        &self,
+        client_id: &str,
+        seq: u64,
+        d: &StoredDelivery,
+    ) -> Result<(), StoreError> {
+        self.deliveries
+            .insert(session_key(client_id, &seq.to_be_bytes()), d.encode())?;
         Ok(())
     }
 
     fn delete_delivery(&self, client_id: &str, seq: u64) -> Result<(), StoreError> {
-        self.deliveries.remove(session_key(client_id, &seq.to_be_bytes()))?;
+        self.deliveries
+            .remove(session_key(client_id, &seq.to_be_bytes()))?;
         Ok(())
     }
 
