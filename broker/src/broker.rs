@@ -12,6 +12,7 @@ use crate::session::{
     NEVER,
 };
 use crate::store::{MemoryStore, SledStore, Store, StoreError};
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -131,7 +132,13 @@ impl Broker {
     pub fn publish(&self, msg: Arc<Message>) -> bool {
         let mut stored = false;
         if msg.retain {
-            self.retained.set(msg.clone());
+            // The payload is a slice of the publisher's read buffer; a retained message
+            // lives indefinitely, so it gets its own copy rather than pinning that buffer.
+            let own = Message {
+                payload: Bytes::copy_from_slice(&msg.payload),
+                ..(*msg).clone()
+            };
+            self.retained.set(Arc::new(own));
             let keep = (!msg.payload.is_empty()).then_some(&*msg);
             stored |= log_store(self.store.save_retained(&msg.topic, keep), "-");
         }

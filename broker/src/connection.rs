@@ -39,6 +39,9 @@ const MAX_BATCH: usize = 512;
 /// Bytes buffered for writing before the connection writes instead of taking more.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
 const BAD_AUTHENTICATION_METHOD: u8 = 0x8C;
+/// A client that reads nothing for this long while we have data for it is given up on,
+/// so a dead peer cannot hold its connection task (and session) forever.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 static ASSIGNED_IDS: AtomicU64 = AtomicU64::new(0);
 
@@ -57,6 +60,8 @@ enum Exit {
         cause: String,
     },
     KeepAlive,
+    /// The client stopped reading: a write made no progress for `WRITE_TIMEOUT`.
+    WriteStalled,
     TakenOver,
     Kicked(u8),
     Shutdown,
@@ -98,6 +103,7 @@ impl Exit {
             Exit::Io(e) => format!("network error: {e}"),
             Exit::Protocol { code, cause } => format!("{cause} (reason 0x{code:02X})"),
             Exit::KeepAlive => "keep alive timeout".into(),
+            Exit::WriteStalled => format!("client read nothing for {}s", WRITE_TIMEOUT.as_secs()),
             Exit::TakenOver => "session taken over by a new connection".into(),
             Exit::Kicked(c) => format!("disconnected by the server (reason 0x{c:02X})"),
             Exit::Shutdown => "server shutting down".into(),
@@ -438,8 +444,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         loop {
             if !self.wbuf.is_empty() {
                 let n = self.wbuf.len();
-                if let Err(e) = self.io.write_all(&self.wbuf).await {
-                    return Exit::Io(e);
+                match tokio::time::timeout(WRITE_TIMEOUT, self.io.write_all(&self.wbuf)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Exit::Io(e),
+                    Err(_) => return Exit::WriteStalled,
                 }
                 Metrics::add(&self.broker.metrics.bytes_out, n as u64);
                 self.wbuf.clear();
