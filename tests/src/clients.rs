@@ -103,6 +103,28 @@ macro_rules! client {
                 out
             }
 
+            /// Publishes; panics if the client refuses the request.
+            pub async fn send(
+                &self,
+                topic: impl Into<String>,
+                qos: QoS,
+                retain: bool,
+                payload: impl Into<Vec<u8>>,
+            ) {
+                self.client
+                    .publish(topic, qos, retain, payload.into())
+                    .await
+                    .expect("publish request");
+            }
+
+            /// The payloads of the PUBLISH packets `drain_publishes` collects, as text.
+            pub async fn drain_payloads(&mut self) -> Vec<String> {
+                let msgs = self.drain_publishes().await;
+                msgs.iter()
+                    .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+                    .collect()
+            }
+
             pub async fn suback(&mut self) -> p::SubAck {
                 loop {
                     match self.next(WAIT).await {

@@ -47,15 +47,9 @@ async fn kill_9_loses_no_acknowledged_message() {
         } else {
             QoS::AtLeastOnce
         };
-        p.client
-            .publish("k/x", qos, false, format!("{i}"))
-            .await
-            .unwrap();
+        p.send("k/x", qos, false, format!("{i}")).await;
     }
-    p.client
-        .publish("k/retained", QoS::AtLeastOnce, true, "kept")
-        .await
-        .unwrap();
+    p.send("k/retained", QoS::AtLeastOnce, true, "kept").await;
     await_acks(&mut p, N + 1).await;
     w.kill9();
 
@@ -103,14 +97,8 @@ async fn unacknowledged_delivery_is_resent_after_kill_9() {
     let (mut s, _) = C5::connect_with(o).await;
     s.subscribe("inf/#", QoS::ExactlyOnce).await;
     let (mut p, _) = C5::connect_with(C5::opts(w.port, "pub")).await;
-    p.client
-        .publish("inf/1", QoS::AtLeastOnce, false, "one")
-        .await
-        .unwrap();
-    p.client
-        .publish("inf/2", QoS::ExactlyOnce, false, "two")
-        .await
-        .unwrap();
+    p.send("inf/1", QoS::AtLeastOnce, false, "one").await;
+    p.send("inf/2", QoS::ExactlyOnce, false, "two").await;
     await_acks(&mut p, 2).await;
     assert_eq!(
         s.drain_publishes().await.len(),
@@ -123,8 +111,11 @@ async fn unacknowledged_delivery_is_resent_after_kill_9() {
     assert!(present);
     let again: Vec<_> = s.drain_publishes().await;
     assert_eq!(
-        again.iter().map(|m| m.payload.to_vec()).collect::<Vec<_>>(),
-        vec![b"one".to_vec(), b"two".to_vec()]
+        again
+            .iter()
+            .map(|m| String::from_utf8_lossy(&m.payload))
+            .collect::<Vec<_>>(),
+        vec!["one", "two"]
     );
     assert!(again.iter().all(|m| m.dup), "resent with DUP");
 }
@@ -136,37 +127,24 @@ async fn graceful_restart_keeps_sessions_subscriptions_and_retained() {
     s.subscribe("g/#", QoS::AtLeastOnce).await;
     s.disconnect().await;
     let (mut p, _) = C5::connect_with(C5::opts(w.port, "pub")).await;
-    p.client
-        .publish("g/queued", QoS::AtLeastOnce, false, "queued")
-        .await
-        .unwrap();
-    p.client
-        .publish("g/retained", QoS::AtLeastOnce, true, "retained")
-        .await
-        .unwrap();
+    p.send("g/queued", QoS::AtLeastOnce, false, "queued").await;
+    p.send("g/retained", QoS::AtLeastOnce, true, "retained")
+        .await;
     await_acks(&mut p, 2).await;
     assert!(w.terminate().success());
 
     w.restart();
     let (mut s, present) = persistent(&w, "keeper", 3600, false).await;
     assert!(present);
-    let queued: Vec<_> = s
-        .drain_publishes()
-        .await
-        .into_iter()
-        .map(|m| m.payload.to_vec())
-        .collect();
+    let queued: Vec<_> = s.drain_payloads().await;
     assert_eq!(
         queued,
-        vec![b"queued".to_vec(), b"retained".to_vec()],
+        vec!["queued", "retained"],
         "both were queued while offline"
     );
     // The subscription itself survived: a new message is routed to it.
     let (p, _) = C5::connect_with(C5::opts(w.port, "pub")).await;
-    p.client
-        .publish("g/new", QoS::AtLeastOnce, false, "new")
-        .await
-        .unwrap();
+    p.send("g/new", QoS::AtLeastOnce, false, "new").await;
     assert_eq!(&s.publish().await.payload[..], b"new");
     let (mut late, _) = C5::connect_with(C5::opts(w.port, "late")).await;
     late.subscribe("g/retained", QoS::AtLeastOnce).await;

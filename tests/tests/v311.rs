@@ -58,10 +58,7 @@ async fn retained_messages_are_stored_replaced_and_deleted() {
     let (mut live, _) = connect(&w, "live", true).await;
     live.subscribe("r/#", QoS::AtLeastOnce).await;
     let (p, _) = connect(&w, "pub", true).await;
-    p.client
-        .publish("r/1", QoS::AtLeastOnce, true, "first")
-        .await
-        .unwrap();
+    p.send("r/1", QoS::AtLeastOnce, true, "first").await;
     let m = live.publish().await;
     assert!(!m.retain, "a live subscriber gets RETAIN 0 in 3.1.1");
 
@@ -70,10 +67,7 @@ async fn retained_messages_are_stored_replaced_and_deleted() {
     let m = late.publish().await;
     assert!(m.retain && &m.payload[..] == b"first");
 
-    p.client
-        .publish("r/1", QoS::AtLeastOnce, true, "second")
-        .await
-        .unwrap();
+    p.send("r/1", QoS::AtLeastOnce, true, "second").await;
     live.publish().await;
     let (mut late2, _) = connect(&w, "late2", true).await;
     late2.subscribe("r/#", QoS::AtLeastOnce).await;
@@ -81,10 +75,7 @@ async fn retained_messages_are_stored_replaced_and_deleted() {
     assert_eq!(got.len(), 1);
     assert_eq!(&got[0].payload[..], b"second");
 
-    p.client
-        .publish("r/1", QoS::AtLeastOnce, true, "")
-        .await
-        .unwrap();
+    p.send("r/1", QoS::AtLeastOnce, true, "").await;
     live.publish().await;
     let (mut late3, _) = connect(&w, "late3", true).await;
     late3.subscribe("r/#", QoS::AtLeastOnce).await;
@@ -103,31 +94,17 @@ async fn persistent_session_queues_qos1_and_qos2_while_offline() {
     s.disconnect().await;
 
     let (p, _) = connect(&w, "pub", true).await;
-    p.client
-        .publish("q/1", QoS::AtLeastOnce, false, "one")
-        .await
-        .unwrap();
-    p.client
-        .publish("q/2", QoS::ExactlyOnce, false, "two")
-        .await
-        .unwrap();
-    p.client
-        .publish("q/0", QoS::AtMostOnce, false, "zero")
-        .await
-        .unwrap();
+    p.send("q/1", QoS::AtLeastOnce, false, "one").await;
+    p.send("q/2", QoS::ExactlyOnce, false, "two").await;
+    p.send("q/0", QoS::AtMostOnce, false, "zero").await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
 
     let (mut s, present) = connect(&w, "keeper", false).await;
     assert!(present, "session resumed");
-    let got: Vec<_> = s
-        .drain_publishes()
-        .await
-        .into_iter()
-        .map(|m| m.payload.to_vec())
-        .collect();
+    let got: Vec<_> = s.drain_payloads().await;
     assert_eq!(
         got,
-        vec![b"one".to_vec(), b"two".to_vec()],
+        vec!["one", "two"],
         "QoS 0 is not queued offline by default"
     );
 
@@ -197,10 +174,7 @@ async fn overlapping_subscriptions_deliver_once_at_the_highest_qos() {
     s.subscribe("o/#", QoS::ExactlyOnce).await;
     s.subscribe("o/a", QoS::AtLeastOnce).await;
     let (p, _) = connect(&w, "p", true).await;
-    p.client
-        .publish("o/a", QoS::ExactlyOnce, false, "x")
-        .await
-        .unwrap();
+    p.send("o/a", QoS::ExactlyOnce, false, "x").await;
     let got = s.drain_publishes().await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].qos, QoS::ExactlyOnce);
@@ -216,15 +190,9 @@ async fn wildcards_at_the_start_do_not_match_dollar_topics() {
     let (mut sys, _) = connect(&w, "sys", true).await;
     sys.subscribe("$SYS/#", QoS::AtMostOnce).await;
     let (p, _) = connect(&w, "p", true).await;
-    p.client
-        .publish("$SYS/x", QoS::AtMostOnce, false, "s")
-        .await
-        .unwrap();
+    p.send("$SYS/x", QoS::AtMostOnce, false, "s").await;
     assert_eq!(sys.publish().await.topic, "$SYS/x");
-    p.client
-        .publish("a/x", QoS::AtMostOnce, false, "a")
-        .await
-        .unwrap();
+    p.send("a/x", QoS::AtMostOnce, false, "a").await;
     let a: Vec<_> = all
         .drain_publishes()
         .await
@@ -250,10 +218,7 @@ async fn shared_subscription_from_311_clients_splits_messages() {
     b.subscribe("$share/g/s/#", QoS::AtLeastOnce).await;
     let (p, _) = connect(&w, "p", true).await;
     for i in 0..10 {
-        p.client
-            .publish(format!("s/{i}"), QoS::AtLeastOnce, false, "m")
-            .await
-            .unwrap();
+        p.send(format!("s/{i}"), QoS::AtLeastOnce, false, "m").await;
     }
     let (ga, gb) = (a.drain_publishes().await, b.drain_publishes().await);
     assert_eq!(
@@ -283,9 +248,6 @@ async fn unsubscribe_stops_delivery() {
         }
     }
     let (p, _) = connect(&w, "p", true).await;
-    p.client
-        .publish("u/1", QoS::AtLeastOnce, false, "x")
-        .await
-        .unwrap();
+    p.send("u/1", QoS::AtLeastOnce, false, "x").await;
     assert!(s.drain_publishes().await.is_empty());
 }

@@ -46,6 +46,11 @@ fn payloads(v: &[rumqttc::v5::mqttbytes::v5::Publish]) -> Vec<String> {
         .collect()
 }
 
+async fn subscribe_filter(c: &mut C5, f: Filter) {
+    c.client.subscribe_many(vec![f]).await.unwrap();
+    c.suback().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn overlapping_subscriptions_carry_every_subscription_identifier() {
     let w = Weir::start();
@@ -62,10 +67,7 @@ async fn overlapping_subscriptions_carry_every_subscription_identifier() {
         s.suback().await;
     }
     let p = connect(&w, "p").await;
-    p.client
-        .publish("a/b", QoS::AtLeastOnce, false, "x")
-        .await
-        .unwrap();
+    p.send("a/b", QoS::AtLeastOnce, false, "x").await;
     let got = s.drain_publishes().await;
     assert_eq!(got.len(), 1, "one delivery for overlapping subscriptions");
     let mut ids = got[0].properties.clone().unwrap().subscription_identifiers;
@@ -77,28 +79,25 @@ async fn overlapping_subscriptions_carry_every_subscription_identifier() {
 async fn no_local_suppresses_own_messages() {
     let w = Weir::start();
     let mut me = connect(&w, "me").await;
-    me.client
-        .subscribe_many(vec![filter(
+    subscribe_filter(
+        &mut me,
+        filter(
             "nl/#",
             QoS::AtLeastOnce,
             true,
             false,
             RetainForwardRule::OnEverySubscribe,
-        )])
-        .await
-        .unwrap();
-    me.suback().await;
-    me.client
-        .publish("nl/mine", QoS::AtLeastOnce, false, "mine")
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
+    me.send("nl/mine", QoS::AtLeastOnce, false, "mine").await;
     let other = connect(&w, "other").await;
     other
         .client
         .publish("nl/theirs", QoS::AtLeastOnce, false, "theirs")
         .await
         .unwrap();
-    assert_eq!(payloads(&me.drain_publishes().await), vec!["theirs"]);
+    assert_eq!(me.drain_payloads().await, vec!["theirs"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -106,23 +105,20 @@ async fn retain_as_published_and_retain_handling() {
     let w = Weir::start();
     let mut rap = connect(&w, "rap").await;
     let mut plain = connect(&w, "plain").await;
-    rap.client
-        .subscribe_many(vec![filter(
+    subscribe_filter(
+        &mut rap,
+        filter(
             "rh/#",
             QoS::AtLeastOnce,
             false,
             true,
             RetainForwardRule::OnEverySubscribe,
-        )])
-        .await
-        .unwrap();
-    rap.suback().await;
+        ),
+    )
+    .await;
     plain.subscribe("rh/#", QoS::AtLeastOnce).await;
     let p = connect(&w, "p").await;
-    p.client
-        .publish("rh/1", QoS::AtLeastOnce, true, "kept")
-        .await
-        .unwrap();
+    p.send("rh/1", QoS::AtLeastOnce, true, "kept").await;
     assert!(
         rap.publish().await.retain,
         "Retain As Published keeps the flag"
@@ -133,42 +129,22 @@ async fn retain_as_published_and_retain_handling() {
     );
 
     let mut c = connect(&w, "c").await;
-    let sub = |rule| vec![filter("rh/#", QoS::AtLeastOnce, false, false, rule)];
-    c.client
-        .subscribe_many(sub(RetainForwardRule::OnNewSubscribe))
-        .await
-        .unwrap();
-    c.suback().await;
+    let sub = |rule| filter("rh/#", QoS::AtLeastOnce, false, false, rule);
+    subscribe_filter(&mut c, sub(RetainForwardRule::OnNewSubscribe)).await;
     assert_eq!(
-        payloads(&c.drain_publishes().await),
+        c.drain_payloads().await,
         vec!["kept"],
         "handling 1, new subscription"
     );
-    c.client
-        .subscribe_many(sub(RetainForwardRule::OnNewSubscribe))
-        .await
-        .unwrap();
-    c.suback().await;
+    subscribe_filter(&mut c, sub(RetainForwardRule::OnNewSubscribe)).await;
     assert!(
         c.drain_publishes().await.is_empty(),
         "handling 1, existing subscription"
     );
-    c.client
-        .subscribe_many(sub(RetainForwardRule::OnEverySubscribe))
-        .await
-        .unwrap();
-    c.suback().await;
-    assert_eq!(
-        payloads(&c.drain_publishes().await),
-        vec!["kept"],
-        "handling 0"
-    );
+    subscribe_filter(&mut c, sub(RetainForwardRule::OnEverySubscribe)).await;
+    assert_eq!(c.drain_payloads().await, vec!["kept"], "handling 0");
     let mut n = connect(&w, "n").await;
-    n.client
-        .subscribe_many(sub(RetainForwardRule::Never))
-        .await
-        .unwrap();
-    n.suback().await;
+    subscribe_filter(&mut n, sub(RetainForwardRule::Never)).await;
     assert!(n.drain_publishes().await.is_empty(), "handling 2");
 }
 
@@ -191,10 +167,7 @@ async fn message_expiry_is_honoured_and_decremented() {
         .publish_with_properties("me/long", QoS::AtLeastOnce, false, "long", with_expiry(100))
         .await
         .unwrap();
-    p.client
-        .publish("me/none", QoS::AtLeastOnce, false, "none")
-        .await
-        .unwrap();
+    p.send("me/none", QoS::AtLeastOnce, false, "none").await;
     // Retained messages expire too.
     p.client
         .publish_with_properties("me/ret", QoS::AtLeastOnce, true, "ret", with_expiry(1))
@@ -241,10 +214,7 @@ async fn broker_assigns_topic_aliases_up_to_the_client_maximum() {
     s.subscribe("ta/#", QoS::AtMostOnce).await;
     let p = connect(&w, "p").await;
     for t in ["ta/x", "ta/x", "ta/y"] {
-        p.client
-            .publish(t, QoS::AtMostOnce, false, "m")
-            .await
-            .unwrap();
+        p.send(t, QoS::AtMostOnce, false, "m").await;
     }
     let got = s.drain_publishes().await;
     let seen: Vec<(Bytes, Option<u16>)> = got
@@ -273,10 +243,8 @@ async fn receive_maximum_limits_unacknowledged_deliveries() {
     s.subscribe("rm/#", QoS::AtLeastOnce).await;
     let p = connect(&w, "p").await;
     for i in 0..5 {
-        p.client
-            .publish(format!("rm/{i}"), QoS::AtLeastOnce, false, format!("{i}"))
-            .await
-            .unwrap();
+        p.send(format!("rm/{i}"), QoS::AtLeastOnce, false, format!("{i}"))
+            .await;
     }
     let first = s.drain_publishes().await;
     assert_eq!(
@@ -292,7 +260,7 @@ async fn receive_maximum_limits_unacknowledged_deliveries() {
     for m in &second {
         s.client.ack(m).await.unwrap();
     }
-    assert_eq!(payloads(&s.drain_publishes().await), vec!["4"]);
+    assert_eq!(s.drain_payloads().await, vec!["4"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -305,16 +273,11 @@ async fn message_too_large_for_one_subscriber_is_dropped_for_it_only() {
     let mut large = connect(&w, "large").await;
     large.subscribe("big/#", QoS::AtLeastOnce).await;
     let p = connect(&w, "p").await;
-    p.client
-        .publish("big/1", QoS::AtLeastOnce, false, vec![b'x'; 1000])
-        .await
-        .unwrap();
-    p.client
-        .publish("big/2", QoS::AtLeastOnce, false, "small")
-        .await
-        .unwrap();
+    p.send("big/1", QoS::AtLeastOnce, false, vec![b'x'; 1000])
+        .await;
+    p.send("big/2", QoS::AtLeastOnce, false, "small").await;
     assert_eq!(large.drain_publishes().await.len(), 2);
-    assert_eq!(payloads(&small.drain_publishes().await), vec!["small"]);
+    assert_eq!(small.drain_payloads().await, vec!["small"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -467,10 +430,7 @@ async fn in_flight_messages_are_resent_on_session_resume() {
     let (mut s, _) = C5::connect_with(o).await;
     s.subscribe("inf/#", QoS::AtLeastOnce).await;
     let p = connect(&w, "p").await;
-    p.client
-        .publish("inf/1", QoS::AtLeastOnce, false, "owed")
-        .await
-        .unwrap();
+    p.send("inf/1", QoS::AtLeastOnce, false, "owed").await;
     let m = s.publish().await;
     assert!(!m.dup);
     s.drop_connection(); // never acknowledged
@@ -500,14 +460,12 @@ async fn offline_queue_overflow_drops_oldest_or_newest() {
         s.disconnect().await;
         let p = connect(&w, "p").await;
         for i in 0..6 {
-            p.client
-                .publish("of/x", QoS::AtLeastOnce, false, format!("{i}"))
-                .await
-                .unwrap();
+            p.send("of/x", QoS::AtLeastOnce, false, format!("{i}"))
+                .await;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         let (mut s, _) = persistent(&w, "q", 60, false).await;
-        assert_eq!(payloads(&s.drain_publishes().await), want, "{policy}");
+        assert_eq!(s.drain_payloads().await, want, "{policy}");
     }
 }
 
@@ -518,13 +476,10 @@ async fn qos0_is_queued_offline_when_configured() {
     s.subscribe("z/#", QoS::AtMostOnce).await;
     s.disconnect().await;
     let p = connect(&w, "p").await;
-    p.client
-        .publish("z/1", QoS::AtMostOnce, false, "zero")
-        .await
-        .unwrap();
+    p.send("z/1", QoS::AtMostOnce, false, "zero").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (mut s, _) = persistent(&w, "q0", 60, false).await;
-    assert_eq!(payloads(&s.drain_publishes().await), vec!["zero"]);
+    assert_eq!(s.drain_payloads().await, vec!["zero"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -550,10 +505,8 @@ async fn shared_subscription_prefers_connected_members() {
     b.disconnect().await;
     let p = connect(&w, "p").await;
     for i in 0..6 {
-        p.client
-            .publish(format!("sh/{i}"), QoS::AtLeastOnce, false, "m")
-            .await
-            .unwrap();
+        p.send(format!("sh/{i}"), QoS::AtLeastOnce, false, "m")
+            .await;
     }
     assert_eq!(
         a.drain_publishes().await.len(),
