@@ -189,6 +189,19 @@ pub mod v5 {
     pub use rumqttc::v5::mqttbytes::v5 as p;
     pub use rumqttc::v5::mqttbytes::QoS;
     client!(C5);
+
+    /// Will properties with only a Will Delay Interval (rumqttc's type has no `Default`).
+    pub fn will_delay(delay: u32) -> p::LastWillProperties {
+        p::LastWillProperties {
+            delay_interval: Some(delay),
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: vec![],
+        }
+    }
 }
 
 pub use v4::C4;

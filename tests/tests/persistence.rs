@@ -170,19 +170,11 @@ async fn expired_sessions_are_purged_across_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_delayed_will_survives_a_restart() {
-    use rumqttc::v5::mqttbytes::v5::{LastWill, LastWillProperties};
+    use rumqttc::v5::mqttbytes::v5::LastWill;
     let mut w = Weir::start();
     let mut o = C5::opts(w.port, "mortal");
     o.set_session_expiry_interval(Some(3600));
-    let props = LastWillProperties {
-        delay_interval: Some(3),
-        payload_format_indicator: None,
-        message_expiry_interval: None,
-        content_type: None,
-        response_topic: None,
-        correlation_data: None,
-        user_properties: vec![],
-    };
+    let props = weir_tests::clients::v5::will_delay(3);
     o.set_last_will(LastWill::new(
         "will/mortal",
         "late",

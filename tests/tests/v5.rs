@@ -2,8 +2,8 @@
 
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnectReturnCode, DisconnectReasonCode, Filter, LastWill, LastWillProperties,
-    PublishProperties, RetainForwardRule, SubscribeProperties,
+    ConnectReturnCode, DisconnectReasonCode, Filter, LastWill, PublishProperties,
+    RetainForwardRule, SubscribeProperties,
 };
 use std::time::{Duration, Instant};
 use weir_tests::clients::v5::QoS;
@@ -355,15 +355,7 @@ async fn will_delay_is_waited_cancelled_by_reconnect_and_capped_by_session_end()
     let mut watcher = connect(&w, "watcher").await;
     watcher.subscribe("will/#", QoS::AtLeastOnce).await;
     let will = |topic: &str, delay| {
-        let props = LastWillProperties {
-            delay_interval: Some(delay),
-            payload_format_indicator: None,
-            message_expiry_interval: None,
-            content_type: None,
-            response_topic: None,
-            correlation_data: None,
-            user_properties: vec![],
-        };
+        let props = weir_tests::clients::v5::will_delay(delay);
         LastWill::new(topic, "bye", QoS::AtLeastOnce, false, Some(props))
     };
     let start = |id: &str, delay, expiry| {
