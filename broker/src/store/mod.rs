@@ -23,6 +23,8 @@ pub enum StoreError {
     Db(#[from] sled::Error),
     #[error("corrupt record under key {key:?}: {what}")]
     Corrupt { key: String, what: String },
+    #[error("cannot start the group-commit thread: {0}")]
+    Thread(std::io::Error),
     #[error("cannot open the data directory {dir}: {source}")]
     Open { dir: String, source: sled::Error },
 }

@@ -50,14 +50,17 @@ impl SledStore {
             durable: watch::channel(0).0,
             stop: AtomicBool::new(false),
         });
-        let flusher = (durability == Durability::Sync).then(|| {
-            let db = db.clone();
-            let commit = commit.clone();
-            thread::Builder::new()
-                .name("weir-group-commit".into())
-                .spawn(move || flush_loop(db, commit))
-                .expect("spawning the group-commit thread")
-        });
+        let flusher = match durability {
+            Durability::Sync => {
+                let (db, commit) = (db.clone(), commit.clone());
+                let spawned = thread::Builder::new()
+                    .name("weir-group-commit".into())
+                    .spawn(move || flush_loop(db, commit))
+                    .map_err(StoreError::Thread)?;
+                Some(spawned)
+            }
+            Durability::Periodic => None,
+        };
         Ok(SledStore {
             retained: db.open_tree("retained")?,
             sessions: db.open_tree("sessions")?,
