@@ -30,7 +30,8 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Named listeners. With none configured, one TCP listener on 127.0.0.1:1883.
+    /// Named listeners. With none configured: TCP on 127.0.0.1:1883 and WebSocket on
+    /// 127.0.0.1:8083.
     pub listener: Vec<ListenerConfig>,
     pub limits: Limits,
     pub storage: Storage,
@@ -40,7 +41,10 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listener: vec![ListenerConfig::default()],
+            listener: vec![
+                ListenerConfig::of_kind(ListenerKind::Tcp),
+                ListenerConfig::of_kind(ListenerKind::Ws),
+            ],
             limits: Limits::default(),
             storage: Storage::default(),
             log: Log::default(),
@@ -52,34 +56,198 @@ impl Default for Config {
 #[serde(rename_all = "lowercase")]
 pub enum ListenerKind {
     Tcp,
+    Tls,
+    Ws,
+    Wss,
+}
+
+impl ListenerKind {
+    /// The conventional port of each transport (as Mosquitto and EMQX use them).
+    pub fn default_port(self) -> u16 {
+        match self {
+            ListenerKind::Tcp => 1883,
+            ListenerKind::Tls => 8883,
+            ListenerKind::Ws => 8083,
+            ListenerKind::Wss => 8084,
+        }
+    }
+
+    pub fn is_tls(self) -> bool {
+        matches!(self, ListenerKind::Tls | ListenerKind::Wss)
+    }
+
+    pub fn is_websocket(self) -> bool {
+        matches!(self, ListenerKind::Ws | ListenerKind::Wss)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerKind::Tcp => "tcp",
+            ListenerKind::Tls => "tls",
+            ListenerKind::Ws => "ws",
+            ListenerKind::Wss => "wss",
+        }
+    }
+}
+
+/// Whether a TLS listener with a client CA insists on a client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCert {
+    #[default]
+    Required,
+    Optional,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenerConfig {
+    /// Unique; defaults to the kind (`tcp`, `tls`, `ws`, `wss`).
     pub name: String,
     pub kind: ListenerKind,
-    pub bind: SocketAddr,
-    /// Clients without a username may connect. No authentication plugin exists yet,
-    /// so with this off every client is refused.
+    /// Defaults to 127.0.0.1 on the kind's conventional port.
+    pub bind: Option<SocketAddr>,
+    /// Clients may connect without credentials that something checked. No
+    /// authentication plugin exists yet, so with this off only clients with a verified
+    /// TLS client certificate are let in.
     pub allow_anonymous: bool,
     /// Overrides `limits.max_connections` for this listener.
     pub max_connections: Option<usize>,
     /// Overrides `limits.max_packet_size` for this listener.
     pub max_packet_size: Option<u32>,
+    /// `tls`/`wss`: PEM certificate chain, server certificate first.
+    pub cert: Option<PathBuf>,
+    /// `tls`/`wss`: PEM private key of the server certificate.
+    pub key: Option<PathBuf>,
+    /// `tls`/`wss`: PEM CA certificates that sign client certificates. Setting it turns
+    /// on client certificates (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: `required` refuses clients without a certificate during the
+    /// handshake; `optional` lets them through to authentication.
+    pub client_cert: ClientCert,
+    /// Use the client certificate's subject CN as the MQTT username.
+    pub use_identity_as_username: bool,
+    /// `ws`/`wss`: the HTTP path of the WebSocket endpoint; others get 404.
+    pub path: String,
+    /// `ws`/`wss`: if not empty, only these `Origin` header values may connect (403).
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ListenerConfig {
     fn default() -> Self {
         ListenerConfig {
-            name: "tcp".into(),
+            name: String::new(),
             kind: ListenerKind::Tcp,
-            bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            bind: None,
             allow_anonymous: true,
             max_connections: None,
             max_packet_size: None,
+            cert: None,
+            key: None,
+            client_ca: None,
+            client_cert: ClientCert::Required,
+            use_identity_as_username: false,
+            path: "/mqtt".into(),
+            allowed_origins: Vec::new(),
         }
     }
+}
+
+impl ListenerConfig {
+    pub fn of_kind(kind: ListenerKind) -> ListenerConfig {
+        ListenerConfig {
+            kind,
+            ..Default::default()
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        if self.name.is_empty() {
+            self.kind.as_str()
+        } else {
+            &self.name
+        }
+    }
+
+    pub fn bind(&self) -> SocketAddr {
+        self.bind
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], self.kind.default_port())))
+    }
+
+    fn validate(&self, i: usize) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("listener[{i}].{k}");
+        if !names_ok(self.name()) {
+            return Err(invalid(key("name"), "use letters, digits, '-' and '_'"));
+        }
+        if self.max_connections == Some(0) {
+            return Err(invalid(key("max_connections"), "must be at least 1"));
+        }
+        if let Some(s) = self.max_packet_size {
+            check_packet_size(&key("max_packet_size"), s)?;
+        }
+        let kind = self.kind.as_str();
+        if self.kind.is_tls() {
+            for (k, v) in [("cert", &self.cert), ("key", &self.key)] {
+                match v {
+                    None => {
+                        return Err(invalid(key(k), format!("required for a '{kind}' listener")))
+                    }
+                    Some(p) if !p.is_file() => {
+                        return Err(invalid(
+                            key(k),
+                            format!("{} is not a readable file", p.display()),
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(p) = &self.client_ca {
+                if !p.is_file() {
+                    return Err(invalid(
+                        key("client_ca"),
+                        format!("{} is not a readable file", p.display()),
+                    ));
+                }
+            }
+        } else {
+            for (k, set) in [
+                ("cert", self.cert.is_some()),
+                ("key", self.key.is_some()),
+                ("client_ca", self.client_ca.is_some()),
+                ("use_identity_as_username", self.use_identity_as_username),
+            ] {
+                if set {
+                    return Err(invalid(
+                        key(k),
+                        format!("only for 'tls' and 'wss' listeners, not '{kind}'"),
+                    ));
+                }
+            }
+        }
+        if self.kind.is_websocket() {
+            if !self.path.starts_with('/') {
+                return Err(invalid(key("path"), "must start with '/'"));
+            }
+        } else if self.path != "/mqtt" || !self.allowed_origins.is_empty() {
+            let k = if self.path != "/mqtt" {
+                "path"
+            } else {
+                "allowed_origins"
+            };
+            return Err(invalid(
+                key(k),
+                format!("only for 'ws' and 'wss' listeners, not '{kind}'"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn names_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -210,24 +378,20 @@ impl Config {
             return Err(invalid("listener", "at least one listener is needed"));
         }
         let mut names = std::collections::HashSet::new();
+        let mut binds = std::collections::HashSet::new();
         for (i, l) in self.listener.iter().enumerate() {
-            if l.name.is_empty() {
-                return Err(invalid(format!("listener[{i}].name"), "must not be empty"));
-            }
-            if !names.insert(&l.name) {
+            l.validate(i)?;
+            if !names.insert(l.name()) {
                 return Err(invalid(
                     format!("listener[{i}].name"),
-                    format!("duplicate name '{}'", l.name),
+                    format!("duplicate name '{}'", l.name()),
                 ));
             }
-            if l.max_connections == Some(0) {
+            if !binds.insert(l.bind()) {
                 return Err(invalid(
-                    format!("listener[{i}].max_connections"),
-                    "must be at least 1",
+                    format!("listener[{i}].bind"),
+                    format!("{} is used by another listener", l.bind()),
                 ));
-            }
-            if let Some(s) = l.max_packet_size {
-                check_packet_size(&format!("listener[{i}].max_packet_size"), s)?;
             }
         }
         let l = &self.limits;
@@ -289,8 +453,12 @@ mod tests {
     #[test]
     fn empty_config_is_the_default() {
         let c = Config::from_toml("").unwrap();
-        assert_eq!(c.listener.len(), 1);
-        assert_eq!(c.listener[0].bind.to_string(), "127.0.0.1:1883");
+        let l: Vec<String> = c
+            .listener
+            .iter()
+            .map(|l| format!("{} {}", l.name(), l.bind()))
+            .collect();
+        assert_eq!(l, vec!["tcp 127.0.0.1:1883", "ws 127.0.0.1:8083"]);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::codec::{
     self, reason, Ack, AckKind, ConnAck, Disconnect, Packet, Properties, Publish, QoS,
     RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, Version, Will,
 };
-use crate::hooks::{Action, ClientInfo, ConnectInfo, Decision};
+use crate::hooks::{Action, ClientInfo, ConnectInfo, Decision, PeerIdentity};
 use crate::message::{now_secs, Delivery, Message};
 use crate::metrics::Metrics;
 use crate::session::{will_message, ConnHandle, Control, Outgoing, Session, NEVER};
@@ -32,6 +32,16 @@ pub struct ListenerInfo {
     pub name: Arc<str>,
     pub allow_anonymous: bool,
     pub max_packet_size: u32,
+    /// Replace the client's username with its certificate's common name.
+    pub use_identity_as_username: bool,
+}
+
+/// The far end of a connection as the listener saw it.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// From a client certificate verified during the TLS handshake.
+    pub certificate: Option<PeerIdentity>,
 }
 
 /// Deliveries moved into the write buffer per wake-up, at most.
@@ -118,12 +128,39 @@ impl From<codec::Error> for Exit {
 }
 
 /// Reads until one complete frame is buffered.
+/// What the first bytes are, when they cannot start a CONNECT: said in the log so an
+/// operator sees at once that, say, a browser or a TLS client hit a plain MQTT port.
+fn not_connect(buf: &[u8]) -> Option<&'static str> {
+    let first = *buf.first()?;
+    if first == 0x10 {
+        return None;
+    }
+    const HTTP: [&[u8]; 6] = [b"GET ", b"POST", b"HEAD", b"PUT ", b"OPTI", b"DELE"];
+    Some(
+        if HTTP
+            .iter()
+            .any(|m| buf.starts_with(m) || m.starts_with(buf))
+        {
+            "plain HTTP request on an MQTT listener"
+        } else if first == 0x16 {
+            "TLS handshake on a listener without TLS"
+        } else {
+            "first packet is not CONNECT"
+        },
+    )
+}
+
+/// Reads until one complete frame is buffered; for the first packet, gives up as soon
+/// as the bytes cannot be a CONNECT.
 async fn read_frame<S: AsyncRead + Unpin>(
     io: &mut S,
     buf: &mut BytesMut,
     max: usize,
 ) -> Result<Bytes, Exit> {
     loop {
+        if let Some(why) = not_connect(buf) {
+            return Err(Exit::protocol(reason::PROTOCOL_ERROR, why));
+        }
         if let Some(n) = codec::frame_len(buf, max)? {
             return Ok(buf.split_to(n).freeze());
         }
@@ -149,7 +186,11 @@ fn connect_level(frame: &[u8]) -> Option<u8> {
 async fn write_packet<S: AsyncWrite + Unpin>(io: &mut S, p: &Packet, v: Version) {
     let mut b = BytesMut::new();
     p.encode(v, &mut b);
-    let _ = tokio::time::timeout(Duration::from_secs(1), io.write_all(&b)).await;
+    let write = async {
+        io.write_all(&b).await?;
+        io.flush().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }
 
 fn connack_refusal(code: u8, why: &str, v: Version) -> Packet {
@@ -168,7 +209,7 @@ fn connack_refusal(code: u8, why: &str, v: Version) -> Packet {
 /// is full: the client is told so in a CONNACK rather than just cut off.
 pub async fn serve<S>(
     mut io: S,
-    peer: SocketAddr,
+    from: Peer,
     listener: Arc<ListenerInfo>,
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
@@ -176,6 +217,7 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let peer = from.addr;
     let limits = &broker.config.limits;
     let max_packet = listener.max_packet_size as usize;
     let mut rbuf = BytesMut::with_capacity(4096);
@@ -196,7 +238,7 @@ pub async fn serve<S>(
         }
         Ok(Ok(frame)) => frame,
     };
-    let connect = match codec::decode(frame.clone(), Version::V311) {
+    let mut connect = match codec::decode(frame.clone(), Version::V311) {
         Ok(Packet::Connect(c)) => *c,
         Ok(other) => {
             tracing::info!(%peer, listener = %listener.name, "closed: first packet was {}, not CONNECT", other.name());
@@ -228,8 +270,9 @@ pub async fn serve<S>(
         }
     };
     let version = connect.version;
+    let requested_id = connect.client_id.clone();
     let refuse = |code: u8, why: &str| {
-        tracing::info!(%peer, listener = %listener.name, client_id = %connect.client_id, protocol = %version,
+        tracing::info!(%peer, listener = %listener.name, client_id = %requested_id, protocol = %version,
             "connection refused: {why} (reason 0x{code:02X})");
         connack_refusal(code, why, version)
     };
@@ -263,6 +306,22 @@ pub async fn serve<S>(
     } else {
         Arc::from(connect.client_id.as_str())
     };
+    if listener.use_identity_as_username {
+        match from
+            .certificate
+            .as_ref()
+            .and_then(|c| c.common_name.clone())
+        {
+            Some(cn) => connect.username = Some(cn),
+            None => {
+                let p = refuse(
+                    reason::NOT_AUTHORIZED,
+                    "a client certificate with a common name is required",
+                );
+                return write_packet(&mut io, &p, version).await;
+            }
+        }
+    }
     let decision = broker.hooks.authenticate(&ConnectInfo {
         client_id: &client_id,
         username: connect.username.as_deref(),
@@ -272,6 +331,7 @@ pub async fn serve<S>(
         listener: &listener.name,
         allow_anonymous: listener.allow_anonymous,
         user_properties: &connect.properties.user_properties,
+        certificate: from.certificate.as_ref(),
     });
     if let Decision::Deny(code) = decision {
         let p = refuse(code, "authentication failed");
@@ -354,7 +414,8 @@ pub async fn serve<S>(
     .encode(version, &mut wbuf);
     Metrics::add(&broker.metrics.connections, 1);
     tracing::info!(%client_id, %peer, listener = %listener.name, protocol = %version, clean_start = connect.clean_start,
-        session_present = present, keep_alive, "client connected");
+        session_present = present, keep_alive, username = %connect.username.as_deref().unwrap_or(""),
+        identity = %from.certificate.as_ref().and_then(|c| c.common_name.as_deref()).unwrap_or(""), "client connected");
 
     let durable = broker.store.durable();
     let mut conn = Connection {
@@ -444,7 +505,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         loop {
             if !self.wbuf.is_empty() {
                 let n = self.wbuf.len();
-                match tokio::time::timeout(WRITE_TIMEOUT, self.io.write_all(&self.wbuf)).await {
+                let write = async {
+                    self.io.write_all(&self.wbuf).await?;
+                    // TLS and WebSocket streams buffer; a plain socket flushes for free.
+                    self.io.flush().await
+                };
+                match tokio::time::timeout(WRITE_TIMEOUT, write).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => return Exit::Io(e),
                     Err(_) => return Exit::WriteStalled,

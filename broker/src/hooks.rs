@@ -1,11 +1,21 @@
 //! The decisions the core asks of the outside world: may this client connect, may it
 //! publish or subscribe here. The core calls this trait and nothing else; the
 //! WebAssembly plugin host will implement it. Until then [`DefaultHooks`] applies the
-//! listener's `allow_anonymous` and allows every publish and subscribe.
+//! listener's `allow_anonymous` (a verified client certificate counts as credentials)
+//! and allows every publish and subscribe.
 
 use crate::codec::{reason, QoS, Version};
 use bytes::Bytes;
 use std::net::SocketAddr;
+
+/// Who a verified TLS client certificate says the client is.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PeerIdentity {
+    /// The subject's common name.
+    pub common_name: Option<String>,
+    /// Subject alternative names, prefixed by type: `DNS:`, `IP:`, `email:`, `URI:`.
+    pub sans: Vec<String>,
+}
 
 /// What a client presented in its CONNECT.
 #[derive(Debug)]
@@ -18,6 +28,9 @@ pub struct ConnectInfo<'a> {
     pub listener: &'a str,
     pub allow_anonymous: bool,
     pub user_properties: &'a [(String, String)],
+    /// Present when the client authenticated with a certificate the listener's client CA
+    /// verified during the TLS handshake.
+    pub certificate: Option<&'a PeerIdentity>,
 }
 
 /// Who is asking, for authorization.
@@ -57,7 +70,8 @@ pub struct DefaultHooks;
 
 impl Hooks for DefaultHooks {
     fn authenticate(&self, info: &ConnectInfo<'_>) -> Decision {
-        if info.allow_anonymous {
+        // A certificate verified in the handshake is a credential checked already.
+        if info.allow_anonymous || info.certificate.is_some() {
             return Decision::Allow;
         }
         // No authenticator is configured, so credentials cannot be checked.

@@ -1,10 +1,10 @@
 //! Starting and stopping the whole broker: store, listeners, housekeeping.
 
 use crate::broker::Broker;
-use crate::config::{Config, ListenerKind};
-use crate::connection::ListenerInfo;
+use crate::config::Config;
 use crate::hooks::Hooks;
-use crate::listener::tcp;
+use crate::listener::tls::{TlsError, TlsSetup};
+use crate::listener::{Endpoint, Permits};
 use crate::store::StoreError;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,6 +17,8 @@ use tokio::sync::{mpsc, watch, Semaphore};
 pub enum ServerError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("listener '{name}' cannot bind {addr}: {source}")]
     Bind {
         name: String,
@@ -41,42 +43,37 @@ pub async fn run(
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     let global = Arc::new(Semaphore::new(broker.config.limits.max_connections));
 
+    let mut tls_endpoints = Vec::new();
     for l in &broker.config.listener {
-        let socket = TcpListener::bind(l.bind)
-            .await
-            .map_err(|source| ServerError::Bind {
-                name: l.name.clone(),
-                addr: l.bind,
-                source,
-            })?;
-        let info = Arc::new(ListenerInfo {
-            name: Arc::from(l.name.as_str()),
-            allow_anonymous: l.allow_anonymous,
-            max_packet_size: l
-                .max_packet_size
-                .unwrap_or(broker.config.limits.max_packet_size),
-        });
-        let limits = tcp::Limits {
+        let endpoint = Arc::new(Endpoint::new(l, &broker)?);
+        let socket =
+            TcpListener::bind(endpoint.bind)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    name: l.name().to_owned(),
+                    addr: endpoint.bind,
+                    source,
+                })?;
+        let permits = Permits {
             listener: Arc::new(Semaphore::new(
                 l.max_connections
                     .unwrap_or(broker.config.limits.max_connections),
             )),
             global: global.clone(),
         };
-        tracing::info!(listener = %l.name, kind = ?l.kind, addr = %l.bind, "listening");
-        match l.kind {
-            ListenerKind::Tcp => {
-                tokio::spawn(tcp::accept_loop(
-                    socket,
-                    info,
-                    broker.clone(),
-                    limits,
-                    shutdown_rx.clone(),
-                    alive_tx.clone(),
-                ));
-            }
+        tracing::info!(listener = %l.name(), kind = l.kind.as_str(), addr = %endpoint.bind, "listening");
+        if let Some(tls) = &endpoint.tls {
+            tls_endpoints.push(tls.clone());
         }
+        tokio::spawn(endpoint.accept_loop(
+            socket,
+            broker.clone(),
+            permits,
+            shutdown_rx.clone(),
+            alive_tx.clone(),
+        ));
     }
+    reload_certificates_on_sighup(tls_endpoints);
     drop(alive_tx);
 
     let housekeeping = {
@@ -103,4 +100,35 @@ pub async fn run(
     broker.store.flush()?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGHUP re-reads every TLS listener's certificate, key and client CA. Established
+/// connections keep the session they have; a file that fails to load leaves that
+/// listener on its previous certificates.
+fn reload_certificates_on_sighup(endpoints: Vec<Arc<TlsSetup>>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; certificates will not be reloaded");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            for tls in &endpoints {
+                match tls.reload() {
+                    Ok(()) => {
+                        tracing::info!(listener = tls.listener(), "TLS certificates reloaded")
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "TLS reload failed; keeping the previous certificates")
+                    }
+                }
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    drop(endpoints);
 }

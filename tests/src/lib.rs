@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub mod clients;
+pub mod pki;
 pub mod raw;
 
 /// Path of the `weir` binary, built once per test process with the same cargo.
@@ -48,9 +49,30 @@ pub fn free_port() -> u16 {
 /// Extra configuration for a test broker, as TOML lines per table.
 #[derive(Default, Clone)]
 pub struct Opts {
+    /// Extra lines for the TCP listener named `tcp`.
     pub listener: String,
+    /// More listeners, each on its own free port.
+    pub listeners: Vec<Listener>,
     pub limits: String,
     pub storage: String,
+}
+
+/// A listener besides the default TCP one: name, kind, and extra TOML lines.
+#[derive(Clone)]
+pub struct Listener {
+    pub name: String,
+    pub kind: String,
+    pub lines: String,
+}
+
+impl Listener {
+    pub fn new(name: &str, kind: &str, lines: &str) -> Listener {
+        Listener {
+            name: name.into(),
+            kind: kind.into(),
+            lines: lines.into(),
+        }
+    }
 }
 
 impl Opts {
@@ -66,6 +88,8 @@ impl Opts {
 pub struct Weir {
     child: Option<Child>,
     pub port: u16,
+    /// Ports of the extra listeners, by name.
+    pub ports: std::collections::HashMap<String, u16>,
     pub dir: tempfile::TempDir,
     opts: Opts,
 }
@@ -80,11 +104,18 @@ impl Weir {
         let mut w = Weir {
             child: None,
             port: 0,
+            ports: Default::default(),
             dir,
             opts,
         };
         for _ in 0..5 {
             w.port = free_port();
+            w.ports = w
+                .opts
+                .listeners
+                .iter()
+                .map(|l| (l.name.clone(), free_port()))
+                .collect();
             if w.spawn() {
                 return w;
             }
@@ -104,9 +135,20 @@ impl Weir {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    pub fn port_of(&self, listener: &str) -> u16 {
+        self.ports[listener]
+    }
+
     fn write_config(&self) {
         let data = self.dir.path().join("data");
-        let text = format!(
+        let mut text = String::new();
+        for l in &self.opts.listeners {
+            text += &format!(
+                "[[listener]]\nname = {:?}\nkind = {:?}\nbind = \"127.0.0.1:{}\"\n{}\n\n",
+                l.name, l.kind, self.ports[&l.name], l.lines
+            );
+        }
+        text += &format!(
             "[[listener]]\nname = \"tcp\"\nbind = \"127.0.0.1:{}\"\n{}\n\n[limits]\n{}\n\n[storage]\ndir = {:?}\n{}\n\n[log]\nlevel = \"info\"\n",
             self.port, self.opts.listener, self.opts.limits, data, self.opts.storage
         );

@@ -1,4 +1,206 @@
-//! Listeners turn sockets into byte streams for the connection code. Nothing above this
-//! module knows which transport a client used.
+//! Listeners turn sockets into byte streams for the connection code: plain TCP, TLS,
+//! WebSocket, or WebSocket over TLS. Nothing above this module knows which transport a
+//! client used; it only sees an `AsyncRead + AsyncWrite` and, for mutual TLS, the
+//! verified certificate's identity.
 
-pub mod tcp;
+pub mod tls;
+pub mod ws;
+
+use crate::broker::Broker;
+use crate::config::{ListenerConfig, ListenerKind};
+use crate::connection::{serve, ListenerInfo, Peer};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tls::{TlsError, TlsSetup};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use ws::WsSettings;
+
+/// Caps shared by the connections of one listener and of the whole broker. A permit is
+/// moved into each connection task and released when it ends.
+#[derive(Clone)]
+pub struct Permits {
+    pub listener: Arc<Semaphore>,
+    pub global: Arc<Semaphore>,
+}
+
+/// One configured listener, ready to accept.
+pub struct Endpoint {
+    pub info: Arc<ListenerInfo>,
+    pub kind: ListenerKind,
+    pub bind: SocketAddr,
+    pub tls: Option<Arc<TlsSetup>>,
+    ws: Option<Arc<WsSettings>>,
+    /// TLS and WebSocket handshakes must finish within this, like CONNECT.
+    handshake_timeout: Duration,
+}
+
+impl Endpoint {
+    pub fn new(l: &ListenerConfig, broker: &Broker) -> Result<Endpoint, TlsError> {
+        let max_packet_size = l
+            .max_packet_size
+            .unwrap_or(broker.config.limits.max_packet_size);
+        let tls = match l.kind {
+            ListenerKind::Tls => Some(Arc::new(TlsSetup::load(l, &[b"mqtt"])?)),
+            ListenerKind::Wss => Some(Arc::new(TlsSetup::load(l, &[b"http/1.1"])?)),
+            _ => None,
+        };
+        let ws = l.kind.is_websocket().then(|| {
+            Arc::new(WsSettings {
+                path: l.path.clone(),
+                allowed_origins: l.allowed_origins.clone(),
+                max_message: max_packet_size as usize + 16,
+            })
+        });
+        Ok(Endpoint {
+            info: Arc::new(ListenerInfo {
+                name: Arc::from(l.name()),
+                allow_anonymous: l.allow_anonymous,
+                max_packet_size,
+                use_identity_as_username: l.use_identity_as_username,
+            }),
+            kind: l.kind,
+            bind: l.bind(),
+            tls,
+            ws,
+            handshake_timeout: Duration::from_secs(broker.config.limits.connect_timeout_secs),
+        })
+    }
+
+    /// Accepts until shutdown. `alive` is cloned into every connection task, so the
+    /// server knows all connections are gone when every clone has been dropped.
+    pub async fn accept_loop(
+        self: Arc<Self>,
+        socket: TcpListener,
+        broker: Arc<Broker>,
+        permits: Permits,
+        mut shutdown: watch::Receiver<bool>,
+        alive: mpsc::Sender<()>,
+    ) {
+        loop {
+            let accepted = tokio::select! {
+                r = socket.accept() => r,
+                _ = shutdown.changed() => return,
+            };
+            let (stream, addr) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // Typically out of file descriptors; back off rather than spin.
+                    tracing::warn!(listener = %self.info.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let held = permits
+                .global
+                .clone()
+                .try_acquire_owned()
+                .and_then(|g| permits.listener.clone().try_acquire_owned().map(|l| (g, l)));
+            let over_limit = held.is_err();
+            let (me, broker, shutdown, alive) = (
+                self.clone(),
+                broker.clone(),
+                shutdown.clone(),
+                alive.clone(),
+            );
+            tokio::spawn(async move {
+                let _held = held;
+                let _alive = alive;
+                me.handle(stream, addr, broker, shutdown, over_limit).await;
+            });
+        }
+    }
+
+    /// Runs the transport's handshakes, then the MQTT connection.
+    async fn handle(
+        &self,
+        stream: TcpStream,
+        addr: SocketAddr,
+        broker: Arc<Broker>,
+        shutdown: watch::Receiver<bool>,
+        over_limit: bool,
+    ) {
+        let Some(tls) = &self.tls else {
+            return self
+                .after_tls(
+                    stream,
+                    Peer {
+                        addr,
+                        certificate: None,
+                    },
+                    broker,
+                    shutdown,
+                    over_limit,
+                )
+                .await;
+        };
+        let stream =
+            match tokio::time::timeout(self.handshake_timeout, tls.acceptor().accept(stream)).await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return self.closed(addr, format!("TLS handshake failed: {e}")),
+                Err(_) => return self.closed(addr, "TLS handshake not completed in time".into()),
+            };
+        let certificate = tls::identity(stream.get_ref().1.peer_certificates());
+        self.after_tls(
+            stream,
+            Peer { addr, certificate },
+            broker,
+            shutdown,
+            over_limit,
+        )
+        .await
+    }
+
+    async fn after_tls<S>(
+        &self,
+        stream: S,
+        peer: Peer,
+        broker: Arc<Broker>,
+        shutdown: watch::Receiver<bool>,
+        over_limit: bool,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let Some(ws) = &self.ws else {
+            return serve(
+                stream,
+                peer,
+                self.info.clone(),
+                broker,
+                shutdown,
+                over_limit,
+            )
+            .await;
+        };
+        let stream =
+            match tokio::time::timeout(self.handshake_timeout, ws::accept(stream, ws)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    return self.closed(peer.addr, format!("WebSocket handshake failed: {e}"))
+                }
+                Err(_) => {
+                    return self.closed(
+                        peer.addr,
+                        "WebSocket handshake not completed in time".into(),
+                    )
+                }
+            };
+        serve(
+            stream,
+            peer,
+            self.info.clone(),
+            broker,
+            shutdown,
+            over_limit,
+        )
+        .await
+    }
+
+    fn closed(&self, peer: SocketAddr, cause: String) {
+        tracing::info!(listener = %self.info.name, %peer, "connection closed: {cause}");
+    }
+}

@@ -1,0 +1,212 @@
+//! TLS with rustls: server certificates from PEM files, optional client certificates
+//! (mutual TLS), reloading on SIGHUP without touching established connections.
+
+use crate::config::{ClientCert, ListenerConfig};
+use crate::hooks::PeerIdentity;
+use rustls::server::{ProducesTickets, StoresServerSessions, WebPkiClientVerifier};
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use tokio_rustls::TlsAcceptor;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("listener '{listener}': cannot read {what} from {path}: {message}")]
+    Pem {
+        listener: String,
+        what: &'static str,
+        path: PathBuf,
+        message: String,
+    },
+    #[error("listener '{listener}': {path} holds no certificate")]
+    NoCertificate { listener: String, path: PathBuf },
+    #[error("listener '{listener}': {message}")]
+    Setup { listener: String, message: String },
+}
+
+/// A TLS listener's current server configuration. Each handshake takes the
+/// configuration current at that moment, so a reload affects only new connections.
+pub struct TlsSetup {
+    files: TlsFiles,
+    current: RwLock<Arc<ServerConfig>>,
+}
+
+/// Where a listener's TLS material comes from, and what survives a reload.
+struct TlsFiles {
+    listener: String,
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+    client_cert: ClientCert,
+    alpn: Vec<Vec<u8>>,
+    /// Kept across reloads so clients can still resume sessions afterwards.
+    sessions: Arc<dyn StoresServerSessions>,
+    ticketer: Arc<dyn ProducesTickets>,
+}
+
+impl TlsSetup {
+    /// `alpn`: the protocols this listener accepts when a client offers ALPN (`mqtt` for
+    /// plain TLS; browsers open WSS with `http/1.1`).
+    pub fn load(l: &ListenerConfig, alpn: &[&[u8]]) -> Result<TlsSetup, TlsError> {
+        let setup_err = |message: String| TlsError::Setup {
+            listener: l.name().to_owned(),
+            message,
+        };
+        let (Some(cert), Some(key)) = (&l.cert, &l.key) else {
+            return Err(setup_err("cert and key are required".into()));
+        };
+        let ticketer =
+            rustls::crypto::ring::Ticketer::new().map_err(|e| setup_err(e.to_string()))?;
+        let files = TlsFiles {
+            listener: l.name().to_owned(),
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: l.client_ca.clone(),
+            client_cert: l.client_cert,
+            alpn: alpn.iter().map(|p| p.to_vec()).collect(),
+            sessions: rustls::server::ServerSessionMemoryCache::new(4096),
+            ticketer,
+        };
+        let first = files.build()?;
+        Ok(TlsSetup {
+            files,
+            current: RwLock::new(Arc::new(first)),
+        })
+    }
+
+    /// Re-reads the certificate, key and client CA files. On error the current
+    /// configuration stays in force.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let fresh = Arc::new(self.files.build()?);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
+    }
+
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
+
+    pub fn listener(&self) -> &str {
+        &self.files.listener
+    }
+}
+
+impl TlsFiles {
+    fn build(&self) -> Result<ServerConfig, TlsError> {
+        let setup_err = |message: String| TlsError::Setup {
+            listener: self.listener.clone(),
+            message,
+        };
+        let certs = self.read_certs(&self.cert, "certificate chain")?;
+        let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|e| TlsError::Pem {
+            listener: self.listener.clone(),
+            what: "private key",
+            path: self.key.clone(),
+            message: e.to_string(),
+        })?;
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| setup_err(e.to_string()))?;
+        let builder = match &self.client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = RootCertStore::empty();
+                for c in self.read_certs(ca, "client CA")? {
+                    roots
+                        .add(c)
+                        .map_err(|e| setup_err(format!("client CA {}: {e}", ca.display())))?;
+                }
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+                let verifier = match self.client_cert {
+                    ClientCert::Required => verifier,
+                    ClientCert::Optional => verifier.allow_unauthenticated(),
+                };
+                builder.with_client_cert_verifier(
+                    verifier.build().map_err(|e| setup_err(e.to_string()))?,
+                )
+            }
+        };
+        let mut config = builder.with_single_cert(certs, key).map_err(|e| {
+            setup_err(format!(
+                "certificate and key do not form a usable pair: {e}"
+            ))
+        })?;
+        config.alpn_protocols = self.alpn.clone();
+        config.session_storage = self.sessions.clone();
+        config.ticketer = self.ticketer.clone();
+        Ok(config)
+    }
+
+    fn read_certs(
+        &self,
+        path: &Path,
+        what: &'static str,
+    ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+        let pem_err = |message: String| TlsError::Pem {
+            listener: self.listener.clone(),
+            what,
+            path: path.to_owned(),
+            message,
+        };
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| pem_err(e.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| pem_err(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(TlsError::NoCertificate {
+                listener: self.listener.clone(),
+                path: path.to_owned(),
+            });
+        }
+        Ok(certs)
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The subject CN and subject alternative names of a verified client certificate.
+pub fn identity(certs: Option<&[CertificateDer<'_>]>) -> Option<PeerIdentity> {
+    use x509_parser::extensions::GeneralName;
+    let der = certs?.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let common_name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|a| a.as_str().ok())
+        .map(str::to_owned);
+    let sans = match cert.subject_alternative_name() {
+        Ok(Some(ext)) => ext
+            .value
+            .general_names
+            .iter()
+            .filter_map(|g| match g {
+                GeneralName::DNSName(s) => Some(format!("DNS:{s}")),
+                GeneralName::RFC822Name(s) => Some(format!("email:{s}")),
+                GeneralName::URI(s) => Some(format!("URI:{s}")),
+                GeneralName::IPAddress(b) => match b.len() {
+                    4 => <[u8; 4]>::try_from(*b)
+                        .ok()
+                        .map(|a| format!("IP:{}", std::net::Ipv4Addr::from(a))),
+                    16 => <[u8; 16]>::try_from(*b)
+                        .ok()
+                        .map(|a| format!("IP:{}", std::net::Ipv6Addr::from(a))),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Some(PeerIdentity { common_name, sans })
+}
