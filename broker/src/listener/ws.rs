@@ -39,6 +39,8 @@ pub async fn accept<S>(stream: S, settings: &WsSettings) -> Result<WsStream<S>, 
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // The error type is fixed by tungstenite's handshake callback; it cannot be boxed.
+    #[allow(clippy::result_large_err)]
     let check = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() != settings.path {
             return Err(refuse(StatusCode::NOT_FOUND, "not found"));
