@@ -24,9 +24,20 @@ pub fn weir_bin() -> PathBuf {
             .parent()
             .expect("workspace root")
             .to_path_buf();
-        let status = Command::new(cargo)
+        let mut build = Command::new(cargo);
+        build
             .args(["build", "-q", "-p", "weir", "--bin", "weir"])
-            .current_dir(&root)
+            .current_dir(&root);
+        // `cargo test` sets per-package variables (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ...)
+        // for this process; passed on, they change build fingerprints and make every
+        // test binary rebuild the broker.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("CARGO_") && !matches!(&*k, "CARGO_HOME" | "CARGO_TARGET_DIR") {
+                build.env_remove(&*k);
+            }
+        }
+        let status = build
             .status()
             .expect("running cargo build for the weir binary");
         assert!(status.success(), "building the weir binary failed");

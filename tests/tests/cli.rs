@@ -64,12 +64,14 @@ fn the_documented_example_config_is_valid() {
 }
 
 #[test]
-fn no_arguments_starts_on_1883_with_data_in_the_working_directory() {
-    // This is the one test that needs the well-known port.
-    assert!(
-        std::net::TcpListener::bind("127.0.0.1:1883").is_ok(),
-        "port 1883 is in use on this machine; stop whatever holds it to run this test"
-    );
+fn no_arguments_starts_tcp_1883_and_ws_8083_with_data_in_the_working_directory() {
+    // This is the one test that needs the well-known ports.
+    for port in [1883, 8083] {
+        assert!(
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+            "port {port} is in use on this machine; stop whatever holds it to run this test"
+        );
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(weir_bin())
         .current_dir(dir.path())
@@ -78,10 +80,14 @@ fn no_arguments_starts_on_1883_with_data_in_the_working_directory() {
     let up = eventually(Duration::from_secs(20), || {
         std::net::TcpStream::connect("127.0.0.1:1883").is_ok()
     });
+    let ws_up = eventually(Duration::from_secs(5), || {
+        std::net::TcpStream::connect("127.0.0.1:8083").is_ok()
+    });
     let data = dir.path().join("weir-data").exists();
     signal(child.id(), "INT");
     let status = wait_timeout(&mut child, Duration::from_secs(15));
     assert!(up, "not listening on 127.0.0.1:1883");
+    assert!(ws_up, "no WebSocket listener on 127.0.0.1:8083");
     assert!(data, "no weir-data directory in the working directory");
     assert!(
         status.is_some_and(|s| s.success()),

@@ -210,3 +210,39 @@ pub fn identity(certs: Option<&[CertificateDer<'_>]>) -> Option<PeerIdentity> {
     };
     Some(PeerIdentity { common_name, sans })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+
+    #[test]
+    fn identity_has_common_name_and_every_san() {
+        let mut p = CertificateParams::new(vec!["dev.example".to_string()]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, "device-9");
+        p.subject_alt_names
+            .push(SanType::IpAddress([10, 0, 0, 9].into()));
+        p.subject_alt_names
+            .push(SanType::Rfc822Name("ops@example.com".try_into().unwrap()));
+        p.subject_alt_names
+            .push(SanType::URI("urn:weir:device:9".try_into().unwrap()));
+        let cert = p.self_signed(&KeyPair::generate().unwrap()).unwrap();
+        let id = identity(Some(&[cert.der().clone()])).unwrap();
+        assert_eq!(id.common_name.as_deref(), Some("device-9"));
+        assert_eq!(
+            id.sans,
+            vec![
+                "DNS:dev.example",
+                "IP:10.0.0.9",
+                "email:ops@example.com",
+                "URI:urn:weir:device:9"
+            ]
+        );
+        assert_eq!(identity(None), None);
+        assert_eq!(
+            identity(Some(&[CertificateDer::from(vec![1, 2, 3])])),
+            None,
+            "garbage is no identity"
+        );
+    }
+}
