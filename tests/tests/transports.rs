@@ -74,6 +74,17 @@ impl Proc {
     }
 }
 
+/// On a failed assertion, the broker's own account of the connections is what explains it.
+struct LogOnPanic<'a>(&'a Weir);
+
+impl Drop for LogOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- broker log ----\n{}", self.0.log());
+        }
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -101,6 +112,7 @@ async fn tcp_tls_node_and_browser_clients_exchange_messages() {
         ],
         ..Default::default()
     });
+    let _log = LogOnPanic(&w);
     let ws = format!("ws://127.0.0.1:{}/mqtt", w.port_of("web"));
     let wss = format!("wss://127.0.0.1:{}/mqtt", w.port_of("websecure"));
     let all = ALL.join(",");

@@ -73,9 +73,14 @@ where
         }
         Ok(resp)
     };
+    // tungstenite allocates its read buffer up front (128 KiB by default): far too much
+    // per idle client. Our writes are already one coalesced message per wake-up, so
+    // they go out eagerly rather than collecting in a 128 KiB write buffer.
     let config = WebSocketConfig::default()
         .max_message_size(Some(settings.max_message))
-        .max_frame_size(Some(settings.max_message));
+        .max_frame_size(Some(settings.max_message))
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
     let inner =
         tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config)).await?;
     Ok(WsStream {
