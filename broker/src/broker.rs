@@ -3,7 +3,7 @@
 
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::config::Config;
-use crate::hooks::Hooks;
+use crate::hooks::{Action, Decision, Hooks, Identity};
 use crate::message::{now_secs, Delivery, Message};
 use crate::metrics::Metrics;
 use crate::router::{Retained, Router, Target};
@@ -143,12 +143,35 @@ impl Broker {
             stored |= log_store(self.store.save_retained(&msg.topic, keep), "-");
         }
         let mut targets: Vec<Target> = Vec::new();
-        let online = |c: &str| {
-            self.sessions
-                .get(c)
-                .is_some_and(|s| s.lock().conn.is_some())
+        let check = self.hooks.authorizes();
+        // Shared subscriptions: a member is picked per message, so only now is it known
+        // who would read this topic; a member that may not is passed over.
+        let rank = |c: &str| -> u8 {
+            let Some(s) = self.sessions.get(c) else { return 0 };
+            let (online, identity) = {
+                let st = s.lock();
+                (st.conn.is_some(), st.identity.clone())
+            };
+            if check {
+                let stranger;
+                let who = match &identity {
+                    Some(id) => id.info(),
+                    None => {
+                        stranger = Identity { client_id: c.to_owned(), ..Default::default() };
+                        stranger.info()
+                    }
+                };
+                if self.hooks.authorize(&who, Action::Subscribe, &msg.topic, msg.qos, msg.retain) != Decision::Allow {
+                    return 0;
+                }
+            }
+            if online {
+                2
+            } else {
+                1
+            }
         };
-        self.router.matches(&msg.topic, &online, &mut |t| {
+        self.router.matches(&msg.topic, &rank, &mut |t| {
             let local = msg.publisher.as_deref() == Some(&*t.client_id);
             if !(t.options.no_local && !t.shared && local) {
                 targets.push(t);
@@ -188,6 +211,7 @@ impl Broker {
         clean_start: bool,
         expiry: u32,
         conn: ConnHandle,
+        identity: Arc<Identity>,
     ) -> (Arc<Session>, bool) {
         let _guard = self.attach_lock.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(existing) = self.sessions.get(&client_id) {
@@ -199,6 +223,7 @@ impl Broker {
             st.will = None;
             if !clean_start {
                 st.conn = Some(conn);
+                st.identity = Some(identity);
                 st.expiry_interval = expiry;
                 st.disconnected_at = None;
                 st.prepare_resend();
@@ -210,7 +235,11 @@ impl Broker {
             self.end_session(&existing);
         }
         let session = Arc::new(Session::new(client_id, expiry));
-        session.lock().conn = Some(conn);
+        {
+            let mut st = session.lock();
+            st.conn = Some(conn);
+            st.identity = Some(identity);
+        }
         self.sessions.insert(session.clone());
         if expiry > 0 {
             self.save_meta(&session);

@@ -33,6 +33,10 @@ pub struct Config {
     /// Named listeners. With none configured: TCP on 127.0.0.1:1883 and WebSocket on
     /// 127.0.0.1:8083.
     pub listener: Vec<ListenerConfig>,
+    /// The plugin chain, in the order hooks consult it.
+    pub plugin: Vec<PluginConfig>,
+    /// Sandbox defaults and end-of-chain decisions for plugins.
+    pub plugins: PluginsConfig,
     pub limits: Limits,
     pub storage: Storage,
     pub log: Log,
@@ -45,6 +49,8 @@ impl Default for Config {
                 ListenerConfig::of_kind(ListenerKind::Tcp),
                 ListenerConfig::of_kind(ListenerKind::Ws),
             ],
+            plugin: Vec::new(),
+            plugins: PluginsConfig::default(),
             limits: Limits::default(),
             storage: Storage::default(),
             log: Log::default(),
@@ -250,6 +256,92 @@ fn names_ok(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
+/// What a plugin's failure (trap, deadline, memory cap, invalid answer) counts as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Refuse: deny the connect, publish or subscribe; drop a transformed message.
+    Deny,
+    /// Let it through: allow; keep a transformed message as it was.
+    Allow,
+    /// As if the plugin had no opinion: ask the next one; keep the message.
+    Defer,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    pub name: String,
+    /// The component (`.wasm`), relative to the working directory.
+    pub path: PathBuf,
+    /// Handed to the plugin's `init` as JSON.
+    #[serde(default = "empty_table")]
+    pub config: toml::Table,
+    /// Default: `deny` for authenticate, authorize and rate-limit; messages are kept.
+    pub on_error: Option<OnError>,
+    /// Overrides `plugins.deadline_ms` for this plugin.
+    pub deadline_ms: Option<u64>,
+    /// Overrides `plugins.memory_mb` for this plugin.
+    pub memory_mb: Option<u64>,
+    /// Overrides `plugins.fuel` for this plugin.
+    pub fuel: Option<u64>,
+}
+
+fn empty_table() -> toml::Table {
+    toml::Table::new()
+}
+
+/// What the end of the chain decides when every plugin deferred.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthDefault {
+    /// The listener's `allow_anonymous` rule.
+    Listener,
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AllowDeny {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Wall-clock budget of one hook call, milliseconds.
+    pub deadline_ms: u64,
+    /// Linear memory a plugin instance may grow to, MiB.
+    pub memory_mb: u64,
+    /// Wasm instructions (roughly) per call; 0 turns fuel metering off.
+    pub fuel: u64,
+    /// Compiled plugins are kept here, keyed by content and engine; default
+    /// `<storage.dir>/plugin-cache`.
+    pub cache_dir: Option<PathBuf>,
+    /// Pre-allocate instance slots (faster instantiation after a trap or reload).
+    pub pooling: bool,
+    /// End of the chain for `authenticate`.
+    pub authenticate_default: AuthDefault,
+    /// End of the chain for `authorize`.
+    pub authorize_default: AllowDeny,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            deadline_ms: 10,
+            memory_mb: 64,
+            fuel: 0,
+            cache_dir: None,
+            pooling: true,
+            authenticate_default: AuthDefault::Listener,
+            authorize_default: AllowDeny::Allow,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OverflowPolicy {
@@ -393,6 +485,31 @@ impl Config {
                     format!("{} is used by another listener", l.bind()),
                 ));
             }
+        }
+        let mut plugin_names = std::collections::HashSet::new();
+        for (i, p) in self.plugin.iter().enumerate() {
+            let key = |k: &str| format!("plugin[{i}].{k}");
+            if !names_ok(&p.name) {
+                return Err(invalid(key("name"), "use letters, digits, '-' and '_'"));
+            }
+            if !plugin_names.insert(&p.name) {
+                return Err(invalid(key("name"), format!("duplicate plugin name '{}'", p.name)));
+            }
+            if !p.path.is_file() {
+                return Err(invalid(key("path"), format!("{} is not a readable file", p.path.display())));
+            }
+            if p.deadline_ms == Some(0) {
+                return Err(invalid(key("deadline_ms"), "must be at least 1"));
+            }
+            if p.memory_mb == Some(0) {
+                return Err(invalid(key("memory_mb"), "must be at least 1"));
+            }
+        }
+        if self.plugins.deadline_ms == 0 {
+            return Err(invalid("plugins.deadline_ms", "must be at least 1"));
+        }
+        if self.plugins.memory_mb == 0 || self.plugins.memory_mb > 4096 {
+            return Err(invalid("plugins.memory_mb", "must be between 1 and 4096"));
         }
         let l = &self.limits;
         if l.max_connections == 0 {

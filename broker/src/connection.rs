@@ -11,7 +11,10 @@ use crate::codec::{
     self, reason, Ack, AckKind, ConnAck, Disconnect, Packet, Properties, Publish, QoS,
     RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, Version, Will,
 };
-use crate::hooks::{Action, ClientInfo, ConnectInfo, Decision, PeerIdentity};
+use crate::hooks::{
+    Action, AuthOutcome, ClientInfo, ConnectInfo, Decision, Identity, PeerIdentity, RateEvent, RateOutcome,
+    TransformOutcome,
+};
 use crate::message::{now_secs, Delivery, Message};
 use crate::metrics::Metrics;
 use crate::session::{will_message, ConnHandle, Control, Outgoing, Session, NEVER};
@@ -322,7 +325,7 @@ pub async fn serve<S>(
             }
         }
     }
-    let decision = broker.hooks.authenticate(&ConnectInfo {
+    let outcome = broker.hooks.authenticate(&ConnectInfo {
         client_id: &client_id,
         username: connect.username.as_deref(),
         password: connect.password.as_ref(),
@@ -333,29 +336,38 @@ pub async fn serve<S>(
         user_properties: &connect.properties.user_properties,
         certificate: from.certificate.as_ref(),
     });
-    if let Decision::Deny(code) = decision {
-        let p = refuse(code, "authentication failed");
-        return write_packet(&mut io, &p, version).await;
+    let identity = match outcome {
+        AuthOutcome::Deny { code, reason } => {
+            let p = refuse(code, &format!("authentication failed: {reason}"));
+            return write_packet(&mut io, &p, version).await;
+        }
+        AuthOutcome::Allow { username, attributes } => Identity {
+            client_id: client_id.to_string(),
+            username: username.or(connect.username.take()),
+            listener: listener.name.to_string(),
+            attributes,
+        },
+    };
+    if broker.hooks.limits_rate() {
+        match broker.hooks.rate_limit(&identity.info(), RateEvent::Connect) {
+            RateOutcome::Allow => {}
+            RateOutcome::Reject(code) => {
+                let p = refuse(code, "connection rate limited");
+                return write_packet(&mut io, &p, version).await;
+            }
+            // Reading is what throttling holds back; for a new client that is the
+            // CONNACK and everything after it.
+            RateOutcome::Throttle(d) => tokio::time::sleep(d).await,
+        }
     }
     if let Some(w) = &connect.will {
-        let info = ClientInfo {
-            client_id: &client_id,
-            username: connect.username.as_deref(),
-            listener: &listener.name,
-        };
-        let bad_topic = w.topic.len() > limits.max_topic_length
-            || topic::levels(&w.topic) > limits.max_topic_levels;
+        let bad_topic = w.topic.len() > limits.max_topic_length || topic::levels(&w.topic) > limits.max_topic_levels;
         if bad_topic {
-            let p = refuse(
-                reason::TOPIC_NAME_INVALID,
-                "will topic exceeds the topic limits",
-            );
+            let p = refuse(reason::TOPIC_NAME_INVALID, "will topic exceeds the topic limits");
             return write_packet(&mut io, &p, version).await;
         }
         if let Decision::Deny(code) =
-            broker
-                .hooks
-                .authorize(&info, Action::Publish, &w.topic, w.qos, w.retain)
+            broker.hooks.authorize(&identity.info(), Action::Publish, &w.topic, w.qos, w.retain)
         {
             let p = refuse(code, "will topic not authorized");
             return write_packet(&mut io, &p, version).await;
@@ -383,6 +395,7 @@ pub async fn serve<S>(
             id: conn_id,
             control: control_tx,
         },
+        Arc::new(identity.clone()),
     );
 
     let mut props = Properties::default();
@@ -414,7 +427,7 @@ pub async fn serve<S>(
     .encode(version, &mut wbuf);
     Metrics::add(&broker.metrics.connections, 1);
     tracing::info!(%client_id, %peer, listener = %listener.name, protocol = %version, clean_start = connect.clean_start,
-        session_present = present, keep_alive, username = %connect.username.as_deref().unwrap_or(""),
+        session_present = present, keep_alive, username = %identity.username.as_deref().unwrap_or(""),
         identity = %from.certificate.as_ref().and_then(|c| c.common_name.as_deref()).unwrap_or(""), "client connected");
 
     let durable = broker.store.durable();
@@ -422,7 +435,8 @@ pub async fn serve<S>(
         io,
         version,
         client_id,
-        username: connect.username.clone(),
+        identity,
+        paused_until: None,
         listener,
         peer,
         conn_id,
@@ -469,7 +483,10 @@ struct Connection<S> {
     io: S,
     version: Version,
     client_id: Arc<str>,
-    username: Option<String>,
+    /// Who the client is after authentication, for every later hook.
+    identity: Identity,
+    /// A rate-limit plugin throttled the client: nothing is read before this.
+    paused_until: Option<Instant>,
     listener: Arc<ListenerInfo>,
     peer: SocketAddr,
     conn_id: u64,
@@ -525,9 +542,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             if self.rbuf.capacity() - self.rbuf.len() < 1024 {
                 self.rbuf.reserve(16 * 1024);
             }
-            let deadline = self.keep_alive.map(|k| last_read + k);
+            // While a rate limit holds the client back its silence is ours, not its own.
+            let paused = self.paused_until;
+            let deadline = self.keep_alive.filter(|_| paused.is_none()).map(|k| last_read + k);
             let step = tokio::select! {
-                r = self.io.read_buf(&mut self.rbuf) => match r {
+                _ = sleep_until(paused.unwrap_or_else(Instant::now)), if paused.is_some() => {
+                    self.paused_until = None;
+                    last_read = Instant::now();
+                    self.process_input()
+                }
+                r = self.io.read_buf(&mut self.rbuf), if paused.is_none() => match r {
                     Ok(0) => Err(Exit::Closed),
                     Ok(n) => {
                         last_read = Instant::now();
@@ -557,7 +581,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// Parses and handles every complete packet in the read buffer.
     fn process_input(&mut self) -> Result<(), Exit> {
         let max = self.listener.max_packet_size as usize;
-        while let Some(n) = codec::frame_len(&self.rbuf, max)? {
+        while self.paused_until.is_none() {
+            let Some(n) = codec::frame_len(&self.rbuf, max)? else { break };
             let frame = self.rbuf.split_to(n).freeze();
             let packet = codec::decode(frame, self.version)?;
             self.handle(packet)?;
@@ -589,11 +614,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     }
 
     fn client_info(&self) -> ClientInfo<'_> {
-        ClientInfo {
-            client_id: &self.client_id,
-            username: self.username.as_deref(),
-            listener: &self.listener.name,
-        }
+        self.identity.info()
     }
 
     fn persistent(&self) -> bool {
@@ -667,32 +688,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 ));
             }
         }
-        let decision = self.broker.hooks.authorize(
-            &self.client_info(),
-            Action::Publish,
-            &p.topic,
-            qos,
-            p.retain,
-        );
+        let hooks = self.broker.hooks.clone();
+        let decision = hooks.authorize(&self.client_info(), Action::Publish, &p.topic, qos, p.retain);
         if let Decision::Deny(code) = decision {
-            Metrics::add(&self.broker.metrics.dropped_denied, 1);
-            tracing::debug!(client_id = %self.client_id, topic = %p.topic, "publish not authorized");
-            match qos {
-                QoS::AtMostOnce => {}
-                QoS::AtLeastOnce => self.ack(
-                    Packet::Ack(Ack::with_code(AckKind::PubAck, pid, code)),
-                    false,
-                    Vec::new(),
-                ),
-                QoS::ExactlyOnce => self.ack(
-                    Packet::Ack(Ack::with_code(AckKind::PubRec, pid, code)),
-                    false,
-                    Vec::new(),
-                ),
-            }
+            self.refuse_publish(qos, pid, code, &p.topic, "not authorized");
             return Ok(());
         }
-        let msg = Arc::new(Message::from_publish(p, Some(self.client_id.clone())));
+        if hooks.limits_rate() {
+            match hooks.rate_limit(&self.client_info(), RateEvent::Publish(p.payload.len() as u64)) {
+                RateOutcome::Allow => {}
+                RateOutcome::Reject(code) => {
+                    self.refuse_publish(qos, pid, code, &p.topic, "rate limited");
+                    return Ok(());
+                }
+                // The message itself goes through; reading pauses after it.
+                RateOutcome::Throttle(d) => self.paused_until = Some(Instant::now() + d),
+            }
+        }
+        let mut msg = Message::from_publish(p, Some(self.client_id.clone()));
+        if hooks.transforms() {
+            match hooks.transform(&self.client_info(), &msg) {
+                TransformOutcome::Keep => {}
+                TransformOutcome::Drop(code) => {
+                    let topic = msg.topic.clone();
+                    self.refuse_publish(qos, pid, code, &topic, "dropped by a transform plugin");
+                    return Ok(());
+                }
+                TransformOutcome::Replace(m) => msg = *m,
+            }
+        }
+        let msg = Arc::new(msg);
         let mut stored = self.broker.publish(msg);
         match qos {
             QoS::AtMostOnce => {}
@@ -717,6 +742,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             }
         }
         Ok(())
+    }
+
+    /// Answers a PUBLISH that is not routed: a 5.0 publisher gets the reason code in its
+    /// PUBACK or PUBREC; a 3.1.1 publisher (no way to say no) and QoS 0 get nothing.
+    fn refuse_publish(&mut self, qos: QoS, pid: u16, code: u8, topic: &str, why: &str) {
+        Metrics::add(&self.broker.metrics.dropped_denied, 1);
+        tracing::debug!(client_id = %self.client_id, topic, code, "publish {why}");
+        let kind = match qos {
+            QoS::AtMostOnce => return,
+            QoS::AtLeastOnce => AckKind::PubAck,
+            QoS::ExactlyOnce => AckKind::PubRec,
+        };
+        self.ack(Packet::Ack(Ack::with_code(kind, pid, code)), false, Vec::new());
     }
 
     fn on_ack(&mut self, a: Ack) -> Result<(), Exit> {
@@ -768,6 +806,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut then = Vec::new();
         let mut changed = false;
+        let hooks = self.broker.hooks.clone();
+        if hooks.limits_rate() {
+            match hooks.rate_limit(&self.client_info(), RateEvent::Subscribe) {
+                RateOutcome::Allow => {}
+                RateOutcome::Reject(code) => {
+                    let codes = vec![code; s.filters.len()];
+                    let suback = SubAck { pid: s.pid, codes, properties: Properties::default() };
+                    self.ack(Packet::SubAck(suback), false, Vec::new());
+                    return Ok(());
+                }
+                RateOutcome::Throttle(d) => self.paused_until = Some(Instant::now() + d),
+            }
+        }
         for (filter, opts) in s.filters {
             let is_shared = match topic::parse_shared(&filter) {
                 Ok(Some(_)) => true,
@@ -809,7 +860,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 RetainHandling::Never => false,
             };
             if send_retained && !is_shared {
-                then.extend(self.broker.retained_for(&filter, opts, sub_id));
+                let retained = self.broker.retained_for(&filter, opts, sub_id);
+                // A wildcard filter may cover topics this client may not read.
+                let readable = |d: &Delivery| {
+                    !hooks.authorizes()
+                        || hooks.authorize(&self.client_info(), Action::Subscribe, &d.message.topic, d.qos, true)
+                            == Decision::Allow
+                };
+                then.extend(retained.into_iter().filter(readable));
             }
         }
         let stored = changed && self.persistent();

@@ -13,6 +13,7 @@ pub mod hooks;
 pub mod listener;
 pub mod message;
 pub mod metrics;
+pub mod plugin;
 pub mod router;
 pub mod server;
 pub mod session;

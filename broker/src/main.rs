@@ -5,6 +5,8 @@ use clap::Parser;
 use std::path::PathBuf;
 use std::sync::Arc;
 use weir::config::Config;
+use weir::hooks::{DefaultHooks, Hooks};
+use weir::plugin::PluginChain;
 
 /// Weir: an MQTT 3.1.1 and 5.0 broker.
 #[derive(Parser)]
@@ -45,14 +47,14 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(async {
-        weir::server::run(
-            config,
-            Arc::new(weir::hooks::DefaultHooks),
-            shutdown_signal(),
-        )
-        .await
-    })?;
+    // Plugins are compiled and `init`ed before anything listens, so a broken plugin
+    // stops startup instead of letting clients in without its checks.
+    let hooks: Arc<dyn Hooks> = if config.plugin.is_empty() {
+        Arc::new(DefaultHooks)
+    } else {
+        Arc::new(PluginChain::load(&config)?)
+    };
+    runtime.block_on(async { weir::server::run(config, hooks, shutdown_signal()).await })?;
     Ok(())
 }
 

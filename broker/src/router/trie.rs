@@ -88,11 +88,13 @@ impl Router {
     }
 
     /// Calls `f` for every subscription matching `topic`: each ordinary subscription,
-    /// and one member per shared group, preferring members for which `online` holds.
-    pub fn matches(&self, topic: &str, online: &dyn Fn(&str) -> bool, f: &mut dyn FnMut(Target)) {
+    /// and one member per shared group. `rank` rates a member: 0 may not receive this
+    /// topic, 1 may (but is offline), 2 may and is connected; the best rank wins, in
+    /// round-robin order among equals.
+    pub fn matches(&self, topic: &str, rank: &dyn Fn(&str) -> u8, f: &mut dyn FnMut(Target)) {
         let root = self.root.read().unwrap_or_else(|e| e.into_inner());
         let levels: Vec<&str> = topic.split('/').collect();
-        walk(&root, &levels, 0, topic.starts_with('$'), online, f);
+        walk(&root, &levels, 0, topic.starts_with('$'), rank, f);
     }
 }
 
@@ -124,14 +126,9 @@ fn remove(node: &mut Node, levels: &[&str], group: Option<&str>, client_id: &str
     removed
 }
 
-fn emit(node: &Node, online: &dyn Fn(&str) -> bool, f: &mut dyn FnMut(Target)) {
+fn emit(node: &Node, rank: &dyn Fn(&str) -> u8, f: &mut dyn FnMut(Target)) {
     for (client_id, (options, id)) in &node.subscribers {
-        f(Target {
-            client_id: client_id.clone(),
-            options: *options,
-            id: *id,
-            shared: false,
-        });
+        f(Target { client_id: client_id.clone(), options: *options, id: *id, shared: false });
     }
     for group in node.groups.values() {
         let n = group.members.len();
@@ -139,17 +136,20 @@ fn emit(node: &Node, online: &dyn Fn(&str) -> bool, f: &mut dyn FnMut(Target)) {
             continue;
         }
         let start = group.next.fetch_add(1, Ordering::Relaxed) % n;
-        let pick = (0..n)
-            .map(|i| (start + i) % n)
-            .find(|&i| online(&group.members[i].0))
-            .unwrap_or(start);
-        let (client_id, options, id) = &group.members[pick];
-        f(Target {
-            client_id: client_id.clone(),
-            options: *options,
-            id: *id,
-            shared: true,
-        });
+        let mut best: Option<(usize, u8)> = None;
+        for i in (0..n).map(|i| (start + i) % n) {
+            let r = rank(&group.members[i].0);
+            if r > best.map_or(0, |b| b.1) {
+                best = Some((i, r));
+                if r >= 2 {
+                    break;
+                }
+            }
+        }
+        if let Some((pick, _)) = best {
+            let (client_id, options, id) = &group.members[pick];
+            f(Target { client_id: client_id.clone(), options: *options, id: *id, shared: true });
+        }
     }
 }
 
@@ -158,27 +158,27 @@ fn walk(
     levels: &[&str],
     i: usize,
     dollar: bool,
-    online: &dyn Fn(&str) -> bool,
+    rank: &dyn Fn(&str) -> u8,
     f: &mut dyn FnMut(Target),
 ) {
     // Wildcards in the first level never match a `$` topic (MQTT-4.7.2-1).
     let wildcards = !(i == 0 && dollar);
     if wildcards {
         if let Some(hash) = node.children.get("#") {
-            emit(hash, online, f);
+            emit(hash, rank, f);
         }
     }
     let Some(level) = levels.get(i) else {
-        emit(node, online, f);
+        emit(node, rank, f);
         return;
     };
     if wildcards {
         if let Some(plus) = node.children.get("+") {
-            walk(plus, levels, i + 1, dollar, online, f);
+            walk(plus, levels, i + 1, dollar, rank, f);
         }
     }
     if let Some(child) = node.children.get(*level) {
-        walk(child, levels, i + 1, dollar, online, f);
+        walk(child, levels, i + 1, dollar, rank, f);
     }
 }
 
@@ -188,7 +188,7 @@ mod tests {
 
     fn ids(r: &Router, topic: &str) -> Vec<String> {
         let mut out = Vec::new();
-        r.matches(topic, &|_| true, &mut |t| {
+        r.matches(topic, &|_| 2, &mut |t| {
             out.push(format!("{}:{}", t.client_id, t.id.unwrap_or(0)))
         });
         out.sort();
@@ -253,7 +253,7 @@ mod tests {
         let mut counts = HashMap::new();
         for _ in 0..30 {
             let mut got = Vec::new();
-            r.matches("t/1", &|_| true, &mut |t| got.push(t));
+            r.matches("t/1", &|_| 2, &mut |t| got.push(t));
             assert_eq!(got.len(), 2);
             for t in got.iter().filter(|t| t.shared) {
                 *counts.entry(t.client_id.to_string()).or_insert(0) += 1;
@@ -263,13 +263,20 @@ mod tests {
             counts.values().copied().collect::<Vec<_>>(),
             vec![10, 10, 10]
         );
-        // Offline members are skipped while an online one exists.
+        // Offline members are skipped while an online one exists; members that may not
+        // read the topic are never picked, and a group of only those gets nothing.
         for _ in 0..5 {
-            r.matches("t/1", &|c| c == "z", &mut |t| {
+            r.matches("t/1", &|c| if c == "z" { 2 } else { 1 }, &mut |t| {
                 if t.shared {
                     assert_eq!(&*t.client_id, "z")
                 }
             });
+            r.matches("t/1", &|c| if c == "x" { 0 } else { 1 }, &mut |t| {
+                assert_ne!(&*t.client_id, "x");
+            });
+            let mut shared = 0;
+            r.matches("t/1", &|_| 0, &mut |t| shared += t.shared as usize);
+            assert_eq!(shared, 0);
         }
         assert!(r.unsubscribe("x", "$share/g/t/+"));
     }

@@ -86,6 +86,9 @@ pub struct Taken {
 #[derive(Debug)]
 pub struct SessionState {
     pub conn: Option<ConnHandle>,
+    /// Who the client was when it last connected; deliveries to it are authorized as
+    /// this identity (unknown for a session restored from the store until it reconnects).
+    pub identity: Option<Arc<crate::hooks::Identity>>,
     pub expiry_interval: u32,
     pub subscriptions: HashMap<String, Subscription>,
     pub queue: VecDeque<Delivery>,
@@ -132,6 +135,7 @@ impl Session {
             client_id,
             state: Mutex::new(SessionState {
                 conn: None,
+                identity: None,
                 expiry_interval,
                 subscriptions: HashMap::new(),
                 queue: VecDeque::new(),

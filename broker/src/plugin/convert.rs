@@ -1,0 +1,125 @@
+//! Between the broker's types and the WIT types. What a plugin returns is checked
+//! here: an answer the broker cannot use (a "deny" without a failure reason code, a
+//! replacement message with a wildcard in its topic, ...) is a [`Failure::Invalid`].
+
+use super::bindings::weir::plugin::types as wit;
+use super::instance::Failure;
+use crate::codec::{Properties, QoS, Version};
+use crate::hooks::{Action, ClientInfo, ConnectInfo, RateEvent};
+use crate::message::{now_secs, Message};
+use bytes::Bytes;
+use std::sync::Arc;
+
+fn pairs(p: &[(String, String)]) -> Vec<wit::Pair> {
+    p.iter().map(|(n, v)| wit::Pair { name: n.clone(), value: v.clone() }).collect()
+}
+
+pub fn connect_info(i: &ConnectInfo<'_>) -> wit::ConnectInfo {
+    wit::ConnectInfo {
+        client_id: i.client_id.to_owned(),
+        username: i.username.map(str::to_owned),
+        password: i.password.map(|p| p.to_vec()),
+        protocol: match i.version {
+            Version::V311 => wit::Protocol::V311,
+            Version::V5 => wit::Protocol::V5,
+        },
+        peer: i.peer.to_string(),
+        listener: i.listener.to_owned(),
+        certificate: i.certificate.map(|c| wit::Certificate { common_name: c.common_name.clone(), sans: c.sans.clone() }),
+        user_properties: pairs(i.user_properties),
+    }
+}
+
+pub fn client(c: &ClientInfo<'_>) -> wit::Client {
+    wit::Client {
+        client_id: c.client_id.to_owned(),
+        username: c.username.map(str::to_owned),
+        listener: c.listener.to_owned(),
+        attributes: pairs(c.attributes),
+    }
+}
+
+pub fn access(action: Action, topic: &str, qos: QoS, retain: bool) -> wit::Access {
+    wit::Access {
+        action: match action {
+            Action::Publish => wit::Action::Publish,
+            Action::Subscribe => wit::Action::Subscribe,
+        },
+        topic: topic.to_owned(),
+        qos: qos as u8,
+        retain,
+    }
+}
+
+pub fn event(e: RateEvent) -> wit::Event {
+    match e {
+        RateEvent::Connect => wit::Event::Connect,
+        RateEvent::Publish(n) => wit::Event::Publish(n),
+        RateEvent::Subscribe => wit::Event::Subscribe,
+    }
+}
+
+pub fn message(m: &Message) -> wit::Message {
+    let p = &m.properties;
+    wit::Message {
+        topic: m.topic.to_string(),
+        payload: m.payload.to_vec(),
+        qos: m.qos as u8,
+        retain: m.retain,
+        message_expiry: m.remaining_expiry(now_secs()),
+        payload_utf8: p.payload_format_indicator == Some(1),
+        content_type: p.content_type.clone(),
+        response_topic: p.response_topic.clone(),
+        correlation_data: p.correlation_data.as_ref().map(|c| c.to_vec()),
+        user_properties: p.user_properties.iter().map(|(n, v)| wit::Pair { name: n.clone(), value: v.clone() }).collect(),
+    }
+}
+
+/// A failure reason code, as `deny` and `drop` must carry.
+pub fn failure_code(code: u8, what: &str) -> Result<u8, Failure> {
+    if code >= 0x80 {
+        Ok(code)
+    } else {
+        Err(Failure::Invalid(format!("{what} with reason code 0x{code:02X}, which is not a failure code")))
+    }
+}
+
+/// A replacement message from `transform`, checked like an inbound PUBLISH.
+pub fn replacement(m: wit::Message, original: &Message, max_packet: usize) -> Result<Message, Failure> {
+    let bad = |why: String| Err(Failure::Invalid(format!("replacement message {why}")));
+    if let Err(e) = crate::topic::validate_name(&m.topic) {
+        return bad(format!("has an invalid topic: {e}"));
+    }
+    if m.topic.contains('\0') {
+        return bad("has U+0000 in its topic".into());
+    }
+    let Some(qos) = QoS::from_u8(m.qos) else { return bad(format!("has QoS {}", m.qos)) };
+    if let Some(t) = &m.response_topic {
+        if crate::topic::validate_name(t).is_err() {
+            return bad("has an invalid response topic".into());
+        }
+    }
+    let size = m.topic.len() + m.payload.len() + m.user_properties.iter().map(|p| p.name.len() + p.value.len()).sum::<usize>();
+    if size > max_packet {
+        return bad(format!("is {size} bytes, over the maximum packet size of {max_packet}"));
+    }
+    if m.payload_utf8 && std::str::from_utf8(&m.payload).is_err() {
+        return bad("says its payload is UTF-8 but it is not".into());
+    }
+    Ok(Message {
+        topic: Arc::from(m.topic),
+        payload: Bytes::from(m.payload),
+        qos,
+        retain: m.retain,
+        properties: Properties {
+            payload_format_indicator: m.payload_utf8.then_some(1),
+            content_type: m.content_type,
+            response_topic: m.response_topic,
+            correlation_data: m.correlation_data.map(Bytes::from),
+            user_properties: m.user_properties.into_iter().map(|p| (p.name, p.value)).collect(),
+            ..Default::default()
+        },
+        expires_at: m.message_expiry.map(|s| now_secs() + s as u64),
+        publisher: original.publisher.clone(),
+    })
+}

@@ -1,0 +1,335 @@
+//! One loaded plugin: its compiled component, which hooks it exports, a pool of live
+//! instances, its limits and its counters.
+//!
+//! Calls are synchronous, from the connection task that needs the answer. An instance is
+//! taken from the pool for one call and put back afterwards; a call that fails (trap,
+//! deadline, memory cap) throws its instance away and the next call gets a fresh one, so
+//! a plugin never runs on a corrupted instance. The pool never holds more instances than
+//! there were calls at once, which is at most the number of runtime worker threads.
+
+use super::bindings::exports::weir::plugin::{authn, authz, lifecycle, limiter, transformer};
+use super::host_api::SharedState;
+use super::runtime::{Runtime, TICK};
+use super::stats::Stats;
+use super::PluginError;
+use crate::config::{OnError, PluginConfig, PluginsConfig};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use wasmtime::component::{InstancePre, ResourceTable};
+use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// What a store carries for its instance.
+pub struct PluginCtx {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: Limiter,
+    pub plugin: Arc<str>,
+    pub state: Arc<SharedState>,
+}
+
+impl WasiView for PluginCtx {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// The memory cap, and whether it was hit (so a trap that follows is reported as what
+/// it is: the plugin wanted more memory than it may have).
+struct Limiter {
+    memory: usize,
+    hit: bool,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+
+    fn instances(&self) -> usize {
+        64
+    }
+
+    fn tables(&self) -> usize {
+        64
+    }
+
+    fn memories(&self) -> usize {
+        16
+    }
+}
+
+/// Why a call did not produce an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    Deadline,
+    Memory,
+    Fuel,
+    Trap(String),
+    /// The plugin answered something the broker cannot use.
+    Invalid(String),
+    /// A fresh instance could not be made (including `init` failing on it).
+    Instantiate(String),
+}
+
+impl Failure {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::Deadline => "deadline",
+            Failure::Memory => "memory",
+            Failure::Fuel => "fuel",
+            Failure::Trap(_) => "trap",
+            Failure::Invalid(_) => "invalid",
+            Failure::Instantiate(_) => "instantiate",
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Deadline => write!(f, "deadline exceeded"),
+            Failure::Memory => write!(f, "memory limit reached"),
+            Failure::Fuel => write!(f, "fuel exhausted"),
+            Failure::Trap(m) => write!(f, "trap: {m}"),
+            Failure::Invalid(m) => write!(f, "invalid result: {m}"),
+            Failure::Instantiate(m) => write!(f, "cannot instantiate: {m}"),
+        }
+    }
+}
+
+/// The hooks a live instance exports.
+pub struct Guests {
+    pub authn: Option<authn::Guest>,
+    pub authz: Option<authz::Guest>,
+    pub transformer: Option<transformer::Guest>,
+    pub limiter: Option<limiter::Guest>,
+}
+
+struct Live {
+    store: Store<PluginCtx>,
+    guests: Guests,
+}
+
+struct Indices {
+    lifecycle: Option<lifecycle::GuestIndices>,
+    authn: Option<authn::GuestIndices>,
+    authz: Option<authz::GuestIndices>,
+    transformer: Option<transformer::GuestIndices>,
+    limiter: Option<limiter::GuestIndices>,
+}
+
+pub struct Plugin {
+    pub name: Arc<str>,
+    /// SHA-256 of the `.wasm` file.
+    pub hash: String,
+    pub loaded_at: std::time::SystemTime,
+    pub on_error: Option<OnError>,
+    pub stats: Arc<Stats>,
+    indices: Indices,
+    pre: InstancePre<PluginCtx>,
+    pool: Mutex<Vec<Live>>,
+    config_json: String,
+    deadline_ticks: u64,
+    memory: usize,
+    fuel: Option<u64>,
+    state: Arc<SharedState>,
+}
+
+impl Plugin {
+    /// Compiles (or loads from the cache), links, checks the exports and makes a first
+    /// instance, running `init`: a plugin that fails any of it is not loaded.
+    pub fn load(
+        runtime: &Runtime,
+        cfg: &PluginConfig,
+        defaults: &PluginsConfig,
+        state: Arc<SharedState>,
+        stats: Arc<Stats>,
+    ) -> Result<Plugin, PluginError> {
+        let name: Arc<str> = Arc::from(cfg.name.as_str());
+        let (component, hash) = runtime.compile(&cfg.name, &cfg.path)?;
+        let invalid = |message: String| PluginError::Invalid { plugin: cfg.name.clone(), message };
+        let pre = runtime
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| invalid(format!("its imports cannot be satisfied (built for another interface?): {e:#}")))?;
+        let indices = Indices {
+            lifecycle: lifecycle::GuestIndices::new(&pre).ok(),
+            authn: authn::GuestIndices::new(&pre).ok(),
+            authz: authz::GuestIndices::new(&pre).ok(),
+            transformer: transformer::GuestIndices::new(&pre).ok(),
+            limiter: limiter::GuestIndices::new(&pre).ok(),
+        };
+        if indices.authn.is_none() && indices.authz.is_none() && indices.transformer.is_none() && indices.limiter.is_none() {
+            return Err(invalid(
+                "it exports no Weir hook (authn, authz, transformer, limiter of weir:plugin@0.1.0); is it built against another version of the interface?".into(),
+            ));
+        }
+        let config_json =
+            serde_json::to_string(&cfg.config).map_err(|e| invalid(format!("config cannot be passed on: {e}")))?;
+        let deadline_ms = cfg.deadline_ms.unwrap_or(defaults.deadline_ms);
+        let fuel = cfg.fuel.or((defaults.fuel > 0).then_some(defaults.fuel)).filter(|f| *f > 0);
+        let plugin = Plugin {
+            name,
+            hash,
+            loaded_at: std::time::SystemTime::now(),
+            on_error: cfg.on_error,
+            stats,
+            indices,
+            pre,
+            pool: Mutex::new(Vec::new()),
+            config_json,
+            deadline_ticks: (deadline_ms * 1000).div_ceil(TICK.as_micros() as u64).max(1),
+            memory: (cfg.memory_mb.unwrap_or(defaults.memory_mb) as usize) << 20,
+            fuel: if runtime.fuel { Some(fuel.unwrap_or(u64::MAX)) } else { None },
+            state,
+        };
+        let first = plugin.instantiate().map_err(|f| match f {
+            Failure::Instantiate(m) => PluginError::Init { plugin: cfg.name.clone(), message: m },
+            other => PluginError::Init { plugin: cfg.name.clone(), message: other.to_string() },
+        })?;
+        plugin.pool().push(first);
+        Ok(plugin)
+    }
+
+    pub fn hooks(&self) -> Vec<&'static str> {
+        let i = &self.indices;
+        [
+            (i.lifecycle.is_some(), "init"),
+            (i.authn.is_some(), "authenticate"),
+            (i.authz.is_some(), "authorize"),
+            (i.transformer.is_some(), "transform"),
+            (i.limiter.is_some(), "rate-limit"),
+        ]
+        .into_iter()
+        .filter_map(|(has, n)| has.then_some(n))
+        .collect()
+    }
+
+    pub fn has_authn(&self) -> bool {
+        self.indices.authn.is_some()
+    }
+    pub fn has_authz(&self) -> bool {
+        self.indices.authz.is_some()
+    }
+    pub fn has_transformer(&self) -> bool {
+        self.indices.transformer.is_some()
+    }
+    pub fn has_limiter(&self) -> bool {
+        self.indices.limiter.is_some()
+    }
+
+    fn pool(&self) -> std::sync::MutexGuard<'_, Vec<Live>> {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn arm(&self, store: &mut Store<PluginCtx>) {
+        store.set_epoch_deadline(self.deadline_ticks);
+        store.data_mut().limiter.hit = false;
+        if let Some(f) = self.fuel {
+            let _ = store.set_fuel(f);
+        }
+    }
+
+    fn instantiate(&self) -> Result<Live, Failure> {
+        let mut wasi = WasiCtx::builder();
+        let out = super::stdio::GuestOutput::new(self.name.clone(), "stdout");
+        let err = super::stdio::GuestOutput::new(self.name.clone(), "stderr");
+        wasi.stdout(out).stderr(err);
+        let ctx = PluginCtx {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: Limiter { memory: self.memory, hit: false },
+            plugin: self.name.clone(),
+            state: self.state.clone(),
+        };
+        let mut store = Store::new(self.pre.engine(), ctx);
+        store.limiter(|c| &mut c.limiter);
+        store.epoch_deadline_trap();
+        self.arm(&mut store);
+        let fail = |e: wasmtime::Error, store: &Store<PluginCtx>| match classify(&e, store) {
+            Failure::Trap(m) => Failure::Instantiate(m),
+            other => other,
+        };
+        let instance = match self.pre.instantiate(&mut store) {
+            Ok(i) => i,
+            Err(e) => return Err(fail(e, &store)),
+        };
+        let i = &self.indices;
+        let guests = (|| -> wasmtime::Result<Guests> {
+            Ok(Guests {
+                authn: i.authn.as_ref().map(|x| x.load(&mut store, &instance)).transpose()?,
+                authz: i.authz.as_ref().map(|x| x.load(&mut store, &instance)).transpose()?,
+                transformer: i.transformer.as_ref().map(|x| x.load(&mut store, &instance)).transpose()?,
+                limiter: i.limiter.as_ref().map(|x| x.load(&mut store, &instance)).transpose()?,
+            })
+        })();
+        let guests = match guests {
+            Ok(g) => g,
+            Err(e) => return Err(fail(e, &store)),
+        };
+        if let Some(l) = &i.lifecycle {
+            let result = l.load(&mut store, &instance).and_then(|g| g.call_init(&mut store, &self.config_json));
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(message)) => return Err(Failure::Instantiate(format!("init refused the configuration: {message}"))),
+                Err(e) => return Err(fail(e, &store)),
+            }
+        }
+        Ok(Live { store, guests })
+    }
+
+    /// Calls into the plugin with a pooled instance. On failure the instance is dropped
+    /// (the pooling allocator reclaims its slot) and the failure counted.
+    pub fn call<R>(
+        &self,
+        f: impl FnOnce(&Guests, &mut Store<PluginCtx>) -> wasmtime::Result<R>,
+    ) -> Result<R, Failure> {
+        let pooled = self.pool().pop();
+        let mut live = match pooled {
+            Some(l) => l,
+            None => match self.instantiate() {
+                Ok(l) => l,
+                Err(e) => {
+                    self.stats.failed(&e);
+                    return Err(e);
+                }
+            },
+        };
+        self.arm(&mut live.store);
+        let started = Instant::now();
+        let result = f(&live.guests, &mut live.store);
+        self.stats.called(started.elapsed());
+        match result {
+            Ok(v) => {
+                self.pool().push(live);
+                Ok(v)
+            }
+            Err(e) => {
+                let failure = classify(&e, &live.store);
+                self.stats.failed(&failure);
+                Err(failure)
+            }
+        }
+    }
+}
+
+fn classify(e: &wasmtime::Error, store: &Store<PluginCtx>) -> Failure {
+    if store.data().limiter.hit {
+        return Failure::Memory;
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => Failure::Deadline,
+        Some(Trap::OutOfFuel) => Failure::Fuel,
+        Some(t) => Failure::Trap(t.to_string()),
+        None => Failure::Trap(format!("{e:#}")),
+    }
+}

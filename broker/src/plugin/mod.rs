@@ -1,0 +1,285 @@
+//! The WebAssembly plugin host: loads the `[[plugin]]` chain and implements
+//! [`Hooks`](crate::hooks::Hooks) with it.
+//!
+//! Each hook runs through the plugins that export it, in configuration order, until one
+//! decides; a plugin that defers passes the question on, and the end of the chain applies
+//! the configured default. `transform` is a pipeline instead: each plugin sees the message
+//! as the previous one left it, and a drop ends it. A plugin that fails (trap, deadline,
+//! memory cap, nonsense answer) is logged and counted and its `on_error` applies: by
+//! default `deny` for authenticate, authorize and rate-limit, and the message is kept.
+
+pub mod bindings;
+mod convert;
+mod host_api;
+mod instance;
+mod runtime;
+mod stats;
+mod stdio;
+
+pub use instance::{Failure, Plugin};
+pub use stats::{Stats, LATENCY_BUCKETS_NS};
+
+use crate::codec::{reason, QoS};
+use crate::config::{AllowDeny, AuthDefault, Config, OnError, PluginConfig, PluginsConfig};
+use crate::hooks::{
+    listener_rule, Action, AuthOutcome, ClientInfo, ConnectInfo, Decision, Hooks, RateEvent, RateOutcome,
+    TransformOutcome,
+};
+use crate::message::Message;
+use bindings::weir::plugin::types as wit;
+use host_api::SharedState;
+use runtime::Runtime;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("plugin engine: {0}")]
+    Engine(String),
+    #[error("plugin cache directory {dir}: {source}")]
+    Cache { dir: PathBuf, source: std::io::Error },
+    #[error("plugin '{plugin}': cannot read {path}: {source}")]
+    Read { plugin: String, path: PathBuf, source: std::io::Error },
+    #[error("plugin '{plugin}' rejected: {message}")]
+    Invalid { plugin: String, message: String },
+    #[error("plugin '{plugin}' rejected: {message}")]
+    Init { plugin: String, message: String },
+}
+
+/// Longest a plugin may throttle a client in one answer; more is an invalid answer.
+const MAX_THROTTLE: Duration = Duration::from_secs(3600);
+
+pub struct PluginChain {
+    runtime: Runtime,
+    plugins: RwLock<Arc<Vec<Arc<Plugin>>>>,
+    /// By plugin name: host-side state and counters outlive any one loaded version.
+    states: Mutex<HashMap<String, Arc<SharedState>>>,
+    stats: Mutex<HashMap<String, Arc<Stats>>>,
+    defaults: PluginsConfig,
+    max_packet: usize,
+}
+
+impl PluginChain {
+    /// Loads every configured plugin; any that fails to compile, link or `init` stops
+    /// startup with an error naming it.
+    pub fn load(config: &Config) -> Result<PluginChain, PluginError> {
+        let cache_dir = config.plugins.cache_dir.clone().unwrap_or_else(|| config.storage.dir.join("plugin-cache"));
+        let fuel = config.plugins.fuel > 0 || config.plugin.iter().any(|p| p.fuel.is_some_and(|f| f > 0));
+        let max_memory = config.plugin.iter().map(|p| p.memory_mb.unwrap_or(config.plugins.memory_mb)).max();
+        let runtime = Runtime::new(&config.plugins, cache_dir, fuel, max_memory.unwrap_or(config.plugins.memory_mb))?;
+        let chain = PluginChain {
+            runtime,
+            plugins: RwLock::new(Arc::new(Vec::new())),
+            states: Mutex::default(),
+            stats: Mutex::default(),
+            defaults: config.plugins.clone(),
+            max_packet: config.limits.max_packet_size as usize,
+        };
+        let mut loaded = Vec::new();
+        for p in &config.plugin {
+            loaded.push(Arc::new(chain.load_one(p)?));
+        }
+        *chain.plugins.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(loaded);
+        Ok(chain)
+    }
+
+    fn load_one(&self, cfg: &PluginConfig) -> Result<Plugin, PluginError> {
+        let state = self.states.lock().unwrap_or_else(|e| e.into_inner()).entry(cfg.name.clone()).or_default().clone();
+        let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner()).entry(cfg.name.clone()).or_default().clone();
+        let plugin = Plugin::load(&self.runtime, cfg, &self.defaults, state, stats)?;
+        tracing::info!(plugin = %plugin.name, hooks = ?plugin.hooks(), sha256 = %plugin.hash, "plugin loaded");
+        Ok(plugin)
+    }
+
+    /// The chain as it is now.
+    pub fn plugins(&self) -> Arc<Vec<Arc<Plugin>>> {
+        self.plugins.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn failed(&self, p: &Plugin, hook: &str, f: &Failure) -> OnError {
+        if matches!(f, Failure::Invalid(_)) {
+            p.stats.failed(f);
+        }
+        let policy = p.on_error.unwrap_or(if hook == "transform" { OnError::Allow } else { OnError::Deny });
+        tracing::warn!(plugin = %p.name, hook, kind = f.kind(), policy = ?policy, "plugin failed: {f}");
+        policy
+    }
+}
+
+fn attributes(a: Vec<wit::Pair>) -> Vec<(String, String)> {
+    a.into_iter().map(|p| (p.name, p.value)).collect()
+}
+
+impl Hooks for PluginChain {
+    fn authenticate(&self, info: &ConnectInfo<'_>) -> AuthOutcome {
+        let plugins = self.plugins();
+        let mut arg = None;
+        for p in plugins.iter().filter(|p| p.has_authn()) {
+            let arg = arg.get_or_insert_with(|| convert::connect_info(info));
+            let answer = p.call(|g, s| match &g.authn {
+                Some(h) => h.call_authenticate(s, arg),
+                None => Ok(wit::AuthResult::Defer),
+            });
+            let decided = answer.and_then(|r| match r {
+                wit::AuthResult::Allow(a) => {
+                    Ok(Some(AuthOutcome::Allow { username: a.username, attributes: attributes(a.attributes) }))
+                }
+                wit::AuthResult::Deny(d) => {
+                    let code = convert::failure_code(d.reason_code, "deny")?;
+                    p.stats.denied();
+                    Ok(Some(AuthOutcome::Deny { code, reason: d.reason }))
+                }
+                wit::AuthResult::Defer => Ok(None),
+            });
+            match decided {
+                Ok(Some(outcome)) => return outcome,
+                Ok(None) => {}
+                Err(f) => match self.failed(p, "authenticate", &f) {
+                    OnError::Deny => {
+                        let reason = format!("authentication plugin '{}' failed", p.name);
+                        return AuthOutcome::Deny { code: reason::NOT_AUTHORIZED, reason };
+                    }
+                    OnError::Allow => return AuthOutcome::Allow { username: None, attributes: Vec::new() },
+                    OnError::Defer => {}
+                },
+            }
+        }
+        match self.defaults.authenticate_default {
+            AuthDefault::Listener => listener_rule(info),
+            AuthDefault::Allow => AuthOutcome::Allow { username: None, attributes: Vec::new() },
+            AuthDefault::Deny => {
+                AuthOutcome::Deny { code: reason::NOT_AUTHORIZED, reason: "no plugin admitted this client".into() }
+            }
+        }
+    }
+
+    fn authorize(&self, client: &ClientInfo<'_>, action: Action, topic: &str, qos: QoS, retain: bool) -> Decision {
+        let plugins = self.plugins();
+        let mut args = None;
+        for p in plugins.iter().filter(|p| p.has_authz()) {
+            let (c, a) = args.get_or_insert_with(|| (convert::client(client), convert::access(action, topic, qos, retain)));
+            let answer = p.call(|g, s| match &g.authz {
+                Some(h) => h.call_authorize(s, c, a),
+                None => Ok(wit::Decision::Defer),
+            });
+            let decided = answer.and_then(|r| match r {
+                wit::Decision::Allow => Ok(Some(Decision::Allow)),
+                wit::Decision::Deny(code) => {
+                    let code = convert::failure_code(code, "deny")?;
+                    p.stats.denied();
+                    Ok(Some(Decision::Deny(code)))
+                }
+                wit::Decision::Defer => Ok(None),
+            });
+            match decided {
+                Ok(Some(d)) => return d,
+                Ok(None) => {}
+                Err(f) => match self.failed(p, "authorize", &f) {
+                    OnError::Deny => return Decision::Deny(reason::NOT_AUTHORIZED),
+                    OnError::Allow => return Decision::Allow,
+                    OnError::Defer => {}
+                },
+            }
+        }
+        match self.defaults.authorize_default {
+            AllowDeny::Allow => Decision::Allow,
+            AllowDeny::Deny => Decision::Deny(reason::NOT_AUTHORIZED),
+        }
+    }
+
+    fn transform(&self, client: &ClientInfo<'_>, message: &Message) -> TransformOutcome {
+        let plugins = self.plugins();
+        let mut replaced: Option<Message> = None;
+        let mut c = None;
+        for p in plugins.iter().filter(|p| p.has_transformer()) {
+            let c = c.get_or_insert_with(|| convert::client(client));
+            let m = convert::message(replaced.as_ref().unwrap_or(message));
+            let answer = p.call(|g, s| match &g.transformer {
+                Some(h) => h.call_transform(s, c, &m),
+                None => Ok(wit::TransformResult::Keep),
+            });
+            let decided = answer.and_then(|r| match r {
+                wit::TransformResult::Keep => Ok(None),
+                wit::TransformResult::Drop(code) => {
+                    let code = convert::failure_code(code, "drop")?;
+                    p.stats.denied();
+                    Ok(Some(code))
+                }
+                wit::TransformResult::Replace(m) => {
+                    replaced = Some(convert::replacement(m, message, self.max_packet)?);
+                    Ok(None)
+                }
+            });
+            match decided {
+                Ok(Some(code)) => return TransformOutcome::Drop(code),
+                Ok(None) => {}
+                Err(f) => {
+                    if self.failed(p, "transform", &f) == OnError::Deny {
+                        return TransformOutcome::Drop(reason::IMPLEMENTATION_SPECIFIC);
+                    }
+                }
+            }
+        }
+        match replaced {
+            Some(m) => TransformOutcome::Replace(Box::new(m)),
+            None => TransformOutcome::Keep,
+        }
+    }
+
+    fn rate_limit(&self, client: &ClientInfo<'_>, event: RateEvent) -> RateOutcome {
+        let plugins = self.plugins();
+        let mut throttle = Duration::ZERO;
+        let mut c = None;
+        for p in plugins.iter().filter(|p| p.has_limiter()) {
+            let c = c.get_or_insert_with(|| convert::client(client));
+            let e = convert::event(event);
+            let answer = p.call(|g, s| match &g.limiter {
+                Some(h) => h.call_rate_limit(s, c, e),
+                None => Ok(wit::RateResult::Allow),
+            });
+            let decided = answer.and_then(|r| match r {
+                wit::RateResult::Allow => Ok(None),
+                wit::RateResult::Reject(code) => {
+                    let code = convert::failure_code(code, "reject")?;
+                    p.stats.denied();
+                    Ok(Some(code))
+                }
+                wit::RateResult::Throttle(ms) => {
+                    let d = Duration::from_millis(ms);
+                    if d > MAX_THROTTLE {
+                        return Err(Failure::Invalid(format!("throttle of {ms} ms is over an hour")));
+                    }
+                    throttle = throttle.max(d);
+                    Ok(None)
+                }
+            });
+            match decided {
+                Ok(Some(code)) => return RateOutcome::Reject(code),
+                Ok(None) => {}
+                Err(f) => match self.failed(p, "rate-limit", &f) {
+                    OnError::Deny => return RateOutcome::Reject(reason::UNSPECIFIED_ERROR),
+                    OnError::Allow | OnError::Defer => {}
+                },
+            }
+        }
+        if throttle.is_zero() {
+            RateOutcome::Allow
+        } else {
+            RateOutcome::Throttle(throttle)
+        }
+    }
+
+    fn authorizes(&self) -> bool {
+        self.defaults.authorize_default == AllowDeny::Deny || self.plugins().iter().any(|p| p.has_authz())
+    }
+
+    fn transforms(&self) -> bool {
+        self.plugins().iter().any(|p| p.has_transformer())
+    }
+
+    fn limits_rate(&self) -> bool {
+        self.plugins().iter().any(|p| p.has_limiter())
+    }
+}

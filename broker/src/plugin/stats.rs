@@ -1,0 +1,61 @@
+//! Per-plugin counters. Kept by plugin name, so they continue across reloads.
+
+use super::instance::Failure;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Upper bounds of the call-latency histogram buckets, in nanoseconds.
+pub const LATENCY_BUCKETS_NS: [u64; 12] =
+    [250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 1_000_000, 10_000_000, 100_000_000, u64::MAX];
+
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub calls: AtomicU64,
+    pub denials: AtomicU64,
+    pub errors_deadline: AtomicU64,
+    pub errors_memory: AtomicU64,
+    pub errors_fuel: AtomicU64,
+    pub errors_trap: AtomicU64,
+    pub errors_invalid: AtomicU64,
+    pub errors_instantiate: AtomicU64,
+    pub latency_ns_sum: AtomicU64,
+    pub latency_buckets: [AtomicU64; LATENCY_BUCKETS_NS.len()],
+}
+
+impl Stats {
+    pub fn called(&self, took: Duration) {
+        let ns = took.as_nanos().min(u64::MAX as u128) as u64;
+        self.calls.fetch_add(1, Relaxed);
+        self.latency_ns_sum.fetch_add(ns, Relaxed);
+        let i = LATENCY_BUCKETS_NS.iter().position(|b| ns <= *b).unwrap_or(LATENCY_BUCKETS_NS.len() - 1);
+        self.latency_buckets[i].fetch_add(1, Relaxed);
+    }
+
+    pub fn failed(&self, f: &Failure) {
+        let c = match f {
+            Failure::Deadline => &self.errors_deadline,
+            Failure::Memory => &self.errors_memory,
+            Failure::Fuel => &self.errors_fuel,
+            Failure::Trap(_) => &self.errors_trap,
+            Failure::Invalid(_) => &self.errors_invalid,
+            Failure::Instantiate(_) => &self.errors_instantiate,
+        };
+        c.fetch_add(1, Relaxed);
+    }
+
+    pub fn denied(&self) {
+        self.denials.fetch_add(1, Relaxed);
+    }
+
+    /// Errors by kind, for logs and metrics.
+    pub fn errors(&self) -> [(&'static str, u64); 6] {
+        [
+            ("deadline", self.errors_deadline.load(Relaxed)),
+            ("memory", self.errors_memory.load(Relaxed)),
+            ("fuel", self.errors_fuel.load(Relaxed)),
+            ("trap", self.errors_trap.load(Relaxed)),
+            ("invalid", self.errors_invalid.load(Relaxed)),
+            ("instantiate", self.errors_instantiate.load(Relaxed)),
+        ]
+    }
+}

@@ -1,0 +1,219 @@
+//! Write Weir plugins in Rust.
+//!
+//! A plugin is a type that implements the hook traits it cares about — [`Init`],
+//! [`Authenticate`], [`Authorize`], [`Transform`], [`RateLimit`] — each with a default
+//! that defers to the next plugin (or keeps the message), and says so with
+//! [`export_plugin!`]. Build it with `cargo build --release --target wasm32-wasip2`.
+//!
+//! Each hook lives in its own small crate (`weir-plugin-authn`, `-authz`, `-transformer`,
+//! `-limiter`, `-lifecycle`) because a component exports exactly the hooks whose crates
+//! it links: depend on the ones you export. See the README for a complete example.
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "imports",
+        generate_all,
+    });
+}
+
+pub use bindings::weir::plugin::host;
+pub use bindings::weir::plugin::types;
+pub use types::{
+    Access, Action, Admission, AuthResult, Certificate, Client, ConnectInfo, Decision, Denial, Event, Message,
+    Pair, Protocol, RateResult, TransformResult,
+};
+
+/// Called once per instance with the plugin's `config` table (as JSON).
+pub trait Init {
+    fn init(config: String) -> Result<(), String> {
+        let _ = config;
+        Ok(())
+    }
+}
+
+/// May this client connect?
+pub trait Authenticate {
+    fn authenticate(info: ConnectInfo) -> AuthResult {
+        let _ = info;
+        AuthResult::Defer
+    }
+}
+
+/// May this client publish to a topic, or subscribe to a filter?
+pub trait Authorize {
+    fn authorize(client: Client, access: Access) -> Decision {
+        let _ = (client, access);
+        Decision::Defer
+    }
+}
+
+/// Keep, drop or replace each message a client publishes.
+pub trait Transform {
+    fn transform(client: Client, message: Message) -> TransformResult {
+        let _ = (client, message);
+        TransformResult::Keep
+    }
+}
+
+/// Allow, reject or throttle connects, publishes and subscribes.
+pub trait RateLimit {
+    fn rate_limit(client: Client, event: Event) -> RateResult {
+        let _ = (client, event);
+        RateResult::Allow
+    }
+}
+
+/// Exports a plugin type's hooks: `export_plugin!(MyPlugin: init, authorize, transform);`
+/// Hooks: `init`, `authenticate`, `authorize`, `transform`, `rate_limit`. The plugin
+/// crate must depend on the matching `weir-plugin-*` crate for each.
+#[macro_export]
+macro_rules! export_plugin {
+    ($t:ident: $($hook:ident),+ $(,)?) => {
+        $( $crate::__export_hook!($t, $hook); )+
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_hook {
+    ($t:ident, init) => {
+        impl ::weir_plugin_lifecycle::exports::weir::plugin::lifecycle::Guest for $t {
+            fn init(config: String) -> Result<(), String> {
+                <$t as $crate::Init>::init(config)
+            }
+        }
+        ::weir_plugin_lifecycle::export!($t with_types_in ::weir_plugin_lifecycle);
+    };
+    ($t:ident, authenticate) => {
+        impl ::weir_plugin_authn::exports::weir::plugin::authn::Guest for $t {
+            fn authenticate(info: $crate::ConnectInfo) -> $crate::AuthResult {
+                <$t as $crate::Authenticate>::authenticate(info)
+            }
+        }
+        ::weir_plugin_authn::export!($t with_types_in ::weir_plugin_authn);
+    };
+    ($t:ident, authorize) => {
+        impl ::weir_plugin_authz::exports::weir::plugin::authz::Guest for $t {
+            fn authorize(client: $crate::Client, access: $crate::Access) -> $crate::Decision {
+                <$t as $crate::Authorize>::authorize(client, access)
+            }
+        }
+        ::weir_plugin_authz::export!($t with_types_in ::weir_plugin_authz);
+    };
+    ($t:ident, transform) => {
+        impl ::weir_plugin_transformer::exports::weir::plugin::transformer::Guest for $t {
+            fn transform(client: $crate::Client, message: $crate::Message) -> $crate::TransformResult {
+                <$t as $crate::Transform>::transform(client, message)
+            }
+        }
+        ::weir_plugin_transformer::export!($t with_types_in ::weir_plugin_transformer);
+    };
+    ($t:ident, rate_limit) => {
+        impl ::weir_plugin_limiter::exports::weir::plugin::limiter::Guest for $t {
+            fn rate_limit(client: $crate::Client, event: $crate::Event) -> $crate::RateResult {
+                <$t as $crate::RateLimit>::rate_limit(client, event)
+            }
+        }
+        ::weir_plugin_limiter::export!($t with_types_in ::weir_plugin_limiter);
+    };
+}
+
+/// Logging into the broker's log, tagged with the plugin's name.
+pub mod log {
+    use super::host;
+    use super::types::Level;
+
+    pub fn debug(message: &str) {
+        host::log(Level::Debug, message)
+    }
+    pub fn info(message: &str) {
+        host::log(Level::Info, message)
+    }
+    pub fn warn(message: &str) {
+        host::log(Level::Warn, message)
+    }
+    pub fn error(message: &str) {
+        host::log(Level::Error, message)
+    }
+}
+
+/// The broker-side key-value store, shared by all instances of this plugin and kept
+/// across reloads.
+pub mod kv {
+    use super::host;
+    use std::time::Duration;
+
+    pub fn get(key: &str) -> Option<Vec<u8>> {
+        host::kv_get(key)
+    }
+    pub fn set(key: &str, value: &[u8], ttl: Option<Duration>) {
+        host::kv_set(key, value, ttl.map(|d| d.as_millis() as u64))
+    }
+    pub fn delete(key: &str) -> bool {
+        host::kv_delete(key)
+    }
+    /// Adds `delta` to a counter and returns the new value.
+    pub fn increment(key: &str, delta: i64, ttl: Option<Duration>) -> i64 {
+        host::kv_increment(key, delta, ttl.map(|d| d.as_millis() as u64))
+    }
+}
+
+/// Token buckets kept by the broker: `take("client:abc", 100, 10.0, 1)` allows bursts of
+/// 100 and 10 per second on average.
+pub fn take_tokens(key: &str, capacity: u64, refill_per_second: f64, n: u64) -> bool {
+    host::bucket_take(key, capacity, refill_per_second, n)
+}
+
+/// Milliseconds since the Unix epoch, from the broker.
+pub fn now_ms() -> u64 {
+    host::now_ms()
+}
+
+/// Parses the `config` JSON handed to `init` into the plugin's own type.
+pub fn parse_config<T: serde::de::DeserializeOwned>(config: &str) -> Result<T, String> {
+    serde_json::from_str(config).map_err(|e| format!("invalid plugin config: {e}"))
+}
+
+/// Matches an MQTT topic against a filter (`+`, `#`), with the `$` rule.
+pub fn topic_matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Does every topic `filter` can match also match `pattern`? For authorizing
+/// subscriptions: a client allowed `a/#` may subscribe to `a/+/c` but not to `#`.
+pub fn filter_within(filter: &str, pattern: &str) -> bool {
+    let mut f = filter.split('/');
+    let mut p = pattern.split('/');
+    loop {
+        match (f.next(), p.next()) {
+            (_, Some("#")) => return true,
+            (Some("#"), _) => return false,
+            (Some("+"), Some("+")) => {}
+            (Some("+"), Some(_)) => return false,
+            (Some(_), Some("+")) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// The value of a client attribute set at authentication.
+pub fn attribute<'a>(client: &'a Client, name: &str) -> Option<&'a str> {
+    client.attributes.iter().find(|p| p.name == name).map(|p| p.value.as_str())
+}

@@ -1,0 +1,111 @@
+//! Topic access rules, like Mosquitto's ACL file: the first rule whose pattern covers
+//! the topic decides. `%u` stands for the client's username and `%c` for its client id;
+//! a rule that needs one the client does not have (or has with `/`, `+` or `#` in it)
+//! does not apply.
+
+use serde::Deserialize;
+use std::sync::OnceLock;
+use weir_plugin_sdk::{filter_within, parse_config, topic_matches, Access, Action, Authorize, Client, Decision, Init};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    rules: Vec<Rule>,
+    /// What applies when no rule matches: "deny" (default), "allow" or "defer".
+    #[serde(default)]
+    default: Default,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rule {
+    /// "read" (subscribe, receive), "write" (publish) or "readwrite".
+    access: Kind,
+    topic: String,
+    #[serde(default = "yes")]
+    allow: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum Kind {
+    Read,
+    Write,
+    Readwrite,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum Default {
+    #[default]
+    Deny,
+    Allow,
+    Defer,
+}
+
+static CONFIG: OnceLock<Config> = OnceLock::new();
+
+struct Acl;
+
+impl Init for Acl {
+    fn init(config: String) -> Result<(), String> {
+        let c: Config = parse_config(&config)?;
+        for r in &c.rules {
+            if r.topic.is_empty() {
+                return Err("a rule has an empty topic".into());
+            }
+        }
+        let _ = CONFIG.set(c);
+        Ok(())
+    }
+}
+
+/// A usable substitution: present and unable to widen the pattern.
+fn safe(s: Option<&str>) -> Option<&str> {
+    s.filter(|s| !s.is_empty() && !s.contains(['/', '+', '#']))
+}
+
+fn expand(pattern: &str, client: &Client) -> Option<String> {
+    let mut out = pattern.to_owned();
+    if out.contains("%u") {
+        out = out.replace("%u", safe(client.username.as_deref())?);
+    }
+    if out.contains("%c") {
+        out = out.replace("%c", safe(Some(&client.client_id))?);
+    }
+    Some(out)
+}
+
+impl Authorize for Acl {
+    fn authorize(client: Client, access: Access) -> Decision {
+        let Some(config) = CONFIG.get() else { return Decision::Deny(0x87) };
+        for rule in &config.rules {
+            let applies = match access.action {
+                Action::Publish => rule.access != Kind::Read,
+                Action::Subscribe => rule.access != Kind::Write,
+            };
+            if !applies {
+                continue;
+            }
+            let Some(pattern) = expand(&rule.topic, &client) else { continue };
+            let covered = match access.action {
+                Action::Publish => topic_matches(&pattern, &access.topic),
+                Action::Subscribe => filter_within(&access.topic, &pattern),
+            };
+            if covered {
+                return if rule.allow { Decision::Allow } else { Decision::Deny(0x87) };
+            }
+        }
+        match config.default {
+            Default::Deny => Decision::Deny(0x87),
+            Default::Allow => Decision::Allow,
+            Default::Defer => Decision::Defer,
+        }
+    }
+}
+
+weir_plugin_sdk::export_plugin!(Acl: init, authorize);
