@@ -344,6 +344,7 @@ pub async fn serve<S>(
         AuthOutcome::Allow { username, attributes } => Identity {
             client_id: client_id.to_string(),
             username: username.or(connect.username.take()),
+            peer: peer.to_string(),
             listener: listener.name.to_string(),
             attributes,
         },

@@ -40,6 +40,8 @@ pub struct ConnectInfo<'a> {
 pub struct ClientInfo<'a> {
     pub client_id: &'a str,
     pub username: Option<&'a str>,
+    /// `address:port`; empty for a session restored from the store.
+    pub peer: &'a str,
     pub listener: &'a str,
     /// Attached by the authenticating plugin.
     pub attributes: &'a [(String, String)],
@@ -50,6 +52,7 @@ pub struct ClientInfo<'a> {
 pub struct Identity {
     pub client_id: String,
     pub username: Option<String>,
+    pub peer: String,
     pub listener: String,
     pub attributes: Vec<(String, String)>,
 }
@@ -59,6 +62,7 @@ impl Identity {
         ClientInfo {
             client_id: &self.client_id,
             username: self.username.as_deref(),
+            peer: &self.peer,
             listener: &self.listener,
             attributes: &self.attributes,
         }

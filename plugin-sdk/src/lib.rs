@@ -217,3 +217,18 @@ pub fn filter_within(filter: &str, pattern: &str) -> bool {
 pub fn attribute<'a>(client: &'a Client, name: &str) -> Option<&'a str> {
     client.attributes.iter().find(|p| p.name == name).map(|p| p.value.as_str())
 }
+
+/// Replaces `%u` (username) and `%c` (client id) in a topic pattern. `None` when the
+/// pattern needs a value the client lacks, or has with `/`, `+` or `#` in it: such a
+/// value could widen the pattern to other clients' topics, so the rule must not apply.
+pub fn substitute(pattern: &str, client: &Client) -> Option<String> {
+    let safe = |s: Option<&str>| s.filter(|s| !s.is_empty() && !s.contains(['/', '+', '#'])).map(str::to_owned);
+    let mut out = pattern.to_owned();
+    if out.contains("%u") {
+        out = out.replace("%u", &safe(client.username.as_deref())?);
+    }
+    if out.contains("%c") {
+        out = out.replace("%c", &safe(Some(&client.client_id))?);
+    }
+    Some(out)
+}

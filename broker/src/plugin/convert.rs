@@ -34,6 +34,7 @@ pub fn client(c: &ClientInfo<'_>) -> wit::Client {
     wit::Client {
         client_id: c.client_id.to_owned(),
         username: c.username.map(str::to_owned),
+        peer: c.peer.to_owned(),
         listener: c.listener.to_owned(),
         attributes: pairs(c.attributes),
     }

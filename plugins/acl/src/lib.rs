@@ -5,7 +5,7 @@
 
 use serde::Deserialize;
 use std::sync::OnceLock;
-use weir_plugin_sdk::{filter_within, parse_config, topic_matches, Access, Action, Authorize, Client, Decision, Init};
+use weir_plugin_sdk::{filter_within, parse_config, substitute, topic_matches, Access, Action, Authorize, Client, Decision, Init};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,22 +64,6 @@ impl Init for Acl {
     }
 }
 
-/// A usable substitution: present and unable to widen the pattern.
-fn safe(s: Option<&str>) -> Option<&str> {
-    s.filter(|s| !s.is_empty() && !s.contains(['/', '+', '#']))
-}
-
-fn expand(pattern: &str, client: &Client) -> Option<String> {
-    let mut out = pattern.to_owned();
-    if out.contains("%u") {
-        out = out.replace("%u", safe(client.username.as_deref())?);
-    }
-    if out.contains("%c") {
-        out = out.replace("%c", safe(Some(&client.client_id))?);
-    }
-    Some(out)
-}
-
 impl Authorize for Acl {
     fn authorize(client: Client, access: Access) -> Decision {
         let Some(config) = CONFIG.get() else { return Decision::Deny(0x87) };
@@ -91,7 +75,7 @@ impl Authorize for Acl {
             if !applies {
                 continue;
             }
-            let Some(pattern) = expand(&rule.topic, &client) else { continue };
+            let Some(pattern) = substitute(&rule.topic, &client) else { continue };
             let covered = match access.action {
                 Action::Publish => topic_matches(&pattern, &access.topic),
                 Action::Subscribe => filter_within(&access.topic, &pattern),

@@ -1,0 +1,81 @@
+//! A plugin that fails on purpose, for the broker's tests. Configured `mode`:
+//! `loop` (never returns), `trap` (panics), `grab` (allocates until the memory cap stops
+//! it), `huge` (replaces the message with one of 8 MiB), `bad-code` (denies with reason
+//! code 0x00), `init-fail` (rejects its configuration). It misbehaves only for topics
+//! under `bad/`; for every other topic it allows and keeps, so the tests can show that
+//! other clients are served while it fails.
+
+use serde::Deserialize;
+use std::sync::OnceLock;
+use weir_plugin_sdk::{parse_config, Access, Authorize, Client, Decision, Init, Message, Transform, TransformResult};
+
+#[derive(Deserialize)]
+struct Config {
+    mode: String,
+}
+
+static MODE: OnceLock<String> = OnceLock::new();
+
+fn misbehave(topic: &str) -> Option<&'static str> {
+    let mode = MODE.get()?;
+    if !topic.starts_with("bad/") {
+        return None;
+    }
+    match mode.as_str() {
+        "loop" => {
+            let mut n: u64 = 0;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
+        "trap" => panic!("misbehaving on purpose"),
+        "grab" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&hoard);
+            }
+        }
+        other => Some(match other {
+            "huge" => "huge",
+            "bad-code" => "bad-code",
+            _ => "none",
+        }),
+    }
+}
+
+struct Misbehave;
+
+impl Init for Misbehave {
+    fn init(config: String) -> Result<(), String> {
+        let c: Config = parse_config(&config)?;
+        if c.mode == "init-fail" {
+            return Err("this plugin refuses to start (init-fail mode)".into());
+        }
+        let _ = MODE.set(c.mode);
+        Ok(())
+    }
+}
+
+impl Authorize for Misbehave {
+    fn authorize(_client: Client, access: Access) -> Decision {
+        match misbehave(&access.topic) {
+            Some("bad-code") => Decision::Deny(0x00),
+            _ => Decision::Allow,
+        }
+    }
+}
+
+impl Transform for Misbehave {
+    fn transform(_client: Client, mut message: Message) -> TransformResult {
+        match misbehave(&message.topic) {
+            Some("huge") => {
+                message.payload = vec![b'x'; 8 << 20];
+                TransformResult::Replace(message)
+            }
+            _ => TransformResult::Keep,
+        }
+    }
+}
+
+weir_plugin_sdk::export_plugin!(Misbehave: init, authorize, transform);

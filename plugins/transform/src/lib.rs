@@ -1,0 +1,96 @@
+//! Rewrites and checks published messages:
+//! - `rewrite`: the first rule whose `from` prefix starts the topic replaces that prefix
+//!   with `to` (`legacy/` -> `sensors/`);
+//! - `json`: messages whose topic matches `filter` must carry a JSON object with every
+//!   field in `required`, or they are dropped with 0x99 *Payload format invalid*;
+//! - `tag`: adds user properties to every message whose topic matches `filter`.
+//!
+//! Rules apply in that order, to the topic as rewritten.
+
+use serde::Deserialize;
+use serde_json::Value;
+use std::sync::OnceLock;
+use weir_plugin_sdk::{log, parse_config, topic_matches, Client, Init, Message, Pair, Transform, TransformResult};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default)]
+    rewrite: Vec<Rewrite>,
+    #[serde(default)]
+    json: Vec<JsonCheck>,
+    #[serde(default)]
+    tag: Vec<Tag>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rewrite {
+    from: String,
+    to: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonCheck {
+    filter: String,
+    #[serde(default)]
+    required: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Tag {
+    filter: String,
+    name: String,
+    value: String,
+}
+
+static CONFIG: OnceLock<Config> = OnceLock::new();
+
+struct Transformer;
+
+impl Init for Transformer {
+    fn init(config: String) -> Result<(), String> {
+        let c: Config = parse_config(&config)?;
+        for r in &c.rewrite {
+            if r.from.is_empty() || r.to.is_empty() || r.to.contains(['+', '#']) {
+                return Err(format!("rewrite {} -> {}: both must be non-empty and `to` without wildcards", r.from, r.to));
+            }
+        }
+        let _ = CONFIG.set(c);
+        Ok(())
+    }
+}
+
+impl Transform for Transformer {
+    fn transform(_client: Client, mut message: Message) -> TransformResult {
+        let Some(c) = CONFIG.get() else { return TransformResult::Keep };
+        let mut changed = false;
+        if let Some(r) = c.rewrite.iter().find(|r| message.topic.starts_with(&r.from)) {
+            message.topic = format!("{}{}", r.to, &message.topic[r.from.len()..]);
+            changed = true;
+        }
+        for check in c.json.iter().filter(|j| topic_matches(&j.filter, &message.topic)) {
+            let valid = match serde_json::from_slice::<Value>(&message.payload) {
+                Ok(Value::Object(fields)) => check.required.iter().all(|f| fields.contains_key(f)),
+                _ => false,
+            };
+            if !valid {
+                log::debug(&format!("dropping a message on {}: not a JSON object with {:?}", message.topic, check.required));
+                return TransformResult::Drop(0x99);
+            }
+        }
+        for t in c.tag.iter().filter(|t| topic_matches(&t.filter, &message.topic)) {
+            message.user_properties.push(Pair { name: t.name.clone(), value: t.value.clone() });
+            changed = true;
+        }
+        if changed {
+            TransformResult::Replace(message)
+        } else {
+            TransformResult::Keep
+        }
+    }
+}
+
+weir_plugin_sdk::export_plugin!(Transformer: init, transform);
