@@ -147,7 +147,9 @@ impl Broker {
         // Shared subscriptions: a member is picked per message, so only now is it known
         // who would read this topic; a member that may not is passed over.
         let rank = |c: &str| -> u8 {
-            let Some(s) = self.sessions.get(c) else { return 0 };
+            let Some(s) = self.sessions.get(c) else {
+                return 0;
+            };
             let (online, identity) = {
                 let st = s.lock();
                 (st.conn.is_some(), st.identity.clone())
@@ -157,11 +159,18 @@ impl Broker {
                 let who = match &identity {
                     Some(id) => id.info(),
                     None => {
-                        stranger = Identity { client_id: c.to_owned(), ..Default::default() };
+                        stranger = Identity {
+                            client_id: c.to_owned(),
+                            ..Default::default()
+                        };
                         stranger.info()
                     }
                 };
-                if self.hooks.authorize(&who, Action::Subscribe, &msg.topic, msg.qos, msg.retain) != Decision::Allow {
+                if self
+                    .hooks
+                    .authorize(&who, Action::Subscribe, &msg.topic, msg.qos, msg.retain)
+                    != Decision::Allow
+                {
                     return 0;
                 }
             }

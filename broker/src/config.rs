@@ -493,10 +493,16 @@ impl Config {
                 return Err(invalid(key("name"), "use letters, digits, '-' and '_'"));
             }
             if !plugin_names.insert(&p.name) {
-                return Err(invalid(key("name"), format!("duplicate plugin name '{}'", p.name)));
+                return Err(invalid(
+                    key("name"),
+                    format!("duplicate plugin name '{}'", p.name),
+                ));
             }
             if !p.path.is_file() {
-                return Err(invalid(key("path"), format!("{} is not a readable file", p.path.display())));
+                return Err(invalid(
+                    key("path"),
+                    format!("{} is not a readable file", p.path.display()),
+                ));
             }
             if p.deadline_ms == Some(0) {
                 return Err(invalid(key("deadline_ms"), "must be at least 1"));

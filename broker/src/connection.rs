@@ -12,8 +12,8 @@ use crate::codec::{
     RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, Version, Will,
 };
 use crate::hooks::{
-    Action, AuthOutcome, ClientInfo, ConnectInfo, Decision, Identity, PeerIdentity, RateEvent, RateOutcome,
-    TransformOutcome,
+    Action, AuthOutcome, ClientInfo, ConnectInfo, Decision, Identity, PeerIdentity, RateEvent,
+    RateOutcome, TransformOutcome,
 };
 use crate::message::{now_secs, Delivery, Message};
 use crate::metrics::Metrics;
@@ -341,7 +341,10 @@ pub async fn serve<S>(
             let p = refuse(code, &format!("authentication failed: {reason}"));
             return write_packet(&mut io, &p, version).await;
         }
-        AuthOutcome::Allow { username, attributes } => Identity {
+        AuthOutcome::Allow {
+            username,
+            attributes,
+        } => Identity {
             client_id: client_id.to_string(),
             username: username.or(connect.username.take()),
             peer: peer.to_string(),
@@ -350,7 +353,10 @@ pub async fn serve<S>(
         },
     };
     if broker.hooks.limits_rate() {
-        match broker.hooks.rate_limit(&identity.info(), RateEvent::Connect) {
+        match broker
+            .hooks
+            .rate_limit(&identity.info(), RateEvent::Connect)
+        {
             RateOutcome::Allow => {}
             RateOutcome::Reject(code) => {
                 let p = refuse(code, "connection rate limited");
@@ -362,13 +368,19 @@ pub async fn serve<S>(
         }
     }
     if let Some(w) = &connect.will {
-        let bad_topic = w.topic.len() > limits.max_topic_length || topic::levels(&w.topic) > limits.max_topic_levels;
+        let bad_topic = w.topic.len() > limits.max_topic_length
+            || topic::levels(&w.topic) > limits.max_topic_levels;
         if bad_topic {
-            let p = refuse(reason::TOPIC_NAME_INVALID, "will topic exceeds the topic limits");
+            let p = refuse(
+                reason::TOPIC_NAME_INVALID,
+                "will topic exceeds the topic limits",
+            );
             return write_packet(&mut io, &p, version).await;
         }
         if let Decision::Deny(code) =
-            broker.hooks.authorize(&identity.info(), Action::Publish, &w.topic, w.qos, w.retain)
+            broker
+                .hooks
+                .authorize(&identity.info(), Action::Publish, &w.topic, w.qos, w.retain)
         {
             let p = refuse(code, "will topic not authorized");
             return write_packet(&mut io, &p, version).await;
@@ -545,7 +557,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             }
             // While a rate limit holds the client back its silence is ours, not its own.
             let paused = self.paused_until;
-            let deadline = self.keep_alive.filter(|_| paused.is_none()).map(|k| last_read + k);
+            let deadline = self
+                .keep_alive
+                .filter(|_| paused.is_none())
+                .map(|k| last_read + k);
             let step = tokio::select! {
                 _ = sleep_until(paused.unwrap_or_else(Instant::now)), if paused.is_some() => {
                     self.paused_until = None;
@@ -583,7 +598,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     fn process_input(&mut self) -> Result<(), Exit> {
         let max = self.listener.max_packet_size as usize;
         while self.paused_until.is_none() {
-            let Some(n) = codec::frame_len(&self.rbuf, max)? else { break };
+            let Some(n) = codec::frame_len(&self.rbuf, max)? else {
+                break;
+            };
             let frame = self.rbuf.split_to(n).freeze();
             let packet = codec::decode(frame, self.version)?;
             self.handle(packet)?;
@@ -690,13 +707,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             }
         }
         let hooks = self.broker.hooks.clone();
-        let decision = hooks.authorize(&self.client_info(), Action::Publish, &p.topic, qos, p.retain);
+        let decision = hooks.authorize(
+            &self.client_info(),
+            Action::Publish,
+            &p.topic,
+            qos,
+            p.retain,
+        );
         if let Decision::Deny(code) = decision {
             self.refuse_publish(qos, pid, code, &p.topic, "not authorized");
             return Ok(());
         }
         if hooks.limits_rate() {
-            match hooks.rate_limit(&self.client_info(), RateEvent::Publish(p.payload.len() as u64)) {
+            match hooks.rate_limit(
+                &self.client_info(),
+                RateEvent::Publish(p.payload.len() as u64),
+            ) {
                 RateOutcome::Allow => {}
                 RateOutcome::Reject(code) => {
                     self.refuse_publish(qos, pid, code, &p.topic, "rate limited");
@@ -755,7 +781,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             QoS::AtLeastOnce => AckKind::PubAck,
             QoS::ExactlyOnce => AckKind::PubRec,
         };
-        self.ack(Packet::Ack(Ack::with_code(kind, pid, code)), false, Vec::new());
+        self.ack(
+            Packet::Ack(Ack::with_code(kind, pid, code)),
+            false,
+            Vec::new(),
+        );
     }
 
     fn on_ack(&mut self, a: Ack) -> Result<(), Exit> {
@@ -813,7 +843,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 RateOutcome::Allow => {}
                 RateOutcome::Reject(code) => {
                     let codes = vec![code; s.filters.len()];
-                    let suback = SubAck { pid: s.pid, codes, properties: Properties::default() };
+                    let suback = SubAck {
+                        pid: s.pid,
+                        codes,
+                        properties: Properties::default(),
+                    };
                     self.ack(Packet::SubAck(suback), false, Vec::new());
                     return Ok(());
                 }
@@ -865,8 +899,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 // A wildcard filter may cover topics this client may not read.
                 let readable = |d: &Delivery| {
                     !hooks.authorizes()
-                        || hooks.authorize(&self.client_info(), Action::Subscribe, &d.message.topic, d.qos, true)
-                            == Decision::Allow
+                        || hooks.authorize(
+                            &self.client_info(),
+                            Action::Subscribe,
+                            &d.message.topic,
+                            d.qos,
+                            true,
+                        ) == Decision::Allow
                 };
                 then.extend(retained.into_iter().filter(readable));
             }

@@ -87,8 +87,14 @@ pub enum Decision {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthOutcome {
     /// Let the client in, possibly under another username, with attributes for later hooks.
-    Allow { username: Option<String>, attributes: Vec<(String, String)> },
-    Deny { code: u8, reason: String },
+    Allow {
+        username: Option<String>,
+        attributes: Vec<(String, String)>,
+    },
+    Deny {
+        code: u8,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -117,7 +123,14 @@ pub enum RateOutcome {
 
 pub trait Hooks: Send + Sync + 'static {
     fn authenticate(&self, info: &ConnectInfo<'_>) -> AuthOutcome;
-    fn authorize(&self, client: &ClientInfo<'_>, action: Action, topic: &str, qos: QoS, retain: bool) -> Decision;
+    fn authorize(
+        &self,
+        client: &ClientInfo<'_>,
+        action: Action,
+        topic: &str,
+        qos: QoS,
+        retain: bool,
+    ) -> Decision;
     fn transform(&self, client: &ClientInfo<'_>, message: &Message) -> TransformOutcome;
     fn rate_limit(&self, client: &ClientInfo<'_>, event: RateEvent) -> RateOutcome;
 
@@ -134,14 +147,26 @@ pub trait Hooks: Send + Sync + 'static {
 /// everyone else refused (no credential store exists without a plugin).
 pub fn listener_rule(info: &ConnectInfo<'_>) -> AuthOutcome {
     if info.allow_anonymous || info.certificate.is_some() {
-        return AuthOutcome::Allow { username: None, attributes: Vec::new() };
+        return AuthOutcome::Allow {
+            username: None,
+            attributes: Vec::new(),
+        };
     }
     let (code, reason) = if info.username.is_some() {
-        (reason::BAD_USERNAME_OR_PASSWORD, "no authentication plugin can check these credentials")
+        (
+            reason::BAD_USERNAME_OR_PASSWORD,
+            "no authentication plugin can check these credentials",
+        )
     } else {
-        (reason::NOT_AUTHORIZED, "anonymous clients are not allowed on this listener")
+        (
+            reason::NOT_AUTHORIZED,
+            "anonymous clients are not allowed on this listener",
+        )
     };
-    AuthOutcome::Deny { code, reason: reason.into() }
+    AuthOutcome::Deny {
+        code,
+        reason: reason.into(),
+    }
 }
 
 pub struct DefaultHooks;

@@ -17,7 +17,8 @@ struct Args {
     #[arg(long, short)]
     config: Option<PathBuf>,
 
-    /// Only check the configuration and exit: 0 if it is valid.
+    /// Only check the configuration, loading (and so compiling and caching) every
+    /// plugin, and exit: 0 if all is valid.
     #[arg(long)]
     check: bool,
 }
@@ -28,10 +29,7 @@ fn main() -> anyhow::Result<()> {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
     };
-    if args.check {
-        println!("configuration is valid");
-        return Ok(());
-    }
+
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|f| f.parse::<tracing_subscriber::EnvFilter>().ok())
@@ -54,6 +52,13 @@ fn main() -> anyhow::Result<()> {
     } else {
         Arc::new(PluginChain::load(&config)?)
     };
+    if args.check {
+        println!(
+            "configuration is valid ({} plugins loaded)",
+            config.plugin.len()
+        );
+        return Ok(());
+    }
     runtime.block_on(async { weir::server::run(config, hooks, shutdown_signal()).await })?;
     Ok(())
 }

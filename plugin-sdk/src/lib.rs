@@ -21,8 +21,8 @@ pub mod bindings {
 pub use bindings::weir::plugin::host;
 pub use bindings::weir::plugin::types;
 pub use types::{
-    Access, Action, Admission, AuthResult, Certificate, Client, ConnectInfo, Decision, Denial, Event, Message,
-    Pair, Protocol, RateResult, TransformResult,
+    Access, Action, Admission, AuthResult, Certificate, Client, ConnectInfo, Decision, Denial,
+    Event, Message, Pair, Protocol, RateResult, TransformResult,
 };
 
 /// Called once per instance with the plugin's `config` table (as JSON).
@@ -166,6 +166,13 @@ pub fn take_tokens(key: &str, capacity: u64, refill_per_second: f64, n: u64) -> 
     host::bucket_take(key, capacity, refill_per_second, n)
 }
 
+/// Takes `n` tokens whether or not they are there (the bucket may go into debt) and
+/// returns the milliseconds until it is out of debt: how long to throttle a client to
+/// hold it at the rate without refusing anything.
+pub fn charge_tokens(key: &str, capacity: u64, refill_per_second: f64, n: u64) -> u64 {
+    host::bucket_charge(key, capacity, refill_per_second, n)
+}
+
 /// Milliseconds since the Unix epoch, from the broker.
 pub fn now_ms() -> u64 {
     host::now_ms()
@@ -215,14 +222,21 @@ pub fn filter_within(filter: &str, pattern: &str) -> bool {
 
 /// The value of a client attribute set at authentication.
 pub fn attribute<'a>(client: &'a Client, name: &str) -> Option<&'a str> {
-    client.attributes.iter().find(|p| p.name == name).map(|p| p.value.as_str())
+    client
+        .attributes
+        .iter()
+        .find(|p| p.name == name)
+        .map(|p| p.value.as_str())
 }
 
 /// Replaces `%u` (username) and `%c` (client id) in a topic pattern. `None` when the
 /// pattern needs a value the client lacks, or has with `/`, `+` or `#` in it: such a
 /// value could widen the pattern to other clients' topics, so the rule must not apply.
 pub fn substitute(pattern: &str, client: &Client) -> Option<String> {
-    let safe = |s: Option<&str>| s.filter(|s| !s.is_empty() && !s.contains(['/', '+', '#'])).map(str::to_owned);
+    let safe = |s: Option<&str>| {
+        s.filter(|s| !s.is_empty() && !s.contains(['/', '+', '#']))
+            .map(str::to_owned)
+    };
     let mut out = pattern.to_owned();
     if out.contains("%u") {
         out = out.replace("%u", &safe(client.username.as_deref())?);

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 pub mod clients;
 pub mod pki;
+pub mod plugins;
 pub mod raw;
+pub mod tokens;
 
 /// Path of the `weir` binary, built once per test process with the same cargo.
 pub fn weir_bin() -> PathBuf {
@@ -66,6 +68,10 @@ pub struct Opts {
     pub listeners: Vec<Listener>,
     pub limits: String,
     pub storage: String,
+    /// Lines for the `[plugins]` table (its cache is always the tests' shared one).
+    pub plugins: String,
+    /// Appended as is: `[[plugin]]` entries.
+    pub extra: String,
 }
 
 /// A listener besides the default TCP one: name, kind, and extra TOML lines.
@@ -162,6 +168,12 @@ impl Weir {
         text += &format!(
             "[[listener]]\nname = \"tcp\"\nbind = \"127.0.0.1:{}\"\n{}\n\n[limits]\n{}\n\n[storage]\ndir = {:?}\n{}\n\n[log]\nlevel = \"info\"\n",
             self.port, self.opts.listener, self.opts.limits, data, self.opts.storage
+        );
+        text += &format!(
+            "\n[plugins]\ncache_dir = {:?}\n{}\n\n{}\n",
+            plugins::cache_dir(),
+            self.opts.plugins,
+            self.opts.extra
         );
         std::fs::write(self.config_path(), text).expect("writing config");
     }

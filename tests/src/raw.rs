@@ -1,6 +1,7 @@
 //! A raw MQTT client over TCP with hand-written bytes, for what a well-behaved client
 //! library will not send: malformed packets, resends, exact reason codes.
 
+use crate::Weir;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -97,6 +98,16 @@ impl Raw {
         }
     }
 
+    /// The next packet if one arrives within `d`.
+    pub fn recv_within(&mut self, d: Duration) -> Option<Vec<u8>> {
+        self.s.set_read_timeout(Some(d)).unwrap();
+        let p = self.recv();
+        self.s
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        p
+    }
+
     /// True if the server closes the connection (after any packets) within the read timeout.
     pub fn closed(&mut self) -> bool {
         let mut chunk = [0u8; 4096];
@@ -108,4 +119,76 @@ impl Raw {
             }
         }
     }
+}
+
+/// CONNECT with a username and password (bytes), empty 5.0 properties.
+pub fn connect_login(level: u8, client_id: &str, username: &str, password: &[u8]) -> Vec<u8> {
+    let mut b = string("MQTT");
+    b.push(level);
+    b.push(CLEAN | 0x80 | 0x40);
+    b.extend_from_slice(&60u16.to_be_bytes());
+    if level == 5 {
+        b.push(0);
+    }
+    b.extend(string(client_id));
+    b.extend(string(username));
+    b.extend_from_slice(&(password.len() as u16).to_be_bytes());
+    b.extend_from_slice(password);
+    packet(0x10, &b)
+}
+
+/// The reason code of a CONNACK (the return code on 3.1.1).
+pub fn connack_code(p: &[u8]) -> u8 {
+    assert_eq!(p[0], 0x20, "not a CONNACK: {p:?}");
+    p[3]
+}
+
+/// The reason code of a PUBACK or PUBREC (0 in the short form).
+pub fn ack_code(p: &[u8]) -> u8 {
+    assert!(matches!(p[0], 0x40 | 0x50), "not a PUBACK/PUBREC: {p:?}");
+    p.get(4).copied().unwrap_or(0)
+}
+
+/// Clean Start / Clean Session.
+pub const CLEAN: u8 = 0x02;
+
+/// Connects a 5.0 client and checks the CONNACK is a success.
+pub fn v5_client(w: &Weir, id: &str, props: &[u8]) -> Raw {
+    let mut r = Raw::connect(w.port);
+    r.send(&connect(5, id, CLEAN, 60, props));
+    let ack = r.recv().expect("CONNACK");
+    assert_eq!((ack[0], ack[3]), (0x20, 0), "CONNACK success: {ack:?}");
+    r
+}
+
+pub fn v4_client(w: &Weir, id: &str, flags: u8, keep_alive: u16) -> Raw {
+    let mut r = Raw::connect(w.port);
+    r.send(&connect(4, id, flags, keep_alive, &[]));
+    assert_eq!(r.recv().expect("CONNACK"), vec![0x20, 2, 0, 0]);
+    r
+}
+
+/// A 5.0 PUBLISH with empty properties unless given.
+pub fn publish5(flags: u8, topic: &str, pid: Option<u16>, props: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut b = string(topic);
+    if let Some(p) = pid {
+        b.extend_from_slice(&p.to_be_bytes());
+    }
+    b.extend(varint(props.len()));
+    b.extend_from_slice(props);
+    b.extend_from_slice(payload);
+    packet(0x30 | flags, &b)
+}
+
+pub fn subscribe5(pid: u16, filter: &str, options: u8) -> Vec<u8> {
+    let mut b = pid.to_be_bytes().to_vec();
+    b.push(0);
+    b.extend(string(filter));
+    b.push(options);
+    packet(0x82, &b)
+}
+
+/// The reason code of a 5.0 DISCONNECT, if that is what `p` is.
+pub fn disconnect_code(p: &[u8]) -> Option<u8> {
+    (p[0] == 0xE0).then(|| p.get(2).copied().unwrap_or(0))
 }

@@ -4,51 +4,11 @@
 use std::time::{Duration, Instant};
 use weir_tests::clients::v5::QoS;
 use weir_tests::clients::C5;
-use weir_tests::raw::{connect, packet, string, Raw};
+use weir_tests::raw::{
+    connect, disconnect_code, packet, publish5, string, subscribe5, v4_client, v5_client, Raw,
+    CLEAN,
+};
 use weir_tests::{Opts, Weir};
-
-const CLEAN: u8 = 0x02;
-
-/// Connects a 5.0 client and checks the CONNACK is a success.
-fn v5_client(w: &Weir, id: &str, props: &[u8]) -> Raw {
-    let mut r = Raw::connect(w.port);
-    r.send(&connect(5, id, CLEAN, 60, props));
-    let ack = r.recv().expect("CONNACK");
-    assert_eq!((ack[0], ack[3]), (0x20, 0), "CONNACK success: {ack:?}");
-    r
-}
-
-fn v4_client(w: &Weir, id: &str, flags: u8, keep_alive: u16) -> Raw {
-    let mut r = Raw::connect(w.port);
-    r.send(&connect(4, id, flags, keep_alive, &[]));
-    assert_eq!(r.recv().expect("CONNACK"), vec![0x20, 2, 0, 0]);
-    r
-}
-
-/// A 5.0 PUBLISH with empty properties unless given.
-fn publish5(flags: u8, topic: &str, pid: Option<u16>, props: &[u8], payload: &[u8]) -> Vec<u8> {
-    let mut b = string(topic);
-    if let Some(p) = pid {
-        b.extend_from_slice(&p.to_be_bytes());
-    }
-    b.extend(weir_tests::raw::varint(props.len()));
-    b.extend_from_slice(props);
-    b.extend_from_slice(payload);
-    packet(0x30 | flags, &b)
-}
-
-fn subscribe5(pid: u16, filter: &str, options: u8) -> Vec<u8> {
-    let mut b = pid.to_be_bytes().to_vec();
-    b.push(0);
-    b.extend(string(filter));
-    b.push(options);
-    packet(0x82, &b)
-}
-
-/// The reason code of a 5.0 DISCONNECT, if that is what `p` is.
-fn disconnect_code(p: &[u8]) -> Option<u8> {
-    (p[0] == 0xE0).then(|| p.get(2).copied().unwrap_or(0))
-}
 
 #[test]
 fn malformed_packet_gets_disconnect_0x81_on_v5_and_a_plain_close_on_311() {

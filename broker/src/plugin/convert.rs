@@ -11,7 +11,12 @@ use bytes::Bytes;
 use std::sync::Arc;
 
 fn pairs(p: &[(String, String)]) -> Vec<wit::Pair> {
-    p.iter().map(|(n, v)| wit::Pair { name: n.clone(), value: v.clone() }).collect()
+    p.iter()
+        .map(|(n, v)| wit::Pair {
+            name: n.clone(),
+            value: v.clone(),
+        })
+        .collect()
 }
 
 pub fn connect_info(i: &ConnectInfo<'_>) -> wit::ConnectInfo {
@@ -25,7 +30,10 @@ pub fn connect_info(i: &ConnectInfo<'_>) -> wit::ConnectInfo {
         },
         peer: i.peer.to_string(),
         listener: i.listener.to_owned(),
-        certificate: i.certificate.map(|c| wit::Certificate { common_name: c.common_name.clone(), sans: c.sans.clone() }),
+        certificate: i.certificate.map(|c| wit::Certificate {
+            common_name: c.common_name.clone(),
+            sans: c.sans.clone(),
+        }),
         user_properties: pairs(i.user_properties),
     }
 }
@@ -72,7 +80,14 @@ pub fn message(m: &Message) -> wit::Message {
         content_type: p.content_type.clone(),
         response_topic: p.response_topic.clone(),
         correlation_data: p.correlation_data.as_ref().map(|c| c.to_vec()),
-        user_properties: p.user_properties.iter().map(|(n, v)| wit::Pair { name: n.clone(), value: v.clone() }).collect(),
+        user_properties: p
+            .user_properties
+            .iter()
+            .map(|(n, v)| wit::Pair {
+                name: n.clone(),
+                value: v.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -81,12 +96,18 @@ pub fn failure_code(code: u8, what: &str) -> Result<u8, Failure> {
     if code >= 0x80 {
         Ok(code)
     } else {
-        Err(Failure::Invalid(format!("{what} with reason code 0x{code:02X}, which is not a failure code")))
+        Err(Failure::Invalid(format!(
+            "{what} with reason code 0x{code:02X}, which is not a failure code"
+        )))
     }
 }
 
 /// A replacement message from `transform`, checked like an inbound PUBLISH.
-pub fn replacement(m: wit::Message, original: &Message, max_packet: usize) -> Result<Message, Failure> {
+pub fn replacement(
+    m: wit::Message,
+    original: &Message,
+    max_packet: usize,
+) -> Result<Message, Failure> {
     let bad = |why: String| Err(Failure::Invalid(format!("replacement message {why}")));
     if let Err(e) = crate::topic::validate_name(&m.topic) {
         return bad(format!("has an invalid topic: {e}"));
@@ -94,15 +115,24 @@ pub fn replacement(m: wit::Message, original: &Message, max_packet: usize) -> Re
     if m.topic.contains('\0') {
         return bad("has U+0000 in its topic".into());
     }
-    let Some(qos) = QoS::from_u8(m.qos) else { return bad(format!("has QoS {}", m.qos)) };
+    let Some(qos) = QoS::from_u8(m.qos) else {
+        return bad(format!("has QoS {}", m.qos));
+    };
     if let Some(t) = &m.response_topic {
         if crate::topic::validate_name(t).is_err() {
             return bad("has an invalid response topic".into());
         }
     }
-    let size = m.topic.len() + m.payload.len() + m.user_properties.iter().map(|p| p.name.len() + p.value.len()).sum::<usize>();
+    let size = m.topic.len()
+        + m.payload.len()
+        + m.user_properties
+            .iter()
+            .map(|p| p.name.len() + p.value.len())
+            .sum::<usize>();
     if size > max_packet {
-        return bad(format!("is {size} bytes, over the maximum packet size of {max_packet}"));
+        return bad(format!(
+            "is {size} bytes, over the maximum packet size of {max_packet}"
+        ));
     }
     if m.payload_utf8 && std::str::from_utf8(&m.payload).is_err() {
         return bad("says its payload is UTF-8 but it is not".into());
@@ -117,7 +147,11 @@ pub fn replacement(m: wit::Message, original: &Message, max_packet: usize) -> Re
             content_type: m.content_type,
             response_topic: m.response_topic,
             correlation_data: m.correlation_data.map(Bytes::from),
-            user_properties: m.user_properties.into_iter().map(|p| (p.name, p.value)).collect(),
+            user_properties: m
+                .user_properties
+                .into_iter()
+                .map(|p| (p.name, p.value))
+                .collect(),
             ..Default::default()
         },
         expires_at: m.message_expiry.map(|s| now_secs() + s as u64),

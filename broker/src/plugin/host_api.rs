@@ -38,7 +38,10 @@ struct Bucket {
 
 impl Kv {
     fn live(&mut self, key: &str) -> Option<&mut Entry> {
-        let expired = self.entries.get(key).is_some_and(|e| e.expires.is_some_and(|t| Instant::now() >= t));
+        let expired = self
+            .entries
+            .get(key)
+            .is_some_and(|e| e.expires.is_some_and(|t| Instant::now() >= t));
         if expired {
             self.remove(key);
         }
@@ -69,7 +72,10 @@ impl Kv {
                 self.remove(&k);
             }
         }
-        let old = self.entries.get(&key).map_or(0, |e| key.len() + e.value.len());
+        let old = self
+            .entries
+            .get(&key)
+            .map_or(0, |e| key.len() + e.value.len());
         if self.bytes - old + key.len() + value.len() > KV_MAX_BYTES {
             return false;
         }
@@ -87,6 +93,33 @@ impl SharedState {
 }
 
 impl types::Host for PluginCtx {}
+
+fn rate(per_second: f64) -> f64 {
+    if per_second.is_finite() && per_second > 0.0 {
+        per_second
+    } else {
+        0.0
+    }
+}
+
+/// The bucket `key`, created full, with the tokens earned since it was last touched.
+fn refilled(
+    buckets: &mut HashMap<String, Bucket>,
+    key: String,
+    capacity: u64,
+    per_second: f64,
+) -> &mut Bucket {
+    let now = Instant::now();
+    let capacity = capacity as f64;
+    let b = buckets.entry(key).or_insert(Bucket {
+        tokens: capacity,
+        last: now,
+    });
+    b.tokens =
+        (b.tokens + now.duration_since(b.last).as_secs_f64() * rate(per_second)).min(capacity);
+    b.last = now;
+    b
+}
 
 impl host::Host for PluginCtx {
     fn log(&mut self, level: types::Level, message: String) {
@@ -114,7 +147,10 @@ impl host::Host for PluginCtx {
 
     fn kv_set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) {
         if !self.state.kv().put(key, value, ttl_ms) {
-            tracing::warn!(plugin = &*self.plugin, "key-value store full ({KV_MAX_BYTES} bytes); write refused");
+            tracing::warn!(
+                plugin = &*self.plugin,
+                "key-value store full ({KV_MAX_BYTES} bytes); write refused"
+            );
         }
     }
 
@@ -141,13 +177,8 @@ impl host::Host for PluginCtx {
     }
 
     fn bucket_take(&mut self, key: String, capacity: u64, refill_per_second: f64, n: u64) -> bool {
-        let now = Instant::now();
-        let capacity = capacity as f64;
-        let refill = if refill_per_second.is_finite() && refill_per_second > 0.0 { refill_per_second } else { 0.0 };
         let mut buckets = self.state.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let b = buckets.entry(key).or_insert(Bucket { tokens: capacity, last: now });
-        b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * refill).min(capacity);
-        b.last = now;
+        let b = refilled(&mut buckets, key, capacity, refill_per_second);
         if b.tokens >= n as f64 {
             b.tokens -= n as f64;
             true
@@ -156,7 +187,24 @@ impl host::Host for PluginCtx {
         }
     }
 
+    fn bucket_charge(&mut self, key: String, capacity: u64, refill_per_second: f64, n: u64) -> u64 {
+        let mut buckets = self.state.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let refill = rate(refill_per_second);
+        let b = refilled(&mut buckets, key, capacity, refill_per_second);
+        b.tokens -= n as f64;
+        if b.tokens >= 0.0 {
+            0
+        } else if refill == 0.0 {
+            u64::MAX
+        } else {
+            ((-b.tokens / refill) * 1000.0).ceil() as u64
+        }
+    }
+
     fn now_ms(&mut self) -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
     }
 }

@@ -13,6 +13,8 @@ use super::runtime::{Runtime, TICK};
 use super::stats::Stats;
 use super::PluginError;
 use crate::config::{OnError, PluginConfig, PluginsConfig};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use wasmtime::component::{InstancePre, ResourceTable};
@@ -30,7 +32,10 @@ pub struct PluginCtx {
 
 impl WasiView for PluginCtx {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -42,7 +47,12 @@ struct Limiter {
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.memory {
             self.hit = true;
             return Ok(false);
@@ -50,7 +60,12 @@ impl ResourceLimiter for Limiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000)
     }
 
@@ -129,6 +144,10 @@ struct Indices {
 
 pub struct Plugin {
     pub name: Arc<str>,
+    /// The plugin does blocking WASI I/O (prints to stdout/stderr, sleeps): wasmtime-wasi
+    /// runs that on a tokio `block_on`, which a runtime worker thread may only do inside
+    /// `block_in_place`. Such plugins are called that way; the others are called directly.
+    blocking_io: AtomicBool,
     /// SHA-256 of the `.wasm` file.
     pub hash: String,
     pub loaded_at: std::time::SystemTime,
@@ -156,11 +175,15 @@ impl Plugin {
     ) -> Result<Plugin, PluginError> {
         let name: Arc<str> = Arc::from(cfg.name.as_str());
         let (component, hash) = runtime.compile(&cfg.name, &cfg.path)?;
-        let invalid = |message: String| PluginError::Invalid { plugin: cfg.name.clone(), message };
-        let pre = runtime
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| invalid(format!("its imports cannot be satisfied (built for another interface?): {e:#}")))?;
+        let invalid = |message: String| PluginError::Invalid {
+            plugin: cfg.name.clone(),
+            message,
+        };
+        let pre = runtime.linker.instantiate_pre(&component).map_err(|e| {
+            invalid(format!(
+                "its imports cannot be satisfied (built for another interface?): {e:#}"
+            ))
+        })?;
         let indices = Indices {
             lifecycle: lifecycle::GuestIndices::new(&pre).ok(),
             authn: authn::GuestIndices::new(&pre).ok(),
@@ -168,17 +191,25 @@ impl Plugin {
             transformer: transformer::GuestIndices::new(&pre).ok(),
             limiter: limiter::GuestIndices::new(&pre).ok(),
         };
-        if indices.authn.is_none() && indices.authz.is_none() && indices.transformer.is_none() && indices.limiter.is_none() {
+        if indices.authn.is_none()
+            && indices.authz.is_none()
+            && indices.transformer.is_none()
+            && indices.limiter.is_none()
+        {
             return Err(invalid(
                 "it exports no Weir hook (authn, authz, transformer, limiter of weir:plugin@0.1.0); is it built against another version of the interface?".into(),
             ));
         }
-        let config_json =
-            serde_json::to_string(&cfg.config).map_err(|e| invalid(format!("config cannot be passed on: {e}")))?;
+        let config_json = serde_json::to_string(&cfg.config)
+            .map_err(|e| invalid(format!("config cannot be passed on: {e}")))?;
         let deadline_ms = cfg.deadline_ms.unwrap_or(defaults.deadline_ms);
-        let fuel = cfg.fuel.or((defaults.fuel > 0).then_some(defaults.fuel)).filter(|f| *f > 0);
+        let fuel = cfg
+            .fuel
+            .or((defaults.fuel > 0).then_some(defaults.fuel))
+            .filter(|f| *f > 0);
         let plugin = Plugin {
             name,
+            blocking_io: AtomicBool::new(false),
             hash,
             loaded_at: std::time::SystemTime::now(),
             on_error: cfg.on_error,
@@ -187,14 +218,26 @@ impl Plugin {
             pre,
             pool: Mutex::new(Vec::new()),
             config_json,
-            deadline_ticks: (deadline_ms * 1000).div_ceil(TICK.as_micros() as u64).max(1),
+            deadline_ticks: (deadline_ms * 1000)
+                .div_ceil(TICK.as_micros() as u64)
+                .max(1),
             memory: (cfg.memory_mb.unwrap_or(defaults.memory_mb) as usize) << 20,
-            fuel: if runtime.fuel { Some(fuel.unwrap_or(u64::MAX)) } else { None },
+            fuel: if runtime.fuel {
+                Some(fuel.unwrap_or(u64::MAX))
+            } else {
+                None
+            },
             state,
         };
-        let first = plugin.instantiate().map_err(|f| match f {
-            Failure::Instantiate(m) => PluginError::Init { plugin: cfg.name.clone(), message: m },
-            other => PluginError::Init { plugin: cfg.name.clone(), message: other.to_string() },
+        let first = plugin.fresh().map_err(|f| match f {
+            Failure::Instantiate(m) => PluginError::Init {
+                plugin: cfg.name.clone(),
+                message: m,
+            },
+            other => PluginError::Init {
+                plugin: cfg.name.clone(),
+                message: other.to_string(),
+            },
         })?;
         plugin.pool().push(first);
         Ok(plugin)
@@ -247,7 +290,10 @@ impl Plugin {
         let ctx = PluginCtx {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limiter: Limiter { memory: self.memory, hit: false },
+            limiter: Limiter {
+                memory: self.memory,
+                hit: false,
+            },
             plugin: self.name.clone(),
             state: self.state.clone(),
         };
@@ -266,10 +312,26 @@ impl Plugin {
         let i = &self.indices;
         let guests = (|| -> wasmtime::Result<Guests> {
             Ok(Guests {
-                authn: i.authn.as_ref().map(|x| x.load(&mut store, &instance)).transpose()?,
-                authz: i.authz.as_ref().map(|x| x.load(&mut store, &instance)).transpose()?,
-                transformer: i.transformer.as_ref().map(|x| x.load(&mut store, &instance)).transpose()?,
-                limiter: i.limiter.as_ref().map(|x| x.load(&mut store, &instance)).transpose()?,
+                authn: i
+                    .authn
+                    .as_ref()
+                    .map(|x| x.load(&mut store, &instance))
+                    .transpose()?,
+                authz: i
+                    .authz
+                    .as_ref()
+                    .map(|x| x.load(&mut store, &instance))
+                    .transpose()?,
+                transformer: i
+                    .transformer
+                    .as_ref()
+                    .map(|x| x.load(&mut store, &instance))
+                    .transpose()?,
+                limiter: i
+                    .limiter
+                    .as_ref()
+                    .map(|x| x.load(&mut store, &instance))
+                    .transpose()?,
             })
         })();
         let guests = match guests {
@@ -277,49 +339,98 @@ impl Plugin {
             Err(e) => return Err(fail(e, &store)),
         };
         if let Some(l) = &i.lifecycle {
-            let result = l.load(&mut store, &instance).and_then(|g| g.call_init(&mut store, &self.config_json));
+            let result = l
+                .load(&mut store, &instance)
+                .and_then(|g| g.call_init(&mut store, &self.config_json));
             match result {
                 Ok(Ok(())) => {}
-                Ok(Err(message)) => return Err(Failure::Instantiate(format!("init refused the configuration: {message}"))),
+                Ok(Err(message)) => {
+                    return Err(Failure::Instantiate(format!(
+                        "init refused the configuration: {message}"
+                    )))
+                }
                 Err(e) => return Err(fail(e, &store)),
             }
         }
         Ok(Live { store, guests })
     }
 
+    /// Makes a fresh instance. Rare (startup, after a failure), so it always takes the
+    /// path on which blocking WASI I/O works: `init` may print.
+    fn fresh(&self) -> Result<Live, Failure> {
+        blocking(|| self.instantiate())
+    }
+
     /// Calls into the plugin with a pooled instance. On failure the instance is dropped
-    /// (the pooling allocator reclaims its slot) and the failure counted.
+    /// (the pooling allocator reclaims its slot) and the failure counted. The call runs
+    /// directly on the calling thread; if the plugin turns out to do blocking WASI I/O
+    /// (which panics there), it is marked, and the call is made again on a fresh instance
+    /// in `block_in_place`, as every later call of that plugin will be.
     pub fn call<R>(
         &self,
-        f: impl FnOnce(&Guests, &mut Store<PluginCtx>) -> wasmtime::Result<R>,
+        f: impl Fn(&Guests, &mut Store<PluginCtx>) -> wasmtime::Result<R>,
     ) -> Result<R, Failure> {
-        let pooled = self.pool().pop();
-        let mut live = match pooled {
-            Some(l) => l,
-            None => match self.instantiate() {
-                Ok(l) => l,
-                Err(e) => {
-                    self.stats.failed(&e);
-                    return Err(e);
+        let mut retried = false;
+        loop {
+            let pooled = self.pool().pop();
+            let mut live = match pooled {
+                Some(l) => l,
+                None => match self.fresh() {
+                    Ok(l) => l,
+                    Err(e) => {
+                        self.stats.failed(&e);
+                        return Err(e);
+                    }
+                },
+            };
+            self.arm(&mut live.store);
+            let started = Instant::now();
+            let outcome = if self.blocking_io.load(Ordering::Relaxed) {
+                Ok(blocking(|| f(&live.guests, &mut live.store)))
+            } else {
+                catch_unwind(AssertUnwindSafe(|| f(&live.guests, &mut live.store)))
+            };
+            self.stats.called(started.elapsed());
+            let failure = match outcome {
+                Ok(Ok(v)) => {
+                    self.pool().push(live);
+                    return Ok(v);
                 }
-            },
-        };
-        self.arm(&mut live.store);
-        let started = Instant::now();
-        let result = f(&live.guests, &mut live.store);
-        self.stats.called(started.elapsed());
-        match result {
-            Ok(v) => {
-                self.pool().push(live);
-                Ok(v)
-            }
-            Err(e) => {
-                let failure = classify(&e, &live.store);
-                self.stats.failed(&failure);
-                Err(failure)
-            }
+                Ok(Err(e)) => classify(&e, &live.store),
+                Err(panic) => {
+                    let message = panic_message(&panic);
+                    if message.contains("runtime") && !retried {
+                        // The instance is in an unknown state after the unwind: dropped.
+                        self.blocking_io.store(true, Ordering::Relaxed);
+                        tracing::info!(plugin = %self.name, "plugin does blocking WASI I/O (stdout, stderr, sleep); calling it through the blocking path");
+                        retried = true;
+                        continue;
+                    }
+                    Failure::Trap(format!("host panicked during the call: {message}"))
+                }
+            };
+            self.stats.failed(&failure);
+            return Err(failure);
         }
     }
+}
+
+/// Runs `f` where a tokio `block_on` is allowed: in `block_in_place` on a multi-thread
+/// runtime worker, directly elsewhere (startup, benchmarks).
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 fn classify(e: &wasmtime::Error, store: &Store<PluginCtx>) -> Failure {

@@ -22,8 +22,8 @@ pub use stats::{Stats, LATENCY_BUCKETS_NS};
 use crate::codec::{reason, QoS};
 use crate::config::{AllowDeny, AuthDefault, Config, OnError, PluginConfig, PluginsConfig};
 use crate::hooks::{
-    listener_rule, Action, AuthOutcome, ClientInfo, ConnectInfo, Decision, Hooks, RateEvent, RateOutcome,
-    TransformOutcome,
+    listener_rule, Action, AuthOutcome, ClientInfo, ConnectInfo, Decision, Hooks, RateEvent,
+    RateOutcome, TransformOutcome,
 };
 use crate::message::Message;
 use bindings::weir::plugin::types as wit;
@@ -39,9 +39,16 @@ pub enum PluginError {
     #[error("plugin engine: {0}")]
     Engine(String),
     #[error("plugin cache directory {dir}: {source}")]
-    Cache { dir: PathBuf, source: std::io::Error },
+    Cache {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error("plugin '{plugin}': cannot read {path}: {source}")]
-    Read { plugin: String, path: PathBuf, source: std::io::Error },
+    Read {
+        plugin: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("plugin '{plugin}' rejected: {message}")]
     Invalid { plugin: String, message: String },
     #[error("plugin '{plugin}' rejected: {message}")]
@@ -65,10 +72,24 @@ impl PluginChain {
     /// Loads every configured plugin; any that fails to compile, link or `init` stops
     /// startup with an error naming it.
     pub fn load(config: &Config) -> Result<PluginChain, PluginError> {
-        let cache_dir = config.plugins.cache_dir.clone().unwrap_or_else(|| config.storage.dir.join("plugin-cache"));
-        let fuel = config.plugins.fuel > 0 || config.plugin.iter().any(|p| p.fuel.is_some_and(|f| f > 0));
-        let max_memory = config.plugin.iter().map(|p| p.memory_mb.unwrap_or(config.plugins.memory_mb)).max();
-        let runtime = Runtime::new(&config.plugins, cache_dir, fuel, max_memory.unwrap_or(config.plugins.memory_mb))?;
+        let cache_dir = config
+            .plugins
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| config.storage.dir.join("plugin-cache"));
+        let fuel =
+            config.plugins.fuel > 0 || config.plugin.iter().any(|p| p.fuel.is_some_and(|f| f > 0));
+        let max_memory = config
+            .plugin
+            .iter()
+            .map(|p| p.memory_mb.unwrap_or(config.plugins.memory_mb))
+            .max();
+        let runtime = Runtime::new(
+            &config.plugins,
+            cache_dir,
+            fuel,
+            max_memory.unwrap_or(config.plugins.memory_mb),
+        )?;
         let chain = PluginChain {
             runtime,
             plugins: RwLock::new(Arc::new(Vec::new())),
@@ -86,8 +107,20 @@ impl PluginChain {
     }
 
     fn load_one(&self, cfg: &PluginConfig) -> Result<Plugin, PluginError> {
-        let state = self.states.lock().unwrap_or_else(|e| e.into_inner()).entry(cfg.name.clone()).or_default().clone();
-        let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner()).entry(cfg.name.clone()).or_default().clone();
+        let state = self
+            .states
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(cfg.name.clone())
+            .or_default()
+            .clone();
+        let stats = self
+            .stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(cfg.name.clone())
+            .or_default()
+            .clone();
         let plugin = Plugin::load(&self.runtime, cfg, &self.defaults, state, stats)?;
         tracing::info!(plugin = %plugin.name, hooks = ?plugin.hooks(), sha256 = %plugin.hash, "plugin loaded");
         Ok(plugin)
@@ -95,15 +128,22 @@ impl PluginChain {
 
     /// The chain as it is now.
     pub fn plugins(&self) -> Arc<Vec<Arc<Plugin>>> {
-        self.plugins.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.plugins
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn failed(&self, p: &Plugin, hook: &str, f: &Failure) -> OnError {
         if matches!(f, Failure::Invalid(_)) {
             p.stats.failed(f);
         }
-        let policy = p.on_error.unwrap_or(if hook == "transform" { OnError::Allow } else { OnError::Deny });
-        tracing::warn!(plugin = %p.name, hook, kind = f.kind(), policy = ?policy, "plugin failed: {f}");
+        let policy = p.on_error.unwrap_or(if hook == "transform" {
+            OnError::Allow
+        } else {
+            OnError::Deny
+        });
+        tracing::warn!(plugin = %p.name, hook, kind = %f.kind(), policy = ?policy, "plugin failed: {f}");
         policy
     }
 }
@@ -123,13 +163,17 @@ impl Hooks for PluginChain {
                 None => Ok(wit::AuthResult::Defer),
             });
             let decided = answer.and_then(|r| match r {
-                wit::AuthResult::Allow(a) => {
-                    Ok(Some(AuthOutcome::Allow { username: a.username, attributes: attributes(a.attributes) }))
-                }
+                wit::AuthResult::Allow(a) => Ok(Some(AuthOutcome::Allow {
+                    username: a.username,
+                    attributes: attributes(a.attributes),
+                })),
                 wit::AuthResult::Deny(d) => {
                     let code = convert::failure_code(d.reason_code, "deny")?;
                     p.stats.denied();
-                    Ok(Some(AuthOutcome::Deny { code, reason: d.reason }))
+                    Ok(Some(AuthOutcome::Deny {
+                        code,
+                        reason: d.reason,
+                    }))
                 }
                 wit::AuthResult::Defer => Ok(None),
             });
@@ -139,27 +183,51 @@ impl Hooks for PluginChain {
                 Err(f) => match self.failed(p, "authenticate", &f) {
                     OnError::Deny => {
                         let reason = format!("authentication plugin '{}' failed", p.name);
-                        return AuthOutcome::Deny { code: reason::NOT_AUTHORIZED, reason };
+                        return AuthOutcome::Deny {
+                            code: reason::NOT_AUTHORIZED,
+                            reason,
+                        };
                     }
-                    OnError::Allow => return AuthOutcome::Allow { username: None, attributes: Vec::new() },
+                    OnError::Allow => {
+                        return AuthOutcome::Allow {
+                            username: None,
+                            attributes: Vec::new(),
+                        }
+                    }
                     OnError::Defer => {}
                 },
             }
         }
         match self.defaults.authenticate_default {
             AuthDefault::Listener => listener_rule(info),
-            AuthDefault::Allow => AuthOutcome::Allow { username: None, attributes: Vec::new() },
-            AuthDefault::Deny => {
-                AuthOutcome::Deny { code: reason::NOT_AUTHORIZED, reason: "no plugin admitted this client".into() }
-            }
+            AuthDefault::Allow => AuthOutcome::Allow {
+                username: None,
+                attributes: Vec::new(),
+            },
+            AuthDefault::Deny => AuthOutcome::Deny {
+                code: reason::NOT_AUTHORIZED,
+                reason: "no plugin admitted this client".into(),
+            },
         }
     }
 
-    fn authorize(&self, client: &ClientInfo<'_>, action: Action, topic: &str, qos: QoS, retain: bool) -> Decision {
+    fn authorize(
+        &self,
+        client: &ClientInfo<'_>,
+        action: Action,
+        topic: &str,
+        qos: QoS,
+        retain: bool,
+    ) -> Decision {
         let plugins = self.plugins();
         let mut args = None;
         for p in plugins.iter().filter(|p| p.has_authz()) {
-            let (c, a) = args.get_or_insert_with(|| (convert::client(client), convert::access(action, topic, qos, retain)));
+            let (c, a) = args.get_or_insert_with(|| {
+                (
+                    convert::client(client),
+                    convert::access(action, topic, qos, retain),
+                )
+            });
             let answer = p.call(|g, s| match &g.authz {
                 Some(h) => h.call_authorize(s, c, a),
                 None => Ok(wit::Decision::Defer),
@@ -249,7 +317,9 @@ impl Hooks for PluginChain {
                 wit::RateResult::Throttle(ms) => {
                     let d = Duration::from_millis(ms);
                     if d > MAX_THROTTLE {
-                        return Err(Failure::Invalid(format!("throttle of {ms} ms is over an hour")));
+                        return Err(Failure::Invalid(format!(
+                            "throttle of {ms} ms is over an hour"
+                        )));
                     }
                     throttle = throttle.max(d);
                     Ok(None)
@@ -272,7 +342,8 @@ impl Hooks for PluginChain {
     }
 
     fn authorizes(&self) -> bool {
-        self.defaults.authorize_default == AllowDeny::Deny || self.plugins().iter().any(|p| p.has_authz())
+        self.defaults.authorize_default == AllowDeny::Deny
+            || self.plugins().iter().any(|p| p.has_authz())
     }
 
     fn transforms(&self) -> bool {
@@ -281,5 +352,29 @@ impl Hooks for PluginChain {
 
     fn limits_rate(&self) -> bool {
         self.plugins().iter().any(|p| p.has_limiter())
+    }
+}
+
+impl Drop for PluginChain {
+    /// The totals, so a run's plugin behaviour is on record even without the metrics
+    /// endpoint.
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        for p in self.plugins().iter() {
+            let s = &p.stats;
+            let errors: Vec<String> = s
+                .errors()
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(k, n)| format!("{k}={n}"))
+                .collect();
+            tracing::info!(
+                plugin = %p.name,
+                calls = s.calls.load(Relaxed),
+                denials = s.denials.load(Relaxed),
+                errors = %errors.join(","),
+                "plugin totals"
+            );
+        }
     }
 }

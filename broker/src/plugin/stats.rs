@@ -5,8 +5,20 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 /// Upper bounds of the call-latency histogram buckets, in nanoseconds.
-pub const LATENCY_BUCKETS_NS: [u64; 12] =
-    [250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 1_000_000, 10_000_000, 100_000_000, u64::MAX];
+pub const LATENCY_BUCKETS_NS: [u64; 12] = [
+    250,
+    500,
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+    u64::MAX,
+];
 
 #[derive(Default, Debug)]
 pub struct Stats {
@@ -27,7 +39,10 @@ impl Stats {
         let ns = took.as_nanos().min(u64::MAX as u128) as u64;
         self.calls.fetch_add(1, Relaxed);
         self.latency_ns_sum.fetch_add(ns, Relaxed);
-        let i = LATENCY_BUCKETS_NS.iter().position(|b| ns <= *b).unwrap_or(LATENCY_BUCKETS_NS.len() - 1);
+        let i = LATENCY_BUCKETS_NS
+            .iter()
+            .position(|b| ns <= *b)
+            .unwrap_or(LATENCY_BUCKETS_NS.len() - 1);
         self.latency_buckets[i].fetch_add(1, Relaxed);
     }
 

@@ -21,7 +21,11 @@ pub struct GuestOutput {
 
 impl GuestOutput {
     pub fn new(plugin: Arc<str>, stream: &'static str) -> GuestOutput {
-        GuestOutput { plugin, stream, line: Arc::default() }
+        GuestOutput {
+            plugin,
+            stream,
+            line: Arc::default(),
+        }
     }
 
     fn push(&self, bytes: &[u8]) {
@@ -40,7 +44,7 @@ impl GuestOutput {
 
     fn emit(&self, line: &[u8]) {
         let text = String::from_utf8_lossy(line);
-        tracing::info!(plugin = &*self.plugin, stream = self.stream, "{text}");
+        tracing::info!(plugin = %self.plugin, stream = %self.stream, "{text}");
     }
 }
 
@@ -82,7 +86,11 @@ impl Pollable for GuestOutput {
 }
 
 impl AsyncWrite for GuestOutput {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.push(buf);
         Poll::Ready(Ok(buf.len()))
     }

@@ -128,7 +128,12 @@ fn remove(node: &mut Node, levels: &[&str], group: Option<&str>, client_id: &str
 
 fn emit(node: &Node, rank: &dyn Fn(&str) -> u8, f: &mut dyn FnMut(Target)) {
     for (client_id, (options, id)) in &node.subscribers {
-        f(Target { client_id: client_id.clone(), options: *options, id: *id, shared: false });
+        f(Target {
+            client_id: client_id.clone(),
+            options: *options,
+            id: *id,
+            shared: false,
+        });
     }
     for group in node.groups.values() {
         let n = group.members.len();
@@ -148,7 +153,12 @@ fn emit(node: &Node, rank: &dyn Fn(&str) -> u8, f: &mut dyn FnMut(Target)) {
         }
         if let Some((pick, _)) = best {
             let (client_id, options, id) = &group.members[pick];
-            f(Target { client_id: client_id.clone(), options: *options, id: *id, shared: true });
+            f(Target {
+                client_id: client_id.clone(),
+                options: *options,
+                id: *id,
+                shared: true,
+            });
         }
     }
 }

@@ -5,7 +5,10 @@
 
 use serde::Deserialize;
 use std::sync::OnceLock;
-use weir_plugin_sdk::{filter_within, parse_config, substitute, topic_matches, Access, Action, Authorize, Client, Decision, Init};
+use weir_plugin_sdk::{
+    filter_within, parse_config, substitute, topic_matches, Access, Action, Authorize, Client,
+    Decision, Init,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,7 +69,9 @@ impl Init for Acl {
 
 impl Authorize for Acl {
     fn authorize(client: Client, access: Access) -> Decision {
-        let Some(config) = CONFIG.get() else { return Decision::Deny(0x87) };
+        let Some(config) = CONFIG.get() else {
+            return Decision::Deny(0x87);
+        };
         for rule in &config.rules {
             let applies = match access.action {
                 Action::Publish => rule.access != Kind::Read,
@@ -75,13 +80,19 @@ impl Authorize for Acl {
             if !applies {
                 continue;
             }
-            let Some(pattern) = substitute(&rule.topic, &client) else { continue };
+            let Some(pattern) = substitute(&rule.topic, &client) else {
+                continue;
+            };
             let covered = match access.action {
                 Action::Publish => topic_matches(&pattern, &access.topic),
                 Action::Subscribe => filter_within(&access.topic, &pattern),
             };
             if covered {
-                return if rule.allow { Decision::Allow } else { Decision::Deny(0x87) };
+                return if rule.allow {
+                    Decision::Allow
+                } else {
+                    Decision::Deny(0x87)
+                };
             }
         }
         match config.default {

@@ -20,8 +20,9 @@ use serde_json::Value;
 use sha2::Sha256;
 use std::sync::OnceLock;
 use weir_plugin_sdk::{
-    attribute, filter_within, now_ms, parse_config, substitute, topic_matches, Access, Action, Admission, AuthResult, Authenticate,
-    Authorize, Client, ConnectInfo, Decision, Denial, Init, Pair,
+    attribute, filter_within, now_ms, parse_config, substitute, topic_matches, Access, Action,
+    Admission, AuthResult, Authenticate, Authorize, Client, ConnectInfo, Decision, Denial, Init,
+    Pair,
 };
 
 #[derive(Deserialize)]
@@ -79,7 +80,8 @@ impl Init for Jwt {
         }
         let rsa = match &config.rs256_public_key {
             Some(pem) => Some(VerifyingKey::new(
-                RsaPublicKey::from_public_key_pem(pem).map_err(|e| format!("rs256_public_key: {e}"))?,
+                RsaPublicKey::from_public_key_pem(pem)
+                    .map_err(|e| format!("rs256_public_key: {e}"))?,
             )),
             None => None,
         };
@@ -90,33 +92,55 @@ impl Init for Jwt {
 
 fn verify(state: &State, token: &str) -> Result<serde_json::Map<String, Value>, String> {
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err("not a JWT".into());
     };
-    let decode = |x: &str, what: &str| URL_SAFE_NO_PAD.decode(x).map_err(|_| format!("bad base64 in the {what}"));
-    let header: Value = serde_json::from_slice(&decode(h, "header")?).map_err(|_| "bad header".to_string())?;
+    let decode = |x: &str, what: &str| {
+        URL_SAFE_NO_PAD
+            .decode(x)
+            .map_err(|_| format!("bad base64 in the {what}"))
+    };
+    let header: Value =
+        serde_json::from_slice(&decode(h, "header")?).map_err(|_| "bad header".to_string())?;
     let signature = decode(s, "signature")?;
     let signed = &token[..h.len() + 1 + p.len()];
     match header.get("alg").and_then(Value::as_str) {
         Some("HS256") => {
-            let secret = state.config.hs256_secret.as_ref().ok_or("HS256 is not accepted")?;
-            let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).map_err(|e| e.to_string())?;
+            let secret = state
+                .config
+                .hs256_secret
+                .as_ref()
+                .ok_or("HS256 is not accepted")?;
+            let mut mac =
+                Hmac::<Sha256>::new_from_slice(secret.as_bytes()).map_err(|e| e.to_string())?;
             mac.update(signed.as_bytes());
-            mac.verify_slice(&signature).map_err(|_| "bad signature".to_string())?;
+            mac.verify_slice(&signature)
+                .map_err(|_| "bad signature".to_string())?;
         }
         Some("RS256") => {
             let key = state.rsa.as_ref().ok_or("RS256 is not accepted")?;
-            let sig = Signature::try_from(signature.as_slice()).map_err(|_| "bad signature".to_string())?;
-            key.verify(signed.as_bytes(), &sig).map_err(|_| "bad signature".to_string())?;
+            let sig = Signature::try_from(signature.as_slice())
+                .map_err(|_| "bad signature".to_string())?;
+            key.verify(signed.as_bytes(), &sig)
+                .map_err(|_| "bad signature".to_string())?;
         }
         Some(other) => return Err(format!("algorithm {other} is not accepted")),
         None => return Err("no algorithm".into()),
     }
-    let claims: Value = serde_json::from_slice(&decode(p, "payload")?).map_err(|_| "bad payload".to_string())?;
-    let Value::Object(claims) = claims else { return Err("claims are not an object".into()) };
+    let claims: Value =
+        serde_json::from_slice(&decode(p, "payload")?).map_err(|_| "bad payload".to_string())?;
+    let Value::Object(claims) = claims else {
+        return Err("claims are not an object".into());
+    };
     let now = (now_ms() / 1000) as i64;
     let leeway = state.config.leeway_secs as i64;
-    let time = |name: &str| claims.get(name).map(|v| v.as_i64().ok_or(format!("{name} is not a number")));
+    let time = |name: &str| {
+        claims
+            .get(name)
+            .map(|v| v.as_i64().ok_or(format!("{name} is not a number")))
+    };
     if let Some(exp) = time("exp").transpose()? {
         if now > exp + leeway {
             return Err("token expired".into());
@@ -132,7 +156,9 @@ fn verify(state: &State, token: &str) -> Result<serde_json::Map<String, Value>, 
 
 impl Authenticate for Jwt {
     fn authenticate(info: ConnectInfo) -> AuthResult {
-        let Some(state) = STATE.get() else { return AuthResult::Defer };
+        let Some(state) = STATE.get() else {
+            return AuthResult::Defer;
+        };
         let Some(token) = info.password.and_then(|p| String::from_utf8(p).ok()) else {
             return AuthResult::Defer;
         };
@@ -142,13 +168,21 @@ impl Authenticate for Jwt {
         }
         let claims = match verify(state, &token) {
             Ok(c) => c,
-            Err(reason) => return AuthResult::Deny(Denial { reason_code: 0x86, reason }),
+            Err(reason) => {
+                return AuthResult::Deny(Denial {
+                    reason_code: 0x86,
+                    reason,
+                })
+            }
         };
         let username = match &state.config.username_claim {
             Some(claim) => match claims.get(claim).and_then(Value::as_str) {
                 Some(u) => Some(u.to_owned()),
                 None => {
-                    return AuthResult::Deny(Denial { reason_code: 0x86, reason: format!("no {claim} claim") });
+                    return AuthResult::Deny(Denial {
+                        reason_code: 0x86,
+                        reason: format!("no {claim} claim"),
+                    });
                 }
             },
             None => None,
@@ -157,16 +191,24 @@ impl Authenticate for Jwt {
         if let Some(Value::Object(topics)) = claims.get(&state.config.topics_claim) {
             for (key, name) in [("pub", PUB), ("sub", SUB)] {
                 let list = topics.get(key).cloned().unwrap_or(Value::Array(vec![]));
-                attributes.push(Pair { name: name.into(), value: list.to_string() });
+                attributes.push(Pair {
+                    name: name.into(),
+                    value: list.to_string(),
+                });
             }
         }
-        AuthResult::Allow(Admission { username, attributes })
+        AuthResult::Allow(Admission {
+            username,
+            attributes,
+        })
     }
 }
 
 impl Authorize for Jwt {
     fn authorize(client: Client, access: Access) -> Decision {
-        let Some(state) = STATE.get() else { return Decision::Defer };
+        let Some(state) = STATE.get() else {
+            return Decision::Defer;
+        };
         let name = match access.action {
             Action::Publish => PUB,
             Action::Subscribe => SUB,
@@ -178,10 +220,13 @@ impl Authorize for Jwt {
             };
         };
         let filters: Vec<String> = serde_json::from_str(list).unwrap_or_default();
-        let allowed = filters.iter().filter_map(|f| substitute(f, &client)).any(|f| match access.action {
-            Action::Publish => topic_matches(&f, &access.topic),
-            Action::Subscribe => filter_within(&access.topic, &f),
-        });
+        let allowed = filters
+            .iter()
+            .filter_map(|f| substitute(f, &client))
+            .any(|f| match access.action {
+                Action::Publish => topic_matches(&f, &access.topic),
+                Action::Subscribe => filter_within(&access.topic, &f),
+            });
         if allowed {
             Decision::Allow
         } else {

@@ -12,7 +12,9 @@ use base64::Engine;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::OnceLock;
-use weir_plugin_sdk::{parse_config, AuthResult, Authenticate, ConnectInfo, Admission, Denial, Init};
+use weir_plugin_sdk::{
+    parse_config, Admission, AuthResult, Authenticate, ConnectInfo, Denial, Init,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,7 +62,9 @@ fn parse_hash(s: &str) -> Result<Hash, String> {
     if scheme != "pbkdf2-sha256" {
         return Err(format!("unknown scheme '{scheme}'"));
     }
-    let iterations: u32 = iterations.parse().map_err(|_| "iterations is not a number".to_string())?;
+    let iterations: u32 = iterations
+        .parse()
+        .map_err(|_| "iterations is not a number".to_string())?;
     if iterations == 0 {
         return Err("iterations must be at least 1".into());
     }
@@ -69,7 +73,11 @@ fn parse_hash(s: &str) -> Result<Hash, String> {
     if hash.is_empty() {
         return Err("empty hash".into());
     }
-    Ok(Hash { iterations, salt, hash })
+    Ok(Hash {
+        iterations,
+        salt,
+        hash,
+    })
 }
 
 /// Compares in time independent of where the first difference is.
@@ -84,30 +92,48 @@ impl Init for PasswordAuth {
         let c: Config = parse_config(&config)?;
         let mut users = HashMap::new();
         for u in c.users {
-            let h = parse_hash(&u.password_hash).map_err(|e| format!("user '{}': password_hash: {e}", u.username))?;
+            let h = parse_hash(&u.password_hash)
+                .map_err(|e| format!("user '{}': password_hash: {e}", u.username))?;
             users.insert(u.username, h);
         }
-        let _ = STATE.set(State { users, unknown: c.unknown_user });
+        let _ = STATE.set(State {
+            users,
+            unknown: c.unknown_user,
+        });
         Ok(())
     }
 }
 
 impl Authenticate for PasswordAuth {
     fn authenticate(info: ConnectInfo) -> AuthResult {
-        let Some(state) = STATE.get() else { return AuthResult::Defer };
-        let Some(username) = info.username else { return AuthResult::Defer };
-        let bad = |reason: &str| AuthResult::Deny(Denial { reason_code: 0x86, reason: reason.into() });
+        let Some(state) = STATE.get() else {
+            return AuthResult::Defer;
+        };
+        let Some(username) = info.username else {
+            return AuthResult::Defer;
+        };
+        let bad = |reason: &str| {
+            AuthResult::Deny(Denial {
+                reason_code: 0x86,
+                reason: reason.into(),
+            })
+        };
         let Some(user) = state.users.get(&username) else {
             return match state.unknown {
                 Unknown::Defer => AuthResult::Defer,
                 Unknown::Deny => bad("unknown user"),
             };
         };
-        let Some(password) = info.password else { return bad("no password") };
+        let Some(password) = info.password else {
+            return bad("no password");
+        };
         let mut derived = vec![0u8; user.hash.len()];
         pbkdf2::pbkdf2_hmac::<sha2::Sha256>(&password, &user.salt, user.iterations, &mut derived);
         if same(&derived, &user.hash) {
-            AuthResult::Allow(Admission { username: None, attributes: vec![] })
+            AuthResult::Allow(Admission {
+                username: None,
+                attributes: vec![],
+            })
         } else {
             bad("wrong password")
         }

@@ -10,7 +10,9 @@
 
 use serde::Deserialize;
 use std::sync::OnceLock;
-use weir_plugin_sdk::{parse_config, take_tokens, Client, Event, Init, RateLimit, RateResult};
+use weir_plugin_sdk::{
+    charge_tokens, parse_config, take_tokens, Client, Event, Init, RateLimit, RateResult,
+};
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -51,11 +53,6 @@ impl Rate {
     fn burst(&self) -> u64 {
         self.burst.unwrap_or(self.per_second.ceil() as u64).max(1)
     }
-
-    /// How long until `n` tokens have refilled, in milliseconds.
-    fn wait_ms(&self, n: u64) -> u64 {
-        ((n as f64 / self.per_second) * 1000.0).ceil().clamp(1.0, 60_000.0) as u64
-    }
 }
 
 struct Limiter;
@@ -86,7 +83,9 @@ fn address(peer: &str) -> &str {
 
 impl RateLimit for Limiter {
     fn rate_limit(client: Client, event: Event) -> RateResult {
-        let Some(c) = CONFIG.get() else { return RateResult::Allow };
+        let Some(c) = CONFIG.get() else {
+            return RateResult::Allow;
+        };
         match event {
             Event::Connect => {
                 if let Some(r) = c.connects_per_address {
@@ -99,26 +98,53 @@ impl RateLimit for Limiter {
             }
             Event::Publish(bytes) => {
                 let mut wait = 0;
+                let mut over = false;
                 let scopes = [
-                    (c.per_client.as_ref(), Some(format!("client:{}", client.client_id))),
-                    (c.per_username.as_ref(), client.username.as_ref().map(|u| format!("user:{u}"))),
+                    (
+                        c.per_client.as_ref(),
+                        Some(format!("client:{}", client.client_id)),
+                    ),
+                    (
+                        c.per_username.as_ref(),
+                        client.username.as_ref().map(|u| format!("user:{u}")),
+                    ),
                 ];
                 for (limits, key) in scopes {
-                    let (Some(limits), Some(key)) = (limits, key) else { continue };
-                    for (rate, n, kind) in [(limits.messages, 1, "msg"), (limits.bytes, bytes, "bytes")] {
+                    let (Some(limits), Some(key)) = (limits, key) else {
+                        continue;
+                    };
+                    for (rate, n, kind) in
+                        [(limits.messages, 1, "msg"), (limits.bytes, bytes, "bytes")]
+                    {
                         let Some(rate) = rate else { continue };
-                        // A message larger than the whole burst can never fit: count it
-                        // against an empty bucket rather than refusing it forever.
-                        let n = n.min(rate.burst());
-                        if !take_tokens(&format!("{kind}:{key}"), rate.burst(), rate.per_second, n) {
-                            wait = wait.max(rate.wait_ms(n));
+                        let key = format!("{kind}:{key}");
+                        match c.action {
+                            // Every message is paid for, going into debt if need be; the
+                            // client is held back until the debt is repaid, so it runs at
+                            // exactly the rate and nothing is refused.
+                            Over::Throttle => {
+                                wait =
+                                    wait.max(charge_tokens(&key, rate.burst(), rate.per_second, n))
+                            }
+                            // A message larger than the whole burst could never fit: it
+                            // is counted against a full bucket.
+                            Over::Reject => {
+                                over |= !take_tokens(
+                                    &key,
+                                    rate.burst(),
+                                    rate.per_second,
+                                    n.min(rate.burst()),
+                                )
+                            }
                         }
                     }
                 }
-                match (wait, c.action) {
-                    (0, _) => RateResult::Allow,
-                    (_, Over::Reject) => RateResult::Reject(0x96),
-                    (ms, Over::Throttle) => RateResult::Throttle(ms),
+                if over {
+                    RateResult::Reject(0x96)
+                } else if wait > 0 {
+                    RateResult::Throttle(wait.min(60_000))
+                } else {
+                    RateResult::Allow
                 }
             }
             Event::Subscribe => RateResult::Allow,

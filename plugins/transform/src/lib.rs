@@ -10,7 +10,9 @@
 use serde::Deserialize;
 use serde_json::Value;
 use std::sync::OnceLock;
-use weir_plugin_sdk::{log, parse_config, topic_matches, Client, Init, Message, Pair, Transform, TransformResult};
+use weir_plugin_sdk::{
+    log, parse_config, topic_matches, Client, Init, Message, Pair, Transform, TransformResult,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,7 +57,10 @@ impl Init for Transformer {
         let c: Config = parse_config(&config)?;
         for r in &c.rewrite {
             if r.from.is_empty() || r.to.is_empty() || r.to.contains(['+', '#']) {
-                return Err(format!("rewrite {} -> {}: both must be non-empty and `to` without wildcards", r.from, r.to));
+                return Err(format!(
+                    "rewrite {} -> {}: both must be non-empty and `to` without wildcards",
+                    r.from, r.to
+                ));
             }
         }
         let _ = CONFIG.set(c);
@@ -65,24 +70,44 @@ impl Init for Transformer {
 
 impl Transform for Transformer {
     fn transform(_client: Client, mut message: Message) -> TransformResult {
-        let Some(c) = CONFIG.get() else { return TransformResult::Keep };
+        let Some(c) = CONFIG.get() else {
+            return TransformResult::Keep;
+        };
         let mut changed = false;
-        if let Some(r) = c.rewrite.iter().find(|r| message.topic.starts_with(&r.from)) {
+        if let Some(r) = c
+            .rewrite
+            .iter()
+            .find(|r| message.topic.starts_with(&r.from))
+        {
             message.topic = format!("{}{}", r.to, &message.topic[r.from.len()..]);
             changed = true;
         }
-        for check in c.json.iter().filter(|j| topic_matches(&j.filter, &message.topic)) {
+        for check in c
+            .json
+            .iter()
+            .filter(|j| topic_matches(&j.filter, &message.topic))
+        {
             let valid = match serde_json::from_slice::<Value>(&message.payload) {
                 Ok(Value::Object(fields)) => check.required.iter().all(|f| fields.contains_key(f)),
                 _ => false,
             };
             if !valid {
-                log::debug(&format!("dropping a message on {}: not a JSON object with {:?}", message.topic, check.required));
+                log::debug(&format!(
+                    "dropping a message on {}: not a JSON object with {:?}",
+                    message.topic, check.required
+                ));
                 return TransformResult::Drop(0x99);
             }
         }
-        for t in c.tag.iter().filter(|t| topic_matches(&t.filter, &message.topic)) {
-            message.user_properties.push(Pair { name: t.name.clone(), value: t.value.clone() });
+        for t in c
+            .tag
+            .iter()
+            .filter(|t| topic_matches(&t.filter, &message.topic))
+        {
+            message.user_properties.push(Pair {
+                name: t.name.clone(),
+                value: t.value.clone(),
+            });
             changed = true;
         }
         if changed {

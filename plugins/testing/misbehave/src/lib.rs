@@ -1,13 +1,15 @@
 //! A plugin that fails on purpose, for the broker's tests. Configured `mode`:
-//! `loop` (never returns), `trap` (panics), `grab` (allocates until the memory cap stops
-//! it), `huge` (replaces the message with one of 8 MiB), `bad-code` (denies with reason
+//! `loop` (never returns), `trap` (panics), `print` (writes to stdout and stderr, then
+//! allows), `grab` (allocates until the memory cap stops it), `huge` (replaces the message with one of 8 MiB), `bad-code` (denies with reason
 //! code 0x00), `init-fail` (rejects its configuration). It misbehaves only for topics
 //! under `bad/`; for every other topic it allows and keeps, so the tests can show that
 //! other clients are served while it fails.
 
 use serde::Deserialize;
 use std::sync::OnceLock;
-use weir_plugin_sdk::{parse_config, Access, Authorize, Client, Decision, Init, Message, Transform, TransformResult};
+use weir_plugin_sdk::{
+    parse_config, Access, Authorize, Client, Decision, Init, Message, Transform, TransformResult,
+};
 
 #[derive(Deserialize)]
 struct Config {
@@ -29,6 +31,11 @@ fn misbehave(topic: &str) -> Option<&'static str> {
             }
         }
         "trap" => panic!("misbehaving on purpose"),
+        "print" => {
+            println!("printing to stdout about {topic}");
+            eprintln!("and to stderr");
+            None
+        }
         "grab" => {
             let mut hoard: Vec<Vec<u8>> = Vec::new();
             loop {

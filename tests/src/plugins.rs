@@ -1,0 +1,132 @@
+//! Builds the plugins from source once per test process — the Rust ones for
+//! `wasm32-wasip2` with cargo, the Python one with componentize-py — and compiles them
+//! into a compile cache shared by every test broker (`weir --check` loads them all), so
+//! tests do not each spend seconds compiling an 18 MB Python component.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .join("plugins")
+}
+
+/// The shared compile cache, for `[plugins] cache_dir`.
+pub fn cache_dir() -> PathBuf {
+    root().join("target").join("cwasm-cache")
+}
+
+/// Path of a built plugin: `acl`, `auth-password`, `auth-jwt`, `rate-limit`, `transform`,
+/// `misbehave`, `python-redact`.
+pub fn wasm(name: &str) -> PathBuf {
+    build();
+    if name == "python-redact" {
+        return root().join("target").join("python-redact.wasm");
+    }
+    root()
+        .join("target/wasm32-wasip2/release")
+        .join(format!("{}.wasm", name.replace('-', "_")))
+}
+
+fn run(cmd: &mut Command, what: &str) {
+    // `cargo test` sets per-package variables that would change build fingerprints.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("CARGO_") && !matches!(&*k, "CARGO_HOME" | "CARGO_TARGET_DIR") {
+            cmd.env_remove(&*k);
+        }
+    }
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: {e} (run .ci/setup)"));
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn newer(a: &Path, than: &Path) -> bool {
+    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    match (m(a), m(than)) {
+        (Some(a), Some(b)) => a > b,
+        _ => true,
+    }
+}
+
+pub fn build() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let root = root();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        run(
+            Command::new(cargo)
+                .args(["build", "-q", "--release", "--target", "wasm32-wasip2"])
+                .current_dir(&root),
+            "building the Rust plugins (needs `rustup target add wasm32-wasip2`)",
+        );
+        let py_out = root.join("target/python-redact.wasm");
+        let py_src = root.join("python-redact/app.py");
+        let wit = root.join("../wit/weir-plugin.wit");
+        if newer(&py_src, &py_out) || newer(&wit, &py_out) {
+            run(
+                Command::new("componentize-py")
+                    .args([
+                        "-d",
+                        "../../wit",
+                        "-w",
+                        "transformer-with-config",
+                        "componentize",
+                        "app",
+                        "-o",
+                    ])
+                    .arg(&py_out)
+                    .current_dir(root.join("python-redact")),
+                "building the Python plugin (needs `pip install componentize-py`)",
+            );
+        }
+        warm_cache();
+    });
+}
+
+/// Loads every plugin once through the real broker, which compiles them into the cache.
+fn warm_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("warm.toml");
+    let mut text = format!(
+        "[storage]\ndir = {:?}\n[plugins]\ncache_dir = {:?}\n",
+        dir.path().join("data"),
+        cache_dir()
+    );
+    let configs = [
+        ("acl", "rules = []"),
+        ("auth-password", "users = []"),
+        ("auth-jwt", "hs256_secret = \"x\""),
+        ("rate-limit", ""),
+        ("transform", ""),
+        ("misbehave", "mode = \"none\""),
+        ("python-redact", ""),
+    ];
+    for (name, cfg) in configs {
+        let path = if name == "python-redact" {
+            root().join("target").join("python-redact.wasm")
+        } else {
+            root()
+                .join("target/wasm32-wasip2/release")
+                .join(format!("{}.wasm", name.replace('-', "_")))
+        };
+        text += &format!("[[plugin]]\nname = {name:?}\npath = {path:?}\n[plugin.config]\n{cfg}\n");
+    }
+    std::fs::write(&config, text).unwrap();
+    run(
+        Command::new(crate::weir_bin())
+            .arg("--config")
+            .arg(&config)
+            .arg("--check"),
+        "loading every plugin once",
+    );
+}

@@ -1,0 +1,590 @@
+//! WebAssembly plugins, built from source for wasm32-wasip2 (Rust) and with
+//! componentize-py (Python), loaded by the real broker and driven through every path:
+//! allow, deny, defer, drop, replace, reject, throttle, and a chain of several plugins;
+//! then plugins that misbehave on purpose.
+
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use weir_tests::clients::v5::QoS;
+use weir_tests::clients::C5;
+use weir_tests::raw::{
+    ack_code, connack_code, connect, connect_login, packet, publish5, string, subscribe5,
+    v5_client, Raw, CLEAN,
+};
+use weir_tests::{eventually, plugins, tokens, weir_bin, Opts, Weir};
+
+/// A `[[plugin]]` entry; `config` is the body of its `[plugin.config]` table.
+fn entry(name: &str, wasm: &str, settings: &str, config: &str) -> String {
+    format!(
+        "[[plugin]]\nname = {name:?}\npath = {:?}\n{settings}\n[plugin.config]\n{config}\n\n",
+        plugins::wasm(wasm)
+    )
+}
+
+fn broker(entries: &[String], plugins_table: &str, listener: &str) -> Weir {
+    Weir::with(Opts {
+        extra: entries.concat(),
+        plugins: plugins_table.into(),
+        listener: listener.into(),
+        ..Default::default()
+    })
+}
+
+/// PUBLISH at QoS 1 and the PUBACK's reason code.
+fn publish_code(r: &mut Raw, topic: &str, pid: u16, payload: &[u8]) -> u8 {
+    r.send(&publish5(0x02, topic, Some(pid), &[], payload));
+    ack_code(&r.recv().expect("PUBACK"))
+}
+
+/// SUBSCRIBE at QoS 1 and the SUBACK's code.
+fn subscribe_code(r: &mut Raw, filter: &str, pid: u16) -> u8 {
+    r.send(&subscribe5(pid, filter, 1));
+    let ack = r.recv().expect("SUBACK");
+    assert_eq!(ack[0], 0x90, "{ack:?}");
+    *ack.last().unwrap()
+}
+
+fn login(w: &Weir, level: u8, id: &str, user: &str, password: &[u8]) -> (Raw, u8) {
+    let mut r = Raw::connect(w.port);
+    r.send(&connect_login(level, id, user, password));
+    let code = connack_code(&r.recv().expect("CONNACK"));
+    (r, code)
+}
+
+#[test]
+fn acl_allows_and_denies_by_rule_with_substitution() {
+    let rules = r#"default = "deny"
+rules = [
+  { access = "readwrite", topic = "devices/%c/#" },
+  { access = "write", topic = "public/locked", allow = false },
+  { access = "readwrite", topic = "public/#" },
+  { access = "read", topic = "users/%u/inbox" },
+]"#;
+    let w = broker(&[entry("acl", "acl", "", rules)], "", "");
+    let mut dev1 = v5_client(&w, "dev1", &[]);
+    assert_eq!(publish_code(&mut dev1, "devices/dev1/t", 1, b"x"), 0);
+    assert_eq!(
+        publish_code(&mut dev1, "devices/dev2/t", 2, b"x"),
+        0x87,
+        "%c is the client's own id"
+    );
+    assert_eq!(
+        publish_code(&mut dev1, "public/locked", 3, b"x"),
+        0x87,
+        "first matching rule decides"
+    );
+    assert_eq!(publish_code(&mut dev1, "public/news", 4, b"x"), 0);
+    assert_eq!(
+        publish_code(&mut dev1, "elsewhere", 5, b"x"),
+        0x87,
+        "default deny"
+    );
+    assert_eq!(subscribe_code(&mut dev1, "devices/dev1/#", 6), 1);
+    assert_eq!(subscribe_code(&mut dev1, "public/+", 7), 1);
+    assert_eq!(
+        subscribe_code(&mut dev1, "devices/#", 8),
+        0x87,
+        "wider than the rule"
+    );
+    assert_eq!(
+        subscribe_code(&mut dev1, "users/+/inbox", 9),
+        0x87,
+        "%u needs a username"
+    );
+
+    // A 3.1.1 client cannot be told; its denied message is simply not routed.
+    let mut dev2 = Raw::connect(w.port);
+    dev2.send(&connect(4, "dev2", CLEAN, 60, &[]));
+    assert_eq!(connack_code(&dev2.recv().unwrap()), 0);
+    let mut body = string("devices/dev1/spoof");
+    body.extend_from_slice(&[0, 1, b'x']);
+    dev2.send(&packet(0x32, &body));
+    let _ = dev2.recv();
+    assert!(
+        dev1.recv_within(Duration::from_millis(500)).is_none(),
+        "denied message not routed"
+    );
+}
+
+#[test]
+fn password_and_jwt_authentication_with_defer_and_topic_claims() {
+    let secret = "jwt-test-secret";
+    let dir = tempfile::tempdir().unwrap();
+    let (rsa_key, rsa_public) = tokens::rsa_key(dir.path());
+    let other_dir = tempfile::tempdir().unwrap();
+    let (other_key, _) = tokens::rsa_key(other_dir.path());
+    let hash = tokens::password_hash("s3cret", 1000);
+    let users = format!("users = [ {{ username = \"alice\", password_hash = {hash:?} }} ]");
+    let jwt = format!("hs256_secret = {secret:?}\nrs256_public_key = '''{rsa_public}'''\nusername_claim = \"sub\"");
+    let w = broker(
+        &[
+            entry("passwords", "auth-password", "", &users),
+            entry("jwt", "auth-jwt", "", &jwt),
+        ],
+        "authenticate_default = \"deny\"",
+        "allow_anonymous = false",
+    );
+    // auth-password decides for its users.
+    assert_eq!(login(&w, 5, "a1", "alice", b"s3cret").1, 0);
+    assert_eq!(login(&w, 5, "a2", "alice", b"wrong").1, 0x86);
+    assert_eq!(
+        login(&w, 4, "a3", "alice", b"wrong").1,
+        4,
+        "3.1.1: bad username or password"
+    );
+    // Nobody decides for an anonymous client: the configured end of the chain denies.
+    let mut anon = Raw::connect(w.port);
+    anon.send(&connect(5, "anon", CLEAN, 60, &[]));
+    assert_eq!(connack_code(&anon.recv().unwrap()), 0x87);
+
+    // auth-password defers for a user it does not know; auth-jwt decides.
+    let now = tokens::now();
+    let claims = |extra: &str| {
+        format!(
+            "{{\"sub\":\"car-owner\",\"exp\":{},{extra}\"iat\":{now}}}",
+            now + 600
+        )
+    };
+    let topics = r#""weir":{"pub":["sensors/%c/#"],"sub":["cmd/%c/#"]},"#;
+    let good = tokens::hs256(secret, &claims(topics));
+    let (mut car, code) = login(&w, 5, "car1", "bob", good.as_bytes());
+    assert_eq!(code, 0, "JWT accepted after the password plugin deferred");
+    assert!(
+        eventually(Duration::from_secs(5), || w
+            .log()
+            .contains("username=car-owner")),
+        "username from the sub claim"
+    );
+    assert_eq!(publish_code(&mut car, "sensors/car1/speed", 1, b"1"), 0);
+    assert_eq!(
+        publish_code(&mut car, "sensors/car2/speed", 2, b"1"),
+        0x87,
+        "claims name the allowed topics"
+    );
+    assert_eq!(subscribe_code(&mut car, "cmd/car1/#", 3), 1);
+    assert_eq!(subscribe_code(&mut car, "cmd/#", 4), 0x87);
+
+    let expired = tokens::hs256(secret, &format!("{{\"sub\":\"x\",\"exp\":{}}}", now - 3600));
+    let early = tokens::hs256(secret, &format!("{{\"sub\":\"x\",\"nbf\":{}}}", now + 3600));
+    let forged = tokens::hs256("another-secret", &claims(""));
+    for (token, what) in [
+        (expired, "expired"),
+        (early, "not yet valid"),
+        (forged, "bad signature"),
+    ] {
+        assert_eq!(login(&w, 5, "t", "bob", token.as_bytes()).1, 0x86, "{what}");
+    }
+    assert_eq!(
+        login(
+            &w,
+            5,
+            "rs",
+            "bob",
+            tokens::rs256(&rsa_key, &claims("")).as_bytes()
+        )
+        .1,
+        0,
+        "RS256"
+    );
+    assert_eq!(
+        login(
+            &w,
+            5,
+            "rs2",
+            "bob",
+            tokens::rs256(&other_key, &claims("")).as_bytes()
+        )
+        .1,
+        0x86,
+        "RS256, wrong key"
+    );
+}
+
+#[test]
+fn rate_limit_rejects_throttles_and_limits_connects() {
+    let reject = "action = \"reject\"\nper_client = { messages = { per_second = 2.0, burst = 2 } }\nconnects_per_address = { per_second = 0.5, burst = 2 }";
+    let w = broker(&[entry("limits", "rate-limit", "", reject)], "", "");
+    let mut r = v5_client(&w, "fast", &[]);
+    let codes: Vec<u8> = (1..=6)
+        .map(|i| publish_code(&mut r, "t", i, b"x"))
+        .collect();
+    assert_eq!(&codes[..2], &[0, 0], "within the burst: {codes:?}");
+    assert!(
+        codes.iter().filter(|c| **c == 0x96).count() >= 3,
+        "then 0x96 message rate too high: {codes:?}"
+    );
+    // Two connects in the burst (this one above, one more), then 0x9F.
+    let _second = v5_client(&w, "second", &[]);
+    let mut third = Raw::connect(w.port);
+    third.send(&connect(5, "third", CLEAN, 60, &[]));
+    assert_eq!(
+        connack_code(&third.recv().unwrap()),
+        0x9F,
+        "connection rate exceeded"
+    );
+
+    // Throttling: nothing is refused or lost, it just takes as long as the rate says.
+    let throttle = "per_client = { messages = { per_second = 20.0, burst = 1 } }";
+    let w = broker(&[entry("limits", "rate-limit", "", throttle)], "", "");
+    let mut sub = v5_client(&w, "sub", &[]);
+    assert_eq!(subscribe_code(&mut sub, "slow", 1), 1);
+    let mut pubr = v5_client(&w, "pub", &[]);
+    let t0 = Instant::now();
+    let burst: Vec<u8> = (1..=20u16)
+        .flat_map(|i| publish5(0x02, "slow", Some(i), &[], &i.to_be_bytes()))
+        .collect();
+    pubr.send(&burst);
+    let acks: Vec<u8> = (0..20)
+        .map(|_| ack_code(&pubr.recv().expect("PUBACK")))
+        .collect();
+    assert!(acks.iter().all(|c| *c == 0), "all accepted: {acks:?}");
+    let mut got = 0;
+    while got < 20 {
+        let p = sub.recv().expect("delivery");
+        if p[0] & 0xF0 == 0x30 {
+            got += 1;
+        }
+    }
+    assert!(
+        t0.elapsed() >= Duration::from_millis(700),
+        "20 messages at 20/s took {:?}",
+        t0.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transform_rewrites_checks_json_and_tags() {
+    let rules = r#"rewrite = [ { from = "legacy/", to = "sensors/" } ]
+json = [ { filter = "sensors/#", required = ["value"] } ]
+tag = [ { filter = "sensors/#", name = "source", value = "weir" } ]"#;
+    let w = broker(&[entry("shape", "transform", "", rules)], "", "");
+    let (mut sub, _) = C5::connect_with(C5::opts(w.port, "sub")).await;
+    sub.subscribe("sensors/#", QoS::AtLeastOnce).await;
+    let mut r = v5_client(&w, "pub", &[]);
+    assert_eq!(publish_code(&mut r, "legacy/t1", 1, br#"{"value":1}"#), 0);
+    let m = sub.publish().await;
+    assert_eq!(m.topic, "sensors/t1", "topic rewritten");
+    let props = m.properties.unwrap();
+    assert!(
+        props
+            .user_properties
+            .contains(&("source".into(), "weir".into())),
+        "tagged: {props:?}"
+    );
+    assert_eq!(
+        publish_code(&mut r, "sensors/t2", 2, b"not json"),
+        0x99,
+        "dropped: payload format invalid"
+    );
+    assert_eq!(
+        publish_code(&mut r, "sensors/t3", 3, br#"{"other":1}"#),
+        0x99,
+        "required field missing"
+    );
+    assert!(
+        sub.drain_publishes().await.is_empty(),
+        "dropped messages are not routed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn python_plugin_redacts_payloads() {
+    let w = broker(
+        &[entry(
+            "redact",
+            "python-redact",
+            "",
+            "fields = [\"password\", \"token\"]",
+        )],
+        "",
+        "",
+    );
+    let (mut sub, _) = C5::connect_with(C5::opts(w.port, "sub")).await;
+    sub.subscribe("app/#", QoS::AtLeastOnce).await;
+    let (p, _) = C5::connect_with(C5::opts(w.port, "pub")).await;
+    p.send(
+        "app/login",
+        QoS::AtLeastOnce,
+        false,
+        r#"{"user":"ann","password":"hunter2","nested":{"token":"t"}}"#,
+    )
+    .await;
+    p.send("app/other", QoS::AtLeastOnce, false, "plain text stays")
+        .await;
+    let first = sub.publish().await;
+    let body: String = String::from_utf8(first.payload.to_vec()).unwrap();
+    assert_eq!(
+        body,
+        r#"{"user":"ann","password":"***","nested":{"token":"***"}}"#
+    );
+    let props = first.properties.unwrap();
+    assert!(props
+        .user_properties
+        .contains(&("redacted-by".into(), "python-redact".into())));
+    assert_eq!(&sub.publish().await.payload[..], b"plain text stays");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chain_of_plugins_works_together() {
+    let hash = tokens::password_hash("pw", 1000);
+    let w = broker(
+        &[
+            entry(
+                "passwords",
+                "auth-password",
+                "",
+                &format!("users = [ {{ username = \"alice\", password_hash = {hash:?} }} ]"),
+            ),
+            entry(
+                "acl",
+                "acl",
+                "",
+                "rules = [ { access = \"readwrite\", topic = \"home/%u/#\" } ]",
+            ),
+            entry(
+                "shape",
+                "transform",
+                "",
+                "tag = [ { filter = \"#\", name = \"checked\", value = \"yes\" } ]",
+            ),
+            entry("redact", "python-redact", "", ""),
+            entry(
+                "limits",
+                "rate-limit",
+                "",
+                "per_client = { messages = { per_second = 1000.0 } }",
+            ),
+        ],
+        "authenticate_default = \"deny\"",
+        "allow_anonymous = false",
+    );
+    let mut o = C5::opts(w.port, "alice-phone");
+    o.set_credentials("alice", "pw");
+    let (mut alice, ack) = C5::connect_with(o).await;
+    assert_eq!(
+        ack.code,
+        rumqttc::v5::mqttbytes::v5::ConnectReturnCode::Success
+    );
+    alice.subscribe("home/alice/#", QoS::AtLeastOnce).await;
+    let props = PublishProperties::default();
+    alice
+        .client
+        .publish_with_properties(
+            "home/alice/door",
+            QoS::AtLeastOnce,
+            false,
+            r#"{"secret":"1234","open":true}"#,
+            props,
+        )
+        .await
+        .unwrap();
+    let m = alice.publish().await;
+    assert_eq!(
+        &m.payload[..],
+        br#"{"secret":"***","open":true}"#,
+        "Python redacted after Rust tagged"
+    );
+    let user = m.properties.unwrap().user_properties;
+    assert!(
+        user.contains(&("checked".into(), "yes".into()))
+            && user.contains(&("redacted-by".into(), "python-redact".into()))
+    );
+    // The ACL still applies to her, and the denial comes back as a reason code.
+    let mut o = C5::opts(w.port, "alice-2");
+    o.set_credentials("alice", "pw");
+    let (mut other, _) = C5::connect_with(o).await;
+    let ack = other.subscribe("home/bob/#", QoS::AtLeastOnce).await;
+    assert_eq!(
+        ack.return_codes,
+        vec![rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::NotAuthorized]
+    );
+}
+
+fn misbehaving(mode: &str, settings: &str) -> Weir {
+    broker(
+        &[entry(
+            "bad",
+            "misbehave",
+            settings,
+            &format!("mode = {mode:?}"),
+        )],
+        "deadline_ms = 10\nmemory_mb = 16",
+        "",
+    )
+}
+
+#[test]
+fn misbehaving_plugins_fail_safe_within_the_deadline_and_are_counted() {
+    for (mode, kind) in [
+        ("loop", "deadline"),
+        ("trap", "trap"),
+        ("grab", "memory"),
+        ("bad-code", "invalid"),
+    ] {
+        let mut w = misbehaving(mode, "");
+        let mut bystander = v5_client(&w, "bystander", &[]);
+        assert_eq!(subscribe_code(&mut bystander, "ok/#", 1), 1);
+        let mut r = v5_client(&w, "victim", &[]);
+        for i in 0..3u16 {
+            let t0 = Instant::now();
+            assert_eq!(
+                publish_code(&mut r, "bad/x", 10 + i, b"x"),
+                0x87,
+                "{mode}: on_error deny"
+            );
+            assert!(
+                t0.elapsed() < Duration::from_secs(2),
+                "{mode}: answered in {:?}",
+                t0.elapsed()
+            );
+            // The broker keeps serving: the same client, on a fresh instance, and others.
+            assert_eq!(publish_code(&mut r, "ok/x", 20 + i, b"fine"), 0, "{mode}");
+            let p = bystander.recv().expect("bystander still receives");
+            assert_eq!(p[0] & 0xF0, 0x30);
+        }
+        assert!(
+            eventually(Duration::from_secs(5), || w.log().lines().any(|l| l
+                .contains("plugin failed")
+                && l.contains(&format!("kind={kind}")))),
+            "{mode}: failure logged as {kind}:\n{}",
+            w.log()
+        );
+        assert!(w.terminate().success());
+        let log = w.log();
+        let totals = log
+            .lines()
+            .find(|l| l.contains("plugin totals"))
+            .expect("totals logged at shutdown");
+        assert!(
+            totals.contains(&format!("{kind}=")),
+            "{mode}: counted as {kind}: {totals}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_huge_replacement_is_invalid_and_the_message_is_kept() {
+    // Time and room enough to build the 8 MiB answer, so it is the answer that is refused.
+    let w = misbehaving("huge", "deadline_ms = 5000\nmemory_mb = 64");
+    let (mut sub, _) = C5::connect_with(C5::opts(w.port, "sub")).await;
+    sub.subscribe("bad/#", QoS::AtLeastOnce).await;
+    let (p, _) = C5::connect_with(C5::opts(w.port, "pub")).await;
+    p.send("bad/x", QoS::AtLeastOnce, false, "original").await;
+    assert_eq!(
+        &sub.publish().await.payload[..],
+        b"original",
+        "transform failures keep the message by default"
+    );
+    assert!(eventually(Duration::from_secs(5), || w
+        .log()
+        .contains("kind=invalid")));
+}
+
+#[test]
+fn plugin_stdout_and_stderr_reach_the_log() {
+    let w = misbehaving("print", "");
+    let mut r = v5_client(&w, "c", &[]);
+    for i in 0..3 {
+        assert_eq!(
+            publish_code(&mut r, "bad/x", 1 + i, b"x"),
+            0,
+            "printing is not a failure"
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let log = w.log();
+            log.contains("printing to stdout about bad/x")
+                && log.contains("and to stderr")
+                && log.contains("stream=stdout")
+        }),
+        "{}",
+        w.log()
+    );
+    assert!(!w.log().contains("plugin failed"), "{}", w.log());
+}
+
+#[test]
+fn on_error_allow_lets_requests_through() {
+    let w = misbehaving("trap", "on_error = \"allow\"");
+    let mut r = v5_client(&w, "c", &[]);
+    assert_eq!(publish_code(&mut r, "bad/x", 1, b"x"), 0);
+}
+
+#[test]
+fn a_plugin_that_cannot_load_stops_startup_with_its_name() {
+    plugins::build();
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"\0asm\x01\0\0\0 this is not a component").unwrap();
+    let cases = [
+        (
+            entry("broken", "misbehave", "", "mode = \"init-fail\""),
+            "init refused the configuration",
+        ),
+        (
+            format!("[[plugin]]\nname = \"junk\"\npath = {garbage:?}\n"),
+            "not a valid WebAssembly component",
+        ),
+    ];
+    for (plugin, why) in cases {
+        let config = dir.path().join("weir.toml");
+        let text = format!(
+            "[storage]\ndir = {:?}\n[plugins]\ncache_dir = {:?}\n{plugin}",
+            dir.path().join("d"),
+            plugins::cache_dir()
+        );
+        std::fs::write(&config, text).unwrap();
+        let out = Command::new(weir_bin())
+            .arg("--config")
+            .arg(&config)
+            .arg("--check")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{why}: accepted");
+        assert!(
+            err.contains(why) && (err.contains("'broken'") || err.contains("'junk'")),
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retained_and_shared_deliveries_do_not_leak_unreadable_topics() {
+    let rules = r#"rules = [
+  { access = "read", topic = "public/secret", allow = false },
+  { access = "readwrite", topic = "public/#" },
+  { access = "read", topic = "$share/workers/jobs/#" },
+  { access = "read", topic = "jobs/%c/#" },
+  { access = "write", topic = "jobs/#" },
+]"#;
+    let w = broker(&[entry("acl", "acl", "", rules)], "", "");
+    let (p, _) = C5::connect_with(C5::opts(w.port, "publisher")).await;
+    p.send("public/news", QoS::AtLeastOnce, true, "news").await;
+    p.send("public/secret", QoS::AtLeastOnce, true, "secret")
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // `public/#` may be subscribed, but the retained message on the one topic under it
+    // that this client may not read is not sent.
+    let (mut reader, _) = C5::connect_with(C5::opts(w.port, "reader")).await;
+    reader.subscribe("public/#", QoS::AtLeastOnce).await;
+    assert_eq!(reader.drain_payloads().await, vec!["news"]);
+
+    // A shared group whose members may each read only their own jobs: every message
+    // goes to the member allowed to read it, or to nobody.
+    let (mut a, _) = C5::connect_with(C5::opts(w.port, "a")).await;
+    let (mut b, _) = C5::connect_with(C5::opts(w.port, "b")).await;
+    a.subscribe("$share/workers/jobs/#", QoS::AtLeastOnce).await;
+    b.subscribe("$share/workers/jobs/#", QoS::AtLeastOnce).await;
+    for i in 0..4 {
+        p.send("jobs/a/x", QoS::AtLeastOnce, false, format!("a{i}"))
+            .await;
+        p.send("jobs/b/x", QoS::AtLeastOnce, false, format!("b{i}"))
+            .await;
+    }
+    p.send("jobs/c/x", QoS::AtLeastOnce, false, "c").await;
+    assert_eq!(a.drain_payloads().await, vec!["a0", "a1", "a2", "a3"]);
+    assert_eq!(b.drain_payloads().await, vec!["b0", "b1", "b2", "b3"]);
+}
