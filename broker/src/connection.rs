@@ -528,7 +528,9 @@ struct Connection<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     async fn run(&mut self) -> Exit {
-        if let Err(e) = self.drain() {
+        // Clients may pipeline packets behind CONNECT; they are in the buffer already
+        // and no further read may come to trigger their handling.
+        if let Err(e) = self.process_input().and_then(|_| self.drain()) {
             return e;
         }
         let mut last_read = Instant::now();

@@ -359,3 +359,17 @@ fn topic_length_and_level_limits_are_enforced() {
     r.send(&publish5(0, "aaaaaaaaaaaaaaaaaaaaaaaaa", None, &[], b"x"));
     assert_eq!(disconnect_code(&r.recv().unwrap()), Some(0x90));
 }
+
+#[test]
+fn packets_pipelined_behind_connect_are_handled_at_once() {
+    let w = Weir::start();
+    let mut r = Raw::connect(w.port);
+    // CONNECT, SUBSCRIBE and a PUBLISH to the subscribed topic in one write, without
+    // waiting for CONNACK, as pipelining clients do.
+    let mut burst = connect(5, "eager", CLEAN, 60, &[]);
+    burst.extend(subscribe5(1, "pipe/#", 0));
+    burst.extend(publish5(0, "pipe/x", None, &[], b"hi"));
+    r.send(&burst);
+    let got: Vec<u8> = (0..3).map(|_| r.recv().expect("no answer to pipelined packets")[0]).collect();
+    assert_eq!(got, vec![0x20, 0x90, 0x30], "CONNACK, SUBACK, the PUBLISH");
+}
