@@ -68,7 +68,7 @@ pub struct Opts {
     pub listeners: Vec<Listener>,
     pub limits: String,
     pub storage: String,
-    /// Lines for the `[plugins]` table (its cache is always the tests' shared one).
+    /// Lines for the `[plugins]` table (the cache is the tests' shared one unless set here).
     pub plugins: String,
     /// Appended as is: `[[plugin]]` entries.
     pub extra: String,
@@ -169,11 +169,15 @@ impl Weir {
             "[[listener]]\nname = \"tcp\"\nbind = \"127.0.0.1:{}\"\n{}\n\n[limits]\n{}\n\n[storage]\ndir = {:?}\n{}\n\n[log]\nlevel = \"info\"\n",
             self.port, self.opts.listener, self.opts.limits, data, self.opts.storage
         );
+        // The tests share one compile cache unless a test picks its own.
+        let cache = if self.opts.plugins.contains("cache_dir") {
+            String::new()
+        } else {
+            format!("cache_dir = {:?}\n", plugins::cache_dir())
+        };
         text += &format!(
-            "\n[plugins]\ncache_dir = {:?}\n{}\n\n{}\n",
-            plugins::cache_dir(),
-            self.opts.plugins,
-            self.opts.extra
+            "\n[plugins]\n{cache}{}\n\n{}\n",
+            self.opts.plugins, self.opts.extra
         );
         std::fs::write(self.config_path(), text).expect("writing config");
     }

@@ -370,6 +370,8 @@ fn packets_pipelined_behind_connect_are_handled_at_once() {
     burst.extend(subscribe5(1, "pipe/#", 0));
     burst.extend(publish5(0, "pipe/x", None, &[], b"hi"));
     r.send(&burst);
-    let got: Vec<u8> = (0..3).map(|_| r.recv().expect("no answer to pipelined packets")[0]).collect();
+    let got: Vec<u8> = (0..3)
+        .map(|_| r.recv().expect("no answer to pipelined packets")[0])
+        .collect();
     assert_eq!(got, vec![0x20, 0x90, 0x30], "CONNACK, SUBACK, the PUBLISH");
 }

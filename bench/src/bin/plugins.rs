@@ -67,20 +67,26 @@ fn per_call(name: &str, n: u32, mut f: impl FnMut()) {
     println!("| {name:<44} | {ns:>9.0} |");
 }
 
-fn hook_costs(hash: &str) {
+/// A chain from `[[plugin]]` entries, compiled through the tests' shared cache.
+fn load(entries: &str) -> PluginChain {
     let dir = std::env::temp_dir().join(format!("weir-bench-{}", std::process::id()));
     let text = format!(
-        "[storage]\ndir = {:?}\n[plugins]\ncache_dir = {:?}\n{}\n{}",
-        dir,
-        plugins::cache_dir(),
-        chain_config(hash),
-        format_args!(
-            "[[plugin]]\nname = \"redact\"\npath = {:?}\n",
-            plugins::wasm("python-redact")
-        )
+        "[storage]\ndir = {dir:?}\n[plugins]\ncache_dir = {:?}\n{entries}",
+        plugins::cache_dir()
     );
-    let config = Config::from_toml(&text).expect("bench config");
-    let chain = PluginChain::load(&config).expect("plugins load");
+    PluginChain::load(&Config::from_toml(&text).expect("bench config")).expect("plugins load")
+}
+
+fn hook_costs(hash: &str) {
+    let rust = load(&chain_config(hash));
+    let floor = load(&format!(
+        "[[plugin]]\nname = \"m\"\npath = {:?}\n[plugin.config]\nmode = \"none\"\n",
+        plugins::wasm("misbehave")
+    ));
+    let python = load(&format!(
+        "[[plugin]]\nname = \"redact\"\npath = {:?}\n",
+        plugins::wasm("python-redact")
+    ));
     let attrs = Vec::new();
     let client = ClientInfo {
         client_id: "dev-1",
@@ -110,17 +116,32 @@ fn hook_costs(hash: &str) {
         expires_at: None,
         publisher: None,
     };
+    let untagged = Message {
+        topic: "other/topic".into(),
+        ..msg.clone()
+    };
     let json = Message {
         payload: Bytes::from_static(br#"{"user":"a","password":"p","v":1}"#),
         ..msg.clone()
     };
-    println!(
-        "Hook calls through the broker's plugin host (wasmtime 48, one pooled instance, warm):\n"
+    println!("Hook calls through the broker's plugin host (wasmtime 48, pooled instance, warm):\n");
+    println!("| hook (plugin)                                       |  ns/call |");
+    println!("|-----------------------------------------------------|---------:|");
+    per_call(
+        "authorize (misbehave: answers at once; the floor)",
+        CALLS,
+        || {
+            std::hint::black_box(floor.authorize(
+                &client,
+                Action::Publish,
+                "home/alice/temp",
+                QoS::AtMostOnce,
+                false,
+            ));
+        },
     );
-    println!("| hook (plugin)                                |  ns/call |");
-    println!("|----------------------------------------------|---------:|");
-    per_call("authorize (acl, %u rule)", CALLS, || {
-        std::hint::black_box(chain.authorize(
+    per_call("authorize (acl, one %u rule)", CALLS, || {
+        std::hint::black_box(rust.authorize(
             &client,
             Action::Publish,
             "home/alice/temp",
@@ -128,28 +149,32 @@ fn hook_costs(hash: &str) {
             false,
         ));
     });
-    per_call("transform (transform, tag)", CALLS, || {
-        std::hint::black_box(chain.transform(&client, &msg));
+    per_call("transform (transform, tag: replace)", CALLS, || {
+        std::hint::black_box(rust.transform(&client, &msg));
     });
-    per_call("rate-limit (rate-limit, publish)", CALLS, || {
-        std::hint::black_box(chain.rate_limit(&client, RateEvent::Publish(64)));
+    per_call(
+        "transform (transform, no rule applies: keep)",
+        CALLS,
+        || {
+            std::hint::black_box(rust.transform(&client, &untagged));
+        },
+    );
+    per_call("rate-limit (rate-limit, publish, 2 buckets)", CALLS, || {
+        std::hint::black_box(rust.rate_limit(&client, RateEvent::Publish(64)));
     });
     per_call(
         "authenticate (auth-password, PBKDF2 1000 rounds)",
         2_000,
         || {
-            std::hint::black_box(chain.authenticate(&info));
+            std::hint::black_box(rust.authenticate(&info));
         },
     );
-    // The Python transform runs after the Rust one in this chain; its share is the
-    // difference from the Rust-only transform above.
-    per_call(
-        "transform (transform + python-redact, JSON)",
-        20_000,
-        || {
-            std::hint::black_box(chain.transform(&client, &json));
-        },
-    );
+    per_call("transform (python-redact, redacts JSON)", 20_000, || {
+        std::hint::black_box(python.transform(&client, &json));
+    });
+    per_call("transform (python-redact, not JSON: keep)", 20_000, || {
+        std::hint::black_box(python.transform(&client, &msg));
+    });
 }
 
 /// Publishes `n` QoS 0 messages as fast as TCP takes them.

@@ -21,6 +21,9 @@ use wasmtime::component::{InstancePre, ResourceTable};
 use wasmtime::{ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+/// The bound on instantiating a plugin and running its `init`.
+const INIT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What a store carries for its instance.
 pub struct PluginCtx {
     wasi: WasiCtx,
@@ -301,6 +304,9 @@ impl Plugin {
         store.limiter(|c| &mut c.limiter);
         store.epoch_deadline_trap();
         self.arm(&mut store);
+        // Instantiating (a Python component copies megabytes of pre-initialized heap)
+        // and `init` are not hook calls: they get their own, longer bound.
+        store.set_epoch_deadline(INIT_DEADLINE.as_millis() as u64 * 1000 / TICK.as_micros() as u64);
         let fail = |e: wasmtime::Error, store: &Store<PluginCtx>| match classify(&e, store) {
             Failure::Trap(m) => Failure::Instantiate(m),
             other => other,
