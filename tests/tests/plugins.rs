@@ -588,3 +588,38 @@ async fn retained_and_shared_deliveries_do_not_leak_unreadable_topics() {
     assert_eq!(a.drain_payloads().await, vec!["a0", "a1", "a2", "a3"]);
     assert_eq!(b.drain_payloads().await, vec!["b0", "b1", "b2", "b3"]);
 }
+
+#[test]
+fn compiled_plugins_are_cached_so_a_restart_does_not_recompile() {
+    let cache = tempfile::tempdir().unwrap();
+    let opts = Opts {
+        extra: entry("acl", "acl", "", "rules = []"),
+        plugins: format!("cache_dir = {:?}", cache.path()),
+        ..Default::default()
+    };
+    let mut w = Weir::with(opts);
+    assert!(
+        w.log().contains("compiling plugin"),
+        "first start compiles:\n{}",
+        w.log()
+    );
+    assert!(w.terminate().success());
+    let before = w.log().matches("compiling plugin").count();
+    w.restart();
+    assert!(eventually(Duration::from_secs(5), || w
+        .log()
+        .matches("plugin loaded")
+        .count()
+        == 2));
+    assert_eq!(
+        w.log().matches("compiling plugin").count(),
+        before,
+        "the restart loaded the cached compilation"
+    );
+    let cached: Vec<_> = std::fs::read_dir(cache.path()).unwrap().flatten().collect();
+    assert_eq!(
+        cached.len(),
+        1,
+        "one cached file, named by content hash and engine"
+    );
+}
