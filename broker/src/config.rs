@@ -39,6 +39,7 @@ pub struct Config {
     pub plugins: PluginsConfig,
     pub limits: Limits,
     pub storage: Storage,
+    pub admin: Admin,
     pub log: Log,
 }
 
@@ -53,6 +54,7 @@ impl Default for Config {
             plugins: PluginsConfig::default(),
             limits: Limits::default(),
             storage: Storage::default(),
+            admin: Admin::default(),
             log: Log::default(),
         }
     }
@@ -322,6 +324,9 @@ pub struct PluginsConfig {
     pub cache_dir: Option<PathBuf>,
     /// Pre-allocate instance slots (faster instantiation after a trap or reload).
     pub pooling: bool,
+    /// Reload a plugin when its file changes (checked every `watch_ms`).
+    pub watch: bool,
+    pub watch_ms: u64,
     /// End of the chain for `authenticate`.
     pub authenticate_default: AuthDefault,
     /// End of the chain for `authorize`.
@@ -336,6 +341,8 @@ impl Default for PluginsConfig {
             fuel: 0,
             cache_dir: None,
             pooling: true,
+            watch: true,
+            watch_ms: 250,
             authenticate_default: AuthDefault::Listener,
             authorize_default: AllowDeny::Allow,
         }
@@ -426,6 +433,27 @@ impl Default for Storage {
     }
 }
 
+/// The admin HTTP API: health, metrics, plugin operations, clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    pub enabled: bool,
+    /// Loopback by default: the API can disconnect clients and swap plugins.
+    pub bind: SocketAddr,
+    /// If set, every request needs `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            enabled: true,
+            bind: SocketAddr::from(([127, 0, 0, 1], 9883)),
+            token: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Log {
@@ -510,6 +538,15 @@ impl Config {
             if p.memory_mb == Some(0) {
                 return Err(invalid(key("memory_mb"), "must be at least 1"));
             }
+        }
+        if self.admin.token.as_deref() == Some("") {
+            return Err(invalid(
+                "admin.token",
+                "must not be empty (leave it out for no token)",
+            ));
+        }
+        if self.plugins.watch_ms == 0 {
+            return Err(invalid("plugins.watch_ms", "must be at least 1"));
         }
         if self.plugins.deadline_ms == 0 {
             return Err(invalid("plugins.deadline_ms", "must be at least 1"));

@@ -37,6 +37,8 @@ pub struct ListenerInfo {
     pub max_packet_size: u32,
     /// Replace the client's username with its certificate's common name.
     pub use_identity_as_username: bool,
+    /// Connected clients on this listener, for metrics.
+    pub connections: AtomicU64,
 }
 
 /// The far end of a connection as the listener saw it.
@@ -407,6 +409,10 @@ pub async fn serve<S>(
         ConnHandle {
             id: conn_id,
             control: control_tx,
+            listener: listener.name.clone(),
+            peer,
+            version,
+            since: std::time::SystemTime::now(),
         },
         Arc::new(identity.clone()),
     );
@@ -439,6 +445,7 @@ pub async fn serve<S>(
     })
     .encode(version, &mut wbuf);
     Metrics::add(&broker.metrics.connections, 1);
+    listener.connections.fetch_add(1, Ordering::Relaxed);
     tracing::info!(%client_id, %peer, listener = %listener.name, protocol = %version, clean_start = connect.clean_start,
         session_present = present, keep_alive, username = %identity.username.as_deref().unwrap_or(""),
         identity = %from.certificate.as_ref().and_then(|c| c.common_name.as_deref()).unwrap_or(""), "client connected");
@@ -1171,6 +1178,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             .metrics
             .connections
             .fetch_sub(1, Ordering::Relaxed);
+        self.listener.connections.fetch_sub(1, Ordering::Relaxed);
         tracing::info!(client_id = %self.client_id, peer = %self.peer, listener = %self.listener.name,
             protocol = %self.version, reason = %exit.describe(), "client disconnected");
     }

@@ -5,6 +5,7 @@
 //! `broker`/`router` (who wants it) -> `session` (what each client is owed, made durable
 //! by `store`) -> back out through the subscriber's connection.
 
+pub mod admin;
 pub mod broker;
 pub mod codec;
 pub mod config;

@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use weir::config::Config;
 use weir::hooks::{DefaultHooks, Hooks};
 use weir::plugin::PluginChain;
@@ -47,10 +48,9 @@ fn main() -> anyhow::Result<()> {
         .context("starting the runtime")?;
     // Plugins are compiled and `init`ed before anything listens, so a broken plugin
     // stops startup instead of letting clients in without its checks.
-    let hooks: Arc<dyn Hooks> = if config.plugin.is_empty() {
-        Arc::new(DefaultHooks)
-    } else {
-        Arc::new(PluginChain::load(&config)?)
+    let chain = match config.plugin.is_empty() {
+        true => None,
+        false => Some(Arc::new(PluginChain::load(&config)?)),
     };
     if args.check {
         println!(
@@ -59,8 +59,48 @@ fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    runtime.block_on(async { weir::server::run(config, hooks, shutdown_signal()).await })?;
+    let hooks: Arc<dyn Hooks> = match &chain {
+        Some(c) => c.clone(),
+        None => Arc::new(DefaultHooks),
+    };
+    if let Some(c) = chain.as_ref().filter(|_| config.plugins.watch) {
+        weir::plugin::watch(c, Duration::from_millis(config.plugins.watch_ms));
+    }
+    runtime.block_on(async {
+        if let (Some(c), Some(path)) = (chain.clone(), args.config.clone()) {
+            reconfigure_plugins_on_sighup(c, path);
+        }
+        weir::server::run(config, hooks, chain, shutdown_signal()).await
+    })?;
     Ok(())
+}
+
+/// SIGHUP re-reads the configuration file and loads the `[[plugin]]` chain it names
+/// (list, order, each plugin's config and limits). If the file or any plugin fails, the
+/// running chain stays.
+fn reconfigure_plugins_on_sighup(chain: Arc<PluginChain>, path: PathBuf) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let (chain, path) = (chain.clone(), path.clone());
+            let outcome = tokio::task::spawn_blocking(move || {
+                let config = Config::from_file(&path).map_err(|e| e.to_string())?;
+                chain.reconfigure(&config.plugin).map_err(|e| e.to_string())
+            })
+            .await;
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!("SIGHUP: plugin chain not changed: {e}"),
+                Err(e) => tracing::error!("SIGHUP: reload task failed: {e}"),
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    drop((chain, path));
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -1,10 +1,12 @@
 //! Starting and stopping the whole broker: store, listeners, housekeeping.
 
+use crate::admin::AdminState;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::hooks::Hooks;
 use crate::listener::tls::{TlsError, TlsSetup};
 use crate::listener::{Endpoint, Permits};
+use crate::plugin::PluginChain;
 use crate::store::StoreError;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -36,6 +38,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub async fn run(
     config: Config,
     hooks: Arc<dyn Hooks>,
+    plugins: Option<Arc<PluginChain>>,
     stop: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let broker = Broker::open(config, hooks)?;
@@ -44,6 +47,7 @@ pub async fn run(
     let global = Arc::new(Semaphore::new(broker.config.limits.max_connections));
 
     let mut tls_endpoints = Vec::new();
+    let mut listeners = Vec::new();
     for l in &broker.config.listener {
         let endpoint = Arc::new(Endpoint::new(l, &broker)?);
         let socket =
@@ -62,6 +66,7 @@ pub async fn run(
             global: global.clone(),
         };
         tracing::info!(listener = %l.name(), kind = l.kind.as_str(), addr = %endpoint.bind, "listening");
+        listeners.push(endpoint.info.clone());
         if let Some(tls) = &endpoint.tls {
             tls_endpoints.push(tls.clone());
         }
@@ -74,6 +79,35 @@ pub async fn run(
         ));
     }
     reload_certificates_on_sighup(tls_endpoints);
+
+    let admin = &broker.config.admin;
+    if admin.enabled {
+        let socket = TcpListener::bind(admin.bind)
+            .await
+            .map_err(|source| ServerError::Bind {
+                name: "admin".into(),
+                addr: admin.bind,
+                source,
+            })?;
+        let state = Arc::new(AdminState {
+            broker: broker.clone(),
+            plugins,
+            listeners,
+            token: admin.token.clone(),
+        });
+        let mut down = shutdown_rx.clone();
+        tracing::info!(addr = %admin.bind, token = admin.token.is_some(), "admin API listening");
+        tokio::spawn(async move {
+            let serving = axum::serve(socket, crate::admin::router(state)).with_graceful_shutdown(
+                async move {
+                    let _ = down.changed().await;
+                },
+            );
+            if let Err(e) = serving.await {
+                tracing::error!(error = %e, "admin API stopped");
+            }
+        });
+    }
     drop(alive_tx);
 
     let housekeeping = {

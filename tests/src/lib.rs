@@ -72,6 +72,8 @@ pub struct Opts {
     pub plugins: String,
     /// Appended as is: `[[plugin]]` entries.
     pub extra: String,
+    /// Lines for the `[admin]` table (its port is always a free one).
+    pub admin: String,
 }
 
 /// A listener besides the default TCP one: name, kind, and extra TOML lines.
@@ -107,6 +109,8 @@ pub struct Weir {
     pub port: u16,
     /// Ports of the extra listeners, by name.
     pub ports: std::collections::HashMap<String, u16>,
+    /// The admin API's port.
+    pub admin_port: u16,
     pub dir: tempfile::TempDir,
     opts: Opts,
 }
@@ -122,11 +126,13 @@ impl Weir {
             child: None,
             port: 0,
             ports: Default::default(),
+            admin_port: 0,
             dir,
             opts,
         };
         for _ in 0..5 {
             w.port = free_port();
+            w.admin_port = free_port();
             w.ports = w
                 .opts
                 .listeners
@@ -176,8 +182,8 @@ impl Weir {
             format!("cache_dir = {:?}\n", plugins::cache_dir())
         };
         text += &format!(
-            "\n[plugins]\n{cache}{}\n\n{}\n",
-            self.opts.plugins, self.opts.extra
+            "\n[admin]\nbind = \"127.0.0.1:{}\"\n{}\n\n[plugins]\n{cache}{}\n\n{}\n",
+            self.admin_port, self.opts.admin, self.opts.plugins, self.opts.extra
         );
         std::fs::write(self.config_path(), text).expect("writing config");
     }

@@ -60,6 +60,7 @@ impl Endpoint {
                 allow_anonymous: l.allow_anonymous,
                 max_packet_size,
                 use_identity_as_username: l.use_identity_as_username,
+                connections: Default::default(),
             }),
             kind: l.kind,
             bind: l.bind(),

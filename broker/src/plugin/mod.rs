@@ -15,6 +15,9 @@ mod instance;
 mod runtime;
 mod stats;
 mod stdio;
+mod watch;
+
+pub use watch::watch;
 
 pub use instance::{Failure, Plugin};
 pub use stats::{Stats, LATENCY_BUCKETS_NS};
@@ -53,6 +56,8 @@ pub enum PluginError {
     Invalid { plugin: String, message: String },
     #[error("plugin '{plugin}' rejected: {message}")]
     Init { plugin: String, message: String },
+    #[error("no plugin named '{0}'")]
+    Unknown(String),
 }
 
 /// Longest a plugin may throttle a client in one answer; more is an invalid answer.
@@ -60,7 +65,14 @@ const MAX_THROTTLE: Duration = Duration::from_secs(3600);
 
 pub struct PluginChain {
     runtime: Runtime,
+    /// The chain as calls see it. A call takes a snapshot (an `Arc` clone), so a swap
+    /// never disturbs a call in progress, and a replaced version is freed when the last
+    /// call holding it ends.
     plugins: RwLock<Arc<Vec<Arc<Plugin>>>>,
+    /// What each plugin was loaded from, to load it again.
+    configs: Mutex<Vec<PluginConfig>>,
+    /// One reload at a time (file watcher, admin API, SIGHUP).
+    reloading: Mutex<()>,
     /// By plugin name: host-side state and counters outlive any one loaded version.
     states: Mutex<HashMap<String, Arc<SharedState>>>,
     stats: Mutex<HashMap<String, Arc<Stats>>>,
@@ -93,6 +105,8 @@ impl PluginChain {
         let chain = PluginChain {
             runtime,
             plugins: RwLock::new(Arc::new(Vec::new())),
+            configs: Mutex::new(config.plugin.clone()),
+            reloading: Mutex::new(()),
             states: Mutex::default(),
             stats: Mutex::default(),
             defaults: config.plugins.clone(),
@@ -126,12 +140,106 @@ impl PluginChain {
         Ok(plugin)
     }
 
-    /// The chain as it is now.
+    /// The chain as it is now, disabled plugins included.
     pub fn plugins(&self) -> Arc<Vec<Arc<Plugin>>> {
         self.plugins
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Loads the plugin's file again and, if the new version compiles, links and
+    /// `init`s, swaps it in; otherwise the current version keeps serving and the
+    /// rejection is recorded. Runs on the caller's thread, never on a connection's.
+    pub fn reload(&self, name: &str) -> Result<Arc<Plugin>, PluginError> {
+        let _one = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let cfg = {
+            let configs = self.configs.lock().unwrap_or_else(|e| e.into_inner());
+            configs
+                .iter()
+                .find(|c| c.name == name)
+                .cloned()
+                .ok_or_else(|| PluginError::Unknown(name.into()))?
+        };
+        let stats = self.stats_of(name);
+        match self.load_one(&cfg) {
+            Ok(p) => {
+                let fresh = Arc::new(p);
+                let mut list: Vec<Arc<Plugin>> = self.plugins().iter().cloned().collect();
+                for slot in list.iter_mut().filter(|p| &*p.name == name) {
+                    *slot = fresh.clone();
+                }
+                *self.plugins.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(list);
+                stats
+                    .reloads
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(plugin = name, sha256 = %fresh.hash, "plugin reloaded");
+                Ok(fresh)
+            }
+            Err(e) => {
+                stats
+                    .rejections
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                *stats
+                    .last_rejection
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                tracing::warn!(
+                    plugin = name,
+                    "new version rejected; the previous one keeps serving: {e}"
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Switches a plugin in or out of the chain without unloading it.
+    pub fn set_enabled(&self, name: &str, on: bool) -> Result<(), PluginError> {
+        if !self.plugins().iter().any(|p| &*p.name == name) {
+            return Err(PluginError::Unknown(name.into()));
+        }
+        self.stats_of(name)
+            .enabled
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(plugin = name, enabled = on, "plugin switched");
+        Ok(())
+    }
+
+    /// Loads a whole new chain (SIGHUP with a changed configuration); if any plugin
+    /// fails, nothing changes.
+    pub fn reconfigure(&self, configs: &[PluginConfig]) -> Result<(), PluginError> {
+        let _one = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let mut list = Vec::new();
+        for c in configs {
+            list.push(Arc::new(self.load_one(c)?));
+        }
+        *self.configs.lock().unwrap_or_else(|e| e.into_inner()) = configs.to_vec();
+        *self.plugins.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(list);
+        tracing::info!(plugins = configs.len(), "plugin chain reconfigured");
+        Ok(())
+    }
+
+    /// The files the chain was loaded from, by plugin name (for the file watcher).
+    pub fn sources(&self) -> Vec<(String, PathBuf)> {
+        let configs = self.configs.lock().unwrap_or_else(|e| e.into_inner());
+        configs
+            .iter()
+            .map(|c| (c.name.clone(), c.path.clone()))
+            .collect()
+    }
+
+    pub fn stats_of(&self, name: &str) -> Arc<Stats> {
+        self.stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Whether any plugin taking part in the chain now passes `has`.
+    fn any_active(&self, has: impl Fn(&Plugin) -> bool) -> bool {
+        self.plugins().iter().any(|p| p.stats.enabled() && has(p))
     }
 
     fn failed(&self, p: &Plugin, hook: &str, f: &Failure) -> OnError {
@@ -156,7 +264,10 @@ impl Hooks for PluginChain {
     fn authenticate(&self, info: &ConnectInfo<'_>) -> AuthOutcome {
         let plugins = self.plugins();
         let mut arg = None;
-        for p in plugins.iter().filter(|p| p.has_authn()) {
+        for p in plugins
+            .iter()
+            .filter(|p| p.has_authn() && p.stats.enabled())
+        {
             let arg = arg.get_or_insert_with(|| convert::connect_info(info));
             let answer = p.call(|g, s| match &g.authn {
                 Some(h) => h.call_authenticate(s, arg),
@@ -221,7 +332,10 @@ impl Hooks for PluginChain {
     ) -> Decision {
         let plugins = self.plugins();
         let mut args = None;
-        for p in plugins.iter().filter(|p| p.has_authz()) {
+        for p in plugins
+            .iter()
+            .filter(|p| p.has_authz() && p.stats.enabled())
+        {
             let (c, a) = args.get_or_insert_with(|| {
                 (
                     convert::client(client),
@@ -261,7 +375,10 @@ impl Hooks for PluginChain {
         let plugins = self.plugins();
         let mut replaced: Option<Message> = None;
         let mut c = None;
-        for p in plugins.iter().filter(|p| p.has_transformer()) {
+        for p in plugins
+            .iter()
+            .filter(|p| p.has_transformer() && p.stats.enabled())
+        {
             let c = c.get_or_insert_with(|| convert::client(client));
             let m = convert::message(replaced.as_ref().unwrap_or(message));
             let answer = p.call(|g, s| match &g.transformer {
@@ -300,7 +417,10 @@ impl Hooks for PluginChain {
         let plugins = self.plugins();
         let mut throttle = Duration::ZERO;
         let mut c = None;
-        for p in plugins.iter().filter(|p| p.has_limiter()) {
+        for p in plugins
+            .iter()
+            .filter(|p| p.has_limiter() && p.stats.enabled())
+        {
             let c = c.get_or_insert_with(|| convert::client(client));
             let e = convert::event(event);
             let answer = p.call(|g, s| match &g.limiter {
@@ -342,16 +462,15 @@ impl Hooks for PluginChain {
     }
 
     fn authorizes(&self) -> bool {
-        self.defaults.authorize_default == AllowDeny::Deny
-            || self.plugins().iter().any(|p| p.has_authz())
+        self.defaults.authorize_default == AllowDeny::Deny || self.any_active(Plugin::has_authz)
     }
 
     fn transforms(&self) -> bool {
-        self.plugins().iter().any(|p| p.has_transformer())
+        self.any_active(Plugin::has_transformer)
     }
 
     fn limits_rate(&self) -> bool {
-        self.plugins().iter().any(|p| p.has_limiter())
+        self.any_active(Plugin::has_limiter)
     }
 }
 

@@ -20,8 +20,15 @@ pub const LATENCY_BUCKETS_NS: [u64; 12] = [
     u64::MAX,
 ];
 
-#[derive(Default, Debug)]
+#[derive(Debug)]
 pub struct Stats {
+    /// Whether the plugin takes part in the chain (the admin API can switch it off).
+    pub enabled: std::sync::atomic::AtomicBool,
+    /// New versions swapped in.
+    pub reloads: AtomicU64,
+    /// New versions that failed to load while the previous one kept serving.
+    pub rejections: AtomicU64,
+    pub last_rejection: std::sync::Mutex<Option<String>>,
     pub calls: AtomicU64,
     pub denials: AtomicU64,
     pub errors_deadline: AtomicU64,
@@ -34,7 +41,32 @@ pub struct Stats {
     pub latency_buckets: [AtomicU64; LATENCY_BUCKETS_NS.len()],
 }
 
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            enabled: std::sync::atomic::AtomicBool::new(true),
+            reloads: AtomicU64::new(0),
+            rejections: AtomicU64::new(0),
+            last_rejection: std::sync::Mutex::new(None),
+            calls: AtomicU64::new(0),
+            denials: AtomicU64::new(0),
+            errors_deadline: AtomicU64::new(0),
+            errors_memory: AtomicU64::new(0),
+            errors_fuel: AtomicU64::new(0),
+            errors_trap: AtomicU64::new(0),
+            errors_invalid: AtomicU64::new(0),
+            errors_instantiate: AtomicU64::new(0),
+            latency_ns_sum: AtomicU64::new(0),
+            latency_buckets: Default::default(),
+        }
+    }
+}
+
 impl Stats {
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Relaxed)
+    }
+
     pub fn called(&self, took: Duration) {
         let ns = took.as_nanos().min(u64::MAX as u128) as u64;
         self.calls.fetch_add(1, Relaxed);

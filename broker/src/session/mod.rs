@@ -39,6 +39,11 @@ pub struct ConnHandle {
     /// Unique per connection; lets a connection tell whether the session is still its own.
     pub id: u64,
     pub control: mpsc::UnboundedSender<Control>,
+    /// What the admin API shows about the connection.
+    pub listener: Arc<str>,
+    pub peer: std::net::SocketAddr,
+    pub version: crate::codec::Version,
+    pub since: std::time::SystemTime,
 }
 
 /// A subscription as the session remembers it (the router has the routing copy).

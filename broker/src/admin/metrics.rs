@@ -1,0 +1,216 @@
+//! Prometheus text exposition of the broker's and the plugins' counters.
+
+use super::AdminState;
+use crate::plugin::LATENCY_BUCKETS_NS;
+use std::fmt::Write;
+use std::sync::atomic::Ordering::Relaxed;
+
+/// Label values are escaped as the exposition format requires.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+pub fn render(s: &AdminState) -> String {
+    let b = &s.broker;
+    let m = &b.metrics;
+    let mut out = String::new();
+
+    family(
+        &mut out,
+        "weir_connections",
+        "gauge",
+        "Connected clients by listener.",
+    );
+    for l in &s.listeners {
+        let _ = writeln!(
+            out,
+            "weir_connections{{listener=\"{}\"}} {}",
+            label(&l.name),
+            l.connections.load(Relaxed)
+        );
+    }
+    for (name, help, v) in [
+        (
+            "weir_messages_received_total",
+            "PUBLISH packets received from clients.",
+            &m.messages_in,
+        ),
+        (
+            "weir_messages_sent_total",
+            "PUBLISH packets sent to clients.",
+            &m.messages_out,
+        ),
+        (
+            "weir_bytes_received_total",
+            "Bytes read from clients.",
+            &m.bytes_in,
+        ),
+        (
+            "weir_bytes_sent_total",
+            "Bytes written to clients.",
+            &m.bytes_out,
+        ),
+    ] {
+        family(&mut out, name, "counter", help);
+        let _ = writeln!(out, "{name} {}", v.load(Relaxed));
+    }
+    let sessions = b.sessions.all();
+    let queued: usize = sessions.iter().map(|s| s.lock().queue.len()).sum();
+    for (name, help, v) in [
+        (
+            "weir_retained_messages",
+            "Retained messages held.",
+            b.retained.len(),
+        ),
+        (
+            "weir_sessions",
+            "Sessions, connected or not.",
+            sessions.len(),
+        ),
+        (
+            "weir_queued_messages",
+            "Messages waiting in session queues.",
+            queued,
+        ),
+    ] {
+        family(&mut out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {v}");
+    }
+    family(
+        &mut out,
+        "weir_dropped_messages_total",
+        "counter",
+        "Messages not delivered, by cause.",
+    );
+    for (cause, v) in [
+        ("queue_full", &m.dropped_queue_full),
+        ("too_large", &m.dropped_too_large),
+        ("expired", &m.dropped_expired),
+        ("denied", &m.dropped_denied),
+    ] {
+        let _ = writeln!(
+            out,
+            "weir_dropped_messages_total{{cause=\"{cause}\"}} {}",
+            v.load(Relaxed)
+        );
+    }
+
+    let Some(chain) = &s.plugins else { return out };
+    let plugins = chain.plugins();
+    let per = |out: &mut String,
+               name: &str,
+               kind: &str,
+               help: &str,
+               value: &dyn Fn(&crate::plugin::Plugin) -> u64| {
+        family(out, name, kind, help);
+        for p in plugins.iter() {
+            let _ = writeln!(out, "{name}{{plugin=\"{}\"}} {}", label(&p.name), value(p));
+        }
+    };
+    family(
+        &mut out,
+        "weir_plugin_info",
+        "gauge",
+        "The loaded version of each plugin (1).",
+    );
+    for p in plugins.iter() {
+        let _ = writeln!(
+            out,
+            "weir_plugin_info{{plugin=\"{}\",sha256=\"{}\"}} 1",
+            label(&p.name),
+            p.hash
+        );
+    }
+    per(
+        &mut out,
+        "weir_plugin_enabled",
+        "gauge",
+        "1 if the plugin takes part in the chain.",
+        &|p| p.stats.enabled() as u64,
+    );
+    per(
+        &mut out,
+        "weir_plugin_calls_total",
+        "counter",
+        "Hook calls.",
+        &|p| p.stats.calls.load(Relaxed),
+    );
+    per(
+        &mut out,
+        "weir_plugin_denials_total",
+        "counter",
+        "Denials, rejections and drops.",
+        &|p| p.stats.denials.load(Relaxed),
+    );
+    per(
+        &mut out,
+        "weir_plugin_deadline_hits_total",
+        "counter",
+        "Calls stopped at their deadline.",
+        &|p| p.stats.errors_deadline.load(Relaxed),
+    );
+    per(
+        &mut out,
+        "weir_plugin_reloads_total",
+        "counter",
+        "New versions swapped in.",
+        &|p| p.stats.reloads.load(Relaxed),
+    );
+    per(
+        &mut out,
+        "weir_plugin_rejections_total",
+        "counter",
+        "New versions refused; the old one kept serving.",
+        &|p| p.stats.rejections.load(Relaxed),
+    );
+    family(
+        &mut out,
+        "weir_plugin_errors_total",
+        "counter",
+        "Failed calls by kind.",
+    );
+    for p in plugins.iter() {
+        for (kind, n) in p.stats.errors() {
+            let _ = writeln!(
+                out,
+                "weir_plugin_errors_total{{plugin=\"{}\",kind=\"{kind}\"}} {n}",
+                label(&p.name)
+            );
+        }
+    }
+    family(
+        &mut out,
+        "weir_plugin_call_duration_seconds",
+        "histogram",
+        "Hook call latency.",
+    );
+    for p in plugins.iter() {
+        let name = label(&p.name);
+        let mut cumulative = 0;
+        for (i, bound) in LATENCY_BUCKETS_NS.iter().enumerate() {
+            cumulative += p.stats.latency_buckets[i].load(Relaxed);
+            let le = if *bound == u64::MAX {
+                "+Inf".to_string()
+            } else {
+                format!("{}", *bound as f64 / 1e9)
+            };
+            let _ = writeln!(out, "weir_plugin_call_duration_seconds_bucket{{plugin=\"{name}\",le=\"{le}\"}} {cumulative}");
+        }
+        let sum = p.stats.latency_ns_sum.load(Relaxed) as f64 / 1e9;
+        let _ = writeln!(
+            out,
+            "weir_plugin_call_duration_seconds_sum{{plugin=\"{name}\"}} {sum}"
+        );
+        let _ = writeln!(
+            out,
+            "weir_plugin_call_duration_seconds_count{{plugin=\"{name}\"}} {cumulative}"
+        );
+    }
+    out
+}

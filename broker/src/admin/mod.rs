@@ -1,0 +1,279 @@
+//! The admin HTTP API: health, Prometheus metrics, plugin operations and clients.
+//!
+//! Loopback by default and optionally behind a bearer token, since it can disconnect
+//! clients and swap plugins. Every error is a JSON body `{"error": "..."}` with a status
+//! that says what kind of error it is.
+
+mod metrics;
+
+use crate::broker::Broker;
+use crate::codec::reason;
+use crate::connection::ListenerInfo;
+use crate::plugin::{PluginChain, PluginError};
+use crate::session::Control;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+pub struct AdminState {
+    pub broker: Arc<Broker>,
+    pub plugins: Option<Arc<PluginChain>>,
+    pub listeners: Vec<Arc<ListenerInfo>>,
+    pub token: Option<String>,
+}
+
+/// An error answer: status and message.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn err(status: StatusCode, message: impl Into<String>) -> ApiError {
+    ApiError(status, message.into())
+}
+
+type Answer = Result<Response, ApiError>;
+
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/plugins", get(plugins))
+        .route("/plugins/{name}/reload", post(reload))
+        .route("/plugins/{name}/enable", post(enable))
+        .route("/plugins/{name}/disable", post(disable))
+        .route("/clients", get(clients))
+        .route("/clients/{id}", delete(kick))
+        .fallback(|| async { err(StatusCode::NOT_FOUND, "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            err(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
+        })
+        .with_state(state)
+}
+
+/// Refuses a request without the configured bearer token.
+fn authorized(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &state.token else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        // Constant-time comparison: the token is a password.
+        Some(g)
+            if g.len() == token.len()
+                && g.bytes()
+                    .zip(token.bytes())
+                    .fold(0, |a, (x, y)| a | (x ^ y))
+                    == 0 =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(err(StatusCode::UNAUTHORIZED, "wrong bearer token")),
+        None => Err(err(
+            StatusCode::UNAUTHORIZED,
+            "an Authorization: Bearer token is required",
+        )),
+    }
+}
+
+fn chain(state: &AdminState) -> Result<&Arc<PluginChain>, ApiError> {
+    state
+        .plugins
+        .as_ref()
+        .ok_or_else(|| err(StatusCode::NOT_FOUND, "no plugins are configured"))
+}
+
+async fn health(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Answer {
+    authorized(&s, &headers)?;
+    let connections: u64 = s
+        .listeners
+        .iter()
+        .map(|l| l.connections.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
+    Ok(Json(
+        json!({ "status": "ok", "connections": connections, "sessions": s.broker.sessions.len() }),
+    )
+    .into_response())
+}
+
+async fn metrics(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Answer {
+    authorized(&s, &headers)?;
+    let body = metrics::render(&s);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
+}
+
+fn plugin_json(p: &crate::plugin::Plugin) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let st = &p.stats;
+    let errors: serde_json::Map<String, Value> = st
+        .errors()
+        .iter()
+        .map(|(k, n)| (k.to_string(), json!(n)))
+        .collect();
+    json!({
+        "name": &*p.name,
+        "sha256": p.hash,
+        "loaded_at": p.loaded_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        "hooks": p.hooks(),
+        "enabled": st.enabled(),
+        "calls": st.calls.load(Relaxed),
+        "denials": st.denials.load(Relaxed),
+        "errors": errors,
+        "reloads": st.reloads.load(Relaxed),
+        "rejections": st.rejections.load(Relaxed),
+        "last_rejection": st.last_rejection.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+    })
+}
+
+async fn plugins(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Answer {
+    authorized(&s, &headers)?;
+    let list: Vec<Value> = match &s.plugins {
+        Some(c) => c.plugins().iter().map(|p| plugin_json(p)).collect(),
+        None => Vec::new(),
+    };
+    Ok(Json(json!({ "plugins": list })).into_response())
+}
+
+async fn reload(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Answer {
+    authorized(&s, &headers)?;
+    let c = chain(&s)?.clone();
+    // Compiling may take seconds: not on a runtime worker.
+    let outcome = tokio::task::spawn_blocking(move || c.reload(&name))
+        .await
+        .map_err(|e| {
+            err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reload task failed: {e}"),
+            )
+        })?;
+    match outcome {
+        Ok(p) => Ok(Json(plugin_json(&p)).into_response()),
+        Err(PluginError::Unknown(n)) => {
+            Err(err(StatusCode::NOT_FOUND, format!("no plugin named '{n}'")))
+        }
+        Err(e) => Err(err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{e}; the previous version keeps serving"),
+        )),
+    }
+}
+
+async fn switch(s: &AdminState, headers: &HeaderMap, name: &str, on: bool) -> Answer {
+    authorized(s, headers)?;
+    match chain(s)?.set_enabled(name, on) {
+        Ok(()) => Ok(Json(json!({ "name": name, "enabled": on })).into_response()),
+        Err(e) => Err(err(StatusCode::NOT_FOUND, e.to_string())),
+    }
+}
+
+async fn enable(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Answer {
+    switch(&s, &headers, &name, true).await
+}
+
+async fn disable(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Answer {
+    switch(&s, &headers, &name, false).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Paging {
+    offset: Option<usize>,
+    limit: Option<usize>,
+}
+
+const MAX_PAGE: usize = 1000;
+
+async fn clients(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    paging: Result<Query<Paging>, QueryRejection>,
+) -> Answer {
+    authorized(&s, &headers)?;
+    let Query(paging) = paging.map_err(|e| {
+        err(
+            StatusCode::BAD_REQUEST,
+            format!("bad query: {}", e.body_text()),
+        )
+    })?;
+    let offset = paging.offset.unwrap_or(0);
+    let limit = paging.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be between 1 and {MAX_PAGE}"),
+        ));
+    }
+    let mut connected: Vec<Value> = s
+        .broker
+        .sessions
+        .all()
+        .iter()
+        .filter_map(|session| {
+            let st = session.lock();
+            let c = st.conn.as_ref()?;
+            Some(json!({
+                "client_id": &*session.client_id,
+                "listener": &*c.listener,
+                "address": c.peer.to_string(),
+                "protocol": c.version.to_string(),
+                "connected_since": c.since.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            }))
+        })
+        .collect();
+    connected.sort_by(|a, b| a["client_id"].as_str().cmp(&b["client_id"].as_str()));
+    let total = connected.len();
+    let page: Vec<Value> = connected.into_iter().skip(offset).take(limit).collect();
+    Ok(
+        Json(json!({ "total": total, "offset": offset, "limit": limit, "clients": page }))
+            .into_response(),
+    )
+}
+
+async fn kick(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Answer {
+    authorized(&s, &headers)?;
+    let conn = s
+        .broker
+        .sessions
+        .get(&id)
+        .and_then(|session| session.lock().conn.clone());
+    match conn {
+        Some(c) => {
+            let _ = c.control.send(Control::Kick(reason::ADMINISTRATIVE_ACTION));
+            tracing::info!(client_id = %id, "client disconnected by the admin API");
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        None => Err(err(
+            StatusCode::NOT_FOUND,
+            format!("no connected client '{id}'"),
+        )),
+    }
+}
