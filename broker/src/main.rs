@@ -1,7 +1,8 @@
 //! The `weir` binary.
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,12 +10,14 @@ use weir::config::Config;
 use weir::hooks::{DefaultHooks, Hooks};
 use weir::plugin::PluginChain;
 
-/// Weir: an MQTT 3.1.1 and 5.0 broker.
+/// Weir: an MQTT 3.1.1 and 5.0 broker. Without a command it runs the broker; the
+/// commands operate a running one through its admin API.
 #[derive(Parser)]
 #[command(version, about)]
 struct Args {
     /// TOML configuration file (see docs/config.md). Without it: TCP on
-    /// 127.0.0.1:1883, anonymous clients allowed, data in ./weir-data.
+    /// 127.0.0.1:1883, WebSocket on 127.0.0.1:8083, anonymous clients allowed, data in
+    /// ./weir-data, admin API on 127.0.0.1:9883.
     #[arg(long, short)]
     config: Option<PathBuf>,
 
@@ -22,10 +25,87 @@ struct Args {
     /// plugin, and exit: 0 if all is valid.
     #[arg(long)]
     check: bool,
+
+    /// Admin API address for the commands (default: `[admin] bind` of --config, else
+    /// 127.0.0.1:9883).
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+
+    /// Bearer token for the admin API (default: `[admin] token` of --config).
+    #[arg(long, env = "WEIR_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Is the broker up?
+    Health,
+    /// Prometheus metrics.
+    Metrics,
+    /// The plugin chain: versions, hooks, counters.
+    Plugins,
+    /// Load a plugin's file again; the old version keeps serving if the new one fails.
+    Reload { name: String },
+    /// Put a disabled plugin back into the chain.
+    Enable { name: String },
+    /// Take a plugin out of the chain without unloading it.
+    Disable { name: String },
+    /// Connected clients.
+    Clients {
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Disconnect a client (5.0 clients are told 0x98, administrative action).
+    Kick { client_id: String },
+}
+
+/// Runs an operator command against the admin API; prints the answer.
+fn operate(args: &Args, command: &Command) -> anyhow::Result<()> {
+    use weir::admin::client::{request, segment};
+    let config = match &args.config {
+        Some(path) => Some(Config::from_file(path)?),
+        None => None,
+    };
+    let addr = args
+        .admin
+        .or(config.as_ref().map(|c| c.admin.bind))
+        .unwrap_or(weir::config::Admin::default().bind);
+    let token = args.token.clone().or(config.and_then(|c| c.admin.token));
+    let (method, path) = match command {
+        Command::Health => ("GET", "/health".to_string()),
+        Command::Metrics => ("GET", "/metrics".to_string()),
+        Command::Plugins => ("GET", "/plugins".to_string()),
+        Command::Reload { name } => ("POST", format!("/plugins/{}/reload", segment(name))),
+        Command::Enable { name } => ("POST", format!("/plugins/{}/enable", segment(name))),
+        Command::Disable { name } => ("POST", format!("/plugins/{}/disable", segment(name))),
+        Command::Clients { offset, limit } => {
+            ("GET", format!("/clients?offset={offset}&limit={limit}"))
+        }
+        Command::Kick { client_id } => ("DELETE", format!("/clients/{}", segment(client_id))),
+    };
+    let (status, body) = request(addr, method, &path, token.as_deref())?;
+    if (200..300).contains(&status) {
+        if status == 204 {
+            println!("done");
+        } else {
+            println!("{}", body.trim_end());
+        }
+        Ok(())
+    } else {
+        anyhow::bail!("{method} {path}: HTTP {status}: {}", body.trim_end())
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(command) = &args.command {
+        return operate(&args, command);
+    }
     let config = match &args.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),

@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub mod clients;
+pub mod http;
 pub mod pki;
 pub mod plugins;
 pub mod raw;

@@ -23,8 +23,15 @@ pub fn cache_dir() -> PathBuf {
 /// `misbehave`, `python-redact`.
 pub fn wasm(name: &str) -> PathBuf {
     build();
+    wasm_path(name)
+}
+
+fn wasm_path(name: &str) -> PathBuf {
     if name == "python-redact" {
         return root().join("target").join("python-redact.wasm");
+    }
+    if name == "tagger-b" {
+        return root().join("target/tagger-b/wasm32-wasip2/release/tagger.wasm");
     }
     root()
         .join("target/wasm32-wasip2/release")
@@ -69,6 +76,24 @@ pub fn build() {
                 .current_dir(&root),
             "building the Rust plugins (needs `rustup target add wasm32-wasip2`)",
         );
+        // The second version of the tagger, for the hot-reload tests.
+        run(
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args([
+                    "build",
+                    "-q",
+                    "--release",
+                    "--target",
+                    "wasm32-wasip2",
+                    "-p",
+                    "tagger",
+                    "--features",
+                    "b",
+                ])
+                .args(["--target-dir", "target/tagger-b"])
+                .current_dir(&root),
+            "building the tagger plugin, version b",
+        );
         let py_out = root.join("target/python-redact.wasm");
         let py_src = root.join("python-redact/app.py");
         let wit = root.join("../wit/weir-plugin.wit");
@@ -110,15 +135,11 @@ fn warm_cache() {
         ("transform", ""),
         ("misbehave", "mode = \"none\""),
         ("python-redact", ""),
+        ("tagger", ""),
+        ("tagger-b", ""),
     ];
     for (name, cfg) in configs {
-        let path = if name == "python-redact" {
-            root().join("target").join("python-redact.wasm")
-        } else {
-            root()
-                .join("target/wasm32-wasip2/release")
-                .join(format!("{}.wasm", name.replace('-', "_")))
-        };
+        let path = wasm_path(name);
         text += &format!("[[plugin]]\nname = {name:?}\npath = {path:?}\n[plugin.config]\n{cfg}\n");
     }
     std::fs::write(&config, text).unwrap();

@@ -4,6 +4,7 @@
 //! clients and swap plugins. Every error is a JSON body `{"error": "..."}` with a status
 //! that says what kind of error it is.
 
+pub mod client;
 mod metrics;
 
 use crate::broker::Broker;
