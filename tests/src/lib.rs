@@ -14,40 +14,45 @@ pub mod plugins;
 pub mod raw;
 pub mod tokens;
 
-/// Path of the `weir` binary, built once per test process with the same cargo.
+/// A cargo command without the per-package variables `cargo test` sets for this
+/// process: passed on, they change build fingerprints and make every test binary
+/// rebuild what it builds.
+pub fn cargo(dir: &Path) -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(dir);
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("CARGO_") && !matches!(&*k, "CARGO_HOME" | "CARGO_TARGET_DIR") {
+            c.env_remove(&*k);
+        }
+    }
+    c
+}
+
+/// Builds one binary of the workspace (debug) and returns its path.
+fn built(package: &str, bin: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    let status = cargo(&root)
+        .args(["build", "-q", "-p", package, "--bin", bin])
+        .status()
+        .unwrap_or_else(|e| panic!("running cargo build for {bin}: {e}"));
+    assert!(status.success(), "building {bin} failed");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    target.join("debug").join(bin)
+}
+
+/// Path of the `weir` binary, built once per test process (or `WEIR_BIN`).
 pub fn weir_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Ok(p) = std::env::var("WEIR_BIN") {
-            // The broker runs in its own temp directory, so a relative path must be resolved now.
-            return std::fs::canonicalize(&p).unwrap_or_else(|e| panic!("WEIR_BIN={p}: {e}"));
-        }
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace root")
-            .to_path_buf();
-        let mut build = Command::new(cargo);
-        build
-            .args(["build", "-q", "-p", "weir", "--bin", "weir"])
-            .current_dir(&root);
-        // `cargo test` sets per-package variables (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ...)
-        // for this process; passed on, they change build fingerprints and make every
-        // test binary rebuild the broker.
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if k.starts_with("CARGO_") && !matches!(&*k, "CARGO_HOME" | "CARGO_TARGET_DIR") {
-                build.env_remove(&*k);
-            }
-        }
-        let status = build
-            .status()
-            .expect("running cargo build for the weir binary");
-        assert!(status.success(), "building the weir binary failed");
-        let target = std::env::var("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| root.join("target"));
-        target.join("debug").join("weir")
+    BIN.get_or_init(|| match std::env::var("WEIR_BIN") {
+        // The broker runs in its own temp directory, so a relative path must be resolved now.
+        Ok(p) => std::fs::canonicalize(&p).unwrap_or_else(|e| panic!("WEIR_BIN={p}: {e}")),
+        Err(_) => built("weir", "weir"),
     })
     .clone()
 }
@@ -55,31 +60,7 @@ pub fn weir_bin() -> PathBuf {
 /// Path of the bench load generator, built once per test process.
 pub fn load_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace root")
-            .to_path_buf();
-        let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        build
-            .args(["build", "-q", "-p", "weir-bench", "--bin", "load"])
-            .current_dir(&root);
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if k.starts_with("CARGO_") && !matches!(&*k, "CARGO_HOME" | "CARGO_TARGET_DIR") {
-                build.env_remove(&*k);
-            }
-        }
-        assert!(
-            build.status().expect("cargo build").success(),
-            "building the load generator failed"
-        );
-        let target = std::env::var("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| root.join("target"));
-        target.join("debug").join("load")
-    })
-    .clone()
+    BIN.get_or_init(|| built("weir-bench", "load")).clone()
 }
 
 pub fn free_port() -> u16 {

@@ -39,13 +39,6 @@ fn wasm_path(name: &str) -> PathBuf {
 }
 
 fn run(cmd: &mut Command, what: &str) {
-    // `cargo test` sets per-package variables that would change build fingerprints.
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy();
-        if k.starts_with("CARGO_") && !matches!(&*k, "CARGO_HOME" | "CARGO_TARGET_DIR") {
-            cmd.env_remove(&*k);
-        }
-    }
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("{what}: {e} (run .ci/setup)"));
@@ -69,16 +62,13 @@ pub fn build() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         let root = root();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         run(
-            Command::new(cargo)
-                .args(["build", "-q", "--release", "--target", "wasm32-wasip2"])
-                .current_dir(&root),
+            crate::cargo(&root).args(["build", "-q", "--release", "--target", "wasm32-wasip2"]),
             "building the Rust plugins (needs `rustup target add wasm32-wasip2`)",
         );
         // The second version of the tagger, for the hot-reload tests.
         run(
-            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            crate::cargo(&root)
                 .args([
                     "build",
                     "-q",
@@ -90,8 +80,7 @@ pub fn build() {
                     "--features",
                     "b",
                 ])
-                .args(["--target-dir", "target/tagger-b"])
-                .current_dir(&root),
+                .args(["--target-dir", "target/tagger-b"]),
             "building the tagger plugin, version b",
         );
         let py_out = root.join("target/python-redact.wasm");

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use weir_tests::raw::{packet, string};
 
 #[derive(Clone, Copy, ValueEnum, Debug)]
 enum Scenario {
@@ -57,30 +58,6 @@ struct Args {
 }
 
 const INFLIGHT: usize = 100;
-
-fn string(s: &str) -> Vec<u8> {
-    let mut v = (s.len() as u16).to_be_bytes().to_vec();
-    v.extend_from_slice(s.as_bytes());
-    v
-}
-
-fn packet(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut v = vec![first];
-    let mut n = body.len();
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        v.push(b);
-        if n == 0 {
-            break;
-        }
-    }
-    v.extend_from_slice(body);
-    v
-}
 
 fn connect_packet(id: &str) -> Vec<u8> {
     let mut b = string("MQTT");
