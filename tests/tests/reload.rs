@@ -172,6 +172,7 @@ async fn twenty_swaps_under_load_lose_and_duplicate_nothing() {
         }
     };
     let versions = ["tagger-b", "tagger"];
+    let mut slowest = Duration::ZERO;
     for swap in 0..20 {
         let (wasm, tag) = (
             plugins::wasm(versions[swap % 2]),
@@ -194,13 +195,15 @@ async fn twenty_swaps_under_load_lose_and_duplicate_nothing() {
                 t0.elapsed()
             );
         }
-        // Within a second, allowing for the publisher's pace and one delivery in flight.
+        // Each swap takes effect within one second (the bound).
+        slowest = slowest.max(t0.elapsed());
         assert!(
-            t0.elapsed() < Duration::from_millis(1500),
+            t0.elapsed() < Duration::from_secs(1),
             "swap {swap} took {:?}",
             t0.elapsed()
         );
     }
+    eprintln!("slowest of 20 swaps: {slowest:?}");
     stop.store(true, Ordering::Relaxed);
     let mut sent_total = 0;
     for p in publishers {
