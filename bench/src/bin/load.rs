@@ -356,11 +356,8 @@ async fn main() {
         Scenario::FanOut => "bench/all".to_string(),
         _ => format!("bench/{i}"),
     };
-
-    if a.ceiling {
-        let counter = Arc::new(AtomicU64::new(0));
-        let port = sink(counter.clone()).await;
-        let t0 = Instant::now();
+    // Every publisher at once, into `port`; returns when all have sent everything.
+    let publish_all = |port: u16| {
         let tasks: Vec<_> = (0..pubs)
             .map(|i| {
                 tokio::spawn(publisher(
@@ -374,9 +371,18 @@ async fn main() {
                 ))
             })
             .collect();
-        for t in tasks {
-            let _ = t.await;
+        async move {
+            for t in tasks {
+                let _ = t.await;
+            }
         }
+    };
+
+    if a.ceiling {
+        let counter = Arc::new(AtomicU64::new(0));
+        let port = sink(counter.clone()).await;
+        let t0 = Instant::now();
+        publish_all(port).await;
         while counter.load(Ordering::Relaxed) < published
             && t0.elapsed() < Duration::from_secs(a.timeout_secs)
         {
@@ -407,22 +413,7 @@ async fn main() {
     // Subscriptions are made before anyone publishes.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let t0 = Instant::now();
-    let pub_tasks: Vec<_> = (0..pubs)
-        .map(|i| {
-            tokio::spawn(publisher(
-                a.port,
-                i as u16,
-                topic(i),
-                a.qos,
-                a.payload,
-                per_pub,
-                start,
-            ))
-        })
-        .collect();
-    for t in pub_tasks {
-        let _ = t.await;
-    }
+    publish_all(a.port).await;
     let mut all = Seen::default();
     for t in sub_tasks {
         if let Ok(s) = t.await {
