@@ -51,6 +51,10 @@ pub struct Peer {
 
 /// Deliveries moved into the write buffer per wake-up, at most.
 const MAX_BATCH: usize = 512;
+/// Read buffer of a quiet client, and the size below which a write buffer is not kept.
+const READ_SMALL: usize = 256;
+/// Read buffer of a client that keeps the socket full.
+const READ_LARGE: usize = 16 * 1024;
 /// Bytes buffered for writing before the connection writes instead of taking more.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
 const BAD_AUTHENTICATION_METHOD: u8 = 0x8C;
@@ -169,7 +173,7 @@ async fn read_frame<S: AsyncRead + Unpin>(
         if let Some(n) = codec::frame_len(buf, max)? {
             return Ok(buf.split_to(n).freeze());
         }
-        buf.reserve(4096);
+        buf.reserve(READ_SMALL);
         match io.read_buf(buf).await {
             Ok(0) => return Err(Exit::Closed),
             Ok(_) => {}
@@ -212,8 +216,13 @@ fn connack_refusal(code: u8, why: &str, v: Version) -> Packet {
 
 /// Runs one connection from its first byte to its end. `over_limit` says the listener
 /// is full: the client is told so in a CONNACK rather than just cut off.
+///
+/// What an idle connection costs is mostly the size of this future, so the CONNECT
+/// handling and the teardown are boxed futures of their own: their locals (the CONNECT
+/// packet, its properties, hook arguments, the will) live only while they run, not in
+/// the state every connection keeps for its whole life.
 pub async fn serve<S>(
-    mut io: S,
+    io: S,
     from: Peer,
     listener: Arc<ListenerInfo>,
     broker: Arc<Broker>,
@@ -222,10 +231,31 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let opening = Box::pin(open(io, from, listener, broker, shutdown, over_limit));
+    let Some(mut conn) = opening.await else {
+        return;
+    };
+    let exit = conn.run().await;
+    Box::pin(conn.finish(exit)).await;
+}
+
+/// Reads and answers CONNECT: authentication, limits, the session, CONNACK. `None` when
+/// the client was refused or went away.
+async fn open<S>(
+    mut io: S,
+    from: Peer,
+    listener: Arc<ListenerInfo>,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+    over_limit: bool,
+) -> Option<Connection<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     let peer = from.addr;
     let limits = &broker.config.limits;
     let max_packet = listener.max_packet_size as usize;
-    let mut rbuf = BytesMut::with_capacity(4096);
+    let mut rbuf = BytesMut::with_capacity(2 * READ_SMALL);
     let connect_timeout = Duration::from_secs(limits.connect_timeout_secs);
     let frame = match tokio::time::timeout(
         connect_timeout,
@@ -235,11 +265,11 @@ pub async fn serve<S>(
     {
         Err(_) => {
             tracing::info!(%peer, listener = %listener.name, "closed: no CONNECT within {}s", limits.connect_timeout_secs);
-            return;
+            return None;
         }
         Ok(Err(e)) => {
             tracing::info!(%peer, listener = %listener.name, "closed before CONNECT: {}", e.describe());
-            return;
+            return None;
         }
         Ok(Ok(frame)) => frame,
     };
@@ -247,7 +277,7 @@ pub async fn serve<S>(
         Ok(Packet::Connect(c)) => *c,
         Ok(other) => {
             tracing::info!(%peer, listener = %listener.name, "closed: first packet was {}, not CONNECT", other.name());
-            return;
+            return None;
         }
         Err(e) => {
             tracing::info!(%peer, listener = %listener.name, "closed: bad CONNECT: {e}");
@@ -271,7 +301,7 @@ pub async fn serve<S>(
                 }
                 _ => {}
             }
-            return;
+            return None;
         }
     };
     let version = connect.version;
@@ -283,14 +313,20 @@ pub async fn serve<S>(
     };
     if over_limit {
         let p = refuse(reason::SERVER_BUSY, "connection limit reached");
-        return write_packet(&mut io, &p, version).await;
+        {
+            write_packet(&mut io, &p, version).await;
+            return None;
+        }
     }
     if connect.properties.authentication_method.is_some() {
         let p = refuse(
             BAD_AUTHENTICATION_METHOD,
             "enhanced authentication is not supported",
         );
-        return write_packet(&mut io, &p, version).await;
+        {
+            write_packet(&mut io, &p, version).await;
+            return None;
+        }
     }
     let mut assigned = None;
     let client_id: Arc<str> = if connect.client_id.is_empty() {
@@ -299,7 +335,10 @@ pub async fn serve<S>(
                 reason::CLIENT_ID_NOT_VALID,
                 "empty client id needs clean session",
             );
-            return write_packet(&mut io, &p, version).await;
+            {
+                write_packet(&mut io, &p, version).await;
+                return None;
+            }
         }
         let id = format!(
             "weir-{:x}-{}",
@@ -323,7 +362,10 @@ pub async fn serve<S>(
                     reason::NOT_AUTHORIZED,
                     "a client certificate with a common name is required",
                 );
-                return write_packet(&mut io, &p, version).await;
+                {
+                    write_packet(&mut io, &p, version).await;
+                    return None;
+                }
             }
         }
     }
@@ -341,7 +383,10 @@ pub async fn serve<S>(
     let identity = match outcome {
         AuthOutcome::Deny { code, reason } => {
             let p = refuse(code, &format!("authentication failed: {reason}"));
-            return write_packet(&mut io, &p, version).await;
+            {
+                write_packet(&mut io, &p, version).await;
+                return None;
+            }
         }
         AuthOutcome::Allow {
             username,
@@ -362,7 +407,10 @@ pub async fn serve<S>(
             RateOutcome::Allow => {}
             RateOutcome::Reject(code) => {
                 let p = refuse(code, "connection rate limited");
-                return write_packet(&mut io, &p, version).await;
+                {
+                    write_packet(&mut io, &p, version).await;
+                    return None;
+                }
             }
             // Reading is what throttling holds back; for a new client that is the
             // CONNACK and everything after it.
@@ -377,7 +425,10 @@ pub async fn serve<S>(
                 reason::TOPIC_NAME_INVALID,
                 "will topic exceeds the topic limits",
             );
-            return write_packet(&mut io, &p, version).await;
+            {
+                write_packet(&mut io, &p, version).await;
+                return None;
+            }
         }
         if let Decision::Deny(code) =
             broker
@@ -385,7 +436,10 @@ pub async fn serve<S>(
                 .authorize(&identity.info(), Action::Publish, &w.topic, w.qos, w.retain)
         {
             let p = refuse(code, "will topic not authorized");
-            return write_packet(&mut io, &p, version).await;
+            {
+                write_packet(&mut io, &p, version).await;
+                return None;
+            }
         }
     }
     let requested_expiry = match version {
@@ -437,7 +491,7 @@ pub async fn serve<S>(
             props.response_information = Some(format!("response/{client_id}"));
         }
     }
-    let mut wbuf = BytesMut::with_capacity(4096);
+    let mut wbuf = BytesMut::new();
     Packet::ConnAck(ConnAck {
         session_present: present,
         code: reason::SUCCESS,
@@ -451,7 +505,7 @@ pub async fn serve<S>(
         identity = %from.certificate.as_ref().and_then(|c| c.common_name.as_deref()).unwrap_or(""), "client connected");
 
     let durable = broker.store.durable();
-    let mut conn = Connection {
+    let conn = Connection {
         io,
         version,
         client_id,
@@ -463,6 +517,7 @@ pub async fn serve<S>(
         session,
         rbuf,
         wbuf,
+        busy_reader: false,
         keep_alive: (keep_alive > 0).then(|| Duration::from_millis(keep_alive as u64 * 1500)),
         connect_expiry: expiry,
         client_receive_max: connect.properties.receive_maximum.unwrap_or(u16::MAX),
@@ -481,8 +536,7 @@ pub async fn serve<S>(
         batch: Vec::new(),
         broker,
     };
-    let exit = conn.run().await;
-    conn.finish(exit).await;
+    Some(conn)
 }
 
 /// Output held back until the store has made what it promises durable: an
@@ -514,6 +568,8 @@ struct Connection<S> {
     broker: Arc<Broker>,
     rbuf: BytesMut,
     wbuf: BytesMut,
+    /// The last read was not small: more is coming, so read in large chunks.
+    busy_reader: bool,
     /// 1.5 times the keep alive: silence longer than this ends the connection.
     keep_alive: Option<Duration>,
     connect_expiry: u32,
@@ -556,14 +612,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 }
                 Metrics::add(&self.broker.metrics.bytes_out, n as u64);
                 self.wbuf.clear();
-                // A large burst may leave a big buffer behind; do not keep it per idle client.
-                if self.wbuf.capacity() > 4 * WRITE_HIGH_WATER {
-                    self.wbuf = BytesMut::with_capacity(4096);
+                // Neither a small write nor a past burst should leave a buffer behind
+                // that an idle client would keep for hours.
+                if n < READ_SMALL || self.wbuf.capacity() > 4 * WRITE_HIGH_WATER {
+                    self.wbuf = BytesMut::new();
                 }
             }
-            if self.rbuf.capacity() - self.rbuf.len() < 1024 {
-                self.rbuf.reserve(16 * 1024);
+            // Most of a large fleet is idle, so a quiet client reads into a small buffer
+            // and keeps nothing between packets; a client whose last read filled its
+            // buffer gets a large one, so a busy publisher needs few reads.
+            if !self.busy_reader && self.rbuf.is_empty() && self.rbuf.capacity() > 4 * READ_SMALL {
+                self.rbuf = BytesMut::new();
             }
+            let spare = self.rbuf.capacity() - self.rbuf.len();
+            if self.busy_reader && spare < 1024 {
+                self.rbuf.reserve(READ_LARGE);
+            } else if spare < READ_SMALL {
+                self.rbuf.reserve(READ_SMALL);
+            }
+            let spare = self.rbuf.capacity() - self.rbuf.len();
             // While a rate limit holds the client back its silence is ours, not its own.
             let paused = self.paused_until;
             let deadline = self
@@ -580,6 +647,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     Ok(0) => Err(Exit::Closed),
                     Ok(n) => {
                         last_read = Instant::now();
+                        self.busy_reader = n >= READ_SMALL.min(spare);
                         Metrics::add(&self.broker.metrics.bytes_in, n as u64);
                         self.process_input()
                     }

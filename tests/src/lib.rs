@@ -63,6 +63,12 @@ pub fn load_bin() -> PathBuf {
     BIN.get_or_init(|| built("weir-bench", "load")).clone()
 }
 
+/// Path of the bench connection-scale generator, built once per test process.
+pub fn conns_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| built("weir-bench", "conns")).clone()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("binding a free port")

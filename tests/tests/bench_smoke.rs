@@ -1,8 +1,9 @@
 //! The bench tooling runs: a short load through every scenario with tiny counts, and
-//! nothing may be lost or duplicated. (Speed is measured by `bench/compare`, never here.)
+//! nothing may be lost or duplicated; the connection-scale generator holds every
+//! connection it opens. (Speed is measured by `bench/compare`, never here.)
 
 use std::process::Command;
-use weir_tests::{load_bin, Opts, Weir};
+use weir_tests::{conns_bin, load_bin, Opts, Weir};
 
 #[test]
 fn the_load_generator_runs_every_scenario_without_loss() {
@@ -53,4 +54,54 @@ fn the_load_generator_runs_every_scenario_without_loss() {
             assert_eq!((lost, dup), ("0", "0"), "{scenario} qos {qos}: {text}");
         }
     }
+}
+
+#[test]
+fn the_connection_scale_generator_holds_every_connection() {
+    let w = Weir::with(Opts {
+        storage: "persistence = false".into(),
+        ..Default::default()
+    });
+    // Few per source address, so the spread over 127.0.0.x is exercised too.
+    let out = Command::new(conns_bin())
+        .args(["--port", &w.port.to_string(), "--pid", &w.pid().to_string()])
+        .args([
+            "--connections",
+            "300",
+            "--per-address",
+            "100",
+            "--hold-secs",
+            "1",
+            "--timeout-secs",
+            "60",
+            "--label",
+            "smoke",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = text.lines().last().unwrap_or_default();
+    let cols: Vec<&str> = row
+        .trim()
+        .trim_matches('|')
+        .split('|')
+        .map(str::trim)
+        .collect();
+    assert_eq!(cols.len(), 8, "{text}");
+    // Asked, connected and still answering PINGREQ after the idle period.
+    assert_eq!((cols[1], cols[2], cols[3]), ("300", "300", "300"), "{text}");
+    cols[7]
+        .parse::<f64>()
+        .unwrap_or_else(|e| panic!("bytes per connection {:?}: {e}", cols[7]));
+    // The broker saw them from several source addresses.
+    let log = w.log();
+    assert!(
+        log.contains("127.0.0.3:"),
+        "no connection from 127.0.0.3 in the log:\n{log}"
+    );
 }

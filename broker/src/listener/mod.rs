@@ -116,6 +116,10 @@ impl Endpoint {
     }
 
     /// Runs the transport's handshakes, then the MQTT connection.
+    ///
+    /// Every handshake and each kind of stream's connection future is boxed: a task's
+    /// size is that of its largest state, and a plain TCP client should not carry room
+    /// for a TLS session and a WebSocket on top of its own state.
     async fn handle(
         &self,
         stream: TcpStream,
@@ -138,6 +142,18 @@ impl Endpoint {
                 )
                 .await;
         };
+        Box::pin(self.handle_tls(tls, stream, addr, broker, shutdown, over_limit)).await
+    }
+
+    async fn handle_tls(
+        &self,
+        tls: &TlsSetup,
+        stream: TcpStream,
+        addr: SocketAddr,
+        broker: Arc<Broker>,
+        shutdown: watch::Receiver<bool>,
+        over_limit: bool,
+    ) {
         let stream =
             match tokio::time::timeout(self.handshake_timeout, tls.acceptor().accept(stream)).await
             {
@@ -167,18 +183,20 @@ impl Endpoint {
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let Some(ws) = &self.ws else {
-            return serve(
+            return Box::pin(serve(
                 stream,
                 peer,
                 self.info.clone(),
                 broker,
                 shutdown,
                 over_limit,
-            )
+            ))
             .await;
         };
         let stream =
-            match tokio::time::timeout(self.handshake_timeout, ws::accept(stream, ws)).await {
+            match tokio::time::timeout(self.handshake_timeout, Box::pin(ws::accept(stream, ws)))
+                .await
+            {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     return self.closed(peer.addr, format!("WebSocket handshake failed: {e}"))
@@ -190,14 +208,14 @@ impl Endpoint {
                     )
                 }
             };
-        serve(
+        Box::pin(serve(
             stream,
             peer,
             self.info.clone(),
             broker,
             shutdown,
             over_limit,
-        )
+        ))
         .await
     }
 
