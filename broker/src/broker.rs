@@ -12,8 +12,8 @@ use crate::session::{
     NEVER,
 };
 use crate::store::{MemoryStore, SledStore, Store, StoreError};
+use crate::FastMap;
 use bytes::Bytes;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -420,7 +420,8 @@ fn merge_overlapping(targets: Vec<Target>) -> Vec<(Arc<str>, Wanted)> {
             .map(|t| (t.client_id.clone(), wanted(t)))
             .collect();
     }
-    let mut by_client: HashMap<Arc<str>, Wanted> = HashMap::with_capacity(targets.len());
+    let mut by_client: FastMap<Arc<str>, Wanted> =
+        FastMap::with_capacity_and_hasher(targets.len(), Default::default());
     for t in &targets {
         match by_client.get_mut(&t.client_id) {
             None => {

@@ -19,8 +19,9 @@ use crate::message::{now_secs, Delivery, Message};
 use crate::metrics::Metrics;
 use crate::session::{will_message, ConnHandle, Control, Outgoing, Session, NEVER};
 use crate::topic;
+use crate::FastMap;
 use bytes::{Bytes, BytesMut};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -526,8 +527,8 @@ where
             .maximum_packet_size
             .map_or(usize::MAX, |m| m as usize),
         client_alias_max: connect.properties.topic_alias_maximum.unwrap_or(0),
-        out_aliases: HashMap::new(),
-        in_aliases: HashMap::new(),
+        out_aliases: FastMap::default(),
+        in_aliases: FastMap::default(),
         will: connect.will,
         pending: VecDeque::new(),
         durable,
@@ -577,9 +578,9 @@ struct Connection<S> {
     client_max_packet: usize,
     client_alias_max: u16,
     /// Topic aliases we assigned towards the client.
-    out_aliases: HashMap<Arc<str>, u16>,
+    out_aliases: FastMap<Arc<str>, u16>,
     /// Topic aliases the client established towards us.
-    in_aliases: HashMap<u16, String>,
+    in_aliases: FastMap<u16, String>,
     will: Option<Will>,
     pending: VecDeque<Pending>,
     durable: watch::Receiver<u64>,

@@ -20,3 +20,9 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod topic;
+
+/// The maps on the path of every message (sessions by client id, the topic trie,
+/// in-flight packet ids) hash with foldhash: several times cheaper than SipHash, and
+/// still randomly seeded per process, so clients cannot choose colliding topics or ids.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;

@@ -1,6 +1,6 @@
 use crate::message::{now_secs, Message};
 use crate::topic;
-use std::collections::HashMap;
+use crate::FastMap;
 use std::sync::{Arc, RwLock};
 
 /// The last retained message of each topic.
@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 /// publishes, and a scan keeps the publish path to one hash insert.
 #[derive(Default)]
 pub struct Retained {
-    map: RwLock<HashMap<Arc<str>, Arc<Message>>>,
+    map: RwLock<FastMap<Arc<str>, Arc<Message>>>,
 }
 
 impl Retained {

@@ -1,6 +1,6 @@
 use crate::codec::SubscriptionOptions;
 use crate::topic;
-use std::collections::HashMap;
+use crate::FastMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -16,9 +16,9 @@ pub struct Target {
 
 #[derive(Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
-    subscribers: HashMap<Arc<str>, (SubscriptionOptions, Option<u32>)>,
-    groups: HashMap<Box<str>, Group>,
+    children: FastMap<Box<str>, Node>,
+    subscribers: FastMap<Arc<str>, (SubscriptionOptions, Option<u32>)>,
+    groups: FastMap<Box<str>, Group>,
 }
 
 #[derive(Default)]
@@ -195,6 +195,7 @@ fn walk(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn ids(r: &Router, topic: &str) -> Vec<String> {
         let mut out = Vec::new();

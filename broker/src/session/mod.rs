@@ -17,7 +17,8 @@ use crate::message::{Delivery, Message};
 use crate::store::{
     DeliveryState, SessionMeta, Store, StoredDelivery, StoredSubscription, StoredWill,
 };
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use crate::{FastMap, FastSet};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{mpsc, Notify};
 
@@ -57,6 +58,9 @@ pub struct Subscription {
 #[derive(Debug, Clone)]
 pub struct Inflight {
     pub delivery: Delivery,
+    /// Position in the order of sending: resends must keep it (MQTT-4.6.0-1), and
+    /// packet ids, which wrap, do not.
+    pub sent: u64,
     /// QoS 2: PUBREC received and PUBREL sent; only PUBCOMP is awaited.
     pub released: bool,
 }
@@ -95,15 +99,16 @@ pub struct SessionState {
     /// this identity (unknown for a session restored from the store until it reconnects).
     pub identity: Option<Arc<crate::hooks::Identity>>,
     pub expiry_interval: u32,
-    pub subscriptions: HashMap<String, Subscription>,
+    pub subscriptions: FastMap<String, Subscription>,
     pub queue: VecDeque<Delivery>,
-    pub inflight: BTreeMap<u16, Inflight>,
+    pub inflight: FastMap<u16, Inflight>,
     /// QoS 2 packet ids received and acknowledged with PUBREC but not yet released:
     /// a resent PUBLISH with one of these is not routed again (exactly once).
-    pub incoming: HashSet<u16>,
+    pub incoming: FastSet<u16>,
     pub disconnected_at: Option<u64>,
     pub will: Option<PendingWill>,
     next_pid: u16,
+    next_sent: u64,
     /// In-flight messages still to be resent after a reconnect.
     resend: Vec<u16>,
 }
@@ -142,13 +147,14 @@ impl Session {
                 conn: None,
                 identity: None,
                 expiry_interval,
-                subscriptions: HashMap::new(),
+                subscriptions: FastMap::default(),
                 queue: VecDeque::new(),
-                inflight: BTreeMap::new(),
-                incoming: HashSet::new(),
+                inflight: FastMap::default(),
+                incoming: FastSet::default(),
                 disconnected_at: None,
                 will: None,
                 next_pid: 1,
+                next_sent: 0,
                 resend: Vec::new(),
             }),
             notify: Notify::new(),
@@ -173,6 +179,8 @@ impl Session {
                     .insert(sub.filter.clone(), stored_to_subscription(sub));
             }
             st.incoming = incoming.into_iter().collect();
+            let mut deliveries = deliveries;
+            deliveries.sort_unstable_by_key(|(seq, _)| *seq);
             for (seq, d) in deliveries {
                 let delivery = Delivery {
                     message: Arc::new(d.message),
@@ -183,24 +191,8 @@ impl Session {
                 };
                 match d.state {
                     DeliveryState::Queued => st.queue.push_back(delivery),
-                    DeliveryState::Sent(pid) => {
-                        st.inflight.insert(
-                            pid,
-                            Inflight {
-                                delivery,
-                                released: false,
-                            },
-                        );
-                    }
-                    DeliveryState::Released(pid) => {
-                        st.inflight.insert(
-                            pid,
-                            Inflight {
-                                delivery,
-                                released: true,
-                            },
-                        );
-                    }
+                    DeliveryState::Sent(pid) => st.track(pid, delivery, false),
+                    DeliveryState::Released(pid) => st.track(pid, delivery, true),
                 }
             }
             if let Some(w) = &meta.will {
@@ -306,7 +298,23 @@ impl SessionState {
     /// Marks every in-flight message for resending, as a resumed session must
     /// (MQTT-4.4.0-1): PUBLISH again with DUP, or PUBREL again.
     pub fn prepare_resend(&mut self) {
-        self.resend = self.inflight.keys().copied().collect();
+        let mut order: Vec<(u64, u16)> = self.inflight.iter().map(|(p, f)| (f.sent, *p)).collect();
+        order.sort_unstable();
+        self.resend = order.into_iter().map(|(_, p)| p).collect();
+    }
+
+    /// Records a delivery as in flight under `pid`, last in the order of sending.
+    fn track(&mut self, pid: u16, delivery: Delivery, released: bool) {
+        let sent = self.next_sent;
+        self.next_sent += 1;
+        self.inflight.insert(
+            pid,
+            Inflight {
+                delivery,
+                sent,
+                released,
+            },
+        );
     }
 
     /// Moves what may be sent now into `out`: first the resends, then queued deliveries
@@ -374,13 +382,7 @@ impl SessionState {
                     client_id,
                 );
             }
-            self.inflight.insert(
-                pid,
-                Inflight {
-                    delivery: d.clone(),
-                    released: false,
-                },
-            );
+            self.track(pid, d.clone(), false);
             out.push(Outgoing::Publish {
                 pid,
                 dup: false,
@@ -500,5 +502,73 @@ pub fn will_message(w: &Will, client_id: &Arc<str>) -> Message {
         properties,
         expires_at,
         publisher: Some(client_id.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Properties;
+    use crate::store::MemoryStore;
+
+    fn delivery(n: u8) -> Delivery {
+        Delivery {
+            message: Arc::new(Message {
+                topic: Arc::from("t"),
+                payload: bytes::Bytes::from(vec![n]),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: Properties::default(),
+                expires_at: None,
+                publisher: None,
+            }),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: Vec::new(),
+            store_seq: None,
+        }
+    }
+
+    /// Packet ids wrap from 65535 to 1; a resumed session must still resend in the
+    /// order the messages were first sent (MQTT-4.6.0-1), not in packet id order.
+    #[test]
+    fn resends_keep_the_order_of_sending_across_packet_id_wrap() {
+        let s = Session::new(Arc::from("c"), 60);
+        let mut st = s.lock();
+        st.next_pid = u16::MAX - 1;
+        for n in 0..4 {
+            st.queue.push_back(delivery(n));
+        }
+        let mut out = Vec::new();
+        st.take_sendable("c", 10, 10, 0, &MemoryStore::default(), &mut out);
+        let first: Vec<u16> = out
+            .iter()
+            .map(|o| match o {
+                Outgoing::Publish { pid, .. } => *pid,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(first, [u16::MAX - 1, u16::MAX, 1, 2]);
+        st.prepare_resend();
+        out.clear();
+        st.take_sendable("c", 10, 10, 0, &MemoryStore::default(), &mut out);
+        let again: Vec<(u16, bool, u8)> = out
+            .iter()
+            .map(|o| match o {
+                Outgoing::Publish { pid, dup, delivery } => {
+                    (*pid, *dup, delivery.message.payload[0])
+                }
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            again,
+            [
+                (u16::MAX - 1, true, 0),
+                (u16::MAX, true, 1),
+                (1, true, 2),
+                (2, true, 3)
+            ]
+        );
     }
 }

@@ -1,6 +1,6 @@
 use super::Session;
-use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use crate::FastMap;
+use std::hash::BuildHasher;
 use std::sync::{Arc, RwLock};
 
 const SHARDS: usize = 32;
@@ -8,21 +8,21 @@ const SHARDS: usize = 32;
 /// Every session by client id. Sharded so that publishers looking up subscribers on
 /// different threads, and clients connecting, rarely touch the same lock.
 pub struct Sessions {
-    shards: Vec<RwLock<HashMap<Arc<str>, Arc<Session>>>>,
-    hasher: RandomState,
+    shards: Vec<RwLock<FastMap<Arc<str>, Arc<Session>>>>,
+    hasher: foldhash::fast::RandomState,
 }
 
 impl Default for Sessions {
     fn default() -> Self {
         Sessions {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
-            hasher: RandomState::new(),
+            hasher: Default::default(),
         }
     }
 }
 
 impl Sessions {
-    fn shard(&self, client_id: &str) -> &RwLock<HashMap<Arc<str>, Arc<Session>>> {
+    fn shard(&self, client_id: &str) -> &RwLock<FastMap<Arc<str>, Arc<Session>>> {
         &self.shards[self.hasher.hash_one(client_id) as usize % SHARDS]
     }
 
