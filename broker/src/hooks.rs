@@ -69,7 +69,7 @@ impl Identity {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
     Publish,
     /// Subscribing to a filter, or receiving a retained or shared-subscription message
@@ -77,7 +77,7 @@ pub enum Action {
     Subscribe,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Allow,
     /// Refuse with a 5.0 reason code (mapped for 3.1.1 clients by the connection).

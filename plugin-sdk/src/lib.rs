@@ -166,6 +166,15 @@ pub fn take_tokens(key: &str, capacity: u64, refill_per_second: f64, n: u64) -> 
     host::bucket_take(key, capacity, refill_per_second, n)
 }
 
+/// Lets the broker give the answer this call is about to return again, for this client
+/// and topic, for up to `ttl` (at most 10 minutes), without calling the plugin. Call it
+/// only when the answer depends on nothing but the client and the topic, action, QoS
+/// and retain flag: not on the payload, the clock or `kv`. Honoured by `authorize` and by
+/// `transform` returning `Keep`; a reload or a reconnect forgets the answer.
+pub fn reuse_answer(ttl: std::time::Duration) {
+    host::reuse_answer(ttl.as_millis().min(u32::MAX as u128) as u32)
+}
+
 /// Takes `n` tokens whether or not they are there (the bucket may go into debt) and
 /// returns the milliseconds until it is out of debt: how long to throttle a client to
 /// hold it at the rate without refusing anything.

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use weir_tests::clients::v5::QoS;
 use weir_tests::clients::C5;
+use weir_tests::http::request;
 use weir_tests::raw::{
     ack_code, connack_code, connect, connect_login, packet, publish5, string, subscribe5,
     v5_client, Raw, CLEAN,
@@ -622,4 +623,58 @@ fn compiled_plugins_are_cached_so_a_restart_does_not_recompile() {
         1,
         "one cached file, named by content hash and engine"
     );
+}
+
+/// The acl plugin lets the broker reuse its decisions (`host.reuse-answer`): publishing
+/// to one topic again costs no call, a client that comes back as another user is asked
+/// again, and new rules loaded by SIGHUP apply to the very next message.
+#[test]
+fn reused_answers_skip_calls_until_the_client_or_the_plugin_changes() {
+    let rules = r#"rules = [ { access = "readwrite", topic = "home/%u/#" } ]"#;
+    let w = broker(&[entry("acl", "acl", "", rules)], "", "");
+    let metric = |name: &str| -> u64 {
+        let (_, m) = request(w.admin_port, "GET", "/metrics", None);
+        let prefix = format!("{name}{{plugin=\"acl\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{m}"))
+    };
+    let (mut alice, code) = login(&w, 5, "dev", "alice", b"pw");
+    assert_eq!(code, 0);
+    for pid in 1..=50 {
+        assert_eq!(publish_code(&mut alice, "home/alice/t", pid, b"x"), 0);
+    }
+    assert_eq!(metric("weir_plugin_calls_total"), 1);
+    assert_eq!(metric("weir_plugin_reused_answers_total"), 49);
+    assert_eq!(publish_code(&mut alice, "home/alice/other", 51, b"x"), 0);
+    assert_eq!(
+        metric("weir_plugin_calls_total"),
+        2,
+        "another topic is asked"
+    );
+    drop(alice);
+
+    // The same client id as another user: alice's answer is not bob's.
+    let (mut bob, code) = login(&w, 5, "dev", "bob", b"pw");
+    assert_eq!(code, 0);
+    assert_eq!(publish_code(&mut bob, "home/alice/t", 1, b"x"), 0x87);
+    assert_eq!(publish_code(&mut bob, "home/bob/t", 2, b"x"), 0);
+    assert_eq!(publish_code(&mut bob, "home/bob/t", 3, b"x"), 0);
+
+    // New rules: the reused "allow" dies with the old version of the plugin.
+    let text = std::fs::read_to_string(w.config_path())
+        .unwrap()
+        .replace("home/%u/#", "elsewhere/#");
+    std::fs::write(w.config_path(), text).unwrap();
+    weir_tests::signal(w.pid(), "HUP");
+    assert!(
+        eventually(Duration::from_secs(10), || w
+            .log()
+            .contains("plugin chain reconfigured")),
+        "{}",
+        w.log()
+    );
+    assert_eq!(publish_code(&mut bob, "home/bob/t", 4, b"x"), 0x87);
+    assert_eq!(publish_code(&mut bob, "elsewhere/x", 5, b"x"), 0);
 }

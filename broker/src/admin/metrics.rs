@@ -143,6 +143,13 @@ pub fn render(s: &AdminState) -> String {
     );
     per(
         &mut out,
+        "weir_plugin_reused_answers_total",
+        "counter",
+        "Answers reused (host.reuse-answer) instead of calling the plugin.",
+        &|p| p.stats.reused.load(Relaxed),
+    );
+    per(
+        &mut out,
         "weir_plugin_denials_total",
         "counter",
         "Denials, rejections and drops.",

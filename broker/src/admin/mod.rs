@@ -131,6 +131,7 @@ fn plugin_json(p: &crate::plugin::Plugin) -> Value {
         "hooks": p.hooks(),
         "enabled": st.enabled(),
         "calls": st.calls.load(Relaxed),
+        "reused_answers": st.reused.load(Relaxed),
         "denials": st.denials.load(Relaxed),
         "errors": errors,
         "reloads": st.reloads.load(Relaxed),

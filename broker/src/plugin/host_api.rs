@@ -201,6 +201,10 @@ impl host::Host for PluginCtx {
         }
     }
 
+    fn reuse_answer(&mut self, ttl_ms: u32) {
+        self.reuse_ms = Some(ttl_ms);
+    }
+
     fn now_ms(&mut self) -> u64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -7,6 +7,7 @@
 //! a plugin never runs on a corrupted instance. The pool never holds more instances than
 //! there were calls at once, which is at most the number of runtime worker threads.
 
+use super::answers::Answers;
 use super::bindings::exports::weir::plugin::{authn, authz, lifecycle, limiter, transformer};
 use super::host_api::SharedState;
 use super::runtime::{Runtime, TICK};
@@ -31,6 +32,8 @@ pub struct PluginCtx {
     limiter: Limiter,
     pub plugin: Arc<str>,
     pub state: Arc<SharedState>,
+    /// Set by `host.reuse-answer` during the current call.
+    pub reuse_ms: Option<u32>,
 }
 
 impl WasiView for PluginCtx {
@@ -156,6 +159,8 @@ pub struct Plugin {
     pub loaded_at: std::time::SystemTime,
     pub on_error: Option<OnError>,
     pub stats: Arc<Stats>,
+    /// Answers this version allowed to be reused; a new version starts empty.
+    pub answers: Answers,
     indices: Indices,
     pre: InstancePre<PluginCtx>,
     pool: Mutex<Vec<Live>>,
@@ -217,6 +222,7 @@ impl Plugin {
             loaded_at: std::time::SystemTime::now(),
             on_error: cfg.on_error,
             stats,
+            answers: Answers::default(),
             indices,
             pre,
             pool: Mutex::new(Vec::new()),
@@ -299,6 +305,7 @@ impl Plugin {
             },
             plugin: self.name.clone(),
             state: self.state.clone(),
+            reuse_ms: None,
         };
         let mut store = Store::new(self.pre.engine(), ctx);
         store.limiter(|c| &mut c.limiter);
@@ -376,6 +383,15 @@ impl Plugin {
         &self,
         f: impl Fn(&Guests, &mut Store<PluginCtx>) -> wasmtime::Result<R>,
     ) -> Result<R, Failure> {
+        self.call_reusable(f).map(|(r, _)| r)
+    }
+
+    /// [`Plugin::call`], also returning how long the plugin allowed its answer to be
+    /// reused (`host.reuse-answer`), if it did.
+    pub fn call_reusable<R>(
+        &self,
+        f: impl Fn(&Guests, &mut Store<PluginCtx>) -> wasmtime::Result<R>,
+    ) -> Result<(R, Option<u32>), Failure> {
         let mut retried = false;
         loop {
             let pooled = self.pool().pop();
@@ -390,6 +406,7 @@ impl Plugin {
                 },
             };
             self.arm(&mut live.store);
+            live.store.data_mut().reuse_ms = None;
             let started = Instant::now();
             let outcome = if self.blocking_io.load(Ordering::Relaxed) {
                 Ok(blocking(|| f(&live.guests, &mut live.store)))
@@ -399,8 +416,9 @@ impl Plugin {
             self.stats.called(started.elapsed());
             let failure = match outcome {
                 Ok(Ok(v)) => {
+                    let reuse = live.store.data_mut().reuse_ms.take();
                     self.pool().push(live);
-                    return Ok(v);
+                    return Ok((v, reuse));
                 }
                 Ok(Err(e)) => classify(&e, &live.store),
                 Err(panic) => {

@@ -8,6 +8,7 @@
 //! memory cap, nonsense answer) is logged and counted and its `on_error` applies: by
 //! default `deny` for authenticate, authorize and rate-limit, and the message is kept.
 
+mod answers;
 pub mod bindings;
 mod convert;
 mod host_api;
@@ -29,6 +30,7 @@ use crate::hooks::{
     RateOutcome, TransformOutcome,
 };
 use crate::message::Message;
+use answers::{Answer, Question};
 use bindings::weir::plugin::types as wit;
 use host_api::SharedState;
 use runtime::Runtime;
@@ -336,24 +338,43 @@ impl Hooks for PluginChain {
             .iter()
             .filter(|p| p.has_authz() && p.stats.enabled())
         {
+            let question = Question::Authorize(action, qos, retain);
+            if let Some(Answer::Authorize(d)) = p.answers.get(client, topic, question) {
+                p.stats.reused();
+                match d {
+                    Some(d @ Decision::Deny(_)) => {
+                        p.stats.denied();
+                        return d;
+                    }
+                    Some(d) => return d,
+                    None => continue,
+                }
+            }
             let (c, a) = args.get_or_insert_with(|| {
                 (
                     convert::client(client),
                     convert::access(action, topic, qos, retain),
                 )
             });
-            let answer = p.call(|g, s| match &g.authz {
+            let answer = p.call_reusable(|g, s| match &g.authz {
                 Some(h) => h.call_authorize(s, c, a),
                 None => Ok(wit::Decision::Defer),
             });
-            let decided = answer.and_then(|r| match r {
-                wit::Decision::Allow => Ok(Some(Decision::Allow)),
-                wit::Decision::Deny(code) => {
-                    let code = convert::failure_code(code, "deny")?;
-                    p.stats.denied();
-                    Ok(Some(Decision::Deny(code)))
+            let decided = answer.and_then(|(r, reuse)| {
+                let d = match r {
+                    wit::Decision::Allow => Some(Decision::Allow),
+                    wit::Decision::Deny(code) => {
+                        let code = convert::failure_code(code, "deny")?;
+                        p.stats.denied();
+                        Some(Decision::Deny(code))
+                    }
+                    wit::Decision::Defer => None,
+                };
+                if let Some(ms) = reuse {
+                    p.answers
+                        .put(client, topic, question, Answer::Authorize(d), ms);
                 }
-                wit::Decision::Defer => Ok(None),
+                Ok(d)
             });
             match decided {
                 Ok(Some(d)) => return d,
@@ -379,14 +400,28 @@ impl Hooks for PluginChain {
             .iter()
             .filter(|p| p.has_transformer() && p.stats.enabled())
         {
+            // A reused `keep` was given for the message as published, not for what an
+            // earlier plugin made of it.
+            let question = Question::Transform(message.qos, message.retain);
+            let original = replaced.is_none();
+            if original && p.answers.get(client, &message.topic, question) == Some(Answer::Keep) {
+                p.stats.reused();
+                continue;
+            }
             let c = c.get_or_insert_with(|| convert::client(client));
             let m = convert::message(replaced.as_ref().unwrap_or(message));
-            let answer = p.call(|g, s| match &g.transformer {
+            let answer = p.call_reusable(|g, s| match &g.transformer {
                 Some(h) => h.call_transform(s, c, &m),
                 None => Ok(wit::TransformResult::Keep),
             });
-            let decided = answer.and_then(|r| match r {
-                wit::TransformResult::Keep => Ok(None),
+            let decided = answer.and_then(|(r, reuse)| match r {
+                wit::TransformResult::Keep => {
+                    if let Some(ms) = reuse.filter(|_| original) {
+                        p.answers
+                            .put(client, &message.topic, question, Answer::Keep, ms);
+                    }
+                    Ok(None)
+                }
                 wit::TransformResult::Drop(code) => {
                     let code = convert::failure_code(code, "drop")?;
                     p.stats.denied();

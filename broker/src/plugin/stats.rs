@@ -30,6 +30,8 @@ pub struct Stats {
     pub rejections: AtomicU64,
     pub last_rejection: std::sync::Mutex<Option<String>>,
     pub calls: AtomicU64,
+    /// Answers given again from the plugin's reuse cache instead of calling it.
+    pub reused: AtomicU64,
     pub denials: AtomicU64,
     pub errors_deadline: AtomicU64,
     pub errors_memory: AtomicU64,
@@ -49,6 +51,7 @@ impl Default for Stats {
             rejections: AtomicU64::new(0),
             last_rejection: std::sync::Mutex::new(None),
             calls: AtomicU64::new(0),
+            reused: AtomicU64::new(0),
             denials: AtomicU64::new(0),
             errors_deadline: AtomicU64::new(0),
             errors_memory: AtomicU64::new(0),
@@ -88,6 +91,10 @@ impl Stats {
             Failure::Instantiate(_) => &self.errors_instantiate,
         };
         c.fetch_add(1, Relaxed);
+    }
+
+    pub fn reused(&self) {
+        self.reused.fetch_add(1, Relaxed);
     }
 
     pub fn denied(&self) {

@@ -6,8 +6,8 @@
 use serde::Deserialize;
 use std::sync::OnceLock;
 use weir_plugin_sdk::{
-    filter_within, parse_config, substitute, topic_matches, Access, Action, Authorize, Client,
-    Decision, Init,
+    filter_within, parse_config, reuse_answer, substitute, topic_matches, Access, Action,
+    Authorize, Client, Decision, Init,
 };
 
 #[derive(Deserialize)]
@@ -17,6 +17,15 @@ struct Config {
     /// What applies when no rule matches: "deny" (default), "allow" or "defer".
     #[serde(default)]
     default: Default,
+    /// How long the broker may reuse a decision for the same client and topic without
+    /// asking again (milliseconds; 0 asks every time). Decisions depend only on the
+    /// rules, the client and the topic, and a reload forgets them.
+    #[serde(default = "minute")]
+    reuse_ms: u64,
+}
+
+fn minute() -> u64 {
+    60_000
 }
 
 #[derive(Deserialize)]
@@ -72,6 +81,9 @@ impl Authorize for Acl {
         let Some(config) = CONFIG.get() else {
             return Decision::Deny(0x87);
         };
+        if config.reuse_ms > 0 {
+            reuse_answer(std::time::Duration::from_millis(config.reuse_ms));
+        }
         for rule in &config.rules {
             let applies = match access.action {
                 Action::Publish => rule.access != Kind::Read,

@@ -11,7 +11,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::sync::OnceLock;
 use weir_plugin_sdk::{
-    log, parse_config, topic_matches, Client, Init, Message, Pair, Transform, TransformResult,
+    log, parse_config, reuse_answer, topic_matches, Client, Init, Message, Pair, Transform,
+    TransformResult,
 };
 
 #[derive(Deserialize)]
@@ -23,6 +24,15 @@ struct Config {
     json: Vec<JsonCheck>,
     #[serde(default)]
     tag: Vec<Tag>,
+    /// How long the broker may skip this plugin for a client and topic that it left
+    /// unchanged (milliseconds; 0 calls it for every message). Only topics that no
+    /// `json` check covers qualify, since those answers depend on the payload.
+    #[serde(default = "minute")]
+    reuse_ms: u64,
+}
+
+fn minute() -> u64 {
+    60_000
 }
 
 #[derive(Deserialize)]
@@ -74,6 +84,7 @@ impl Transform for Transformer {
             return TransformResult::Keep;
         };
         let mut changed = false;
+        let mut checked = false;
         if let Some(r) = c
             .rewrite
             .iter()
@@ -87,6 +98,7 @@ impl Transform for Transformer {
             .iter()
             .filter(|j| topic_matches(&j.filter, &message.topic))
         {
+            checked = true;
             let valid = match serde_json::from_slice::<Value>(&message.payload) {
                 Ok(Value::Object(fields)) => check.required.iter().all(|f| fields.contains_key(f)),
                 _ => false,
@@ -113,6 +125,10 @@ impl Transform for Transformer {
         if changed {
             TransformResult::Replace(message)
         } else {
+            // Nothing applied, and that depended on the topic alone.
+            if !checked && c.reuse_ms > 0 {
+                reuse_answer(std::time::Duration::from_millis(c.reuse_ms));
+            }
             TransformResult::Keep
         }
     }
