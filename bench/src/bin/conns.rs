@@ -5,7 +5,8 @@
 //!     conns --port 1883 --pid <broker pid> --connections 100000 --label weir
 //!
 //! Loopback has about 28 000 ephemeral ports per source address, so the connections are
-//! spread over 127.0.0.1, 127.0.0.2, ... (all of 127/8 is loopback on Linux). The
+//! spread over 127.0.0.1, 127.0.0.2, ... (all of 127/8 is loopback on Linux; `--subnet`
+//! picks another 127.x.0.0/24). The
 //! generator raises its own open-file limit to the hard limit; K is capped by the
 //! broker's open-file limit, read from /proc, and the cap is printed, not hidden.
 
@@ -33,6 +34,10 @@ struct Args {
     /// Connections per source address (each address has ~28 000 ephemeral ports).
     #[arg(long, default_value_t = 10_000)]
     per_address: usize,
+    /// Source addresses are 127.<subnet>.0.1, 127.<subnet>.0.2, ...: runs one after
+    /// another use different subnets, since the last run's ports linger in TIME_WAIT.
+    #[arg(long, default_value_t = 0)]
+    subnet: u8,
     /// Seconds to hold the connections idle before checking them.
     #[arg(long, default_value_t = 5)]
     hold_secs: u64,
@@ -151,7 +156,7 @@ async fn main() {
     let mut first_error = None;
     while held.len() + failed < k {
         while next < k && inflight.len() < args.concurrency {
-            let source = Ipv4Addr::new(127, 0, 0, 1 + (next / args.per_address) as u8);
+            let source = Ipv4Addr::new(127, args.subnet, 0, 1 + (next / args.per_address) as u8);
             let port = args.port;
             let id = next;
             inflight.spawn(async move { open(port, source, id).await });

@@ -49,6 +49,11 @@ struct Args {
     /// Give up waiting for deliveries after this long.
     #[arg(long, default_value_t = 30)]
     timeout_secs: u64,
+    /// Messages per second published in all (0: as fast as the broker takes them).
+    /// A fixed rate compares latency at the same load, not each broker at its own
+    /// saturation.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
     /// Measure the generator: publish into an in-process sink that discards.
     #[arg(long)]
     ceiling: bool,
@@ -196,6 +201,7 @@ async fn publisher(
     payload: usize,
     count: u64,
     start: Instant,
+    interval: Option<Duration>,
 ) {
     let s = connect(port, &format!("bench-pub-{idx}")).await;
     let (mut rd, wr) = s.into_split();
@@ -229,7 +235,15 @@ async fn publisher(
     });
     let mut body = string(&topic);
     let head = body.len();
+    let begin = tokio::time::Instant::now();
     for seq in 0..count {
+        if let Some(iv) = interval {
+            let due = begin + iv * seq as u32;
+            if tokio::time::Instant::now() < due {
+                wr.flush().await.unwrap();
+                tokio::time::sleep_until(due).await;
+            }
+        }
         body.truncate(head);
         if qos > 0 {
             let pid = (seq % 65535 + 1) as u16;
@@ -368,6 +382,7 @@ async fn main() {
                     a.payload,
                     per_pub,
                     start,
+                    (a.rate > 0).then(|| Duration::from_secs_f64(pubs as f64 / a.rate as f64)),
                 ))
             })
             .collect();
