@@ -193,16 +193,27 @@ async fn subscriber(
     seen
 }
 
-async fn publisher(
-    port: u16,
-    idx: u16,
-    topic: String,
+/// What every publisher of a run does alike.
+#[derive(Clone, Copy)]
+struct Publishing {
     qos: u8,
     payload: usize,
+    /// Messages per publisher.
     count: u64,
+    /// The run's clock, for the send times in payloads.
     start: Instant,
+    /// Time between two messages of one publisher, for a fixed rate.
     interval: Option<Duration>,
-) {
+}
+
+async fn publisher(port: u16, idx: u16, topic: String, how: Publishing) {
+    let Publishing {
+        qos,
+        payload,
+        count,
+        start,
+        interval,
+    } = how;
     let s = connect(port, &format!("bench-pub-{idx}")).await;
     let (mut rd, wr) = s.into_split();
     let mut wr = BufWriter::with_capacity(64 * 1024, wr);
@@ -371,20 +382,16 @@ async fn main() {
         _ => format!("bench/{i}"),
     };
     // Every publisher at once, into `port`; returns when all have sent everything.
+    let how = Publishing {
+        qos: a.qos,
+        payload: a.payload,
+        count: per_pub,
+        start,
+        interval: (a.rate > 0).then(|| Duration::from_secs_f64(pubs as f64 / a.rate as f64)),
+    };
     let publish_all = |port: u16| {
         let tasks: Vec<_> = (0..pubs)
-            .map(|i| {
-                tokio::spawn(publisher(
-                    port,
-                    i as u16,
-                    topic(i),
-                    a.qos,
-                    a.payload,
-                    per_pub,
-                    start,
-                    (a.rate > 0).then(|| Duration::from_secs_f64(pubs as f64 / a.rate as f64)),
-                ))
-            })
+            .map(|i| tokio::spawn(publisher(port, i as u16, topic(i), how)))
             .collect();
         async move {
             for t in tasks {
