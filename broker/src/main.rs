@@ -156,35 +156,19 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every connection is a file descriptor, and many systems start services with a soft
-/// limit of 1024. The soft limit is raised to the hard one, and when even that is below
-/// `limits.max_connections` the operator is told at startup rather than by `accept`
-/// failures under load.
+/// Many systems start services with a soft open-file limit of 1024. When even the hard
+/// limit is below `limits.max_connections` the operator is told at startup rather than
+/// by `accept` failures under load.
 fn raise_open_file_limit(max_connections: usize) {
-    #[cfg(unix)]
-    {
-        let mut l = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit and setrlimit only read and write the struct passed in.
-        let raised = unsafe {
-            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
-                return;
-            }
-            l.rlim_cur = l.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &l) == 0
-        };
-        let limit = l.rlim_cur as usize;
-        // Listeners, the store, plugins and logs need some descriptors of their own.
-        if !raised || limit < max_connections.saturating_add(64) {
-            tracing::warn!(
-                open_file_limit = limit,
-                "the open-file limit allows about {} connections, below limits.max_connections = {max_connections}; \
-                 raise the hard limit (ulimit -Hn, LimitNOFILE=) to hold more",
-                limit.saturating_sub(64)
-            );
-        }
+    let limit = weir::listener::raise_open_file_limit();
+    // Listeners, the store, plugins and logs need some descriptors of their own.
+    if limit.is_none_or(|l| l < max_connections.saturating_add(64)) {
+        tracing::warn!(
+            open_file_limit = limit.unwrap_or(0),
+            "the open-file limit allows about {} connections, below limits.max_connections = {max_connections}; \
+             raise the hard limit (ulimit -Hn, LimitNOFILE=) to hold more",
+            limit.unwrap_or(0).saturating_sub(64)
+        );
     }
 }
 

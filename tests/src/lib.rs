@@ -243,6 +243,19 @@ impl Weir {
         self.child.as_ref().expect("broker running").id()
     }
 
+    /// Sends SIGHUP and waits until the log shows `text` once more than before: the
+    /// reload it triggers has been carried out (or refused).
+    pub fn sighup_until(&self, text: &str) {
+        let before = self.log().matches(text).count();
+        signal(self.pid(), "HUP");
+        assert!(
+            eventually(Duration::from_secs(10), || self.log().matches(text).count()
+                > before),
+            "no {text:?} after SIGHUP; log:\n{}",
+            self.log()
+        );
+    }
+
     /// SIGKILL: no chance to flush anything.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

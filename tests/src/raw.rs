@@ -33,6 +33,21 @@ pub fn string(s: &str) -> Vec<u8> {
     v
 }
 
+/// One complete packet at the start of `buf`: (fixed header length, body length), or
+/// `None` while more bytes are needed (also for a length longer than 4 bytes, which no
+/// broker sends).
+pub fn frame(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut len = 0usize;
+    for i in 1..=4 {
+        let b = *buf.get(i)?;
+        len |= ((b & 0x7F) as usize) << (7 * (i - 1));
+        if b & 0x80 == 0 {
+            return (buf.len() >= i + 1 + len).then_some((i + 1, len));
+        }
+    }
+    None
+}
+
 /// A packet from its first byte and body.
 pub fn packet(first: u8, body: &[u8]) -> Vec<u8> {
     let mut v = vec![first];
@@ -71,24 +86,8 @@ impl Raw {
     /// connection (or nothing came within the read timeout).
     pub fn recv(&mut self) -> Option<Vec<u8>> {
         loop {
-            if self.buf.len() >= 2 {
-                let mut len = 0usize;
-                let mut i = 1;
-                let mut shift = 0;
-                let mut complete = false;
-                while i < self.buf.len() && i <= 4 {
-                    let b = self.buf[i];
-                    len |= ((b & 0x7F) as usize) << shift;
-                    shift += 7;
-                    i += 1;
-                    if b & 0x80 == 0 {
-                        complete = true;
-                        break;
-                    }
-                }
-                if complete && self.buf.len() >= i + len {
-                    return Some(self.buf.drain(..i + len).collect());
-                }
+            if let Some((header, body)) = frame(&self.buf) {
+                return Some(self.buf.drain(..header + body).collect());
             }
             let mut chunk = [0u8; 4096];
             match self.s.read(&mut chunk) {

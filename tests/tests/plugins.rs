@@ -667,14 +667,7 @@ fn reused_answers_skip_calls_until_the_client_or_the_plugin_changes() {
         .unwrap()
         .replace("home/%u/#", "elsewhere/#");
     std::fs::write(w.config_path(), text).unwrap();
-    weir_tests::signal(w.pid(), "HUP");
-    assert!(
-        eventually(Duration::from_secs(10), || w
-            .log()
-            .contains("plugin chain reconfigured")),
-        "{}",
-        w.log()
-    );
+    w.sighup_until("plugin chain reconfigured");
     assert_eq!(publish_code(&mut bob, "home/bob/t", 4, b"x"), 0x87);
     assert_eq!(publish_code(&mut bob, "elsewhere/x", 5, b"x"), 0);
 }

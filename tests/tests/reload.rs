@@ -424,14 +424,7 @@ async fn sighup_rereads_the_plugin_configuration() {
     let text = text.replace(&format!("{file:?}"), &format!("{b:?}"))
         + &format!("[[plugin]]\nname = \"acl\"\npath = {acl:?}\n[plugin.config]\nrules = [ {{ access = \"readwrite\", topic = \"t/#\" }} ]\n");
     std::fs::write(w.config_path(), text).unwrap();
-    weir_tests::signal(w.pid(), "HUP");
-    assert!(
-        eventually(Duration::from_secs(10), || w
-            .log()
-            .contains("plugin chain reconfigured")),
-        "{}",
-        w.log()
-    );
+    w.sighup_until("plugin chain reconfigured");
     p.send("t/x", QoS::AtLeastOnce, false, "m").await;
     assert_eq!(version_of(&sub.publish().await), "b");
     let (_, body) = request(w.admin_port, "GET", "/plugins", None);
@@ -441,14 +434,7 @@ async fn sighup_rereads_the_plugin_configuration() {
         .unwrap()
         .replace(&format!("{acl:?}"), "\"/nonexistent.wasm\"");
     std::fs::write(w.config_path(), broken).unwrap();
-    weir_tests::signal(w.pid(), "HUP");
-    assert!(
-        eventually(Duration::from_secs(10), || w
-            .log()
-            .contains("plugin chain not changed")),
-        "{}",
-        w.log()
-    );
+    w.sighup_until("plugin chain not changed");
     p.send("t/x", QoS::AtLeastOnce, false, "m").await;
     assert_eq!(version_of(&sub.publish().await), "b");
 }

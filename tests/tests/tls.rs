@@ -8,7 +8,7 @@ use weir_tests::clients::v5::QoS;
 use weir_tests::clients::C5;
 use weir_tests::pki::{Ca, Pair, Pki};
 use weir_tests::raw::Raw;
-use weir_tests::{eventually, signal, wait_timeout, Listener, Opts, Weir};
+use weir_tests::{eventually, wait_timeout, Listener, Opts, Weir};
 
 fn tls_listener(name: &str, pki: &Pki, extra: &str) -> Listener {
     let lines = format!(
@@ -272,14 +272,7 @@ async fn sighup_reloads_certificates_without_dropping_connections() {
     let fresh = ca2.server(pki.dir.path(), "server2");
     std::fs::copy(&fresh.cert, &pki.server.cert).unwrap();
     std::fs::copy(&fresh.key, &pki.server.key).unwrap();
-    signal(w.pid(), "HUP");
-    assert!(
-        eventually(Duration::from_secs(5), || w
-            .log()
-            .contains("TLS certificates reloaded")),
-        "{}",
-        w.log()
-    );
+    w.sighup_until("TLS certificates reloaded");
 
     assert!(
         tls_publish_ok(port, &ca2_file, None, "new-ca"),
@@ -299,10 +292,7 @@ async fn sighup_reloads_certificates_without_dropping_connections() {
 
     // A broken file is refused and the listener keeps serving.
     std::fs::write(&pki.server.key, "not a key").unwrap();
-    signal(w.pid(), "HUP");
-    assert!(eventually(Duration::from_secs(5), || w
-        .log()
-        .contains("TLS reload failed")));
+    w.sighup_until("TLS reload failed");
     assert!(tls_publish_ok(port, &ca2_file, None, "after-bad-reload"));
 }
 

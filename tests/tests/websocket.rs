@@ -7,7 +7,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use weir_tests::raw::{connect, packet, string, Raw};
+use weir_tests::raw::{connect, frame, packet, string, Raw};
 use weir_tests::{eventually, Listener, Opts, Weir};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -56,8 +56,8 @@ async fn packets(ws: &mut Ws, n: usize) -> Vec<Vec<u8>> {
     let mut buf = Vec::new();
     let mut out = Vec::new();
     while out.len() < n {
-        while let Some(len) = whole(&buf) {
-            out.push(buf.drain(..len).collect());
+        while let Some((header, body)) = frame(&buf) {
+            out.push(buf.drain(..header + body).collect());
         }
         if out.len() >= n {
             break;
@@ -69,19 +69,6 @@ async fn packets(ws: &mut Ws, n: usize) -> Vec<Vec<u8>> {
         }
     }
     out
-}
-
-fn whole(buf: &[u8]) -> Option<usize> {
-    let (mut len, mut i) = (0usize, 1usize);
-    loop {
-        let b = *buf.get(i)?;
-        len |= ((b & 0x7F) as usize) << (7 * (i - 1));
-        i += 1;
-        if b & 0x80 == 0 {
-            break;
-        }
-    }
-    (buf.len() >= i + len).then_some(i + len)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

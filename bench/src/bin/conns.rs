@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
+use weir_tests::http::rss_kib;
 use weir_tests::raw::{packet, string};
 
 #[derive(Parser)]
@@ -56,37 +57,9 @@ fn open_file_limit(pid: u32) -> Option<usize> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
-/// Resident memory of `pid` in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| fail(&format!("cannot read /proc/{pid}/status: {e}")));
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| fail("no VmRSS line"))
-}
-
 fn fail(why: &str) -> ! {
     eprintln!("conns: {why}");
     std::process::exit(2)
-}
-
-/// Raises this process's soft open-file limit to its hard limit; returns the new limit.
-fn raise_own_limit() -> usize {
-    let mut l = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
-            return 1024;
-        }
-        l.rlim_cur = l.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &l);
-    }
-    l.rlim_cur as usize
 }
 
 /// One idle client: TCP connect from `source`, CONNECT (clean, keep-alive 10 minutes),
@@ -130,7 +103,7 @@ async fn ping(mut s: TcpStream) -> bool {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let own = raise_own_limit();
+    let own = weir::listener::raise_open_file_limit().unwrap_or(1024);
     let broker_limit = open_file_limit(args.pid)
         .unwrap_or_else(|| fail(&format!("cannot read /proc/{}/limits", args.pid)));
     // Leave room for the broker's listeners, store and logs, and for our own stdio.
@@ -147,6 +120,12 @@ async fn main() {
     // Let the broker settle, then take its resident memory before any client.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = rss_kib(args.pid);
+    if before == 0 {
+        fail(&format!(
+            "cannot read the resident memory of process {}",
+            args.pid
+        ));
+    }
 
     let start = Instant::now();
     let mut held = Vec::with_capacity(k);

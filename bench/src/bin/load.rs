@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use weir_tests::raw::{packet, string};
+use weir_tests::raw::{frame, packet, string};
 
 #[derive(Clone, Copy, ValueEnum, Debug)]
 enum Scenario {
@@ -69,20 +69,6 @@ fn connect_packet(id: &str) -> Vec<u8> {
     b.extend_from_slice(&[4, 0x02, 0, 60]);
     b.extend(string(id));
     packet(0x10, &b)
-}
-
-/// One complete frame at the start of `buf`: (header length, body length).
-fn frame(buf: &[u8]) -> Option<(usize, usize)> {
-    let (mut len, mut i) = (0usize, 1usize);
-    loop {
-        let b = *buf.get(i)?;
-        len |= ((b & 0x7F) as usize) << (7 * (i - 1));
-        i += 1;
-        if b & 0x80 == 0 {
-            break;
-        }
-    }
-    (buf.len() >= i + len).then_some((i, len))
 }
 
 async fn connect(port: u16, id: &str) -> TcpStream {

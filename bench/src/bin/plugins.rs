@@ -16,7 +16,7 @@ use weir::config::Config;
 use weir::hooks::{Action, ClientInfo, ConnectInfo, Hooks, RateEvent};
 use weir::message::Message;
 use weir::plugin::PluginChain;
-use weir_tests::raw::{connect_login, packet, string};
+use weir_tests::raw::{connect_login, frame, packet, string};
 use weir_tests::{plugins, tokens, Opts, Weir};
 
 const CALLS: u32 = 200_000;
@@ -234,7 +234,7 @@ fn subscriber(port: u16, want: usize, ready: std::sync::mpsc::Sender<()>) -> (us
         };
         pending.extend_from_slice(&buf[..n]);
         let mut i = 0;
-        while let Some((len, hdr)) = frame(&pending[i..]) {
+        while let Some((hdr, len)) = frame(&pending[i..]) {
             match pending[i] >> 4 {
                 3 => {
                     got += 1;
@@ -254,19 +254,6 @@ fn subscriber(port: u16, want: usize, ready: std::sync::mpsc::Sender<()>) -> (us
         pending.drain(..i);
     }
     (got, first.map_or(Duration::ZERO, |f| last - f))
-}
-
-fn frame(b: &[u8]) -> Option<(usize, usize)> {
-    let (mut len, mut i) = (0usize, 1usize);
-    loop {
-        let x = *b.get(i)?;
-        len |= ((x & 0x7F) as usize) << (7 * (i - 1));
-        i += 1;
-        if x & 0x80 == 0 {
-            break;
-        }
-    }
-    (b.len() >= i + len).then_some((len, i))
 }
 
 fn throughput(name: &str, opts: Opts) -> f64 {

@@ -18,6 +18,30 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use ws::WsSettings;
 
+/// Every connection is a file descriptor: raises this process's soft open-file limit to
+/// its hard limit and returns the limit now in effect (`None` if it cannot be read or
+/// raised).
+pub fn raise_open_file_limit() -> Option<usize> {
+    #[cfg(unix)]
+    {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit only read and write the struct passed in.
+        let raised = unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
+                return None;
+            }
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l) == 0
+        };
+        raised.then_some(l.rlim_cur as usize)
+    }
+    #[cfg(not(unix))]
+    None
+}
+
 /// Caps shared by the connections of one listener and of the whole broker. A permit is
 /// moved into each connection task and released when it ends.
 #[derive(Clone)]

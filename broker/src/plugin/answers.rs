@@ -12,6 +12,7 @@ use crate::codec::QoS;
 use crate::hooks::{Action, ClientInfo, Decision};
 use crate::FastMap;
 use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,9 @@ struct Entry {
 
 #[derive(Default)]
 pub struct Answers {
+    /// Most plugins never reuse an answer; for them a lookup is this one load, not two
+    /// hashes and a lock on every message.
+    used: AtomicBool,
     shards: [Mutex<FastMap<u64, Entry>>; SHARDS],
     hasher: foldhash::fast::RandomState,
 }
@@ -77,6 +81,9 @@ impl Answers {
 
     /// The reusable answer to `q` for this client and topic, if one is still valid.
     pub fn get(&self, c: &ClientInfo<'_>, topic: &str, q: Question) -> Option<Answer> {
+        if !self.used.load(Ordering::Relaxed) {
+            return None;
+        }
         let key = self.key(c.client_id, topic, q);
         let shard = self.shard(key);
         let e = shard.get(&key)?;
@@ -93,6 +100,7 @@ impl Answers {
         if ttl.is_zero() {
             return;
         }
+        self.used.store(true, Ordering::Relaxed);
         let key = self.key(c.client_id, topic, q);
         let entry = Entry {
             client_id: c.client_id.into(),
