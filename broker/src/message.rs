@@ -36,12 +36,16 @@ impl Message {
     /// Builds the routed message from an inbound PUBLISH (topic alias already resolved).
     pub fn from_publish(p: Publish, publisher: Option<Arc<str>>) -> Message {
         let mut properties = p.properties;
-        let expires_at = properties
-            .message_expiry_interval
-            .take()
-            .map(|s| now_secs() + s as u64);
-        properties.topic_alias = None;
-        properties.subscription_identifiers.clear();
+        let mut expires_at = None;
+        if let Some(set) = properties.get_mut() {
+            expires_at = set
+                .message_expiry_interval
+                .take()
+                .map(|s| now_secs() + s as u64);
+            set.topic_alias = None;
+            set.subscription_identifiers.clear();
+        }
+        let properties = properties.compact();
         Message {
             topic: Arc::from(p.topic),
             payload: p.payload,

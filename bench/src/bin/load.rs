@@ -95,6 +95,10 @@ struct Seen {
     out_of_order: u64,
     /// (publisher, sequence) pairs, for loss across shared subscribers.
     unique: u64,
+    /// When the last new message arrived, in ns on the run's clock. The run's duration
+    /// ends here: subscribers that are done still wait for their next read to time out
+    /// before they notice the others are done too, and that wait is not the broker's.
+    last_ns: u64,
 }
 
 struct Shared {
@@ -126,15 +130,14 @@ async fn subscriber(
     let mut chunk = vec![0u8; 256 * 1024];
     while shared.received.load(Ordering::Relaxed) < expected {
         let left = deadline.saturating_duration_since(Instant::now());
-        let n =
-            match tokio::time::timeout(left.min(Duration::from_millis(500)), rd.read(&mut chunk))
-                .await
-            {
-                Ok(Ok(0)) | Ok(Err(_)) => break,
-                Ok(Ok(n)) => n,
-                Err(_) if Instant::now() >= deadline => break,
-                Err(_) => continue,
-            };
+        let n = match tokio::time::timeout(left.min(Duration::from_millis(50)), rd.read(&mut chunk))
+            .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => n,
+            Err(_) if Instant::now() >= deadline => break,
+            Err(_) => continue,
+        };
         buf.extend_from_slice(&chunk[..n]);
         let mut at = 0;
         let now = shared.start.elapsed().as_nanos() as u64;
@@ -164,6 +167,7 @@ async fn subscriber(
                 } else {
                     bits[word] |= 1 << bit;
                     seen.unique += 1;
+                    seen.last_ns = now;
                     shared.received.fetch_add(1, Ordering::Relaxed);
                 }
                 if last.get(&publisher).is_some_and(|l| seq < *l) {
@@ -429,9 +433,11 @@ async fn main() {
             all.duplicated += s.duplicated;
             all.out_of_order += s.out_of_order;
             all.unique += s.unique;
+            all.last_ns = all.last_ns.max(s.last_ns);
         }
     }
-    let took = t0.elapsed().as_secs_f64();
+    let t0_ns = t0.duration_since(start).as_nanos() as u64;
+    let took = all.last_ns.saturating_sub(t0_ns).max(1) as f64 / 1e9;
     all.latencies_us.sort_unstable();
     let delivered = all.unique;
     println!(

@@ -21,7 +21,7 @@ fn decode_raw(bytes: &[u8], v: Version) -> Result<Packet> {
 }
 
 fn full_props() -> Properties {
-    Properties {
+    PropertySet {
         payload_format_indicator: Some(1),
         message_expiry_interval: Some(60),
         content_type: Some("text/plain".into()),
@@ -30,6 +30,7 @@ fn full_props() -> Properties {
         user_properties: vec![("k".into(), "v".into()), ("k".into(), "v2".into())],
         ..Default::default()
     }
+    .into()
 }
 
 #[test]
@@ -77,28 +78,34 @@ fn every_other_packet_roundtrips() {
                 Properties::default()
             }
         };
-        let reason_props = props(Properties {
-            reason_string: Some("why".into()),
-            ..Default::default()
-        });
+        let reason_props = props(
+            PropertySet {
+                reason_string: Some("why".into()),
+                ..Default::default()
+            }
+            .into(),
+        );
         let mut packets = vec![
             Packet::ConnAck(ConnAck {
                 session_present: true,
                 code: 0,
-                properties: props(Properties {
-                    assigned_client_identifier: Some("auto-1".into()),
-                    server_keep_alive: Some(20),
-                    receive_maximum: Some(100),
-                    topic_alias_maximum: Some(10),
-                    maximum_qos: Some(1),
-                    retain_available: Some(1),
-                    maximum_packet_size: Some(1 << 20),
-                    wildcard_subscription_available: Some(1),
-                    subscription_identifier_available: Some(1),
-                    shared_subscription_available: Some(1),
-                    response_information: Some("resp/".into()),
-                    ..Default::default()
-                }),
+                properties: props(
+                    PropertySet {
+                        assigned_client_identifier: Some("auto-1".into()),
+                        server_keep_alive: Some(20),
+                        receive_maximum: Some(100),
+                        topic_alias_maximum: Some(10),
+                        maximum_qos: Some(1),
+                        retain_available: Some(1),
+                        maximum_packet_size: Some(1 << 20),
+                        wildcard_subscription_available: Some(1),
+                        subscription_identifier_available: Some(1),
+                        shared_subscription_available: Some(1),
+                        response_information: Some("resp/".into()),
+                        ..Default::default()
+                    }
+                    .into(),
+                ),
             }),
             Packet::Publish(Publish {
                 dup: false,
@@ -115,11 +122,14 @@ fn every_other_packet_roundtrips() {
                 retain: false,
                 topic: "a/b".into(),
                 pid: 7,
-                properties: props(Properties {
-                    subscription_identifiers: vec![1, 300],
-                    topic_alias: Some(3),
-                    ..Default::default()
-                }),
+                properties: props(
+                    PropertySet {
+                        subscription_identifiers: vec![1, 300],
+                        topic_alias: Some(3),
+                        ..Default::default()
+                    }
+                    .into(),
+                ),
                 payload: Bytes::new(),
             }),
             Packet::Subscribe(Subscribe {
@@ -146,10 +156,13 @@ fn every_other_packet_roundtrips() {
                         },
                     ),
                 ],
-                properties: props(Properties {
-                    subscription_identifiers: vec![42],
-                    ..Default::default()
-                }),
+                properties: props(
+                    PropertySet {
+                        subscription_identifiers: vec![42],
+                        ..Default::default()
+                    }
+                    .into(),
+                ),
             }),
             Packet::SubAck(SubAck {
                 pid: 9,
@@ -159,10 +172,13 @@ fn every_other_packet_roundtrips() {
             Packet::Unsubscribe(Unsubscribe {
                 pid: 10,
                 filters: vec!["a/+".into(), "b".into()],
-                properties: props(Properties {
-                    user_properties: vec![("x".into(), "y".into())],
-                    ..Default::default()
-                }),
+                properties: props(
+                    PropertySet {
+                        user_properties: vec![("x".into(), "y".into())],
+                        ..Default::default()
+                    }
+                    .into(),
+                ),
             }),
             Packet::UnsubAck(UnsubAck {
                 pid: 10,
@@ -201,18 +217,20 @@ fn every_other_packet_roundtrips() {
         if v == Version::V5 {
             packets.push(Packet::Disconnect(Disconnect {
                 code: reason::DISCONNECT_WITH_WILL,
-                properties: Properties {
+                properties: PropertySet {
                     session_expiry_interval: Some(0),
-                    ..reason_props.clone()
-                },
+                    ..(*reason_props).clone()
+                }
+                .into(),
             }));
             packets.push(Packet::Auth(Auth {
                 code: 0x18,
-                properties: Properties {
+                properties: PropertySet {
                     authentication_method: Some("SCRAM".into()),
                     authentication_data: Some(Bytes::from_static(b"x")),
                     ..Default::default()
-                },
+                }
+                .into(),
             }));
         }
         for p in packets {
@@ -271,10 +289,11 @@ fn truncated_packets_are_errors() {
         }),
         username: Some("u".into()),
         password: Some(Bytes::from_static(b"p")),
-        properties: Properties {
+        properties: PropertySet {
             session_expiry_interval: Some(1),
             ..Default::default()
-        },
+        }
+        .into(),
     }))
     .encode(Version::V5, &mut buf);
     let full = buf.to_vec();

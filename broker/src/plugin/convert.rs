@@ -4,7 +4,7 @@
 
 use super::bindings::weir::plugin::types as wit;
 use super::instance::Failure;
-use crate::codec::{Properties, QoS, Version};
+use crate::codec::{PropertySet, QoS, Version};
 use crate::hooks::{Action, ClientInfo, ConnectInfo, RateEvent};
 use crate::message::{now_secs, Message};
 use bytes::Bytes;
@@ -142,7 +142,7 @@ pub fn replacement(
         payload: Bytes::from(m.payload),
         qos,
         retain: m.retain,
-        properties: Properties {
+        properties: PropertySet {
             payload_format_indicator: m.payload_utf8.then_some(1),
             content_type: m.content_type,
             response_topic: m.response_topic,
@@ -153,7 +153,8 @@ pub fn replacement(
                 .map(|p| (p.name, p.value))
                 .collect(),
             ..Default::default()
-        },
+        }
+        .into(),
         expires_at: m.message_expiry.map(|s| now_secs() + s as u64),
         publisher: original.publisher.clone(),
     })

@@ -7,8 +7,10 @@
 //! session every QoS 1/2 delivery is also in the store, and its record follows each
 //! state change, so a restart resumes exactly where the broker stopped.
 
+mod inflight;
 mod registry;
 
+pub use inflight::{Inflight, InflightWindow};
 pub use registry::Sessions;
 
 use crate::codec::{QoS, SubscriptionOptions, Will};
@@ -54,17 +56,6 @@ pub struct Subscription {
     pub id: Option<u32>,
 }
 
-/// An outgoing QoS 1/2 message waiting for the client's acknowledgement.
-#[derive(Debug, Clone)]
-pub struct Inflight {
-    pub delivery: Delivery,
-    /// Position in the order of sending: resends must keep it (MQTT-4.6.0-1), and
-    /// packet ids, which wrap, do not.
-    pub sent: u64,
-    /// QoS 2: PUBREC received and PUBREL sent; only PUBCOMP is awaited.
-    pub released: bool,
-}
-
 /// A will waiting for its Will Delay Interval (5.0) to pass.
 #[derive(Debug, Clone)]
 pub struct PendingWill {
@@ -101,14 +92,12 @@ pub struct SessionState {
     pub expiry_interval: u32,
     pub subscriptions: FastMap<String, Subscription>,
     pub queue: VecDeque<Delivery>,
-    pub inflight: FastMap<u16, Inflight>,
+    pub inflight: InflightWindow,
     /// QoS 2 packet ids received and acknowledged with PUBREC but not yet released:
     /// a resent PUBLISH with one of these is not routed again (exactly once).
     pub incoming: FastSet<u16>,
     pub disconnected_at: Option<u64>,
     pub will: Option<PendingWill>,
-    next_pid: u16,
-    next_sent: u64,
     /// In-flight messages still to be resent after a reconnect.
     resend: Vec<u16>,
 }
@@ -149,12 +138,10 @@ impl Session {
                 expiry_interval,
                 subscriptions: FastMap::default(),
                 queue: VecDeque::new(),
-                inflight: FastMap::default(),
+                inflight: InflightWindow::default(),
                 incoming: FastSet::default(),
                 disconnected_at: None,
                 will: None,
-                next_pid: 1,
-                next_sent: 0,
                 resend: Vec::new(),
             }),
             notify: Notify::new(),
@@ -181,6 +168,7 @@ impl Session {
             st.incoming = incoming.into_iter().collect();
             let mut deliveries = deliveries;
             deliveries.sort_unstable_by_key(|(seq, _)| *seq);
+            let mut inflight = Vec::new();
             for (seq, d) in deliveries {
                 let delivery = Delivery {
                     message: Arc::new(d.message),
@@ -191,10 +179,11 @@ impl Session {
                 };
                 match d.state {
                     DeliveryState::Queued => st.queue.push_back(delivery),
-                    DeliveryState::Sent(pid) => st.track(pid, delivery, false),
-                    DeliveryState::Released(pid) => st.track(pid, delivery, true),
+                    DeliveryState::Sent(pid) => inflight.push((pid, delivery, false)),
+                    DeliveryState::Released(pid) => inflight.push((pid, delivery, true)),
                 }
             }
+            st.inflight.restore(inflight);
             if let Some(w) = &meta.will {
                 match crate::store::decode_message(bytes::Bytes::from(w.message.clone())) {
                     Ok(m) => {
@@ -298,23 +287,7 @@ impl SessionState {
     /// Marks every in-flight message for resending, as a resumed session must
     /// (MQTT-4.4.0-1): PUBLISH again with DUP, or PUBREL again.
     pub fn prepare_resend(&mut self) {
-        let mut order: Vec<(u64, u16)> = self.inflight.iter().map(|(p, f)| (f.sent, *p)).collect();
-        order.sort_unstable();
-        self.resend = order.into_iter().map(|(_, p)| p).collect();
-    }
-
-    /// Records a delivery as in flight under `pid`, last in the order of sending.
-    fn track(&mut self, pid: u16, delivery: Delivery, released: bool) {
-        let sent = self.next_sent;
-        self.next_sent += 1;
-        self.inflight.insert(
-            pid,
-            Inflight {
-                delivery,
-                sent,
-                released,
-            },
-        );
+        self.resend = self.inflight.in_order_of_sending();
     }
 
     /// Moves what may be sent now into `out`: first the resends, then queued deliveries
@@ -334,7 +307,7 @@ impl SessionState {
     ) -> Taken {
         let mut taken = Taken::default();
         for pid in std::mem::take(&mut self.resend) {
-            if let Some(f) = self.inflight.get(&pid) {
+            if let Some(f) = self.inflight.get(pid) {
                 out.push(if f.released {
                     Outgoing::PubRel { pid }
                 } else {
@@ -372,8 +345,11 @@ impl SessionState {
             if self.inflight.len() >= window {
                 break;
             }
-            let Some(pid) = self.free_pid() else { break };
             let Some(d) = self.queue.pop_front() else {
+                break;
+            };
+            let Some(pid) = self.inflight.push(d.clone()) else {
+                self.queue.push_front(d);
                 break;
             };
             if let Some(s) = d.store_seq {
@@ -382,7 +358,6 @@ impl SessionState {
                     client_id,
                 );
             }
-            self.track(pid, d.clone(), false);
             out.push(Outgoing::Publish {
                 pid,
                 dup: false,
@@ -392,21 +367,10 @@ impl SessionState {
         taken
     }
 
-    fn free_pid(&mut self) -> Option<u16> {
-        for _ in 0..u16::MAX {
-            let pid = self.next_pid;
-            self.next_pid = if pid == u16::MAX { 1 } else { pid + 1 };
-            if !self.inflight.contains_key(&pid) {
-                return Some(pid);
-            }
-        }
-        None
-    }
-
     /// PUBACK (QoS 1) or PUBCOMP (QoS 2) or a failing PUBREC: the message is done.
     /// Returns false if no such message was in flight.
     pub fn complete(&mut self, client_id: &str, pid: u16, store: &dyn Store) -> bool {
-        match self.inflight.remove(&pid) {
+        match self.inflight.remove(pid) {
             Some(f) => {
                 if let Some(s) = f.delivery.store_seq {
                     log_store(store.delete_delivery(client_id, s), client_id);
@@ -419,7 +383,7 @@ impl SessionState {
 
     /// PUBREC: the client has the QoS 2 message; from now on only PUBREL is resent.
     pub fn release(&mut self, client_id: &str, pid: u16, store: &dyn Store) -> bool {
-        let Some(f) = self.inflight.get_mut(&pid) else {
+        let Some(f) = self.inflight.get_mut(pid) else {
             return false;
         };
         if !f.released {
@@ -489,11 +453,15 @@ pub(crate) fn log_store(r: Result<(), crate::store::StoreError>, client_id: &str
 /// Builds the will message a connection leaves behind.
 pub fn will_message(w: &Will, client_id: &Arc<str>) -> Message {
     let mut properties = w.properties.clone();
-    let expires_at = properties
-        .message_expiry_interval
-        .take()
-        .map(|s| crate::message::now_secs() + s as u64);
-    properties.will_delay_interval = None;
+    let mut expires_at = None;
+    if let Some(set) = properties.get_mut() {
+        expires_at = set
+            .message_expiry_interval
+            .take()
+            .map(|s| crate::message::now_secs() + s as u64);
+        set.will_delay_interval = None;
+    }
+    let properties = properties.compact();
     Message {
         topic: Arc::from(w.topic.as_str()),
         payload: w.payload.clone(),
@@ -529,46 +497,65 @@ mod tests {
         }
     }
 
-    /// Packet ids wrap from 65535 to 1; a resumed session must still resend in the
+    /// Acknowledged packet ids are reused; a resumed session must still resend in the
     /// order the messages were first sent (MQTT-4.6.0-1), not in packet id order.
     #[test]
-    fn resends_keep_the_order_of_sending_across_packet_id_wrap() {
+    fn resends_keep_the_order_of_sending_when_packet_ids_are_reused() {
+        let store = MemoryStore::default();
         let s = Session::new(Arc::from("c"), 60);
         let mut st = s.lock();
-        st.next_pid = u16::MAX - 1;
-        for n in 0..4 {
+        let pids = |out: &[Outgoing]| -> Vec<(u16, bool, u8)> {
+            out.iter()
+                .map(|o| match o {
+                    Outgoing::Publish { pid, dup, delivery } => {
+                        (*pid, *dup, delivery.message.payload[0])
+                    }
+                    other => panic!("unexpected {other:?}"),
+                })
+                .collect()
+        };
+        for n in 0..3 {
             st.queue.push_back(delivery(n));
         }
         let mut out = Vec::new();
-        st.take_sendable("c", 10, 10, 0, &MemoryStore::default(), &mut out);
-        let first: Vec<u16> = out
-            .iter()
-            .map(|o| match o {
-                Outgoing::Publish { pid, .. } => *pid,
-                other => panic!("unexpected {other:?}"),
-            })
-            .collect();
-        assert_eq!(first, [u16::MAX - 1, u16::MAX, 1, 2]);
+        st.take_sendable("c", 10, 10, 0, &store, &mut out);
+        assert_eq!(pids(&out), [(1, false, 0), (2, false, 1), (3, false, 2)]);
+        assert!(st.complete("c", 1, &store));
+        assert!(!st.complete("c", 1, &store), "acknowledged twice");
+        st.queue.push_back(delivery(3));
+        out.clear();
+        st.take_sendable("c", 10, 10, 0, &store, &mut out);
+        assert_eq!(pids(&out), [(1, false, 3)], "the freed id is reused");
         st.prepare_resend();
         out.clear();
-        st.take_sendable("c", 10, 10, 0, &MemoryStore::default(), &mut out);
-        let again: Vec<(u16, bool, u8)> = out
-            .iter()
-            .map(|o| match o {
-                Outgoing::Publish { pid, dup, delivery } => {
-                    (*pid, *dup, delivery.message.payload[0])
-                }
-                other => panic!("unexpected {other:?}"),
-            })
-            .collect();
-        assert_eq!(
-            again,
-            [
-                (u16::MAX - 1, true, 0),
-                (u16::MAX, true, 1),
-                (1, true, 2),
-                (2, true, 3)
-            ]
-        );
+        st.take_sendable("c", 10, 10, 0, &store, &mut out);
+        assert_eq!(pids(&out), [(2, true, 1), (3, true, 2), (1, true, 3)]);
+    }
+
+    #[test]
+    fn restored_window_keeps_its_ids_and_order_and_hands_out_the_rest() {
+        let mut w = InflightWindow::default();
+        w.restore(vec![(5, delivery(0), false), (2, delivery(1), true)]);
+        assert_eq!(w.len(), 2);
+        assert!(w.get(2).is_some_and(|f| f.released));
+        assert_eq!(w.in_order_of_sending(), [5, 2]);
+        let fresh: Vec<u16> = (0..4).filter_map(|n| w.push(delivery(n))).collect();
+        assert_eq!(fresh, [1, 3, 4, 6]);
+        assert!(w.get(0).is_none() && w.remove(0).is_none());
+        assert_eq!(w.in_order_of_sending(), [5, 2, 1, 3, 4, 6]);
+    }
+
+    #[test]
+    fn a_full_window_has_no_packet_id_to_give_until_one_is_acknowledged() {
+        let mut w = InflightWindow::default();
+        for _ in 0..u16::MAX {
+            assert!(w.push(delivery(0)).is_some());
+        }
+        assert_eq!(w.len(), u16::MAX as usize);
+        assert_eq!(w.push(delivery(1)), None);
+        assert!(w.remove(700).is_some());
+        assert_eq!(w.push(delivery(2)), Some(700));
+        w.clear();
+        assert!(w.is_empty() && w.get(700).is_none());
     }
 }

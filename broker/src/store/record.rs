@@ -118,7 +118,7 @@ impl StoredDelivery {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::Properties;
+    use crate::codec::PropertySet;
 
     #[test]
     fn delivery_roundtrip() {
@@ -132,10 +132,11 @@ mod tests {
                 payload: Bytes::from_static(b"x"),
                 qos: QoS::ExactlyOnce,
                 retain: false,
-                properties: Properties {
+                properties: PropertySet {
                     content_type: Some("t".into()),
                     ..Default::default()
-                },
+                }
+                .into(),
                 expires_at: Some(1_900_000_000),
                 publisher: None,
             },
