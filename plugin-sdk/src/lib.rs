@@ -169,10 +169,19 @@ pub fn take_tokens(key: &str, capacity: u64, refill_per_second: f64, n: u64) -> 
 /// Lets the broker give the answer this call is about to return again, for this client
 /// and topic, for up to `ttl` (at most 10 minutes), without calling the plugin. Call it
 /// only when the answer depends on nothing but the client and the topic, action, QoS
-/// and retain flag: not on the payload, the clock or `kv`. Honoured by `authorize` and by
-/// `transform` returning `Keep`; a reload or a reconnect forgets the answer.
+/// and retain flag (for `transform`: the message without its payload), not on the
+/// payload, the clock or `kv`. Honoured by `authorize`, and by `transform` returning
+/// `Keep` or a `Replace` that keeps the payload; a reload or a reconnect forgets it.
 pub fn reuse_answer(ttl: std::time::Duration) {
     host::reuse_answer(ttl.as_millis().min(u32::MAX as u128) as u32)
+}
+
+/// From `rate_limit` answering `Allow` to a publish: the plugin has already taken the
+/// tokens for this client's next `events` publishes of up to `bytes` bytes in all, so
+/// the broker may allow those without calling it, for up to `ttl`. Tokens left in a
+/// lease that expires or whose client reconnects are not returned.
+pub fn lease(events: u32, bytes: u64, ttl: std::time::Duration) {
+    host::lease(events, bytes, ttl.as_millis().min(u32::MAX as u128) as u32)
 }
 
 /// Takes `n` tokens whether or not they are there (the bucket may go into debt) and

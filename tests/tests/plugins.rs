@@ -46,6 +46,16 @@ fn subscribe_code(r: &mut Raw, filter: &str, pid: u16) -> u8 {
     *ack.last().unwrap()
 }
 
+/// A plugin's counter from `/metrics`.
+fn metric(w: &Weir, name: &str, plugin: &str) -> u64 {
+    let (_, m) = request(w.admin_port, "GET", "/metrics", None);
+    let prefix = format!("{name}{{plugin=\"{plugin}\"}} ");
+    m.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing:\n{m}"))
+}
+
 fn login(w: &Weir, level: u8, id: &str, user: &str, password: &[u8]) -> (Raw, u8) {
     let mut r = Raw::connect(w.port);
     r.send(&connect_login(level, id, user, password));
@@ -632,14 +642,7 @@ fn compiled_plugins_are_cached_so_a_restart_does_not_recompile() {
 fn reused_answers_skip_calls_until_the_client_or_the_plugin_changes() {
     let rules = r#"rules = [ { access = "readwrite", topic = "home/%u/#" } ]"#;
     let w = broker(&[entry("acl", "acl", "", rules)], "", "");
-    let metric = |name: &str| -> u64 {
-        let (_, m) = request(w.admin_port, "GET", "/metrics", None);
-        let prefix = format!("{name}{{plugin=\"acl\"}} ");
-        m.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing:\n{m}"))
-    };
+    let metric = |name: &str| metric(&w, name, "acl");
     let (mut alice, code) = login(&w, 5, "dev", "alice", b"pw");
     assert_eq!(code, 0);
     for pid in 1..=50 {
@@ -670,4 +673,85 @@ fn reused_answers_skip_calls_until_the_client_or_the_plugin_changes() {
     w.sighup_until("plugin chain reconfigured");
     assert_eq!(publish_code(&mut bob, "home/bob/t", 4, b"x"), 0x87);
     assert_eq!(publish_code(&mut bob, "elsewhere/x", 5, b"x"), 0);
+}
+
+/// A limiter well within its limits leases tokens, and the broker allows the leased
+/// publishes without calling it; near the limit there are no tokens to spare, and the
+/// client still runs at exactly its rate.
+#[test]
+fn rate_limit_leases_skip_calls_and_the_limit_still_holds() {
+    let roomy = "per_client = { messages = { per_second = 100000.0 }, bytes = { per_second = 10000000.0 } }";
+    let w = broker(&[entry("limits", "rate-limit", "", roomy)], "", "");
+    let calls = || metric(&w, "weir_plugin_calls_total", "limits");
+    let mut r = v5_client(&w, "roomy", &[]);
+    let connected = calls(); // CONNECT is an event for the limiter too
+    for pid in 1..=50 {
+        assert_eq!(publish_code(&mut r, "t", pid, b"x"), 0);
+    }
+    assert_eq!(calls(), connected + 1);
+    assert_eq!(metric(&w, "weir_plugin_reused_answers_total", "limits"), 49);
+    // Another connection of the same client id does not inherit the lease.
+    drop(r);
+    let mut again = v5_client(&w, "roomy", &[]);
+    let connected = calls();
+    assert_eq!(publish_code(&mut again, "t", 1, b"x"), 0);
+    assert_eq!(calls(), connected + 1);
+
+    // 1 000/s with bursts of 100: leases of 10 while the bucket has them to spare.
+    // 600 messages cannot take less than (600 - 100) / 1 000 s, leases or not.
+    let tight = "per_client = { messages = { per_second = 1000.0, burst = 100 } }";
+    let w = broker(&[entry("limits", "rate-limit", "", tight)], "", "");
+    let mut r = v5_client(&w, "tight", &[]);
+    let t0 = Instant::now();
+    let all: Vec<u8> = (1..=600u16)
+        .flat_map(|i| publish5(0x02, "t", Some(i), &[], b"x"))
+        .collect();
+    r.send(&all);
+    let acks: Vec<u8> = (0..600)
+        .map(|_| ack_code(&r.recv().expect("PUBACK")))
+        .collect();
+    assert!(acks.iter().all(|c| *c == 0), "all accepted: {acks:?}");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(490),
+        "600 messages at 1000/s after a burst of 100 took {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        metric(&w, "weir_plugin_reused_answers_total", "limits") > 0,
+        "leases were used"
+    );
+}
+
+/// A transform that tags every message on a topic lets the broker reuse its
+/// replacement: each message keeps its own payload, and a message with other
+/// properties is asked about afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reused_replacements_keep_each_message_its_own_payload() {
+    let rules = r#"tag = [ { filter = "sensors/#", name = "source", value = "weir" } ]"#;
+    let w = broker(&[entry("shape", "transform", "", rules)], "", "");
+    let (mut sub, _) = C5::connect_with(C5::opts(w.port, "sub")).await;
+    sub.subscribe("sensors/#", QoS::AtLeastOnce).await;
+    let mut r = v5_client(&w, "pub", &[]);
+    for i in 1..=20u16 {
+        assert_eq!(publish_code(&mut r, "sensors/a", i, &i.to_be_bytes()), 0);
+    }
+    // A user property (0x26) of its own: another question for the plugin.
+    let own = [&[0x26u8][..], &string("k"), &string("v")].concat();
+    r.send(&publish5(0x02, "sensors/a", Some(21), &own, b"own"));
+    assert_eq!(ack_code(&r.recv().expect("PUBACK")), 0);
+    let mut got = Vec::new();
+    while got.len() < 21 {
+        let m = sub.publish().await;
+        let props = m.properties.clone().unwrap_or_default().user_properties;
+        got.push((m.payload.to_vec(), props));
+    }
+    let tag = ("source".to_string(), "weir".to_string());
+    for (i, (payload, props)) in got.iter().take(20).enumerate() {
+        assert_eq!(payload, &(i as u16 + 1).to_be_bytes(), "its own payload");
+        assert_eq!(props, std::slice::from_ref(&tag), "tagged");
+    }
+    assert_eq!(got[20].0, b"own");
+    assert_eq!(got[20].1, [("k".to_string(), "v".to_string()), tag]);
+    assert_eq!(metric(&w, "weir_plugin_calls_total", "shape"), 2);
+    assert_eq!(metric(&w, "weir_plugin_reused_answers_total", "shape"), 19);
 }

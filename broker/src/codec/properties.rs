@@ -124,7 +124,7 @@ impl Context {
 pub struct Properties(Option<Box<PropertySet>>);
 
 /// Every 5.0 property. Unset ones are `None` (or empty) and are not written.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct PropertySet {
     pub payload_format_indicator: Option<u8>,
     pub message_expiry_interval: Option<u32>,
@@ -213,6 +213,12 @@ impl PartialEq for Properties {
 }
 
 impl Eq for Properties {}
+
+impl std::hash::Hash for Properties {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (**self).hash(state)
+    }
+}
 
 impl std::fmt::Debug for Properties {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

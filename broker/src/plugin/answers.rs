@@ -1,5 +1,6 @@
 //! Answers a plugin said may be reused (`host.reuse-answer`), so that a client
-//! publishing to the same topic again does not cost another call into WebAssembly.
+//! publishing to the same topic again does not cost another call into WebAssembly, and
+//! rate-limit leases (`host.lease`): publishes a limiter has already been paid for.
 //!
 //! Each loaded plugin version has its own cache, so a reload, a reconfiguration or
 //! disabling the plugin forgets every reused answer at once. An entry is found by a
@@ -8,12 +9,13 @@
 //! (username, address, listener, attributes): a client that reconnects as someone else
 //! gets no answer given to its predecessor.
 
-use crate::codec::QoS;
+use crate::codec::{Properties, QoS};
 use crate::hooks::{Action, ClientInfo, Decision};
+use crate::message::{now_secs, Message};
 use crate::FastMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 const SHARDS: usize = 16;
@@ -22,19 +24,92 @@ const SHARD_CAPACITY: usize = 8192;
 /// The longest a plugin may ask an answer to be reused.
 pub const MAX_REUSE: Duration = Duration::from_secs(600);
 
-/// What can be reused: an authorization decision (`None` is defer), or a transform's
-/// `keep`.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// What can be reused: an authorization decision (`None` is defer), a transform's
+/// `keep` or payload-preserving `replace`, or what is left of a lease.
+#[derive(Clone, Debug, PartialEq)]
 pub enum Answer {
     Authorize(Option<Decision>),
     Keep,
+    Replace(Arc<Replacement>),
+    Lease { events: u32, bytes: u64 },
 }
 
 /// The question asked, besides client and topic.
 #[derive(Clone, Copy, Hash, PartialEq, Eq)]
 pub enum Question {
     Authorize(Action, QoS, bool),
-    Transform(QoS, bool),
+    /// A transform of a message with this [`Answers::header`].
+    Transform(u64),
+    /// A rate-limit lease for publishes (topic is empty).
+    Lease,
+}
+
+/// What identifies a message to a transform besides client and topic: everything the
+/// plugin sees except the payload. Keyed once per process, like the caches' own hashes.
+pub fn header(m: &Message) -> u64 {
+    static SEED: LazyLock<foldhash::fast::RandomState> = LazyLock::new(Default::default);
+    SEED.hash_one((
+        m.qos,
+        m.retain,
+        m.remaining_expiry(now_secs()),
+        &m.properties,
+    ))
+}
+
+/// A transform's replacement with everything but the payload, which is the message's
+/// own each time it is applied.
+#[derive(Debug, PartialEq)]
+pub struct Replacement {
+    topic: Arc<str>,
+    qos: QoS,
+    retain: bool,
+    properties: Properties,
+    /// Seconds, as the plugin returned them.
+    expiry: Option<u32>,
+    /// What the replacement adds to the payload's size, for the packet size check.
+    overhead: usize,
+}
+
+impl Replacement {
+    /// The reusable part of `replaced`, if it kept the payload of `original`.
+    pub fn of(replaced: &Message, original: &Message) -> Option<Replacement> {
+        (replaced.payload == original.payload).then(|| Replacement {
+            topic: replaced.topic.clone(),
+            qos: replaced.qos,
+            retain: replaced.retain,
+            properties: replaced.properties.clone(),
+            expiry: replaced.remaining_expiry(now_secs()),
+            overhead: replaced.topic.len()
+                + replaced
+                    .properties
+                    .user_properties
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>(),
+        })
+    }
+
+    /// The replacement for `m`, unless its payload makes it one the plugin's own answer
+    /// would not have been accepted as (too large, or not the UTF-8 it claims).
+    pub fn apply(&self, m: &Message, max_packet: usize) -> Option<Message> {
+        if self.overhead + m.payload.len() > max_packet {
+            return None;
+        }
+        if self.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&m.payload).is_err()
+        {
+            return None;
+        }
+        Some(Message {
+            topic: self.topic.clone(),
+            payload: m.payload.clone(),
+            qos: self.qos,
+            retain: self.retain,
+            properties: self.properties.clone(),
+            expires_at: self.expiry.map(|s| now_secs() + s as u64),
+            publisher: m.publisher.clone(),
+        })
+    }
 }
 
 struct Entry {
@@ -79,6 +154,11 @@ impl Answers {
             .unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether the plugin ever allowed an answer to be reused or leased.
+    pub fn in_use(&self) -> bool {
+        self.used.load(Ordering::Relaxed)
+    }
+
     /// The reusable answer to `q` for this client and topic, if one is still valid.
     pub fn get(&self, c: &ClientInfo<'_>, topic: &str, q: Question) -> Option<Answer> {
         if !self.used.load(Ordering::Relaxed) {
@@ -87,12 +167,45 @@ impl Answers {
         let key = self.key(c.client_id, topic, q);
         let shard = self.shard(key);
         let e = shard.get(&key)?;
-        let valid = e.until > Instant::now()
+        self.valid(e, c, topic, q).then(|| e.answer.clone())
+    }
+
+    fn valid(&self, e: &Entry, c: &ClientInfo<'_>, topic: &str, q: Question) -> bool {
+        e.until > Instant::now()
             && e.question == q
             && &*e.client_id == c.client_id
             && &*e.topic == topic
-            && e.fingerprint == self.fingerprint(c);
-        valid.then_some(e.answer)
+            && e.fingerprint == self.fingerprint(c)
+    }
+
+    /// Uses one publish of `bytes` from this client's lease, if it has one that covers
+    /// it. A lease that cannot cover it is over.
+    pub fn take_lease(&self, c: &ClientInfo<'_>, bytes: u64) -> bool {
+        if !self.used.load(Ordering::Relaxed) {
+            return false;
+        }
+        let key = self.key(c.client_id, "", Question::Lease);
+        let mut shard = self.shard(key);
+        let Some(e) = shard.get_mut(&key) else {
+            return false;
+        };
+        let valid = self.valid(e, c, "", Question::Lease);
+        if let (
+            true,
+            Answer::Lease {
+                events,
+                bytes: left,
+            },
+        ) = (valid, &mut e.answer)
+        {
+            if *events > 0 && *left >= bytes {
+                *events -= 1;
+                *left -= bytes;
+                return true;
+            }
+        }
+        shard.remove(&key);
+        false
     }
 
     pub fn put(&self, c: &ClientInfo<'_>, topic: &str, q: Question, answer: Answer, ttl_ms: u32) {
@@ -111,6 +224,8 @@ impl Answers {
             until: Instant::now() + ttl,
         };
         let mut shard = self.shard(key);
+        // Emptying a full shard also ends leases early: that only costs the tokens
+        // left in them, never lets a client past its limit.
         if shard.len() >= SHARD_CAPACITY && !shard.contains_key(&key) {
             shard.clear();
         }

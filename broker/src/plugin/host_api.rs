@@ -202,7 +202,11 @@ impl host::Host for PluginCtx {
     }
 
     fn reuse_answer(&mut self, ttl_ms: u32) {
-        self.reuse_ms = Some(ttl_ms);
+        self.grants.reuse_ms = Some(ttl_ms);
+    }
+
+    fn lease(&mut self, events: u32, bytes: u64, ttl_ms: u32) {
+        self.grants.lease = Some((events, bytes, ttl_ms));
     }
 
     fn now_ms(&mut self) -> u64 {

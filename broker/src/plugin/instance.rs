@@ -32,8 +32,17 @@ pub struct PluginCtx {
     limiter: Limiter,
     pub plugin: Arc<str>,
     pub state: Arc<SharedState>,
-    /// Set by `host.reuse-answer` during the current call.
+    /// What the current call granted the broker besides its answer.
+    pub grants: Grants,
+}
+
+/// What a call allowed the broker to do without calling again.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Grants {
+    /// `host.reuse-answer`: how long the answer may be reused, in ms.
     pub reuse_ms: Option<u32>,
+    /// `host.lease`: events, bytes, ms.
+    pub lease: Option<(u32, u64, u32)>,
 }
 
 impl WasiView for PluginCtx {
@@ -305,7 +314,7 @@ impl Plugin {
             },
             plugin: self.name.clone(),
             state: self.state.clone(),
-            reuse_ms: None,
+            grants: Grants::default(),
         };
         let mut store = Store::new(self.pre.engine(), ctx);
         store.limiter(|c| &mut c.limiter);
@@ -386,12 +395,12 @@ impl Plugin {
         self.call_reusable(f).map(|(r, _)| r)
     }
 
-    /// [`Plugin::call`], also returning how long the plugin allowed its answer to be
-    /// reused (`host.reuse-answer`), if it did.
+    /// [`Plugin::call`], also returning what the plugin allowed the broker to do without
+    /// calling it again (`host.reuse-answer`, `host.lease`).
     pub fn call_reusable<R>(
         &self,
         f: impl Fn(&Guests, &mut Store<PluginCtx>) -> wasmtime::Result<R>,
-    ) -> Result<(R, Option<u32>), Failure> {
+    ) -> Result<(R, Grants), Failure> {
         let mut retried = false;
         loop {
             let pooled = self.pool().pop();
@@ -406,7 +415,7 @@ impl Plugin {
                 },
             };
             self.arm(&mut live.store);
-            live.store.data_mut().reuse_ms = None;
+            live.store.data_mut().grants = Grants::default();
             let started = Instant::now();
             let outcome = if self.blocking_io.load(Ordering::Relaxed) {
                 Ok(blocking(|| f(&live.guests, &mut live.store)))
@@ -416,9 +425,9 @@ impl Plugin {
             self.stats.called(started.elapsed());
             let failure = match outcome {
                 Ok(Ok(v)) => {
-                    let reuse = live.store.data_mut().reuse_ms.take();
+                    let grants = std::mem::take(&mut live.store.data_mut().grants);
                     self.pool().push(live);
-                    return Ok((v, reuse));
+                    return Ok((v, grants));
                 }
                 Ok(Err(e)) => classify(&e, &live.store),
                 Err(panic) => {

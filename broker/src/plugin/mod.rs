@@ -30,7 +30,7 @@ use crate::hooks::{
     RateOutcome, TransformOutcome,
 };
 use crate::message::Message;
-use answers::{Answer, Question};
+use answers::{Answer, Question, Replacement};
 use bindings::weir::plugin::types as wit;
 use host_api::SharedState;
 use runtime::Runtime;
@@ -360,7 +360,7 @@ impl Hooks for PluginChain {
                 Some(h) => h.call_authorize(s, c, a),
                 None => Ok(wit::Decision::Defer),
             });
-            let decided = answer.and_then(|(r, reuse)| {
+            let decided = answer.and_then(|(r, grants)| {
                 let d = match r {
                     wit::Decision::Allow => Some(Decision::Allow),
                     wit::Decision::Deny(code) => {
@@ -370,7 +370,7 @@ impl Hooks for PluginChain {
                     }
                     wit::Decision::Defer => None,
                 };
-                if let Some(ms) = reuse {
+                if let Some(ms) = grants.reuse_ms {
                     p.answers
                         .put(client, topic, question, Answer::Authorize(d), ms);
                 }
@@ -396,17 +396,31 @@ impl Hooks for PluginChain {
         let plugins = self.plugins();
         let mut replaced: Option<Message> = None;
         let mut c = None;
+        let mut header = None;
         for p in plugins
             .iter()
             .filter(|p| p.has_transformer() && p.stats.enabled())
         {
-            // A reused `keep` was given for the message as published, not for what an
+            // A reused answer was given for the message as published, not for what an
             // earlier plugin made of it.
-            let question = Question::Transform(message.qos, message.retain);
             let original = replaced.is_none();
-            if original && p.answers.get(client, &message.topic, question) == Some(Answer::Keep) {
-                p.stats.reused();
-                continue;
+            let mut question =
+                || Question::Transform(*header.get_or_insert_with(|| answers::header(message)));
+            if original && p.answers.in_use() {
+                match p.answers.get(client, &message.topic, question()) {
+                    Some(Answer::Keep) => {
+                        p.stats.reused();
+                        continue;
+                    }
+                    Some(Answer::Replace(r)) => {
+                        if let Some(m) = r.apply(message, self.max_packet) {
+                            p.stats.reused();
+                            replaced = Some(m);
+                            continue;
+                        }
+                    }
+                    _ => {}
+                }
             }
             let c = c.get_or_insert_with(|| convert::client(client));
             let m = convert::message(replaced.as_ref().unwrap_or(message));
@@ -414,11 +428,11 @@ impl Hooks for PluginChain {
                 Some(h) => h.call_transform(s, c, &m),
                 None => Ok(wit::TransformResult::Keep),
             });
-            let decided = answer.and_then(|(r, reuse)| match r {
+            let decided = answer.and_then(|(r, grants)| match r {
                 wit::TransformResult::Keep => {
-                    if let Some(ms) = reuse.filter(|_| original) {
+                    if let Some(ms) = grants.reuse_ms.filter(|_| original) {
                         p.answers
-                            .put(client, &message.topic, question, Answer::Keep, ms);
+                            .put(client, &message.topic, question(), Answer::Keep, ms);
                     }
                     Ok(None)
                 }
@@ -428,7 +442,15 @@ impl Hooks for PluginChain {
                     Ok(Some(code))
                 }
                 wit::TransformResult::Replace(m) => {
-                    replaced = Some(convert::replacement(m, message, self.max_packet)?);
+                    let m = convert::replacement(m, message, self.max_packet)?;
+                    if let Some(ms) = grants.reuse_ms.filter(|_| original) {
+                        if let Some(r) = Replacement::of(&m, message) {
+                            let answer = Answer::Replace(Arc::new(r));
+                            p.answers
+                                .put(client, &message.topic, question(), answer, ms);
+                        }
+                    }
+                    replaced = Some(m);
                     Ok(None)
                 }
             });
@@ -456,14 +478,28 @@ impl Hooks for PluginChain {
             .iter()
             .filter(|p| p.has_limiter() && p.stats.enabled())
         {
+            if let RateEvent::Publish(bytes) = event {
+                if p.answers.take_lease(client, bytes) {
+                    p.stats.reused();
+                    continue;
+                }
+            }
             let c = c.get_or_insert_with(|| convert::client(client));
             let e = convert::event(event);
-            let answer = p.call(|g, s| match &g.limiter {
+            let answer = p.call_reusable(|g, s| match &g.limiter {
                 Some(h) => h.call_rate_limit(s, c, e),
                 None => Ok(wit::RateResult::Allow),
             });
-            let decided = answer.and_then(|r| match r {
-                wit::RateResult::Allow => Ok(None),
+            let decided = answer.and_then(|(r, grants)| match r {
+                wit::RateResult::Allow => {
+                    if let (RateEvent::Publish(_), Some((events, bytes, ms))) =
+                        (event, grants.lease)
+                    {
+                        let lease = Answer::Lease { events, bytes };
+                        p.answers.put(client, "", Question::Lease, lease, ms);
+                    }
+                    Ok(None)
+                }
                 wit::RateResult::Reject(code) => {
                     let code = convert::failure_code(code, "reject")?;
                     p.stats.denied();

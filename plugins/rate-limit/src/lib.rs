@@ -7,12 +7,24 @@
 //! the bucket has refilled) or, with `action = "reject"`, the message is refused with
 //! 0x96 *Message rate too high*. Over the connect limit a CONNECT gets 0x9F
 //! *Connection rate exceeded*.
+//!
+//! A client well within its limits is given a lease: the plugin takes the tokens for
+//! its next publishes (`lease_ms` of its rates, default 10 ms, at most 1 000 messages)
+//! while the buckets have them to spare, and the broker allows those without calling
+//! the plugin. `lease_ms = 0` counts every message in the plugin.
+//! Near a limit there is nothing to spare and every message is counted one by one, so
+//! the limits hold exactly as without leases.
 
 use serde::Deserialize;
 use std::sync::OnceLock;
 use weir_plugin_sdk::{
-    charge_tokens, parse_config, take_tokens, Client, Event, Init, RateLimit, RateResult,
+    charge_tokens, lease, parse_config, take_tokens, Client, Event, Init, RateLimit, RateResult,
 };
+
+/// A lease is at most this many messages.
+const LEASE_MAX: u64 = 1000;
+/// How long a lease lasts if the client does not use it up.
+const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -22,6 +34,13 @@ struct Config {
     connects_per_address: Option<Rate>,
     #[serde(default)]
     action: Over,
+    /// How much of its rates a client may be given in advance, in ms.
+    #[serde(default = "ten")]
+    lease_ms: u64,
+}
+
+fn ten() -> u64 {
+    10
 }
 
 #[derive(Deserialize)]
@@ -60,6 +79,9 @@ struct Limiter;
 impl Init for Limiter {
     fn init(config: String) -> Result<(), String> {
         let c: Config = parse_config(&config)?;
+        if c.lease_ms > 1000 {
+            return Err("lease_ms must be at most 1000".into());
+        }
         let rates = [&c.per_client, &c.per_username]
             .into_iter()
             .flatten()
@@ -99,6 +121,9 @@ impl RateLimit for Limiter {
             Event::Publish(bytes) => {
                 let mut wait = 0;
                 let mut over = false;
+                // The buckets this client's publishes are counted in: (key, rate,
+                // tokens per message), the last `None` for bytes.
+                let mut buckets: Vec<(String, Rate, Option<u64>)> = Vec::new();
                 let scopes = [
                     (
                         c.per_client.as_ref(),
@@ -118,6 +143,7 @@ impl RateLimit for Limiter {
                     {
                         let Some(rate) = rate else { continue };
                         let key = format!("{kind}:{key}");
+                        buckets.push((key.clone(), rate, (kind == "msg").then_some(1)));
                         match c.action {
                             // Every message is paid for, going into debt if need be; the
                             // client is held back until the debt is repaid, so it runs at
@@ -144,12 +170,45 @@ impl RateLimit for Limiter {
                 } else if wait > 0 {
                     RateResult::Throttle(wait.min(60_000))
                 } else {
+                    take_lease(&buckets, bytes, c.lease_ms as f64 / 1000.0);
                     RateResult::Allow
                 }
             }
             Event::Subscribe => RateResult::Allow,
         }
     }
+}
+
+/// Takes a lease's tokens from every bucket while all have them to spare, and tells
+/// the broker. `bytes` is the size of the message just counted, the guess for the next.
+fn take_lease(buckets: &[(String, Rate, Option<u64>)], bytes: u64, secs: f64) {
+    let mut events = LEASE_MAX;
+    let mut budget = u64::MAX;
+    for (_, rate, per_message) in buckets {
+        let share = (rate.per_second * secs).floor() as u64;
+        match per_message {
+            Some(_) => events = events.min(share),
+            None => {
+                budget = budget.min(share);
+                events = events.min(share / bytes.max(1));
+            }
+        }
+    }
+    if events == 0 || buckets.is_empty() {
+        return;
+    }
+    for (key, rate, per_message) in buckets {
+        let n = match per_message {
+            Some(_) => events,
+            None => budget,
+        };
+        // A bucket without that many tokens to spare ends the attempt; what the
+        // buckets before it gave is not returned (at most 10 ms of the rate).
+        if !take_tokens(key, rate.burst(), rate.per_second, n) {
+            return;
+        }
+    }
+    lease(events as u32, budget, LEASE_TTL);
 }
 
 weir_plugin_sdk::export_plugin!(Limiter: init, rate_limit);

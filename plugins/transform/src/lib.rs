@@ -122,13 +122,14 @@ impl Transform for Transformer {
             });
             changed = true;
         }
+        // Rewrites and tags depend on the topic alone (and keep the payload); a json
+        // check reads the payload, so its answers are given afresh for every message.
+        if !checked && c.reuse_ms > 0 {
+            reuse_answer(std::time::Duration::from_millis(c.reuse_ms));
+        }
         if changed {
             TransformResult::Replace(message)
         } else {
-            // Nothing applied, and that depended on the topic alone.
-            if !checked && c.reuse_ms > 0 {
-                reuse_answer(std::time::Duration::from_millis(c.reuse_ms));
-            }
             TransformResult::Keep
         }
     }
