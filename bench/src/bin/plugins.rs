@@ -16,6 +16,7 @@ use weir::config::Config;
 use weir::hooks::{Action, ClientInfo, ConnectInfo, Hooks, RateEvent};
 use weir::message::Message;
 use weir::plugin::PluginChain;
+use weir_tests::http::request;
 use weir_tests::raw::{connect_login, frame, packet, string};
 use weir_tests::{plugins, tokens, Opts, Weir};
 
@@ -288,7 +289,19 @@ fn throughput(name: &str, opts: Opts) -> f64 {
     }
     let (got, took) = sink.join().unwrap();
     let rate = got as f64 / took.as_secs_f64();
-    println!("| {name:<30} | {got:>9} / {want} | {rate:>12.0} |");
+    let (_, metrics) = request(w.admin_port, "GET", "/metrics", None);
+    let total = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let (calls, reused) = (
+        total("weir_plugin_calls_total"),
+        total("weir_plugin_reused_answers_total"),
+    );
+    println!("| {name:<30} | {got:>9} / {want} | {rate:>12.0} | {calls:>10} | {reused:>10} |");
     rate
 }
 
@@ -301,8 +314,8 @@ fn main() {
         "\nBroker throughput, QoS 0, 64 B, {PUBLISHERS} publishers -> 1 subscriber, {} messages:\n",
         PUBLISHERS * PER_PUBLISHER
     );
-    println!("| configuration                  | delivered              |       msgs/s |");
-    println!("|--------------------------------|------------------------|-------------:|");
+    println!("| configuration                  | delivered              |       msgs/s | plugin calls | reused/leased |");
+    println!("|--------------------------------|------------------------|-------------:|-----------:|-----------:|");
     let base = Opts {
         limits: "max_queued = 2000000".into(),
         storage: "persistence = false".into(),

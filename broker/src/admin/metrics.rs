@@ -139,14 +139,14 @@ pub fn render(s: &AdminState) -> String {
         "weir_plugin_calls_total",
         "counter",
         "Hook calls.",
-        &|p| p.stats.calls.load(Relaxed),
+        &|p| p.stats.calls.load(),
     );
     per(
         &mut out,
         "weir_plugin_reused_answers_total",
         "counter",
         "Answers reused (host.reuse-answer) instead of calling the plugin.",
-        &|p| p.stats.reused.load(Relaxed),
+        &|p| p.stats.reused.load(),
     );
     per(
         &mut out,

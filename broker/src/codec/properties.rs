@@ -216,7 +216,14 @@ impl Eq for Properties {}
 
 impl std::hash::Hash for Properties {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        (**self).hash(state)
+        // The common empty case without walking every field of the shared empty set.
+        match &self.0 {
+            Some(set) if !self.is_empty() => {
+                state.write_u8(1);
+                set.hash(state)
+            }
+            _ => state.write_u8(0),
+        }
     }
 }
 

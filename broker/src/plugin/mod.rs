@@ -31,12 +31,13 @@ use crate::hooks::{
 };
 use crate::message::Message;
 use answers::{Answer, Question, Replacement};
+use arc_swap::ArcSwap;
 use bindings::weir::plugin::types as wit;
 use host_api::SharedState;
 use runtime::Runtime;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +71,10 @@ pub struct PluginChain {
     /// The chain as calls see it. A call takes a snapshot (an `Arc` clone), so a swap
     /// never disturbs a call in progress, and a replaced version is freed when the last
     /// call holding it ends.
-    plugins: RwLock<Arc<Vec<Arc<Plugin>>>>,
+    /// Read for every hook call from every worker: an `ArcSwap` load touches no cache
+    /// line shared between threads, where a lock or a reference count would bounce one
+    /// between cores several times per message.
+    plugins: ArcSwap<Vec<Arc<Plugin>>>,
     /// What each plugin was loaded from, to load it again.
     configs: Mutex<Vec<PluginConfig>>,
     /// One reload at a time (file watcher, admin API, SIGHUP).
@@ -106,7 +110,7 @@ impl PluginChain {
         )?;
         let chain = PluginChain {
             runtime,
-            plugins: RwLock::new(Arc::new(Vec::new())),
+            plugins: ArcSwap::from_pointee(Vec::new()),
             configs: Mutex::new(config.plugin.clone()),
             reloading: Mutex::new(()),
             states: Mutex::default(),
@@ -118,7 +122,7 @@ impl PluginChain {
         for p in &config.plugin {
             loaded.push(Arc::new(chain.load_one(p)?));
         }
-        *chain.plugins.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(loaded);
+        chain.plugins.store(Arc::new(loaded));
         Ok(chain)
     }
 
@@ -144,10 +148,12 @@ impl PluginChain {
 
     /// The chain as it is now, disabled plugins included.
     pub fn plugins(&self) -> Arc<Vec<Arc<Plugin>>> {
-        self.plugins
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.plugins.load_full()
+    }
+
+    /// The chain for one hook call.
+    fn current(&self) -> arc_swap::Guard<Arc<Vec<Arc<Plugin>>>> {
+        self.plugins.load()
     }
 
     /// Loads the plugin's file again and, if the new version compiles, links and
@@ -171,7 +177,7 @@ impl PluginChain {
                 for slot in list.iter_mut().filter(|p| &*p.name == name) {
                     *slot = fresh.clone();
                 }
-                *self.plugins.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(list);
+                self.plugins.store(Arc::new(list));
                 stats
                     .reloads
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -216,7 +222,7 @@ impl PluginChain {
             list.push(Arc::new(self.load_one(c)?));
         }
         *self.configs.lock().unwrap_or_else(|e| e.into_inner()) = configs.to_vec();
-        *self.plugins.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(list);
+        self.plugins.store(Arc::new(list));
         tracing::info!(plugins = configs.len(), "plugin chain reconfigured");
         Ok(())
     }
@@ -241,7 +247,7 @@ impl PluginChain {
 
     /// Whether any plugin taking part in the chain now passes `has`.
     fn any_active(&self, has: impl Fn(&Plugin) -> bool) -> bool {
-        self.plugins().iter().any(|p| p.stats.enabled() && has(p))
+        self.current().iter().any(|p| p.stats.enabled() && has(p))
     }
 
     fn failed(&self, p: &Plugin, hook: &str, f: &Failure) -> OnError {
@@ -264,7 +270,7 @@ fn attributes(a: Vec<wit::Pair>) -> Vec<(String, String)> {
 
 impl Hooks for PluginChain {
     fn authenticate(&self, info: &ConnectInfo<'_>) -> AuthOutcome {
-        let plugins = self.plugins();
+        let plugins = self.current();
         let mut arg = None;
         for p in plugins
             .iter()
@@ -332,7 +338,7 @@ impl Hooks for PluginChain {
         qos: QoS,
         retain: bool,
     ) -> Decision {
-        let plugins = self.plugins();
+        let plugins = self.current();
         let mut args = None;
         for p in plugins
             .iter()
@@ -393,7 +399,7 @@ impl Hooks for PluginChain {
     }
 
     fn transform(&self, client: &ClientInfo<'_>, message: &Message) -> TransformOutcome {
-        let plugins = self.plugins();
+        let plugins = self.current();
         let mut replaced: Option<Message> = None;
         let mut c = None;
         let mut header = None;
@@ -471,7 +477,7 @@ impl Hooks for PluginChain {
     }
 
     fn rate_limit(&self, client: &ClientInfo<'_>, event: RateEvent) -> RateOutcome {
-        let plugins = self.plugins();
+        let plugins = self.current();
         let mut throttle = Duration::ZERO;
         let mut c = None;
         for p in plugins
@@ -560,7 +566,7 @@ impl Drop for PluginChain {
                 .collect();
             tracing::info!(
                 plugin = %p.name,
-                calls = s.calls.load(Relaxed),
+                calls = s.calls.load(),
                 denials = s.denials.load(Relaxed),
                 errors = %errors.join(","),
                 "plugin totals"
