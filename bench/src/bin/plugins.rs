@@ -23,6 +23,8 @@ use weir_tests::{plugins, tokens, Opts, Weir};
 const CALLS: u32 = 200_000;
 const PUBLISHERS: usize = 4;
 const PER_PUBLISHER: usize = 250_000;
+/// Rounds of the throughput comparison.
+const ROUNDS: usize = 3;
 
 /// The plugin issue's chain: auth-password, acl, transform (tagging every benchmark
 /// message, so it replaces each one), rate-limit. `reuse_ms` is how long acl and
@@ -297,11 +299,12 @@ fn throughput(name: &str, opts: Opts) -> f64 {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .sum()
     };
-    let (calls, reused) = (
+    let (calls, reused, failed) = (
         total("weir_plugin_calls_total"),
         total("weir_plugin_reused_answers_total"),
+        total("weir_plugin_errors_total"),
     );
-    println!("| {name:<30} | {got:>9} / {want} | {rate:>12.0} | {calls:>10} | {reused:>10} |");
+    println!("| {name:<41} | {got:>9} / {want} | {rate:>12.0} | {calls:>10} | {reused:>10} | {failed:>6} |");
     rate
 }
 
@@ -314,34 +317,54 @@ fn main() {
         "\nBroker throughput, QoS 0, 64 B, {PUBLISHERS} publishers -> 1 subscriber, {} messages:\n",
         PUBLISHERS * PER_PUBLISHER
     );
-    println!("| configuration                  | delivered              |       msgs/s | plugin calls | reused/leased |");
-    println!("|--------------------------------|------------------------|-------------:|-----------:|-----------:|");
+    println!("| configuration                             | delivered             |       msgs/s | plugin calls | reused/leased | failed calls |");
+    println!("|-------------------------------------------|-----------------------|-------------:|-----------:|-----------:|-------:|");
     let base = Opts {
         limits: "max_queued = 2000000".into(),
         storage: "persistence = false".into(),
         ..Default::default()
     };
-    let none = throughput("no plugins", base.clone());
     let with = |extra: String| Opts {
         extra,
         plugins: "authenticate_default = \"deny\"".into(),
         listener: "allow_anonymous = false".into(),
         ..base.clone()
     };
-    let chain = throughput(
-        "chain, default settings",
-        with(chain_config(&hash, 60_000, 10, 1e7)),
-    );
-    let asked = throughput(
-        "chain, every message asked",
-        with(chain_config(&hash, 0, 0, 1e7)),
-    );
+    // Single runs of the same configuration vary by tens of percent on this machine, so
+    // the configurations take turns and each ratio compares runs made side by side.
+    let (mut chain, mut asked) = (Vec::new(), Vec::new());
+    for round in 1..=ROUNDS {
+        let none = throughput(&format!("no plugins, round {round}"), base.clone());
+        let c = throughput(
+            &format!("chain, default settings, round {round}"),
+            with(chain_config(&hash, 60_000, 10, 1e7)),
+        );
+        let a = throughput(
+            &format!("chain, every message asked, round {round}"),
+            with(chain_config(&hash, 0, 0, 1e7)),
+        );
+        chain.push(100.0 * c / none);
+        asked.push(100.0 * a / none);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let shown = |v: &[f64]| {
+        v.iter()
+            .map(|p| format!("{p:.0}%"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     println!(
         "\nThe chain auth-password+acl+transform+rate-limit (transform tags every message, \
          rate-limit counts every message) with its default settings, where answers are reused \
-         and the limiter leases tokens: {:.0}% of the no-plugin throughput.\nThe same chain with \
-         reuse_ms = 0 and lease_ms = 0, every plugin called for every message: {:.0}%.",
-        100.0 * chain / none,
-        100.0 * asked / none
+         and the limiter leases tokens: {:.0}% of the no-plugin throughput (median; rounds: {}).\n\
+         The same chain with reuse_ms = 0 and lease_ms = 0, every plugin called for every \
+         message: {:.0}% (rounds: {}).",
+        median(chain.clone()),
+        shown(&chain),
+        median(asked.clone()),
+        shown(&asked)
     );
 }
