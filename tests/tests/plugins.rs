@@ -38,6 +38,19 @@ fn publish_code(r: &mut Raw, topic: &str, pid: u16, payload: &[u8]) -> u8 {
     ack_code(&r.recv().expect("PUBACK"))
 }
 
+/// Sends `n` QoS 1 PUBLISH packets at once (ids 1..=n, the id as payload) and checks
+/// that every PUBACK accepts.
+fn publish_pipelined(r: &mut Raw, topic: &str, n: u16) {
+    let all: Vec<u8> = (1..=n)
+        .flat_map(|i| publish5(0x02, topic, Some(i), &[], &i.to_be_bytes()))
+        .collect();
+    r.send(&all);
+    let acks: Vec<u8> = (0..n)
+        .map(|_| ack_code(&r.recv().expect("PUBACK")))
+        .collect();
+    assert!(acks.iter().all(|c| *c == 0), "all accepted: {acks:?}");
+}
+
 /// SUBSCRIBE at QoS 1 and the SUBACK's code.
 fn subscribe_code(r: &mut Raw, filter: &str, pid: u16) -> u8 {
     r.send(&subscribe5(pid, filter, 1));
@@ -242,14 +255,7 @@ fn rate_limit_rejects_throttles_and_limits_connects() {
     assert_eq!(subscribe_code(&mut sub, "slow", 1), 1);
     let mut pubr = v5_client(&w, "pub", &[]);
     let t0 = Instant::now();
-    let burst: Vec<u8> = (1..=20u16)
-        .flat_map(|i| publish5(0x02, "slow", Some(i), &[], &i.to_be_bytes()))
-        .collect();
-    pubr.send(&burst);
-    let acks: Vec<u8> = (0..20)
-        .map(|_| ack_code(&pubr.recv().expect("PUBACK")))
-        .collect();
-    assert!(acks.iter().all(|c| *c == 0), "all accepted: {acks:?}");
+    publish_pipelined(&mut pubr, "slow", 20);
     let mut got = 0;
     while got < 20 {
         let p = sub.recv().expect("delivery");
@@ -703,14 +709,7 @@ fn rate_limit_leases_skip_calls_and_the_limit_still_holds() {
     let w = broker(&[entry("limits", "rate-limit", "", tight)], "", "");
     let mut r = v5_client(&w, "tight", &[]);
     let t0 = Instant::now();
-    let all: Vec<u8> = (1..=600u16)
-        .flat_map(|i| publish5(0x02, "t", Some(i), &[], b"x"))
-        .collect();
-    r.send(&all);
-    let acks: Vec<u8> = (0..600)
-        .map(|_| ack_code(&r.recv().expect("PUBACK")))
-        .collect();
-    assert!(acks.iter().all(|c| *c == 0), "all accepted: {acks:?}");
+    publish_pipelined(&mut r, "t", 600);
     assert!(
         t0.elapsed() >= Duration::from_millis(490),
         "600 messages at 1000/s after a burst of 100 took {:?}",
