@@ -145,7 +145,7 @@ pub fn render(s: &AdminState) -> String {
         &mut out,
         "weir_plugin_reused_answers_total",
         "counter",
-        "Answers reused (host.reuse-answer) instead of calling the plugin.",
+        "Answers reused (host.reuse-answer) or publishes leased (host.lease) instead of calling the plugin.",
         &|p| p.stats.reused.load(),
     );
     per(
