@@ -101,6 +101,32 @@ struct Seen {
     last_ns: u64,
 }
 
+/// Bytes read from a connection and not yet split into MQTT packets.
+struct Inbox {
+    buf: Vec<u8>,
+    chunk: Vec<u8>,
+}
+
+impl Inbox {
+    fn new(chunk: usize) -> Inbox {
+        Inbox {
+            buf: Vec::with_capacity(chunk),
+            chunk: vec![0; chunk],
+        }
+    }
+
+    /// Reads once more into the buffer; false at the end of the stream or on an error.
+    async fn fill(&mut self, rd: &mut (impl AsyncReadExt + Unpin)) -> bool {
+        match rd.read(&mut self.chunk).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&self.chunk[..n]);
+                true
+            }
+        }
+    }
+}
+
 struct Shared {
     start: Instant,
     received: AtomicU64,
@@ -126,19 +152,16 @@ async fn subscriber(
     let mut seen = Seen::default();
     let mut last: HashMap<u16, u32> = HashMap::new();
     let mut got: HashMap<u16, Vec<u64>> = HashMap::new();
-    let mut buf = Vec::with_capacity(1 << 20);
-    let mut chunk = vec![0u8; 256 * 1024];
+    let mut inbox = Inbox::new(256 * 1024);
     while shared.received.load(Ordering::Relaxed) < expected {
         let left = deadline.saturating_duration_since(Instant::now());
-        let n = match tokio::time::timeout(left.min(Duration::from_millis(50)), rd.read(&mut chunk))
-            .await
-        {
-            Ok(Ok(0)) | Ok(Err(_)) => break,
-            Ok(Ok(n)) => n,
+        match tokio::time::timeout(left.min(Duration::from_millis(50)), inbox.fill(&mut rd)).await {
+            Ok(false) => break,
+            Ok(true) => {}
             Err(_) if Instant::now() >= deadline => break,
             Err(_) => continue,
-        };
-        buf.extend_from_slice(&chunk[..n]);
+        }
+        let buf = &mut inbox.buf;
         let mut at = 0;
         let now = shared.start.elapsed().as_nanos() as u64;
         while let Some((h, len)) = frame(&buf[at..]) {
@@ -211,17 +234,13 @@ async fn publisher(port: u16, idx: u16, topic: String, how: Publishing) {
     let acks = (qos > 0).then(|| {
         let window = window.clone();
         tokio::spawn(async move {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 16 * 1024];
+            let mut inbox = Inbox::new(16 * 1024);
             let mut acked = 0;
             while acked < count {
-                let Ok(n) = rd.read(&mut chunk).await else {
-                    return;
-                };
-                if n == 0 {
+                if !inbox.fill(&mut rd).await {
                     return;
                 }
-                buf.extend_from_slice(&chunk[..n]);
+                let buf = &mut inbox.buf;
                 let mut at = 0;
                 while let Some((h, len)) = frame(&buf[at..]) {
                     if buf[at] >> 4 == 4 {
@@ -281,16 +300,12 @@ async fn sink(counter: Arc<AtomicU64>) -> u16 {
         while let Ok((mut s, _)) = l.accept().await {
             let counter = counter.clone();
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = vec![0u8; 256 * 1024];
+                let mut inbox = Inbox::new(256 * 1024);
                 loop {
-                    let Ok(n) = s.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
+                    if !inbox.fill(&mut s).await {
                         return;
                     }
-                    buf.extend_from_slice(&chunk[..n]);
+                    let buf = &mut inbox.buf;
                     let mut at = 0;
                     let mut out = Vec::new();
                     while let Some((h, len)) = frame(&buf[at..]) {

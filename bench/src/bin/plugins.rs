@@ -132,6 +132,15 @@ fn hook_costs(hash: &str) {
         payload: Bytes::from_static(br#"{"user":"a","password":"p","v":1}"#),
         ..msg.clone()
     };
+    let publish = |chain: &PluginChain| {
+        chain.authorize(
+            &client,
+            Action::Publish,
+            "home/alice/temp",
+            QoS::AtMostOnce,
+            false,
+        )
+    };
     println!("Hook calls through the broker's plugin host (wasmtime 48, pooled instance, warm):\n");
     println!("| hook (plugin)                                           |  ns/call |");
     println!("|---------------------------------------------------------|---------:|");
@@ -139,32 +148,14 @@ fn hook_costs(hash: &str) {
         "authorize (misbehave: answers at once; the floor)",
         CALLS,
         || {
-            std::hint::black_box(floor.authorize(
-                &client,
-                Action::Publish,
-                "home/alice/temp",
-                QoS::AtMostOnce,
-                false,
-            ));
+            std::hint::black_box(publish(&floor));
         },
     );
     per_call("authorize (acl, one %u rule, reuse_ms = 0)", CALLS, || {
-        std::hint::black_box(asked.authorize(
-            &client,
-            Action::Publish,
-            "home/alice/temp",
-            QoS::AtMostOnce,
-            false,
-        ));
+        std::hint::black_box(publish(&asked));
     });
     per_call("authorize (acl, decision reused)", CALLS, || {
-        std::hint::black_box(rust.authorize(
-            &client,
-            Action::Publish,
-            "home/alice/temp",
-            QoS::AtMostOnce,
-            false,
-        ));
+        std::hint::black_box(publish(&rust));
     });
     per_call(
         "transform (transform, tag: replace, reuse_ms = 0)",

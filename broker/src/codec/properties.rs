@@ -116,9 +116,9 @@ impl Context {
 ///
 /// Most packets carry none: every 3.1.1 packet, and most 5.0 PUBLISH and acknowledgement
 /// packets. The set therefore lives behind a pointer that is null while it is empty, so
-/// a packet or a queued message without properties carries 8 bytes for them instead of
-/// the whole set (about 340). Moving decoded packets and messages by value was the
-/// largest copy on the hot path before. Reading a field of an empty set reads a shared
+/// a packet or a queued message without properties carries one pointer for them instead
+/// of all two dozen fields. Moving decoded packets and messages by value was the largest
+/// copy on the hot path before. Reading a field of an empty set reads a shared
 /// empty set; writing one allocates the set.
 #[derive(Clone, Default)]
 pub struct Properties(Option<Box<PropertySet>>);

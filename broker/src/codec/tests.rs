@@ -450,3 +450,19 @@ fn random_mutations_never_panic() {
         }
     }
 }
+
+/// Packets and queued messages are moved by value; without properties they must not
+/// carry the whole property set.
+#[test]
+fn empty_properties_cost_one_pointer() {
+    assert_eq!(
+        std::mem::size_of::<Properties>(),
+        std::mem::size_of::<usize>()
+    );
+    assert!(Properties::default().is_empty());
+    let decoded = roundtrip(&Packet::Ack(Ack::new(AckKind::PubAck, 7)), Version::V5);
+    let Packet::Ack(ack) = decoded else {
+        panic!("not an ack: {decoded:?}")
+    };
+    assert!(ack.properties.is_empty() && ack.properties == Properties::default());
+}

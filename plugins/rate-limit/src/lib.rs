@@ -122,8 +122,8 @@ impl RateLimit for Limiter {
                 let mut wait = 0;
                 let mut over = false;
                 // The buckets this client's publishes are counted in: (key, rate,
-                // tokens per message), the last `None` for bytes.
-                let mut buckets: Vec<(String, Rate, Option<u64>)> = Vec::new();
+                // whether it counts messages rather than bytes).
+                let mut buckets: Vec<(String, Rate, bool)> = Vec::new();
                 let scopes = [
                     (
                         c.per_client.as_ref(),
@@ -143,7 +143,7 @@ impl RateLimit for Limiter {
                     {
                         let Some(rate) = rate else { continue };
                         let key = format!("{kind}:{key}");
-                        buckets.push((key.clone(), rate, (kind == "msg").then_some(1)));
+                        buckets.push((key.clone(), rate, kind == "msg"));
                         match c.action {
                             // Every message is paid for, going into debt if need be; the
                             // client is held back until the debt is repaid, so it runs at
@@ -181,27 +181,23 @@ impl RateLimit for Limiter {
 
 /// Takes a lease's tokens from every bucket while all have them to spare, and tells
 /// the broker. `bytes` is the size of the message just counted, the guess for the next.
-fn take_lease(buckets: &[(String, Rate, Option<u64>)], bytes: u64, secs: f64) {
+fn take_lease(buckets: &[(String, Rate, bool)], bytes: u64, secs: f64) {
     let mut events = LEASE_MAX;
     let mut budget = u64::MAX;
-    for (_, rate, per_message) in buckets {
+    for (_, rate, messages) in buckets {
         let share = (rate.per_second * secs).floor() as u64;
-        match per_message {
-            Some(_) => events = events.min(share),
-            None => {
-                budget = budget.min(share);
-                events = events.min(share / bytes.max(1));
-            }
+        if *messages {
+            events = events.min(share);
+        } else {
+            budget = budget.min(share);
+            events = events.min(share / bytes.max(1));
         }
     }
     if events == 0 || buckets.is_empty() {
         return;
     }
-    for (key, rate, per_message) in buckets {
-        let n = match per_message {
-            Some(_) => events,
-            None => budget,
-        };
+    for (key, rate, messages) in buckets {
+        let n = if *messages { events } else { budget };
         // A bucket without that many tokens to spare ends the attempt; what the
         // buckets before it gave is not returned (at most 10 ms of the rate).
         if !take_tokens(key, rate.burst(), rate.per_second, n) {
