@@ -86,7 +86,8 @@ pub struct Opts {
     pub listeners: Vec<Listener>,
     pub limits: String,
     pub storage: String,
-    /// Lines for the `[plugins]` table (the cache is the tests' shared one unless set here).
+    /// Lines for the `[plugins]` table (the cache is the tests' shared one and the deadline
+    /// a second unless set here).
     pub plugins: String,
     /// Appended as is: `[[plugin]]` entries.
     pub extra: String,
@@ -194,13 +195,19 @@ impl Weir {
             self.port, self.opts.listener, self.opts.limits, data, self.opts.storage
         );
         // The tests share one compile cache unless a test picks its own.
-        let cache = if self.opts.plugins.contains("cache_dir") {
+        let mut table = if self.opts.plugins.contains("cache_dir") {
             String::new()
         } else {
             format!("cache_dir = {:?}\n", plugins::cache_dir())
         };
+        // The deadline is wall time: on a machine busy with parallel tests a thread can
+        // lose 10 ms (the default) while it waits for a core. Tests that are about the
+        // deadline set their own.
+        if !self.opts.plugins.contains("deadline_ms") {
+            table += "deadline_ms = 1000\n";
+        }
         text += &format!(
-            "\n[admin]\nbind = \"127.0.0.1:{}\"\n{}\n\n[plugins]\n{cache}{}\n\n{}\n",
+            "\n[admin]\nbind = \"127.0.0.1:{}\"\n{}\n\n[plugins]\n{table}{}\n\n{}\n",
             self.admin_port, self.opts.admin, self.opts.plugins, self.opts.extra
         );
         std::fs::write(self.config_path(), text).expect("writing config");
