@@ -1169,18 +1169,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         if dup && topic.is_empty() {
             topic = &msg.topic;
         }
-        let props = (self.version == Version::V5
-            && (msg.expires_at.is_some()
-                || !d.subscription_ids.is_empty()
-                || alias.is_some()
-                || !msg.properties.is_empty()))
-        .then(|| {
-            let mut p = msg.properties.clone();
-            p.message_expiry_interval = msg.remaining_expiry(now);
-            p.subscription_identifiers = d.subscription_ids.clone();
-            p.topic_alias = alias;
-            p
-        });
+        let per = codec::PerDelivery {
+            message_expiry_interval: msg.remaining_expiry(now),
+            subscription_identifiers: &d.subscription_ids,
+            topic_alias: alias,
+        };
         let before = self.wbuf.len();
         codec::encode_publish(
             &mut self.wbuf,
@@ -1192,7 +1185,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 pid,
             },
             topic,
-            props.as_ref(),
+            &msg.properties,
+            Some(per),
             &msg.payload,
         );
         if self.wbuf.len() - before > self.client_max_packet {

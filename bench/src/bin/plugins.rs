@@ -6,6 +6,9 @@
 //!
 //!     cargo build --release -p weir && WEIR_BIN=target/release/weir \
 //!         cargo run --release -p weir-bench --bin plugins
+//!
+//! `MESSAGES` (default 4 000 000) and `ROUNDS` (default 3) size the throughput part;
+//! `ONLY=throughput` skips the per-call part.
 
 use bytes::Bytes;
 use std::io::{Read, Write};
@@ -22,9 +25,14 @@ use weir_tests::{plugins, tokens, Opts, Weir};
 
 const CALLS: u32 = 200_000;
 const PUBLISHERS: usize = 4;
-const PER_PUBLISHER: usize = 250_000;
-/// Rounds of the throughput comparison.
-const ROUNDS: usize = 3;
+
+/// A setting from the environment, or its default.
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 /// The plugin issue's chain: auth-password, acl, transform (tagging every benchmark
 /// message, so it replaces each one), rate-limit. `reuse_ms` is how long acl and
@@ -266,16 +274,16 @@ fn subscriber(port: u16, want: usize, ready: std::sync::mpsc::Sender<()>) -> (us
     (got, first.map_or(Duration::ZERO, |f| last - f))
 }
 
-fn throughput(name: &str, opts: Opts) -> f64 {
+fn throughput(name: &str, opts: Opts, per_publisher: usize) -> f64 {
     let w = Weir::with(opts);
     let port = w.port;
-    let want = PUBLISHERS * PER_PUBLISHER;
+    let want = PUBLISHERS * per_publisher;
     let (tx, rx) = std::sync::mpsc::channel();
     let sink = std::thread::spawn(move || subscriber(port, want, tx));
     rx.recv_timeout(Duration::from_secs(10))
         .expect("subscriber ready");
     let pubs: Vec<_> = (0..PUBLISHERS)
-        .map(|i| std::thread::spawn(move || publisher(port, i, PER_PUBLISHER)))
+        .map(|i| std::thread::spawn(move || publisher(port, i, per_publisher)))
         .collect();
     for p in pubs {
         p.join().unwrap();
@@ -302,16 +310,21 @@ fn throughput(name: &str, opts: Opts) -> f64 {
 fn main() {
     plugins::build();
     let hash = tokens::password_hash("pw", 1000);
-    hook_costs(&hash);
+    if std::env::var("ONLY").as_deref() != Ok("throughput") {
+        hook_costs(&hash);
+    }
+    // Whole batches of 1 000 per publisher.
+    let per_publisher = setting("MESSAGES", 4_000_000).div_ceil(PUBLISHERS * 1000) * 1000;
+    let messages = per_publisher * PUBLISHERS;
+    let rounds = setting("ROUNDS", 3).max(1);
 
     println!(
-        "\nBroker throughput, QoS 0, 64 B, {PUBLISHERS} publishers -> 1 subscriber, {} messages:\n",
-        PUBLISHERS * PER_PUBLISHER
+        "\nBroker throughput, QoS 0, 64 B, {PUBLISHERS} publishers -> 1 subscriber, {messages} messages:\n"
     );
     println!("| configuration                             | delivered             |       msgs/s | plugin calls | reused/leased | failed calls |");
     println!("|-------------------------------------------|-----------------------|-------------:|-----------:|-----------:|-------:|");
     let base = Opts {
-        limits: "max_queued = 2000000".into(),
+        limits: format!("max_queued = {messages}"),
         storage: "persistence = false".into(),
         ..Default::default()
     };
@@ -324,15 +337,21 @@ fn main() {
     // Single runs of the same configuration vary by tens of percent on this machine, so
     // the configurations take turns and each ratio compares runs made side by side.
     let (mut chain, mut asked) = (Vec::new(), Vec::new());
-    for round in 1..=ROUNDS {
-        let none = throughput(&format!("no plugins, round {round}"), base.clone());
+    for round in 1..=rounds {
+        let none = throughput(
+            &format!("no plugins, round {round}"),
+            base.clone(),
+            per_publisher,
+        );
         let c = throughput(
             &format!("chain, default settings, round {round}"),
             with(chain_config(&hash, 60_000, 10, 1e7)),
+            per_publisher,
         );
         let a = throughput(
             &format!("chain, every message asked, round {round}"),
             with(chain_config(&hash, 0, 0, 1e7)),
+            per_publisher,
         );
         chain.push(100.0 * c / none);
         asked.push(100.0 * a / none);

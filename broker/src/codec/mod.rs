@@ -17,7 +17,7 @@ mod subscribe;
 pub use ack::{Ack, AckKind};
 pub use connect::{ConnAck, Connect, Will};
 pub use disconnect::{Auth, Disconnect};
-pub use properties::{Properties, PropertySet};
+pub use properties::{PerDelivery, Properties, PropertySet};
 pub use publish::{encode_publish, Publish, PublishHeader};
 pub use subscribe::{
     RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,

@@ -2,10 +2,12 @@
 //! packet may carry checked on decode. A 3.1.1 connection never reads or writes them.
 
 use super::{
-    read_binary, read_string, read_u16, read_u32, read_u8, read_varint, varint_len, write_binary,
-    write_string, write_varint, Error, Result,
+    read_binary, read_string, read_u16, read_u32, read_u8, read_varint, write_binary, write_string,
+    write_varint, Error, Result,
 };
 use bytes::{BufMut, Bytes, BytesMut};
+use std::cell::RefCell;
+use std::sync::Arc;
 
 const PAYLOAD_FORMAT: u8 = 0x01;
 const MESSAGE_EXPIRY: u8 = 0x02;
@@ -120,8 +122,12 @@ impl Context {
 /// of all two dozen fields. Moving decoded packets and messages by value was the largest
 /// copy on the hot path before. Reading a field of an empty set reads a shared
 /// empty set; writing one allocates the set.
+///
+/// The set is shared, not owned: a transform answer reused for many messages gives each
+/// of them the same properties, and copying a set with user properties on every message
+/// was the largest cost of a plugin chain. Writing to a shared set copies it first.
 #[derive(Clone, Default)]
-pub struct Properties(Option<Box<PropertySet>>);
+pub struct Properties(Option<Arc<PropertySet>>);
 
 /// Every 5.0 property. Unset ones are `None` (or empty) and are not written.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -196,13 +202,13 @@ impl std::ops::Deref for Properties {
 
 impl std::ops::DerefMut for Properties {
     fn deref_mut(&mut self) -> &mut PropertySet {
-        self.0.get_or_insert_with(Box::default)
+        Arc::make_mut(self.0.get_or_insert_with(Arc::default))
     }
 }
 
 impl From<PropertySet> for Properties {
     fn from(set: PropertySet) -> Properties {
-        Properties((set != EMPTY).then(|| Box::new(set)))
+        Properties((set != EMPTY).then(|| Arc::new(set)))
     }
 }
 
@@ -234,9 +240,9 @@ impl std::fmt::Debug for Properties {
 }
 
 impl Properties {
-    /// The set, if any property is set; editing through this never allocates.
+    /// The set, if any property is set; editing through this never creates one.
     pub fn get_mut(&mut self) -> Option<&mut PropertySet> {
-        self.0.as_deref_mut()
+        self.0.as_mut().map(Arc::make_mut)
     }
 
     /// Drops the set if edits left it empty, so it costs nothing to carry onward.
@@ -245,6 +251,24 @@ impl Properties {
             self.0 = None;
         }
         self
+    }
+}
+
+/// What a PUBLISH carries for one subscriber in place of the message's own: the time it
+/// has left, the identifiers of the subscriptions it matched, and the topic alias. The
+/// message's properties are written around them as they are, never copied to set them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PerDelivery<'a> {
+    pub message_expiry_interval: Option<u32>,
+    pub subscription_identifiers: &'a [u32],
+    pub topic_alias: Option<u16>,
+}
+
+impl PerDelivery<'_> {
+    fn is_empty(&self) -> bool {
+        self.message_expiry_interval.is_none()
+            && self.subscription_identifiers.is_empty()
+            && self.topic_alias.is_none()
     }
 }
 
@@ -267,23 +291,40 @@ fn flag(b: &mut Bytes, what: &'static str) -> Result<u8> {
 
 impl Properties {
     pub(crate) fn decode(b: &mut Bytes, ctx: Context) -> Result<Properties> {
-        PropertySet::decode(b, ctx).map(Properties::from)
+        // Every property read sets a field, so a set is empty exactly when its length is
+        // zero: no comparison with the empty set on each decoded packet.
+        Ok(Properties(PropertySet::decode(b, ctx)?.map(Arc::new)))
     }
 
     /// Writes the property length and the properties.
     pub(crate) fn encode(&self, out: &mut BytesMut) {
-        match &self.0 {
-            None => write_varint(out, 0),
-            Some(set) => set.encode(out),
-        }
+        self.with_body(None, |body| {
+            write_varint(out, body.len());
+            out.put_slice(body);
+        })
     }
 
-    /// Encoded size including the length prefix.
-    pub(crate) fn encoded_len(&self) -> usize {
-        match &self.0 {
-            None => 1,
-            Some(set) => set.encoded_len(),
+    /// Calls `f` with the encoded properties (without their length), with `per` in
+    /// place of the set's own per-delivery fields. The bytes are built in a buffer kept
+    /// per thread: a packet's size is written before its properties, and this measures
+    /// them without an allocation or a second pass.
+    pub(crate) fn with_body<R>(
+        &self,
+        per: Option<PerDelivery<'_>>,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> R {
+        thread_local! {
+            static SCRATCH: RefCell<BytesMut> = RefCell::new(BytesMut::new());
         }
+        if self.0.is_none() && per.is_none_or(|p| p.is_empty()) {
+            return f(&[]);
+        }
+        SCRATCH.with(|cell| {
+            let mut body = cell.borrow_mut();
+            body.clear();
+            self.encode_body(&mut body, per);
+            f(&body)
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -292,10 +333,14 @@ impl Properties {
 }
 
 impl PropertySet {
-    fn decode(b: &mut Bytes, ctx: Context) -> Result<PropertySet> {
+    /// The properties, or `None` when the property length is zero.
+    fn decode(b: &mut Bytes, ctx: Context) -> Result<Option<PropertySet>> {
         let len = read_varint(b)? as usize;
         if b.len() < len {
             return Err(Error::Malformed("property length exceeds the packet"));
+        }
+        if len == 0 {
+            return Ok(None);
         }
         let mut p = b.split_to(len);
         let mut props = PropertySet::default();
@@ -398,23 +443,10 @@ impl PropertySet {
                 _ => return Err(Error::Malformed("unknown property identifier")),
             }
         }
-        Ok(props)
+        Ok(Some(props))
     }
 
-    fn encode(&self, out: &mut BytesMut) {
-        let mut body = BytesMut::new();
-        self.encode_body(&mut body);
-        write_varint(out, body.len());
-        out.put_slice(&body);
-    }
-
-    fn encoded_len(&self) -> usize {
-        let mut body = BytesMut::new();
-        self.encode_body(&mut body);
-        varint_len(body.len()) + body.len()
-    }
-
-    fn encode_body(&self, o: &mut BytesMut) {
+    fn encode_body(&self, o: &mut BytesMut, per: Option<PerDelivery<'_>>) {
         fn byte(o: &mut BytesMut, id: u8, v: Option<u8>) {
             if let Some(v) = v {
                 o.put_u8(id);
@@ -445,12 +477,17 @@ impl PropertySet {
                 write_binary(o, v);
             }
         }
+        let per = per.unwrap_or(PerDelivery {
+            message_expiry_interval: self.message_expiry_interval,
+            subscription_identifiers: &self.subscription_identifiers,
+            topic_alias: self.topic_alias,
+        });
         byte(o, PAYLOAD_FORMAT, self.payload_format_indicator);
-        u32p(o, MESSAGE_EXPIRY, self.message_expiry_interval);
+        u32p(o, MESSAGE_EXPIRY, per.message_expiry_interval);
         strp(o, CONTENT_TYPE, &self.content_type);
         strp(o, RESPONSE_TOPIC, &self.response_topic);
         binp(o, CORRELATION_DATA, &self.correlation_data);
-        for id in &self.subscription_identifiers {
+        for id in per.subscription_identifiers {
             o.put_u8(SUBSCRIPTION_ID);
             write_varint(o, *id as usize);
         }
@@ -467,7 +504,7 @@ impl PropertySet {
         strp(o, REASON_STRING, &self.reason_string);
         u16p(o, RECEIVE_MAXIMUM, self.receive_maximum);
         u16p(o, TOPIC_ALIAS_MAXIMUM, self.topic_alias_maximum);
-        u16p(o, TOPIC_ALIAS, self.topic_alias);
+        u16p(o, TOPIC_ALIAS, per.topic_alias);
         byte(o, MAXIMUM_QOS, self.maximum_qos);
         byte(o, RETAIN_AVAILABLE, self.retain_available);
         for (k, v) in &self.user_properties {

@@ -1,7 +1,7 @@
 //! PUBLISH: the one packet on the hot path, so its encoder writes straight into the
 //! output buffer with a precomputed length and copies the payload exactly once.
 
-use super::properties::Context;
+use super::properties::{Context, PerDelivery};
 use super::{
     read_packet_id, read_string, varint_len, write_string, write_varint, Error, Properties, QoS,
     Result, Version,
@@ -70,8 +70,15 @@ impl Publish {
             retain: self.retain,
             pid: self.pid,
         };
-        let props = (version == Version::V5).then_some(&self.properties);
-        encode_publish(out, version, header, &self.topic, props, &self.payload);
+        encode_publish(
+            out,
+            version,
+            header,
+            &self.topic,
+            &self.properties,
+            None,
+            &self.payload,
+        );
     }
 }
 
@@ -86,22 +93,35 @@ pub struct PublishHeader {
 }
 
 /// Encodes a PUBLISH from borrowed parts, so a delivery shared by many subscribers is
-/// written without building a `Publish` (and copying its topic) for each of them.
-/// `properties` is ignored on a 3.1.1 connection.
+/// written without building a `Publish` (or copying its topic and properties) for each
+/// of them. `per` replaces the message's own expiry, subscription identifiers and topic
+/// alias. Properties are left out on a 3.1.1 connection.
 pub fn encode_publish(
     out: &mut BytesMut,
     version: Version,
     h: PublishHeader,
     topic: &str,
-    properties: Option<&Properties>,
+    properties: &Properties,
+    per: Option<PerDelivery<'_>>,
     payload: &[u8],
 ) {
-    let properties = properties.filter(|_| version == Version::V5);
-    let props_len = match (version, properties) {
-        (Version::V5, Some(p)) => p.encoded_len(),
-        (Version::V5, None) => 1,
-        (Version::V311, _) => 0,
-    };
+    match version {
+        Version::V311 => write_publish(out, h, topic, None, payload),
+        Version::V5 => properties.with_body(per, |body| {
+            write_publish(out, h, topic, Some(body), payload)
+        }),
+    }
+}
+
+/// `properties`: the encoded properties without their length; `None` on 3.1.1.
+fn write_publish(
+    out: &mut BytesMut,
+    h: PublishHeader,
+    topic: &str,
+    properties: Option<&[u8]>,
+    payload: &[u8],
+) {
+    let props_len = properties.map_or(0, |b| varint_len(b.len()) + b.len());
     let pid_len = if h.qos == QoS::AtMostOnce { 0 } else { 2 };
     let remaining = 2 + topic.len() + pid_len + props_len + payload.len();
     out.reserve(1 + varint_len(remaining) + remaining);
@@ -118,10 +138,9 @@ pub fn encode_publish(
     if pid_len > 0 {
         out.put_u16(h.pid);
     }
-    match (version, properties) {
-        (Version::V5, Some(p)) => p.encode(out),
-        (Version::V5, None) => out.put_u8(0),
-        (Version::V311, _) => {}
+    if let Some(body) = properties {
+        write_varint(out, body.len());
+        out.put_slice(body);
     }
     out.put_slice(payload);
 }

@@ -466,3 +466,59 @@ fn empty_properties_cost_one_pointer() {
     };
     assert!(ack.properties.is_empty() && ack.properties == Properties::default());
 }
+
+/// A delivery writes its own expiry, subscription identifiers and alias around the
+/// message's properties; the result must be the PUBLISH those properties would make.
+#[test]
+fn per_delivery_fields_replace_the_messages_own() {
+    let header = PublishHeader {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        pid: 9,
+    };
+    let ids = [3, 200];
+    for (base, per) in [
+        (full_props(), None),
+        (Properties::default(), None),
+        (
+            full_props(),
+            Some(PerDelivery {
+                message_expiry_interval: Some(5),
+                subscription_identifiers: &ids,
+                topic_alias: Some(2),
+            }),
+        ),
+        (
+            Properties::default(),
+            Some(PerDelivery {
+                message_expiry_interval: None,
+                subscription_identifiers: &ids[..1],
+                topic_alias: None,
+            }),
+        ),
+        (full_props(), Some(PerDelivery::default())),
+    ] {
+        let mut expected = base.clone();
+        if let Some(per) = per {
+            let set = &mut *expected;
+            set.message_expiry_interval = per.message_expiry_interval;
+            set.subscription_identifiers = per.subscription_identifiers.to_vec();
+            set.topic_alias = per.topic_alias;
+        }
+        let mut buf = BytesMut::new();
+        encode_publish(&mut buf, Version::V5, header, "a/b", &base, per, b"data");
+        let Packet::Publish(p) = decode_raw(&buf, Version::V5).unwrap() else {
+            panic!("not a publish")
+        };
+        assert_eq!(p.properties, expected.compact());
+        assert_eq!(&p.payload[..], b"data");
+        // 3.1.1 has no properties to write.
+        let mut old = BytesMut::new();
+        encode_publish(&mut old, Version::V311, header, "a/b", &base, per, b"data");
+        let Packet::Publish(o) = decode_raw(&old, Version::V311).unwrap() else {
+            panic!("not a publish")
+        };
+        assert!(o.properties.is_empty() && &o.payload[..] == b"data" && o.topic == "a/b");
+    }
+}

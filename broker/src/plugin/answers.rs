@@ -51,7 +51,8 @@ pub fn header(m: &Message) -> u64 {
     SEED.hash_one((
         m.qos,
         m.retain,
-        m.remaining_expiry(now_secs()),
+        // The clock only for messages that expire.
+        m.expires_at.and_then(|_| m.remaining_expiry(now_secs())),
         &m.properties,
     ))
 }
