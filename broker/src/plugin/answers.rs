@@ -14,7 +14,7 @@ use crate::hooks::{Action, ClientInfo, Decision};
 use crate::message::{now_secs, Message};
 use crate::FastMap;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -119,7 +119,26 @@ struct Entry {
     question: Question,
     fingerprint: u64,
     answer: Answer,
-    until: Instant,
+    /// On the [`clock`].
+    until_ms: u64,
+}
+
+static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+static NOW_MS: AtomicU64 = AtomicU64::new(0);
+
+/// Advances the clock entries expire by; the plugin runtime's epoch thread calls this
+/// every tick.
+pub fn tick() {
+    NOW_MS.store(START.elapsed().as_millis() as u64, Ordering::Relaxed);
+}
+
+/// Milliseconds on a clock that advances once a tick. A lookup happens for each plugin
+/// on each message, and reading the system clock there cost more than the rest of the
+/// check; this is one load. An answer may live a tick or so longer or shorter than
+/// asked, which reuse times in milliseconds and leases bounded in events and bytes
+/// allow for.
+fn clock() -> u64 {
+    NOW_MS.load(Ordering::Relaxed)
 }
 
 #[derive(Default)]
@@ -172,7 +191,7 @@ impl Answers {
     }
 
     fn valid(&self, e: &Entry, c: &ClientInfo<'_>, topic: &str, q: Question) -> bool {
-        e.until > Instant::now()
+        e.until_ms > clock()
             && e.question == q
             && &*e.client_id == c.client_id
             && &*e.topic == topic
@@ -222,7 +241,7 @@ impl Answers {
             question: q,
             fingerprint: self.fingerprint(c),
             answer,
-            until: Instant::now() + ttl,
+            until_ms: clock() + ttl.as_millis() as u64,
         };
         let mut shard = self.shard(key);
         // Emptying a full shard also ends leases early: that only costs the tokens

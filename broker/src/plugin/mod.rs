@@ -37,6 +37,7 @@ use host_api::SharedState;
 use runtime::Runtime;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -63,6 +64,15 @@ pub enum PluginError {
     Unknown(String),
 }
 
+/// Bits of `PluginChain::active`.
+struct Active;
+
+impl Active {
+    const AUTHORIZE: u8 = 1;
+    const TRANSFORM: u8 = 2;
+    const RATE_LIMIT: u8 = 4;
+}
+
 /// Longest a plugin may throttle a client in one answer; more is an invalid answer.
 const MAX_THROTTLE: Duration = Duration::from_secs(3600);
 
@@ -75,6 +85,11 @@ pub struct PluginChain {
     /// line shared between threads, where a lock or a reference count would bounce one
     /// between cores several times per message.
     plugins: ArcSwap<Vec<Arc<Plugin>>>,
+    /// Which hooks some enabled plugin implements ([`Active`] bits), asked for every
+    /// message; kept up to date by whatever changes the chain or switches a plugin.
+    active: AtomicU8,
+    /// Serialises recomputing `active`, so a stale mask never overwrites a newer one.
+    refreshing: Mutex<()>,
     /// What each plugin was loaded from, to load it again.
     configs: Mutex<Vec<PluginConfig>>,
     /// One reload at a time (file watcher, admin API, SIGHUP).
@@ -111,6 +126,8 @@ impl PluginChain {
         let chain = PluginChain {
             runtime,
             plugins: ArcSwap::from_pointee(Vec::new()),
+            active: AtomicU8::new(0),
+            refreshing: Mutex::new(()),
             configs: Mutex::new(config.plugin.clone()),
             reloading: Mutex::new(()),
             states: Mutex::default(),
@@ -123,6 +140,7 @@ impl PluginChain {
             loaded.push(Arc::new(chain.load_one(p)?));
         }
         chain.plugins.store(Arc::new(loaded));
+        chain.refresh_active();
         Ok(chain)
     }
 
@@ -178,6 +196,7 @@ impl PluginChain {
                     *slot = fresh.clone();
                 }
                 self.plugins.store(Arc::new(list));
+                self.refresh_active();
                 stats
                     .reloads
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -209,6 +228,7 @@ impl PluginChain {
         self.stats_of(name)
             .enabled
             .store(on, std::sync::atomic::Ordering::Relaxed);
+        self.refresh_active();
         tracing::info!(plugin = name, enabled = on, "plugin switched");
         Ok(())
     }
@@ -223,6 +243,7 @@ impl PluginChain {
         }
         *self.configs.lock().unwrap_or_else(|e| e.into_inner()) = configs.to_vec();
         self.plugins.store(Arc::new(list));
+        self.refresh_active();
         tracing::info!(plugins = configs.len(), "plugin chain reconfigured");
         Ok(())
     }
@@ -245,9 +266,20 @@ impl PluginChain {
             .clone()
     }
 
-    /// Whether any plugin taking part in the chain now passes `has`.
-    fn any_active(&self, has: impl Fn(&Plugin) -> bool) -> bool {
-        self.current().iter().any(|p| p.stats.enabled() && has(p))
+    fn refresh_active(&self) {
+        let _one = self.refreshing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut mask = 0;
+        for p in self.current().iter().filter(|p| p.stats.enabled()) {
+            mask |= (p.has_authz() as u8 * Active::AUTHORIZE)
+                | (p.has_transformer() as u8 * Active::TRANSFORM)
+                | (p.has_limiter() as u8 * Active::RATE_LIMIT);
+        }
+        self.active.store(mask, Ordering::Relaxed);
+    }
+
+    /// Whether some plugin taking part in the chain now implements the hook.
+    fn any_active(&self, hook: u8) -> bool {
+        self.active.load(Ordering::Relaxed) & hook != 0
     }
 
     fn failed(&self, p: &Plugin, hook: &str, f: &Failure) -> OnError {
@@ -539,15 +571,15 @@ impl Hooks for PluginChain {
     }
 
     fn authorizes(&self) -> bool {
-        self.defaults.authorize_default == AllowDeny::Deny || self.any_active(Plugin::has_authz)
+        self.defaults.authorize_default == AllowDeny::Deny || self.any_active(Active::AUTHORIZE)
     }
 
     fn transforms(&self) -> bool {
-        self.any_active(Plugin::has_transformer)
+        self.any_active(Active::TRANSFORM)
     }
 
     fn limits_rate(&self) -> bool {
-        self.any_active(Plugin::has_limiter)
+        self.any_active(Active::RATE_LIMIT)
     }
 }
 

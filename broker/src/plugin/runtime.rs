@@ -1,6 +1,7 @@
 //! The wasmtime engine every plugin shares: epoch-based deadlines, the pooling
 //! allocator, the linker with WASI (nothing granted) and the `host` interface, and the
-//! on-disk cache of compiled components.
+//! on-disk cache of compiled components. The thread that ticks the deadlines also
+//! advances the clock reused answers expire by.
 
 use super::bindings::weir::plugin::{host, types};
 use super::instance::PluginCtx;
@@ -61,6 +62,7 @@ impl Runtime {
                     while !stop.load(Ordering::Relaxed) {
                         std::thread::sleep(TICK);
                         engine.increment_epoch();
+                        super::answers::tick();
                     }
                 })
                 .map_err(|e| PluginError::Engine(format!("cannot start the epoch thread: {e}")))?;
