@@ -26,12 +26,15 @@ use weir_tests::{plugins, tokens, Opts, Weir};
 const CALLS: u32 = 200_000;
 const PUBLISHERS: usize = 4;
 
-/// A setting from the environment, or its default.
+/// A setting from the environment, or its default; a value that is not a number stops
+/// the run with its name rather than measuring something else.
 fn setting(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    match std::env::var(name) {
+        Err(_) => default,
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} must be a whole number, not {v:?}")),
+    }
 }
 
 /// The plugin issue's chain: auth-password, acl, transform (tagging every benchmark
@@ -314,7 +317,10 @@ fn main() {
         hook_costs(&hash);
     }
     // Whole batches of 1 000 per publisher.
-    let per_publisher = setting("MESSAGES", 4_000_000).div_ceil(PUBLISHERS * 1000) * 1000;
+    let per_publisher = setting("MESSAGES", 4_000_000)
+        .div_ceil(PUBLISHERS * 1000)
+        .max(1)
+        * 1000;
     let messages = per_publisher * PUBLISHERS;
     let rounds = setting("ROUNDS", 3).max(1);
 

@@ -67,8 +67,6 @@ pub struct Replacement {
     properties: Properties,
     /// Seconds, as the plugin returned them.
     expiry: Option<u32>,
-    /// What the replacement adds to the payload's size, for the packet size check.
-    overhead: usize,
 }
 
 impl Replacement {
@@ -80,28 +78,13 @@ impl Replacement {
             retain: replaced.retain,
             properties: replaced.properties.clone(),
             expiry: replaced.remaining_expiry(now_secs()),
-            overhead: replaced.topic.len()
-                + replaced
-                    .properties
-                    .user_properties
-                    .iter()
-                    .map(|(k, v)| k.len() + v.len())
-                    .sum::<usize>(),
         })
     }
 
     /// The replacement for `m`, unless its payload makes it one the plugin's own answer
     /// would not have been accepted as (too large, or not the UTF-8 it claims).
     pub fn apply(&self, m: &Message, max_packet: usize) -> Option<Message> {
-        if self.overhead + m.payload.len() > max_packet {
-            return None;
-        }
-        if self.properties.payload_format_indicator == Some(1)
-            && std::str::from_utf8(&m.payload).is_err()
-        {
-            return None;
-        }
-        Some(Message {
+        let replaced = Message {
             topic: self.topic.clone(),
             payload: m.payload.clone(),
             qos: self.qos,
@@ -109,7 +92,10 @@ impl Replacement {
             properties: self.properties.clone(),
             expires_at: self.expiry.map(|s| now_secs() + s as u64),
             publisher: m.publisher.clone(),
-        })
+        };
+        super::convert::unfit(&replaced, max_packet)
+            .is_none()
+            .then_some(replaced)
     }
 }
 

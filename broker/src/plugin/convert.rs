@@ -123,21 +123,7 @@ pub fn replacement(
             return bad("has an invalid response topic".into());
         }
     }
-    let size = m.topic.len()
-        + m.payload.len()
-        + m.user_properties
-            .iter()
-            .map(|p| p.name.len() + p.value.len())
-            .sum::<usize>();
-    if size > max_packet {
-        return bad(format!(
-            "is {size} bytes, over the maximum packet size of {max_packet}"
-        ));
-    }
-    if m.payload_utf8 && std::str::from_utf8(&m.payload).is_err() {
-        return bad("says its payload is UTF-8 but it is not".into());
-    }
-    Ok(Message {
+    let replaced = Message {
         topic: Arc::from(m.topic),
         payload: Bytes::from(m.payload),
         qos,
@@ -157,5 +143,32 @@ pub fn replacement(
         .into(),
         expires_at: m.message_expiry.map(|s| now_secs() + s as u64),
         publisher: original.publisher.clone(),
-    })
+    };
+    match unfit(&replaced, max_packet) {
+        Some(why) => bad(why),
+        None => Ok(replaced),
+    }
+}
+
+/// Why a replacement cannot be sent: larger than the maximum packet size, or not the
+/// UTF-8 it says its payload is. Checked on a plugin's answer, and again each time a
+/// reused answer is applied to another message's payload.
+pub fn unfit(m: &Message, max_packet: usize) -> Option<String> {
+    let size = m.topic.len()
+        + m.payload.len()
+        + m.properties
+            .user_properties
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>();
+    if size > max_packet {
+        return Some(format!(
+            "is {size} bytes, over the maximum packet size of {max_packet}"
+        ));
+    }
+    if m.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&m.payload).is_err()
+    {
+        return Some("says its payload is UTF-8 but it is not".into());
+    }
+    None
 }
