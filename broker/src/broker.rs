@@ -3,7 +3,7 @@
 
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::config::Config;
-use crate::hooks::{Action, Decision, Hooks, Identity};
+use crate::hooks::{Action, Decision, Hooks, Identity, Memo};
 use crate::message::{now_secs, Delivery, Message};
 use crate::metrics::Metrics;
 use crate::router::{Retained, Router, Target};
@@ -166,10 +166,14 @@ impl Broker {
                         stranger.info()
                     }
                 };
-                if self
-                    .hooks
-                    .authorize(&who, Action::Subscribe, &msg.topic, msg.qos, msg.retain)
-                    != Decision::Allow
+                if self.hooks.authorize(
+                    &mut Memo::none(),
+                    &who,
+                    Action::Subscribe,
+                    &msg.topic,
+                    msg.qos,
+                    msg.retain,
+                ) != Decision::Allow
                 {
                     return 0;
                 }

@@ -12,8 +12,8 @@ use crate::codec::{
     RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, Version, Will,
 };
 use crate::hooks::{
-    Action, AuthOutcome, ClientInfo, ConnectInfo, Decision, Identity, PeerIdentity, RateEvent,
-    RateOutcome, TransformOutcome,
+    Action, AuthOutcome, ConnectInfo, Decision, Identity, Memo, PeerIdentity, PublishOutcome,
+    RateEvent, RateOutcome,
 };
 use crate::message::{now_secs, Delivery, Message};
 use crate::metrics::Metrics;
@@ -400,10 +400,11 @@ where
             attributes,
         },
     };
+    let mut memo = Memo::connection();
     if broker.hooks.limits_rate() {
         match broker
             .hooks
-            .rate_limit(&identity.info(), RateEvent::Connect)
+            .rate_limit(&mut memo, &identity.info(), RateEvent::Connect)
         {
             RateOutcome::Allow => {}
             RateOutcome::Reject(code) => {
@@ -431,11 +432,15 @@ where
                 return None;
             }
         }
-        if let Decision::Deny(code) =
-            broker
-                .hooks
-                .authorize(&identity.info(), Action::Publish, &w.topic, w.qos, w.retain)
-        {
+        let decision = broker.hooks.authorize(
+            &mut memo,
+            &identity.info(),
+            Action::Publish,
+            &w.topic,
+            w.qos,
+            w.retain,
+        );
+        if let Decision::Deny(code) = decision {
             let p = refuse(code, "will topic not authorized");
             {
                 write_packet(&mut io, &p, version).await;
@@ -511,6 +516,7 @@ where
         version,
         client_id,
         identity,
+        memo,
         paused_until: None,
         listener,
         peer,
@@ -560,6 +566,8 @@ struct Connection<S> {
     client_id: Arc<str>,
     /// Who the client is after authentication, for every later hook.
     identity: Identity,
+    /// What the hooks keep between this connection's calls.
+    memo: Memo,
     /// A rate-limit plugin throttled the client: nothing is read before this.
     paused_until: Option<Instant>,
     listener: Arc<ListenerInfo>,
@@ -709,10 +717,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
     }
 
-    fn client_info(&self) -> ClientInfo<'_> {
-        self.identity.info()
-    }
-
     fn persistent(&self) -> bool {
         self.session.lock().expiry_interval > 0
     }
@@ -784,42 +788,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 ));
             }
         }
-        let hooks = self.broker.hooks.clone();
-        let decision = hooks.authorize(
-            &self.client_info(),
-            Action::Publish,
-            &p.topic,
-            qos,
-            p.retain,
-        );
-        if let Decision::Deny(code) = decision {
-            self.refuse_publish(qos, pid, code, &p.topic, "not authorized");
-            return Ok(());
-        }
-        if hooks.limits_rate() {
-            match hooks.rate_limit(
-                &self.client_info(),
-                RateEvent::Publish(p.payload.len() as u64),
-            ) {
-                RateOutcome::Allow => {}
-                RateOutcome::Reject(code) => {
-                    self.refuse_publish(qos, pid, code, &p.topic, "rate limited");
-                    return Ok(());
-                }
-                // The message itself goes through; reading pauses after it.
-                RateOutcome::Throttle(d) => self.paused_until = Some(Instant::now() + d),
-            }
-        }
         let mut msg = Message::from_publish(p, Some(self.client_id.clone()));
-        if hooks.transforms() {
-            match hooks.transform(&self.client_info(), &msg) {
-                TransformOutcome::Keep => {}
-                TransformOutcome::Drop(code) => {
-                    let topic = msg.topic.clone();
-                    self.refuse_publish(qos, pid, code, &topic, "dropped by a transform plugin");
-                    return Ok(());
-                }
-                TransformOutcome::Replace(m) => msg = *m,
+        let client = self.identity.info();
+        match self.broker.hooks.publish(&mut self.memo, &client, &mut msg) {
+            PublishOutcome::Route { throttle: None } => {}
+            PublishOutcome::Route { throttle: Some(d) } => {
+                self.paused_until = Some(Instant::now() + d)
+            }
+            PublishOutcome::Refuse { code, why } => {
+                let topic = msg.topic.clone();
+                self.refuse_publish(qos, pid, code, &topic, why);
+                return Ok(());
             }
         }
         let msg = Arc::new(msg);
@@ -917,7 +896,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let mut changed = false;
         let hooks = self.broker.hooks.clone();
         if hooks.limits_rate() {
-            match hooks.rate_limit(&self.client_info(), RateEvent::Subscribe) {
+            match hooks.rate_limit(&mut self.memo, &self.identity.info(), RateEvent::Subscribe) {
                 RateOutcome::Allow => {}
                 RateOutcome::Reject(code) => {
                     let codes = vec![code; s.filters.len()];
@@ -953,8 +932,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     "No Local set on a shared subscription",
                 ));
             }
-            let decision = self.broker.hooks.authorize(
-                &self.client_info(),
+            let decision = hooks.authorize(
+                &mut self.memo,
+                &self.identity.info(),
                 Action::Subscribe,
                 &filter,
                 opts.qos,
@@ -975,10 +955,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             if send_retained && !is_shared {
                 let retained = self.broker.retained_for(&filter, opts, sub_id);
                 // A wildcard filter may cover topics this client may not read.
+                let (memo, client) = (&mut self.memo, self.identity.info());
                 let readable = |d: &Delivery| {
                     !hooks.authorizes()
                         || hooks.authorize(
-                            &self.client_info(),
+                            memo,
+                            &client,
                             Action::Subscribe,
                             &d.message.topic,
                             d.qos,

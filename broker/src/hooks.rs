@@ -7,6 +7,7 @@
 use crate::codec::{reason, QoS, Version};
 use crate::message::Message;
 use bytes::Bytes;
+use std::any::Any;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -97,12 +98,14 @@ pub enum AuthOutcome {
     },
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum TransformOutcome {
-    Keep,
-    /// Do not route; tell a 5.0 publisher this reason code.
-    Drop(u8),
-    Replace(Box<Message>),
+/// What becomes of a PUBLISH once every hook has seen it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishOutcome {
+    /// Route the message as the hooks left it; with a throttle, stop reading from the
+    /// client for that long after it.
+    Route { throttle: Option<Duration> },
+    /// Do not route; tell a 5.0 publisher this reason code. `why` is for the log.
+    Refuse { code: u8, why: &'static str },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,24 +124,86 @@ pub enum RateOutcome {
     Throttle(Duration),
 }
 
+/// What the hooks keep for one connection between its calls, such as answers a plugin
+/// said may be reused and the rest of a rate-limit lease. The connection owns it and no
+/// other thread touches it, so a message the hooks can answer from it reads nothing
+/// another core writes. What is inside is the hooks' business; the core only holds it.
+pub struct Memo {
+    slot: Option<Box<dyn Any + Send>>,
+    keeps: bool,
+}
+
+impl Memo {
+    /// For a connection, kept for as long as it lasts.
+    pub fn connection() -> Memo {
+        Memo {
+            slot: None,
+            keeps: true,
+        }
+    }
+
+    /// For a call with no connection behind it (a delivery to a stored session): the
+    /// hooks keep nothing, so it costs nothing.
+    pub fn none() -> Memo {
+        Memo {
+            slot: None,
+            keeps: false,
+        }
+    }
+
+    /// The hooks' state of type `T`, made by `init` on first use; `None` for a memo that
+    /// keeps nothing.
+    pub fn get_or_insert_with<T: Any + Send>(
+        &mut self,
+        init: impl FnOnce() -> T,
+    ) -> Option<&mut T> {
+        if !self.keeps {
+            return None;
+        }
+        // Another type only if two `Hooks` implementations shared one memo.
+        if !self.slot.as_ref().is_some_and(|b| b.is::<T>()) {
+            self.slot = Some(Box::new(init()));
+        }
+        self.slot.as_mut().and_then(|b| b.downcast_mut::<T>())
+    }
+}
+
+impl std::fmt::Debug for Memo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Memo")
+            .field("keeps", &self.keeps)
+            .field("used", &self.slot.is_some())
+            .finish()
+    }
+}
+
 pub trait Hooks: Send + Sync + 'static {
     fn authenticate(&self, info: &ConnectInfo<'_>) -> AuthOutcome;
     fn authorize(
         &self,
+        memo: &mut Memo,
         client: &ClientInfo<'_>,
         action: Action,
         topic: &str,
         qos: QoS,
         retain: bool,
     ) -> Decision;
-    fn transform(&self, client: &ClientInfo<'_>, message: &Message) -> TransformOutcome;
-    fn rate_limit(&self, client: &ClientInfo<'_>, event: RateEvent) -> RateOutcome;
+    /// Everything a PUBLISH passes, in this order: authorization of its topic, the rate
+    /// limit (one publish of its payload's size), and the transforms, which may change
+    /// `message` in place. One call per message rather than one per hook, so the
+    /// implementation sets up once.
+    fn publish(
+        &self,
+        memo: &mut Memo,
+        client: &ClientInfo<'_>,
+        message: &mut Message,
+    ) -> PublishOutcome;
+    fn rate_limit(&self, memo: &mut Memo, client: &ClientInfo<'_>, event: RateEvent)
+        -> RateOutcome;
 
     /// Whether anything would ever deny an authorization: the per-delivery checks
     /// (retained messages, shared subscriptions) are skipped when not.
     fn authorizes(&self) -> bool;
-    /// Whether `transform` can do anything but keep, so the core can skip the call.
-    fn transforms(&self) -> bool;
     /// Whether `rate_limit` can do anything but allow.
     fn limits_rate(&self) -> bool;
 }
@@ -176,23 +241,27 @@ impl Hooks for DefaultHooks {
         listener_rule(info)
     }
 
-    fn authorize(&self, _: &ClientInfo<'_>, _: Action, _: &str, _: QoS, _: bool) -> Decision {
+    fn authorize(
+        &self,
+        _: &mut Memo,
+        _: &ClientInfo<'_>,
+        _: Action,
+        _: &str,
+        _: QoS,
+        _: bool,
+    ) -> Decision {
         Decision::Allow
     }
 
-    fn transform(&self, _: &ClientInfo<'_>, _: &Message) -> TransformOutcome {
-        TransformOutcome::Keep
+    fn publish(&self, _: &mut Memo, _: &ClientInfo<'_>, _: &mut Message) -> PublishOutcome {
+        PublishOutcome::Route { throttle: None }
     }
 
-    fn rate_limit(&self, _: &ClientInfo<'_>, _: RateEvent) -> RateOutcome {
+    fn rate_limit(&self, _: &mut Memo, _: &ClientInfo<'_>, _: RateEvent) -> RateOutcome {
         RateOutcome::Allow
     }
 
     fn authorizes(&self) -> bool {
-        false
-    }
-
-    fn transforms(&self) -> bool {
         false
     }
 

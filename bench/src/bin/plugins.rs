@@ -16,7 +16,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 use weir::codec::{QoS, Version};
 use weir::config::Config;
-use weir::hooks::{Action, ClientInfo, ConnectInfo, Hooks, RateEvent};
+use weir::hooks::{Action, ClientInfo, ConnectInfo, Hooks, Memo, RateEvent};
 use weir::message::Message;
 use weir::plugin::PluginChain;
 use weir_tests::http::request;
@@ -143,8 +143,10 @@ fn hook_costs(hash: &str) {
         payload: Bytes::from_static(br#"{"user":"a","password":"p","v":1}"#),
         ..msg.clone()
     };
-    let publish = |chain: &PluginChain| {
+    // Each row is one connection's calls: what it keeps between them is its own.
+    let publish = |chain: &PluginChain, memo: &mut Memo| {
         chain.authorize(
+            memo,
             &client,
             Action::Publish,
             "home/alice/temp",
@@ -155,49 +157,64 @@ fn hook_costs(hash: &str) {
     println!("Hook calls through the broker's plugin host (wasmtime 48, pooled instance, warm):\n");
     println!("| hook (plugin)                                           |  ns/call |");
     println!("|---------------------------------------------------------|---------:|");
+    let mut m = Memo::connection();
     per_call(
         "authorize (misbehave: answers at once; the floor)",
         CALLS,
         || {
-            std::hint::black_box(publish(&floor));
+            std::hint::black_box(publish(&floor, &mut m));
         },
     );
+    let mut m = Memo::connection();
     per_call("authorize (acl, one %u rule, reuse_ms = 0)", CALLS, || {
-        std::hint::black_box(publish(&asked));
+        std::hint::black_box(publish(&asked, &mut m));
     });
+    let mut m = Memo::connection();
     per_call("authorize (acl, decision reused)", CALLS, || {
-        std::hint::black_box(publish(&rust));
+        std::hint::black_box(publish(&rust, &mut m));
     });
+    per_call(
+        "authorize (acl, reused from the shared cache: no connection)",
+        CALLS,
+        || {
+            std::hint::black_box(publish(&rust, &mut Memo::none()));
+        },
+    );
+    let mut m = Memo::connection();
     per_call(
         "transform (transform, tag: replace, reuse_ms = 0)",
         CALLS,
         || {
-            std::hint::black_box(asked.transform(&client, &msg));
+            std::hint::black_box(asked.transform(&mut m, &client, &mut msg.clone()));
         },
     );
+    let mut m = Memo::connection();
     per_call(
         "transform (transform, tag: replacement reused)",
         CALLS,
         || {
-            std::hint::black_box(rust.transform(&client, &msg));
+            std::hint::black_box(rust.transform(&mut m, &client, &mut msg.clone()));
         },
     );
+    let mut m = Memo::connection();
     per_call(
         "transform (transform, no rule applies: keep, reused)",
         CALLS,
         || {
-            std::hint::black_box(rust.transform(&client, &untagged));
+            std::hint::black_box(rust.transform(&mut m, &client, &mut untagged.clone()));
         },
     );
+    let mut m = Memo::connection();
     per_call(
         "rate-limit (rate-limit, publish, lease_ms = 0)",
         CALLS,
         || {
-            std::hint::black_box(asked.rate_limit(&client, RateEvent::Publish(64)));
+            std::hint::black_box(asked.rate_limit(&mut m, &client, RateEvent::Publish(64)));
         },
     );
+    let mut m = Memo::connection();
     per_call("rate-limit (rate-limit, publish, leased)", CALLS, || {
-        std::hint::black_box(rust.rate_limit(&client, RateEvent::Publish(64)));
+        std::hint::black_box(rust.rate_limit(&mut m, &client, RateEvent::Publish(64)));
     });
     per_call(
         "authenticate (auth-password, PBKDF2 1000 rounds)",
@@ -206,11 +223,13 @@ fn hook_costs(hash: &str) {
             std::hint::black_box(rust.authenticate(&info));
         },
     );
+    let mut m = Memo::connection();
     per_call("transform (python-redact, redacts JSON)", 20_000, || {
-        std::hint::black_box(python.transform(&client, &json));
+        std::hint::black_box(python.transform(&mut m, &client, &mut json.clone()));
     });
+    let mut m = Memo::connection();
     per_call("transform (python-redact, not JSON: keep)", 20_000, || {
-        std::hint::black_box(python.transform(&client, &msg));
+        std::hint::black_box(python.transform(&mut m, &client, &mut msg.clone()));
     });
 }
 

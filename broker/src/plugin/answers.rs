@@ -1,6 +1,8 @@
 //! Answers a plugin said may be reused (`host.reuse-answer`), so that a client
-//! publishing to the same topic again does not cost another call into WebAssembly, and
-//! rate-limit leases (`host.lease`): publishes a limiter has already been paid for.
+//! publishing to the same topic again does not cost another call into WebAssembly.
+//! A connection keeps its own copies too (`kept`), and its rate-limit leases only
+//! there; this cache is what deliveries to stored sessions and reconnecting clients
+//! find.
 //!
 //! Each loaded plugin version has its own cache, so a reload, a reconfiguration or
 //! disabling the plugin forgets every reused answer at once. An entry is found by a
@@ -24,24 +26,21 @@ const SHARD_CAPACITY: usize = 8192;
 /// The longest a plugin may ask an answer to be reused.
 pub const MAX_REUSE: Duration = Duration::from_secs(600);
 
-/// What can be reused: an authorization decision (`None` is defer), a transform's
-/// `keep` or payload-preserving `replace`, or what is left of a lease.
+/// What can be reused: an authorization decision (`None` is defer), or a transform's
+/// `keep` or payload-preserving `replace`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Answer {
     Authorize(Option<Decision>),
     Keep,
     Replace(Arc<Replacement>),
-    Lease { events: u32, bytes: u64 },
 }
 
 /// The question asked, besides client and topic.
 #[derive(Clone, Copy, Hash, PartialEq, Eq)]
 pub enum Question {
     Authorize(Action, QoS, bool),
-    /// A transform of a message with this [`Answers::header`].
+    /// A transform of a message with this [`header`].
     Transform(u64),
-    /// A rate-limit lease for publishes (topic is empty).
-    Lease,
 }
 
 /// What identifies a message to a transform besides client and topic: everything the
@@ -81,21 +80,20 @@ impl Replacement {
         })
     }
 
-    /// The replacement for `m`, unless its payload makes it one the plugin's own answer
-    /// would not have been accepted as (too large, or not the UTF-8 it claims).
-    pub fn apply(&self, m: &Message, max_packet: usize) -> Option<Message> {
-        let replaced = Message {
-            topic: self.topic.clone(),
-            payload: m.payload.clone(),
-            qos: self.qos,
-            retain: self.retain,
-            properties: self.properties.clone(),
-            expires_at: self.expiry.map(|s| now_secs() + s as u64),
-            publisher: m.publisher.clone(),
-        };
-        super::convert::unfit(&replaced, max_packet)
-            .is_none()
-            .then_some(replaced)
+    /// Makes `m` the replacement with its own payload, unless that payload makes it one
+    /// the plugin's own answer would not have been accepted as (too large, or not the
+    /// UTF-8 it claims); whether it did.
+    pub fn apply(&self, m: &mut Message, max_packet: usize) -> bool {
+        let unfit = super::convert::unfit(&self.topic, &m.payload, &self.properties, max_packet);
+        if unfit.is_some() {
+            return false;
+        }
+        m.topic = self.topic.clone();
+        m.qos = self.qos;
+        m.retain = self.retain;
+        m.properties = self.properties.clone();
+        m.expires_at = self.expiry.map(|s| now_secs() + s as u64);
+        true
     }
 }
 
@@ -123,7 +121,7 @@ pub fn tick() {
 /// check; this is one load. An answer may live a tick or so longer or shorter than
 /// asked, which reuse times in milliseconds and leases bounded in events and bytes
 /// allow for.
-fn clock() -> u64 {
+pub fn clock() -> u64 {
     NOW_MS.load(Ordering::Relaxed)
 }
 
@@ -160,65 +158,39 @@ impl Answers {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether the plugin ever allowed an answer to be reused or leased.
+    /// Whether the plugin ever allowed an answer to be reused.
     pub fn in_use(&self) -> bool {
         self.used.load(Ordering::Relaxed)
     }
 
-    /// The reusable answer to `q` for this client and topic, if one is still valid.
-    pub fn get(&self, c: &ClientInfo<'_>, topic: &str, q: Question) -> Option<Answer> {
+    /// The reusable answer to `q` for this client and topic, if one is still valid,
+    /// and until when (on the [`clock`]).
+    pub fn get(&self, c: &ClientInfo<'_>, topic: &str, q: Question) -> Option<(Answer, u64)> {
         if !self.used.load(Ordering::Relaxed) {
             return None;
         }
         let key = self.key(c.client_id, topic, q);
         let shard = self.shard(key);
         let e = shard.get(&key)?;
-        self.valid(e, c, topic, q).then(|| e.answer.clone())
-    }
-
-    fn valid(&self, e: &Entry, c: &ClientInfo<'_>, topic: &str, q: Question) -> bool {
-        e.until_ms > clock()
+        let valid = e.until_ms > clock()
             && e.question == q
             && &*e.client_id == c.client_id
             && &*e.topic == topic
-            && e.fingerprint == self.fingerprint(c)
+            && e.fingerprint == self.fingerprint(c);
+        valid.then(|| (e.answer.clone(), e.until_ms))
     }
 
-    /// Uses one publish of `bytes` from this client's lease, if it has one that covers
-    /// it. A lease that cannot cover it is over.
-    pub fn take_lease(&self, c: &ClientInfo<'_>, bytes: u64) -> bool {
-        if !self.used.load(Ordering::Relaxed) {
-            return false;
-        }
-        let key = self.key(c.client_id, "", Question::Lease);
-        let mut shard = self.shard(key);
-        let Some(e) = shard.get_mut(&key) else {
-            return false;
-        };
-        let valid = self.valid(e, c, "", Question::Lease);
-        if let (
-            true,
-            Answer::Lease {
-                events,
-                bytes: left,
-            },
-        ) = (valid, &mut e.answer)
-        {
-            if *events > 0 && *left >= bytes {
-                *events -= 1;
-                *left -= bytes;
-                return true;
-            }
-        }
-        shard.remove(&key);
-        false
-    }
-
-    pub fn put(&self, c: &ClientInfo<'_>, topic: &str, q: Question, answer: Answer, ttl_ms: u32) {
-        let ttl = Duration::from_millis(ttl_ms as u64).min(MAX_REUSE);
-        if ttl.is_zero() {
-            return;
-        }
+    /// Keeps `answer` for `ttl_ms` (at most [`MAX_REUSE`]); returns until when, on the
+    /// [`clock`], unless the time is zero and nothing was kept.
+    pub fn put(
+        &self,
+        c: &ClientInfo<'_>,
+        topic: &str,
+        q: Question,
+        answer: Answer,
+        ttl_ms: u32,
+    ) -> Option<u64> {
+        let until_ms = until(ttl_ms)?;
         self.used.store(true, Ordering::Relaxed);
         let key = self.key(c.client_id, topic, q);
         let entry = Entry {
@@ -227,14 +199,20 @@ impl Answers {
             question: q,
             fingerprint: self.fingerprint(c),
             answer,
-            until_ms: clock() + ttl.as_millis() as u64,
+            until_ms,
         };
         let mut shard = self.shard(key);
-        // Emptying a full shard also ends leases early: that only costs the tokens
-        // left in them, never lets a client past its limit.
         if shard.len() >= SHARD_CAPACITY && !shard.contains_key(&key) {
             shard.clear();
         }
         shard.insert(key, entry);
+        Some(until_ms)
     }
+}
+
+/// When something kept for `ttl_ms` (at most [`MAX_REUSE`]) from now expires on the
+/// [`clock`]; `None` for zero, which keeps nothing.
+pub fn until(ttl_ms: u32) -> Option<u64> {
+    let ttl = Duration::from_millis(ttl_ms as u64).min(MAX_REUSE);
+    (!ttl.is_zero()).then(|| clock() + ttl.as_millis() as u64)
 }

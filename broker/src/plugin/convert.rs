@@ -144,7 +144,12 @@ pub fn replacement(
         expires_at: m.message_expiry.map(|s| now_secs() + s as u64),
         publisher: original.publisher.clone(),
     };
-    match unfit(&replaced, max_packet) {
+    match unfit(
+        &replaced.topic,
+        &replaced.payload,
+        &replaced.properties,
+        max_packet,
+    ) {
         Some(why) => bad(why),
         None => Ok(replaced),
     }
@@ -153,10 +158,15 @@ pub fn replacement(
 /// Why a replacement cannot be sent: larger than the maximum packet size, or not the
 /// UTF-8 it says its payload is. Checked on a plugin's answer, and again each time a
 /// reused answer is applied to another message's payload.
-pub fn unfit(m: &Message, max_packet: usize) -> Option<String> {
-    let size = m.topic.len()
-        + m.payload.len()
-        + m.properties
+pub fn unfit(
+    topic: &str,
+    payload: &[u8],
+    properties: &PropertySet,
+    max_packet: usize,
+) -> Option<String> {
+    let size = topic.len()
+        + payload.len()
+        + properties
             .user_properties
             .iter()
             .map(|(k, v)| k.len() + v.len())
@@ -166,8 +176,7 @@ pub fn unfit(m: &Message, max_packet: usize) -> Option<String> {
             "is {size} bytes, over the maximum packet size of {max_packet}"
         ));
     }
-    if m.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&m.payload).is_err()
-    {
+    if properties.payload_format_indicator == Some(1) && std::str::from_utf8(payload).is_err() {
         return Some("says its payload is UTF-8 but it is not".into());
     }
     None

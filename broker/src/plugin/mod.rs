@@ -13,6 +13,7 @@ pub mod bindings;
 mod convert;
 mod host_api;
 mod instance;
+mod kept;
 mod runtime;
 mod stats;
 mod stdio;
@@ -26,18 +27,19 @@ pub use stats::{Stats, LATENCY_BUCKETS_NS};
 use crate::codec::{reason, QoS};
 use crate::config::{AllowDeny, AuthDefault, Config, OnError, PluginConfig, PluginsConfig};
 use crate::hooks::{
-    listener_rule, Action, AuthOutcome, ClientInfo, ConnectInfo, Decision, Hooks, RateEvent,
-    RateOutcome, TransformOutcome,
+    listener_rule, Action, AuthOutcome, ClientInfo, ConnectInfo, Decision, Hooks, Memo,
+    PublishOutcome, RateEvent, RateOutcome,
 };
 use crate::message::Message;
 use answers::{Answer, Question, Replacement};
 use arc_swap::ArcSwap;
 use bindings::weir::plugin::types as wit;
 use host_api::SharedState;
+use kept::Kept;
 use runtime::Runtime;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -73,6 +75,9 @@ impl Active {
     const RATE_LIMIT: u8 = 4;
 }
 
+/// The plugins in configuration order, as one call sees them.
+type Chain = Arc<Vec<Arc<Plugin>>>;
+
 /// Longest a plugin may throttle a client in one answer; more is an invalid answer.
 const MAX_THROTTLE: Duration = Duration::from_secs(3600);
 
@@ -88,6 +93,9 @@ pub struct PluginChain {
     /// Which hooks some enabled plugin implements ([`Active`] bits), asked for every
     /// message; kept up to date by whatever changes the chain or switches a plugin.
     active: AtomicU8,
+    /// Changed whenever the chain or a plugin's part in it changes, after the change:
+    /// a connection that sees a new value forgets the answers it kept (`kept`).
+    generation: AtomicU64,
     /// Serialises recomputing `active`, so a stale mask never overwrites a newer one.
     refreshing: Mutex<()>,
     /// What each plugin was loaded from, to load it again.
@@ -127,6 +135,7 @@ impl PluginChain {
             runtime,
             plugins: ArcSwap::from_pointee(Vec::new()),
             active: AtomicU8::new(0),
+            generation: AtomicU64::new(0),
             refreshing: Mutex::new(()),
             configs: Mutex::new(config.plugin.clone()),
             reloading: Mutex::new(()),
@@ -170,7 +179,7 @@ impl PluginChain {
     }
 
     /// The chain for one hook call.
-    fn current(&self) -> arc_swap::Guard<Arc<Vec<Arc<Plugin>>>> {
+    fn current(&self) -> arc_swap::Guard<Chain> {
         self.plugins.load()
     }
 
@@ -275,6 +284,44 @@ impl PluginChain {
                 | (p.has_limiter() as u8 * Active::RATE_LIMIT);
         }
         self.active.store(mask, Ordering::Relaxed);
+        // Unique across chains too, so a memo handed to another chain is never
+        // mistaken for one of its own.
+        static GENERATIONS: AtomicU64 = AtomicU64::new(0);
+        let next = GENERATIONS.fetch_add(1, Ordering::Relaxed) + 1;
+        self.generation.store(next, Ordering::Release);
+    }
+
+    /// The chain for one hook call, and what this connection kept of its answers (or
+    /// `none`, for a memo that keeps nothing). The generation is read first: a change
+    /// stores the new chain before it advances the generation, so answers of a
+    /// replaced version are never kept as the new one's.
+    fn call<'c>(&'c self, memo: &'c mut Memo, none: &'c mut Kept) -> Call<'c> {
+        let generation = self.generation.load(Ordering::Acquire);
+        let plugins = self.current();
+        let kept = match memo.get_or_insert_with(Kept::default) {
+            Some(k) => {
+                k.check(generation, plugins.len());
+                k
+            }
+            None => none,
+        };
+        Call {
+            chain: self,
+            plugins,
+            kept,
+        }
+    }
+
+    /// The transforms alone, changing `message` in place; the reason code if one dropped
+    /// it. The broker runs them through [`Hooks::publish`]; this is for measuring them.
+    pub fn transform(
+        &self,
+        memo: &mut Memo,
+        client: &ClientInfo<'_>,
+        message: &mut Message,
+    ) -> Option<u8> {
+        let mut none = Kept::default();
+        self.call(memo, &mut none).transform(client, message)
     }
 
     /// Whether some plugin taking part in the chain now implements the hook.
@@ -296,8 +343,278 @@ impl PluginChain {
     }
 }
 
+/// The answer the plugin at position `i` allows to be reused for `q`: the connection's
+/// own copy, or else the shared cache's, which the connection then keeps.
+fn reusable(
+    kept: &mut Kept,
+    i: usize,
+    p: &Plugin,
+    client: &ClientInfo<'_>,
+    topic: &str,
+    q: Question,
+) -> Option<Answer> {
+    if let Some(a) = kept.get(i, topic, q) {
+        return Some(a.clone());
+    }
+    let (a, until) = p.answers.get(client, topic, q)?;
+    kept.put(i, topic, q, a.clone(), until);
+    Some(a)
+}
+
+/// Keeps an answer the plugin allowed to be reused for `ms`, in the shared cache and in
+/// the connection's.
+#[allow(clippy::too_many_arguments)]
+fn reuse(
+    kept: &mut Kept,
+    i: usize,
+    p: &Plugin,
+    client: &ClientInfo<'_>,
+    topic: &str,
+    q: Question,
+    answer: Answer,
+    ms: u32,
+) {
+    if let Some(until) = p.answers.put(client, topic, q, answer.clone(), ms) {
+        kept.put(i, topic, q, answer, until);
+    }
+}
+
 fn attributes(a: Vec<wit::Pair>) -> Vec<(String, String)> {
     a.into_iter().map(|p| (p.name, p.value)).collect()
+}
+
+/// One hook call's view of the chain: the plugins as they are now, and what the calling
+/// connection kept of their answers.
+struct Call<'c> {
+    chain: &'c PluginChain,
+    plugins: arc_swap::Guard<Chain>,
+    kept: &'c mut Kept,
+}
+
+impl Call<'_> {
+    fn authorize(
+        &mut self,
+        client: &ClientInfo<'_>,
+        action: Action,
+        topic: &str,
+        qos: QoS,
+        retain: bool,
+    ) -> Decision {
+        let (plugins, kept) = (&self.plugins, &mut *self.kept);
+        let mut args = None;
+        for (i, p) in plugins
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.has_authz() && p.stats.enabled())
+        {
+            let question = Question::Authorize(action, qos, retain);
+            if let Some(Answer::Authorize(d)) = reusable(kept, i, p, client, topic, question) {
+                p.stats.reused();
+                match d {
+                    Some(d @ Decision::Deny(_)) => {
+                        p.stats.denied();
+                        return d;
+                    }
+                    Some(d) => return d,
+                    None => continue,
+                }
+            }
+            let (c, a) = args.get_or_insert_with(|| {
+                (
+                    convert::client(client),
+                    convert::access(action, topic, qos, retain),
+                )
+            });
+            let answer = p.call_reusable(|g, s| match &g.authz {
+                Some(h) => h.call_authorize(s, c, a),
+                None => Ok(wit::Decision::Defer),
+            });
+            let decided = answer.and_then(|(r, grants)| {
+                let d = match r {
+                    wit::Decision::Allow => Some(Decision::Allow),
+                    wit::Decision::Deny(code) => {
+                        let code = convert::failure_code(code, "deny")?;
+                        p.stats.denied();
+                        Some(Decision::Deny(code))
+                    }
+                    wit::Decision::Defer => None,
+                };
+                if let Some(ms) = grants.reuse_ms {
+                    reuse(
+                        kept,
+                        i,
+                        p,
+                        client,
+                        topic,
+                        question,
+                        Answer::Authorize(d),
+                        ms,
+                    );
+                }
+                Ok(d)
+            });
+            match decided {
+                Ok(Some(d)) => return d,
+                Ok(None) => {}
+                Err(f) => match self.chain.failed(p, "authorize", &f) {
+                    OnError::Deny => return Decision::Deny(reason::NOT_AUTHORIZED),
+                    OnError::Allow => return Decision::Allow,
+                    OnError::Defer => {}
+                },
+            }
+        }
+        match self.chain.defaults.authorize_default {
+            AllowDeny::Allow => Decision::Allow,
+            AllowDeny::Deny => Decision::Deny(reason::NOT_AUTHORIZED),
+        }
+    }
+
+    /// The transforms, each seeing the message as the one before left it, changing it in
+    /// place; the reason code if one dropped it.
+    fn transform(&mut self, client: &ClientInfo<'_>, message: &mut Message) -> Option<u8> {
+        let (plugins, kept) = (&self.plugins, &mut *self.kept);
+        let max_packet = self.chain.max_packet;
+        // A reused answer was given for the message as published, not for what an
+        // earlier plugin made of it: reuse stops at the first change.
+        let mut changed = false;
+        let mut c = None;
+        let mut header = None;
+        let mut question =
+            |m: &Message| Question::Transform(*header.get_or_insert_with(|| answers::header(m)));
+        for (i, p) in plugins
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.has_transformer() && p.stats.enabled())
+        {
+            let original = !changed;
+            // Nothing is kept for a plugin that never allowed reuse.
+            if original && p.answers.in_use() {
+                let q = question(message);
+                match reusable(kept, i, p, client, &message.topic, q) {
+                    Some(Answer::Keep) => {
+                        p.stats.reused();
+                        continue;
+                    }
+                    Some(Answer::Replace(r)) if r.apply(message, max_packet) => {
+                        p.stats.reused();
+                        changed = true;
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
+            let c = c.get_or_insert_with(|| convert::client(client));
+            let m = convert::message(message);
+            let answer = p.call_reusable(|g, s| match &g.transformer {
+                Some(h) => h.call_transform(s, c, &m),
+                None => Ok(wit::TransformResult::Keep),
+            });
+            let decided = answer.and_then(|(r, grants)| match r {
+                wit::TransformResult::Keep => {
+                    if let Some(ms) = grants.reuse_ms.filter(|_| original) {
+                        let q = question(message);
+                        reuse(kept, i, p, client, &message.topic, q, Answer::Keep, ms);
+                    }
+                    Ok(None)
+                }
+                wit::TransformResult::Drop(code) => {
+                    let code = convert::failure_code(code, "drop")?;
+                    p.stats.denied();
+                    Ok(Some(code))
+                }
+                wit::TransformResult::Replace(m) => {
+                    let m = convert::replacement(m, message, max_packet)?;
+                    if let Some(ms) = grants.reuse_ms.filter(|_| original) {
+                        if let Some(r) = Replacement::of(&m, message) {
+                            let q = question(message);
+                            let answer = Answer::Replace(Arc::new(r));
+                            reuse(kept, i, p, client, &message.topic, q, answer, ms);
+                        }
+                    }
+                    *message = m;
+                    changed = true;
+                    Ok(None)
+                }
+            });
+            match decided {
+                Ok(Some(code)) => return Some(code),
+                Ok(None) => {}
+                Err(f) => {
+                    if self.chain.failed(p, "transform", &f) == OnError::Deny {
+                        return Some(reason::IMPLEMENTATION_SPECIFIC);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn rate_limit(&mut self, client: &ClientInfo<'_>, event: RateEvent) -> RateOutcome {
+        let (plugins, kept) = (&self.plugins, &mut *self.kept);
+        let mut throttle = Duration::ZERO;
+        let mut c = None;
+        for (i, p) in plugins
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.has_limiter() && p.stats.enabled())
+        {
+            if let RateEvent::Publish(bytes) = event {
+                if kept.take_lease(i, bytes) {
+                    p.stats.reused();
+                    continue;
+                }
+            }
+            let c = c.get_or_insert_with(|| convert::client(client));
+            let e = convert::event(event);
+            let answer = p.call_reusable(|g, s| match &g.limiter {
+                Some(h) => h.call_rate_limit(s, c, e),
+                None => Ok(wit::RateResult::Allow),
+            });
+            let decided = answer.and_then(|(r, grants)| match r {
+                wit::RateResult::Allow => {
+                    // Kept by the connection only: a lease is a budget, and one copy
+                    // of it is what bounds the client. A call with no connection
+                    // behind it lets the lease go unused, which costs only tokens.
+                    if let (RateEvent::Publish(_), Some((events, bytes, ms))) =
+                        (event, grants.lease)
+                    {
+                        if let Some(until) = answers::until(ms) {
+                            kept.lease(i, events, bytes, until);
+                        }
+                    }
+                    Ok(None)
+                }
+                wit::RateResult::Reject(code) => {
+                    let code = convert::failure_code(code, "reject")?;
+                    p.stats.denied();
+                    Ok(Some(code))
+                }
+                wit::RateResult::Throttle(ms) => {
+                    let d = Duration::from_millis(ms);
+                    if d > MAX_THROTTLE {
+                        return Err(Failure::Invalid(format!(
+                            "throttle of {ms} ms is over an hour"
+                        )));
+                    }
+                    throttle = throttle.max(d);
+                    Ok(None)
+                }
+            });
+            match decided {
+                Ok(Some(code)) => return RateOutcome::Reject(code),
+                Ok(None) => {}
+                Err(f) => match self.chain.failed(p, "rate-limit", &f) {
+                    OnError::Deny => return RateOutcome::Reject(reason::UNSPECIFIED_ERROR),
+                    OnError::Allow | OnError::Defer => {}
+                },
+            }
+        }
+        if throttle.is_zero() {
+            RateOutcome::Allow
+        } else {
+            RateOutcome::Throttle(throttle)
+        }
+    }
 }
 
 impl Hooks for PluginChain {
@@ -364,218 +681,64 @@ impl Hooks for PluginChain {
 
     fn authorize(
         &self,
+        memo: &mut Memo,
         client: &ClientInfo<'_>,
         action: Action,
         topic: &str,
         qos: QoS,
         retain: bool,
     ) -> Decision {
-        let plugins = self.current();
-        let mut args = None;
-        for p in plugins
-            .iter()
-            .filter(|p| p.has_authz() && p.stats.enabled())
-        {
-            let question = Question::Authorize(action, qos, retain);
-            if let Some(Answer::Authorize(d)) = p.answers.get(client, topic, question) {
-                p.stats.reused();
-                match d {
-                    Some(d @ Decision::Deny(_)) => {
-                        p.stats.denied();
-                        return d;
-                    }
-                    Some(d) => return d,
-                    None => continue,
-                }
-            }
-            let (c, a) = args.get_or_insert_with(|| {
-                (
-                    convert::client(client),
-                    convert::access(action, topic, qos, retain),
-                )
-            });
-            let answer = p.call_reusable(|g, s| match &g.authz {
-                Some(h) => h.call_authorize(s, c, a),
-                None => Ok(wit::Decision::Defer),
-            });
-            let decided = answer.and_then(|(r, grants)| {
-                let d = match r {
-                    wit::Decision::Allow => Some(Decision::Allow),
-                    wit::Decision::Deny(code) => {
-                        let code = convert::failure_code(code, "deny")?;
-                        p.stats.denied();
-                        Some(Decision::Deny(code))
-                    }
-                    wit::Decision::Defer => None,
-                };
-                if let Some(ms) = grants.reuse_ms {
-                    p.answers
-                        .put(client, topic, question, Answer::Authorize(d), ms);
-                }
-                Ok(d)
-            });
-            match decided {
-                Ok(Some(d)) => return d,
-                Ok(None) => {}
-                Err(f) => match self.failed(p, "authorize", &f) {
-                    OnError::Deny => return Decision::Deny(reason::NOT_AUTHORIZED),
-                    OnError::Allow => return Decision::Allow,
-                    OnError::Defer => {}
-                },
-            }
-        }
-        match self.defaults.authorize_default {
-            AllowDeny::Allow => Decision::Allow,
-            AllowDeny::Deny => Decision::Deny(reason::NOT_AUTHORIZED),
-        }
+        let mut none = Kept::default();
+        self.call(memo, &mut none)
+            .authorize(client, action, topic, qos, retain)
     }
 
-    fn transform(&self, client: &ClientInfo<'_>, message: &Message) -> TransformOutcome {
-        let plugins = self.current();
-        let mut replaced: Option<Message> = None;
-        let mut c = None;
-        let mut header = None;
-        for p in plugins
-            .iter()
-            .filter(|p| p.has_transformer() && p.stats.enabled())
-        {
-            // A reused answer was given for the message as published, not for what an
-            // earlier plugin made of it.
-            let original = replaced.is_none();
-            let mut question =
-                || Question::Transform(*header.get_or_insert_with(|| answers::header(message)));
-            if original && p.answers.in_use() {
-                match p.answers.get(client, &message.topic, question()) {
-                    Some(Answer::Keep) => {
-                        p.stats.reused();
-                        continue;
-                    }
-                    Some(Answer::Replace(r)) => {
-                        if let Some(m) = r.apply(message, self.max_packet) {
-                            p.stats.reused();
-                            replaced = Some(m);
-                            continue;
-                        }
-                    }
-                    _ => {}
+    fn publish(
+        &self,
+        memo: &mut Memo,
+        client: &ClientInfo<'_>,
+        message: &mut Message,
+    ) -> PublishOutcome {
+        let mut none = Kept::default();
+        let mut call = self.call(memo, &mut none);
+        let (topic, qos, retain) = (&message.topic, message.qos, message.retain);
+        if let Decision::Deny(code) = call.authorize(client, Action::Publish, topic, qos, retain) {
+            let why = "not authorized";
+            return PublishOutcome::Refuse { code, why };
+        }
+        let mut throttle = None;
+        if self.any_active(Active::RATE_LIMIT) {
+            match call.rate_limit(client, RateEvent::Publish(message.payload.len() as u64)) {
+                RateOutcome::Allow => {}
+                RateOutcome::Reject(code) => {
+                    let why = "rate limited";
+                    return PublishOutcome::Refuse { code, why };
                 }
-            }
-            let c = c.get_or_insert_with(|| convert::client(client));
-            let m = convert::message(replaced.as_ref().unwrap_or(message));
-            let answer = p.call_reusable(|g, s| match &g.transformer {
-                Some(h) => h.call_transform(s, c, &m),
-                None => Ok(wit::TransformResult::Keep),
-            });
-            let decided = answer.and_then(|(r, grants)| match r {
-                wit::TransformResult::Keep => {
-                    if let Some(ms) = grants.reuse_ms.filter(|_| original) {
-                        p.answers
-                            .put(client, &message.topic, question(), Answer::Keep, ms);
-                    }
-                    Ok(None)
-                }
-                wit::TransformResult::Drop(code) => {
-                    let code = convert::failure_code(code, "drop")?;
-                    p.stats.denied();
-                    Ok(Some(code))
-                }
-                wit::TransformResult::Replace(m) => {
-                    let m = convert::replacement(m, message, self.max_packet)?;
-                    if let Some(ms) = grants.reuse_ms.filter(|_| original) {
-                        if let Some(r) = Replacement::of(&m, message) {
-                            let answer = Answer::Replace(Arc::new(r));
-                            p.answers
-                                .put(client, &message.topic, question(), answer, ms);
-                        }
-                    }
-                    replaced = Some(m);
-                    Ok(None)
-                }
-            });
-            match decided {
-                Ok(Some(code)) => return TransformOutcome::Drop(code),
-                Ok(None) => {}
-                Err(f) => {
-                    if self.failed(p, "transform", &f) == OnError::Deny {
-                        return TransformOutcome::Drop(reason::IMPLEMENTATION_SPECIFIC);
-                    }
-                }
+                // The message itself goes through; reading pauses after it.
+                RateOutcome::Throttle(d) => throttle = Some(d),
             }
         }
-        match replaced {
-            Some(m) => TransformOutcome::Replace(Box::new(m)),
-            None => TransformOutcome::Keep,
+        if self.any_active(Active::TRANSFORM) {
+            if let Some(code) = call.transform(client, message) {
+                let why = "dropped by a transform plugin";
+                return PublishOutcome::Refuse { code, why };
+            }
         }
+        PublishOutcome::Route { throttle }
     }
 
-    fn rate_limit(&self, client: &ClientInfo<'_>, event: RateEvent) -> RateOutcome {
-        let plugins = self.current();
-        let mut throttle = Duration::ZERO;
-        let mut c = None;
-        for p in plugins
-            .iter()
-            .filter(|p| p.has_limiter() && p.stats.enabled())
-        {
-            if let RateEvent::Publish(bytes) = event {
-                if p.answers.take_lease(client, bytes) {
-                    p.stats.reused();
-                    continue;
-                }
-            }
-            let c = c.get_or_insert_with(|| convert::client(client));
-            let e = convert::event(event);
-            let answer = p.call_reusable(|g, s| match &g.limiter {
-                Some(h) => h.call_rate_limit(s, c, e),
-                None => Ok(wit::RateResult::Allow),
-            });
-            let decided = answer.and_then(|(r, grants)| match r {
-                wit::RateResult::Allow => {
-                    if let (RateEvent::Publish(_), Some((events, bytes, ms))) =
-                        (event, grants.lease)
-                    {
-                        let lease = Answer::Lease { events, bytes };
-                        p.answers.put(client, "", Question::Lease, lease, ms);
-                    }
-                    Ok(None)
-                }
-                wit::RateResult::Reject(code) => {
-                    let code = convert::failure_code(code, "reject")?;
-                    p.stats.denied();
-                    Ok(Some(code))
-                }
-                wit::RateResult::Throttle(ms) => {
-                    let d = Duration::from_millis(ms);
-                    if d > MAX_THROTTLE {
-                        return Err(Failure::Invalid(format!(
-                            "throttle of {ms} ms is over an hour"
-                        )));
-                    }
-                    throttle = throttle.max(d);
-                    Ok(None)
-                }
-            });
-            match decided {
-                Ok(Some(code)) => return RateOutcome::Reject(code),
-                Ok(None) => {}
-                Err(f) => match self.failed(p, "rate-limit", &f) {
-                    OnError::Deny => return RateOutcome::Reject(reason::UNSPECIFIED_ERROR),
-                    OnError::Allow | OnError::Defer => {}
-                },
-            }
-        }
-        if throttle.is_zero() {
-            RateOutcome::Allow
-        } else {
-            RateOutcome::Throttle(throttle)
-        }
+    fn rate_limit(
+        &self,
+        memo: &mut Memo,
+        client: &ClientInfo<'_>,
+        event: RateEvent,
+    ) -> RateOutcome {
+        let mut none = Kept::default();
+        self.call(memo, &mut none).rate_limit(client, event)
     }
 
     fn authorizes(&self) -> bool {
         self.defaults.authorize_default == AllowDeny::Deny || self.any_active(Active::AUTHORIZE)
-    }
-
-    fn transforms(&self) -> bool {
-        self.any_active(Active::TRANSFORM)
     }
 
     fn limits_rate(&self) -> bool {
