@@ -343,39 +343,37 @@ impl PluginChain {
     }
 }
 
-/// The answer the plugin at position `i` allows to be reused for `q`: the connection's
-/// own copy, or else the shared cache's, which the connection then keeps.
-fn reusable(
-    kept: &mut Kept,
+/// A question to the plugin at position `i` of the chain, about `topic` for `client`.
+struct Ask<'a> {
     i: usize,
-    p: &Plugin,
-    client: &ClientInfo<'_>,
-    topic: &str,
+    p: &'a Plugin,
+    client: &'a ClientInfo<'a>,
+    topic: &'a str,
     q: Question,
-) -> Option<Answer> {
-    if let Some(a) = kept.get(i, topic, q) {
-        return Some(a.clone());
-    }
-    let (a, until) = p.answers.get(client, topic, q)?;
-    kept.put(i, topic, q, a.clone(), until);
-    Some(a)
 }
 
-/// Keeps an answer the plugin allowed to be reused for `ms`, in the shared cache and in
-/// the connection's.
-#[allow(clippy::too_many_arguments)]
-fn reuse(
-    kept: &mut Kept,
-    i: usize,
-    p: &Plugin,
-    client: &ClientInfo<'_>,
-    topic: &str,
-    q: Question,
-    answer: Answer,
-    ms: u32,
-) {
-    if let Some(until) = p.answers.put(client, topic, q, answer.clone(), ms) {
-        kept.put(i, topic, q, answer, until);
+impl Ask<'_> {
+    /// The answer the plugin allows to be reused: the connection's own copy, or else
+    /// the shared cache's, which the connection then keeps.
+    fn reusable(&self, kept: &mut Kept) -> Option<Answer> {
+        if let Some(a) = kept.get(self.i, self.topic, self.q) {
+            return Some(a.clone());
+        }
+        let (a, until) = self.p.answers.get(self.client, self.topic, self.q)?;
+        kept.put(self.i, self.topic, self.q, a.clone(), until);
+        Some(a)
+    }
+
+    /// Keeps an answer the plugin allowed to be reused for `ms`, in the shared cache and
+    /// in the connection's.
+    fn reuse(&self, kept: &mut Kept, answer: Answer, ms: u32) {
+        let put = self
+            .p
+            .answers
+            .put(self.client, self.topic, self.q, answer.clone(), ms);
+        if let Some(until) = put {
+            kept.put(self.i, self.topic, self.q, answer, until);
+        }
     }
 }
 
@@ -407,8 +405,15 @@ impl Call<'_> {
             .enumerate()
             .filter(|(_, p)| p.has_authz() && p.stats.enabled())
         {
-            let question = Question::Authorize(action, qos, retain);
-            if let Some(Answer::Authorize(d)) = reusable(kept, i, p, client, topic, question) {
+            let q = Question::Authorize(action, qos, retain);
+            let ask = Ask {
+                i,
+                p,
+                client,
+                topic,
+                q,
+            };
+            if let Some(Answer::Authorize(d)) = ask.reusable(kept) {
                 p.stats.reused();
                 match d {
                     Some(d @ Decision::Deny(_)) => {
@@ -440,16 +445,7 @@ impl Call<'_> {
                     wit::Decision::Defer => None,
                 };
                 if let Some(ms) = grants.reuse_ms {
-                    reuse(
-                        kept,
-                        i,
-                        p,
-                        client,
-                        topic,
-                        question,
-                        Answer::Authorize(d),
-                        ms,
-                    );
+                    ask.reuse(kept, Answer::Authorize(d), ms);
                 }
                 Ok(d)
             });
@@ -490,7 +486,16 @@ impl Call<'_> {
             // Nothing is kept for a plugin that never allowed reuse.
             if original && p.answers.in_use() {
                 let q = question(message);
-                match reusable(kept, i, p, client, &message.topic, q) {
+                let topic = &message.topic;
+                match (Ask {
+                    i,
+                    p,
+                    client,
+                    topic,
+                    q,
+                })
+                .reusable(kept)
+                {
                     Some(Answer::Keep) => {
                         p.stats.reused();
                         continue;
@@ -513,7 +518,15 @@ impl Call<'_> {
                 wit::TransformResult::Keep => {
                     if let Some(ms) = grants.reuse_ms.filter(|_| original) {
                         let q = question(message);
-                        reuse(kept, i, p, client, &message.topic, q, Answer::Keep, ms);
+                        let topic = &message.topic;
+                        Ask {
+                            i,
+                            p,
+                            client,
+                            topic,
+                            q,
+                        }
+                        .reuse(kept, Answer::Keep, ms);
                     }
                     Ok(None)
                 }
@@ -528,7 +541,15 @@ impl Call<'_> {
                         if let Some(r) = Replacement::of(&m, message) {
                             let q = question(message);
                             let answer = Answer::Replace(Arc::new(r));
-                            reuse(kept, i, p, client, &message.topic, q, answer, ms);
+                            let topic = &message.topic;
+                            Ask {
+                                i,
+                                p,
+                                client,
+                                topic,
+                                q,
+                            }
+                            .reuse(kept, answer, ms);
                         }
                     }
                     *message = m;
