@@ -796,8 +796,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 self.paused_until = Some(Instant::now() + d)
             }
             PublishOutcome::Refuse { code, why } => {
-                let topic = msg.topic.clone();
-                self.refuse_publish(qos, pid, code, &topic, why);
+                self.refuse_publish(qos, pid, code, &msg.topic, why);
                 return Ok(());
             }
         }

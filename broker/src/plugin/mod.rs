@@ -291,24 +291,21 @@ impl PluginChain {
         self.generation.store(next, Ordering::Release);
     }
 
-    /// The chain for one hook call, and what this connection kept of its answers (or
-    /// `none`, for a memo that keeps nothing). The generation is read first: a change
-    /// stores the new chain before it advances the generation, so answers of a
-    /// replaced version are never kept as the new one's.
-    fn call<'c>(&'c self, memo: &'c mut Memo, none: &'c mut Kept) -> Call<'c> {
+    /// The chain for one hook call, and what this connection kept of its answers. The
+    /// generation is read first: a change stores the new chain before it advances the
+    /// generation, so answers of a replaced version are never kept as the new one's.
+    fn call<'c>(&'c self, memo: &'c mut Memo) -> Call<'c> {
         let generation = self.generation.load(Ordering::Acquire);
         let plugins = self.current();
-        let kept = match memo.get_or_insert_with(Kept::default) {
-            Some(k) => {
-                k.check(generation, plugins.len());
-                k
-            }
-            None => none,
-        };
+        let mut kept = memo.get_or_insert_with(Kept::default);
+        if let Some(k) = kept.as_deref_mut() {
+            k.check(generation, plugins.len());
+        }
         Call {
             chain: self,
             plugins,
             kept,
+            none: Kept::default(),
         }
     }
 
@@ -320,8 +317,7 @@ impl PluginChain {
         client: &ClientInfo<'_>,
         message: &mut Message,
     ) -> Option<u8> {
-        let mut none = Kept::default();
-        self.call(memo, &mut none).transform(client, message)
+        self.call(memo).transform(client, message)
     }
 
     /// Whether some plugin taking part in the chain now implements the hook.
@@ -343,36 +339,34 @@ impl PluginChain {
     }
 }
 
-/// A question to the plugin at position `i` of the chain, about `topic` for `client`.
+/// The plugin at position `i` of the chain, asked on behalf of `client`.
 struct Ask<'a> {
     i: usize,
     p: &'a Plugin,
     client: &'a ClientInfo<'a>,
-    topic: &'a str,
-    q: Question,
 }
 
 impl Ask<'_> {
-    /// The answer the plugin allows to be reused: the connection's own copy, or else
-    /// the shared cache's, which the connection then keeps.
-    fn reusable(&self, kept: &mut Kept) -> Option<Answer> {
-        if let Some(a) = kept.get(self.i, self.topic, self.q) {
+    /// The answer to `q` on `topic` the plugin allows to be reused: the connection's own
+    /// copy, or else the shared cache's, which the connection then keeps.
+    fn reusable(&self, kept: &mut Kept, topic: &str, q: Question) -> Option<Answer> {
+        if let Some(a) = kept.get(self.i, topic, q) {
             return Some(a.clone());
         }
-        let (a, until) = self.p.answers.get(self.client, self.topic, self.q)?;
-        kept.put(self.i, self.topic, self.q, a.clone(), until);
+        let (a, until) = self.p.answers.get(self.client, topic, q)?;
+        kept.put(self.i, topic, q, a.clone(), until);
         Some(a)
     }
 
     /// Keeps an answer the plugin allowed to be reused for `ms`, in the shared cache and
     /// in the connection's.
-    fn reuse(&self, kept: &mut Kept, answer: Answer, ms: u32) {
-        let put = self
+    fn reuse(&self, kept: &mut Kept, topic: &str, q: Question, answer: Answer, ms: u32) {
+        if let Some(until) = self
             .p
             .answers
-            .put(self.client, self.topic, self.q, answer.clone(), ms);
-        if let Some(until) = put {
-            kept.put(self.i, self.topic, self.q, answer, until);
+            .put(self.client, topic, q, answer.clone(), ms)
+        {
+            kept.put(self.i, topic, q, answer, until);
         }
     }
 }
@@ -382,11 +376,13 @@ fn attributes(a: Vec<wit::Pair>) -> Vec<(String, String)> {
 }
 
 /// One hook call's view of the chain: the plugins as they are now, and what the calling
-/// connection kept of their answers.
+/// connection kept of their answers, or, for a call with no connection behind it, an
+/// empty `Kept` that keeps nothing (it has no plugin slots until `check`).
 struct Call<'c> {
     chain: &'c PluginChain,
     plugins: arc_swap::Guard<Chain>,
-    kept: &'c mut Kept,
+    kept: Option<&'c mut Kept>,
+    none: Kept,
 }
 
 impl Call<'_> {
@@ -398,7 +394,8 @@ impl Call<'_> {
         qos: QoS,
         retain: bool,
     ) -> Decision {
-        let (plugins, kept) = (&self.plugins, &mut *self.kept);
+        let plugins = &self.plugins;
+        let kept = self.kept.as_deref_mut().unwrap_or(&mut self.none);
         let mut args = None;
         for (i, p) in plugins
             .iter()
@@ -406,14 +403,8 @@ impl Call<'_> {
             .filter(|(_, p)| p.has_authz() && p.stats.enabled())
         {
             let q = Question::Authorize(action, qos, retain);
-            let ask = Ask {
-                i,
-                p,
-                client,
-                topic,
-                q,
-            };
-            if let Some(Answer::Authorize(d)) = ask.reusable(kept) {
+            let ask = Ask { i, p, client };
+            if let Some(Answer::Authorize(d)) = ask.reusable(kept, topic, q) {
                 p.stats.reused();
                 match d {
                     Some(d @ Decision::Deny(_)) => {
@@ -445,7 +436,7 @@ impl Call<'_> {
                     wit::Decision::Defer => None,
                 };
                 if let Some(ms) = grants.reuse_ms {
-                    ask.reuse(kept, Answer::Authorize(d), ms);
+                    ask.reuse(kept, topic, q, Answer::Authorize(d), ms);
                 }
                 Ok(d)
             });
@@ -468,7 +459,8 @@ impl Call<'_> {
     /// The transforms, each seeing the message as the one before left it, changing it in
     /// place; the reason code if one dropped it.
     fn transform(&mut self, client: &ClientInfo<'_>, message: &mut Message) -> Option<u8> {
-        let (plugins, kept) = (&self.plugins, &mut *self.kept);
+        let plugins = &self.plugins;
+        let kept = self.kept.as_deref_mut().unwrap_or(&mut self.none);
         let max_packet = self.chain.max_packet;
         // A reused answer was given for the message as published, not for what an
         // earlier plugin made of it: reuse stops at the first change.
@@ -483,19 +475,10 @@ impl Call<'_> {
             .filter(|(_, p)| p.has_transformer() && p.stats.enabled())
         {
             let original = !changed;
+            let ask = Ask { i, p, client };
             // Nothing is kept for a plugin that never allowed reuse.
             if original && p.answers.in_use() {
-                let q = question(message);
-                let topic = &message.topic;
-                match (Ask {
-                    i,
-                    p,
-                    client,
-                    topic,
-                    q,
-                })
-                .reusable(kept)
-                {
+                match ask.reusable(kept, &message.topic, question(message)) {
                     Some(Answer::Keep) => {
                         p.stats.reused();
                         continue;
@@ -518,15 +501,7 @@ impl Call<'_> {
                 wit::TransformResult::Keep => {
                     if let Some(ms) = grants.reuse_ms.filter(|_| original) {
                         let q = question(message);
-                        let topic = &message.topic;
-                        Ask {
-                            i,
-                            p,
-                            client,
-                            topic,
-                            q,
-                        }
-                        .reuse(kept, Answer::Keep, ms);
+                        ask.reuse(kept, &message.topic, q, Answer::Keep, ms);
                     }
                     Ok(None)
                 }
@@ -541,15 +516,7 @@ impl Call<'_> {
                         if let Some(r) = Replacement::of(&m, message) {
                             let q = question(message);
                             let answer = Answer::Replace(Arc::new(r));
-                            let topic = &message.topic;
-                            Ask {
-                                i,
-                                p,
-                                client,
-                                topic,
-                                q,
-                            }
-                            .reuse(kept, answer, ms);
+                            ask.reuse(kept, &message.topic, q, answer, ms);
                         }
                     }
                     *message = m;
@@ -571,7 +538,8 @@ impl Call<'_> {
     }
 
     fn rate_limit(&mut self, client: &ClientInfo<'_>, event: RateEvent) -> RateOutcome {
-        let (plugins, kept) = (&self.plugins, &mut *self.kept);
+        let plugins = &self.plugins;
+        let kept = self.kept.as_deref_mut().unwrap_or(&mut self.none);
         let mut throttle = Duration::ZERO;
         let mut c = None;
         for (i, p) in plugins
@@ -709,8 +677,7 @@ impl Hooks for PluginChain {
         qos: QoS,
         retain: bool,
     ) -> Decision {
-        let mut none = Kept::default();
-        self.call(memo, &mut none)
+        self.call(memo)
             .authorize(client, action, topic, qos, retain)
     }
 
@@ -720,8 +687,7 @@ impl Hooks for PluginChain {
         client: &ClientInfo<'_>,
         message: &mut Message,
     ) -> PublishOutcome {
-        let mut none = Kept::default();
-        let mut call = self.call(memo, &mut none);
+        let mut call = self.call(memo);
         let (topic, qos, retain) = (&message.topic, message.qos, message.retain);
         if let Decision::Deny(code) = call.authorize(client, Action::Publish, topic, qos, retain) {
             let why = "not authorized";
@@ -754,8 +720,7 @@ impl Hooks for PluginChain {
         client: &ClientInfo<'_>,
         event: RateEvent,
     ) -> RateOutcome {
-        let mut none = Kept::default();
-        self.call(memo, &mut none).rate_limit(client, event)
+        self.call(memo).rate_limit(client, event)
     }
 
     fn authorizes(&self) -> bool {
