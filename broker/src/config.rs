@@ -360,6 +360,9 @@ pub enum OverflowPolicy {
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub max_connections: usize,
+    /// Clients over `max_connections` told so (CONNACK 0x89) at one time; more are
+    /// closed at once, so a flood past the limit costs a bounded number of tasks.
+    pub max_refusing: usize,
     pub max_packet_size: u32,
     /// Receive Maximum we announce, and the cap on unacknowledged messages we send to
     /// one client.
@@ -387,6 +390,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 100_000,
+            max_refusing: 64,
             max_packet_size: 1024 * 1024,
             max_inflight: 256,
             max_queued: 10_000,
@@ -557,6 +561,9 @@ impl Config {
         let l = &self.limits;
         if l.max_connections == 0 {
             return Err(invalid("limits.max_connections", "must be at least 1"));
+        }
+        if l.max_refusing == 0 {
+            return Err(invalid("limits.max_refusing", "must be at least 1"));
         }
         check_packet_size("limits.max_packet_size", l.max_packet_size)?;
         if l.max_inflight == 0 {

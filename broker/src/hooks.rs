@@ -1,14 +1,20 @@
 //! The decisions the core asks of the outside world: may this client connect, may it
 //! publish or subscribe here, what becomes of its message, how fast may it go. The core
-//! calls this trait and nothing else; the WebAssembly plugin chain (`plugin`) implements
-//! it. [`DefaultHooks`] applies the listener's `allow_anonymous` (a verified client
-//! certificate counts as credentials) and allows everything else.
+//! calls these traits and nothing else; the WebAssembly plugin chain (`plugin`)
+//! implements them. [`DefaultHooks`] applies the listener's `allow_anonymous` (a
+//! verified client certificate counts as credentials) and allows everything else.
+//!
+//! A connection asks through its own [`ClientHooks`], which [`Hooks::open`] hands out
+//! once the client is authenticated: what the hooks keep between one client's calls
+//! (answers a plugin let them reuse, rate-limit leases) lives there, touched by no other
+//! thread. A question with no connection behind it (a delivery to a stored session)
+//! goes to [`Hooks::authorize`], which keeps nothing.
 
-use crate::codec::{reason, QoS, Version};
+use crate::codec::{QoS, ReasonCode, Version};
 use crate::message::Message;
 use bytes::Bytes;
-use std::any::Any;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Who a verified TLS client certificate says the client is.
@@ -81,8 +87,8 @@ pub enum Action {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Allow,
-    /// Refuse with a 5.0 reason code (mapped for 3.1.1 clients by the connection).
-    Deny(u8),
+    /// Refuse with a 5.0 reason code (mapped for 3.1.1 clients by the codec).
+    Deny(ReasonCode),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,7 +99,7 @@ pub enum AuthOutcome {
         attributes: Vec<(String, String)>,
     },
     Deny {
-        code: u8,
+        code: ReasonCode,
         reason: String,
     },
 }
@@ -105,7 +111,7 @@ pub enum PublishOutcome {
     /// client for that long after it.
     Route { throttle: Option<Duration> },
     /// Do not route; tell a 5.0 publisher this reason code. `why` is for the log.
-    Refuse { code: u8, why: &'static str },
+    Refuse { code: ReasonCode, why: &'static str },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,93 +125,41 @@ pub enum RateEvent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RateOutcome {
     Allow,
-    Reject(u8),
+    Reject(ReasonCode),
     /// Allow, and stop reading from the client for this long.
     Throttle(Duration),
 }
 
-/// What the hooks keep for one connection between its calls, such as answers a plugin
-/// said may be reused and the rest of a rate-limit lease. The connection owns it and no
-/// other thread touches it, so a message the hooks can answer from it reads nothing
-/// another core writes. What is inside is the hooks' business; the core only holds it.
-pub struct Memo {
-    slot: Option<Box<dyn Any + Send>>,
-    keeps: bool,
-}
-
-impl Memo {
-    /// For a connection, kept for as long as it lasts.
-    pub fn connection() -> Memo {
-        Memo {
-            slot: None,
-            keeps: true,
-        }
-    }
-
-    /// For a call with no connection behind it (a delivery to a stored session): the
-    /// hooks keep nothing, so it costs nothing.
-    pub fn none() -> Memo {
-        Memo {
-            slot: None,
-            keeps: false,
-        }
-    }
-
-    /// The hooks' state of type `T`, made by `init` on first use; `None` for a memo that
-    /// keeps nothing.
-    pub fn get_or_insert_with<T: Any + Send>(
-        &mut self,
-        init: impl FnOnce() -> T,
-    ) -> Option<&mut T> {
-        if !self.keeps {
-            return None;
-        }
-        // Another type only if two `Hooks` implementations shared one memo.
-        if !self.slot.as_ref().is_some_and(|b| b.is::<T>()) {
-            self.slot = Some(Box::new(init()));
-        }
-        self.slot.as_mut().and_then(|b| b.downcast_mut::<T>())
-    }
-}
-
-impl std::fmt::Debug for Memo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Memo")
-            .field("keeps", &self.keeps)
-            .field("used", &self.slot.is_some())
-            .finish()
-    }
-}
-
 pub trait Hooks: Send + Sync + 'static {
     fn authenticate(&self, info: &ConnectInfo<'_>) -> AuthOutcome;
+    /// The hooks of one authenticated connection, for all its later questions.
+    fn open(self: Arc<Self>, identity: Arc<Identity>) -> Box<dyn ClientHooks>;
+    /// Authorization with no connection to ask through (a delivery to a stored
+    /// session, a shared subscription's member): nothing is kept for a next time.
     fn authorize(
         &self,
-        memo: &mut Memo,
         client: &ClientInfo<'_>,
         action: Action,
         topic: &str,
         qos: QoS,
         retain: bool,
     ) -> Decision;
-    /// Everything a PUBLISH passes, in this order: authorization of its topic, the rate
-    /// limit (one publish of its payload's size), and the transforms, which may change
-    /// `message` in place. One call per message rather than one per hook, so the
-    /// implementation sets up once.
-    fn publish(
-        &self,
-        memo: &mut Memo,
-        client: &ClientInfo<'_>,
-        message: &mut Message,
-    ) -> PublishOutcome;
-    fn rate_limit(&self, memo: &mut Memo, client: &ClientInfo<'_>, event: RateEvent)
-        -> RateOutcome;
-
     /// Whether anything would ever deny an authorization: the per-delivery checks
     /// (retained messages, shared subscriptions) are skipped when not.
     fn authorizes(&self) -> bool;
     /// Whether `rate_limit` can do anything but allow.
     fn limits_rate(&self) -> bool;
+}
+
+/// One connection's hooks, owned by its task: what they keep is theirs alone.
+pub trait ClientHooks: Send {
+    fn authorize(&mut self, action: Action, topic: &str, qos: QoS, retain: bool) -> Decision;
+    /// Everything a PUBLISH passes, in this order: authorization of its topic, the rate
+    /// limit (one publish of its payload's size), and the transforms, which may change
+    /// `message` in place. One call per message rather than one per hook, so the
+    /// implementation sets up once.
+    fn publish(&mut self, message: &mut Message) -> PublishOutcome;
+    fn rate_limit(&mut self, event: RateEvent) -> RateOutcome;
 }
 
 /// The listener's rule: anonymous clients if it allows them, certificate holders always,
@@ -219,12 +173,12 @@ pub fn listener_rule(info: &ConnectInfo<'_>) -> AuthOutcome {
     }
     let (code, reason) = if info.username.is_some() {
         (
-            reason::BAD_USERNAME_OR_PASSWORD,
+            ReasonCode::BadUserNameOrPassword,
             "no authentication plugin can check these credentials",
         )
     } else {
         (
-            reason::NOT_AUTHORIZED,
+            ReasonCode::NotAuthorized,
             "anonymous clients are not allowed on this listener",
         )
     };
@@ -241,24 +195,12 @@ impl Hooks for DefaultHooks {
         listener_rule(info)
     }
 
-    fn authorize(
-        &self,
-        _: &mut Memo,
-        _: &ClientInfo<'_>,
-        _: Action,
-        _: &str,
-        _: QoS,
-        _: bool,
-    ) -> Decision {
+    fn open(self: Arc<Self>, _: Arc<Identity>) -> Box<dyn ClientHooks> {
+        Box::new(AllowAll)
+    }
+
+    fn authorize(&self, _: &ClientInfo<'_>, _: Action, _: &str, _: QoS, _: bool) -> Decision {
         Decision::Allow
-    }
-
-    fn publish(&self, _: &mut Memo, _: &ClientInfo<'_>, _: &mut Message) -> PublishOutcome {
-        PublishOutcome::Route { throttle: None }
-    }
-
-    fn rate_limit(&self, _: &mut Memo, _: &ClientInfo<'_>, _: RateEvent) -> RateOutcome {
-        RateOutcome::Allow
     }
 
     fn authorizes(&self) -> bool {
@@ -267,5 +209,22 @@ impl Hooks for DefaultHooks {
 
     fn limits_rate(&self) -> bool {
         false
+    }
+}
+
+/// A connection's hooks when nothing decides: everything is allowed, nothing kept.
+pub struct AllowAll;
+
+impl ClientHooks for AllowAll {
+    fn authorize(&mut self, _: Action, _: &str, _: QoS, _: bool) -> Decision {
+        Decision::Allow
+    }
+
+    fn publish(&mut self, _: &mut Message) -> PublishOutcome {
+        PublishOutcome::Route { throttle: None }
+    }
+
+    fn rate_limit(&mut self, _: RateEvent) -> RateOutcome {
+        RateOutcome::Allow
     }
 }

@@ -19,7 +19,9 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod store;
-pub mod topic;
+
+/// Topic names and filters: one implementation, shared with the plugin SDK.
+pub use weir_protocol::topic;
 
 /// The maps on the path of every message (sessions by client id, the topic trie,
 /// in-flight packet ids) hash with foldhash: several times cheaper than SipHash, and

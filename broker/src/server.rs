@@ -21,6 +21,8 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("cannot start the housekeeping thread: {0}")]
+    Thread(std::io::Error),
     #[error("listener '{name}' cannot bind {addr}: {source}")]
     Bind {
         name: String,
@@ -44,11 +46,13 @@ pub async fn run(
     let broker = Broker::open(config, hooks)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
-    let global = Arc::new(Semaphore::new(broker.config.limits.max_connections));
+    let limits = &broker.config().limits;
+    let global = Arc::new(Semaphore::new(limits.max_connections));
+    let refusing = Arc::new(Semaphore::new(limits.max_refusing));
 
     let mut tls_endpoints = Vec::new();
     let mut listeners = Vec::new();
-    for l in &broker.config.listener {
+    for l in &broker.config().listener {
         let endpoint = Arc::new(Endpoint::new(l, &broker)?);
         let socket =
             TcpListener::bind(endpoint.bind)
@@ -60,10 +64,10 @@ pub async fn run(
                 })?;
         let permits = Permits {
             listener: Arc::new(Semaphore::new(
-                l.max_connections
-                    .unwrap_or(broker.config.limits.max_connections),
+                l.max_connections.unwrap_or(limits.max_connections),
             )),
             global: global.clone(),
+            refusing: refusing.clone(),
         };
         tracing::info!(listener = %l.name(), kind = l.kind.as_str(), addr = %endpoint.bind, "listening");
         listeners.push(endpoint.info.clone());
@@ -80,7 +84,7 @@ pub async fn run(
     }
     reload_certificates_on_sighup(tls_endpoints);
 
-    let admin = &broker.config.admin;
+    let admin = &broker.config().admin;
     if admin.enabled {
         let socket = TcpListener::bind(admin.bind)
             .await
@@ -110,16 +114,7 @@ pub async fn run(
     }
     drop(alive_tx);
 
-    let housekeeping = {
-        let broker = broker.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                broker.housekeeping();
-            }
-        })
-    };
+    let housekeeping = Housekeeper::start(broker.clone()).map_err(ServerError::Thread)?;
 
     stop.await;
     tracing::info!("shutting down");
@@ -130,10 +125,55 @@ pub async fn run(
     {
         tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; flushing anyway");
     }
-    housekeeping.abort();
-    broker.store.flush()?;
+    drop(housekeeping);
+    broker.flush()?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The once-a-second pass of [`Broker::housekeeping`] (session expiry, delayed wills,
+/// retained expiry), on a thread of its own: it writes the store and may call plugins,
+/// and on a runtime worker it would stall every connection scheduled there meanwhile.
+/// Stops when dropped.
+pub struct Housekeeper {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Housekeeper {
+    pub fn start(broker: Arc<Broker>) -> std::io::Result<Housekeeper> {
+        Housekeeper::every(broker, Duration::from_secs(1))
+    }
+
+    pub fn every(broker: Arc<Broker>, period: Duration) -> std::io::Result<Housekeeper> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("weir-housekeeping".into())
+            .spawn(move || {
+                while !stopping.load(Relaxed) {
+                    std::thread::park_timeout(period);
+                    if !stopping.load(Relaxed) {
+                        broker.housekeeping();
+                    }
+                }
+            })?;
+        Ok(Housekeeper {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Housekeeper {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
 }
 
 /// SIGHUP re-reads every TLS listener's certificate, key and client CA. Established

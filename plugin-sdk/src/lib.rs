@@ -24,6 +24,12 @@ pub use types::{
     Access, Action, Admission, AuthResult, Certificate, Client, ConnectInfo, Decision, Denial,
     Event, Message, Pair, Protocol, RateResult, TransformResult,
 };
+/// Topic names and filters, matched exactly as the broker matches them.
+pub use weir_protocol::topic;
+pub use weir_protocol::topic::{filter_within, matches as topic_matches};
+/// Reason codes by name, for `Decision::Deny(ReasonCode::NotAuthorized.into())` and
+/// the like; shared with the broker.
+pub use weir_protocol::ReasonCode;
 
 /// Called once per instance with the plugin's `config` table (as JSON).
 pub trait Init {
@@ -199,43 +205,6 @@ pub fn now_ms() -> u64 {
 /// Parses the `config` JSON handed to `init` into the plugin's own type.
 pub fn parse_config<T: serde::de::DeserializeOwned>(config: &str) -> Result<T, String> {
     serde_json::from_str(config).map_err(|e| format!("invalid plugin config: {e}"))
-}
-
-/// Matches an MQTT topic against a filter (`+`, `#`), with the `$` rule.
-pub fn topic_matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
-
-/// Does every topic `filter` can match also match `pattern`? For authorizing
-/// subscriptions: a client allowed `a/#` may subscribe to `a/+/c` but not to `#`.
-pub fn filter_within(filter: &str, pattern: &str) -> bool {
-    let mut f = filter.split('/');
-    let mut p = pattern.split('/');
-    loop {
-        match (f.next(), p.next()) {
-            (_, Some("#")) => return true,
-            (Some("#"), _) => return false,
-            (Some("+"), Some("+")) => {}
-            (Some("+"), Some(_)) => return false,
-            (Some(_), Some("+")) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
 }
 
 /// The value of a client attribute set at authentication.

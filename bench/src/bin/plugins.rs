@@ -13,12 +13,13 @@
 use bytes::Bytes;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir::codec::{QoS, Version};
 use weir::config::Config;
-use weir::hooks::{Action, ClientInfo, ConnectInfo, Hooks, Memo, RateEvent};
+use weir::hooks::{Action, ClientHooks, ClientInfo, ConnectInfo, Hooks, Identity, RateEvent};
 use weir::message::Message;
-use weir::plugin::PluginChain;
+use weir::plugin::{PluginChain, PluginClient};
 use weir_tests::http::request;
 use weir_tests::raw::{connect_login, frame, packet, string};
 use weir_tests::{plugins, tokens, Opts, Weir};
@@ -86,13 +87,14 @@ fn per_call(name: &str, n: u32, mut f: impl FnMut()) {
 }
 
 /// A chain from `[[plugin]]` entries, compiled through the tests' shared cache.
-fn load(entries: &str) -> PluginChain {
+fn load(entries: &str) -> Arc<PluginChain> {
     let dir = std::env::temp_dir().join(format!("weir-bench-{}", std::process::id()));
     let text = format!(
         "[storage]\ndir = {dir:?}\n[plugins]\ncache_dir = {:?}\n{entries}",
         plugins::cache_dir()
     );
-    PluginChain::load(&Config::from_toml(&text).expect("bench config")).expect("plugins load")
+    let config = Config::from_toml(&text).expect("bench config");
+    Arc::new(PluginChain::load(&config).expect("plugins load"))
 }
 
 fn hook_costs(hash: &str) {
@@ -144,77 +146,80 @@ fn hook_costs(hash: &str) {
         ..msg.clone()
     };
     // Each row is one connection's calls: what it keeps between them is its own.
-    let publish = |chain: &PluginChain, memo: &mut Memo| {
-        chain.authorize(
-            memo,
-            &client,
-            Action::Publish,
-            "home/alice/temp",
-            QoS::AtMostOnce,
-            false,
-        )
+    let identity = Arc::new(Identity {
+        client_id: "dev-1".into(),
+        username: Some("alice".into()),
+        peer: "127.0.0.1:5555".into(),
+        listener: "tcp".into(),
+        attributes: Vec::new(),
+    });
+    let connection = |chain: &Arc<PluginChain>| PluginClient::new(chain.clone(), identity.clone());
+    let publish = |c: &mut PluginClient| {
+        c.authorize(Action::Publish, "home/alice/temp", QoS::AtMostOnce, false)
     };
     println!("Hook calls through the broker's plugin host (wasmtime 48, pooled instance, warm):\n");
     println!("| hook (plugin)                                           |  ns/call |");
     println!("|---------------------------------------------------------|---------:|");
-    let mut m = Memo::connection();
+    let mut c = connection(&floor);
     per_call(
         "authorize (misbehave: answers at once; the floor)",
         CALLS,
         || {
-            std::hint::black_box(publish(&floor, &mut m));
+            std::hint::black_box(publish(&mut c));
         },
     );
-    let mut m = Memo::connection();
+    let mut c = connection(&asked);
     per_call("authorize (acl, one %u rule, reuse_ms = 0)", CALLS, || {
-        std::hint::black_box(publish(&asked, &mut m));
+        std::hint::black_box(publish(&mut c));
     });
-    let mut m = Memo::connection();
+    let mut c = connection(&rust);
     per_call("authorize (acl, decision reused)", CALLS, || {
-        std::hint::black_box(publish(&rust, &mut m));
+        std::hint::black_box(publish(&mut c));
     });
     per_call(
         "authorize (acl, reused from the shared cache: no connection)",
         CALLS,
         || {
-            std::hint::black_box(publish(&rust, &mut Memo::none()));
+            let topic = "home/alice/temp";
+            let q = QoS::AtMostOnce;
+            std::hint::black_box(rust.authorize(&client, Action::Publish, topic, q, false));
         },
     );
-    let mut m = Memo::connection();
+    let mut c = connection(&asked);
     per_call(
         "transform (transform, tag: replace, reuse_ms = 0)",
         CALLS,
         || {
-            std::hint::black_box(asked.transform(&mut m, &client, &mut msg.clone()));
+            std::hint::black_box(c.transform(&mut msg.clone()));
         },
     );
-    let mut m = Memo::connection();
+    let mut c = connection(&rust);
     per_call(
         "transform (transform, tag: replacement reused)",
         CALLS,
         || {
-            std::hint::black_box(rust.transform(&mut m, &client, &mut msg.clone()));
+            std::hint::black_box(c.transform(&mut msg.clone()));
         },
     );
-    let mut m = Memo::connection();
+    let mut c = connection(&rust);
     per_call(
         "transform (transform, no rule applies: keep, reused)",
         CALLS,
         || {
-            std::hint::black_box(rust.transform(&mut m, &client, &mut untagged.clone()));
+            std::hint::black_box(c.transform(&mut untagged.clone()));
         },
     );
-    let mut m = Memo::connection();
+    let mut c = connection(&asked);
     per_call(
         "rate-limit (rate-limit, publish, lease_ms = 0)",
         CALLS,
         || {
-            std::hint::black_box(asked.rate_limit(&mut m, &client, RateEvent::Publish(64)));
+            std::hint::black_box(c.rate_limit(RateEvent::Publish(64)));
         },
     );
-    let mut m = Memo::connection();
+    let mut c = connection(&rust);
     per_call("rate-limit (rate-limit, publish, leased)", CALLS, || {
-        std::hint::black_box(rust.rate_limit(&mut m, &client, RateEvent::Publish(64)));
+        std::hint::black_box(c.rate_limit(RateEvent::Publish(64)));
     });
     per_call(
         "authenticate (auth-password, PBKDF2 1000 rounds)",
@@ -223,13 +228,13 @@ fn hook_costs(hash: &str) {
             std::hint::black_box(rust.authenticate(&info));
         },
     );
-    let mut m = Memo::connection();
+    let mut c = connection(&python);
     per_call("transform (python-redact, redacts JSON)", 20_000, || {
-        std::hint::black_box(python.transform(&mut m, &client, &mut json.clone()));
+        std::hint::black_box(c.transform(&mut json.clone()));
     });
-    let mut m = Memo::connection();
+    let mut c = connection(&python);
     per_call("transform (python-redact, not JSON: keep)", 20_000, || {
-        std::hint::black_box(python.transform(&mut m, &client, &mut msg.clone()));
+        std::hint::black_box(c.transform(&mut msg.clone()));
     });
 }
 

@@ -1,6 +1,7 @@
 //! Prometheus text exposition of the broker's and the plugins' counters.
 
 use super::AdminState;
+use crate::metrics::DropCause;
 use crate::plugin::LATENCY_BUCKETS_NS;
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
@@ -18,7 +19,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 
 pub fn render(s: &AdminState) -> String {
     let b = &s.broker;
-    let m = &b.metrics;
+    let m = b.metrics();
     let mut out = String::new();
 
     family(
@@ -32,51 +33,54 @@ pub fn render(s: &AdminState) -> String {
             out,
             "weir_connections{{listener=\"{}\"}} {}",
             label(&l.name),
-            l.connections.load(Relaxed)
+            l.connections()
         );
     }
     for (name, help, v) in [
         (
             "weir_messages_received_total",
             "PUBLISH packets received from clients.",
-            &m.messages_in,
+            m.messages_received(),
         ),
         (
             "weir_messages_sent_total",
             "PUBLISH packets sent to clients.",
-            &m.messages_out,
+            m.messages_sent(),
         ),
         (
             "weir_bytes_received_total",
             "Bytes read from clients.",
-            &m.bytes_in,
+            m.bytes_read(),
         ),
         (
             "weir_bytes_sent_total",
             "Bytes written to clients.",
-            &m.bytes_out,
+            m.bytes_written(),
+        ),
+        (
+            "weir_connections_refused_total",
+            "Sockets over a connection limit closed without a CONNACK: too many were being refused already.",
+            m.busy_refusals(),
         ),
     ] {
         family(&mut out, name, "counter", help);
-        let _ = writeln!(out, "{name} {}", v.load(Relaxed));
+        let _ = writeln!(out, "{name} {v}");
     }
-    let sessions = b.sessions.all();
-    let queued: usize = sessions.iter().map(|s| s.lock().queue.len()).sum();
     for (name, help, v) in [
         (
             "weir_retained_messages",
             "Retained messages held.",
-            b.retained.len(),
+            b.retained_count(),
         ),
         (
             "weir_sessions",
             "Sessions, connected or not.",
-            sessions.len(),
+            b.session_count(),
         ),
         (
             "weir_queued_messages",
             "Messages waiting in session queues.",
-            queued,
+            b.queued_messages(),
         ),
     ] {
         family(&mut out, name, "gauge", help);
@@ -88,16 +92,12 @@ pub fn render(s: &AdminState) -> String {
         "counter",
         "Messages not delivered, by cause.",
     );
-    for (cause, v) in [
-        ("queue_full", &m.dropped_queue_full),
-        ("too_large", &m.dropped_too_large),
-        ("expired", &m.dropped_expired),
-        ("denied", &m.dropped_denied),
-    ] {
+    for cause in DropCause::ALL {
         let _ = writeln!(
             out,
-            "weir_dropped_messages_total{{cause=\"{cause}\"}} {}",
-            v.load(Relaxed)
+            "weir_dropped_messages_total{{cause=\"{}\"}} {}",
+            cause.label(),
+            m.drops(cause)
         );
     }
 

@@ -8,10 +8,9 @@ pub mod client;
 mod metrics;
 
 use crate::broker::Broker;
-use crate::codec::reason;
+use crate::codec::ReasonCode;
 use crate::connection::ListenerInfo;
 use crate::plugin::{PluginChain, PluginError};
-use crate::session::Control;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -99,15 +98,12 @@ fn chain(state: &AdminState) -> Result<&Arc<PluginChain>, ApiError> {
 
 async fn health(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Answer {
     authorized(&s, &headers)?;
-    let connections: u64 = s
-        .listeners
-        .iter()
-        .map(|l| l.connections.load(std::sync::atomic::Ordering::Relaxed))
-        .sum();
-    Ok(Json(
-        json!({ "status": "ok", "connections": connections, "sessions": s.broker.sessions.len() }),
+    let connections: u64 = s.listeners.iter().map(|l| l.connections()).sum();
+    let sessions = s.broker.session_count();
+    Ok(
+        Json(json!({ "status": "ok", "connections": connections, "sessions": sessions }))
+            .into_response(),
     )
-    .into_response())
 }
 
 async fn metrics(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Answer {
@@ -128,7 +124,7 @@ fn plugin_json(p: &crate::plugin::Plugin) -> Value {
         "name": &*p.name,
         "sha256": p.hash,
         "loaded_at": p.loaded_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-        "hooks": p.hooks(),
+        "hooks": p.hook_names(),
         "enabled": st.enabled(),
         "calls": st.calls.load(),
         "reused_answers": st.reused.load(),
@@ -136,7 +132,7 @@ fn plugin_json(p: &crate::plugin::Plugin) -> Value {
         "errors": errors,
         "reloads": st.reloads.load(Relaxed),
         "rejections": st.rejections.load(Relaxed),
-        "last_rejection": st.last_rejection.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        "last_rejection": st.last_rejection(),
     })
 }
 
@@ -232,19 +228,16 @@ async fn clients(
     }
     let mut connected: Vec<Value> = s
         .broker
-        .sessions
-        .all()
+        .connected_clients()
         .iter()
-        .filter_map(|session| {
-            let st = session.lock();
-            let c = st.conn.as_ref()?;
-            Some(json!({
-                "client_id": &*session.client_id,
+        .map(|c| {
+            json!({
+                "client_id": &*c.client_id,
                 "listener": &*c.listener,
                 "address": c.peer.to_string(),
                 "protocol": c.version.to_string(),
                 "connected_since": c.since.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-            }))
+            })
         })
         .collect();
     connected.sort_by(|a, b| a["client_id"].as_str().cmp(&b["client_id"].as_str()));
@@ -262,20 +255,13 @@ async fn kick(
     Path(id): Path<String>,
 ) -> Answer {
     authorized(&s, &headers)?;
-    let conn = s
-        .broker
-        .sessions
-        .get(&id)
-        .and_then(|session| session.lock().conn.clone());
-    match conn {
-        Some(c) => {
-            let _ = c.control.send(Control::Kick(reason::ADMINISTRATIVE_ACTION));
-            tracing::info!(client_id = %id, "client disconnected by the admin API");
-            Ok(StatusCode::NO_CONTENT.into_response())
-        }
-        None => Err(err(
+    if s.broker.kick(&id, ReasonCode::AdministrativeAction) {
+        tracing::info!(client_id = %id, "client disconnected by the admin API");
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(err(
             StatusCode::NOT_FOUND,
             format!("no connected client '{id}'"),
-        )),
+        ))
     }
 }

@@ -1,7 +1,9 @@
 //! PUBACK, PUBREC, PUBREL and PUBCOMP: one shape, four packet types.
 
 use super::properties::Context;
-use super::{read_packet_id, read_u8, write_packet, Error, Properties, Result, Version};
+use super::{
+    read_code, read_packet_id, write_packet, CodeIn, Properties, ReasonCode, Result, Version,
+};
 use bytes::{BufMut, Bytes, BytesMut};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +33,16 @@ impl AckKind {
         }
     }
 
+    /// The packet, for which reason codes it may carry.
+    fn carrier(self) -> CodeIn {
+        match self {
+            AckKind::PubAck => CodeIn::PubAck,
+            AckKind::PubRec => CodeIn::PubRec,
+            AckKind::PubRel => CodeIn::PubRel,
+            AckKind::PubComp => CodeIn::PubComp,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             AckKind::PubAck => "PUBACK",
@@ -45,7 +57,7 @@ impl AckKind {
 pub struct Ack {
     pub kind: AckKind,
     pub pid: u16,
-    pub code: u8,
+    pub code: ReasonCode,
     pub properties: Properties,
 }
 
@@ -54,12 +66,12 @@ impl Ack {
         Ack {
             kind,
             pid,
-            code: 0,
+            code: ReasonCode::Success,
             properties: Properties::default(),
         }
     }
 
-    pub fn with_code(kind: AckKind, pid: u16, code: u8) -> Ack {
+    pub fn with_code(kind: AckKind, pid: u16, code: ReasonCode) -> Ack {
         Ack {
             kind,
             pid,
@@ -72,12 +84,11 @@ impl Ack {
         let pid = read_packet_id(b)?;
         let mut ack = Ack::new(kind, pid);
         if version == Version::V5 && !b.is_empty() {
-            ack.code = read_u8(b)?;
-            if !valid_code(kind, ack.code) {
-                return Err(Error::Malformed(
-                    "invalid reason code for this acknowledgement",
-                ));
-            }
+            ack.code = read_code(
+                b,
+                kind.carrier(),
+                "invalid reason code for this acknowledgement",
+            )?;
             if !b.is_empty() {
                 ack.properties = Properties::decode(b, Context::Ack)?;
             }
@@ -85,33 +96,23 @@ impl Ack {
         Ok(ack)
     }
 
-    pub(crate) fn encode(&self, version: Version, out: &mut BytesMut) {
+    pub(crate) fn encode(&self, version: Version, out: &mut BytesMut) -> Result<()> {
         // The short form (no reason code, no properties) is what 3.1.1 requires and what
         // 5.0 allows for success, and it is the common case.
-        if version == Version::V311 || (self.code == 0 && self.properties.is_empty()) {
+        if version == Version::V311
+            || (self.code == ReasonCode::Success && self.properties.is_empty())
+        {
             out.put_u8(self.kind.header());
             out.put_u8(2);
             out.put_u16(self.pid);
-            return;
+            return Ok(());
         }
         let mut body = BytesMut::with_capacity(8);
         body.put_u16(self.pid);
-        body.put_u8(self.code);
+        body.put_u8(self.code.into());
         if !self.properties.is_empty() {
-            self.properties.encode(&mut body);
+            self.properties.encode(&mut body)?;
         }
-        write_packet(out, self.kind.header(), &body);
-    }
-}
-
-fn valid_code(kind: AckKind, code: u8) -> bool {
-    match kind {
-        AckKind::PubAck | AckKind::PubRec => {
-            matches!(
-                code,
-                0x00 | 0x10 | 0x80 | 0x83 | 0x87 | 0x90 | 0x91 | 0x97 | 0x99
-            )
-        }
-        AckKind::PubRel | AckKind::PubComp => matches!(code, 0x00 | 0x92),
+        write_packet(out, self.kind.header(), &body)
     }
 }

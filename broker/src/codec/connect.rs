@@ -2,8 +2,8 @@
 
 use super::properties::Context;
 use super::{
-    read_binary, read_string, read_u16, read_u8, write_binary, write_packet, write_string, Error,
-    Properties, QoS, Result, Version,
+    read_binary, read_code, read_string, read_u16, read_u8, write_binary, write_packet,
+    write_string, CodeIn, Error, Properties, QoS, ReasonCode, Result, Version,
 };
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -76,7 +76,7 @@ impl Connect {
                 Version::V311 => Properties::default(),
             };
             let topic = read_string(b)?;
-            crate::topic::validate_name(&topic)?;
+            weir_protocol::topic::validate_name(&topic).map_err(Error::topic_name)?;
             let payload = read_binary(b)?;
             Some(Will {
                 topic,
@@ -110,9 +110,9 @@ impl Connect {
         })
     }
 
-    pub(crate) fn encode(&self, out: &mut BytesMut) {
+    pub(crate) fn encode(&self, out: &mut BytesMut) -> Result<()> {
         let mut body = BytesMut::new();
-        write_string(&mut body, "MQTT");
+        write_string(&mut body, "MQTT", "protocol name")?;
         body.put_u8(self.version.level());
         let mut flags = 0u8;
         if self.clean_start {
@@ -133,31 +133,31 @@ impl Connect {
         body.put_u8(flags);
         body.put_u16(self.keep_alive);
         if self.version == Version::V5 {
-            self.properties.encode(&mut body);
+            self.properties.encode(&mut body)?;
         }
-        write_string(&mut body, &self.client_id);
+        write_string(&mut body, &self.client_id, "client id")?;
         if let Some(w) = &self.will {
             if self.version == Version::V5 {
-                w.properties.encode(&mut body);
+                w.properties.encode(&mut body)?;
             }
-            write_string(&mut body, &w.topic);
-            write_binary(&mut body, &w.payload);
+            write_string(&mut body, &w.topic, "will topic")?;
+            write_binary(&mut body, &w.payload, "will payload")?;
         }
         if let Some(u) = &self.username {
-            write_string(&mut body, u);
+            write_string(&mut body, u, "username")?;
         }
         if let Some(p) = &self.password {
-            write_binary(&mut body, p);
+            write_binary(&mut body, p, "password")?;
         }
-        write_packet(out, 0x10, &body);
+        write_packet(out, 0x10, &body)
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ConnAck {
     pub session_present: bool,
-    /// A 5.0 reason code; written as the nearest 3.1.1 return code on a 3.1.1 connection.
-    pub code: u8,
+    /// Written as the nearest 3.1.1 return code on a 3.1.1 connection.
+    pub code: ReasonCode,
     pub properties: Properties,
 }
 
@@ -167,7 +167,18 @@ impl ConnAck {
         if flags & 0xFE != 0 {
             return Err(Error::Malformed("CONNACK reserved flags are set"));
         }
-        let code = read_u8(b)?;
+        let code = match version {
+            Version::V5 => read_code(b, CodeIn::ConnAck, "invalid CONNACK reason code")?,
+            Version::V311 => match read_u8(b)? {
+                0 => ReasonCode::Success,
+                1 => ReasonCode::UnsupportedProtocolVersion,
+                2 => ReasonCode::ClientIdentifierNotValid,
+                3 => ReasonCode::ServerUnavailable,
+                4 => ReasonCode::BadUserNameOrPassword,
+                5 => ReasonCode::NotAuthorized,
+                _ => return Err(Error::Malformed("invalid CONNACK return code")),
+            },
+        };
         let properties = match version {
             Version::V5 => Properties::decode(b, Context::ConnAck)?,
             Version::V311 => Properties::default(),
@@ -179,16 +190,16 @@ impl ConnAck {
         })
     }
 
-    pub(crate) fn encode(&self, version: Version, out: &mut BytesMut) {
+    pub(crate) fn encode(&self, version: Version, out: &mut BytesMut) -> Result<()> {
         let mut body = BytesMut::new();
         body.put_u8(self.session_present as u8);
         match version {
             Version::V5 => {
-                body.put_u8(self.code);
-                self.properties.encode(&mut body);
+                body.put_u8(self.code.into());
+                self.properties.encode(&mut body)?;
             }
-            Version::V311 => body.put_u8(super::reason::connack_v311_code(self.code)),
+            Version::V311 => body.put_u8(self.code.connack_v311()),
         }
-        write_packet(out, 0x20, &body);
+        write_packet(out, 0x20, &body)
     }
 }

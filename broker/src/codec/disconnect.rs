@@ -1,17 +1,17 @@
 //! DISCONNECT and AUTH.
 
 use super::properties::Context;
-use super::{read_u8, write_packet, Error, Properties, Result, Version};
+use super::{read_code, write_packet, CodeIn, Error, Properties, ReasonCode, Result, Version};
 use bytes::{BufMut, Bytes, BytesMut};
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Disconnect {
-    pub code: u8,
+    pub code: ReasonCode,
     pub properties: Properties,
 }
 
 impl Disconnect {
-    pub fn with_code(code: u8) -> Disconnect {
+    pub fn with_code(code: ReasonCode) -> Disconnect {
         Disconnect {
             code,
             properties: Properties::default(),
@@ -28,7 +28,7 @@ impl Disconnect {
             }
             Version::V5 => {
                 if !b.is_empty() {
-                    d.code = read_u8(b)?;
+                    d.code = read_code(b, CodeIn::Disconnect, "invalid DISCONNECT reason code")?;
                 }
                 if !b.is_empty() {
                     d.properties = Properties::decode(b, Context::Disconnect)?;
@@ -38,21 +38,23 @@ impl Disconnect {
         Ok(d)
     }
 
-    pub(crate) fn encode(&self, version: Version, out: &mut BytesMut) {
-        if version == Version::V311 || (self.code == 0 && self.properties.is_empty()) {
+    pub(crate) fn encode(&self, version: Version, out: &mut BytesMut) -> Result<()> {
+        if version == Version::V311
+            || (self.code == ReasonCode::Success && self.properties.is_empty())
+        {
             out.put_slice(&[0xE0, 0]);
-            return;
+            return Ok(());
         }
         let mut body = BytesMut::new();
-        body.put_u8(self.code);
-        self.properties.encode(&mut body);
-        write_packet(out, 0xE0, &body);
+        body.put_u8(self.code.into());
+        self.properties.encode(&mut body)?;
+        write_packet(out, 0xE0, &body)
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Auth {
-    pub code: u8,
+    pub code: ReasonCode,
     pub properties: Properties,
 }
 
@@ -60,10 +62,7 @@ impl Auth {
     pub(crate) fn decode(b: &mut Bytes) -> Result<Auth> {
         let mut a = Auth::default();
         if !b.is_empty() {
-            a.code = read_u8(b)?;
-            if !matches!(a.code, 0x00 | 0x18 | 0x19) {
-                return Err(Error::Malformed("invalid AUTH reason code"));
-            }
+            a.code = read_code(b, CodeIn::Auth, "invalid AUTH reason code")?;
         }
         if !b.is_empty() {
             a.properties = Properties::decode(b, Context::Auth)?;
@@ -71,10 +70,10 @@ impl Auth {
         Ok(a)
     }
 
-    pub(crate) fn encode(&self, out: &mut BytesMut) {
+    pub(crate) fn encode(&self, out: &mut BytesMut) -> Result<()> {
         let mut body = BytesMut::new();
-        body.put_u8(self.code);
-        self.properties.encode(&mut body);
-        write_packet(out, 0xF0, &body);
+        body.put_u8(self.code.into());
+        self.properties.encode(&mut body)?;
+        write_packet(out, 0xF0, &body)
     }
 }

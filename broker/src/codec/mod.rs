@@ -70,57 +70,10 @@ impl QoS {
     }
 }
 
-/// Reason codes the broker itself sends (MQTT 5.0 section 2.4). 3.1.1 has its own
-/// smaller CONNACK set; [`connack_v311_code`] maps onto it.
-pub mod reason {
-    pub const SUCCESS: u8 = 0x00;
-    pub const GRANTED_QOS1: u8 = 0x01;
-    pub const GRANTED_QOS2: u8 = 0x02;
-    pub const DISCONNECT_WITH_WILL: u8 = 0x04;
-    pub const NO_MATCHING_SUBSCRIBERS: u8 = 0x10;
-    pub const NO_SUBSCRIPTION_EXISTED: u8 = 0x11;
-    pub const UNSPECIFIED_ERROR: u8 = 0x80;
-    pub const MALFORMED_PACKET: u8 = 0x81;
-    pub const PROTOCOL_ERROR: u8 = 0x82;
-    pub const IMPLEMENTATION_SPECIFIC: u8 = 0x83;
-    pub const UNSUPPORTED_PROTOCOL_VERSION: u8 = 0x84;
-    pub const CLIENT_ID_NOT_VALID: u8 = 0x85;
-    pub const BAD_USERNAME_OR_PASSWORD: u8 = 0x86;
-    pub const NOT_AUTHORIZED: u8 = 0x87;
-    pub const SERVER_UNAVAILABLE: u8 = 0x88;
-    pub const SERVER_BUSY: u8 = 0x89;
-    pub const SERVER_SHUTTING_DOWN: u8 = 0x8B;
-    pub const KEEP_ALIVE_TIMEOUT: u8 = 0x8D;
-    pub const SESSION_TAKEN_OVER: u8 = 0x8E;
-    pub const TOPIC_FILTER_INVALID: u8 = 0x8F;
-    pub const TOPIC_NAME_INVALID: u8 = 0x90;
-    pub const PACKET_ID_IN_USE: u8 = 0x91;
-    pub const PACKET_ID_NOT_FOUND: u8 = 0x92;
-    pub const RECEIVE_MAXIMUM_EXCEEDED: u8 = 0x93;
-    pub const TOPIC_ALIAS_INVALID: u8 = 0x94;
-    pub const PACKET_TOO_LARGE: u8 = 0x95;
-    pub const QUOTA_EXCEEDED: u8 = 0x97;
-    pub const ADMINISTRATIVE_ACTION: u8 = 0x98;
-    pub const PAYLOAD_FORMAT_INVALID: u8 = 0x99;
-    pub const RETAIN_NOT_SUPPORTED: u8 = 0x9A;
-    pub const QOS_NOT_SUPPORTED: u8 = 0x9B;
-    pub const SHARED_SUBSCRIPTIONS_NOT_SUPPORTED: u8 = 0x9E;
-    pub const CONNECTION_RATE_EXCEEDED: u8 = 0x9F;
-    pub const SUBSCRIPTION_IDS_NOT_SUPPORTED: u8 = 0xA1;
-    pub const WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED: u8 = 0xA2;
-
-    /// The 3.1.1 CONNACK return code closest to a 5.0 reason code.
-    pub fn connack_v311_code(code: u8) -> u8 {
-        match code {
-            SUCCESS => 0,
-            UNSUPPORTED_PROTOCOL_VERSION => 1,
-            CLIENT_ID_NOT_VALID => 2,
-            SERVER_UNAVAILABLE | SERVER_BUSY | SERVER_SHUTTING_DOWN | CONNECTION_RATE_EXCEEDED => 3,
-            BAD_USERNAME_OR_PASSWORD => 4,
-            _ => 5,
-        }
-    }
-}
+pub(crate) use weir_protocol::Packet as CodeIn;
+/// Reason codes (MQTT 5.0 section 2.4), shared with the plugin SDK. 3.1.1 has its own
+/// smaller CONNACK set; [`ReasonCode::connack_v311`] maps onto it.
+pub use weir_protocol::ReasonCode;
 
 /// Why bytes could not become a packet. Each kind maps to the reason code the
 /// specification asks the server to send before it closes the connection.
@@ -140,19 +93,25 @@ pub enum Error {
     TopicFilter(&'static str),
     #[error("payload format indicator says UTF-8 but the payload is not")]
     PayloadFormat,
+    #[error("{what} of {len} bytes is longer than the 65535 an MQTT string or binary can hold")]
+    TooLong { what: &'static str, len: usize },
 }
 
 impl Error {
-    pub fn reason_code(&self) -> u8 {
+    pub fn reason_code(&self) -> ReasonCode {
         match self {
-            Error::Malformed(_) => reason::MALFORMED_PACKET,
-            Error::Protocol(_) => reason::PROTOCOL_ERROR,
-            Error::UnsupportedVersion(_) => reason::UNSUPPORTED_PROTOCOL_VERSION,
-            Error::TooLarge { .. } => reason::PACKET_TOO_LARGE,
-            Error::TopicName(_) => reason::TOPIC_NAME_INVALID,
-            Error::TopicFilter(_) => reason::TOPIC_FILTER_INVALID,
-            Error::PayloadFormat => reason::PAYLOAD_FORMAT_INVALID,
+            Error::Malformed(_) | Error::TooLong { .. } => ReasonCode::MalformedPacket,
+            Error::Protocol(_) => ReasonCode::ProtocolError,
+            Error::UnsupportedVersion(_) => ReasonCode::UnsupportedProtocolVersion,
+            Error::TooLarge { .. } => ReasonCode::PacketTooLarge,
+            Error::TopicName(_) => ReasonCode::TopicNameInvalid,
+            Error::TopicFilter(_) => ReasonCode::TopicFilterInvalid,
+            Error::PayloadFormat => ReasonCode::PayloadFormatInvalid,
         }
+    }
+
+    pub(crate) fn topic_name(e: weir_protocol::topic::TopicError) -> Error {
+        Error::TopicName(e.reason())
     }
 }
 
@@ -194,9 +153,13 @@ impl Packet {
         }
     }
 
-    /// Appends the wire form of this packet to `out`.
-    pub fn encode(&self, version: Version, out: &mut BytesMut) {
-        match self {
+    /// Appends the wire form of this packet to `out`. A field longer than MQTT can
+    /// carry (a string or binary over 65 535 bytes, a packet over 256 MiB) is an error,
+    /// and `out` is then left as it was: a plugin's overlong reason string must never
+    /// turn into a corrupt packet.
+    pub fn encode(&self, version: Version, out: &mut BytesMut) -> Result<()> {
+        let start = out.len();
+        let written = match self {
             Packet::Connect(c) => c.encode(out),
             Packet::ConnAck(c) => c.encode(version, out),
             Packet::Publish(p) => p.encode(version, out),
@@ -205,18 +168,77 @@ impl Packet {
             Packet::SubAck(s) => s.encode(version, out),
             Packet::Unsubscribe(u) => u.encode(version, out),
             Packet::UnsubAck(u) => u.encode(version, out),
-            Packet::PingReq => out.put_slice(&[0xC0, 0]),
-            Packet::PingResp => out.put_slice(&[0xD0, 0]),
+            Packet::PingReq => {
+                out.put_slice(&[0xC0, 0]);
+                Ok(())
+            }
+            Packet::PingResp => {
+                out.put_slice(&[0xD0, 0]);
+                Ok(())
+            }
             Packet::Disconnect(d) => d.encode(version, out),
             Packet::Auth(a) => a.encode(out),
+        };
+        if written.is_err() {
+            out.truncate(start);
+        }
+        written
+    }
+
+    /// Encodes the packet within a peer's Maximum Packet Size. What MQTT 5.0 lets a
+    /// sender leave out goes first when the packet would be too large, or cannot be
+    /// encoded at all (a plugin's reason string over 65 535 bytes): the reason string,
+    /// then the user properties (MQTT-3.2.2-19, -20, 3.14.2-3, -4). An error only if
+    /// the packet is still too large without them.
+    pub fn encode_within(
+        &mut self,
+        version: Version,
+        max: usize,
+        out: &mut BytesMut,
+    ) -> Result<()> {
+        let start = out.len();
+        let mut stripped = 0;
+        loop {
+            let error = match self.encode(version, out) {
+                Ok(()) if out.len() - start <= max => return Ok(()),
+                Ok(()) => Error::TooLarge {
+                    size: out.len() - start,
+                    max,
+                },
+                Err(e) => e,
+            };
+            out.truncate(start);
+            let Some(p) = self.properties_mut().filter(|_| stripped < 2) else {
+                return Err(error);
+            };
+            if let Some(set) = p.get_mut() {
+                match stripped {
+                    0 => set.reason_string = None,
+                    _ => set.user_properties.clear(),
+                }
+            }
+            stripped += 1;
+        }
+    }
+
+    /// The properties of a packet that may carry a reason string.
+    fn properties_mut(&mut self) -> Option<&mut Properties> {
+        match self {
+            Packet::ConnAck(c) => Some(&mut c.properties),
+            Packet::Ack(a) => Some(&mut a.properties),
+            Packet::SubAck(s) => Some(&mut s.properties),
+            Packet::UnsubAck(u) => Some(&mut u.properties),
+            Packet::Disconnect(d) => Some(&mut d.properties),
+            Packet::Auth(a) => Some(&mut a.properties),
+            _ => None,
         }
     }
 
     /// The encoded size in bytes, for checking against a peer's Maximum Packet Size.
-    pub fn encoded_len(&self, version: Version) -> usize {
+    pub fn encoded_len(&self, version: Version) -> Result<usize> {
         let mut b = BytesMut::new();
-        self.encode(version, &mut b);
-        b.len()
+        self.encode(version, &mut b)?;
+        Ok(b.len())
     }
 }
 
@@ -255,11 +277,18 @@ pub fn frame_len(buf: &[u8], max_size: usize) -> Result<Option<usize>> {
     Ok((buf.len() >= total).then_some(total))
 }
 
-/// Decodes one complete packet (as delimited by [`frame_len`]). `version` is the
-/// connection's protocol level; a CONNECT carries its own and ignores it.
+/// Decodes one complete packet. `version` is the connection's protocol level; a
+/// CONNECT carries its own and ignores it. The frame is checked, not trusted: its
+/// remaining length must say exactly how many bytes follow the fixed header, so a frame
+/// that [`frame_len`] did not delimit is an error, never a panic or a misread.
 pub fn decode(mut frame: Bytes, version: Version) -> Result<Packet> {
-    let header = frame.get_u8();
-    let _ = read_varint(&mut frame)?;
+    let header = read_u8(&mut frame)?;
+    let remaining = read_varint(&mut frame)? as usize;
+    if remaining != frame.len() {
+        return Err(Error::Malformed(
+            "remaining length does not match the frame",
+        ));
+    }
     let kind = header >> 4;
     let flags = header & 0x0F;
     let fixed_flags = |want: u8| {
@@ -353,6 +382,13 @@ pub(crate) fn read_u32(b: &mut Bytes) -> Result<u32> {
     Ok(b.get_u32())
 }
 
+/// A reason code that `packet` may carry, or a malformed-packet error saying `what`.
+pub(crate) fn read_code(b: &mut Bytes, packet: CodeIn, what: &'static str) -> Result<ReasonCode> {
+    ReasonCode::from_u8(read_u8(b)?)
+        .filter(|c| c.allowed_in(packet))
+        .ok_or(Error::Malformed(what))
+}
+
 pub(crate) fn read_varint(b: &mut Bytes) -> Result<u32> {
     let mut value: u32 = 0;
     for i in 0..4 {
@@ -416,22 +452,41 @@ pub(crate) fn write_varint(out: &mut BytesMut, mut v: usize) {
     }
 }
 
-pub(crate) fn write_binary(out: &mut BytesMut, b: &[u8]) {
-    out.put_u16(b.len() as u16);
+/// The largest remaining length a fixed header can state (four varint bytes).
+pub const MAX_REMAINING: usize = 268_435_455;
+
+/// A length-prefixed field; `what` names it in the error when it is too long.
+pub(crate) fn write_binary(out: &mut BytesMut, b: &[u8], what: &'static str) -> Result<()> {
+    let len = u16::try_from(b.len()).map_err(|_| Error::TooLong { what, len: b.len() })?;
+    out.put_u16(len);
     out.put_slice(b);
+    Ok(())
 }
 
-pub(crate) fn write_string(out: &mut BytesMut, s: &str) {
-    write_binary(out, s.as_bytes());
+pub(crate) fn write_string(out: &mut BytesMut, s: &str, what: &'static str) -> Result<()> {
+    write_binary(out, s.as_bytes(), what)
+}
+
+/// The remaining length of a packet, checked against what a fixed header can state.
+pub(crate) fn remaining_len(len: usize) -> Result<usize> {
+    if len > MAX_REMAINING {
+        return Err(Error::TooLarge {
+            size: len,
+            max: MAX_REMAINING,
+        });
+    }
+    Ok(len)
 }
 
 /// Writes the fixed header and `body` — the form every packet but PUBLISH uses,
 /// since only PUBLISH is large and hot enough to avoid the body copy.
-pub(crate) fn write_packet(out: &mut BytesMut, header: u8, body: &[u8]) {
-    out.reserve(5 + body.len());
+pub(crate) fn write_packet(out: &mut BytesMut, header: u8, body: &[u8]) -> Result<()> {
+    let len = remaining_len(body.len())?;
+    out.reserve(5 + len);
     out.put_u8(header);
-    write_varint(out, body.len());
+    write_varint(out, len);
     out.put_slice(body);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //! packet may carry checked on decode. A 3.1.1 connection never reads or writes them.
 
 use super::{
-    read_binary, read_string, read_u16, read_u32, read_u8, read_varint, write_binary, write_string,
-    write_varint, Error, Result,
+    read_binary, read_string, read_u16, read_u32, read_u8, read_varint, remaining_len,
+    write_binary, write_string, write_varint, Error, Result,
 };
 use bytes::{BufMut, Bytes, BytesMut};
 use std::cell::RefCell;
@@ -297,33 +297,38 @@ impl Properties {
     }
 
     /// Writes the property length and the properties.
-    pub(crate) fn encode(&self, out: &mut BytesMut) {
+    pub(crate) fn encode(&self, out: &mut BytesMut) -> Result<()> {
         self.with_body(None, |body| {
-            write_varint(out, body.len());
+            let body = body?;
+            write_varint(out, remaining_len(body.len())?);
             out.put_slice(body);
+            Ok(())
         })
     }
 
     /// Calls `f` with the encoded properties (without their length), with `per` in
-    /// place of the set's own per-delivery fields. The bytes are built in a buffer kept
-    /// per thread: a packet's size is written before its properties, and this measures
-    /// them without an allocation or a second pass.
+    /// place of the set's own per-delivery fields, or with the error that a property is
+    /// too long to encode. The bytes are built in a buffer kept per thread: a packet's
+    /// size is written before its properties, and this measures them without an
+    /// allocation or a second pass.
     pub(crate) fn with_body<R>(
         &self,
         per: Option<PerDelivery<'_>>,
-        f: impl FnOnce(&[u8]) -> R,
+        f: impl FnOnce(Result<&[u8]>) -> R,
     ) -> R {
         thread_local! {
             static SCRATCH: RefCell<BytesMut> = RefCell::new(BytesMut::new());
         }
         if self.0.is_none() && per.is_none_or(|p| p.is_empty()) {
-            return f(&[]);
+            return f(Ok(&[]));
         }
         SCRATCH.with(|cell| {
             let mut body = cell.borrow_mut();
             body.clear();
-            self.encode_body(&mut body, per);
-            f(&body)
+            match self.encode_body(&mut body, per) {
+                Ok(()) => f(Ok(&body)),
+                Err(e) => f(Err(e)),
+            }
         })
     }
 
@@ -360,7 +365,7 @@ impl PropertySet {
                 CONTENT_TYPE => once(&mut props.content_type, read_string(&mut p)?)?,
                 RESPONSE_TOPIC => {
                     let t = read_string(&mut p)?;
-                    crate::topic::validate_name(&t)?;
+                    weir_protocol::topic::validate_name(&t).map_err(Error::topic_name)?;
                     once(&mut props.response_topic, t)?
                 }
                 CORRELATION_DATA => once(&mut props.correlation_data, read_binary(&mut p)?)?,
@@ -446,7 +451,7 @@ impl PropertySet {
         Ok(Some(props))
     }
 
-    fn encode_body(&self, o: &mut BytesMut, per: Option<PerDelivery<'_>>) {
+    fn encode_body(&self, o: &mut BytesMut, per: Option<PerDelivery<'_>>) -> Result<()> {
         fn byte(o: &mut BytesMut, id: u8, v: Option<u8>) {
             if let Some(v) = v {
                 o.put_u8(id);
@@ -465,17 +470,19 @@ impl PropertySet {
                 o.put_u32(v);
             }
         }
-        fn strp(o: &mut BytesMut, id: u8, v: &Option<String>) {
+        fn strp(o: &mut BytesMut, id: u8, v: &Option<String>, what: &'static str) -> Result<()> {
             if let Some(v) = v {
                 o.put_u8(id);
-                write_string(o, v);
+                write_string(o, v, what)?;
             }
+            Ok(())
         }
-        fn binp(o: &mut BytesMut, id: u8, v: &Option<Bytes>) {
+        fn binp(o: &mut BytesMut, id: u8, v: &Option<Bytes>, what: &'static str) -> Result<()> {
             if let Some(v) = v {
                 o.put_u8(id);
-                write_binary(o, v);
+                write_binary(o, v, what)?;
             }
+            Ok(())
         }
         let per = per.unwrap_or(PerDelivery {
             message_expiry_interval: self.message_expiry_interval,
@@ -484,24 +491,42 @@ impl PropertySet {
         });
         byte(o, PAYLOAD_FORMAT, self.payload_format_indicator);
         u32p(o, MESSAGE_EXPIRY, per.message_expiry_interval);
-        strp(o, CONTENT_TYPE, &self.content_type);
-        strp(o, RESPONSE_TOPIC, &self.response_topic);
-        binp(o, CORRELATION_DATA, &self.correlation_data);
+        strp(o, CONTENT_TYPE, &self.content_type, "content type")?;
+        strp(o, RESPONSE_TOPIC, &self.response_topic, "response topic")?;
+        binp(
+            o,
+            CORRELATION_DATA,
+            &self.correlation_data,
+            "correlation data",
+        )?;
         for id in per.subscription_identifiers {
             o.put_u8(SUBSCRIPTION_ID);
             write_varint(o, *id as usize);
         }
         u32p(o, SESSION_EXPIRY, self.session_expiry_interval);
-        strp(o, ASSIGNED_CLIENT_ID, &self.assigned_client_identifier);
+        let assigned = &self.assigned_client_identifier;
+        strp(o, ASSIGNED_CLIENT_ID, assigned, "assigned client id")?;
         u16p(o, SERVER_KEEP_ALIVE, self.server_keep_alive);
-        strp(o, AUTH_METHOD, &self.authentication_method);
-        binp(o, AUTH_DATA, &self.authentication_data);
+        let method = &self.authentication_method;
+        strp(o, AUTH_METHOD, method, "authentication method")?;
+        binp(
+            o,
+            AUTH_DATA,
+            &self.authentication_data,
+            "authentication data",
+        )?;
         byte(o, REQUEST_PROBLEM_INFO, self.request_problem_information);
         u32p(o, WILL_DELAY, self.will_delay_interval);
         byte(o, REQUEST_RESPONSE_INFO, self.request_response_information);
-        strp(o, RESPONSE_INFO, &self.response_information);
-        strp(o, SERVER_REFERENCE, &self.server_reference);
-        strp(o, REASON_STRING, &self.reason_string);
+        let info = &self.response_information;
+        strp(o, RESPONSE_INFO, info, "response information")?;
+        strp(
+            o,
+            SERVER_REFERENCE,
+            &self.server_reference,
+            "server reference",
+        )?;
+        strp(o, REASON_STRING, &self.reason_string, "reason string")?;
         u16p(o, RECEIVE_MAXIMUM, self.receive_maximum);
         u16p(o, TOPIC_ALIAS_MAXIMUM, self.topic_alias_maximum);
         u16p(o, TOPIC_ALIAS, per.topic_alias);
@@ -509,8 +534,8 @@ impl PropertySet {
         byte(o, RETAIN_AVAILABLE, self.retain_available);
         for (k, v) in &self.user_properties {
             o.put_u8(USER_PROPERTY);
-            write_string(o, k);
-            write_string(o, v);
+            write_string(o, k, "user property name")?;
+            write_string(o, v, "user property value")?;
         }
         u32p(o, MAXIMUM_PACKET_SIZE, self.maximum_packet_size);
         byte(
@@ -520,5 +545,6 @@ impl PropertySet {
         );
         byte(o, SUB_ID_AVAILABLE, self.subscription_identifier_available);
         byte(o, SHARED_SUB_AVAILABLE, self.shared_subscription_available);
+        Ok(())
     }
 }

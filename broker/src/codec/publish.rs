@@ -3,8 +3,8 @@
 
 use super::properties::{Context, PerDelivery};
 use super::{
-    read_packet_id, read_string, varint_len, write_string, write_varint, Error, Properties, QoS,
-    Result, Version,
+    read_packet_id, read_string, remaining_len, varint_len, write_string, write_varint, Error,
+    Properties, QoS, Result, Version,
 };
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -45,7 +45,7 @@ impl Publish {
                 return Err(Error::Protocol("empty topic name without a topic alias"));
             }
         } else {
-            crate::topic::validate_name(&topic)?;
+            weir_protocol::topic::validate_name(&topic).map_err(Error::topic_name)?;
         }
         let payload = std::mem::take(b);
         if properties.payload_format_indicator == Some(1) && std::str::from_utf8(&payload).is_err()
@@ -63,7 +63,7 @@ impl Publish {
         })
     }
 
-    pub(crate) fn encode(&self, version: Version, out: &mut BytesMut) {
+    pub(crate) fn encode(&self, version: Version, out: &mut BytesMut) -> Result<()> {
         let header = PublishHeader {
             dup: self.dup,
             qos: self.qos,
@@ -78,7 +78,7 @@ impl Publish {
             &self.properties,
             None,
             &self.payload,
-        );
+        )
     }
 }
 
@@ -95,7 +95,8 @@ pub struct PublishHeader {
 /// Encodes a PUBLISH from borrowed parts, so a delivery shared by many subscribers is
 /// written without building a `Publish` (or copying its topic and properties) for each
 /// of them. `per` replaces the message's own expiry, subscription identifiers and topic
-/// alias. Properties are left out on a 3.1.1 connection.
+/// alias. Properties are left out on a 3.1.1 connection. On an error (a field too long
+/// for MQTT) nothing is written.
 pub fn encode_publish(
     out: &mut BytesMut,
     version: Version,
@@ -104,11 +105,11 @@ pub fn encode_publish(
     properties: &Properties,
     per: Option<PerDelivery<'_>>,
     payload: &[u8],
-) {
+) -> Result<()> {
     match version {
         Version::V311 => write_publish(out, h, topic, None, payload),
         Version::V5 => properties.with_body(per, |body| {
-            write_publish(out, h, topic, Some(body), payload)
+            write_publish(out, h, topic, Some(body?), payload)
         }),
     }
 }
@@ -120,10 +121,16 @@ fn write_publish(
     topic: &str,
     properties: Option<&[u8]>,
     payload: &[u8],
-) {
+) -> Result<()> {
     let props_len = properties.map_or(0, |b| varint_len(b.len()) + b.len());
     let pid_len = if h.qos == QoS::AtMostOnce { 0 } else { 2 };
-    let remaining = 2 + topic.len() + pid_len + props_len + payload.len();
+    let remaining = remaining_len(2 + topic.len() + pid_len + props_len + payload.len())?;
+    if topic.len() > u16::MAX as usize {
+        return Err(Error::TooLong {
+            what: "topic",
+            len: topic.len(),
+        });
+    }
     out.reserve(1 + varint_len(remaining) + remaining);
     let mut header = 0x30 | ((h.qos as u8) << 1);
     if h.dup {
@@ -134,7 +141,7 @@ fn write_publish(
     }
     out.put_u8(header);
     write_varint(out, remaining);
-    write_string(out, topic);
+    write_string(out, topic, "topic")?;
     if pid_len > 0 {
         out.put_u16(h.pid);
     }
@@ -143,4 +150,5 @@ fn write_publish(
         out.put_slice(body);
     }
     out.put_slice(payload);
+    Ok(())
 }

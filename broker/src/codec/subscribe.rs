@@ -2,8 +2,8 @@
 
 use super::properties::Context;
 use super::{
-    read_packet_id, read_string, read_u8, write_packet, write_string, Error, Properties, QoS,
-    Result, Version,
+    read_code, read_packet_id, read_string, read_u8, write_packet, write_string, CodeIn, Error,
+    Properties, QoS, ReasonCode, Result, Version,
 };
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -104,25 +104,25 @@ impl Subscribe {
         })
     }
 
-    pub(crate) fn encode(&self, version: Version, out: &mut BytesMut) {
+    pub(crate) fn encode(&self, version: Version, out: &mut BytesMut) -> Result<()> {
         let mut body = BytesMut::new();
         body.put_u16(self.pid);
         if version == Version::V5 {
-            self.properties.encode(&mut body);
+            self.properties.encode(&mut body)?;
         }
         for (f, o) in &self.filters {
-            write_string(&mut body, f);
+            write_string(&mut body, f, "topic filter")?;
             body.put_u8(o.to_byte());
         }
-        write_packet(out, 0x82, &body);
+        write_packet(out, 0x82, &body)
     }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SubAck {
     pub pid: u16,
-    /// 5.0 reason codes; on 3.1.1 every failure is written as 0x80.
-    pub codes: Vec<u8>,
+    /// One per filter; on 3.1.1 every failure is written as 0x80.
+    pub codes: Vec<ReasonCode>,
     pub properties: Properties,
 }
 
@@ -133,7 +133,10 @@ impl SubAck {
             Version::V5 => Properties::decode(b, Context::SubAck)?,
             Version::V311 => Properties::default(),
         };
-        let codes = b.split_to(b.len()).to_vec();
+        let mut codes = Vec::with_capacity(b.len());
+        while !b.is_empty() {
+            codes.push(read_code(b, CodeIn::SubAck, "invalid SUBACK reason code")?);
+        }
         Ok(SubAck {
             pid,
             codes,
@@ -141,21 +144,19 @@ impl SubAck {
         })
     }
 
-    pub(crate) fn encode(&self, version: Version, out: &mut BytesMut) {
+    pub(crate) fn encode(&self, version: Version, out: &mut BytesMut) -> Result<()> {
         let mut body = BytesMut::new();
         body.put_u16(self.pid);
-        match version {
-            Version::V5 => {
-                self.properties.encode(&mut body);
-                body.put_slice(&self.codes);
-            }
-            Version::V311 => {
-                for c in &self.codes {
-                    body.put_u8(if *c < 0x80 { *c } else { 0x80 });
-                }
-            }
+        if version == Version::V5 {
+            self.properties.encode(&mut body)?;
         }
-        write_packet(out, 0x90, &body);
+        for c in &self.codes {
+            body.put_u8(match version {
+                Version::V311 if c.is_failure() => 0x80,
+                _ => c.code(),
+            });
+        }
+        write_packet(out, 0x90, &body)
     }
 }
 
@@ -187,16 +188,16 @@ impl Unsubscribe {
         })
     }
 
-    pub(crate) fn encode(&self, version: Version, out: &mut BytesMut) {
+    pub(crate) fn encode(&self, version: Version, out: &mut BytesMut) -> Result<()> {
         let mut body = BytesMut::new();
         body.put_u16(self.pid);
         if version == Version::V5 {
-            self.properties.encode(&mut body);
+            self.properties.encode(&mut body)?;
         }
         for f in &self.filters {
-            write_string(&mut body, f);
+            write_string(&mut body, f, "topic filter")?;
         }
-        write_packet(out, 0xA2, &body);
+        write_packet(out, 0xA2, &body)
     }
 }
 
@@ -204,7 +205,7 @@ impl Unsubscribe {
 pub struct UnsubAck {
     pub pid: u16,
     /// 5.0 only: one reason code per filter.
-    pub codes: Vec<u8>,
+    pub codes: Vec<ReasonCode>,
     pub properties: Properties,
 }
 
@@ -212,10 +213,18 @@ impl UnsubAck {
     pub(crate) fn decode(b: &mut Bytes, version: Version) -> Result<UnsubAck> {
         let pid = read_packet_id(b)?;
         let (properties, codes) = match version {
-            Version::V5 => (
-                Properties::decode(b, Context::UnsubAck)?,
-                b.split_to(b.len()).to_vec(),
-            ),
+            Version::V5 => {
+                let properties = Properties::decode(b, Context::UnsubAck)?;
+                let mut codes = Vec::with_capacity(b.len());
+                while !b.is_empty() {
+                    codes.push(read_code(
+                        b,
+                        CodeIn::UnsubAck,
+                        "invalid UNSUBACK reason code",
+                    )?);
+                }
+                (properties, codes)
+            }
             Version::V311 => (Properties::default(), Vec::new()),
         };
         Ok(UnsubAck {
@@ -225,13 +234,15 @@ impl UnsubAck {
         })
     }
 
-    pub(crate) fn encode(&self, version: Version, out: &mut BytesMut) {
+    pub(crate) fn encode(&self, version: Version, out: &mut BytesMut) -> Result<()> {
         let mut body = BytesMut::new();
         body.put_u16(self.pid);
         if version == Version::V5 {
-            self.properties.encode(&mut body);
-            body.put_slice(&self.codes);
+            self.properties.encode(&mut body)?;
+            for c in &self.codes {
+                body.put_u8(c.code());
+            }
         }
-        write_packet(out, 0xB0, &body);
+        write_packet(out, 0xB0, &body)
     }
 }

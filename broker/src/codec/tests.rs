@@ -4,7 +4,7 @@ const BOTH: [Version; 2] = [Version::V311, Version::V5];
 
 fn roundtrip(p: &Packet, v: Version) -> Packet {
     let mut buf = BytesMut::new();
-    p.encode(v, &mut buf);
+    p.encode(v, &mut buf).unwrap();
     let total = frame_len(&buf, usize::MAX)
         .unwrap()
         .expect("complete frame");
@@ -88,7 +88,7 @@ fn every_other_packet_roundtrips() {
         let mut packets = vec![
             Packet::ConnAck(ConnAck {
                 session_present: true,
-                code: 0,
+                code: ReasonCode::Success,
                 properties: props(
                     PropertySet {
                         assigned_client_identifier: Some("auto-1".into()),
@@ -166,7 +166,12 @@ fn every_other_packet_roundtrips() {
             }),
             Packet::SubAck(SubAck {
                 pid: 9,
-                codes: vec![0, 1, 2, 0x80],
+                codes: vec![
+                    ReasonCode::GRANTED_QOS0,
+                    ReasonCode::GrantedQos1,
+                    ReasonCode::GrantedQos2,
+                    ReasonCode::UnspecifiedError,
+                ],
                 properties: reason_props.clone(),
             }),
             Packet::Unsubscribe(Unsubscribe {
@@ -183,7 +188,7 @@ fn every_other_packet_roundtrips() {
             Packet::UnsubAck(UnsubAck {
                 pid: 10,
                 codes: if v == Version::V5 {
-                    vec![0, 0x11]
+                    vec![ReasonCode::Success, ReasonCode::NoSubscriptionExisted]
                 } else {
                     vec![]
                 },
@@ -202,9 +207,9 @@ fn every_other_packet_roundtrips() {
             packets.push(Packet::Ack(Ack::new(kind, 77)));
             if v == Version::V5 {
                 let code = if matches!(kind, AckKind::PubRel | AckKind::PubComp) {
-                    0x92
+                    ReasonCode::PacketIdentifierNotFound
                 } else {
-                    0x87
+                    ReasonCode::NotAuthorized
                 };
                 packets.push(Packet::Ack(Ack {
                     kind,
@@ -216,7 +221,7 @@ fn every_other_packet_roundtrips() {
         }
         if v == Version::V5 {
             packets.push(Packet::Disconnect(Disconnect {
-                code: reason::DISCONNECT_WITH_WILL,
+                code: ReasonCode::DisconnectWithWill,
                 properties: PropertySet {
                     session_expiry_interval: Some(0),
                     ..(*reason_props).clone()
@@ -224,7 +229,7 @@ fn every_other_packet_roundtrips() {
                 .into(),
             }));
             packets.push(Packet::Auth(Auth {
-                code: 0x18,
+                code: ReasonCode::ContinueAuthentication,
                 properties: PropertySet {
                     authentication_method: Some("SCRAM".into()),
                     authentication_data: Some(Bytes::from_static(b"x")),
@@ -295,7 +300,8 @@ fn truncated_packets_are_errors() {
         }
         .into(),
     }))
-    .encode(Version::V5, &mut buf);
+    .encode(Version::V5, &mut buf)
+    .unwrap();
     let full = buf.to_vec();
     for cut in 2..full.len() {
         let mut bad = full[..cut].to_vec();
@@ -435,7 +441,8 @@ fn random_mutations_never_panic() {
         properties: full_props(),
         payload: Bytes::from_static(b"payload"),
     })
-    .encode(Version::V5, &mut base);
+    .encode(Version::V5, &mut base)
+    .unwrap();
     let base = base.to_vec();
     for _ in 0..20_000 {
         let mut b = base.clone();
@@ -507,7 +514,7 @@ fn per_delivery_fields_replace_the_messages_own() {
             set.topic_alias = per.topic_alias;
         }
         let mut buf = BytesMut::new();
-        encode_publish(&mut buf, Version::V5, header, "a/b", &base, per, b"data");
+        encode_publish(&mut buf, Version::V5, header, "a/b", &base, per, b"data").unwrap();
         let Packet::Publish(p) = decode_raw(&buf, Version::V5).unwrap() else {
             panic!("not a publish")
         };
@@ -515,10 +522,121 @@ fn per_delivery_fields_replace_the_messages_own() {
         assert_eq!(&p.payload[..], b"data");
         // 3.1.1 has no properties to write.
         let mut old = BytesMut::new();
-        encode_publish(&mut old, Version::V311, header, "a/b", &base, per, b"data");
+        encode_publish(&mut old, Version::V311, header, "a/b", &base, per, b"data").unwrap();
         let Packet::Publish(o) = decode_raw(&old, Version::V311).unwrap() else {
             panic!("not a publish")
         };
         assert!(o.properties.is_empty() && &o.payload[..] == b"data" && o.topic == "a/b");
     }
+}
+
+/// `decode` checks the frame itself: nothing, a cut frame or one with bytes beyond its
+/// remaining length is an error, never a panic or a misread.
+#[test]
+fn decode_checks_the_frame_it_is_given() {
+    assert!(decode(Bytes::new(), Version::V5).is_err(), "empty");
+    assert!(
+        decode(Bytes::from_static(&[0xC0]), Version::V5).is_err(),
+        "no length"
+    );
+    assert!(
+        decode(Bytes::from_static(&[0x30, 0x85]), Version::V5).is_err(),
+        "cut length"
+    );
+    let publish = [0x30, 6, 0, 1, b't', 0, b'h', b'i'];
+    assert!(decode(Bytes::copy_from_slice(&publish), Version::V5).is_ok());
+    for cut in 0..publish.len() {
+        let short = Bytes::copy_from_slice(&publish[..cut]);
+        assert!(decode(short, Version::V5).is_err(), "cut at {cut}");
+    }
+    let mut long = publish.to_vec();
+    long.push(b'!');
+    let err = decode(Bytes::from(long), Version::V5).unwrap_err();
+    assert_eq!(err.reason_code(), ReasonCode::MalformedPacket);
+}
+
+/// A field longer than an MQTT string can hold is an encoding error, and nothing of
+/// the packet is written: a plugin's overlong reason string cannot corrupt a CONNACK.
+#[test]
+fn overlong_fields_are_errors_and_leave_the_buffer_as_it_was() {
+    let long = "x".repeat(70_000);
+    let mut out = BytesMut::from(&b"before"[..]);
+    let connack = |reason: &str| {
+        Packet::ConnAck(ConnAck {
+            session_present: false,
+            code: ReasonCode::NotAuthorized,
+            properties: PropertySet {
+                reason_string: Some(reason.into()),
+                user_properties: vec![("k".into(), "v".into())],
+                ..Default::default()
+            }
+            .into(),
+        })
+    };
+    let e = connack(&long).encode(Version::V5, &mut out).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::TooLong {
+                what: "reason string",
+                len: 70_000
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(&out[..], b"before");
+    let topic_too_long = Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: long.clone(),
+        pid: 0,
+        properties: Properties::default(),
+        payload: Bytes::new(),
+    });
+    for v in BOTH {
+        assert!(topic_too_long.encode(v, &mut out).is_err());
+        assert_eq!(&out[..], b"before");
+    }
+    // Within a maximum: the reason string goes first, then the user properties.
+    let mut within = BytesMut::new();
+    connack(&long)
+        .encode_within(Version::V5, usize::MAX, &mut within)
+        .unwrap();
+    let Packet::ConnAck(c) = decode(within.freeze(), Version::V5).unwrap() else {
+        panic!("not a CONNACK")
+    };
+    assert_eq!(c.code, ReasonCode::NotAuthorized);
+    assert_eq!(c.properties.reason_string, None);
+    assert_eq!(
+        c.properties.user_properties.len(),
+        1,
+        "kept: there was room"
+    );
+    for (max, reason, users) in [(100, true, 1), (12, false, 1), (5, false, 0)] {
+        let mut small = BytesMut::new();
+        connack("not on this listener")
+            .encode_within(Version::V5, max, &mut small)
+            .unwrap();
+        assert!(small.len() <= max, "{} > {max}", small.len());
+        let Packet::ConnAck(c) = decode(small.freeze(), Version::V5).unwrap() else {
+            panic!("not a CONNACK")
+        };
+        assert_eq!(c.properties.reason_string.is_some(), reason, "max {max}");
+        assert_eq!(c.properties.user_properties.len(), users, "max {max}");
+    }
+    let mut none = BytesMut::new();
+    assert!(connack("x")
+        .encode_within(Version::V5, 4, &mut none)
+        .is_err());
+    assert!(none.is_empty());
+}
+
+#[test]
+fn reason_codes_a_packet_may_not_carry_are_malformed() {
+    // PUBACK 0x8C (bad authentication method) and DISCONNECT 0x19 (re-authenticate).
+    assert!(decode_raw(&[0x40, 3, 0, 1, 0x8C], Version::V5).is_err());
+    assert!(decode_raw(&[0xE0, 1, 0x19], Version::V5).is_err());
+    assert!(decode_raw(&[0xE0, 1, 0xFF], Version::V5).is_err());
+    assert!(decode_raw(&[0xE0, 1, 0x8E], Version::V5).is_ok());
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tls::{TlsError, TlsSetup};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use ws::WsSettings;
 
 /// Every connection is a file descriptor: raises this process's soft open-file limit to
@@ -48,6 +48,36 @@ pub fn raise_open_file_limit() -> Option<usize> {
 pub struct Permits {
     pub listener: Arc<Semaphore>,
     pub global: Arc<Semaphore>,
+    /// Connections over a limit that are being told so; beyond these a socket is
+    /// closed at once.
+    pub refusing: Arc<Semaphore>,
+}
+
+/// What a connection task holds while it runs: its place under the limits, or one of
+/// the few places for being told the limit is reached.
+enum Held {
+    Connection {
+        _global: OwnedSemaphorePermit,
+        _listener: OwnedSemaphorePermit,
+    },
+    Refusing {
+        _place: OwnedSemaphorePermit,
+    },
+}
+
+/// A place for a new connection, or `None` when it must be closed at once.
+fn admit(permits: &Permits) -> Option<Held> {
+    let global = permits.global.clone().try_acquire_owned();
+    let both = global.and_then(|g| {
+        let l = permits.listener.clone().try_acquire_owned()?;
+        Ok(Held::Connection {
+            _global: g,
+            _listener: l,
+        })
+    });
+    let refusing = || permits.refusing.clone().try_acquire_owned().ok();
+    both.ok()
+        .or_else(|| refusing().map(|p| Held::Refusing { _place: p }))
 }
 
 /// One configured listener, ready to accept.
@@ -65,7 +95,7 @@ impl Endpoint {
     pub fn new(l: &ListenerConfig, broker: &Broker) -> Result<Endpoint, TlsError> {
         let max_packet_size = l
             .max_packet_size
-            .unwrap_or(broker.config.limits.max_packet_size);
+            .unwrap_or(broker.config().limits.max_packet_size);
         let tls = match l.kind {
             ListenerKind::Tls => Some(Arc::new(TlsSetup::load(l, &[b"mqtt"])?)),
             ListenerKind::Wss => Some(Arc::new(TlsSetup::load(l, &[b"http/1.1"])?)),
@@ -79,18 +109,17 @@ impl Endpoint {
             })
         });
         Ok(Endpoint {
-            info: Arc::new(ListenerInfo {
-                name: Arc::from(l.name()),
-                allow_anonymous: l.allow_anonymous,
+            info: Arc::new(ListenerInfo::new(
+                Arc::from(l.name()),
+                l.allow_anonymous,
                 max_packet_size,
-                use_identity_as_username: l.use_identity_as_username,
-                connections: Default::default(),
-            }),
+                l.use_identity_as_username,
+            )),
             kind: l.kind,
             bind: l.bind(),
             tls,
             ws,
-            handshake_timeout: Duration::from_secs(broker.config.limits.connect_timeout_secs),
+            handshake_timeout: Duration::from_secs(broker.config().limits.connect_timeout_secs),
         })
     }
 
@@ -119,12 +148,12 @@ impl Endpoint {
                 }
             };
             let _ = stream.set_nodelay(true);
-            let held = permits
-                .global
-                .clone()
-                .try_acquire_owned()
-                .and_then(|g| permits.listener.clone().try_acquire_owned().map(|l| (g, l)));
-            let over_limit = held.is_err();
+            let Some(held) = admit(&permits) else {
+                broker.metrics().refused_busy();
+                tracing::debug!(listener = %self.info.name, peer = %addr, "over the connection limit with {} refusals under way; closed", broker.config().limits.max_refusing);
+                continue;
+            };
+            let over_limit = matches!(held, Held::Refusing { .. });
             let (me, broker, shutdown, alive) = (
                 self.clone(),
                 broker.clone(),

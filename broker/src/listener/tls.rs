@@ -3,12 +3,13 @@
 
 use crate::config::{ClientCert, ListenerConfig};
 use crate::hooks::PeerIdentity;
+use parking_lot::RwLock;
 use rustls::server::{ProducesTickets, StoresServerSessions, WebPkiClientVerifier};
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use tokio_rustls::TlsAcceptor;
 
 #[derive(Debug, thiserror::Error)]
@@ -80,17 +81,12 @@ impl TlsSetup {
     /// configuration stays in force.
     pub fn reload(&self) -> Result<(), TlsError> {
         let fresh = Arc::new(self.files.build()?);
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        *self.current.write() = fresh;
         Ok(())
     }
 
     pub fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(
-            self.current
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-        )
+        TlsAcceptor::from(self.current.read().clone())
     }
 
     pub fn listener(&self) -> &str {

@@ -15,9 +15,10 @@ use crate::codec::{Properties, QoS};
 use crate::hooks::{Action, ClientInfo, Decision};
 use crate::message::{now_secs, Message};
 use crate::FastMap;
+use parking_lot::Mutex;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 const SHARDS: usize = 16;
@@ -152,10 +153,8 @@ impl Answers {
         h.finish()
     }
 
-    fn shard(&self, key: u64) -> std::sync::MutexGuard<'_, FastMap<u64, Entry>> {
-        self.shards[(key >> 56) as usize % SHARDS]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+    fn shard(&self, key: u64) -> parking_lot::MutexGuard<'_, FastMap<u64, Entry>> {
+        self.shards[(key >> 56) as usize % SHARDS].lock()
     }
 
     /// Whether the plugin ever allowed an answer to be reused.

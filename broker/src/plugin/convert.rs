@@ -4,7 +4,7 @@
 
 use super::bindings::weir::plugin::types as wit;
 use super::instance::Failure;
-use crate::codec::{PropertySet, QoS, Version};
+use crate::codec::{PropertySet, QoS, ReasonCode, Version};
 use crate::hooks::{Action, ClientInfo, ConnectInfo, RateEvent};
 use crate::message::{now_secs, Message};
 use bytes::Bytes;
@@ -91,14 +91,16 @@ pub fn message(m: &Message) -> wit::Message {
     }
 }
 
-/// A failure reason code, as `deny` and `drop` must carry.
-pub fn failure_code(code: u8, what: &str) -> Result<u8, Failure> {
-    if code >= 0x80 {
-        Ok(code)
-    } else {
-        Err(Failure::Invalid(format!(
+/// A failure reason code, as `deny`, `reject` and `drop` must carry.
+pub fn failure_code(code: u8, what: &str) -> Result<ReasonCode, Failure> {
+    match ReasonCode::from_u8(code) {
+        Some(c) if c.is_failure() => Ok(c),
+        Some(_) => Err(Failure::Invalid(format!(
             "{what} with reason code 0x{code:02X}, which is not a failure code"
-        )))
+        ))),
+        None => Err(Failure::Invalid(format!(
+            "{what} with reason code 0x{code:02X}, which MQTT 5.0 does not define"
+        ))),
     }
 }
 
@@ -111,9 +113,6 @@ pub fn replacement(
     let bad = |why: String| Err(Failure::Invalid(format!("replacement message {why}")));
     if let Err(e) = crate::topic::validate_name(&m.topic) {
         return bad(format!("has an invalid topic: {e}"));
-    }
-    if m.topic.contains('\0') {
-        return bad("has U+0000 in its topic".into());
     }
     let Some(qos) = QoS::from_u8(m.qos) else {
         return bad(format!("has QoS {}", m.qos));
@@ -178,6 +177,21 @@ pub fn unfit(
     }
     if properties.payload_format_indicator == Some(1) && std::str::from_utf8(payload).is_err() {
         return Some("says its payload is UTF-8 but it is not".into());
+    }
+    let strings = [
+        properties.content_type.as_deref().map(str::len),
+        properties.response_topic.as_deref().map(str::len),
+        properties.correlation_data.as_ref().map(|c| c.len()),
+    ];
+    let pairs = properties.user_properties.iter();
+    let too_long = strings
+        .into_iter()
+        .flatten()
+        .chain(pairs.flat_map(|(k, v)| [k.len(), v.len()]));
+    if let Some(len) = too_long.filter(|l| *l > u16::MAX as usize).max() {
+        return Some(format!(
+            "has a property of {len} bytes; MQTT allows at most 65535"
+        ));
     }
     None
 }

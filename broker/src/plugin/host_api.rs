@@ -4,19 +4,31 @@
 
 use super::bindings::weir::plugin::{host, types};
 use super::instance::PluginCtx;
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A plugin's key-value data may not grow past this; further writes are refused.
 const KV_MAX_BYTES: usize = 64 << 20;
+/// A plugin's token buckets may not grow past this many; the least recently used go.
+const MAX_BUCKETS: usize = 250_000;
+/// Bucket operations between two sweeps of the buckets that have refilled.
+const SWEEP_EVERY: u64 = 4096;
 /// A log line from a plugin is cut here.
 const LOG_MAX: usize = 4096;
 
-#[derive(Default)]
 pub struct SharedState {
     kv: Mutex<Kv>,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    buckets: Mutex<Buckets>,
+}
+
+impl Default for SharedState {
+    fn default() -> Self {
+        SharedState {
+            kv: Mutex::default(),
+            buckets: Mutex::new(Buckets::new(MAX_BUCKETS)),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -34,6 +46,84 @@ struct Entry {
 struct Bucket {
     tokens: f64,
     last: Instant,
+    capacity: f64,
+    per_second: f64,
+}
+
+impl Bucket {
+    /// Whether it has refilled by `now`: then it is what a new bucket would be, and
+    /// forgetting it changes nothing.
+    fn is_full_by(&self, now: Instant) -> bool {
+        let earned = now.duration_since(self.last).as_secs_f64() * self.per_second;
+        self.tokens + earned >= self.capacity
+    }
+}
+
+/// A plugin's token buckets by key. Keys are typically client ids or addresses, so
+/// without eviction the map would grow with every client ever seen: buckets that have
+/// refilled are swept out every [`SWEEP_EVERY`] operations, and past `max` buckets the
+/// least recently used go too (they come back full: lenient, but bounded).
+struct Buckets {
+    map: HashMap<String, Bucket>,
+    max: usize,
+    operations: u64,
+}
+
+impl Buckets {
+    fn new(max: usize) -> Buckets {
+        Buckets {
+            map: HashMap::new(),
+            max,
+            operations: 0,
+        }
+    }
+
+    /// The bucket `key`, created full, with the tokens earned since it was last touched.
+    fn refilled(&mut self, key: String, capacity: u64, per_second: f64) -> &mut Bucket {
+        let now = Instant::now();
+        self.operations += 1;
+        if self.operations % SWEEP_EVERY == 0 {
+            self.map.retain(|_, b| !b.is_full_by(now));
+        }
+        if self.map.len() >= self.max && !self.map.contains_key(&key) {
+            self.evict(now);
+        }
+        let capacity = capacity as f64;
+        let per_second = rate(per_second);
+        let b = self.map.entry(key).or_insert(Bucket {
+            tokens: capacity,
+            last: now,
+            capacity,
+            per_second,
+        });
+        b.capacity = capacity;
+        b.per_second = per_second;
+        b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * per_second).min(capacity);
+        b.last = now;
+        b
+    }
+
+    /// Makes room: the refilled buckets, and if that is not enough, the least recently
+    /// used eighth.
+    fn evict(&mut self, now: Instant) {
+        self.map.retain(|_, b| !b.is_full_by(now));
+        if self.map.len() < self.max {
+            return;
+        }
+        let mut ages: Vec<Instant> = self.map.values().map(|b| b.last).collect();
+        let mut going = (self.max / 8).max(1).min(ages.len());
+        let (_, newest_going, _) = ages.select_nth_unstable(going - 1);
+        let newest_going = *newest_going;
+        self.map.retain(|_, b| {
+            let go = going > 0 && b.last <= newest_going;
+            going -= go as usize;
+            !go
+        });
+        tracing::warn!(
+            buckets = self.max,
+            "token buckets full; the least recently used were forgotten"
+        );
+    }
 }
 
 impl Kv {
@@ -87,8 +177,8 @@ impl Kv {
 }
 
 impl SharedState {
-    fn kv(&self) -> std::sync::MutexGuard<'_, Kv> {
-        self.kv.lock().unwrap_or_else(|e| e.into_inner())
+    fn kv(&self) -> parking_lot::MutexGuard<'_, Kv> {
+        self.kv.lock()
     }
 }
 
@@ -100,25 +190,6 @@ fn rate(per_second: f64) -> f64 {
     } else {
         0.0
     }
-}
-
-/// The bucket `key`, created full, with the tokens earned since it was last touched.
-fn refilled(
-    buckets: &mut HashMap<String, Bucket>,
-    key: String,
-    capacity: u64,
-    per_second: f64,
-) -> &mut Bucket {
-    let now = Instant::now();
-    let capacity = capacity as f64;
-    let b = buckets.entry(key).or_insert(Bucket {
-        tokens: capacity,
-        last: now,
-    });
-    b.tokens =
-        (b.tokens + now.duration_since(b.last).as_secs_f64() * rate(per_second)).min(capacity);
-    b.last = now;
-    b
 }
 
 impl host::Host for PluginCtx {
@@ -177,8 +248,8 @@ impl host::Host for PluginCtx {
     }
 
     fn bucket_take(&mut self, key: String, capacity: u64, refill_per_second: f64, n: u64) -> bool {
-        let mut buckets = self.state.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let b = refilled(&mut buckets, key, capacity, refill_per_second);
+        let mut buckets = self.state.buckets.lock();
+        let b = buckets.refilled(key, capacity, refill_per_second);
         if b.tokens >= n as f64 {
             b.tokens -= n as f64;
             true
@@ -188,9 +259,9 @@ impl host::Host for PluginCtx {
     }
 
     fn bucket_charge(&mut self, key: String, capacity: u64, refill_per_second: f64, n: u64) -> u64 {
-        let mut buckets = self.state.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut buckets = self.state.buckets.lock();
         let refill = rate(refill_per_second);
-        let b = refilled(&mut buckets, key, capacity, refill_per_second);
+        let b = buckets.refilled(key, capacity, refill_per_second);
         b.tokens -= n as f64;
         if b.tokens >= 0.0 {
             0
@@ -214,5 +285,38 @@ impl host::Host for PluginCtx {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refilled_buckets_are_swept_out() {
+        let mut b = Buckets::new(1_000);
+        for i in 0..100 {
+            // A huge rate: each bucket is full again at once.
+            b.refilled(format!("client-{i}"), 10, 1e12).tokens -= 5.0;
+        }
+        assert_eq!(b.map.len(), 100);
+        b.operations = SWEEP_EVERY - 1;
+        b.refilled("one-more".into(), 10, 0.0);
+        assert_eq!(b.map.len(), 1, "only the bucket that cannot refill is kept");
+    }
+
+    #[test]
+    fn buckets_stop_at_their_cap_and_keep_the_recently_used() {
+        let mut b = Buckets::new(64);
+        for i in 0..1_000 {
+            // No refill: nothing is ever full again, only the cap bounds the map.
+            b.refilled(format!("client-{i}"), 10, 0.0).tokens = 0.0;
+            assert!(b.map.len() <= 64, "{} buckets", b.map.len());
+        }
+        assert!(b.map.contains_key("client-999"));
+        assert_eq!(
+            b.map["client-999"].tokens, 0.0,
+            "a used bucket keeps its debt"
+        );
     }
 }

@@ -6,17 +6,21 @@
 //! deadline, memory cap) throws its instance away and the next call gets a fresh one, so
 //! a plugin never runs on a corrupted instance. The pool never holds more instances than
 //! there were calls at once, which is at most the number of runtime worker threads.
+//!
+//! Whether a plugin can wait for I/O is decided when it is loaded, from its imports
+//! (`wasi_io::may_wait`): one that can is called inside `block_in_place`, every other
+//! one directly on the connection's thread.
 
 use super::answers::Answers;
 use super::bindings::exports::weir::plugin::{authn, authz, lifecycle, limiter, transformer};
 use super::host_api::SharedState;
 use super::runtime::{Runtime, TICK};
 use super::stats::Stats;
-use super::PluginError;
+use super::{wasi_io, Hook, HookSet, PluginError};
 use crate::config::{OnError, PluginConfig, PluginsConfig};
+use parking_lot::Mutex;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::component::{InstancePre, ResourceTable};
 use wasmtime::{ResourceLimiter, Store, Trap};
@@ -43,6 +47,12 @@ pub struct Grants {
     pub reuse_ms: Option<u32>,
     /// `host.lease`: events, bytes, ms.
     pub lease: Option<(u32, u64, u32)>,
+}
+
+impl PluginCtx {
+    pub(super) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
 }
 
 impl WasiView for PluginCtx {
@@ -159,10 +169,12 @@ struct Indices {
 
 pub struct Plugin {
     pub name: Arc<str>,
-    /// The plugin does blocking WASI I/O (prints to stdout/stderr, sleeps): wasmtime-wasi
-    /// runs that on a tokio `block_on`, which a runtime worker thread may only do inside
-    /// `block_in_place`. Such plugins are called that way; the others are called directly.
-    blocking_io: AtomicBool,
+    /// The plugin imports what can wait outside the broker (timers, sockets, files):
+    /// waiting needs tokio's `block_on`, which a runtime worker thread may only do
+    /// inside `block_in_place`. Such plugins are called that way; the others directly.
+    may_wait: bool,
+    /// The hooks it exports, besides `init`.
+    hooks: HookSet,
     /// SHA-256 of the `.wasm` file.
     pub hash: String,
     pub loaded_at: std::time::SystemTime,
@@ -208,11 +220,16 @@ impl Plugin {
             transformer: transformer::GuestIndices::new(&pre).ok(),
             limiter: limiter::GuestIndices::new(&pre).ok(),
         };
-        if indices.authn.is_none()
-            && indices.authz.is_none()
-            && indices.transformer.is_none()
-            && indices.limiter.is_none()
-        {
+        let hooks = [
+            (indices.authn.is_some(), Hook::Authenticate),
+            (indices.authz.is_some(), Hook::Authorize),
+            (indices.transformer.is_some(), Hook::Transform),
+            (indices.limiter.is_some(), Hook::RateLimit),
+        ]
+        .into_iter()
+        .filter(|(has, _)| *has)
+        .fold(HookSet::default(), |set, (_, h)| set.with(h));
+        if hooks.is_empty() {
             return Err(invalid(
                 "it exports no Weir hook (authn, authz, transformer, limiter of weir:plugin@0.1.0); is it built against another version of the interface?".into(),
             ));
@@ -224,9 +241,11 @@ impl Plugin {
             .fuel
             .or((defaults.fuel > 0).then_some(defaults.fuel))
             .filter(|f| *f > 0);
+        let may_wait = wasi_io::may_wait(&runtime.engine, &component);
         let plugin = Plugin {
             name,
-            blocking_io: AtomicBool::new(false),
+            may_wait,
+            hooks,
             hash,
             loaded_at: std::time::SystemTime::now(),
             on_error: cfg.on_error,
@@ -261,35 +280,31 @@ impl Plugin {
         Ok(plugin)
     }
 
-    pub fn hooks(&self) -> Vec<&'static str> {
-        let i = &self.indices;
-        [
-            (i.lifecycle.is_some(), "init"),
-            (i.authn.is_some(), "authenticate"),
-            (i.authz.is_some(), "authorize"),
-            (i.transformer.is_some(), "transform"),
-            (i.limiter.is_some(), "rate-limit"),
-        ]
-        .into_iter()
-        .filter_map(|(has, n)| has.then_some(n))
-        .collect()
+    /// The hooks it exports, besides `init`.
+    pub fn hooks(&self) -> HookSet {
+        self.hooks
     }
 
-    pub fn has_authn(&self) -> bool {
-        self.indices.authn.is_some()
-    }
-    pub fn has_authz(&self) -> bool {
-        self.indices.authz.is_some()
-    }
-    pub fn has_transformer(&self) -> bool {
-        self.indices.transformer.is_some()
-    }
-    pub fn has_limiter(&self) -> bool {
-        self.indices.limiter.is_some()
+    /// Every function it exports, `init` included, by name.
+    pub fn hook_names(&self) -> Vec<&'static str> {
+        let init = self.indices.lifecycle.is_some().then_some("init");
+        init.into_iter()
+            .chain(
+                Hook::ALL
+                    .into_iter()
+                    .filter(|h| self.hooks.has(*h))
+                    .map(Hook::name),
+            )
+            .collect()
     }
 
-    fn pool(&self) -> std::sync::MutexGuard<'_, Vec<Live>> {
-        self.pool.lock().unwrap_or_else(|e| e.into_inner())
+    /// Whether it is called on the blocking path (see [`wasi_io::may_wait`]).
+    pub fn may_wait(&self) -> bool {
+        self.may_wait
+    }
+
+    fn pool(&self) -> parking_lot::MutexGuard<'_, Vec<Live>> {
+        self.pool.lock()
     }
 
     fn arm(&self, store: &mut Store<PluginCtx>) {
@@ -378,16 +393,14 @@ impl Plugin {
     }
 
     /// Makes a fresh instance. Rare (startup, after a failure), so it always takes the
-    /// path on which blocking WASI I/O works: `init` may print.
+    /// path on which waiting works: `init` may print, or sleep.
     fn fresh(&self) -> Result<Live, Failure> {
         blocking(|| self.instantiate())
     }
 
-    /// Calls into the plugin with a pooled instance. On failure the instance is dropped
-    /// (the pooling allocator reclaims its slot) and the failure counted. The call runs
-    /// directly on the calling thread; if the plugin turns out to do blocking WASI I/O
-    /// (which panics there), it is marked, and the call is made again on a fresh instance
-    /// in `block_in_place`, as every later call of that plugin will be.
+    /// Calls into the plugin with a pooled instance, on this thread, or inside
+    /// `block_in_place` for a plugin that may wait. On failure the instance is dropped
+    /// (the pooling allocator reclaims its slot) and the failure counted.
     pub fn call<R>(
         &self,
         f: impl Fn(&Guests, &mut Store<PluginCtx>) -> wasmtime::Result<R>,
@@ -401,56 +414,39 @@ impl Plugin {
         &self,
         f: impl Fn(&Guests, &mut Store<PluginCtx>) -> wasmtime::Result<R>,
     ) -> Result<(R, Grants), Failure> {
-        let mut retried = false;
-        loop {
-            let pooled = self.pool().pop();
-            let mut live = match pooled {
-                Some(l) => l,
-                None => match self.fresh() {
-                    Ok(l) => l,
-                    Err(e) => {
-                        self.stats.failed(&e);
-                        return Err(e);
-                    }
-                },
-            };
-            self.arm(&mut live.store);
-            live.store.data_mut().grants = Grants::default();
-            let started = Instant::now();
-            let outcome = if self.blocking_io.load(Ordering::Relaxed) {
-                Ok(blocking(|| f(&live.guests, &mut live.store)))
-            } else {
-                catch_unwind(AssertUnwindSafe(|| f(&live.guests, &mut live.store)))
-            };
-            self.stats.called(started.elapsed());
-            let failure = match outcome {
-                Ok(Ok(v)) => {
-                    let grants = std::mem::take(&mut live.store.data_mut().grants);
-                    self.pool().push(live);
-                    return Ok((v, grants));
-                }
-                Ok(Err(e)) => classify(&e, &live.store),
-                Err(panic) => {
-                    let message = panic_message(&panic);
-                    if message.contains("runtime") && !retried {
-                        // The instance is in an unknown state after the unwind: dropped.
-                        self.blocking_io.store(true, Ordering::Relaxed);
-                        tracing::info!(plugin = %self.name, "plugin does blocking WASI I/O (stdout, stderr, sleep); calling it through the blocking path");
-                        retried = true;
-                        continue;
-                    }
-                    Failure::Trap(format!("host panicked during the call: {message}"))
-                }
-            };
-            self.stats.failed(&failure);
-            return Err(failure);
-        }
+        let pooled = self.pool().pop();
+        let mut live = match pooled {
+            Some(l) => l,
+            None => self.fresh().inspect_err(|e| self.stats.failed(e))?,
+        };
+        self.arm(&mut live.store);
+        live.store.data_mut().grants = Grants::default();
+        let started = Instant::now();
+        // A host function that panics (it should not) fails this call, not the broker.
+        let mut run = || catch_unwind(AssertUnwindSafe(|| f(&live.guests, &mut live.store)));
+        let outcome = if self.may_wait { blocking(run) } else { run() };
+        self.stats.called(started.elapsed());
+        let failure = match outcome {
+            Ok(Ok(v)) => {
+                let grants = std::mem::take(&mut live.store.data_mut().grants);
+                self.pool().push(live);
+                return Ok((v, grants));
+            }
+            Ok(Err(e)) => classify(&e, &live.store),
+            Err(panic) => Failure::Trap(format!(
+                "host panicked during the call: {}",
+                panic_message(&panic)
+            )),
+        };
+        self.stats.failed(&failure);
+        Err(failure)
     }
 }
 
 /// Runs `f` where a tokio `block_on` is allowed: in `block_in_place` on a multi-thread
 /// runtime worker, directly elsewhere (startup, benchmarks).
 fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    let f = || wasi_io::allowing_blocking(f);
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(f)

@@ -48,6 +48,8 @@ impl Runtime {
         // per instance grants nothing (no files, environment, network or arguments).
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| PluginError::Engine(e.to_string()))?;
+        super::wasi_io::add_to_linker(&mut linker)
+            .map_err(|e| PluginError::Engine(e.to_string()))?;
         host::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(&mut linker, |c| c)
             .map_err(|e| PluginError::Engine(e.to_string()))?;
         types::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(&mut linker, |c| c)

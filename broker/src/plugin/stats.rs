@@ -23,12 +23,12 @@ pub const LATENCY_BUCKETS_NS: [u64; 12] = [
 #[derive(Debug)]
 pub struct Stats {
     /// Whether the plugin takes part in the chain (the admin API can switch it off).
-    pub enabled: std::sync::atomic::AtomicBool,
+    enabled: std::sync::atomic::AtomicBool,
     /// New versions swapped in.
     pub reloads: AtomicU64,
     /// New versions that failed to load while the previous one kept serving.
     pub rejections: AtomicU64,
-    pub last_rejection: std::sync::Mutex<Option<String>>,
+    last_rejection: parking_lot::Mutex<Option<String>>,
     pub calls: Striped,
     /// Answers given again from the plugin's reuse cache (or a lease) instead of
     /// calling it.
@@ -50,7 +50,7 @@ impl Default for Stats {
             enabled: std::sync::atomic::AtomicBool::new(true),
             reloads: AtomicU64::new(0),
             rejections: AtomicU64::new(0),
-            last_rejection: std::sync::Mutex::new(None),
+            last_rejection: parking_lot::Mutex::new(None),
             calls: Striped::default(),
             reused: Striped::default(),
             denials: AtomicU64::new(0),
@@ -69,6 +69,24 @@ impl Default for Stats {
 impl Stats {
     pub fn enabled(&self) -> bool {
         self.enabled.load(Relaxed)
+    }
+
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Relaxed)
+    }
+
+    pub fn reloaded(&self) {
+        self.reloads.fetch_add(1, Relaxed);
+    }
+
+    /// A new version was refused, for this reason.
+    pub fn rejected(&self, why: String) {
+        self.rejections.fetch_add(1, Relaxed);
+        *self.last_rejection.lock() = Some(why);
+    }
+
+    pub fn last_rejection(&self) -> Option<String> {
+        self.last_rejection.lock().clone()
     }
 
     pub fn called(&self, took: Duration) {

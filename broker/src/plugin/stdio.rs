@@ -1,9 +1,10 @@
 //! A plugin's stdout and stderr, line by line into `tracing` with the plugin's name.
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -29,7 +30,7 @@ impl GuestOutput {
     }
 
     fn push(&self, bytes: &[u8]) {
-        let mut line = self.line.lock().unwrap_or_else(|e| e.into_inner());
+        let mut line = self.line.lock();
         for &b in bytes {
             if b == b'\n' || line.len() >= LINE_MAX {
                 self.emit(&line);

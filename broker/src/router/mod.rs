@@ -3,10 +3,65 @@
 //!
 //! Routing is read-mostly: every publish walks the trie, subscriptions change rarely.
 //! Lookups take only the read side of the lock, so publishers on different threads never
-//! wait for one another; only SUBSCRIBE and UNSUBSCRIBE take the write side.
+//! wait for one another; only SUBSCRIBE and UNSUBSCRIBE take the write side. Nothing but
+//! the walk happens under the lock: picking a shared group's member, which may call a
+//! plugin, is the caller's, afterwards.
 
 mod retained;
 mod trie;
 
 pub use retained::Retained;
-pub use trie::{Router, Target};
+pub use trie::{Matches, Router, SharedGroup, Target};
+
+use crate::codec::SubscriptionOptions;
+use crate::message::Message;
+use std::sync::Arc;
+
+/// Where a publish goes: the subscriptions that want its topic, and, in a cluster, the
+/// other nodes. The broker asks only this trait; [`Router`], the topic trie, is the
+/// implementation for a single process, where nothing lies beyond this process. A
+/// cluster's would also tell the other nodes which filters this one wants and forward
+/// what is published here to the nodes that want it.
+pub trait Fanout: Send + Sync + 'static {
+    /// Adds or replaces `client_id`'s subscription to `filter` (which may be
+    /// `$share/group/...`, already validated); whether it existed before.
+    fn subscribe(
+        &self,
+        client_id: &Arc<str>,
+        filter: &str,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+    ) -> bool;
+    /// Removes `client_id`'s subscription to `filter`; whether there was one.
+    fn unsubscribe(&self, client_id: &str, filter: &str) -> bool;
+    /// Collects into `out` the subscriptions of this process that match `topic`.
+    fn matches(&self, topic: &str, out: &mut Matches);
+    /// Sends a message published here to wherever else it must go; whether an
+    /// acknowledgement of it must wait for the store's next commit.
+    fn forward(&self, msg: &Arc<Message>) -> bool;
+}
+
+impl Fanout for Router {
+    fn subscribe(
+        &self,
+        client_id: &Arc<str>,
+        filter: &str,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+    ) -> bool {
+        Router::subscribe(self, client_id, filter, options, id)
+    }
+
+    fn unsubscribe(&self, client_id: &str, filter: &str) -> bool {
+        Router::unsubscribe(self, client_id, filter)
+    }
+
+    fn matches(&self, topic: &str, out: &mut Matches) {
+        Router::matches(self, topic, out)
+    }
+
+    /// A single process: every subscriber is in the trie already.
+    fn forward(&self, _: &Arc<Message>) -> bool {
+        false
+    }
+}

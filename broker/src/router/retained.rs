@@ -1,7 +1,8 @@
 use crate::message::{now_secs, Message};
 use crate::topic;
 use crate::FastMap;
-use std::sync::{Arc, RwLock};
+use parking_lot::RwLock;
+use std::sync::Arc;
 
 /// The last retained message of each topic.
 ///
@@ -16,7 +17,7 @@ impl Retained {
     /// Stores the message, or deletes the topic's retained message when the payload is
     /// empty (MQTT-3.3.1-6).
     pub fn set(&self, msg: Arc<Message>) {
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.map.write();
         if msg.payload.is_empty() {
             map.remove(&msg.topic);
         } else {
@@ -27,7 +28,7 @@ impl Retained {
     /// Unexpired retained messages matching `filter`.
     pub fn matching(&self, filter: &str) -> Vec<Arc<Message>> {
         let now = now_secs();
-        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        let map = self.map.read();
         map.values()
             .filter(|m| !m.is_expired(now) && topic::matches(filter, &m.topic))
             .cloned()
@@ -37,7 +38,7 @@ impl Retained {
     /// Drops expired messages; returns their topics so the store can forget them too.
     pub fn purge_expired(&self) -> Vec<Arc<str>> {
         let now = now_secs();
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.map.write();
         let gone: Vec<Arc<str>> = map
             .values()
             .filter(|m| m.is_expired(now))
@@ -50,7 +51,7 @@ impl Retained {
     }
 
     pub fn len(&self) -> usize {
-        self.map.read().unwrap_or_else(|e| e.into_inner()).len()
+        self.map.read().len()
     }
 
     pub fn is_empty(&self) -> bool {

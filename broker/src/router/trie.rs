@@ -1,8 +1,9 @@
 use crate::codec::SubscriptionOptions;
 use crate::topic;
 use crate::FastMap;
+use parking_lot::RwLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 /// One subscription that matched a published topic.
 #[derive(Debug, Clone)]
@@ -21,11 +22,59 @@ struct Node {
     groups: FastMap<Box<str>, Group>,
 }
 
+/// A member of a shared subscription group.
+type Member = (Arc<str>, SubscriptionOptions, Option<u32>);
+
 #[derive(Default)]
 struct Group {
-    members: Vec<(Arc<str>, SubscriptionOptions, Option<u32>)>,
+    /// Shared with the publishers picking a member, who rank them after the trie's
+    /// lock is released; a change of membership (rare) makes a new list.
+    members: Arc<[Member]>,
     /// Round-robin position; atomic so picking a member needs only the read lock.
-    next: AtomicUsize,
+    next: Arc<AtomicUsize>,
+}
+
+/// Who wants a topic: every ordinary subscription, and each shared group to pick one
+/// member of. Collected under the trie's read lock; the pick, which may ask the hooks
+/// (a plugin call) and look at sessions, happens after it is released, so a SUBSCRIBE
+/// waiting for the write lock never waits for a plugin.
+#[derive(Default)]
+pub struct Matches {
+    pub targets: Vec<Target>,
+    pub groups: Vec<SharedGroup>,
+}
+
+/// One shared subscription group that matched, to pick a member of.
+pub struct SharedGroup {
+    members: Arc<[Member]>,
+    /// Where the round robin starts for this message.
+    start: usize,
+}
+
+impl SharedGroup {
+    /// The member this message goes to. `rank` rates a member: 0 may not receive the
+    /// topic, 1 may (but is offline), 2 may and is connected; the best rank wins, in
+    /// round-robin order among equals, and a group of 0s gets nothing.
+    pub fn pick(&self, rank: &dyn Fn(&str) -> u8) -> Option<Target> {
+        let n = self.members.len();
+        let mut best: Option<(usize, u8)> = None;
+        for i in (0..n).map(|i| (self.start + i) % n) {
+            let r = rank(&self.members[i].0);
+            if r > best.map_or(0, |b| b.1) {
+                best = Some((i, r));
+                if r >= 2 {
+                    break;
+                }
+            }
+        }
+        let (client_id, options, id) = &self.members[best?.0];
+        Some(Target {
+            client_id: client_id.clone(),
+            options: *options,
+            id: *id,
+            shared: true,
+        })
+    }
 }
 
 impl Node {
@@ -53,7 +102,7 @@ impl Router {
             Ok(Some(s)) => (Some(s.group), s.filter),
             _ => (None, filter),
         };
-        let mut root = self.root.write().unwrap_or_else(|e| e.into_inner());
+        let mut root = self.root.write();
         let mut node = &mut *root;
         for level in real.split('/') {
             node = node.children.entry(level.into()).or_default();
@@ -65,13 +114,20 @@ impl Router {
                 .is_some(),
             Some(g) => {
                 let group = node.groups.entry(g.into()).or_default();
-                if let Some(m) = group.members.iter_mut().find(|m| &m.0 == client_id) {
-                    *m = (client_id.clone(), options, id);
-                    true
-                } else {
-                    group.members.push((client_id.clone(), options, id));
-                    false
-                }
+                let mut members = group.members.to_vec();
+                let member = (client_id.clone(), options, id);
+                let existed = match members.iter_mut().find(|m| &m.0 == client_id) {
+                    Some(m) => {
+                        *m = member;
+                        true
+                    }
+                    None => {
+                        members.push(member);
+                        false
+                    }
+                };
+                group.members = members.into();
+                existed
             }
         }
     }
@@ -83,18 +139,16 @@ impl Router {
             _ => (None, filter),
         };
         let levels: Vec<&str> = real.split('/').collect();
-        let mut root = self.root.write().unwrap_or_else(|e| e.into_inner());
+        let mut root = self.root.write();
         remove(&mut root, &levels, group, client_id)
     }
 
-    /// Calls `f` for every subscription matching `topic`: each ordinary subscription,
-    /// and one member per shared group. `rank` rates a member: 0 may not receive this
-    /// topic, 1 may (but is offline), 2 may and is connected; the best rank wins, in
-    /// round-robin order among equals.
-    pub fn matches(&self, topic: &str, rank: &dyn Fn(&str) -> u8, f: &mut dyn FnMut(Target)) {
-        let root = self.root.read().unwrap_or_else(|e| e.into_inner());
+    /// Collects into `out` every subscription matching `topic` and every shared group
+    /// to pick a member of. Holds the read lock only while it walks the trie.
+    pub fn matches(&self, topic: &str, out: &mut Matches) {
         let levels: Vec<&str> = topic.split('/').collect();
-        walk(&root, &levels, 0, topic.starts_with('$'), rank, f);
+        let root = self.root.read();
+        walk(&root, &levels, 0, topic.starts_with('$'), out);
     }
 }
 
@@ -107,8 +161,14 @@ fn remove(node: &mut Node, levels: &[&str], group: Option<&str>, client_id: &str
                     return false;
                 };
                 let before = grp.members.len();
-                grp.members.retain(|m| &*m.0 != client_id);
-                let removed = grp.members.len() != before;
+                let members: Vec<Member> = grp
+                    .members
+                    .iter()
+                    .filter(|m| &*m.0 != client_id)
+                    .cloned()
+                    .collect();
+                let removed = members.len() != before;
+                grp.members = members.into();
                 if grp.members.is_empty() {
                     node.groups.remove(g);
                 }
@@ -126,9 +186,9 @@ fn remove(node: &mut Node, levels: &[&str], group: Option<&str>, client_id: &str
     removed
 }
 
-fn emit(node: &Node, rank: &dyn Fn(&str) -> u8, f: &mut dyn FnMut(Target)) {
+fn emit(node: &Node, out: &mut Matches) {
     for (client_id, (options, id)) in &node.subscribers {
-        f(Target {
+        out.targets.push(Target {
             client_id: client_id.clone(),
             options: *options,
             id: *id,
@@ -140,55 +200,32 @@ fn emit(node: &Node, rank: &dyn Fn(&str) -> u8, f: &mut dyn FnMut(Target)) {
         if n == 0 {
             continue;
         }
-        let start = group.next.fetch_add(1, Ordering::Relaxed) % n;
-        let mut best: Option<(usize, u8)> = None;
-        for i in (0..n).map(|i| (start + i) % n) {
-            let r = rank(&group.members[i].0);
-            if r > best.map_or(0, |b| b.1) {
-                best = Some((i, r));
-                if r >= 2 {
-                    break;
-                }
-            }
-        }
-        if let Some((pick, _)) = best {
-            let (client_id, options, id) = &group.members[pick];
-            f(Target {
-                client_id: client_id.clone(),
-                options: *options,
-                id: *id,
-                shared: true,
-            });
-        }
+        out.groups.push(SharedGroup {
+            members: group.members.clone(),
+            start: group.next.fetch_add(1, Ordering::Relaxed) % n,
+        });
     }
 }
 
-fn walk(
-    node: &Node,
-    levels: &[&str],
-    i: usize,
-    dollar: bool,
-    rank: &dyn Fn(&str) -> u8,
-    f: &mut dyn FnMut(Target),
-) {
+fn walk(node: &Node, levels: &[&str], i: usize, dollar: bool, out: &mut Matches) {
     // Wildcards in the first level never match a `$` topic (MQTT-4.7.2-1).
     let wildcards = !(i == 0 && dollar);
     if wildcards {
         if let Some(hash) = node.children.get("#") {
-            emit(hash, rank, f);
+            emit(hash, out);
         }
     }
     let Some(level) = levels.get(i) else {
-        emit(node, rank, f);
+        emit(node, out);
         return;
     };
     if wildcards {
         if let Some(plus) = node.children.get("+") {
-            walk(plus, levels, i + 1, dollar, rank, f);
+            walk(plus, levels, i + 1, dollar, out);
         }
     }
     if let Some(child) = node.children.get(*level) {
-        walk(child, levels, i + 1, dollar, rank, f);
+        walk(child, levels, i + 1, dollar, out);
     }
 }
 
@@ -197,11 +234,20 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    /// Every target, shared groups picked with `rank`.
+    fn picked(r: &Router, topic: &str, rank: &dyn Fn(&str) -> u8) -> Vec<Target> {
+        let mut m = Matches::default();
+        r.matches(topic, &mut m);
+        let mut all = m.targets;
+        all.extend(m.groups.iter().filter_map(|g| g.pick(rank)));
+        all
+    }
+
     fn ids(r: &Router, topic: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        r.matches(topic, &|_| 2, &mut |t| {
-            out.push(format!("{}:{}", t.client_id, t.id.unwrap_or(0)))
-        });
+        let mut out: Vec<String> = picked(r, topic, &|_| 2)
+            .iter()
+            .map(|t| format!("{}:{}", t.client_id, t.id.unwrap_or(0)))
+            .collect();
         out.sort();
         out
     }
@@ -241,7 +287,7 @@ mod tests {
         assert!(r.subscribe(&c, "a/b/c", SubscriptionOptions::default(), None));
         assert!(r.unsubscribe("c", "a/b/c"));
         assert!(!r.unsubscribe("c", "a/b/c"));
-        assert!(r.root.read().unwrap().is_empty());
+        assert!(r.root.read().is_empty());
     }
 
     #[test]
@@ -263,8 +309,7 @@ mod tests {
         );
         let mut counts = HashMap::new();
         for _ in 0..30 {
-            let mut got = Vec::new();
-            r.matches("t/1", &|_| 2, &mut |t| got.push(t));
+            let got = picked(&r, "t/1", &|_| 2);
             assert_eq!(got.len(), 2);
             for t in got.iter().filter(|t| t.shared) {
                 *counts.entry(t.client_id.to_string()).or_insert(0) += 1;
@@ -277,16 +322,18 @@ mod tests {
         // Offline members are skipped while an online one exists; members that may not
         // read the topic are never picked, and a group of only those gets nothing.
         for _ in 0..5 {
-            r.matches("t/1", &|c| if c == "z" { 2 } else { 1 }, &mut |t| {
+            for t in picked(&r, "t/1", &|c| if c == "z" { 2 } else { 1 }) {
                 if t.shared {
                     assert_eq!(&*t.client_id, "z")
                 }
-            });
-            r.matches("t/1", &|c| if c == "x" { 0 } else { 1 }, &mut |t| {
+            }
+            for t in picked(&r, "t/1", &|c| if c == "x" { 0 } else { 1 }) {
                 assert_ne!(&*t.client_id, "x");
-            });
-            let mut shared = 0;
-            r.matches("t/1", &|_| 0, &mut |t| shared += t.shared as usize);
+            }
+            let shared = picked(&r, "t/1", &|_| 0)
+                .iter()
+                .filter(|t| t.shared)
+                .count();
             assert_eq!(shared, 0);
         }
         assert!(r.unsubscribe("x", "$share/g/t/+"));

@@ -1,14 +1,48 @@
+//! Where sessions are registered and claimed: the [`Directory`] seam, and [`Sessions`],
+//! its implementation for one process.
+
 use super::Session;
 use crate::FastMap;
+use parking_lot::{Mutex, RawMutex, RwLock};
 use std::hash::BuildHasher;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+/// Where sessions are registered and claimed. Attach, detach and expiry hold a
+/// client id's [`Claim`] while they change who owns its session, so two connections
+/// with one client id can never both own it.
+///
+/// The broker asks only this trait. [`Sessions`] is the implementation for a single
+/// process; a cluster's would also claim the client id where the nodes can see it
+/// (compare-and-swap on the session record's revision) and look there for a session
+/// this process does not hold.
+pub trait Directory: Send + Sync + 'static {
+    /// Waits for, and takes, the claim on `client_id`.
+    fn claim(&self, client_id: &str) -> Claim<'_>;
+    fn find(&self, client_id: &str) -> Option<Arc<Session>>;
+    /// Adds or replaces the session of its client id.
+    fn register(&self, session: Arc<Session>);
+    /// Removes `session`, unless another session of its client id replaced it meanwhile;
+    /// whether it was removed.
+    fn unregister(&self, session: &Arc<Session>) -> bool;
+    /// A snapshot of every session.
+    fn all(&self) -> Vec<Arc<Session>>;
+    fn count(&self) -> usize;
+}
 
 const SHARDS: usize = 32;
 
-/// Every session by client id. Sharded so that publishers looking up subscribers on
-/// different threads, and clients connecting, rarely touch the same lock.
+type Shard = RwLock<FastMap<Arc<str>, Arc<Session>>>;
+type ClaimShard = Mutex<FastMap<Arc<str>, Arc<Mutex<()>>>>;
+
+/// Every session of this process by client id. Sharded so that publishers looking up
+/// subscribers on different threads, and clients connecting, rarely touch the same
+/// lock.
 pub struct Sessions {
-    shards: Vec<RwLock<FastMap<Arc<str>, Arc<Session>>>>,
+    shards: Vec<Shard>,
+    /// One lock per client id being claimed, made on demand and dropped with the last
+    /// claim: claims of different clients never wait for each other, whatever they do
+    /// while they hold them (ending a session deletes its records from the store).
+    claims: Vec<ClaimShard>,
     hasher: foldhash::fast::RandomState,
 }
 
@@ -16,67 +50,127 @@ impl Default for Sessions {
     fn default() -> Self {
         Sessions {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            claims: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: Default::default(),
         }
     }
 }
 
+/// Held while a client id's session changes hands; dropping it releases the claim.
+pub struct Claim<'a> {
+    guard: Option<parking_lot::ArcMutexGuard<RawMutex, ()>>,
+    client_id: Arc<str>,
+    shard: &'a ClaimShard,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut locks = self.shard.lock();
+        // Only the map holds it now: nobody holds or waits for this client's claim.
+        if locks
+            .get(&self.client_id)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            locks.remove(&self.client_id);
+        }
+    }
+}
+
 impl Sessions {
-    fn shard(&self, client_id: &str) -> &RwLock<FastMap<Arc<str>, Arc<Session>>> {
-        &self.shards[self.hasher.hash_one(client_id) as usize % SHARDS]
+    fn index(&self, client_id: &str) -> usize {
+        self.hasher.hash_one(client_id) as usize % SHARDS
     }
 
-    pub fn get(&self, client_id: &str) -> Option<Arc<Session>> {
-        self.shard(client_id)
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(client_id)
-            .cloned()
+    fn shard(&self, client_id: &str) -> &Shard {
+        &self.shards[self.index(client_id)]
+    }
+}
+
+impl Directory for Sessions {
+    fn claim(&self, client_id: &str) -> Claim<'_> {
+        let shard = &self.claims[self.index(client_id)];
+        let (client_id, lock) = {
+            let mut locks = shard.lock();
+            match locks.get_key_value(client_id) {
+                Some((k, l)) => (k.clone(), l.clone()),
+                None => {
+                    let k: Arc<str> = Arc::from(client_id);
+                    let l = Arc::new(Mutex::new(()));
+                    locks.insert(k.clone(), l.clone());
+                    (k, l)
+                }
+            }
+        };
+        Claim {
+            guard: Some(lock.lock_arc()),
+            client_id,
+            shard,
+        }
     }
 
-    pub fn insert(&self, s: Arc<Session>) -> Option<Arc<Session>> {
-        self.shard(&s.client_id)
+    fn find(&self, client_id: &str) -> Option<Arc<Session>> {
+        self.shard(client_id).read().get(client_id).cloned()
+    }
+
+    fn register(&self, s: Arc<Session>) {
+        self.shard(s.client_id())
             .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(s.client_id.clone(), s)
+            .insert(s.client_id().clone(), s);
     }
 
-    /// Removes the session only if it is still `s` (not replaced meanwhile).
-    pub fn remove_if_same(&self, s: &Arc<Session>) -> bool {
-        let mut map = self
-            .shard(&s.client_id)
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
-        if map.get(&s.client_id).is_some_and(|cur| Arc::ptr_eq(cur, s)) {
-            map.remove(&s.client_id);
+    fn unregister(&self, s: &Arc<Session>) -> bool {
+        let mut map = self.shard(s.client_id()).write();
+        if map
+            .get(s.client_id())
+            .is_some_and(|cur| Arc::ptr_eq(cur, s))
+        {
+            map.remove(s.client_id());
             true
         } else {
             false
         }
     }
 
-    /// A snapshot of every session, for housekeeping.
-    pub fn all(&self) -> Vec<Arc<Session>> {
+    fn all(&self) -> Vec<Arc<Session>> {
         self.shards
             .iter()
-            .flat_map(|s| {
-                s.read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .values()
-                    .cloned()
-                    .collect::<Vec<_>>()
-            })
+            .flat_map(|s| s.read().values().cloned().collect::<Vec<_>>())
             .collect()
     }
 
-    pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.read().unwrap_or_else(|e| e.into_inner()).len())
-            .sum()
+    fn count(&self) -> usize {
+        self.shards.iter().map(|s| s.read().len()).sum()
     }
+}
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    #[test]
+    fn claims_of_one_client_wait_for_each_other_and_others_do_not() {
+        let sessions = Arc::new(Sessions::default());
+        let held = sessions.claim("a");
+        let (tx, rx) = mpsc::channel();
+        let s = sessions.clone();
+        let waiter = std::thread::spawn(move || {
+            let _b = s.claim("b");
+            tx.send("b").unwrap();
+            let _a = s.claim("a");
+            tx.send("a").unwrap();
+        });
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok("b"));
+        assert!(
+            rx.recv_timeout(Duration::from_millis(100)).is_err(),
+            "a is held"
+        );
+        drop(held);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok("a"));
+        waiter.join().unwrap();
+        let left: usize = sessions.claims.iter().map(|c| c.lock().len()).sum();
+        assert_eq!(left, 0, "released claims leave nothing behind");
     }
 }

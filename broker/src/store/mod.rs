@@ -6,6 +6,10 @@
 //! background sync covers every ticket issued before it, and [`Store::durable`] tells
 //! when. A connection holds back a PUBACK or PUBREC until its ticket is durable, so an
 //! acknowledged message survives `kill -9` without one disk sync per message.
+//!
+//! This is the seam where retained messages and session state are kept: three small
+//! traits, [`RetainedStore`], [`SessionStore`] and [`Commit`], that sled and memory
+//! implement today and a cluster's shared storage would implement next.
 
 mod record;
 mod sled_store;
@@ -27,6 +31,8 @@ pub enum StoreError {
     Thread(std::io::Error),
     #[error("cannot open the data directory {dir}: {source}")]
     Open { dir: String, source: sled::Error },
+    #[error("cannot encode the record: {0}")]
+    Encode(#[from] crate::codec::Error),
 }
 
 /// A session as persisted: everything but its messages, which are stored one key each
@@ -69,10 +75,16 @@ pub struct StoredSession {
     pub incoming: Vec<u16>,
 }
 
-pub trait Store: Send + Sync + 'static {
+/// Where retained messages are kept.
+pub trait RetainedStore {
     /// Stores or (with `None`) deletes the retained message of a topic.
     fn save_retained(&self, topic: &str, msg: Option<&Message>) -> Result<(), StoreError>;
     fn load_retained(&self) -> Result<Vec<Message>, StoreError>;
+}
+
+/// Where session state is kept: each session's record, and what it is owed, one key
+/// per message so that acknowledging one does not rewrite the others.
+pub trait SessionStore {
     fn save_session(&self, meta: &SessionMeta) -> Result<(), StoreError>;
     /// Deletes the session with its messages and incoming packet ids.
     fn delete_session(&self, client_id: &str) -> Result<(), StoreError>;
@@ -85,6 +97,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     fn delete_delivery(&self, client_id: &str, seq: u64) -> Result<(), StoreError>;
     fn save_incoming(&self, client_id: &str, pid: u16, present: bool) -> Result<(), StoreError>;
+}
+
+/// When what was written is durable: group commit.
+pub trait Commit {
     /// A ticket covering every write made so far; 0 means "already durable".
     fn commit(&self) -> u64;
     /// The highest ticket known durable.
@@ -92,6 +108,11 @@ pub trait Store: Send + Sync + 'static {
     /// Syncs everything now (shutdown).
     fn flush(&self) -> Result<(), StoreError>;
 }
+
+/// Everything the broker keeps: what sled and memory implement.
+pub trait Store: RetainedStore + SessionStore + Commit + Send + Sync + 'static {}
+
+impl<T: RetainedStore + SessionStore + Commit + Send + Sync + 'static> Store for T {}
 
 /// `storage.persistence = false`: nothing outlives the process, every ticket is durable.
 pub struct MemoryStore {
@@ -106,13 +127,16 @@ impl Default for MemoryStore {
     }
 }
 
-impl Store for MemoryStore {
+impl RetainedStore for MemoryStore {
     fn save_retained(&self, _: &str, _: Option<&Message>) -> Result<(), StoreError> {
         Ok(())
     }
     fn load_retained(&self) -> Result<Vec<Message>, StoreError> {
         Ok(Vec::new())
     }
+}
+
+impl SessionStore for MemoryStore {
     fn save_session(&self, _: &SessionMeta) -> Result<(), StoreError> {
         Ok(())
     }
@@ -131,6 +155,9 @@ impl Store for MemoryStore {
     fn save_incoming(&self, _: &str, _: u16, _: bool) -> Result<(), StoreError> {
         Ok(())
     }
+}
+
+impl Commit for MemoryStore {
     fn commit(&self) -> u64 {
         0
     }
@@ -143,3 +170,15 @@ impl Store for MemoryStore {
 }
 
 pub(crate) use record::{decode_message, encode_message};
+
+/// Store failures must not take the broker down; they are logged with the client id.
+/// Returns whether the write succeeded.
+pub(crate) fn log_write(r: Result<(), StoreError>, client_id: &str) -> bool {
+    match r {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(client_id, error = %e, "store write failed");
+            false
+        }
+    }
+}

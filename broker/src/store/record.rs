@@ -27,7 +27,7 @@ pub struct StoredDelivery {
     pub message: Message,
 }
 
-pub(crate) fn encode_message(m: &Message) -> Vec<u8> {
+pub(crate) fn encode_message(m: &Message) -> Result<Vec<u8>, codec::Error> {
     let mut out = BytesMut::new();
     out.put_u64(m.expires_at.unwrap_or(0));
     Packet::Publish(Publish {
@@ -39,8 +39,8 @@ pub(crate) fn encode_message(m: &Message) -> Vec<u8> {
         properties: m.properties.clone(),
         payload: m.payload.clone(),
     })
-    .encode(Version::V5, &mut out);
-    out.to_vec()
+    .encode(Version::V5, &mut out)?;
+    Ok(out.to_vec())
 }
 
 pub(crate) fn decode_message(mut b: Bytes) -> Result<Message, String> {
@@ -67,7 +67,7 @@ pub(crate) fn decode_message(mut b: Bytes) -> Result<Message, String> {
 }
 
 impl StoredDelivery {
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, codec::Error> {
         let mut out = BytesMut::new();
         let (state, pid) = match self.state {
             DeliveryState::Queued => (0u8, 0u16),
@@ -82,8 +82,8 @@ impl StoredDelivery {
         for id in &self.subscription_ids {
             out.put_u32(*id);
         }
-        out.put_slice(&encode_message(&self.message));
-        out.to_vec()
+        out.put_slice(&encode_message(&self.message)?);
+        Ok(out.to_vec())
     }
 
     pub(crate) fn decode(mut b: Bytes) -> Result<StoredDelivery, String> {
@@ -141,7 +141,10 @@ mod tests {
                 publisher: None,
             },
         };
-        assert_eq!(StoredDelivery::decode(Bytes::from(d.encode())).unwrap(), d);
+        assert_eq!(
+            StoredDelivery::decode(Bytes::from(d.encode().unwrap())).unwrap(),
+            d
+        );
         assert!(StoredDelivery::decode(Bytes::from_static(b"\x01\x00")).is_err());
     }
 }

@@ -1,6 +1,8 @@
 //! The sled implementation of [`Store`], with the group-commit flusher.
 
-use super::{SessionMeta, Store, StoreError, StoredDelivery, StoredSession};
+use super::{
+    Commit, RetainedStore, SessionMeta, SessionStore, StoreError, StoredDelivery, StoredSession,
+};
 use crate::config::Durability;
 use crate::message::Message;
 use bytes::Bytes;
@@ -126,12 +128,12 @@ fn corrupt(key: &[u8], what: impl Into<String>) -> StoreError {
     }
 }
 
-impl Store for SledStore {
+impl RetainedStore for SledStore {
     fn save_retained(&self, topic: &str, msg: Option<&Message>) -> Result<(), StoreError> {
         match msg {
             Some(m) => self
                 .retained
-                .insert(topic.as_bytes(), super::encode_message(m))?,
+                .insert(topic.as_bytes(), super::encode_message(m)?)?,
             None => self.retained.remove(topic.as_bytes())?,
         };
         Ok(())
@@ -148,7 +150,9 @@ impl Store for SledStore {
         }
         Ok(out)
     }
+}
 
+impl SessionStore for SledStore {
     fn save_session(&self, meta: &SessionMeta) -> Result<(), StoreError> {
         let json = serde_json::to_vec(meta)
             .map_err(|e| corrupt(meta.client_id.as_bytes(), e.to_string()))?;
@@ -215,7 +219,7 @@ impl Store for SledStore {
         d: &StoredDelivery,
     ) -> Result<(), StoreError> {
         self.deliveries
-            .insert(session_key(client_id, &seq.to_be_bytes()), d.encode())?;
+            .insert(session_key(client_id, &seq.to_be_bytes()), d.encode()?)?;
         Ok(())
     }
 
@@ -234,7 +238,9 @@ impl Store for SledStore {
         }
         Ok(())
     }
+}
 
+impl Commit for SledStore {
     fn commit(&self) -> u64 {
         if self.durability != Durability::Sync {
             return 0;

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use std::sync::OnceLock;
 use weir_plugin_sdk::{
     filter_within, parse_config, reuse_answer, substitute, topic_matches, Access, Action,
-    Authorize, Client, Decision, Init,
+    Authorize, Client, Decision, Init, ReasonCode,
 };
 
 #[derive(Deserialize)]
@@ -79,7 +79,7 @@ impl Init for Acl {
 impl Authorize for Acl {
     fn authorize(client: Client, access: Access) -> Decision {
         let Some(config) = CONFIG.get() else {
-            return Decision::Deny(0x87);
+            return Decision::Deny(ReasonCode::NotAuthorized.into());
         };
         if config.reuse_ms > 0 {
             reuse_answer(std::time::Duration::from_millis(config.reuse_ms));
@@ -103,12 +103,12 @@ impl Authorize for Acl {
                 return if rule.allow {
                     Decision::Allow
                 } else {
-                    Decision::Deny(0x87)
+                    Decision::Deny(ReasonCode::NotAuthorized.into())
                 };
             }
         }
         match config.default {
-            Default::Deny => Decision::Deny(0x87),
+            Default::Deny => Decision::Deny(ReasonCode::NotAuthorized.into()),
             Default::Allow => Decision::Allow,
             Default::Defer => Decision::Defer,
         }

@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 use weir_plugin_sdk::{
     attribute, filter_within, now_ms, parse_config, substitute, topic_matches, Access, Action,
     Admission, AuthResult, Authenticate, Authorize, Client, ConnectInfo, Decision, Denial, Init,
-    Pair,
+    Pair, ReasonCode,
 };
 
 #[derive(Deserialize)]
@@ -170,7 +170,7 @@ impl Authenticate for Jwt {
             Ok(c) => c,
             Err(reason) => {
                 return AuthResult::Deny(Denial {
-                    reason_code: 0x86,
+                    reason_code: ReasonCode::BadUserNameOrPassword.into(),
                     reason,
                 })
             }
@@ -180,7 +180,7 @@ impl Authenticate for Jwt {
                 Some(u) => Some(u.to_owned()),
                 None => {
                     return AuthResult::Deny(Denial {
-                        reason_code: 0x86,
+                        reason_code: ReasonCode::BadUserNameOrPassword.into(),
                         reason: format!("no {claim} claim"),
                     });
                 }
@@ -216,7 +216,7 @@ impl Authorize for Jwt {
         let Some(list) = attribute(&client, name) else {
             return match state.config.without_topics {
                 Without::Defer => Decision::Defer,
-                Without::Deny => Decision::Deny(0x87),
+                Without::Deny => Decision::Deny(ReasonCode::NotAuthorized.into()),
             };
         };
         let filters: Vec<String> = serde_json::from_str(list).unwrap_or_default();
@@ -230,7 +230,7 @@ impl Authorize for Jwt {
         if allowed {
             Decision::Allow
         } else {
-            Decision::Deny(0x87)
+            Decision::Deny(ReasonCode::NotAuthorized.into())
         }
     }
 }

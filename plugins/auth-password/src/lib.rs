@@ -13,7 +13,7 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 use weir_plugin_sdk::{
-    parse_config, Admission, AuthResult, Authenticate, ConnectInfo, Denial, Init,
+    parse_config, Admission, AuthResult, Authenticate, ConnectInfo, Denial, Init, ReasonCode,
 };
 
 #[derive(Deserialize)]
@@ -114,7 +114,7 @@ impl Authenticate for PasswordAuth {
         };
         let bad = |reason: &str| {
             AuthResult::Deny(Denial {
-                reason_code: 0x86,
+                reason_code: ReasonCode::BadUserNameOrPassword.into(),
                 reason: reason.into(),
             })
         };

@@ -19,6 +19,7 @@ use serde::Deserialize;
 use std::sync::OnceLock;
 use weir_plugin_sdk::{
     charge_tokens, lease, parse_config, take_tokens, Client, Event, Init, RateLimit, RateResult,
+    ReasonCode,
 };
 
 /// A lease is at most this many messages.
@@ -113,7 +114,7 @@ impl RateLimit for Limiter {
                 if let Some(r) = c.connects_per_address {
                     let key = format!("connect:{}", address(&client.peer));
                     if !take_tokens(&key, r.burst(), r.per_second, 1) {
-                        return RateResult::Reject(0x9F);
+                        return RateResult::Reject(ReasonCode::ConnectionRateExceeded.into());
                     }
                 }
                 RateResult::Allow
@@ -166,7 +167,7 @@ impl RateLimit for Limiter {
                     }
                 }
                 if over {
-                    RateResult::Reject(0x96)
+                    RateResult::Reject(ReasonCode::MessageRateTooHigh.into())
                 } else if wait > 0 {
                     RateResult::Throttle(wait.min(60_000))
                 } else {

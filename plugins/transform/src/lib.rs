@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::sync::OnceLock;
 use weir_plugin_sdk::{
-    log, parse_config, reuse_answer, topic_matches, Client, Init, Message, Pair, Transform,
-    TransformResult,
+    log, parse_config, reuse_answer, topic_matches, Client, Init, Message, Pair, ReasonCode,
+    Transform, TransformResult,
 };
 
 #[derive(Deserialize)]
@@ -108,7 +108,7 @@ impl Transform for Transformer {
                     "dropping a message on {}: not a JSON object with {:?}",
                     message.topic, check.required
                 ));
-                return TransformResult::Drop(0x99);
+                return TransformResult::Drop(ReasonCode::PayloadFormatInvalid.into());
             }
         }
         for t in c

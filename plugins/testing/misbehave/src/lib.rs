@@ -8,7 +8,8 @@
 use serde::Deserialize;
 use std::sync::OnceLock;
 use weir_plugin_sdk::{
-    parse_config, Access, Authorize, Client, Decision, Init, Message, Transform, TransformResult,
+    parse_config, Access, Authorize, Client, Decision, Init, Message, ReasonCode, Transform,
+    TransformResult,
 };
 
 #[derive(Deserialize)]
@@ -69,7 +70,8 @@ impl Init for Misbehave {
 impl Authorize for Misbehave {
     fn authorize(_client: Client, access: Access) -> Decision {
         match misbehave(&access.topic) {
-            Some("bad-code") => Decision::Deny(0x00),
+            // Not a failure code: the broker must refuse the answer.
+            Some("bad-code") => Decision::Deny(ReasonCode::Success.into()),
             _ => Decision::Allow,
         }
     }

@@ -1,67 +1,91 @@
 //! Topic names and filters: validation and matching (MQTT 5.0 section 4.7).
 
-use crate::codec::Error;
+/// Why a topic name or filter is not valid; the text says which rule it breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicError(&'static str);
 
-/// A topic name is what a PUBLISH carries: no wildcards, at least one character.
-pub fn validate_name(name: &str) -> Result<(), Error> {
+impl TopicError {
+    /// The rule broken, for a log line or a reason string.
+    pub fn reason(self) -> &'static str {
+        self.0
+    }
+}
+
+impl std::fmt::Display for TopicError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for TopicError {}
+
+/// A topic name is what a PUBLISH carries: no wildcards, at least one character, and
+/// no longer than an MQTT string can be.
+pub fn validate_name(name: &str) -> Result<(), TopicError> {
     if name.is_empty() {
-        return Err(Error::TopicName("empty"));
+        return Err(TopicError("empty"));
     }
     if name.len() > u16::MAX as usize {
-        return Err(Error::TopicName("longer than 65535 bytes"));
+        return Err(TopicError("longer than 65535 bytes"));
     }
     if name.contains(['+', '#']) {
-        return Err(Error::TopicName("wildcard in a topic name"));
+        return Err(TopicError("wildcard in a topic name"));
+    }
+    if name.contains('\0') {
+        return Err(TopicError("U+0000 in a topic name"));
     }
     Ok(())
 }
 
 /// A filter is what a SUBSCRIBE carries: `+` fills a whole level, `#` fills a whole
 /// level and must be the last one.
-pub fn validate_filter(filter: &str) -> Result<(), Error> {
+pub fn validate_filter(filter: &str) -> Result<(), TopicError> {
     if filter.is_empty() {
-        return Err(Error::TopicFilter("empty"));
+        return Err(TopicError("empty"));
+    }
+    if filter.len() > u16::MAX as usize {
+        return Err(TopicError("longer than 65535 bytes"));
     }
     let mut levels = filter.split('/').peekable();
     while let Some(level) = levels.next() {
         if level.contains('#') && (level != "#" || levels.peek().is_some()) {
-            return Err(Error::TopicFilter("'#' must be alone in the last level"));
+            return Err(TopicError("'#' must be alone in the last level"));
         }
         if level.contains('+') && level != "+" {
-            return Err(Error::TopicFilter("'+' must fill a whole level"));
+            return Err(TopicError("'+' must fill a whole level"));
         }
     }
     Ok(())
 }
 
 /// A `$share/{group}/{filter}` subscription, split into its group and real filter.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shared<'a> {
     pub group: &'a str,
     pub filter: &'a str,
 }
 
-/// Parses a subscription filter that may be shared. `Ok(None)` for an ordinary filter.
-pub fn parse_shared(filter: &str) -> Result<Option<Shared<'_>>, Error> {
+/// Parses a subscription filter that may be shared. `Ok(None)` for an ordinary filter
+/// (not validated here).
+pub fn parse_shared(filter: &str) -> Result<Option<Shared<'_>>, TopicError> {
     let Some(rest) = filter.strip_prefix("$share/") else {
         if filter == "$share" {
-            return Err(Error::TopicFilter("'$share' without a group and filter"));
+            return Err(TopicError("'$share' without a group and filter"));
         }
         return Ok(None);
     };
     let Some((group, filter)) = rest.split_once('/') else {
-        return Err(Error::TopicFilter("shared subscription without a filter"));
+        return Err(TopicError("shared subscription without a filter"));
     };
     if group.is_empty() || group.contains(['+', '#']) {
-        return Err(Error::TopicFilter("invalid shared subscription group name"));
+        return Err(TopicError("invalid shared subscription group name"));
     }
     validate_filter(filter)?;
     Ok(Some(Shared { group, filter }))
 }
 
 /// Does `filter` match `topic`? Filters starting with a wildcard do not match topics
-/// starting with `$` (MQTT-4.7.2-1). Used where a trie walk is not worth it: retained
-/// messages on subscribe and tests.
+/// starting with `$` (MQTT-4.7.2-1).
 pub fn matches(filter: &str, topic: &str) -> bool {
     if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
         return false;
@@ -79,7 +103,26 @@ pub fn matches(filter: &str, topic: &str) -> bool {
     }
 }
 
-/// Number of levels, for the configured maximum.
+/// Does every topic `filter` can match also match `pattern`? For authorizing
+/// subscriptions: a client allowed `a/#` may subscribe to `a/+/c` but not to `#`.
+pub fn filter_within(filter: &str, pattern: &str) -> bool {
+    let mut f = filter.split('/');
+    let mut p = pattern.split('/');
+    loop {
+        match (f.next(), p.next()) {
+            (_, Some("#")) => return true,
+            (Some("#"), _) => return false,
+            (Some("+"), Some("+")) => {}
+            (Some("+"), Some(_)) => return false,
+            (Some(_), Some("+")) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Number of levels, for a configured maximum.
 pub fn levels(topic: &str) -> usize {
     topic.split('/').count()
 }
@@ -95,6 +138,8 @@ mod tests {
         assert!(validate_name("").is_err());
         assert!(validate_name("a/+").is_err());
         assert!(validate_name("a/#").is_err());
+        assert!(validate_name("a\0b").is_err());
+        assert!(validate_name(&"x".repeat(65_536)).is_err());
     }
 
     #[test]
@@ -131,6 +176,16 @@ mod tests {
         for (f, t, want) in cases {
             assert_eq!(matches(f, t), want, "{f} vs {t}");
         }
+    }
+
+    #[test]
+    fn within() {
+        assert!(filter_within("a/+/c", "a/#"));
+        assert!(filter_within("a/b", "a/+"));
+        assert!(!filter_within("#", "a/#"));
+        assert!(!filter_within("a/+", "a/b"));
+        assert!(filter_within("a/b", "a/b"));
+        assert!(!filter_within("a/b/c", "a/b"));
     }
 
     #[test]

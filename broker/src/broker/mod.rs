@@ -1,0 +1,225 @@
+//! The state every connection shares, behind verbs: sessions and the directory that
+//! claims them, the router, the retained index and the store, and the operations that
+//! must keep them consistent with one another. Nothing outside this module writes the
+//! store.
+//!
+//! Files: `mod.rs` (the broker, startup recovery, what operators ask), `publish.rs`
+//! (routing a message to sessions), `sessions.rs` (attach, detach, takeover, expiry,
+//! wills), `owed.rs` (what one session is owed, changed as its client acknowledges, and
+//! its subscriptions).
+//!
+//! The parts a cluster will replace are reached through small traits, each with this
+//! process's implementation as the only one today: [`Directory`] (where sessions are
+//! registered and claimed: [`Sessions`]), [`Fanout`] (where a publish goes: the topic
+//! trie, [`Router`]), and [`Store`] (where retained messages and session state are
+//! kept: sled or memory).
+
+mod owed;
+mod publish;
+mod sessions;
+
+use crate::codec::{ReasonCode, Version};
+use crate::config::Config;
+use crate::hooks::Hooks;
+use crate::message::now_secs;
+use crate::metrics::Metrics;
+use crate::router::{Fanout, Retained, Router};
+use crate::session::{Control, Directory, QueueLimits, Session, Sessions};
+use crate::store::{MemoryStore, SledStore, Store, StoreError};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::sync::watch;
+
+pub struct Broker {
+    config: Config,
+    fanout: Box<dyn Fanout>,
+    retained: Retained,
+    sessions: Box<dyn Directory>,
+    store: Arc<dyn Store>,
+    hooks: Arc<dyn Hooks>,
+    metrics: Metrics,
+    /// Key of the next stored delivery; unique across restarts.
+    seq: AtomicU64,
+    next_conn_id: AtomicU64,
+}
+
+/// A connected client, as the admin API lists it.
+#[derive(Debug, Clone)]
+pub struct ConnectedClient {
+    pub client_id: Arc<str>,
+    pub listener: Arc<str>,
+    pub peer: SocketAddr,
+    pub version: Version,
+    pub since: SystemTime,
+}
+
+impl Broker {
+    /// Opens the configured store and restores retained messages and sessions from it.
+    pub fn open(config: Config, hooks: Arc<dyn Hooks>) -> Result<Arc<Broker>, StoreError> {
+        let store: Arc<dyn Store> = if config.storage.persistence {
+            Arc::new(SledStore::open(
+                &config.storage.dir,
+                config.storage.durability,
+                config.storage.flush_interval_ms,
+            )?)
+        } else {
+            Arc::new(MemoryStore::default())
+        };
+        Broker::with_store(config, hooks, store)
+    }
+
+    /// A broker over the given store, restored from it (in-process tests give their
+    /// own).
+    pub fn with_store(
+        config: Config,
+        hooks: Arc<dyn Hooks>,
+        store: Arc<dyn Store>,
+    ) -> Result<Arc<Broker>, StoreError> {
+        let broker = Broker {
+            config,
+            fanout: Box::new(Router::default()),
+            retained: Retained::default(),
+            sessions: Box::new(Sessions::default()),
+            store,
+            hooks,
+            metrics: Metrics::default(),
+            seq: AtomicU64::new(1),
+            next_conn_id: AtomicU64::new(1),
+        };
+        broker.restore()?;
+        Ok(Arc::new(broker))
+    }
+
+    fn restore(&self) -> Result<(), StoreError> {
+        let now = now_secs();
+        let mut retained = 0;
+        for m in self.store.load_retained()? {
+            if m.is_expired(now) {
+                crate::store::log_write(self.store.save_retained(&m.topic, None), "-");
+            } else {
+                self.retained.set(Arc::new(m));
+                retained += 1;
+            }
+        }
+        let mut max_seq = 0;
+        let mut restored = 0;
+        let mut wills = Vec::new();
+        for stored in self.store.load_sessions()? {
+            let last = stored.deliveries.iter().map(|d| d.0).max().unwrap_or(0);
+            max_seq = max_seq.max(last);
+            let session = Arc::new(Session::restore(stored));
+            let mut st = session.lock();
+            let expired = st.expiry_interval() == 0 || st.is_expired(now);
+            if expired {
+                wills.extend(st.take_will().map(|w| w.message));
+                drop(st);
+                self.end_session(&session);
+                continue;
+            }
+            for (filter, sub) in st.subscriptions() {
+                self.fanout
+                    .subscribe(session.client_id(), filter, sub.options, sub.id);
+            }
+            drop(st);
+            self.sessions.register(session);
+            restored += 1;
+        }
+        self.seq.store(max_seq + 1, Ordering::Relaxed);
+        for w in wills {
+            self.publish(w);
+        }
+        tracing::info!(
+            sessions = restored,
+            retained,
+            "state restored from the store"
+        );
+        Ok(())
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn hooks(&self) -> &Arc<dyn Hooks> {
+        &self.hooks
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A ticket covering every store write made so far (0: already durable); an
+    /// acknowledgement that promises durability waits until [`Broker::durable`] reaches
+    /// it.
+    pub fn commit(&self) -> u64 {
+        self.store.commit()
+    }
+
+    /// The highest ticket known durable.
+    pub fn durable(&self) -> watch::Receiver<u64> {
+        self.store.durable()
+    }
+
+    /// Syncs everything now (shutdown).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.store.flush()
+    }
+
+    fn queue_limits(&self) -> QueueLimits {
+        let l = &self.config.limits;
+        QueueLimits {
+            max_queued: l.max_queued,
+            overflow: l.overflow,
+            queue_qos0_offline: l.queue_qos0_offline,
+        }
+    }
+
+    // ---- what operators ask (admin API)
+
+    /// Disconnects the client connected with this id, telling a 5.0 client `code`;
+    /// whether one was connected.
+    pub fn kick(&self, client_id: &str, code: ReasonCode) -> bool {
+        let conn = self.sessions.find(client_id).and_then(|s| s.connection());
+        match conn {
+            Some(c) => c.control.send(Control::Kick(code)).is_ok(),
+            None => false,
+        }
+    }
+
+    pub fn connected_clients(&self) -> Vec<ConnectedClient> {
+        let sessions = self.sessions.all();
+        sessions
+            .iter()
+            .filter_map(|s| {
+                let c = s.connection()?;
+                Some(ConnectedClient {
+                    client_id: s.client_id().clone(),
+                    listener: c.listener,
+                    peer: c.peer,
+                    version: c.version,
+                    since: c.since,
+                })
+            })
+            .collect()
+    }
+
+    /// Sessions, connected or not.
+    pub fn session_count(&self) -> usize {
+        self.sessions.count()
+    }
+
+    pub fn retained_count(&self) -> usize {
+        self.retained.len()
+    }
+
+    /// Messages waiting in session queues.
+    pub fn queued_messages(&self) -> usize {
+        self.sessions.all().iter().map(|s| s.queued()).sum()
+    }
+}

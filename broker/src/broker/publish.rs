@@ -1,0 +1,150 @@
+//! Routing a message: the retained index, the matching subscriptions (a shared group's
+//! member picked only after the router's lock is released), one delivery per session.
+
+use super::Broker;
+use crate::codec::QoS;
+use crate::hooks::{Action, Decision, Identity};
+use crate::message::{Delivery, Message};
+use crate::metrics::DropCause;
+use crate::router::{Matches, Target};
+use crate::session::Session;
+use crate::store::log_write;
+use crate::FastMap;
+use bytes::Bytes;
+use std::sync::Arc;
+
+impl Broker {
+    /// Routes a message to every matching session and updates the retained index.
+    /// Returns whether a store write was made that an acknowledgement must wait for.
+    pub fn publish(&self, msg: Arc<Message>) -> bool {
+        let mut stored = false;
+        if msg.retain {
+            stored |= self.retain(&msg);
+        }
+        let mut matches = Matches::default();
+        self.fanout.matches(&msg.topic, &mut matches);
+        let mut targets = matches.targets;
+        if !matches.groups.is_empty() {
+            // Shared subscriptions: a member is picked per message, so only now is it
+            // known who would read this topic; a member that may not is passed over.
+            let rank = |client_id: &str| self.rank(client_id, &msg);
+            targets.extend(matches.groups.iter().filter_map(|g| g.pick(&rank)));
+        }
+        let publisher = msg.publisher.as_deref();
+        targets.retain(|t| !(t.options.no_local && !t.shared && publisher == Some(&*t.client_id)));
+        for (client_id, want) in merge_overlapping(targets) {
+            let Some(session) = self.sessions.find(&client_id) else {
+                continue;
+            };
+            let d = Delivery {
+                message: msg.clone(),
+                qos: msg.qos.min(want.qos),
+                retain: msg.retain && want.retain_as_published,
+                subscription_ids: want.ids,
+                store_seq: None,
+            };
+            stored |= self.queue_for(&session, d);
+        }
+        stored | self.fanout.forward(&msg)
+    }
+
+    /// Keeps the message as its topic's retained message (or deletes that, for an
+    /// empty payload); whether a store write was made.
+    fn retain(&self, msg: &Message) -> bool {
+        // The payload is a slice of the publisher's read buffer; a retained message
+        // lives indefinitely, so it gets its own copy rather than pinning that buffer.
+        let own = Message {
+            payload: Bytes::copy_from_slice(&msg.payload),
+            ..msg.clone()
+        };
+        self.retained.set(Arc::new(own));
+        let keep = (!msg.payload.is_empty()).then_some(msg);
+        log_write(self.store.save_retained(&msg.topic, keep), "-")
+    }
+
+    /// How good a receiver of `msg` a shared group's member is: 0 may not read the
+    /// topic, 1 may but is offline, 2 may and is connected.
+    fn rank(&self, client_id: &str, msg: &Message) -> u8 {
+        let Some(s) = self.sessions.find(client_id) else {
+            return 0;
+        };
+        let (online, identity) = s.holder();
+        if self.hooks.authorizes() {
+            let stranger;
+            let who = match &identity {
+                Some(id) => id.info(),
+                None => {
+                    stranger = Identity {
+                        client_id: client_id.to_owned(),
+                        ..Default::default()
+                    };
+                    stranger.info()
+                }
+            };
+            let decision =
+                self.hooks
+                    .authorize(&who, Action::Subscribe, &msg.topic, msg.qos, msg.retain);
+            if decision != Decision::Allow {
+                return 0;
+            }
+        }
+        if online {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Queues one delivery for one session and wakes its connection. Returns whether
+    /// it was stored (an acknowledgement must wait for the commit).
+    pub fn queue_for(&self, session: &Session, d: Delivery) -> bool {
+        let journal = self.journal(session.client_id());
+        let out = session.lock().push(d, self.queue_limits(), &journal);
+        if out.dropped > 0 {
+            self.metrics
+                .dropped(DropCause::QueueFull, out.dropped as u64);
+        }
+        if out.wake {
+            session.wake();
+        }
+        out.stored
+    }
+}
+
+/// What one client gets for one message, after merging its matching subscriptions.
+struct Wanted {
+    qos: QoS,
+    retain_as_published: bool,
+    ids: Vec<u32>,
+}
+
+/// One delivery per client for overlapping subscriptions: the highest QoS and every
+/// subscription identifier (MQTT-3.3.4-3, -5).
+fn merge_overlapping(targets: Vec<Target>) -> Vec<(Arc<str>, Wanted)> {
+    let wanted = |t: &Target| Wanted {
+        qos: t.options.qos,
+        retain_as_published: t.options.retain_as_published,
+        ids: t.id.into_iter().collect(),
+    };
+    if targets.len() == 1 {
+        return targets
+            .iter()
+            .map(|t| (t.client_id.clone(), wanted(t)))
+            .collect();
+    }
+    let mut by_client: FastMap<Arc<str>, Wanted> =
+        FastMap::with_capacity_and_hasher(targets.len(), Default::default());
+    for t in &targets {
+        match by_client.get_mut(&t.client_id) {
+            None => {
+                by_client.insert(t.client_id.clone(), wanted(t));
+            }
+            Some(m) => {
+                m.qos = m.qos.max(t.options.qos);
+                m.retain_as_published |= t.options.retain_as_published;
+                m.ids.extend(t.id);
+            }
+        }
+    }
+    by_client.into_iter().collect()
+}

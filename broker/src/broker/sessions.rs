@@ -1,0 +1,146 @@
+//! Who owns a session, and when it ends: attach (with takeover), detach, expiry and
+//! wills. Each holds the client id's claim from the [`Directory`] while it changes
+//! who owns the session; claims of different clients never wait for one another, so
+//! ending one client's session (deleting its stored backlog) delays nobody else.
+//!
+//! [`Directory`]: crate::session::Directory
+
+use super::Broker;
+use crate::hooks::Identity;
+use crate::message::{now_secs, Message};
+use crate::session::{ConnHandle, Control, Session};
+use crate::store::log_write;
+use std::sync::Arc;
+
+/// Tells the connection a new one replaced that it no longer owns the session.
+fn taken_over(previous: Option<ConnHandle>) {
+    if let Some(old) = previous {
+        let _ = old.control.send(Control::TakenOver);
+    }
+}
+
+impl Broker {
+    /// Attaches a new connection to the session of `client_id`, taking it over from an
+    /// existing connection. Returns the session and whether it was resumed.
+    pub fn attach(
+        &self,
+        client_id: Arc<str>,
+        clean_start: bool,
+        expiry: u32,
+        conn: ConnHandle,
+        identity: Arc<Identity>,
+    ) -> (Arc<Session>, bool) {
+        let _claim = self.sessions.claim(&client_id);
+        if let Some(existing) = self.sessions.find(&client_id) {
+            if !clean_start {
+                taken_over(existing.lock().attach(conn, identity, expiry));
+                self.record_session(&existing);
+                return (existing, true);
+            }
+            taken_over(existing.lock().take_connection());
+            self.end_session(&existing);
+        }
+        let session = Arc::new(Session::new(client_id, expiry));
+        session.lock().attach(conn, identity, expiry);
+        self.sessions.register(session.clone());
+        self.record_session(&session);
+        (session, false)
+    }
+
+    /// The connection `conn_id` has gone. Ends the session or keeps it for its expiry
+    /// interval, and publishes or schedules the will.
+    pub fn detach(&self, session: &Arc<Session>, conn_id: u64, will: Option<(Arc<Message>, u32)>) {
+        let _claim = self.sessions.claim(session.client_id());
+        let now = now_secs();
+        let mut st = session.lock();
+        if !st.detach(conn_id, now) {
+            return;
+        }
+        if st.expiry_interval() == 0 {
+            drop(st);
+            if let Some((m, _)) = will {
+                self.publish(m);
+            }
+            self.end_session(session);
+            return;
+        }
+        let mut publish_now = None;
+        match will {
+            Some((m, 0)) => publish_now = Some(m),
+            Some((m, delay)) => st.schedule_will(m, delay, now),
+            None => {}
+        }
+        drop(st);
+        self.record_session(session);
+        if let Some(m) = publish_now {
+            self.publish(m);
+        }
+        self.store.commit();
+    }
+
+    /// A connection that was taken over leaves: its immediate will goes out now (a
+    /// delayed one was cancelled by the reconnect that took over).
+    pub fn leave_taken_over(&self, will: Option<(Arc<Message>, u32)>) {
+        if let Some((m, 0)) = will {
+            self.publish(m);
+            self.store.commit();
+        }
+    }
+
+    /// Forgets a session: its subscriptions, what it is owed, its stored copy. The
+    /// caller holds the client id's claim.
+    pub(super) fn end_session(&self, session: &Arc<Session>) {
+        let (filters, recorded) = session.lock().end();
+        for filter in &filters {
+            self.fanout.unsubscribe(session.client_id(), filter);
+        }
+        self.sessions.unregister(session);
+        if recorded {
+            let client_id = session.client_id();
+            log_write(self.store.delete_session(client_id), client_id);
+        }
+    }
+
+    /// Writes the session's record if it outlives its connection; whether it did (an
+    /// acknowledgement of what changed it then waits for the commit).
+    pub fn record_session(&self, session: &Session) -> bool {
+        let meta = {
+            let mut st = session.lock();
+            if st.expiry_interval() == 0 {
+                return false;
+            }
+            st.note_recorded();
+            st.meta(session.client_id())
+        };
+        log_write(self.store.save_session(&meta), session.client_id())
+    }
+
+    /// One pass of the periodic work: expire sessions, publish due wills, drop expired
+    /// retained messages. Runs on a thread of its own (store writes, plugin calls).
+    pub fn housekeeping(&self) {
+        let now = now_secs();
+        for s in self.sessions.all() {
+            let (will, expired) = {
+                let mut st = s.lock();
+                (st.take_due_will(now), st.is_expired(now))
+            };
+            if let Some(w) = &will {
+                self.publish(w.message.clone());
+                self.store.commit();
+            }
+            if expired {
+                let _claim = self.sessions.claim(s.client_id());
+                // Still expired under the claim: not resumed meanwhile.
+                if s.lock().is_expired(now) {
+                    tracing::info!(client_id = %s.client_id(), "session expired");
+                    self.end_session(&s);
+                }
+            } else if will.is_some() {
+                self.record_session(&s);
+            }
+        }
+        for topic in self.retained.purge_expired() {
+            log_write(self.store.save_retained(&topic, None), "-");
+        }
+    }
+}

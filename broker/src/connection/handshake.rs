@@ -1,0 +1,408 @@
+//! CONNECT in, and either an established connection or a refusing CONNACK out. Every
+//! refusal is a [`Refusal`] that one function, [`refuse`], writes and logs.
+
+use super::framed::Framed;
+use super::inbound::Inbound;
+use super::outbound::Outbound;
+use super::{Client, Connection, ListenerInfo, Peer};
+use crate::broker::Broker;
+use crate::codec::{self, ConnAck, Connect, Packet, Properties, ReasonCode, Version};
+use crate::hooks::{
+    AuthOutcome, ClientHooks, ConnectInfo, Decision, Identity, RateEvent, RateOutcome,
+};
+use crate::message::now_secs;
+use crate::session::{ConnHandle, NEVER};
+use crate::topic;
+use bytes::BytesMut;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch};
+
+static ASSIGNED_IDS: AtomicU64 = AtomicU64::new(0);
+
+/// Why a CONNECT is refused: the CONNACK's reason code, and why, for the log and a
+/// 5.0 client's reason string.
+pub(super) struct Refusal {
+    code: ReasonCode,
+    why: String,
+}
+
+fn refusal(code: ReasonCode, why: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        why: why.into(),
+    }
+}
+
+/// A CONNECT that passed every check, with what was decided about it.
+struct Admitted {
+    connect: Connect,
+    client_id: Arc<str>,
+    /// The id the broker chose for a client that sent none.
+    assigned: Option<String>,
+    identity: Arc<Identity>,
+    hooks: Box<dyn ClientHooks>,
+}
+
+/// Reads and answers CONNECT: authentication, limits, the session, CONNACK. `None` when
+/// the client was refused or went away.
+pub(super) async fn open<S>(
+    io: S,
+    from: Peer,
+    listener: Arc<ListenerInfo>,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+    over_limit: bool,
+) -> Option<Connection<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut io = Framed::new(io);
+    let connect = read_connect(&mut io, &from, &listener, &broker).await?;
+    let version = connect.version;
+    let client_max = connect.properties.maximum_packet_size;
+    let requested = connect.client_id.clone();
+    match admit(connect, &from, &listener, &broker, over_limit).await {
+        Ok(admitted) => Some(establish(io, admitted, from, listener, broker, shutdown)),
+        Err(r) => {
+            tracing::info!(peer = %from.addr, listener = %listener.name, client_id = %requested, protocol = %version,
+                "connection refused: {} (reason {})", r.why, r.code);
+            refuse(&mut io, version, client_max, r).await;
+            None
+        }
+    }
+}
+
+/// The CONNECT, or `None` when the client sent something else, nothing in time, or a
+/// CONNECT that cannot be decoded (answered with a CONNACK where its level allows).
+async fn read_connect<S>(
+    io: &mut Framed<S>,
+    from: &Peer,
+    listener: &ListenerInfo,
+    broker: &Broker,
+) -> Option<Connect>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (peer, name) = (from.addr, &listener.name);
+    let secs = broker.config().limits.connect_timeout_secs;
+    let max = listener.max_packet_size as usize;
+    let frame = match tokio::time::timeout(Duration::from_secs(secs), io.first_frame(max)).await {
+        Err(_) => {
+            tracing::info!(%peer, listener = %name, "closed: no CONNECT within {secs}s");
+            return None;
+        }
+        Ok(Err(e)) => {
+            tracing::info!(%peer, listener = %name, "closed before CONNECT: {}", e.describe());
+            return None;
+        }
+        Ok(Ok(frame)) => frame,
+    };
+    match codec::decode(frame.clone(), Version::V311) {
+        Ok(Packet::Connect(c)) => Some(*c),
+        Ok(other) => {
+            tracing::info!(%peer, listener = %name, "closed: first packet was {}, not CONNECT", other.name());
+            None
+        }
+        Err(e) => {
+            tracing::info!(%peer, listener = %name, "closed: bad CONNECT: {e}");
+            let answer = match (&e, connect_level(&frame)) {
+                // 3.1.1 clients of an unknown level get return code 1 (MQTT-3.1.2-2).
+                (codec::Error::UnsupportedVersion(_), _) => Some(Version::V311),
+                (_, Some(5)) => Some(Version::V5),
+                _ => None,
+            };
+            if let Some(v) = answer {
+                refuse(io, v, None, refusal(e.reason_code(), e.to_string())).await;
+            }
+            None
+        }
+    }
+}
+
+/// The protocol level a CONNECT frame claims, read without trusting the rest.
+fn connect_level(frame: &[u8]) -> Option<u8> {
+    let mut i = 1;
+    while frame.get(i)? & 0x80 != 0 {
+        i += 1;
+    }
+    let name_len = u16::from_be_bytes([*frame.get(i + 1)?, *frame.get(i + 2)?]) as usize;
+    frame.get(i + 3 + name_len).copied()
+}
+
+/// Writes the refusing CONNACK: the reason string for 5.0 (left out if the client's
+/// Maximum Packet Size has no room for it), the nearest return code for 3.1.1.
+async fn refuse<S>(io: &mut Framed<S>, version: Version, client_max: Option<u32>, r: Refusal)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut properties = Properties::default();
+    if version == Version::V5 {
+        properties.reason_string = Some(r.why);
+    }
+    let mut connack = Packet::ConnAck(ConnAck {
+        session_present: false,
+        code: r.code,
+        properties,
+    });
+    let max = client_max.map_or(usize::MAX, |m| m as usize);
+    let mut out = BytesMut::new();
+    match connack.encode_within(version, max, &mut out) {
+        Ok(()) => io.goodbye(&out).await,
+        Err(e) => tracing::warn!(error = %e, "refusing CONNACK not sent"),
+    }
+}
+
+/// Every check a CONNECT must pass, in order, up to the hooks the connection will use.
+async fn admit(
+    mut connect: Connect,
+    from: &Peer,
+    listener: &ListenerInfo,
+    broker: &Arc<Broker>,
+    over_limit: bool,
+) -> Result<Admitted, Refusal> {
+    if over_limit {
+        return Err(refusal(ReasonCode::ServerBusy, "connection limit reached"));
+    }
+    if connect.properties.authentication_method.is_some() {
+        let why = "enhanced authentication is not supported";
+        return Err(refusal(ReasonCode::BadAuthenticationMethod, why));
+    }
+    let (client_id, assigned) = client_id(&connect)?;
+    if listener.use_identity_as_username {
+        let cn = from
+            .certificate
+            .as_ref()
+            .and_then(|c| c.common_name.clone());
+        let why = "a client certificate with a common name is required";
+        connect.username = Some(cn.ok_or_else(|| refusal(ReasonCode::NotAuthorized, why))?);
+    }
+    let identity = Arc::new(authenticate(
+        &mut connect,
+        &client_id,
+        from,
+        listener,
+        broker,
+    )?);
+    let mut hooks = broker.hooks().clone().open(identity.clone());
+    if broker.hooks().limits_rate() {
+        match hooks.rate_limit(RateEvent::Connect) {
+            RateOutcome::Allow => {}
+            RateOutcome::Reject(code) => return Err(refusal(code, "connection rate limited")),
+            // Reading is what throttling holds back; for a new client that is the
+            // CONNACK and everything after it.
+            RateOutcome::Throttle(d) => tokio::time::sleep(d).await,
+        }
+    }
+    check_will(&connect, broker, &mut *hooks)?;
+    Ok(Admitted {
+        connect,
+        client_id,
+        assigned,
+        identity,
+        hooks,
+    })
+}
+
+/// The client id, and whether the broker assigned it.
+fn client_id(connect: &Connect) -> Result<(Arc<str>, Option<String>), Refusal> {
+    if !connect.client_id.is_empty() {
+        return Ok((Arc::from(connect.client_id.as_str()), None));
+    }
+    if connect.version == Version::V311 && !connect.clean_start {
+        let why = "empty client id needs clean session";
+        return Err(refusal(ReasonCode::ClientIdentifierNotValid, why));
+    }
+    let n = ASSIGNED_IDS.fetch_add(1, Ordering::Relaxed);
+    let id = format!("weir-{:x}-{n}", now_secs());
+    Ok((Arc::from(id.as_str()), Some(id)))
+}
+
+fn authenticate(
+    connect: &mut Connect,
+    client_id: &str,
+    from: &Peer,
+    listener: &ListenerInfo,
+    broker: &Broker,
+) -> Result<Identity, Refusal> {
+    let outcome = broker.hooks().authenticate(&ConnectInfo {
+        client_id,
+        username: connect.username.as_deref(),
+        password: connect.password.as_ref(),
+        version: connect.version,
+        peer: from.addr,
+        listener: &listener.name,
+        allow_anonymous: listener.allow_anonymous,
+        user_properties: &connect.properties.user_properties,
+        certificate: from.certificate.as_ref(),
+    });
+    match outcome {
+        AuthOutcome::Deny { code, reason } => {
+            Err(refusal(code, format!("authentication failed: {reason}")))
+        }
+        AuthOutcome::Allow {
+            username,
+            attributes,
+        } => Ok(Identity {
+            client_id: client_id.to_owned(),
+            username: username.or(connect.username.take()),
+            peer: from.addr.to_string(),
+            listener: listener.name.to_string(),
+            attributes,
+        }),
+    }
+}
+
+/// A will must fit the topic limits and be one the client may publish.
+fn check_will(
+    connect: &Connect,
+    broker: &Broker,
+    hooks: &mut dyn ClientHooks,
+) -> Result<(), Refusal> {
+    let Some(w) = &connect.will else {
+        return Ok(());
+    };
+    let limits = &broker.config().limits;
+    if w.topic.len() > limits.max_topic_length || topic::levels(&w.topic) > limits.max_topic_levels
+    {
+        let why = "will topic exceeds the topic limits";
+        return Err(refusal(ReasonCode::TopicNameInvalid, why));
+    }
+    let decision = hooks.authorize(crate::hooks::Action::Publish, &w.topic, w.qos, w.retain);
+    match decision {
+        Decision::Allow => Ok(()),
+        Decision::Deny(code) => Err(refusal(code, "will topic not authorized")),
+    }
+}
+
+/// Attaches the session and answers with a CONNACK; the connection, ready to run.
+fn establish<S>(
+    io: Framed<S>,
+    a: Admitted,
+    from: Peer,
+    listener: Arc<ListenerInfo>,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+) -> Connection<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let limits = &broker.config().limits;
+    let c = &a.connect;
+    let version = c.version;
+    let requested_expiry = match version {
+        Version::V311 if c.clean_start => 0,
+        Version::V311 => NEVER,
+        Version::V5 => c.properties.session_expiry_interval.unwrap_or(0),
+    };
+    let expiry = requested_expiry.min(limits.max_session_expiry_secs);
+    let keep_alive = match limits.max_keep_alive {
+        0 => c.keep_alive,
+        max if c.keep_alive == 0 || c.keep_alive > max => max,
+        _ => c.keep_alive,
+    };
+    let conn_id = broker.next_conn_id();
+    let (control_tx, control) = mpsc::unbounded_channel();
+    let handle = ConnHandle {
+        id: conn_id,
+        control: control_tx,
+        listener: listener.name.clone(),
+        peer: from.addr,
+        version,
+        since: std::time::SystemTime::now(),
+    };
+    let (session, present) = broker.attach(
+        a.client_id.clone(),
+        c.clean_start,
+        expiry,
+        handle,
+        a.identity.clone(),
+    );
+    let props = match version {
+        Version::V5 => {
+            let granted = Granted {
+                expiry: (expiry != requested_expiry).then_some(expiry),
+                keep_alive: (keep_alive != c.keep_alive).then_some(keep_alive),
+            };
+            connack_properties(&a, granted, &broker, &listener)
+        }
+        Version::V311 => Properties::default(),
+    };
+    let outbound = Outbound::new(&c.properties, broker.durable());
+    let mut io = io;
+    let connack = Packet::ConnAck(ConnAck {
+        session_present: present,
+        code: ReasonCode::Success,
+        properties: props,
+    });
+    // Too long to encode only with a client id near 65 535 bytes: it goes without it.
+    if let Err(e) = connack.encode(version, io.out()) {
+        tracing::warn!(client_id = %a.client_id, error = %e, "CONNACK property left out");
+        let bare = ConnAck {
+            session_present: present,
+            code: ReasonCode::Success,
+            properties: Properties::default(),
+        };
+        let _ = Packet::ConnAck(bare).encode(version, io.out());
+    }
+    broker.metrics().connected();
+    listener.connected();
+    tracing::info!(client_id = %a.client_id, peer = %from.addr, listener = %listener.name, protocol = %version,
+        clean_start = c.clean_start, session_present = present, keep_alive,
+        username = %a.identity.username.as_deref().unwrap_or(""),
+        identity = %from.certificate.as_ref().and_then(|c| c.common_name.as_deref()).unwrap_or(""),
+        "client connected");
+    let inbound = Inbound::new(expiry, a.connect.will);
+    Connection {
+        io,
+        client: Client {
+            version,
+            client_id: a.client_id,
+            hooks: a.hooks,
+            conn_id,
+            listener,
+            peer: from.addr,
+        },
+        session,
+        broker,
+        inbound,
+        outbound,
+        keep_alive: (keep_alive > 0).then(|| Duration::from_millis(keep_alive as u64 * 1500)),
+        control,
+        shutdown,
+    }
+}
+
+/// What the server granted other than the client asked.
+struct Granted {
+    expiry: Option<u32>,
+    keep_alive: Option<u16>,
+}
+
+/// A 5.0 CONNACK's properties: what the client asked that the server changed, and
+/// the server's own limits.
+fn connack_properties(
+    a: &Admitted,
+    granted: Granted,
+    broker: &Broker,
+    listener: &ListenerInfo,
+) -> Properties {
+    let limits = &broker.config().limits;
+    let mut props = Properties::default();
+    props.assigned_client_identifier = a.assigned.clone();
+    props.session_expiry_interval = granted.expiry;
+    props.server_keep_alive = granted.keep_alive;
+    if limits.max_inflight != u16::MAX {
+        props.receive_maximum = Some(limits.max_inflight);
+    }
+    props.maximum_packet_size = Some(listener.max_packet_size);
+    if limits.topic_alias_maximum > 0 {
+        props.topic_alias_maximum = Some(limits.topic_alias_maximum);
+    }
+    if a.connect.properties.request_response_information == Some(1) {
+        props.response_information = Some(format!("response/{}", a.client_id));
+    }
+    props
+}

@@ -1,0 +1,370 @@
+//! What the client sends after CONNECT: a handler per packet type.
+
+use super::exit::Exit;
+use super::Connection;
+use crate::codec::{
+    self, Ack, AckKind, Disconnect, Packet, Properties, Publish, QoS, ReasonCode, RetainHandling,
+    SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Version, Will,
+};
+use crate::hooks::{Action, Decision, PublishOutcome, RateEvent, RateOutcome};
+use crate::message::{Delivery, Message};
+use crate::metrics::DropCause;
+use crate::topic;
+use crate::FastMap;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+
+/// The state of what the client sends.
+pub(super) struct Inbound {
+    /// Topic aliases the client established towards us.
+    aliases: FastMap<u16, String>,
+    /// A rate-limit plugin throttled the client: nothing is read before this.
+    paused_until: Option<Instant>,
+    /// The session expiry asked at CONNECT: 0 may not become more at DISCONNECT.
+    connect_expiry: u32,
+    will: Option<Will>,
+}
+
+impl Inbound {
+    pub(super) fn new(connect_expiry: u32, will: Option<Will>) -> Inbound {
+        Inbound {
+            aliases: FastMap::default(),
+            paused_until: None,
+            connect_expiry,
+            will,
+        }
+    }
+
+    pub(super) fn paused_until(&self) -> Option<Instant> {
+        self.paused_until
+    }
+
+    pub(super) fn resume(&mut self) {
+        self.paused_until = None;
+    }
+
+    fn pause_for(&mut self, d: std::time::Duration) {
+        self.paused_until = Some(Instant::now() + d);
+    }
+
+    pub(super) fn take_will(&mut self) -> Option<Will> {
+        self.will.take()
+    }
+
+    /// Resolves a 5.0 topic alias into the PUBLISH's topic, or records a new one.
+    fn resolve_alias(&mut self, p: &mut Publish, maximum: u16) -> Result<(), Exit> {
+        let Some(alias) = p.properties.topic_alias else {
+            return Ok(());
+        };
+        if alias > maximum {
+            return Err(Exit::protocol(
+                ReasonCode::TopicAliasInvalid,
+                format!("topic alias {alias} exceeds the maximum {maximum}"),
+            ));
+        }
+        if !p.topic.is_empty() {
+            self.aliases.insert(alias, p.topic.clone());
+            return Ok(());
+        }
+        match self.aliases.get(&alias) {
+            Some(t) => {
+                p.topic = t.clone();
+                Ok(())
+            }
+            None => Err(Exit::protocol(
+                ReasonCode::ProtocolError,
+                format!("unknown topic alias {alias}"),
+            )),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
+    /// Parses and handles every complete packet in the read buffer.
+    pub(super) fn process_input(&mut self) -> Result<(), Exit> {
+        let max = self.client.listener.max_packet_size as usize;
+        while self.inbound.paused_until.is_none() {
+            let Some(frame) = self.io.next_frame(max)? else {
+                break;
+            };
+            let packet = codec::decode(frame, self.client.version)?;
+            self.handle(packet)?;
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, packet: Packet) -> Result<(), Exit> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p),
+            Packet::Ack(a) => {
+                self.on_ack(a);
+                Ok(())
+            }
+            Packet::Subscribe(s) => self.on_subscribe(s),
+            Packet::Unsubscribe(u) => {
+                self.on_unsubscribe(u);
+                Ok(())
+            }
+            Packet::PingReq => {
+                self.emit(&Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(d) => Err(self.on_disconnect(d)),
+            Packet::Connect(_) => Err(Exit::protocol(ReasonCode::ProtocolError, "second CONNECT")),
+            Packet::Auth(_) => Err(Exit::protocol(
+                ReasonCode::ProtocolError,
+                "AUTH without enhanced authentication",
+            )),
+            other => Err(Exit::protocol(
+                ReasonCode::ProtocolError,
+                format!("{} may only be sent by a server", other.name()),
+            )),
+        }
+    }
+
+    fn on_publish(&mut self, mut p: Publish) -> Result<(), Exit> {
+        let limits = &self.broker.config().limits;
+        self.inbound
+            .resolve_alias(&mut p, limits.topic_alias_maximum)?;
+        if p.topic.len() > limits.max_topic_length
+            || topic::levels(&p.topic) > limits.max_topic_levels
+        {
+            return Err(Exit::protocol(
+                ReasonCode::TopicNameInvalid,
+                "topic exceeds the configured length or levels",
+            ));
+        }
+        if !p.properties.subscription_identifiers.is_empty() {
+            return Err(Exit::protocol(
+                ReasonCode::ProtocolError,
+                "subscription identifier in a client PUBLISH",
+            ));
+        }
+        let (qos, pid) = (p.qos, p.pid);
+        self.broker.metrics().received_message();
+        if qos == QoS::ExactlyOnce && self.session.is_receiving_qos2(pid) {
+            // A resend of a message already routed: acknowledge again, route nothing.
+            self.ack(
+                Packet::Ack(Ack::new(AckKind::PubRec, pid)),
+                false,
+                Vec::new(),
+            );
+            return Ok(());
+        }
+        if qos != QoS::AtMostOnce {
+            self.check_receive_maximum()?;
+        }
+        let mut msg = Message::from_publish(p, Some(self.client.client_id.clone()));
+        match self.client.hooks.publish(&mut msg) {
+            PublishOutcome::Route { throttle } => {
+                if let Some(d) = throttle {
+                    self.inbound.pause_for(d);
+                }
+                self.route(Arc::new(msg), pid);
+            }
+            PublishOutcome::Refuse { code, why } => {
+                self.refuse_publish(qos, pid, code, &msg.topic, why)
+            }
+        }
+        Ok(())
+    }
+
+    /// QoS 1 messages whose PUBACK is held, plus QoS 2 messages not yet released, may
+    /// not exceed the Receive Maximum the broker announced.
+    fn check_receive_maximum(&self) -> Result<(), Exit> {
+        let unacked = self.outbound.held_pubacks() + self.session.qos2_receipts();
+        if unacked >= self.broker.config().limits.max_inflight as usize {
+            return Err(Exit::protocol(
+                ReasonCode::ReceiveMaximumExceeded,
+                "client exceeded our Receive Maximum",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Routes an accepted message and acknowledges it once what it changed is durable.
+    fn route(&mut self, msg: Arc<Message>, pid: u16) {
+        let qos = msg.qos;
+        let mut stored = self.broker.publish(msg);
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.ack(
+                Packet::Ack(Ack::new(AckKind::PubAck, pid)),
+                stored,
+                Vec::new(),
+            ),
+            QoS::ExactlyOnce => {
+                stored |= self.broker.receive_qos2(&self.session, pid);
+                self.ack(
+                    Packet::Ack(Ack::new(AckKind::PubRec, pid)),
+                    stored,
+                    Vec::new(),
+                );
+            }
+        }
+    }
+
+    /// Answers a PUBLISH that is not routed: a 5.0 publisher gets the reason code in its
+    /// PUBACK or PUBREC; a 3.1.1 publisher (no way to say no) and QoS 0 get nothing.
+    fn refuse_publish(&mut self, qos: QoS, pid: u16, code: ReasonCode, topic: &str, why: &str) {
+        self.broker.metrics().dropped(DropCause::Denied, 1);
+        tracing::debug!(client_id = %self.client.client_id, topic, code = %code, "publish {why}");
+        let kind = match qos {
+            QoS::AtMostOnce => return,
+            QoS::AtLeastOnce => AckKind::PubAck,
+            QoS::ExactlyOnce => AckKind::PubRec,
+        };
+        self.ack(
+            Packet::Ack(Ack::with_code(kind, pid, code)),
+            false,
+            Vec::new(),
+        );
+    }
+
+    fn on_ack(&mut self, a: Ack) {
+        let v5 = self.client.version == Version::V5;
+        let not_found = |known: bool| match known || !v5 {
+            true => ReasonCode::Success,
+            false => ReasonCode::PacketIdentifierNotFound,
+        };
+        match a.kind {
+            AckKind::PubAck | AckKind::PubComp => {
+                self.broker.acknowledged(&self.session, a.pid);
+            }
+            AckKind::PubRec if a.code.is_failure() => {
+                self.broker.acknowledged(&self.session, a.pid);
+            }
+            AckKind::PubRec => {
+                let known = self.broker.received(&self.session, a.pid);
+                let code = not_found(known);
+                self.emit(&Packet::Ack(Ack::with_code(AckKind::PubRel, a.pid, code)));
+            }
+            AckKind::PubRel => {
+                let had = self.broker.release_qos2(&self.session, a.pid);
+                let code = not_found(had);
+                self.emit(&Packet::Ack(Ack::with_code(AckKind::PubComp, a.pid, code)));
+            }
+        }
+    }
+
+    fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Exit> {
+        let sub_id = s.properties.subscription_identifiers.first().copied();
+        if self.broker.hooks().limits_rate() {
+            match self.client.hooks.rate_limit(RateEvent::Subscribe) {
+                RateOutcome::Allow => {}
+                RateOutcome::Reject(code) => {
+                    let codes = vec![code; s.filters.len()];
+                    self.suback(s.pid, codes, false, Vec::new());
+                    return Ok(());
+                }
+                RateOutcome::Throttle(d) => self.inbound.pause_for(d),
+            }
+        }
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut then = Vec::new();
+        for (filter, opts) in s.filters {
+            codes.push(self.subscribe_one(&filter, opts, sub_id, &mut then)?);
+        }
+        let changed = codes.iter().any(|c| !c.is_failure());
+        let stored = changed && self.broker.record_session(&self.session);
+        self.suback(s.pid, codes, stored, then);
+        Ok(())
+    }
+
+    /// One filter of a SUBSCRIBE: its reason code, and the retained messages it gets
+    /// added to `then`.
+    fn subscribe_one(
+        &mut self,
+        filter: &str,
+        opts: SubscriptionOptions,
+        sub_id: Option<u32>,
+        then: &mut Vec<Delivery>,
+    ) -> Result<ReasonCode, Exit> {
+        let limits = &self.broker.config().limits;
+        let shared = match topic::parse_shared(filter) {
+            Ok(Some(_)) => true,
+            Ok(None) if topic::validate_filter(filter).is_ok() => false,
+            _ => return Ok(ReasonCode::TopicFilterInvalid),
+        };
+        if filter.len() > limits.max_topic_length || topic::levels(filter) > limits.max_topic_levels
+        {
+            return Ok(ReasonCode::TopicFilterInvalid);
+        }
+        if shared && opts.no_local && self.client.version == Version::V5 {
+            return Err(Exit::protocol(
+                ReasonCode::ProtocolError,
+                "No Local set on a shared subscription",
+            ));
+        }
+        let decision = self
+            .client
+            .hooks
+            .authorize(Action::Subscribe, filter, opts.qos, false);
+        if let Decision::Deny(code) = decision {
+            return Ok(code);
+        }
+        let existed = self.broker.subscribe(&self.session, filter, opts, sub_id);
+        let send_retained = match opts.retain_handling {
+            RetainHandling::SendAlways => true,
+            RetainHandling::SendIfNew => !existed,
+            RetainHandling::Never => false,
+        };
+        if send_retained && !shared {
+            let authorizes = self.broker.hooks().authorizes();
+            let hooks = &mut self.client.hooks;
+            // A wildcard filter may cover topics this client may not read.
+            let mut readable = |d: &Delivery| {
+                let t = &d.message.topic;
+                !authorizes || hooks.authorize(Action::Subscribe, t, d.qos, true) == Decision::Allow
+            };
+            let retained = self.broker.retained_for(filter, opts, sub_id);
+            then.extend(retained.into_iter().filter(|d| readable(d)));
+        }
+        Ok(ReasonCode::granted(opts.qos as u8))
+    }
+
+    fn suback(&mut self, pid: u16, codes: Vec<ReasonCode>, stored: bool, then: Vec<Delivery>) {
+        let suback = SubAck {
+            pid,
+            codes,
+            properties: Properties::default(),
+        };
+        self.ack(Packet::SubAck(suback), stored, then);
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe) {
+        let codes = u
+            .filters
+            .iter()
+            .map(|f| match self.broker.unsubscribe(&self.session, f) {
+                true => ReasonCode::Success,
+                false => ReasonCode::NoSubscriptionExisted,
+            })
+            .collect();
+        let stored = self.broker.record_session(&self.session);
+        let unsuback = UnsubAck {
+            pid: u.pid,
+            codes,
+            properties: Properties::default(),
+        };
+        self.ack(Packet::UnsubAck(unsuback), stored, Vec::new());
+    }
+
+    /// DISCONNECT always ends the connection: why.
+    fn on_disconnect(&mut self, d: Disconnect) -> Exit {
+        if let Some(e) = d.properties.session_expiry_interval {
+            if self.inbound.connect_expiry == 0 && e != 0 {
+                return Exit::protocol(
+                    ReasonCode::ProtocolError,
+                    "session expiry set on DISCONNECT after 0 at CONNECT",
+                );
+            }
+            let max = self.broker.config().limits.max_session_expiry_secs;
+            self.session.set_expiry(e.min(max));
+        }
+        Exit::ClientDisconnect {
+            will: d.code == ReasonCode::DisconnectWithWill,
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! One client connection: its protocol state and the task that runs it.
+//!
+//! The task owns the socket. It parses every complete packet in its read buffer before
+//! awaiting again, and everything it has to say (acknowledgements, deliveries) goes into
+//! one write buffer that is written once per wake-up. It never blocks on another client:
+//! publishing only pushes into bounded session queues. Acknowledgements that promise
+//! durability are held until the store's group commit covers them.
+//!
+//! One file per phase: `framed` (the socket and its buffers), `handshake` (CONNECT in,
+//! a connection or a refusal out), `inbound` (a handler per packet the client sends),
+//! `outbound` (held acknowledgements, deliveries from the session), `exit` (why it
+//! ended and the ending).
+
+mod exit;
+mod framed;
+mod handshake;
+mod inbound;
+mod outbound;
+
+use crate::broker::Broker;
+use crate::codec::Version;
+use crate::hooks::{ClientHooks, PeerIdentity};
+use crate::session::{Control, Session};
+use exit::Exit;
+use framed::Framed;
+use inbound::Inbound;
+use outbound::Outbound;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{sleep_until, Instant};
+
+/// What a connection needs to know about the listener that accepted it.
+#[derive(Debug)]
+pub struct ListenerInfo {
+    pub name: Arc<str>,
+    pub allow_anonymous: bool,
+    pub max_packet_size: u32,
+    /// Replace the client's username with its certificate's common name.
+    pub use_identity_as_username: bool,
+    /// Connected clients on this listener, for metrics.
+    connections: AtomicU64,
+}
+
+impl ListenerInfo {
+    pub fn new(
+        name: Arc<str>,
+        allow_anonymous: bool,
+        max_packet_size: u32,
+        use_identity_as_username: bool,
+    ) -> ListenerInfo {
+        ListenerInfo {
+            name,
+            allow_anonymous,
+            max_packet_size,
+            use_identity_as_username,
+            connections: AtomicU64::new(0),
+        }
+    }
+
+    /// Clients connected through this listener now.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    fn connected(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn disconnected(&self) {
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The far end of a connection as the listener saw it.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// From a client certificate verified during the TLS handshake.
+    pub certificate: Option<PeerIdentity>,
+}
+
+/// Runs one connection from its first byte to its end. `over_limit` says the listener
+/// is full: the client is told so in a CONNACK rather than just cut off.
+///
+/// What an idle connection costs is mostly the size of this future, so the CONNECT
+/// handling and the teardown are boxed futures of their own: their locals (the CONNECT
+/// packet, its properties, hook arguments, the will) live only while they run, not in
+/// the state every connection keeps for its whole life.
+pub async fn serve<S>(
+    io: S,
+    from: Peer,
+    listener: Arc<ListenerInfo>,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+    over_limit: bool,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let opening = Box::pin(handshake::open(
+        io, from, listener, broker, shutdown, over_limit,
+    ));
+    let Some(mut conn) = opening.await else {
+        return;
+    };
+    let exit = conn.run().await;
+    Box::pin(conn.finish(exit)).await;
+}
+
+/// Who the client is, fixed at CONNECT.
+struct Client {
+    version: Version,
+    client_id: Arc<str>,
+    /// What the hooks keep for this connection lives here.
+    hooks: Box<dyn ClientHooks>,
+    /// Unique per connection; tells whether the session is still this connection's.
+    conn_id: u64,
+    listener: Arc<ListenerInfo>,
+    peer: SocketAddr,
+}
+
+struct Connection<S> {
+    io: Framed<S>,
+    client: Client,
+    session: Arc<Session>,
+    broker: Arc<Broker>,
+    inbound: Inbound,
+    outbound: Outbound,
+    /// 1.5 times the keep alive: silence longer than this ends the connection.
+    keep_alive: Option<Duration>,
+    control: mpsc::UnboundedReceiver<Control>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
+    async fn run(&mut self) -> Exit {
+        // Clients may pipeline packets behind CONNECT; they are in the buffer already
+        // and no further read may come to trigger their handling.
+        if let Err(e) = self.process_input().and_then(|_| self.drain()) {
+            return e;
+        }
+        let mut last_read = Instant::now();
+        loop {
+            match self.io.flush().await {
+                Ok(n) => self.broker.metrics().wrote_bytes(n),
+                Err(e) => return e,
+            }
+            let step = self.next_event(&mut last_read).await;
+            if let Err(e) = step
+                .and_then(|_| self.release_acks())
+                .and_then(|_| self.drain())
+            {
+                return e;
+            }
+        }
+    }
+
+    /// Waits for the next thing to do and does it: input to handle, a session with
+    /// something to send, a durable commit, an order from the broker, a deadline.
+    async fn next_event(&mut self, last_read: &mut Instant) -> Result<(), Exit> {
+        // While a rate limit holds the client back its silence is ours, not its own.
+        let paused = self.inbound.paused_until();
+        let deadline = self
+            .keep_alive
+            .filter(|_| paused.is_none())
+            .map(|k| *last_read + k);
+        let holding = self.outbound.is_holding();
+        tokio::select! {
+            _ = sleep_until(paused.unwrap_or_else(Instant::now)), if paused.is_some() => {
+                self.inbound.resume();
+                *last_read = Instant::now();
+                self.process_input()
+            }
+            r = self.io.read(), if paused.is_none() => match r {
+                Ok(0) => Err(Exit::Closed),
+                Ok(n) => {
+                    *last_read = Instant::now();
+                    self.broker.metrics().read_bytes(n);
+                    self.process_input()
+                }
+                Err(e) => Err(Exit::Io(e)),
+            },
+            _ = self.session.woken() => Ok(()),
+            c = self.control.recv() => match c {
+                Some(Control::TakenOver) | None => Err(Exit::TakenOver),
+                Some(Control::Kick(code)) => Err(Exit::Kicked(code)),
+            },
+            _ = self.shutdown.changed() => Err(Exit::Shutdown),
+            _ = self.outbound.durable_changed(), if holding => Ok(()),
+            _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => Err(Exit::KeepAlive),
+        }
+    }
+}

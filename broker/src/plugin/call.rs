@@ -1,0 +1,391 @@
+//! One hook call's walk of the chain. [`Call::walk`] is the one loop every hook runs:
+//! the enabled plugins that export the hook, in order, each asked (or answered from
+//! what was kept) until one decides, a failure handed to the plugin's `on_error`. What
+//! differs per hook is how a plugin is asked and what its answer means.
+
+use super::answers::{self, Answer, Question, Replacement};
+use super::bindings::weir::plugin::types as wit;
+use super::chain::{Chain, PluginChain};
+use super::convert;
+use super::instance::{Failure, Plugin};
+use super::kept::Kept;
+use super::Hook;
+use crate::codec::{QoS, ReasonCode};
+use crate::config::{AllowDeny, AuthDefault, OnError};
+use crate::hooks::{
+    listener_rule, Action, AuthOutcome, ClientInfo, ConnectInfo, Decision, RateEvent, RateOutcome,
+};
+use crate::message::Message;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Longest a plugin may throttle a client in one answer; more is an invalid answer.
+const MAX_THROTTLE: Duration = Duration::from_secs(3600);
+
+/// What asking one plugin came to.
+enum Step<T> {
+    /// Nothing decided: ask the next plugin.
+    Next,
+    Done(T),
+    Failed(Failure),
+}
+
+impl<T> From<Result<Option<T>, Failure>> for Step<T> {
+    fn from(r: Result<Option<T>, Failure>) -> Step<T> {
+        match r {
+            Ok(Some(t)) => Step::Done(t),
+            Ok(None) => Step::Next,
+            Err(f) => Step::Failed(f),
+        }
+    }
+}
+
+/// One hook call's view of the chain: the plugins as they are now, and what the calling
+/// connection kept of their answers, or, for a call with no connection behind it, an
+/// empty `Kept` that keeps nothing (it has no plugin slots until `check`).
+pub(super) struct Call<'c> {
+    chain: &'c PluginChain,
+    plugins: arc_swap::Guard<Chain>,
+    kept: Option<&'c mut Kept>,
+    none: Kept,
+}
+
+impl<'c> Call<'c> {
+    pub(super) fn new(
+        chain: &'c PluginChain,
+        plugins: arc_swap::Guard<Chain>,
+        kept: Option<&'c mut Kept>,
+    ) -> Call<'c> {
+        Call {
+            chain,
+            plugins,
+            kept,
+            none: Kept::default(),
+        }
+    }
+
+    /// Asks each enabled plugin exporting `hook`, in order, until `ask` decides. A
+    /// plugin that fails is logged and counted, and `on_failure` says what its
+    /// `on_error` policy decides (`None`: ask the next one). `None` if nobody decided.
+    fn walk<T>(
+        &mut self,
+        hook: Hook,
+        mut ask: impl FnMut(&mut Kept, usize, &Plugin) -> Step<T>,
+        on_failure: impl Fn(&Plugin, OnError) -> Option<T>,
+    ) -> Option<T> {
+        let kept = self.kept.as_deref_mut().unwrap_or(&mut self.none);
+        for (i, p) in self.plugins.iter().enumerate() {
+            if !p.hooks().has(hook) || !p.stats.enabled() {
+                continue;
+            }
+            match ask(kept, i, p) {
+                Step::Next => {}
+                Step::Done(t) => return Some(t),
+                Step::Failed(f) => {
+                    if let Some(t) = on_failure(p, self.chain.failed(p, hook, &f)) {
+                        return Some(t);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    pub(super) fn authenticate(&mut self, info: &ConnectInfo<'_>) -> AuthOutcome {
+        let mut arg = None;
+        let decided = self.walk(
+            Hook::Authenticate,
+            |_, _, p| {
+                let arg = arg.get_or_insert_with(|| convert::connect_info(info));
+                let answer = p.call(|g, s| match &g.authn {
+                    Some(h) => h.call_authenticate(s, arg),
+                    None => Ok(wit::AuthResult::Defer),
+                });
+                answer.and_then(|r| admission(p, r)).into()
+            },
+            |p, policy| match policy {
+                OnError::Deny => Some(AuthOutcome::Deny {
+                    code: ReasonCode::NotAuthorized,
+                    reason: format!("authentication plugin '{}' failed", p.name),
+                }),
+                OnError::Allow => Some(AuthOutcome::Allow {
+                    username: None,
+                    attributes: Vec::new(),
+                }),
+                OnError::Defer => None,
+            },
+        );
+        decided.unwrap_or_else(|| match self.chain.defaults.authenticate_default {
+            AuthDefault::Listener => listener_rule(info),
+            AuthDefault::Allow => AuthOutcome::Allow {
+                username: None,
+                attributes: Vec::new(),
+            },
+            AuthDefault::Deny => AuthOutcome::Deny {
+                code: ReasonCode::NotAuthorized,
+                reason: "no plugin admitted this client".into(),
+            },
+        })
+    }
+
+    pub(super) fn authorize(
+        &mut self,
+        client: &ClientInfo<'_>,
+        action: Action,
+        topic: &str,
+        qos: QoS,
+        retain: bool,
+    ) -> Decision {
+        let q = Question::Authorize(action, qos, retain);
+        let mut args = None;
+        let decided = self.walk(
+            Hook::Authorize,
+            |kept, i, p| {
+                let ask = Ask { i, p, client };
+                if let Some(Answer::Authorize(d)) = ask.reusable(kept, topic, q) {
+                    p.stats.reused();
+                    return d.map_or(Step::Next, |d| Step::Done(counted(p, d)));
+                }
+                let (c, a) = args.get_or_insert_with(|| {
+                    let a = convert::access(action, topic, qos, retain);
+                    (convert::client(client), a)
+                });
+                let answer = p.call_reusable(|g, s| match &g.authz {
+                    Some(h) => h.call_authorize(s, c, a),
+                    None => Ok(wit::Decision::Defer),
+                });
+                let decided = answer.and_then(|(r, grants)| {
+                    let d = decision(r)?.map(|d| counted(p, d));
+                    if let Some(ms) = grants.reuse_ms {
+                        ask.reuse(kept, topic, q, Answer::Authorize(d), ms);
+                    }
+                    Ok(d)
+                });
+                decided.into()
+            },
+            |_, policy| match policy {
+                OnError::Deny => Some(Decision::Deny(ReasonCode::NotAuthorized)),
+                OnError::Allow => Some(Decision::Allow),
+                OnError::Defer => None,
+            },
+        );
+        decided.unwrap_or(match self.chain.defaults.authorize_default {
+            AllowDeny::Allow => Decision::Allow,
+            AllowDeny::Deny => Decision::Deny(ReasonCode::NotAuthorized),
+        })
+    }
+
+    /// The transforms, each seeing the message as the one before left it, changing it in
+    /// place; the reason code if one dropped it.
+    pub(super) fn transform(
+        &mut self,
+        client: &ClientInfo<'_>,
+        message: &mut Message,
+    ) -> Option<ReasonCode> {
+        let max_packet = self.chain.max_packet;
+        // A reused answer was given for the message as published, not for what an
+        // earlier plugin made of it: reuse stops at the first change.
+        let mut changed = false;
+        let mut c = None;
+        let mut header = None;
+        let mut question =
+            |m: &Message| Question::Transform(*header.get_or_insert_with(|| answers::header(m)));
+        self.walk(
+            Hook::Transform,
+            |kept, i, p| {
+                let original = !changed;
+                let ask = Ask { i, p, client };
+                // Nothing is kept for a plugin that never allowed reuse.
+                if original && p.answers.in_use() {
+                    match ask.reusable(kept, &message.topic, question(message)) {
+                        Some(Answer::Keep) => {
+                            p.stats.reused();
+                            return Step::Next;
+                        }
+                        Some(Answer::Replace(r)) if r.apply(message, max_packet) => {
+                            p.stats.reused();
+                            changed = true;
+                            return Step::Next;
+                        }
+                        _ => {}
+                    }
+                }
+                let c = c.get_or_insert_with(|| convert::client(client));
+                let m = convert::message(message);
+                let answer = p.call_reusable(|g, s| match &g.transformer {
+                    Some(h) => h.call_transform(s, c, &m),
+                    None => Ok(wit::TransformResult::Keep),
+                });
+                let decided = answer.and_then(|(r, grants)| {
+                    let reuse = grants.reuse_ms.filter(|_| original);
+                    match r {
+                        wit::TransformResult::Keep => {
+                            if let Some(ms) = reuse {
+                                let q = question(message);
+                                ask.reuse(kept, &message.topic, q, Answer::Keep, ms);
+                            }
+                            Ok(None)
+                        }
+                        wit::TransformResult::Drop(code) => {
+                            let code = convert::failure_code(code, "drop")?;
+                            p.stats.denied();
+                            Ok(Some(code))
+                        }
+                        wit::TransformResult::Replace(m) => {
+                            let m = convert::replacement(m, message, max_packet)?;
+                            if let Some(ms) = reuse {
+                                let q = question(message);
+                                if let Some(r) = Replacement::of(&m, message) {
+                                    let answer = Answer::Replace(Arc::new(r));
+                                    ask.reuse(kept, &message.topic, q, answer, ms);
+                                }
+                            }
+                            *message = m;
+                            changed = true;
+                            Ok(None)
+                        }
+                    }
+                });
+                decided.into()
+            },
+            |_, policy| {
+                (policy == OnError::Deny).then_some(ReasonCode::ImplementationSpecificError)
+            },
+        )
+    }
+
+    pub(super) fn rate_limit(&mut self, client: &ClientInfo<'_>, event: RateEvent) -> RateOutcome {
+        let mut throttle = Duration::ZERO;
+        let mut c = None;
+        let rejected = self.walk(
+            Hook::RateLimit,
+            |kept, i, p| {
+                if let RateEvent::Publish(bytes) = event {
+                    if kept.take_lease(i, bytes) {
+                        p.stats.reused();
+                        return Step::Next;
+                    }
+                }
+                let c = c.get_or_insert_with(|| convert::client(client));
+                let e = convert::event(event);
+                let answer = p.call_reusable(|g, s| match &g.limiter {
+                    Some(h) => h.call_rate_limit(s, c, e),
+                    None => Ok(wit::RateResult::Allow),
+                });
+                let decided = answer.and_then(|(r, grants)| match r {
+                    wit::RateResult::Allow => {
+                        // Kept by the connection only: a lease is a budget, and one copy
+                        // of it is what bounds the client. A call with no connection
+                        // behind it lets the lease go unused, which costs only tokens.
+                        if let (RateEvent::Publish(_), Some((events, bytes, ms))) =
+                            (event, grants.lease)
+                        {
+                            if let Some(until) = answers::until(ms) {
+                                kept.lease(i, events, bytes, until);
+                            }
+                        }
+                        Ok(None)
+                    }
+                    wit::RateResult::Reject(code) => {
+                        let code = convert::failure_code(code, "reject")?;
+                        p.stats.denied();
+                        Ok(Some(code))
+                    }
+                    wit::RateResult::Throttle(ms) => {
+                        throttle = throttle.max(throttle_of(ms)?);
+                        Ok(None)
+                    }
+                });
+                decided.into()
+            },
+            |_, policy| (policy == OnError::Deny).then_some(ReasonCode::UnspecifiedError),
+        );
+        match rejected {
+            Some(code) => RateOutcome::Reject(code),
+            None if throttle.is_zero() => RateOutcome::Allow,
+            None => RateOutcome::Throttle(throttle),
+        }
+    }
+}
+
+/// What an authentication plugin's answer means; `None` defers.
+fn admission(p: &Plugin, r: wit::AuthResult) -> Result<Option<AuthOutcome>, Failure> {
+    Ok(match r {
+        wit::AuthResult::Allow(a) => Some(AuthOutcome::Allow {
+            username: a.username,
+            attributes: a
+                .attributes
+                .into_iter()
+                .map(|p| (p.name, p.value))
+                .collect(),
+        }),
+        wit::AuthResult::Deny(d) => {
+            let code = convert::failure_code(d.reason_code, "deny")?;
+            p.stats.denied();
+            Some(AuthOutcome::Deny {
+                code,
+                reason: d.reason,
+            })
+        }
+        wit::AuthResult::Defer => None,
+    })
+}
+
+/// What an authorization plugin's answer means; `None` defers.
+fn decision(r: wit::Decision) -> Result<Option<Decision>, Failure> {
+    Ok(match r {
+        wit::Decision::Allow => Some(Decision::Allow),
+        wit::Decision::Deny(code) => Some(Decision::Deny(convert::failure_code(code, "deny")?)),
+        wit::Decision::Defer => None,
+    })
+}
+
+/// Counts a denial, given or reused.
+fn counted(p: &Plugin, d: Decision) -> Decision {
+    if matches!(d, Decision::Deny(_)) {
+        p.stats.denied();
+    }
+    d
+}
+
+fn throttle_of(ms: u64) -> Result<Duration, Failure> {
+    let d = Duration::from_millis(ms);
+    if d > MAX_THROTTLE {
+        return Err(Failure::Invalid(format!(
+            "throttle of {ms} ms is over an hour"
+        )));
+    }
+    Ok(d)
+}
+
+/// The plugin at position `i` of the chain, asked on behalf of `client`.
+struct Ask<'a> {
+    i: usize,
+    p: &'a Plugin,
+    client: &'a ClientInfo<'a>,
+}
+
+impl Ask<'_> {
+    /// The answer to `q` on `topic` the plugin allows to be reused: the connection's own
+    /// copy, or else the shared cache's, which the connection then keeps.
+    fn reusable(&self, kept: &mut Kept, topic: &str, q: Question) -> Option<Answer> {
+        if let Some(a) = kept.get(self.i, topic, q) {
+            return Some(a.clone());
+        }
+        let (a, until) = self.p.answers.get(self.client, topic, q)?;
+        kept.put(self.i, topic, q, a.clone(), until);
+        Some(a)
+    }
+
+    /// Keeps an answer the plugin allowed to be reused for `ms`, in the shared cache and
+    /// in the connection's.
+    fn reuse(&self, kept: &mut Kept, topic: &str, q: Question, answer: Answer, ms: u32) {
+        if let Some(until) = self
+            .p
+            .answers
+            .put(self.client, topic, q, answer.clone(), ms)
+        {
+            kept.put(self.i, topic, q, answer, until);
+        }
+    }
+}

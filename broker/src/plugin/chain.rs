@@ -1,0 +1,285 @@
+//! The chain of loaded plugins, in configuration order, and everything that changes it:
+//! load, reload (file watcher, admin API), reconfiguration (SIGHUP), enable/disable.
+//! Every change swaps in a new list at once, so a call in progress never sees half of it.
+
+use super::call::Call;
+use super::host_api::SharedState;
+use super::instance::{Failure, Plugin};
+use super::kept::Kept;
+use super::runtime::Runtime;
+use super::{Hook, HookSet, PluginError, Stats};
+use crate::codec::ReasonCode;
+use crate::config::{Config, OnError, PluginConfig, PluginsConfig};
+use crate::hooks::ClientInfo;
+use crate::message::Message;
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+
+/// The plugins in configuration order, as one call sees them.
+pub(super) type Chain = Arc<Vec<Arc<Plugin>>>;
+
+pub struct PluginChain {
+    runtime: Runtime,
+    /// The chain as calls see it. A call takes a snapshot (an `Arc` clone), so a swap
+    /// never disturbs a call in progress, and a replaced version is freed when the last
+    /// call holding it ends.
+    /// Read for every hook call from every worker: an `ArcSwap` load touches no cache
+    /// line shared between threads, where a lock or a reference count would bounce one
+    /// between cores several times per message.
+    plugins: ArcSwap<Vec<Arc<Plugin>>>,
+    /// Which hooks some enabled plugin implements (a [`HookSet`]), asked for every
+    /// message; kept up to date by whatever changes the chain or switches a plugin.
+    active: AtomicU8,
+    /// Changed whenever the chain or a plugin's part in it changes, after the change:
+    /// a connection that sees a new value forgets the answers it kept (`kept`).
+    generation: AtomicU64,
+    /// Serialises recomputing `active`, so a stale mask never overwrites a newer one.
+    refreshing: Mutex<()>,
+    /// What each plugin was loaded from, to load it again.
+    configs: Mutex<Vec<PluginConfig>>,
+    /// One reload at a time (file watcher, admin API, SIGHUP).
+    reloading: Mutex<()>,
+    /// By plugin name: host-side state and counters outlive any one loaded version.
+    states: Mutex<HashMap<String, Arc<SharedState>>>,
+    stats: Mutex<HashMap<String, Arc<Stats>>>,
+    pub(super) defaults: PluginsConfig,
+    pub(super) max_packet: usize,
+}
+
+impl PluginChain {
+    /// Loads every configured plugin; any that fails to compile, link or `init` stops
+    /// startup with an error naming it.
+    pub fn load(config: &Config) -> Result<PluginChain, PluginError> {
+        let cache_dir = config
+            .plugins
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| config.storage.dir.join("plugin-cache"));
+        let fuel =
+            config.plugins.fuel > 0 || config.plugin.iter().any(|p| p.fuel.is_some_and(|f| f > 0));
+        let max_memory = config
+            .plugin
+            .iter()
+            .map(|p| p.memory_mb.unwrap_or(config.plugins.memory_mb))
+            .max();
+        let runtime = Runtime::new(
+            &config.plugins,
+            cache_dir,
+            fuel,
+            max_memory.unwrap_or(config.plugins.memory_mb),
+        )?;
+        let chain = PluginChain {
+            runtime,
+            plugins: ArcSwap::from_pointee(Vec::new()),
+            active: AtomicU8::new(0),
+            generation: AtomicU64::new(0),
+            refreshing: Mutex::new(()),
+            configs: Mutex::new(config.plugin.clone()),
+            reloading: Mutex::new(()),
+            states: Mutex::default(),
+            stats: Mutex::default(),
+            defaults: config.plugins.clone(),
+            max_packet: config.limits.max_packet_size as usize,
+        };
+        let mut loaded = Vec::new();
+        for p in &config.plugin {
+            loaded.push(Arc::new(chain.load_one(p)?));
+        }
+        chain.plugins.store(Arc::new(loaded));
+        chain.refresh_active();
+        Ok(chain)
+    }
+
+    fn load_one(&self, cfg: &PluginConfig) -> Result<Plugin, PluginError> {
+        let state = self
+            .states
+            .lock()
+            .entry(cfg.name.clone())
+            .or_default()
+            .clone();
+        let stats = self
+            .stats
+            .lock()
+            .entry(cfg.name.clone())
+            .or_default()
+            .clone();
+        let plugin = Plugin::load(&self.runtime, cfg, &self.defaults, state, stats)?;
+        tracing::info!(plugin = %plugin.name, hooks = ?plugin.hooks(), sha256 = %plugin.hash, "plugin loaded");
+        Ok(plugin)
+    }
+
+    /// The chain as it is now, disabled plugins included.
+    pub fn plugins(&self) -> Arc<Vec<Arc<Plugin>>> {
+        self.plugins.load_full()
+    }
+
+    /// The chain for one hook call.
+    pub(super) fn current(&self) -> arc_swap::Guard<Chain> {
+        self.plugins.load()
+    }
+
+    /// Loads the plugin's file again and, if the new version compiles, links and
+    /// `init`s, swaps it in; otherwise the current version keeps serving and the
+    /// rejection is recorded. Runs on the caller's thread, never on a connection's.
+    pub fn reload(&self, name: &str) -> Result<Arc<Plugin>, PluginError> {
+        let _one = self.reloading.lock();
+        let cfg = {
+            let configs = self.configs.lock();
+            configs
+                .iter()
+                .find(|c| c.name == name)
+                .cloned()
+                .ok_or_else(|| PluginError::Unknown(name.into()))?
+        };
+        let stats = self.stats_of(name);
+        match self.load_one(&cfg) {
+            Ok(p) => {
+                let fresh = Arc::new(p);
+                let mut list: Vec<Arc<Plugin>> = self.plugins().iter().cloned().collect();
+                for slot in list.iter_mut().filter(|p| &*p.name == name) {
+                    *slot = fresh.clone();
+                }
+                self.plugins.store(Arc::new(list));
+                self.refresh_active();
+                stats.reloaded();
+                tracing::info!(plugin = name, sha256 = %fresh.hash, "plugin reloaded");
+                Ok(fresh)
+            }
+            Err(e) => {
+                stats.rejected(e.to_string());
+                tracing::warn!(
+                    plugin = name,
+                    "new version rejected; the previous one keeps serving: {e}"
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Switches a plugin in or out of the chain without unloading it.
+    pub fn set_enabled(&self, name: &str, on: bool) -> Result<(), PluginError> {
+        if !self.plugins().iter().any(|p| &*p.name == name) {
+            return Err(PluginError::Unknown(name.into()));
+        }
+        self.stats_of(name).set_enabled(on);
+        self.refresh_active();
+        tracing::info!(plugin = name, enabled = on, "plugin switched");
+        Ok(())
+    }
+
+    /// Loads a whole new chain (SIGHUP with a changed configuration); if any plugin
+    /// fails, nothing changes.
+    pub fn reconfigure(&self, configs: &[PluginConfig]) -> Result<(), PluginError> {
+        let _one = self.reloading.lock();
+        let mut list = Vec::new();
+        for c in configs {
+            list.push(Arc::new(self.load_one(c)?));
+        }
+        *self.configs.lock() = configs.to_vec();
+        self.plugins.store(Arc::new(list));
+        self.refresh_active();
+        tracing::info!(plugins = configs.len(), "plugin chain reconfigured");
+        Ok(())
+    }
+
+    /// The files the chain was loaded from, by plugin name (for the file watcher).
+    pub fn sources(&self) -> Vec<(String, PathBuf)> {
+        let configs = self.configs.lock();
+        configs
+            .iter()
+            .map(|c| (c.name.clone(), c.path.clone()))
+            .collect()
+    }
+
+    pub fn stats_of(&self, name: &str) -> Arc<Stats> {
+        self.stats
+            .lock()
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    fn refresh_active(&self) {
+        let _one = self.refreshing.lock();
+        let active = self
+            .current()
+            .iter()
+            .filter(|p| p.stats.enabled())
+            .fold(HookSet::default(), |set, p| set.union(p.hooks()));
+        self.active.store(active.bits(), Ordering::Relaxed);
+        // Unique across chains too, so what a connection kept of one chain is never
+        // mistaken for another's.
+        static GENERATIONS: AtomicU64 = AtomicU64::new(0);
+        let next = GENERATIONS.fetch_add(1, Ordering::Relaxed) + 1;
+        self.generation.store(next, Ordering::Release);
+    }
+
+    /// The chain for one hook call, and what the calling connection kept of its
+    /// answers (none for a call with no connection behind it). The generation is read
+    /// first: a change stores the new chain before it advances the generation, so
+    /// answers of a replaced version are never kept as the new one's.
+    pub(super) fn call<'c>(&'c self, kept: Option<&'c mut Kept>) -> Call<'c> {
+        let generation = self.generation.load(Ordering::Acquire);
+        let plugins = self.current();
+        let mut kept = kept;
+        if let Some(k) = kept.as_deref_mut() {
+            k.check(generation, plugins.len());
+        }
+        Call::new(self, plugins, kept)
+    }
+
+    /// The transforms alone, changing `message` in place; the reason code if one dropped
+    /// it. The broker runs them through [`ClientHooks::publish`]; this is for measuring
+    /// them.
+    ///
+    /// [`ClientHooks::publish`]: crate::hooks::ClientHooks::publish
+    pub fn transform(&self, client: &ClientInfo<'_>, message: &mut Message) -> Option<ReasonCode> {
+        self.call(None).transform(client, message)
+    }
+
+    /// Whether some plugin taking part in the chain now implements the hook.
+    pub(super) fn any_active(&self, hook: Hook) -> bool {
+        HookSet::from_bits(self.active.load(Ordering::Relaxed)).has(hook)
+    }
+
+    /// Logs and counts a failed call; the policy that applies.
+    pub(super) fn failed(&self, p: &Plugin, hook: Hook, f: &Failure) -> OnError {
+        if matches!(f, Failure::Invalid(_)) {
+            p.stats.failed(f);
+        }
+        let policy = p.on_error.unwrap_or(match hook {
+            Hook::Transform => OnError::Allow,
+            _ => OnError::Deny,
+        });
+        tracing::warn!(plugin = %p.name, hook = hook.name(), kind = %f.kind(), policy = ?policy, "plugin failed: {f}");
+        policy
+    }
+}
+
+impl Drop for PluginChain {
+    /// The totals, so a run's plugin behaviour is on record even without the metrics
+    /// endpoint.
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        for p in self.plugins().iter() {
+            let s = &p.stats;
+            let errors: Vec<String> = s
+                .errors()
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(k, n)| format!("{k}={n}"))
+                .collect();
+            tracing::info!(
+                plugin = %p.name,
+                calls = s.calls.load(),
+                denials = s.denials.load(Relaxed),
+                errors = %errors.join(","),
+                "plugin totals"
+            );
+        }
+    }
+}

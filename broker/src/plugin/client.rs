@@ -1,0 +1,117 @@
+//! The chain as the core sees it: [`Hooks`] for the broker, and for each connection a
+//! [`PluginClient`] that owns what the chain keeps for it (its copies of reusable
+//! answers and its rate-limit leases).
+
+use super::chain::PluginChain;
+use super::kept::Kept;
+use super::Hook;
+use crate::codec::QoS;
+use crate::config::AllowDeny;
+use crate::hooks::{
+    Action, AuthOutcome, ClientHooks, ClientInfo, ConnectInfo, Decision, Hooks, Identity,
+    PublishOutcome, RateEvent, RateOutcome,
+};
+use crate::message::Message;
+use std::sync::Arc;
+
+impl Hooks for PluginChain {
+    fn authenticate(&self, info: &ConnectInfo<'_>) -> AuthOutcome {
+        self.call(None).authenticate(info)
+    }
+
+    fn open(self: Arc<Self>, identity: Arc<Identity>) -> Box<dyn ClientHooks> {
+        Box::new(PluginClient::new(self, identity))
+    }
+
+    fn authorize(
+        &self,
+        client: &ClientInfo<'_>,
+        action: Action,
+        topic: &str,
+        qos: QoS,
+        retain: bool,
+    ) -> Decision {
+        self.call(None)
+            .authorize(client, action, topic, qos, retain)
+    }
+
+    fn authorizes(&self) -> bool {
+        self.defaults.authorize_default == AllowDeny::Deny || self.any_active(Hook::Authorize)
+    }
+
+    fn limits_rate(&self) -> bool {
+        self.any_active(Hook::RateLimit)
+    }
+}
+
+/// One connection's view of the chain.
+pub struct PluginClient {
+    chain: Arc<PluginChain>,
+    identity: Arc<Identity>,
+    /// Answers and leases kept for this connection; only its task touches them.
+    kept: Kept,
+}
+
+impl PluginClient {
+    pub fn new(chain: Arc<PluginChain>, identity: Arc<Identity>) -> PluginClient {
+        PluginClient {
+            chain,
+            identity,
+            kept: Kept::default(),
+        }
+    }
+
+    /// The transforms alone, as [`ClientHooks::publish`] runs them; for measuring them.
+    pub fn transform(&mut self, message: &mut Message) -> Option<crate::codec::ReasonCode> {
+        let client = self.identity.info();
+        self.chain
+            .call(Some(&mut self.kept))
+            .transform(&client, message)
+    }
+}
+
+impl ClientHooks for PluginClient {
+    fn authorize(&mut self, action: Action, topic: &str, qos: QoS, retain: bool) -> Decision {
+        let client = self.identity.info();
+        self.chain
+            .call(Some(&mut self.kept))
+            .authorize(&client, action, topic, qos, retain)
+    }
+
+    fn publish(&mut self, message: &mut Message) -> PublishOutcome {
+        let chain = &self.chain;
+        let client = self.identity.info();
+        let mut call = chain.call(Some(&mut self.kept));
+        let (topic, qos, retain) = (&message.topic, message.qos, message.retain);
+        if let Decision::Deny(code) = call.authorize(&client, Action::Publish, topic, qos, retain) {
+            let why = "not authorized";
+            return PublishOutcome::Refuse { code, why };
+        }
+        let mut throttle = None;
+        if chain.any_active(Hook::RateLimit) {
+            match call.rate_limit(&client, RateEvent::Publish(message.payload.len() as u64)) {
+                RateOutcome::Allow => {}
+                RateOutcome::Reject(code) => {
+                    let why = "rate limited";
+                    return PublishOutcome::Refuse { code, why };
+                }
+                // The message itself goes through; reading pauses after it.
+                RateOutcome::Throttle(d) => throttle = Some(d),
+            }
+        }
+        if chain.any_active(Hook::Transform) {
+            if let Some(code) = call.transform(&client, message) {
+                let why = "dropped by a transform plugin";
+                return PublishOutcome::Refuse { code, why };
+            }
+        }
+        PublishOutcome::Route { throttle }
+    }
+
+    fn rate_limit(&mut self, event: RateEvent) -> RateOutcome {
+        let client = self.identity.info();
+        self.chain
+            .call(Some(&mut self.kept))
+            .rate_limit(&client, event)
+    }
+}

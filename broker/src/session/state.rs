@@ -1,0 +1,606 @@
+//! The state behind a session's lock, and the verbs that change it. Every change to
+//! what a persistent session owes is recorded in the [`Journal`] here, under the lock,
+//! so that the records follow the state in order.
+
+use super::{ConnHandle, InflightWindow, Journal, PendingWill, Subscription, NEVER};
+use crate::codec::{QoS, RetainHandling, SubscriptionOptions};
+use crate::config::OverflowPolicy;
+use crate::hooks::Identity;
+use crate::message::{now_secs, Delivery};
+use crate::store::{DeliveryState, SessionMeta, StoredDelivery, StoredSubscription, StoredWill};
+use crate::{FastMap, FastSet};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// What the connection should write next, produced by [`SessionState::take_sendable`].
+#[derive(Debug)]
+pub enum Outgoing {
+    Publish {
+        pid: u16,
+        dup: bool,
+        delivery: Delivery,
+    },
+    PubRel {
+        pid: u16,
+    },
+}
+
+/// What [`SessionState::take_sendable`] did besides filling `out`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Taken {
+    pub expired: u32,
+    /// A recorded delivery changed state: the packet id it is sent under must be
+    /// durable before it goes out, or a crash could resend it under another id and
+    /// break exactly-once.
+    pub stored: bool,
+}
+
+/// Queue bounds for [`SessionState::push`].
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub max_queued: usize,
+    pub overflow: OverflowPolicy,
+    pub queue_qos0_offline: bool,
+}
+
+/// What happened to a pushed delivery.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PushOutcome {
+    /// Deliveries dropped by the overflow policy (this one or an older one).
+    pub dropped: u32,
+    /// A record was made that the publisher's acknowledgement must wait for.
+    pub stored: bool,
+    /// The session was offline and this was not queued (QoS 0).
+    pub skipped: bool,
+    /// A connection is attached and should be woken.
+    pub wake: bool,
+}
+
+#[derive(Debug)]
+pub struct SessionState {
+    conn: Option<ConnHandle>,
+    /// Who the client was when it last connected; deliveries to it are authorized as
+    /// this identity (unknown for a session restored from the store until it reconnects).
+    identity: Option<Arc<Identity>>,
+    expiry_interval: u32,
+    subscriptions: FastMap<String, Subscription>,
+    queue: VecDeque<Delivery>,
+    inflight: InflightWindow,
+    /// QoS 2 packet ids received and acknowledged with PUBREC but not yet released:
+    /// a resent PUBLISH with one of these is not routed again (exactly once).
+    incoming: FastSet<u16>,
+    disconnected_at: Option<u64>,
+    will: Option<PendingWill>,
+    /// In-flight messages still to be resent after a reconnect.
+    resend: Vec<u16>,
+    /// Something of this session was ever recorded, so ending it must delete records.
+    recorded: bool,
+}
+
+impl SessionState {
+    pub(super) fn new(expiry_interval: u32) -> SessionState {
+        SessionState {
+            conn: None,
+            identity: None,
+            expiry_interval,
+            subscriptions: FastMap::default(),
+            queue: VecDeque::new(),
+            inflight: InflightWindow::default(),
+            incoming: FastSet::default(),
+            disconnected_at: None,
+            will: None,
+            resend: Vec::new(),
+            recorded: false,
+        }
+    }
+
+    pub(super) fn restore(
+        meta: &SessionMeta,
+        deliveries: Vec<(u64, StoredDelivery)>,
+        incoming: Vec<u16>,
+    ) -> SessionState {
+        let mut st = SessionState::new(meta.expiry_interval);
+        st.recorded = true;
+        st.disconnected_at = Some(meta.disconnected_at.unwrap_or_else(now_secs));
+        for sub in &meta.subscriptions {
+            st.subscriptions
+                .insert(sub.filter.clone(), stored_to_subscription(sub));
+        }
+        st.incoming = incoming.into_iter().collect();
+        let mut deliveries = deliveries;
+        deliveries.sort_unstable_by_key(|(seq, _)| *seq);
+        let mut inflight = Vec::new();
+        for (seq, d) in deliveries {
+            let delivery = Delivery {
+                message: Arc::new(d.message),
+                qos: d.qos,
+                retain: d.retain,
+                subscription_ids: d.subscription_ids,
+                store_seq: Some(seq),
+            };
+            match d.state {
+                DeliveryState::Queued => st.queue.push_back(delivery),
+                DeliveryState::Sent(pid) => inflight.push((pid, delivery, false)),
+                DeliveryState::Released(pid) => inflight.push((pid, delivery, true)),
+            }
+        }
+        st.inflight.restore(inflight);
+        if let Some(w) = &meta.will {
+            match crate::store::decode_message(bytes::Bytes::from(w.message.clone())) {
+                Ok(m) => {
+                    st.will = Some(PendingWill {
+                        due_at: w.due_at,
+                        message: Arc::new(m),
+                    })
+                }
+                Err(e) => {
+                    tracing::error!(client_id = %meta.client_id, error = %e, "dropping corrupt stored will")
+                }
+            }
+        }
+        st
+    }
+
+    // ---- who is attached
+
+    pub fn connection(&self) -> Option<&ConnHandle> {
+        self.conn.as_ref()
+    }
+
+    pub fn is_attached(&self, conn_id: u64) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.id == conn_id)
+    }
+
+    pub fn identity(&self) -> Option<Arc<Identity>> {
+        self.identity.clone()
+    }
+
+    /// Attaches a connection, resuming the session: a will still waiting for its delay
+    /// is cancelled (MQTT-3.1.3-9) and every in-flight message is marked for resending
+    /// (MQTT-4.4.0-1). Returns the connection that was attached before, if any.
+    pub fn attach(
+        &mut self,
+        conn: ConnHandle,
+        identity: Arc<Identity>,
+        expiry: u32,
+    ) -> Option<ConnHandle> {
+        let previous = self.conn.replace(conn);
+        self.identity = Some(identity);
+        self.expiry_interval = expiry;
+        self.disconnected_at = None;
+        self.will = None;
+        self.resend = self.inflight.in_order_of_sending();
+        previous
+    }
+
+    /// Takes the attached connection away (a takeover), cancelling a waiting will.
+    pub fn take_connection(&mut self) -> Option<ConnHandle> {
+        self.will = None;
+        self.conn.take()
+    }
+
+    /// The connection `conn_id` has gone: whether it was the one attached.
+    pub fn detach(&mut self, conn_id: u64, now: u64) -> bool {
+        if !self.is_attached(conn_id) {
+            return false;
+        }
+        self.conn = None;
+        self.disconnected_at = Some(now);
+        true
+    }
+
+    // ---- expiry and wills
+
+    pub fn expiry_interval(&self) -> u32 {
+        self.expiry_interval
+    }
+
+    pub fn set_expiry(&mut self, secs: u32) {
+        self.expiry_interval = secs;
+    }
+
+    /// Whether the session, disconnected, has outlived its expiry interval.
+    pub fn is_expired(&self, now: u64) -> bool {
+        self.conn.is_none()
+            && self.expiry_interval != NEVER
+            && self
+                .disconnected_at
+                .is_some_and(|t| now >= t + self.expiry_interval as u64)
+    }
+
+    /// Keeps a will for its delay, never past the session's end (MQTT-3.1.2-8 note).
+    pub fn schedule_will(&mut self, message: Arc<crate::message::Message>, delay: u32, now: u64) {
+        let wait = delay.min(self.expiry_interval) as u64;
+        self.will = Some(PendingWill {
+            due_at: now + wait,
+            message,
+        });
+    }
+
+    /// The will, if it is due now (or the session has expired, which makes it due).
+    pub fn take_due_will(&mut self, now: u64) -> Option<PendingWill> {
+        let expired = self.is_expired(now);
+        let due = self.conn.is_none()
+            && self
+                .will
+                .as_ref()
+                .is_some_and(|w| expired || now >= w.due_at);
+        if due {
+            self.will.take()
+        } else {
+            None
+        }
+    }
+
+    /// The will whatever its delay (a session that ends now).
+    pub fn take_will(&mut self) -> Option<PendingWill> {
+        self.will.take()
+    }
+
+    // ---- subscriptions
+
+    pub fn subscriptions(&self) -> impl Iterator<Item = (&String, &Subscription)> {
+        self.subscriptions.iter()
+    }
+
+    pub fn remember_subscription(&mut self, filter: &str, sub: Subscription) {
+        self.subscriptions.insert(filter.to_owned(), sub);
+    }
+
+    pub fn forget_subscription(&mut self, filter: &str) {
+        self.subscriptions.remove(filter);
+    }
+
+    // ---- what is owed
+
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_receiving_qos2(&self, pid: u16) -> bool {
+        self.incoming.contains(&pid)
+    }
+
+    pub fn qos2_receipts(&self) -> usize {
+        self.incoming.len()
+    }
+
+    /// Queues a delivery. Never blocks; a full queue applies the overflow policy.
+    pub fn push(&mut self, mut d: Delivery, limits: QueueLimits, j: &dyn Journal) -> PushOutcome {
+        let mut out = PushOutcome {
+            wake: self.conn.is_some(),
+            ..PushOutcome::default()
+        };
+        if self.conn.is_none() && d.qos == QoS::AtMostOnce && !limits.queue_qos0_offline {
+            out.skipped = true;
+            return out;
+        }
+        if self.queue.len() >= limits.max_queued {
+            out.dropped += 1;
+            match limits.overflow {
+                OverflowPolicy::DropNewest => return out,
+                OverflowPolicy::DropOldest => {
+                    if let Some(seq) = self.queue.pop_front().and_then(|old| old.store_seq) {
+                        j.delete(seq);
+                    }
+                }
+            }
+        }
+        if self.expiry_interval > 0 && d.qos != QoS::AtMostOnce {
+            let seq = j.next_seq();
+            if j.save(seq, &d, DeliveryState::Queued) {
+                d.store_seq = Some(seq);
+                out.stored = true;
+                self.recorded = true;
+            }
+        }
+        self.queue.push_back(d);
+        out
+    }
+
+    /// Moves what may be sent now into `out`: first the resends, then queued deliveries
+    /// while fewer than `window` QoS 1/2 messages are in flight. Expired messages are
+    /// dropped and counted. At most `max` items per call, so one wake-up cannot build an
+    /// unbounded write buffer.
+    pub fn take_sendable(
+        &mut self,
+        window: usize,
+        max: usize,
+        now: u64,
+        j: &dyn Journal,
+        out: &mut Vec<Outgoing>,
+    ) -> Taken {
+        let mut taken = Taken::default();
+        self.take_resends(out);
+        while out.len() < max {
+            let Some(front) = self.queue.front() else {
+                break;
+            };
+            if front.message.is_expired(now) {
+                if let Some(seq) = self.queue.pop_front().and_then(|d| d.store_seq) {
+                    j.delete(seq);
+                }
+                taken.expired += 1;
+                continue;
+            }
+            if front.qos != QoS::AtMostOnce && self.inflight.len() >= window {
+                break;
+            }
+            let Some(d) = self.queue.pop_front() else {
+                break;
+            };
+            if d.qos == QoS::AtMostOnce {
+                out.push(Outgoing::Publish {
+                    pid: 0,
+                    dup: false,
+                    delivery: d,
+                });
+                continue;
+            }
+            let Some(pid) = self.inflight.push(d.clone()) else {
+                self.queue.push_front(d);
+                break;
+            };
+            if let Some(seq) = d.store_seq {
+                taken.stored |= j.save(seq, &d, DeliveryState::Sent(pid));
+            }
+            out.push(Outgoing::Publish {
+                pid,
+                dup: false,
+                delivery: d,
+            });
+        }
+        taken
+    }
+
+    fn take_resends(&mut self, out: &mut Vec<Outgoing>) {
+        for pid in std::mem::take(&mut self.resend) {
+            if let Some(f) = self.inflight.get(pid) {
+                out.push(if f.released {
+                    Outgoing::PubRel { pid }
+                } else {
+                    Outgoing::Publish {
+                        pid,
+                        dup: true,
+                        delivery: f.delivery.clone(),
+                    }
+                });
+            }
+        }
+    }
+
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2) or a failing PUBREC: the message is done.
+    /// Returns false if no such message was in flight.
+    pub fn complete(&mut self, pid: u16, j: &dyn Journal) -> bool {
+        match self.inflight.remove(pid) {
+            Some(f) => {
+                if let Some(seq) = f.delivery.store_seq {
+                    j.delete(seq);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// PUBREC: the client has the QoS 2 message; from now on only PUBREL is resent.
+    /// Returns false if no such message was in flight.
+    pub fn release(&mut self, pid: u16, j: &dyn Journal) -> bool {
+        let Some(f) = self.inflight.get_mut(pid) else {
+            return false;
+        };
+        if !f.released {
+            f.released = true;
+            if let Some(seq) = f.delivery.store_seq {
+                j.save(seq, &f.delivery, DeliveryState::Released(pid));
+            }
+        }
+        true
+    }
+
+    /// A QoS 2 PUBLISH was routed and will be acknowledged with PUBREC; whether a
+    /// record was made that the PUBREC must wait for.
+    pub fn receive_qos2(&mut self, pid: u16, j: &dyn Journal) -> bool {
+        self.incoming.insert(pid);
+        if self.expiry_interval == 0 {
+            return false;
+        }
+        self.recorded = true;
+        j.incoming(pid, true)
+    }
+
+    /// PUBREL: the QoS 2 message `pid` is released; whether it had been received.
+    pub fn release_qos2(&mut self, pid: u16, j: &dyn Journal) -> bool {
+        let had = self.incoming.remove(&pid);
+        if had && self.expiry_interval > 0 {
+            j.incoming(pid, false);
+        }
+        had
+    }
+
+    /// Forgets every message still owed and every subscription (a session that ends);
+    /// returns the subscriptions' filters, for the router, and whether anything of the
+    /// session was ever recorded, for the store.
+    pub fn end(&mut self) -> (Vec<String>, bool) {
+        self.queue.clear();
+        self.inflight.clear();
+        self.incoming.clear();
+        self.resend.clear();
+        let filters = std::mem::take(&mut self.subscriptions)
+            .into_keys()
+            .collect();
+        (filters, std::mem::take(&mut self.recorded))
+    }
+
+    /// Notes that the session's own record was written.
+    pub fn note_recorded(&mut self) {
+        self.recorded = true;
+    }
+
+    /// The session as the store keeps it.
+    pub fn meta(&self, client_id: &str) -> SessionMeta {
+        SessionMeta {
+            client_id: client_id.to_owned(),
+            expiry_interval: self.expiry_interval,
+            subscriptions: self
+                .subscriptions
+                .iter()
+                .map(|(filter, s)| StoredSubscription {
+                    filter: filter.clone(),
+                    qos: s.options.qos as u8,
+                    no_local: s.options.no_local,
+                    retain_as_published: s.options.retain_as_published,
+                    retain_handling: s.options.retain_handling as u8,
+                    id: s.id,
+                })
+                .collect(),
+            disconnected_at: self.disconnected_at,
+            will: self.will.as_ref().and_then(|w| {
+                let message = crate::store::encode_message(&w.message).ok()?;
+                Some(StoredWill {
+                    due_at: w.due_at,
+                    message,
+                })
+            }),
+        }
+    }
+}
+
+fn stored_to_subscription(s: &StoredSubscription) -> Subscription {
+    Subscription {
+        options: SubscriptionOptions {
+            qos: QoS::from_u8(s.qos).unwrap_or(QoS::AtMostOnce),
+            no_local: s.no_local,
+            retain_as_published: s.retain_as_published,
+            retain_handling: match s.retain_handling {
+                1 => RetainHandling::SendIfNew,
+                2 => RetainHandling::Never,
+                _ => RetainHandling::SendAlways,
+            },
+        },
+        id: s.id,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Properties;
+    use crate::message::Message;
+    use std::cell::Cell;
+
+    /// Records nothing; counts keys so deliveries can be "stored".
+    #[derive(Default)]
+    struct Nothing(Cell<u64>);
+
+    impl Journal for Nothing {
+        fn next_seq(&self) -> u64 {
+            self.0.set(self.0.get() + 1);
+            self.0.get()
+        }
+        fn save(&self, _: u64, _: &Delivery, _: DeliveryState) -> bool {
+            true
+        }
+        fn delete(&self, _: u64) {}
+        fn incoming(&self, _: u16, _: bool) -> bool {
+            true
+        }
+    }
+
+    fn delivery(n: u8) -> Delivery {
+        Delivery {
+            message: Arc::new(Message {
+                topic: Arc::from("t"),
+                payload: bytes::Bytes::from(vec![n]),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: Properties::default(),
+                expires_at: None,
+                publisher: None,
+            }),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: Vec::new(),
+            store_seq: None,
+        }
+    }
+
+    fn pids(out: &[Outgoing]) -> Vec<(u16, bool, u8)> {
+        out.iter()
+            .map(|o| match o {
+                Outgoing::Publish { pid, dup, delivery } => {
+                    (*pid, *dup, delivery.message.payload[0])
+                }
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
+    /// Acknowledged packet ids are reused; a resumed session must still resend in the
+    /// order the messages were first sent (MQTT-4.6.0-1), not in packet id order.
+    #[test]
+    fn resends_keep_the_order_of_sending_when_packet_ids_are_reused() {
+        let j = Nothing::default();
+        let mut st = SessionState::new(60);
+        for n in 0..3 {
+            st.queue.push_back(delivery(n));
+        }
+        let mut out = Vec::new();
+        st.take_sendable(10, 10, 0, &j, &mut out);
+        assert_eq!(pids(&out), [(1, false, 0), (2, false, 1), (3, false, 2)]);
+        assert!(st.complete(1, &j));
+        assert!(!st.complete(1, &j), "acknowledged twice");
+        st.queue.push_back(delivery(3));
+        out.clear();
+        st.take_sendable(10, 10, 0, &j, &mut out);
+        assert_eq!(pids(&out), [(1, false, 3)], "the freed id is reused");
+        st.resend = st.inflight.in_order_of_sending();
+        out.clear();
+        st.take_sendable(10, 10, 0, &j, &mut out);
+        assert_eq!(pids(&out), [(2, true, 1), (3, true, 2), (1, true, 3)]);
+    }
+
+    #[test]
+    fn restored_window_keeps_its_ids_and_order_and_hands_out_the_rest() {
+        let mut w = InflightWindow::default();
+        w.restore(vec![(5, delivery(0), false), (2, delivery(1), true)]);
+        assert_eq!(w.len(), 2);
+        assert!(w.get(2).is_some_and(|f| f.released));
+        assert_eq!(w.in_order_of_sending(), [5, 2]);
+        let fresh: Vec<u16> = (0..4).filter_map(|n| w.push(delivery(n))).collect();
+        assert_eq!(fresh, [1, 3, 4, 6]);
+        assert!(w.get(0).is_none() && w.remove(0).is_none());
+        assert_eq!(w.in_order_of_sending(), [5, 2, 1, 3, 4, 6]);
+    }
+
+    #[test]
+    fn a_full_window_has_no_packet_id_to_give_until_one_is_acknowledged() {
+        let mut w = InflightWindow::default();
+        for _ in 0..u16::MAX {
+            assert!(w.push(delivery(0)).is_some());
+        }
+        assert_eq!(w.len(), u16::MAX as usize);
+        assert_eq!(w.push(delivery(1)), None);
+        assert!(w.remove(700).is_some());
+        assert_eq!(w.push(delivery(2)), Some(700));
+        w.clear();
+        assert!(w.is_empty() && w.get(700).is_none());
+    }
+
+    #[test]
+    fn a_clean_session_records_nothing_and_an_ended_one_says_whether_it_did() {
+        let j = Nothing::default();
+        let limits = QueueLimits {
+            max_queued: 10,
+            overflow: OverflowPolicy::DropOldest,
+            queue_qos0_offline: false,
+        };
+        let mut clean = SessionState::new(0);
+        assert!(!clean.push(delivery(0), limits, &j).stored);
+        assert!(!clean.receive_qos2(1, &j));
+        assert!(!clean.end().1, "nothing recorded");
+        let mut kept = SessionState::new(60);
+        assert!(kept.push(delivery(0), limits, &j).stored);
+        assert!(kept.end().1);
+    }
+}
