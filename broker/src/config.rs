@@ -497,7 +497,38 @@ impl Config {
         Ok(config)
     }
 
+    /// Every key checked; the first wrong one named in the error.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_listeners()?;
+        self.validate_plugins()?;
+        if self.admin.token.as_deref() == Some("") {
+            return Err(invalid(
+                "admin.token",
+                "must not be empty (leave it out for no token)",
+            ));
+        }
+        self.limits.validate()?;
+        if self.storage.persistence && self.storage.dir.as_os_str().is_empty() {
+            return Err(invalid("storage.dir", "must not be empty"));
+        }
+        if self.storage.flush_interval_ms == 0 {
+            return Err(invalid("storage.flush_interval_ms", "must be at least 1"));
+        }
+        if self
+            .log
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
+            return Err(invalid(
+                "log.level",
+                format!("'{}' is not a valid filter", self.log.level),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_listeners(&self) -> Result<(), ConfigError> {
         if self.listener.is_empty() {
             return Err(invalid("listener", "at least one listener is needed"));
         }
@@ -518,6 +549,10 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
+
+    fn validate_plugins(&self) -> Result<(), ConfigError> {
         let mut plugin_names = std::collections::HashSet::new();
         for (i, p) in self.plugin.iter().enumerate() {
             let key = |k: &str| format!("plugin[{i}].{k}");
@@ -543,12 +578,6 @@ impl Config {
                 return Err(invalid(key("memory_mb"), "must be at least 1"));
             }
         }
-        if self.admin.token.as_deref() == Some("") {
-            return Err(invalid(
-                "admin.token",
-                "must not be empty (leave it out for no token)",
-            ));
-        }
         if self.plugins.watch_ms == 0 {
             return Err(invalid("plugins.watch_ms", "must be at least 1"));
         }
@@ -558,7 +587,13 @@ impl Config {
         if self.plugins.memory_mb == 0 || self.plugins.memory_mb > 4096 {
             return Err(invalid("plugins.memory_mb", "must be between 1 and 4096"));
         }
-        let l = &self.limits;
+        Ok(())
+    }
+}
+
+impl Limits {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let l = self;
         if l.max_connections == 0 {
             return Err(invalid("limits.max_connections", "must be at least 1"));
         }
@@ -583,23 +618,6 @@ impl Config {
         }
         if l.connect_timeout_secs == 0 {
             return Err(invalid("limits.connect_timeout_secs", "must be at least 1"));
-        }
-        if self.storage.persistence && self.storage.dir.as_os_str().is_empty() {
-            return Err(invalid("storage.dir", "must not be empty"));
-        }
-        if self.storage.flush_interval_ms == 0 {
-            return Err(invalid("storage.flush_interval_ms", "must be at least 1"));
-        }
-        if self
-            .log
-            .level
-            .parse::<tracing_subscriber::EnvFilter>()
-            .is_err()
-        {
-            return Err(invalid(
-                "log.level",
-                format!("'{}' is not a valid filter", self.log.level),
-            ));
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 use crate::admin::AdminState;
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::connection::ListenerInfo;
 use crate::hooks::Hooks;
 use crate::listener::tls::{TlsError, TlsSetup};
 use crate::listener::{Endpoint, Permits};
@@ -46,74 +47,11 @@ pub async fn run(
     let broker = Broker::open(config, hooks)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
-    let limits = &broker.config().limits;
-    let global = Arc::new(Semaphore::new(limits.max_connections));
-    let refusing = Arc::new(Semaphore::new(limits.max_refusing));
-
-    let mut tls_endpoints = Vec::new();
-    let mut listeners = Vec::new();
-    for l in &broker.config().listener {
-        let endpoint = Arc::new(Endpoint::new(l, &broker)?);
-        let socket =
-            TcpListener::bind(endpoint.bind)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    name: l.name().to_owned(),
-                    addr: endpoint.bind,
-                    source,
-                })?;
-        let permits = Permits {
-            listener: Arc::new(Semaphore::new(
-                l.max_connections.unwrap_or(limits.max_connections),
-            )),
-            global: global.clone(),
-            refusing: refusing.clone(),
-        };
-        tracing::info!(listener = %l.name(), kind = l.kind.as_str(), addr = %endpoint.bind, "listening");
-        listeners.push(endpoint.info.clone());
-        if let Some(tls) = &endpoint.tls {
-            tls_endpoints.push(tls.clone());
-        }
-        tokio::spawn(endpoint.accept_loop(
-            socket,
-            broker.clone(),
-            permits,
-            shutdown_rx.clone(),
-            alive_tx.clone(),
-        ));
-    }
-    reload_certificates_on_sighup(tls_endpoints);
-
-    let admin = &broker.config().admin;
-    if admin.enabled {
-        let socket = TcpListener::bind(admin.bind)
-            .await
-            .map_err(|source| ServerError::Bind {
-                name: "admin".into(),
-                addr: admin.bind,
-                source,
-            })?;
-        let state = Arc::new(AdminState {
-            broker: broker.clone(),
-            plugins,
-            listeners,
-            token: admin.token.clone(),
-        });
-        let mut down = shutdown_rx.clone();
-        tracing::info!(addr = %admin.bind, token = admin.token.is_some(), "admin API listening");
-        tokio::spawn(async move {
-            let serving = axum::serve(socket, crate::admin::router(state)).with_graceful_shutdown(
-                async move {
-                    let _ = down.changed().await;
-                },
-            );
-            if let Err(e) = serving.await {
-                tracing::error!(error = %e, "admin API stopped");
-            }
-        });
+    let listeners = start_listeners(&broker, &shutdown_rx, &alive_tx).await?;
+    if broker.config().admin.enabled {
+        start_admin(&broker, plugins, listeners, shutdown_rx.clone()).await?;
     }
     drop(alive_tx);
-
     let housekeeping = Housekeeper::start(broker.clone()).map_err(ServerError::Thread)?;
 
     stop.await;
@@ -128,6 +66,83 @@ pub async fn run(
     drop(housekeeping);
     broker.flush()?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Binds every configured listener and starts accepting on it. `alive` is cloned into
+/// every connection task, so the server knows all connections are gone when every
+/// clone has been dropped.
+async fn start_listeners(
+    broker: &Arc<Broker>,
+    shutdown: &watch::Receiver<bool>,
+    alive: &mpsc::Sender<()>,
+) -> Result<Vec<Arc<ListenerInfo>>, ServerError> {
+    let limits = &broker.config().limits;
+    let global = Arc::new(Semaphore::new(limits.max_connections));
+    let refusing = Arc::new(Semaphore::new(limits.max_refusing));
+    let mut tls_endpoints = Vec::new();
+    let mut listeners = Vec::new();
+    for l in &broker.config().listener {
+        let endpoint = Arc::new(Endpoint::new(l, broker)?);
+        let socket =
+            TcpListener::bind(endpoint.bind)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    name: l.name().to_owned(),
+                    addr: endpoint.bind,
+                    source,
+                })?;
+        let own = l.max_connections.unwrap_or(limits.max_connections);
+        let permits = Permits {
+            listener: Arc::new(Semaphore::new(own)),
+            global: global.clone(),
+            refusing: refusing.clone(),
+        };
+        tracing::info!(listener = %l.name(), kind = l.kind.as_str(), addr = %endpoint.bind, "listening");
+        listeners.push(endpoint.info.clone());
+        tls_endpoints.extend(endpoint.tls.clone());
+        tokio::spawn(endpoint.accept_loop(
+            socket,
+            broker.clone(),
+            permits,
+            shutdown.clone(),
+            alive.clone(),
+        ));
+    }
+    reload_certificates_on_sighup(tls_endpoints);
+    Ok(listeners)
+}
+
+async fn start_admin(
+    broker: &Arc<Broker>,
+    plugins: Option<Arc<PluginChain>>,
+    listeners: Vec<Arc<ListenerInfo>>,
+    mut down: watch::Receiver<bool>,
+) -> Result<(), ServerError> {
+    let admin = &broker.config().admin;
+    let socket = TcpListener::bind(admin.bind)
+        .await
+        .map_err(|source| ServerError::Bind {
+            name: "admin".into(),
+            addr: admin.bind,
+            source,
+        })?;
+    let state = Arc::new(AdminState {
+        broker: broker.clone(),
+        plugins,
+        listeners,
+        token: admin.token.clone(),
+    });
+    tracing::info!(addr = %admin.bind, token = admin.token.is_some(), "admin API listening");
+    tokio::spawn(async move {
+        let serving =
+            axum::serve(socket, crate::admin::router(state)).with_graceful_shutdown(async move {
+                let _ = down.changed().await;
+            });
+        if let Err(e) = serving.await {
+            tracing::error!(error = %e, "admin API stopped");
+        }
+    });
     Ok(())
 }
 

@@ -416,6 +416,14 @@ async fn a_chain_of_plugins_works_together() {
         ack.return_codes,
         vec![rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::NotAuthorized]
     );
+    // Only the Python plugin imports what can wait (sockets, files, timers), so only
+    // it is called on the blocking path.
+    let (_, body) = weir_tests::http::request(w.admin_port, "GET", "/plugins", None);
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+    for p in list["plugins"].as_array().unwrap() {
+        let python = p["name"] == "redact";
+        assert_eq!(p["blocking"], python, "{p}");
+    }
 }
 
 fn misbehaving(mode: &str, settings: &str) -> Weir {
@@ -521,6 +529,9 @@ fn plugin_stdout_and_stderr_reach_the_log() {
         w.log()
     );
     assert!(!w.log().contains("plugin failed"), "{}", w.log());
+    // Printing needs no blocking path: the plugin's imports say it never waits.
+    let (_, body) = weir_tests::http::request(w.admin_port, "GET", "/plugins", None);
+    assert!(body.contains("\"blocking\":false"), "{body}");
 }
 
 #[test]

@@ -375,3 +375,58 @@ fn packets_pipelined_behind_connect_are_handled_at_once() {
         .collect();
     assert_eq!(got, vec![0x20, 0x90, 0x30], "CONNACK, SUBACK, the PUBLISH");
 }
+
+/// Past the connection limit, only `max_refusing` sockets at a time get a task that
+/// waits for their CONNECT to tell them 0x89; the rest are closed at once and counted.
+#[test]
+fn a_flood_past_the_connection_limit_is_closed_not_queued() {
+    let w = Weir::with(Opts {
+        listener: "max_connections = 1".into(),
+        limits: "max_refusing = 2\nconnect_timeout_secs = 60".into(),
+        ..Default::default()
+    });
+    let mut first = None;
+    assert!(weir_tests::eventually(Duration::from_secs(5), || {
+        let mut r = Raw::connect(w.port);
+        r.send(&connect(5, "first", CLEAN, 60, &[]));
+        let ok = r.recv().is_some_and(|a| a[3] == 0);
+        first = Some(r);
+        ok
+    }));
+    let mut silent: Vec<Raw> = (0..6).map(|_| Raw::connect(w.port)).collect();
+    let mut held = Vec::new();
+    let mut closed = 0;
+    for mut r in silent.drain(..) {
+        r.s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        if r.closed() {
+            closed += 1;
+        } else {
+            held.push(r);
+        }
+    }
+    assert_eq!(
+        (held.len(), closed),
+        (2, 4),
+        "held and closed of 6 silent sockets"
+    );
+    held[0]
+        .s
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    held[0].send(&connect(5, "late", CLEAN, 60, &[]));
+    assert_eq!(
+        held[0].recv().map(|a| a[3]),
+        Some(0x89),
+        "told the server is busy"
+    );
+    let (_, metrics) = weir_tests::http::request(w.admin_port, "GET", "/metrics", None);
+    assert!(
+        metrics.contains("weir_connections_refused_total 4"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("refused"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

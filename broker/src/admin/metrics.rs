@@ -1,10 +1,12 @@
 //! Prometheus text exposition of the broker's and the plugins' counters.
 
 use super::AdminState;
+use crate::broker::Broker;
 use crate::metrics::DropCause;
-use crate::plugin::LATENCY_BUCKETS_NS;
+use crate::plugin::{Plugin, LATENCY_BUCKETS_NS};
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 
 /// Label values are escaped as the exposition format requires.
 fn label(v: &str) -> String {
@@ -18,12 +20,19 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 pub fn render(s: &AdminState) -> String {
+    let mut out = String::new();
+    broker_families(&mut out, s);
+    if let Some(chain) = &s.plugins {
+        plugin_families(&mut out, &chain.plugins());
+    }
+    out
+}
+
+fn broker_families(out: &mut String, s: &AdminState) {
     let b = &s.broker;
     let m = b.metrics();
-    let mut out = String::new();
-
     family(
-        &mut out,
+        out,
         "weir_connections",
         "gauge",
         "Connected clients by listener.",
@@ -63,9 +72,27 @@ pub fn render(s: &AdminState) -> String {
             m.busy_refusals(),
         ),
     ] {
-        family(&mut out, name, "counter", help);
+        family(out, name, "counter", help);
         let _ = writeln!(out, "{name} {v}");
     }
+    broker_gauges(out, b);
+    family(
+        out,
+        "weir_dropped_messages_total",
+        "counter",
+        "Messages not delivered, by cause.",
+    );
+    for cause in DropCause::ALL {
+        let _ = writeln!(
+            out,
+            "weir_dropped_messages_total{{cause=\"{}\"}} {}",
+            cause.label(),
+            m.drops(cause)
+        );
+    }
+}
+
+fn broker_gauges(out: &mut String, b: &Broker) {
     for (name, help, v) in [
         (
             "weir_retained_messages",
@@ -83,121 +110,90 @@ pub fn render(s: &AdminState) -> String {
             b.queued_messages(),
         ),
     ] {
-        family(&mut out, name, "gauge", help);
+        family(out, name, "gauge", help);
         let _ = writeln!(out, "{name} {v}");
     }
-    family(
-        &mut out,
-        "weir_dropped_messages_total",
-        "counter",
-        "Messages not delivered, by cause.",
-    );
-    for cause in DropCause::ALL {
+}
+
+/// A plugin's figure for one family.
+type PerPlugin = fn(&Plugin) -> u64;
+
+fn plugin_families(out: &mut String, plugins: &[Arc<Plugin>]) {
+    let info = "The loaded version of each plugin (1).";
+    family(out, "weir_plugin_info", "gauge", info);
+    for p in plugins {
+        let (name, hash) = (label(&p.name), &p.hash);
         let _ = writeln!(
             out,
-            "weir_dropped_messages_total{{cause=\"{}\"}} {}",
-            cause.label(),
-            m.drops(cause)
+            "weir_plugin_info{{plugin=\"{name}\",sha256=\"{hash}\"}} 1"
         );
     }
-
-    let Some(chain) = &s.plugins else { return out };
-    let plugins = chain.plugins();
-    let per = |out: &mut String,
-               name: &str,
-               kind: &str,
-               help: &str,
-               value: &dyn Fn(&crate::plugin::Plugin) -> u64| {
+    let families: [(&str, &str, &str, PerPlugin); 7] = [
+        (
+            "weir_plugin_enabled",
+            "gauge",
+            "1 if the plugin takes part in the chain.",
+            |p| p.stats.enabled() as u64,
+        ),
+        ("weir_plugin_calls_total", "counter", "Hook calls.", |p| {
+            p.stats.calls.load()
+        }),
+        (
+            "weir_plugin_reused_answers_total",
+            "counter",
+            "Answers reused (host.reuse-answer) or publishes leased (host.lease) instead of calling the plugin.",
+            |p| p.stats.reused.load(),
+        ),
+        (
+            "weir_plugin_denials_total",
+            "counter",
+            "Denials, rejections and drops.",
+            |p| p.stats.denials.load(Relaxed),
+        ),
+        (
+            "weir_plugin_deadline_hits_total",
+            "counter",
+            "Calls stopped at their deadline.",
+            |p| p.stats.errors_deadline.load(Relaxed),
+        ),
+        (
+            "weir_plugin_reloads_total",
+            "counter",
+            "New versions swapped in.",
+            |p| p.stats.reloads.load(Relaxed),
+        ),
+        (
+            "weir_plugin_rejections_total",
+            "counter",
+            "New versions refused; the old one kept serving.",
+            |p| p.stats.rejections.load(Relaxed),
+        ),
+    ];
+    for (name, kind, help, value) in families {
         family(out, name, kind, help);
-        for p in plugins.iter() {
+        for p in plugins {
             let _ = writeln!(out, "{name}{{plugin=\"{}\"}} {}", label(&p.name), value(p));
         }
-    };
-    family(
-        &mut out,
-        "weir_plugin_info",
-        "gauge",
-        "The loaded version of each plugin (1).",
-    );
-    for p in plugins.iter() {
-        let _ = writeln!(
-            out,
-            "weir_plugin_info{{plugin=\"{}\",sha256=\"{}\"}} 1",
-            label(&p.name),
-            p.hash
-        );
     }
-    per(
-        &mut out,
-        "weir_plugin_enabled",
-        "gauge",
-        "1 if the plugin takes part in the chain.",
-        &|p| p.stats.enabled() as u64,
-    );
-    per(
-        &mut out,
-        "weir_plugin_calls_total",
-        "counter",
-        "Hook calls.",
-        &|p| p.stats.calls.load(),
-    );
-    per(
-        &mut out,
-        "weir_plugin_reused_answers_total",
-        "counter",
-        "Answers reused (host.reuse-answer) or publishes leased (host.lease) instead of calling the plugin.",
-        &|p| p.stats.reused.load(),
-    );
-    per(
-        &mut out,
-        "weir_plugin_denials_total",
-        "counter",
-        "Denials, rejections and drops.",
-        &|p| p.stats.denials.load(Relaxed),
-    );
-    per(
-        &mut out,
-        "weir_plugin_deadline_hits_total",
-        "counter",
-        "Calls stopped at their deadline.",
-        &|p| p.stats.errors_deadline.load(Relaxed),
-    );
-    per(
-        &mut out,
-        "weir_plugin_reloads_total",
-        "counter",
-        "New versions swapped in.",
-        &|p| p.stats.reloads.load(Relaxed),
-    );
-    per(
-        &mut out,
-        "weir_plugin_rejections_total",
-        "counter",
-        "New versions refused; the old one kept serving.",
-        &|p| p.stats.rejections.load(Relaxed),
-    );
-    family(
-        &mut out,
-        "weir_plugin_errors_total",
-        "counter",
-        "Failed calls by kind.",
-    );
-    for p in plugins.iter() {
+    plugin_errors(out, plugins);
+    plugin_latency(out, plugins);
+}
+
+fn plugin_errors(out: &mut String, plugins: &[Arc<Plugin>]) {
+    let name = "weir_plugin_errors_total";
+    family(out, name, "counter", "Failed calls by kind.");
+    for p in plugins {
         for (kind, n) in p.stats.errors() {
-            let _ = writeln!(
-                out,
-                "weir_plugin_errors_total{{plugin=\"{}\",kind=\"{kind}\"}} {n}",
-                label(&p.name)
-            );
+            let plugin = label(&p.name);
+            let _ = writeln!(out, "{name}{{plugin=\"{plugin}\",kind=\"{kind}\"}} {n}");
         }
     }
-    family(
-        &mut out,
-        "weir_plugin_call_duration_seconds",
-        "histogram",
-        "Hook call latency.",
-    );
-    for p in plugins.iter() {
+}
+
+fn plugin_latency(out: &mut String, plugins: &[Arc<Plugin>]) {
+    let family_name = "weir_plugin_call_duration_seconds";
+    family(out, family_name, "histogram", "Hook call latency.");
+    for p in plugins {
         let name = label(&p.name);
         let mut cumulative = 0;
         for (i, bound) in LATENCY_BUCKETS_NS.iter().enumerate() {
@@ -207,17 +203,13 @@ pub fn render(s: &AdminState) -> String {
             } else {
                 format!("{}", *bound as f64 / 1e9)
             };
-            let _ = writeln!(out, "weir_plugin_call_duration_seconds_bucket{{plugin=\"{name}\",le=\"{le}\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "{family_name}_bucket{{plugin=\"{name}\",le=\"{le}\"}} {cumulative}"
+            );
         }
         let sum = p.stats.latency_ns_sum.load(Relaxed) as f64 / 1e9;
-        let _ = writeln!(
-            out,
-            "weir_plugin_call_duration_seconds_sum{{plugin=\"{name}\"}} {sum}"
-        );
-        let _ = writeln!(
-            out,
-            "weir_plugin_call_duration_seconds_count{{plugin=\"{name}\"}} {cumulative}"
-        );
+        let _ = writeln!(out, "{family_name}_sum{{plugin=\"{name}\"}} {sum}");
+        let _ = writeln!(out, "{family_name}_count{{plugin=\"{name}\"}} {cumulative}");
     }
-    out
 }

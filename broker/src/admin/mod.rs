@@ -125,6 +125,7 @@ fn plugin_json(p: &crate::plugin::Plugin) -> Value {
         "sha256": p.hash,
         "loaded_at": p.loaded_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         "hooks": p.hook_names(),
+        "blocking": p.may_wait(),
         "enabled": st.enabled(),
         "calls": st.calls.load(),
         "reused_answers": st.reused.load(),

@@ -281,6 +281,14 @@ fn once<T>(slot: &mut Option<T>, v: T) -> Result<()> {
     Ok(())
 }
 
+/// A two-byte property that may not be 0.
+fn nonzero(b: &mut Bytes, what: &'static str) -> Result<u16> {
+    match read_u16(b)? {
+        0 => Err(Error::Protocol(what)),
+        v => Ok(v),
+    }
+}
+
 fn flag(b: &mut Bytes, what: &'static str) -> Result<u8> {
     let v = read_u8(b)?;
     if v > 1 {
@@ -356,139 +364,122 @@ impl PropertySet {
             if !ctx.allows(id) {
                 return Err(Error::Malformed("property not allowed in this packet"));
             }
-            match id {
-                PAYLOAD_FORMAT => once(
-                    &mut props.payload_format_indicator,
-                    flag(&mut p, "payload format indicator must be 0 or 1")?,
-                )?,
-                MESSAGE_EXPIRY => once(&mut props.message_expiry_interval, read_u32(&mut p)?)?,
-                CONTENT_TYPE => once(&mut props.content_type, read_string(&mut p)?)?,
-                RESPONSE_TOPIC => {
-                    let t = read_string(&mut p)?;
-                    weir_protocol::topic::validate_name(&t).map_err(Error::topic_name)?;
-                    once(&mut props.response_topic, t)?
-                }
-                CORRELATION_DATA => once(&mut props.correlation_data, read_binary(&mut p)?)?,
-                SUBSCRIPTION_ID => {
-                    let v = read_varint(&mut p)?;
-                    if v == 0 {
-                        return Err(Error::Protocol("subscription identifier 0"));
-                    }
-                    if ctx == Context::Subscribe && !props.subscription_identifiers.is_empty() {
-                        return Err(Error::Protocol("property appears more than once"));
-                    }
-                    props.subscription_identifiers.push(v);
-                }
-                SESSION_EXPIRY => once(&mut props.session_expiry_interval, read_u32(&mut p)?)?,
-                ASSIGNED_CLIENT_ID => {
-                    once(&mut props.assigned_client_identifier, read_string(&mut p)?)?
-                }
-                SERVER_KEEP_ALIVE => once(&mut props.server_keep_alive, read_u16(&mut p)?)?,
-                AUTH_METHOD => once(&mut props.authentication_method, read_string(&mut p)?)?,
-                AUTH_DATA => once(&mut props.authentication_data, read_binary(&mut p)?)?,
-                REQUEST_PROBLEM_INFO => once(
-                    &mut props.request_problem_information,
-                    flag(&mut p, "request problem information must be 0 or 1")?,
-                )?,
-                WILL_DELAY => once(&mut props.will_delay_interval, read_u32(&mut p)?)?,
-                REQUEST_RESPONSE_INFO => once(
-                    &mut props.request_response_information,
-                    flag(&mut p, "request response information must be 0 or 1")?,
-                )?,
-                RESPONSE_INFO => once(&mut props.response_information, read_string(&mut p)?)?,
-                SERVER_REFERENCE => once(&mut props.server_reference, read_string(&mut p)?)?,
-                REASON_STRING => once(&mut props.reason_string, read_string(&mut p)?)?,
-                RECEIVE_MAXIMUM => {
-                    let v = read_u16(&mut p)?;
-                    if v == 0 {
-                        return Err(Error::Protocol("receive maximum 0"));
-                    }
-                    once(&mut props.receive_maximum, v)?
-                }
-                TOPIC_ALIAS_MAXIMUM => once(&mut props.topic_alias_maximum, read_u16(&mut p)?)?,
-                TOPIC_ALIAS => {
-                    let v = read_u16(&mut p)?;
-                    if v == 0 {
-                        return Err(Error::Protocol("topic alias 0"));
-                    }
-                    once(&mut props.topic_alias, v)?
-                }
-                MAXIMUM_QOS => once(
-                    &mut props.maximum_qos,
-                    flag(&mut p, "maximum QoS must be 0 or 1")?,
-                )?,
-                RETAIN_AVAILABLE => once(
-                    &mut props.retain_available,
-                    flag(&mut p, "retain available must be 0 or 1")?,
-                )?,
-                USER_PROPERTY => {
-                    let k = read_string(&mut p)?;
-                    let v = read_string(&mut p)?;
-                    props.user_properties.push((k, v));
-                }
-                MAXIMUM_PACKET_SIZE => {
-                    let v = read_u32(&mut p)?;
-                    if v == 0 {
-                        return Err(Error::Protocol("maximum packet size 0"));
-                    }
-                    once(&mut props.maximum_packet_size, v)?
-                }
-                WILDCARD_SUB_AVAILABLE => once(
-                    &mut props.wildcard_subscription_available,
-                    flag(&mut p, "wildcard subscription available must be 0 or 1")?,
-                )?,
-                SUB_ID_AVAILABLE => once(
-                    &mut props.subscription_identifier_available,
-                    flag(&mut p, "subscription identifier available must be 0 or 1")?,
-                )?,
-                SHARED_SUB_AVAILABLE => once(
-                    &mut props.shared_subscription_available,
-                    flag(&mut p, "shared subscription available must be 0 or 1")?,
-                )?,
-                _ => return Err(Error::Malformed("unknown property identifier")),
-            }
+            props.read(id, &mut p, ctx)?;
         }
         Ok(Some(props))
     }
 
+    /// Reads the value of property `id` into its field.
+    fn read(&mut self, id: u8, p: &mut Bytes, ctx: Context) -> Result<()> {
+        match id {
+            PAYLOAD_FORMAT | MESSAGE_EXPIRY | CONTENT_TYPE | RESPONSE_TOPIC | CORRELATION_DATA
+            | SUBSCRIPTION_ID | USER_PROPERTY => self.read_message(id, p, ctx),
+            _ => self.read_control(id, p),
+        }
+    }
+
+    /// The properties an application message carries (and user properties).
+    fn read_message(&mut self, id: u8, p: &mut Bytes, ctx: Context) -> Result<()> {
+        match id {
+            PAYLOAD_FORMAT => once(
+                &mut self.payload_format_indicator,
+                flag(p, "payload format indicator must be 0 or 1")?,
+            ),
+            MESSAGE_EXPIRY => once(&mut self.message_expiry_interval, read_u32(p)?),
+            CONTENT_TYPE => once(&mut self.content_type, read_string(p)?),
+            RESPONSE_TOPIC => {
+                let t = read_string(p)?;
+                weir_protocol::topic::validate_name(&t).map_err(Error::topic_name)?;
+                once(&mut self.response_topic, t)
+            }
+            CORRELATION_DATA => once(&mut self.correlation_data, read_binary(p)?),
+            SUBSCRIPTION_ID => {
+                let v = read_varint(p)?;
+                if v == 0 {
+                    return Err(Error::Protocol("subscription identifier 0"));
+                }
+                if ctx == Context::Subscribe && !self.subscription_identifiers.is_empty() {
+                    return Err(Error::Protocol("property appears more than once"));
+                }
+                self.subscription_identifiers.push(v);
+                Ok(())
+            }
+            _ => {
+                let k = read_string(p)?;
+                let v = read_string(p)?;
+                self.user_properties.push((k, v));
+                Ok(())
+            }
+        }
+    }
+
+    /// The properties of the connection and its control packets.
+    fn read_control(&mut self, id: u8, p: &mut Bytes) -> Result<()> {
+        match id {
+            SESSION_EXPIRY => once(&mut self.session_expiry_interval, read_u32(p)?),
+            ASSIGNED_CLIENT_ID => once(&mut self.assigned_client_identifier, read_string(p)?),
+            SERVER_KEEP_ALIVE => once(&mut self.server_keep_alive, read_u16(p)?),
+            AUTH_METHOD => once(&mut self.authentication_method, read_string(p)?),
+            AUTH_DATA => once(&mut self.authentication_data, read_binary(p)?),
+            REQUEST_PROBLEM_INFO => once(
+                &mut self.request_problem_information,
+                flag(p, "request problem information must be 0 or 1")?,
+            ),
+            WILL_DELAY => once(&mut self.will_delay_interval, read_u32(p)?),
+            REQUEST_RESPONSE_INFO => once(
+                &mut self.request_response_information,
+                flag(p, "request response information must be 0 or 1")?,
+            ),
+            RESPONSE_INFO => once(&mut self.response_information, read_string(p)?),
+            SERVER_REFERENCE => once(&mut self.server_reference, read_string(p)?),
+            REASON_STRING => once(&mut self.reason_string, read_string(p)?),
+            RECEIVE_MAXIMUM => once(&mut self.receive_maximum, nonzero(p, "receive maximum 0")?),
+            TOPIC_ALIAS_MAXIMUM => once(&mut self.topic_alias_maximum, read_u16(p)?),
+            TOPIC_ALIAS => once(&mut self.topic_alias, nonzero(p, "topic alias 0")?),
+            MAXIMUM_QOS => once(
+                &mut self.maximum_qos,
+                flag(p, "maximum QoS must be 0 or 1")?,
+            ),
+            RETAIN_AVAILABLE => once(
+                &mut self.retain_available,
+                flag(p, "retain available must be 0 or 1")?,
+            ),
+            MAXIMUM_PACKET_SIZE => {
+                let v = read_u32(p)?;
+                if v == 0 {
+                    return Err(Error::Protocol("maximum packet size 0"));
+                }
+                once(&mut self.maximum_packet_size, v)
+            }
+            WILDCARD_SUB_AVAILABLE => once(
+                &mut self.wildcard_subscription_available,
+                flag(p, "wildcard subscription available must be 0 or 1")?,
+            ),
+            SUB_ID_AVAILABLE => once(
+                &mut self.subscription_identifier_available,
+                flag(p, "subscription identifier available must be 0 or 1")?,
+            ),
+            SHARED_SUB_AVAILABLE => once(
+                &mut self.shared_subscription_available,
+                flag(p, "shared subscription available must be 0 or 1")?,
+            ),
+            _ => Err(Error::Malformed("unknown property identifier")),
+        }
+    }
+
     fn encode_body(&self, o: &mut BytesMut, per: Option<PerDelivery<'_>>) -> Result<()> {
-        fn byte(o: &mut BytesMut, id: u8, v: Option<u8>) {
-            if let Some(v) = v {
-                o.put_u8(id);
-                o.put_u8(v);
-            }
-        }
-        fn u16p(o: &mut BytesMut, id: u8, v: Option<u16>) {
-            if let Some(v) = v {
-                o.put_u8(id);
-                o.put_u16(v);
-            }
-        }
-        fn u32p(o: &mut BytesMut, id: u8, v: Option<u32>) {
-            if let Some(v) = v {
-                o.put_u8(id);
-                o.put_u32(v);
-            }
-        }
-        fn strp(o: &mut BytesMut, id: u8, v: &Option<String>, what: &'static str) -> Result<()> {
-            if let Some(v) = v {
-                o.put_u8(id);
-                write_string(o, v, what)?;
-            }
-            Ok(())
-        }
-        fn binp(o: &mut BytesMut, id: u8, v: &Option<Bytes>, what: &'static str) -> Result<()> {
-            if let Some(v) = v {
-                o.put_u8(id);
-                write_binary(o, v, what)?;
-            }
-            Ok(())
-        }
         let per = per.unwrap_or(PerDelivery {
             message_expiry_interval: self.message_expiry_interval,
             subscription_identifiers: &self.subscription_identifiers,
             topic_alias: self.topic_alias,
         });
+        self.encode_message(o, per)?;
+        self.encode_control(o)
+    }
+
+    /// The properties an application message carries, with `per` for the ones that
+    /// differ per delivery, and user properties.
+    fn encode_message(&self, o: &mut BytesMut, per: PerDelivery<'_>) -> Result<()> {
         byte(o, PAYLOAD_FORMAT, self.payload_format_indicator);
         u32p(o, MESSAGE_EXPIRY, per.message_expiry_interval);
         strp(o, CONTENT_TYPE, &self.content_type, "content type")?;
@@ -503,6 +494,17 @@ impl PropertySet {
             o.put_u8(SUBSCRIPTION_ID);
             write_varint(o, *id as usize);
         }
+        u16p(o, TOPIC_ALIAS, per.topic_alias);
+        for (k, v) in &self.user_properties {
+            o.put_u8(USER_PROPERTY);
+            write_string(o, k, "user property name")?;
+            write_string(o, v, "user property value")?;
+        }
+        Ok(())
+    }
+
+    /// The properties of the connection and its control packets.
+    fn encode_control(&self, o: &mut BytesMut) -> Result<()> {
         u32p(o, SESSION_EXPIRY, self.session_expiry_interval);
         let assigned = &self.assigned_client_identifier;
         strp(o, ASSIGNED_CLIENT_ID, assigned, "assigned client id")?;
@@ -529,22 +531,50 @@ impl PropertySet {
         strp(o, REASON_STRING, &self.reason_string, "reason string")?;
         u16p(o, RECEIVE_MAXIMUM, self.receive_maximum);
         u16p(o, TOPIC_ALIAS_MAXIMUM, self.topic_alias_maximum);
-        u16p(o, TOPIC_ALIAS, per.topic_alias);
         byte(o, MAXIMUM_QOS, self.maximum_qos);
         byte(o, RETAIN_AVAILABLE, self.retain_available);
-        for (k, v) in &self.user_properties {
-            o.put_u8(USER_PROPERTY);
-            write_string(o, k, "user property name")?;
-            write_string(o, v, "user property value")?;
-        }
         u32p(o, MAXIMUM_PACKET_SIZE, self.maximum_packet_size);
-        byte(
-            o,
-            WILDCARD_SUB_AVAILABLE,
-            self.wildcard_subscription_available,
-        );
+        let wildcard = self.wildcard_subscription_available;
+        byte(o, WILDCARD_SUB_AVAILABLE, wildcard);
         byte(o, SUB_ID_AVAILABLE, self.subscription_identifier_available);
         byte(o, SHARED_SUB_AVAILABLE, self.shared_subscription_available);
         Ok(())
     }
+}
+
+fn byte(o: &mut BytesMut, id: u8, v: Option<u8>) {
+    if let Some(v) = v {
+        o.put_u8(id);
+        o.put_u8(v);
+    }
+}
+
+fn u16p(o: &mut BytesMut, id: u8, v: Option<u16>) {
+    if let Some(v) = v {
+        o.put_u8(id);
+        o.put_u16(v);
+    }
+}
+
+fn u32p(o: &mut BytesMut, id: u8, v: Option<u32>) {
+    if let Some(v) = v {
+        o.put_u8(id);
+        o.put_u32(v);
+    }
+}
+
+fn strp(o: &mut BytesMut, id: u8, v: &Option<String>, what: &'static str) -> Result<()> {
+    if let Some(v) = v {
+        o.put_u8(id);
+        write_string(o, v, what)?;
+    }
+    Ok(())
+}
+
+fn binp(o: &mut BytesMut, id: u8, v: &Option<Bytes>, what: &'static str) -> Result<()> {
+    if let Some(v) = v {
+        o.put_u8(id);
+        write_binary(o, v, what)?;
+    }
+    Ok(())
 }

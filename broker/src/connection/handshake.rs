@@ -279,7 +279,7 @@ fn check_will(
 
 /// Attaches the session and answers with a CONNACK; the connection, ready to run.
 fn establish<S>(
-    io: Framed<S>,
+    mut io: Framed<S>,
     a: Admitted,
     from: Peer,
     listener: Arc<ListenerInfo>,
@@ -289,10 +289,64 @@ fn establish<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let limits = &broker.config().limits;
-    let c = &a.connect;
-    let version = c.version;
-    let requested_expiry = match version {
+    let granted = grant(&a.connect, &broker.config().limits);
+    let conn_id = broker.next_conn_id();
+    let (control_tx, control) = mpsc::unbounded_channel();
+    let handle = ConnHandle {
+        id: conn_id,
+        control: control_tx,
+        listener: listener.name.clone(),
+        peer: from.addr,
+        version: a.connect.version,
+        since: std::time::SystemTime::now(),
+    };
+    let (session, present) = broker.attach(
+        a.client_id.clone(),
+        a.connect.clean_start,
+        granted.expiry,
+        handle,
+        a.identity.clone(),
+    );
+    write_connack(io.out(), &a, present, &granted, &broker, &listener);
+    broker.metrics().connected();
+    listener.connected();
+    tracing::info!(client_id = %a.client_id, peer = %from.addr, listener = %listener.name,
+        protocol = %a.connect.version, clean_start = a.connect.clean_start, session_present = present,
+        keep_alive = granted.keep_alive, username = %a.identity.username.as_deref().unwrap_or(""),
+        identity = %from.certificate.as_ref().and_then(|c| c.common_name.as_deref()).unwrap_or(""),
+        "client connected");
+    let keep_alive =
+        (granted.keep_alive > 0).then(|| Duration::from_millis(granted.keep_alive as u64 * 1500));
+    Connection {
+        io,
+        outbound: Outbound::new(&a.connect.properties, broker.durable()),
+        inbound: Inbound::new(granted.expiry, a.connect.will),
+        client: Client {
+            version: a.connect.version,
+            client_id: a.client_id,
+            hooks: a.hooks,
+            conn_id,
+            listener,
+            peer: from.addr,
+        },
+        session,
+        broker,
+        keep_alive,
+        control,
+        shutdown,
+    }
+}
+
+/// What the broker grants of what a CONNECT asks, and whether it differs.
+struct Granted {
+    expiry: u32,
+    expiry_changed: bool,
+    keep_alive: u16,
+    keep_alive_changed: bool,
+}
+
+fn grant(c: &Connect, limits: &crate::config::Limits) -> Granted {
+    let requested_expiry = match c.version {
         Version::V311 if c.clean_start => 0,
         Version::V311 => NEVER,
         Version::V5 => c.properties.session_expiry_interval.unwrap_or(0),
@@ -303,97 +357,56 @@ where
         max if c.keep_alive == 0 || c.keep_alive > max => max,
         _ => c.keep_alive,
     };
-    let conn_id = broker.next_conn_id();
-    let (control_tx, control) = mpsc::unbounded_channel();
-    let handle = ConnHandle {
-        id: conn_id,
-        control: control_tx,
-        listener: listener.name.clone(),
-        peer: from.addr,
-        version,
-        since: std::time::SystemTime::now(),
-    };
-    let (session, present) = broker.attach(
-        a.client_id.clone(),
-        c.clean_start,
+    Granted {
         expiry,
-        handle,
-        a.identity.clone(),
-    );
-    let props = match version {
-        Version::V5 => {
-            let granted = Granted {
-                expiry: (expiry != requested_expiry).then_some(expiry),
-                keep_alive: (keep_alive != c.keep_alive).then_some(keep_alive),
-            };
-            connack_properties(&a, granted, &broker, &listener)
-        }
-        Version::V311 => Properties::default(),
-    };
-    let outbound = Outbound::new(&c.properties, broker.durable());
-    let mut io = io;
-    let connack = Packet::ConnAck(ConnAck {
-        session_present: present,
-        code: ReasonCode::Success,
-        properties: props,
-    });
-    // Too long to encode only with a client id near 65 535 bytes: it goes without it.
-    if let Err(e) = connack.encode(version, io.out()) {
-        tracing::warn!(client_id = %a.client_id, error = %e, "CONNACK property left out");
-        let bare = ConnAck {
-            session_present: present,
-            code: ReasonCode::Success,
-            properties: Properties::default(),
-        };
-        let _ = Packet::ConnAck(bare).encode(version, io.out());
-    }
-    broker.metrics().connected();
-    listener.connected();
-    tracing::info!(client_id = %a.client_id, peer = %from.addr, listener = %listener.name, protocol = %version,
-        clean_start = c.clean_start, session_present = present, keep_alive,
-        username = %a.identity.username.as_deref().unwrap_or(""),
-        identity = %from.certificate.as_ref().and_then(|c| c.common_name.as_deref()).unwrap_or(""),
-        "client connected");
-    let inbound = Inbound::new(expiry, a.connect.will);
-    Connection {
-        io,
-        client: Client {
-            version,
-            client_id: a.client_id,
-            hooks: a.hooks,
-            conn_id,
-            listener,
-            peer: from.addr,
-        },
-        session,
-        broker,
-        inbound,
-        outbound,
-        keep_alive: (keep_alive > 0).then(|| Duration::from_millis(keep_alive as u64 * 1500)),
-        control,
-        shutdown,
+        expiry_changed: expiry != requested_expiry,
+        keep_alive,
+        keep_alive_changed: keep_alive != c.keep_alive,
     }
 }
 
-/// What the server granted other than the client asked.
-struct Granted {
-    expiry: Option<u32>,
-    keep_alive: Option<u16>,
+/// The accepting CONNACK. A property too long to encode (a response information built
+/// from a client id near 65 535 bytes) leaves the properties out rather than the
+/// CONNACK.
+fn write_connack(
+    out: &mut BytesMut,
+    a: &Admitted,
+    present: bool,
+    granted: &Granted,
+    broker: &Broker,
+    listener: &ListenerInfo,
+) {
+    let version = a.connect.version;
+    let properties = match version {
+        Version::V5 => connack_properties(a, granted, broker, listener),
+        Version::V311 => Properties::default(),
+    };
+    let connack = |properties| {
+        Packet::ConnAck(ConnAck {
+            session_present: present,
+            code: ReasonCode::Success,
+            properties,
+        })
+    };
+    if let Err(e) = connack(properties).encode(version, out) {
+        tracing::warn!(client_id = %a.client_id, error = %e, "CONNACK properties left out");
+        let _ = connack(Properties::default()).encode(version, out);
+    }
 }
 
 /// A 5.0 CONNACK's properties: what the client asked that the server changed, and
 /// the server's own limits.
 fn connack_properties(
     a: &Admitted,
-    granted: Granted,
+    granted: &Granted,
     broker: &Broker,
     listener: &ListenerInfo,
 ) -> Properties {
     let limits = &broker.config().limits;
     let mut props = Properties::default();
     props.assigned_client_identifier = a.assigned.clone();
-    props.session_expiry_interval = granted.expiry;
-    props.server_keep_alive = granted.keep_alive;
+    props.session_expiry_interval = granted.expiry_changed.then_some(granted.expiry);
+    props.server_keep_alive = granted.keep_alive_changed.then_some(granted.keep_alive);
     if limits.max_inflight != u16::MAX {
         props.receive_maximum = Some(limits.max_inflight);
     }

@@ -108,7 +108,8 @@ impl PluginChain {
             .or_default()
             .clone();
         let plugin = Plugin::load(&self.runtime, cfg, &self.defaults, state, stats)?;
-        tracing::info!(plugin = %plugin.name, hooks = ?plugin.hooks(), sha256 = %plugin.hash, "plugin loaded");
+        tracing::info!(plugin = %plugin.name, hooks = ?plugin.hook_names(), sha256 = %plugin.hash,
+            blocking = plugin.may_wait(), "plugin loaded");
         Ok(plugin)
     }
 

@@ -159,12 +159,38 @@ struct Live {
     guests: Guests,
 }
 
+/// Where each interface a plugin may export is in its component, if it exports it.
 struct Indices {
     lifecycle: Option<lifecycle::GuestIndices>,
     authn: Option<authn::GuestIndices>,
     authz: Option<authz::GuestIndices>,
     transformer: Option<transformer::GuestIndices>,
     limiter: Option<limiter::GuestIndices>,
+}
+
+impl Indices {
+    fn of(pre: &InstancePre<PluginCtx>) -> Indices {
+        Indices {
+            lifecycle: lifecycle::GuestIndices::new(pre).ok(),
+            authn: authn::GuestIndices::new(pre).ok(),
+            authz: authz::GuestIndices::new(pre).ok(),
+            transformer: transformer::GuestIndices::new(pre).ok(),
+            limiter: limiter::GuestIndices::new(pre).ok(),
+        }
+    }
+
+    /// The hooks of the chain among them.
+    fn hooks(&self) -> HookSet {
+        [
+            (self.authn.is_some(), Hook::Authenticate),
+            (self.authz.is_some(), Hook::Authorize),
+            (self.transformer.is_some(), Hook::Transform),
+            (self.limiter.is_some(), Hook::RateLimit),
+        ]
+        .into_iter()
+        .filter(|(has, _)| *has)
+        .fold(HookSet::default(), |set, (_, h)| set.with(h))
+    }
 }
 
 pub struct Plugin {
@@ -213,22 +239,8 @@ impl Plugin {
                 "its imports cannot be satisfied (built for another interface?): {e:#}"
             ))
         })?;
-        let indices = Indices {
-            lifecycle: lifecycle::GuestIndices::new(&pre).ok(),
-            authn: authn::GuestIndices::new(&pre).ok(),
-            authz: authz::GuestIndices::new(&pre).ok(),
-            transformer: transformer::GuestIndices::new(&pre).ok(),
-            limiter: limiter::GuestIndices::new(&pre).ok(),
-        };
-        let hooks = [
-            (indices.authn.is_some(), Hook::Authenticate),
-            (indices.authz.is_some(), Hook::Authorize),
-            (indices.transformer.is_some(), Hook::Transform),
-            (indices.limiter.is_some(), Hook::RateLimit),
-        ]
-        .into_iter()
-        .filter(|(has, _)| *has)
-        .fold(HookSet::default(), |set, (_, h)| set.with(h));
+        let indices = Indices::of(&pre);
+        let hooks = indices.hooks();
         if hooks.is_empty() {
             return Err(invalid(
                 "it exports no Weir hook (authn, authz, transformer, limiter of weir:plugin@0.1.0); is it built against another version of the interface?".into(),
@@ -266,14 +278,11 @@ impl Plugin {
             },
             state,
         };
-        let first = plugin.fresh().map_err(|f| match f {
-            Failure::Instantiate(m) => PluginError::Init {
-                plugin: cfg.name.clone(),
-                message: m,
-            },
-            other => PluginError::Init {
-                plugin: cfg.name.clone(),
-                message: other.to_string(),
+        let first = plugin.fresh().map_err(|f| PluginError::Init {
+            plugin: cfg.name.clone(),
+            message: match f {
+                Failure::Instantiate(m) => m,
+                other => other.to_string(),
             },
         })?;
         plugin.pool().push(first);
