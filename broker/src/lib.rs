@@ -19,6 +19,7 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod store;
+mod sync;
 
 /// Topic names and filters: one implementation, shared with the plugin SDK.
 pub use weir_protocol::topic;

@@ -5,9 +5,8 @@
 //! spots where one slow thing (a plugin, a disk) must not stall other clients.
 
 use bytes::{Bytes, BytesMut};
-use parking_lot::{Condvar, Mutex};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::watch;
@@ -42,14 +41,14 @@ struct Latch {
 impl Latch {
     fn wait(&self) {
         self.entered.fetch_add(1, Ordering::SeqCst);
-        let mut open = self.open.lock();
+        let mut open = self.open.lock().unwrap();
         while !*open {
-            self.opened.wait(&mut open);
+            open = self.opened.wait(open).unwrap();
         }
     }
 
     fn open(&self) {
-        *self.open.lock() = true;
+        *self.open.lock().unwrap() = true;
         self.opened.notify_all();
     }
 
@@ -590,4 +589,29 @@ fn acks_carry_typed_codes() {
     Packet::Ack(a.clone()).encode(Version::V5, &mut b).unwrap();
     assert_eq!(&b[..], &[0x40, 3, 0, 1, 0x97]);
     assert_eq!(codec::decode(b.freeze(), Version::V5), Ok(Packet::Ack(a)));
+}
+
+/// The DISCONNECT that ends a connection for a protocol error carries the cause as a
+/// reason string, unless the client's Maximum Packet Size has no room for it.
+#[tokio::test]
+async fn a_disconnect_leaves_out_the_reason_string_a_small_client_cannot_take() {
+    let setup = Setup::new(Script::default(), Scripted::new(false, None));
+    for (max, reason) in [(None, true), (Some(16), false)] {
+        let mut c = setup.dial();
+        let properties: Properties = PropertySet {
+            maximum_packet_size: max,
+            ..Default::default()
+        }
+        .into();
+        c.send(connect_packet("clumsy", true, properties)).await;
+        assert!(matches!(c.recv().await, Some(Packet::ConnAck(_))));
+        c.send(Packet::ConnAck(ConnAck::default())).await; // only servers send CONNACK
+        match c.recv().await {
+            Some(Packet::Disconnect(d)) => {
+                assert_eq!(d.code, ReasonCode::ProtocolError);
+                assert_eq!(d.properties.reason_string.is_some(), reason, "max {max:?}");
+            }
+            other => panic!("expected DISCONNECT, got {other:?}"),
+        }
+    }
 }

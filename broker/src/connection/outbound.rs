@@ -88,11 +88,17 @@ impl Outbound {
     }
 
     /// The alias for `topic` towards the client, and whether it is new (the topic must
-    /// go with it then).
+    /// go with it then). Most clients take no aliases: that case is inlined into every
+    /// delivery, the lookup is not.
+    #[inline]
     fn alias(&mut self, topic: &Arc<str>) -> Option<(u16, bool)> {
         if self.alias_max == 0 {
             return None;
         }
+        self.assign_alias(topic)
+    }
+
+    fn assign_alias(&mut self, topic: &Arc<str>) -> Option<(u16, bool)> {
         if let Some(a) = self.aliases.get(topic) {
             return Some((*a, false));
         }

@@ -3,13 +3,14 @@
 
 use crate::config::{ClientCert, ListenerConfig};
 use crate::hooks::PeerIdentity;
-use parking_lot::RwLock;
+use crate::sync::{read, write};
 use rustls::server::{ProducesTickets, StoresServerSessions, WebPkiClientVerifier};
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::RwLock;
 use tokio_rustls::TlsAcceptor;
 
 #[derive(Debug, thiserror::Error)]
@@ -81,12 +82,12 @@ impl TlsSetup {
     /// configuration stays in force.
     pub fn reload(&self) -> Result<(), TlsError> {
         let fresh = Arc::new(self.files.build()?);
-        *self.current.write() = fresh;
+        *write(&self.current) = fresh;
         Ok(())
     }
 
     pub fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(self.current.read().clone())
+        TlsAcceptor::from(read(&self.current).clone())
     }
 
     pub fn listener(&self) -> &str {

@@ -15,10 +15,9 @@ use crate::codec::{Properties, QoS};
 use crate::hooks::{Action, ClientInfo, Decision};
 use crate::message::{now_secs, Message};
 use crate::FastMap;
-use parking_lot::Mutex;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 const SHARDS: usize = 16;
@@ -153,8 +152,8 @@ impl Answers {
         h.finish()
     }
 
-    fn shard(&self, key: u64) -> parking_lot::MutexGuard<'_, FastMap<u64, Entry>> {
-        self.shards[(key >> 56) as usize % SHARDS].lock()
+    fn shard(&self, key: u64) -> MutexGuard<'_, FastMap<u64, Entry>> {
+        crate::sync::lock(&self.shards[(key >> 56) as usize % SHARDS])
     }
 
     /// Whether the plugin ever allowed an answer to be reused.

@@ -12,12 +12,12 @@ use crate::codec::ReasonCode;
 use crate::config::{Config, OnError, PluginConfig, PluginsConfig};
 use crate::hooks::ClientInfo;
 use crate::message::Message;
+use crate::sync::lock;
 use arc_swap::ArcSwap;
-use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The plugins in configuration order, as one call sees them.
 pub(super) type Chain = Arc<Vec<Arc<Plugin>>>;
@@ -95,15 +95,11 @@ impl PluginChain {
     }
 
     fn load_one(&self, cfg: &PluginConfig) -> Result<Plugin, PluginError> {
-        let state = self
-            .states
-            .lock()
+        let state = lock(&self.states)
             .entry(cfg.name.clone())
             .or_default()
             .clone();
-        let stats = self
-            .stats
-            .lock()
+        let stats = lock(&self.stats)
             .entry(cfg.name.clone())
             .or_default()
             .clone();
@@ -127,9 +123,9 @@ impl PluginChain {
     /// `init`s, swaps it in; otherwise the current version keeps serving and the
     /// rejection is recorded. Runs on the caller's thread, never on a connection's.
     pub fn reload(&self, name: &str) -> Result<Arc<Plugin>, PluginError> {
-        let _one = self.reloading.lock();
+        let _one = lock(&self.reloading);
         let cfg = {
-            let configs = self.configs.lock();
+            let configs = lock(&self.configs);
             configs
                 .iter()
                 .find(|c| c.name == name)
@@ -175,12 +171,12 @@ impl PluginChain {
     /// Loads a whole new chain (SIGHUP with a changed configuration); if any plugin
     /// fails, nothing changes.
     pub fn reconfigure(&self, configs: &[PluginConfig]) -> Result<(), PluginError> {
-        let _one = self.reloading.lock();
+        let _one = lock(&self.reloading);
         let mut list = Vec::new();
         for c in configs {
             list.push(Arc::new(self.load_one(c)?));
         }
-        *self.configs.lock() = configs.to_vec();
+        *lock(&self.configs) = configs.to_vec();
         self.plugins.store(Arc::new(list));
         self.refresh_active();
         tracing::info!(plugins = configs.len(), "plugin chain reconfigured");
@@ -189,7 +185,7 @@ impl PluginChain {
 
     /// The files the chain was loaded from, by plugin name (for the file watcher).
     pub fn sources(&self) -> Vec<(String, PathBuf)> {
-        let configs = self.configs.lock();
+        let configs = lock(&self.configs);
         configs
             .iter()
             .map(|c| (c.name.clone(), c.path.clone()))
@@ -197,15 +193,14 @@ impl PluginChain {
     }
 
     pub fn stats_of(&self, name: &str) -> Arc<Stats> {
-        self.stats
-            .lock()
+        lock(&self.stats)
             .entry(name.to_owned())
             .or_default()
             .clone()
     }
 
     fn refresh_active(&self) {
-        let _one = self.refreshing.lock();
+        let _one = lock(&self.refreshing);
         let active = self
             .current()
             .iter()

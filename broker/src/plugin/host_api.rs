@@ -4,8 +4,9 @@
 
 use super::bindings::weir::plugin::{host, types};
 use super::instance::PluginCtx;
-use parking_lot::Mutex;
+use crate::sync::lock;
 use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A plugin's key-value data may not grow past this; further writes are refused.
@@ -177,8 +178,8 @@ impl Kv {
 }
 
 impl SharedState {
-    fn kv(&self) -> parking_lot::MutexGuard<'_, Kv> {
-        self.kv.lock()
+    fn kv(&self) -> MutexGuard<'_, Kv> {
+        lock(&self.kv)
     }
 }
 
@@ -248,7 +249,7 @@ impl host::Host for PluginCtx {
     }
 
     fn bucket_take(&mut self, key: String, capacity: u64, refill_per_second: f64, n: u64) -> bool {
-        let mut buckets = self.state.buckets.lock();
+        let mut buckets = lock(&self.state.buckets);
         let b = buckets.refilled(key, capacity, refill_per_second);
         if b.tokens >= n as f64 {
             b.tokens -= n as f64;
@@ -259,7 +260,7 @@ impl host::Host for PluginCtx {
     }
 
     fn bucket_charge(&mut self, key: String, capacity: u64, refill_per_second: f64, n: u64) -> u64 {
-        let mut buckets = self.state.buckets.lock();
+        let mut buckets = lock(&self.state.buckets);
         let refill = rate(refill_per_second);
         let b = buckets.refilled(key, capacity, refill_per_second);
         b.tokens -= n as f64;

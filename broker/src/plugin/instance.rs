@@ -18,9 +18,8 @@ use super::runtime::{Runtime, TICK};
 use super::stats::Stats;
 use super::{wasi_io, Hook, HookSet, PluginError};
 use crate::config::{OnError, PluginConfig, PluginsConfig};
-use parking_lot::Mutex;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use wasmtime::component::{InstancePre, ResourceTable};
 use wasmtime::{ResourceLimiter, Store, Trap};
@@ -312,8 +311,8 @@ impl Plugin {
         self.may_wait
     }
 
-    fn pool(&self) -> parking_lot::MutexGuard<'_, Vec<Live>> {
-        self.pool.lock()
+    fn pool(&self) -> MutexGuard<'_, Vec<Live>> {
+        crate::sync::lock(&self.pool)
     }
 
     fn arm(&self, store: &mut Store<PluginCtx>) {

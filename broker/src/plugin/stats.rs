@@ -28,7 +28,7 @@ pub struct Stats {
     pub reloads: AtomicU64,
     /// New versions that failed to load while the previous one kept serving.
     pub rejections: AtomicU64,
-    last_rejection: parking_lot::Mutex<Option<String>>,
+    last_rejection: std::sync::Mutex<Option<String>>,
     pub calls: Striped,
     /// Answers given again from the plugin's reuse cache (or a lease) instead of
     /// calling it.
@@ -50,7 +50,7 @@ impl Default for Stats {
             enabled: std::sync::atomic::AtomicBool::new(true),
             reloads: AtomicU64::new(0),
             rejections: AtomicU64::new(0),
-            last_rejection: parking_lot::Mutex::new(None),
+            last_rejection: std::sync::Mutex::new(None),
             calls: Striped::default(),
             reused: Striped::default(),
             denials: AtomicU64::new(0),
@@ -82,11 +82,11 @@ impl Stats {
     /// A new version was refused, for this reason.
     pub fn rejected(&self, why: String) {
         self.rejections.fetch_add(1, Relaxed);
-        *self.last_rejection.lock() = Some(why);
+        *crate::sync::lock(&self.last_rejection) = Some(why);
     }
 
     pub fn last_rejection(&self) -> Option<String> {
-        self.last_rejection.lock().clone()
+        crate::sync::lock(&self.last_rejection).clone()
     }
 
     pub fn called(&self, took: Duration) {

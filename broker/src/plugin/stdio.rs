@@ -1,10 +1,9 @@
 //! A plugin's stdout and stderr, line by line into `tracing` with the plugin's name.
 
 use bytes::Bytes;
-use parking_lot::Mutex;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -30,7 +29,7 @@ impl GuestOutput {
     }
 
     fn push(&self, bytes: &[u8]) {
-        let mut line = self.line.lock();
+        let mut line = crate::sync::lock(&self.line);
         for &b in bytes {
             if b == b'\n' || line.len() >= LINE_MAX {
                 self.emit(&line);

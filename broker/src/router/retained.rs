@@ -1,8 +1,8 @@
 use crate::message::{now_secs, Message};
+use crate::sync::{read, write};
 use crate::topic;
 use crate::FastMap;
-use parking_lot::RwLock;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// The last retained message of each topic.
 ///
@@ -17,7 +17,7 @@ impl Retained {
     /// Stores the message, or deletes the topic's retained message when the payload is
     /// empty (MQTT-3.3.1-6).
     pub fn set(&self, msg: Arc<Message>) {
-        let mut map = self.map.write();
+        let mut map = write(&self.map);
         if msg.payload.is_empty() {
             map.remove(&msg.topic);
         } else {
@@ -28,7 +28,7 @@ impl Retained {
     /// Unexpired retained messages matching `filter`.
     pub fn matching(&self, filter: &str) -> Vec<Arc<Message>> {
         let now = now_secs();
-        let map = self.map.read();
+        let map = read(&self.map);
         map.values()
             .filter(|m| !m.is_expired(now) && topic::matches(filter, &m.topic))
             .cloned()
@@ -38,7 +38,7 @@ impl Retained {
     /// Drops expired messages; returns their topics so the store can forget them too.
     pub fn purge_expired(&self) -> Vec<Arc<str>> {
         let now = now_secs();
-        let mut map = self.map.write();
+        let mut map = write(&self.map);
         let gone: Vec<Arc<str>> = map
             .values()
             .filter(|m| m.is_expired(now))
@@ -51,7 +51,7 @@ impl Retained {
     }
 
     pub fn len(&self) -> usize {
-        self.map.read().len()
+        read(&self.map).len()
     }
 
     pub fn is_empty(&self) -> bool {

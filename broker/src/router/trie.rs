@@ -1,9 +1,9 @@
 use crate::codec::SubscriptionOptions;
+use crate::sync::{read, write};
 use crate::topic;
 use crate::FastMap;
-use parking_lot::RwLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// One subscription that matched a published topic.
 #[derive(Debug, Clone)]
@@ -102,7 +102,7 @@ impl Router {
             Ok(Some(s)) => (Some(s.group), s.filter),
             _ => (None, filter),
         };
-        let mut root = self.root.write();
+        let mut root = write(&self.root);
         let mut node = &mut *root;
         for level in real.split('/') {
             node = node.children.entry(level.into()).or_default();
@@ -139,7 +139,7 @@ impl Router {
             _ => (None, filter),
         };
         let levels: Vec<&str> = real.split('/').collect();
-        let mut root = self.root.write();
+        let mut root = write(&self.root);
         remove(&mut root, &levels, group, client_id)
     }
 
@@ -147,7 +147,7 @@ impl Router {
     /// to pick a member of. Holds the read lock only while it walks the trie.
     pub fn matches(&self, topic: &str, out: &mut Matches) {
         let levels: Vec<&str> = topic.split('/').collect();
-        let root = self.root.read();
+        let root = read(&self.root);
         walk(&root, &levels, 0, topic.starts_with('$'), out);
     }
 }
@@ -287,7 +287,7 @@ mod tests {
         assert!(r.subscribe(&c, "a/b/c", SubscriptionOptions::default(), None));
         assert!(r.unsubscribe("c", "a/b/c"));
         assert!(!r.unsubscribe("c", "a/b/c"));
-        assert!(r.root.read().is_empty());
+        assert!(read(&r.root).is_empty());
     }
 
     #[test]

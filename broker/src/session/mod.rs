@@ -22,8 +22,8 @@ use crate::codec::{ReasonCode, SubscriptionOptions, Version, Will};
 use crate::hooks::Identity;
 use crate::message::{now_secs, Delivery, Message};
 use crate::store::{DeliveryState, SessionMeta, StoredSession};
-use parking_lot::{Mutex, MutexGuard};
 use std::sync::Arc;
+use std::sync::{Mutex, MutexGuard};
 use tokio::sync::{mpsc, Notify};
 
 /// "Never expires": 5.0's 0xFFFFFFFF, and a 3.1.1 session without Clean Session.
@@ -112,7 +112,7 @@ impl Session {
 
     /// The state, for the broker's verbs that change it.
     pub(crate) fn lock(&self) -> MutexGuard<'_, SessionState> {
-        self.state.lock()
+        crate::sync::lock(&self.state)
     }
 
     /// Tells the attached connection there is something to send.

@@ -2,10 +2,11 @@
 //! its implementation for one process.
 
 use super::Session;
+use crate::sync::{lock, read, write};
 use crate::FastMap;
-use parking_lot::{Mutex, RawMutex, RwLock};
 use std::hash::BuildHasher;
 use std::sync::Arc;
+use std::sync::{Condvar, Mutex, RwLock};
 
 /// Where sessions are registered and claimed. Attach, detach and expiry hold a
 /// client id's [`Claim`] while they change who owns its session, so two connections
@@ -32,7 +33,15 @@ pub trait Directory: Send + Sync + 'static {
 const SHARDS: usize = 32;
 
 type Shard = RwLock<FastMap<Arc<str>, Arc<Session>>>;
-type ClaimShard = Mutex<FastMap<Arc<str>, Arc<Mutex<()>>>>;
+type ClaimShard = Mutex<FastMap<Arc<str>, Arc<ClaimLock>>>;
+
+/// The lock of one claimed client id: held across calls, so a flag and a condition
+/// variable rather than a guard.
+#[derive(Default)]
+struct ClaimLock {
+    held: Mutex<bool>,
+    released: Condvar,
+}
 
 /// Every session of this process by client id. Sharded so that publishers looking up
 /// subscribers on different threads, and clients connecting, rarely touch the same
@@ -58,19 +67,20 @@ impl Default for Sessions {
 
 /// Held while a client id's session changes hands; dropping it releases the claim.
 pub struct Claim<'a> {
-    guard: Option<parking_lot::ArcMutexGuard<RawMutex, ()>>,
+    lock: Arc<ClaimLock>,
     client_id: Arc<str>,
     shard: &'a ClaimShard,
 }
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        drop(self.guard.take());
-        let mut locks = self.shard.lock();
-        // Only the map holds it now: nobody holds or waits for this client's claim.
+        *lock(&self.lock.held) = false;
+        self.lock.released.notify_one();
+        let mut locks = lock(self.shard);
+        // Only the map and this claim hold it: nobody else holds or waits for it.
         if locks
             .get(&self.client_id)
-            .is_some_and(|l| Arc::strong_count(l) == 1)
+            .is_some_and(|l| Arc::strong_count(l) == 2)
         {
             locks.remove(&self.client_id);
         }
@@ -90,37 +100,44 @@ impl Sessions {
 impl Directory for Sessions {
     fn claim(&self, client_id: &str) -> Claim<'_> {
         let shard = &self.claims[self.index(client_id)];
-        let (client_id, lock) = {
-            let mut locks = shard.lock();
+        let (client_id, claimed) = {
+            let mut locks = lock(shard);
             match locks.get_key_value(client_id) {
                 Some((k, l)) => (k.clone(), l.clone()),
                 None => {
                     let k: Arc<str> = Arc::from(client_id);
-                    let l = Arc::new(Mutex::new(()));
+                    let l = Arc::new(ClaimLock::default());
                     locks.insert(k.clone(), l.clone());
                     (k, l)
                 }
             }
         };
+        let mut held = lock(&claimed.held);
+        while *held {
+            held = claimed
+                .released
+                .wait(held)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        *held = true;
+        drop(held);
         Claim {
-            guard: Some(lock.lock_arc()),
+            lock: claimed,
             client_id,
             shard,
         }
     }
 
     fn find(&self, client_id: &str) -> Option<Arc<Session>> {
-        self.shard(client_id).read().get(client_id).cloned()
+        read(self.shard(client_id)).get(client_id).cloned()
     }
 
     fn register(&self, s: Arc<Session>) {
-        self.shard(s.client_id())
-            .write()
-            .insert(s.client_id().clone(), s);
+        write(self.shard(s.client_id())).insert(s.client_id().clone(), s);
     }
 
     fn unregister(&self, s: &Arc<Session>) -> bool {
-        let mut map = self.shard(s.client_id()).write();
+        let mut map = write(self.shard(s.client_id()));
         if map
             .get(s.client_id())
             .is_some_and(|cur| Arc::ptr_eq(cur, s))
@@ -135,12 +152,12 @@ impl Directory for Sessions {
     fn all(&self) -> Vec<Arc<Session>> {
         self.shards
             .iter()
-            .flat_map(|s| s.read().values().cloned().collect::<Vec<_>>())
+            .flat_map(|s| read(s).values().cloned().collect::<Vec<_>>())
             .collect()
     }
 
     fn count(&self) -> usize {
-        self.shards.iter().map(|s| s.read().len()).sum()
+        self.shards.iter().map(|s| read(s).len()).sum()
     }
 }
 
@@ -170,7 +187,7 @@ mod tests {
         drop(held);
         assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok("a"));
         waiter.join().unwrap();
-        let left: usize = sessions.claims.iter().map(|c| c.lock().len()).sum();
+        let left: usize = sessions.claims.iter().map(|c| lock(c).len()).sum();
         assert_eq!(left, 0, "released claims leave nothing behind");
     }
 }

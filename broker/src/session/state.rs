@@ -311,7 +311,9 @@ impl SessionState {
         out: &mut Vec<Outgoing>,
     ) -> Taken {
         let mut taken = Taken::default();
-        self.take_resends(out);
+        if !self.resend.is_empty() {
+            self.take_resends(out);
+        }
         while out.len() < max {
             let Some(front) = self.queue.front() else {
                 break;
