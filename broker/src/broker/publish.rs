@@ -23,6 +23,7 @@ impl Broker {
         }
         let mut matches = Matches::default();
         self.fanout.matches(&msg.topic, &mut matches);
+        let distinct = matches.distinct();
         let mut targets = matches.targets;
         if !matches.groups.is_empty() {
             // Shared subscriptions: a member is picked per message, so only now is it
@@ -32,7 +33,7 @@ impl Broker {
         }
         let publisher = msg.publisher.as_deref();
         targets.retain(|t| !(t.options.no_local && !t.shared && publisher == Some(&*t.client_id)));
-        for (client_id, want) in merge_overlapping(targets) {
+        for (client_id, want) in merge_overlapping(targets, distinct) {
             let Some(session) = self.sessions.find(&client_id) else {
                 continue;
             };
@@ -119,17 +120,20 @@ struct Wanted {
 }
 
 /// One delivery per client for overlapping subscriptions: the highest QoS and every
-/// subscription identifier (MQTT-3.3.4-3, -5).
-fn merge_overlapping(targets: Vec<Target>) -> Vec<(Arc<str>, Wanted)> {
+/// subscription identifier (MQTT-3.3.4-3, -5). `distinct`: no client is there twice.
+fn merge_overlapping(targets: Vec<Target>, distinct: bool) -> Vec<(Arc<str>, Wanted)> {
     let wanted = |t: &Target| Wanted {
         qos: t.options.qos,
         retain_as_published: t.options.retain_as_published,
         ids: t.id.into_iter().collect(),
     };
-    if targets.len() == 1 {
+    if distinct || targets.len() == 1 {
         return targets
-            .iter()
-            .map(|t| (t.client_id.clone(), wanted(t)))
+            .into_iter()
+            .map(|t| {
+                let w = wanted(&t);
+                (t.client_id, w)
+            })
             .collect();
     }
     let mut by_client: FastMap<Arc<str>, Wanted> =

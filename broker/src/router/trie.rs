@@ -42,6 +42,17 @@ struct Group {
 pub struct Matches {
     pub targets: Vec<Target>,
     pub groups: Vec<SharedGroup>,
+    /// Trie nodes whose ordinary subscribers are among `targets`.
+    nodes: usize,
+}
+
+impl Matches {
+    /// Whether no client can be among the targets twice: they all come from one
+    /// node's subscribers (one subscription per client there) or from one group. Then
+    /// there are no overlapping subscriptions to merge, which saves a map per message.
+    pub fn distinct(&self) -> bool {
+        self.nodes + self.groups.len() <= 1
+    }
 }
 
 /// One shared subscription group that matched, to pick a member of.
@@ -187,6 +198,7 @@ fn remove(node: &mut Node, levels: &[&str], group: Option<&str>, client_id: &str
 }
 
 fn emit(node: &Node, out: &mut Matches) {
+    out.nodes += !node.subscribers.is_empty() as usize;
     for (client_id, (options, id)) in &node.subscribers {
         out.targets.push(Target {
             client_id: client_id.clone(),
@@ -238,8 +250,15 @@ mod tests {
     fn picked(r: &Router, topic: &str, rank: &dyn Fn(&str) -> u8) -> Vec<Target> {
         let mut m = Matches::default();
         r.matches(topic, &mut m);
+        let distinct = m.distinct();
         let mut all = m.targets;
         all.extend(m.groups.iter().filter_map(|g| g.pick(rank)));
+        if distinct {
+            let mut ids: Vec<_> = all.iter().map(|t| t.client_id.clone()).collect();
+            ids.sort();
+            ids.dedup();
+            assert_eq!(ids.len(), all.len(), "said distinct, found a client twice");
+        }
         all
     }
 
