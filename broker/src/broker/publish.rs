@@ -31,20 +31,18 @@ impl Broker {
             let rank = |client_id: &str| self.rank(client_id, &msg);
             targets.extend(matches.groups.iter().filter_map(|g| g.pick(&rank)));
         }
+        // No Local: not back to the publisher (a shared subscription ignores it).
         let publisher = msg.publisher.as_deref();
-        targets.retain(|t| !(t.options.no_local && !t.shared && publisher == Some(&*t.client_id)));
-        for (client_id, want) in merge_overlapping(targets, distinct) {
-            let Some(session) = self.sessions.find(&client_id) else {
-                continue;
-            };
-            let d = Delivery {
-                message: msg.clone(),
-                qos: msg.qos.min(want.qos),
-                retain: msg.retain && want.retain_as_published,
-                subscription_ids: want.ids,
-                store_seq: None,
-            };
-            stored |= self.queue_for(&session, d);
+        let own = |t: &Target| t.options.no_local && !t.shared && publisher == Some(&*t.client_id);
+        if distinct {
+            for t in targets.iter().filter(|t| !own(t)) {
+                stored |= self.deliver(&t.client_id, &msg, Wanted::of(t));
+            }
+        } else {
+            targets.retain(|t| !own(t));
+            for (client_id, want) in merge_overlapping(targets) {
+                stored |= self.deliver(&client_id, &msg, want);
+            }
         }
         stored | self.fanout.forward(&msg)
     }
@@ -96,6 +94,22 @@ impl Broker {
         }
     }
 
+    /// Queues `msg` for the session of `client_id` as its subscriptions want it; whether
+    /// it was stored.
+    fn deliver(&self, client_id: &str, msg: &Arc<Message>, want: Wanted) -> bool {
+        let Some(session) = self.sessions.find(client_id) else {
+            return false;
+        };
+        let d = Delivery {
+            message: msg.clone(),
+            qos: msg.qos.min(want.qos),
+            retain: msg.retain && want.retain_as_published,
+            subscription_ids: want.ids,
+            store_seq: None,
+        };
+        self.queue_for(&session, d)
+    }
+
     /// Queues one delivery for one session and wakes its connection. Returns whether
     /// it was stored (an acknowledgement must wait for the commit).
     pub fn queue_for(&self, session: &Session, d: Delivery) -> bool {
@@ -119,29 +133,25 @@ struct Wanted {
     ids: Vec<u32>,
 }
 
-/// One delivery per client for overlapping subscriptions: the highest QoS and every
-/// subscription identifier (MQTT-3.3.4-3, -5). `distinct`: no client is there twice.
-fn merge_overlapping(targets: Vec<Target>, distinct: bool) -> Vec<(Arc<str>, Wanted)> {
-    let wanted = |t: &Target| Wanted {
-        qos: t.options.qos,
-        retain_as_published: t.options.retain_as_published,
-        ids: t.id.into_iter().collect(),
-    };
-    if distinct || targets.len() == 1 {
-        return targets
-            .into_iter()
-            .map(|t| {
-                let w = wanted(&t);
-                (t.client_id, w)
-            })
-            .collect();
+impl Wanted {
+    fn of(t: &Target) -> Wanted {
+        Wanted {
+            qos: t.options.qos,
+            retain_as_published: t.options.retain_as_published,
+            ids: t.id.into_iter().collect(),
+        }
     }
+}
+
+/// One delivery per client for overlapping subscriptions: the highest QoS and every
+/// subscription identifier (MQTT-3.3.4-3, -5).
+fn merge_overlapping(targets: Vec<Target>) -> Vec<(Arc<str>, Wanted)> {
     let mut by_client: FastMap<Arc<str>, Wanted> =
         FastMap::with_capacity_and_hasher(targets.len(), Default::default());
     for t in &targets {
         match by_client.get_mut(&t.client_id) {
             None => {
-                by_client.insert(t.client_id.clone(), wanted(t));
+                by_client.insert(t.client_id.clone(), Wanted::of(t));
             }
             Some(m) => {
                 m.qos = m.qos.max(t.options.qos);
