@@ -145,6 +145,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let mut last_read = Instant::now();
         loop {
             match self.io.flush().await {
+                // A shared counter: touched only when there was something to write.
+                Ok(0) => {}
                 Ok(n) => self.broker.metrics().wrote_bytes(n),
                 Err(e) => return e,
             }
