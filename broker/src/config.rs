@@ -41,6 +41,8 @@ pub struct Config {
     pub storage: Storage,
     pub admin: Admin,
     pub log: Log,
+    /// Present: this node is one of several acting as one broker through NATS.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for Config {
@@ -56,6 +58,7 @@ impl Default for Config {
             storage: Storage::default(),
             admin: Admin::default(),
             log: Log::default(),
+            cluster: None,
         }
     }
 }
@@ -437,6 +440,108 @@ impl Default for Storage {
     }
 }
 
+/// `[cluster]`: the NATS servers (with JetStream) the nodes share, and this node's name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// NATS URLs (`nats://host:port`, `tls://host:port`); any one is enough to join.
+    pub servers: Vec<String>,
+    /// This node's unique, stable name.
+    pub node: String,
+    /// JetStream replicas of Weir's streams and buckets: 1, or 3 for a NATS cluster.
+    #[serde(default = "one")]
+    pub replicas: usize,
+    /// How long startup waits for NATS and JetStream before giving up.
+    #[serde(default = "thirty")]
+    pub connect_timeout_secs: u64,
+    /// A NATS credentials file (JWT and NKey seed).
+    pub credentials: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    /// CA certificate(s) the NATS servers' certificates are checked against.
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate and key, for NATS servers that verify clients.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn thirty() -> u64 {
+    30
+}
+
+impl ClusterConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.servers.is_empty() {
+            return Err(invalid(
+                "cluster.servers",
+                "at least one NATS URL is needed",
+            ));
+        }
+        for (i, url) in self.servers.iter().enumerate() {
+            check_nats_url(url).map_err(|m| invalid(format!("cluster.servers[{i}]"), m))?;
+        }
+        if !names_ok(&self.node) {
+            return Err(invalid(
+                "cluster.node",
+                "use letters, digits, '-' and '_' (it names NATS consumers)",
+            ));
+        }
+        if self.replicas != 1 && self.replicas != 3 {
+            return Err(invalid("cluster.replicas", "must be 1 or 3"));
+        }
+        if self.connect_timeout_secs == 0 {
+            return Err(invalid(
+                "cluster.connect_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        if self.user.is_some() != self.password.is_some() {
+            return Err(invalid("cluster.password", "user and password go together"));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(invalid(
+                "cluster.tls_key",
+                "tls_cert and tls_key go together",
+            ));
+        }
+        for (k, p) in [
+            ("credentials", &self.credentials),
+            ("tls_ca", &self.tls_ca),
+            ("tls_cert", &self.tls_cert),
+            ("tls_key", &self.tls_key),
+        ] {
+            if let Some(p) = p.as_ref().filter(|p| !p.is_file()) {
+                return Err(invalid(
+                    format!("cluster.{k}"),
+                    format!("{} is not a readable file", p.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `nats://host:port`, `tls://host:port` or `host:port`, the forms NATS clients take.
+fn check_nats_url(url: &str) -> Result<(), String> {
+    let rest = match url.split_once("://") {
+        Some(("nats" | "tls", rest)) => rest,
+        Some((scheme, _)) => return Err(format!("'{url}': scheme '{scheme}' is not nats or tls")),
+        None => url,
+    };
+    let host_port = rest.rsplit('@').next().unwrap_or(rest);
+    match host_port.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+            Ok(())
+        }
+        _ => Err(format!("'{url}' is not host:port")),
+    }
+}
+
 /// The admin HTTP API: health, metrics, plugin operations, clients.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -508,6 +613,9 @@ impl Config {
             ));
         }
         self.limits.validate()?;
+        if let Some(c) = &self.cluster {
+            c.validate()?;
+        }
         if self.storage.persistence && self.storage.dir.as_os_str().is_empty() {
             return Err(invalid("storage.dir", "must not be empty"));
         }

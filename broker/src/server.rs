@@ -2,6 +2,7 @@
 
 use crate::admin::AdminState;
 use crate::broker::Broker;
+use crate::cluster::ClusterStats;
 use crate::config::Config;
 use crate::connection::ListenerInfo;
 use crate::hooks::Hooks;
@@ -22,6 +23,8 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("cannot start the housekeeping thread: {0}")]
     Thread(std::io::Error),
     #[error("listener '{name}' cannot bind {addr}: {source}")]
@@ -44,12 +47,15 @@ pub async fn run(
     plugins: Option<Arc<PluginChain>>,
     stop: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let broker = Broker::open(config, hooks)?;
+    let (broker, cluster) = match config.cluster.clone() {
+        None => (Broker::open(config, hooks)?, None),
+        Some(c) => join_cluster(config, hooks, &c).await?,
+    };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     let listeners = start_listeners(&broker, &shutdown_rx, &alive_tx).await?;
     if broker.config().admin.enabled {
-        start_admin(&broker, plugins, listeners, shutdown_rx.clone()).await?;
+        start_admin(&broker, plugins, cluster, listeners, shutdown_rx.clone()).await?;
     }
     drop(alive_tx);
     let housekeeping = Housekeeper::start(broker.clone()).map_err(ServerError::Thread)?;
@@ -67,6 +73,27 @@ pub async fn run(
     broker.flush()?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A broker that is one node of a cluster: its fan-out and acknowledgements go through
+/// NATS, and what other nodes forward arrives through [`Broker::arrive`].
+async fn join_cluster(
+    config: Config,
+    hooks: Arc<dyn Hooks>,
+    cluster: &crate::config::ClusterConfig,
+) -> Result<(Arc<Broker>, Option<Arc<ClusterStats>>), ServerError> {
+    let cluster = crate::cluster::Cluster::connect(cluster).await?;
+    let store = Broker::open_store(&config)?;
+    let commits = crate::cluster::tickets::Joint::start(store.clone(), cluster.tickets());
+    let broker = Broker::assemble(config, hooks, store, cluster.fanout(), commits)?;
+    let stats = cluster.stats();
+    let weak = Arc::downgrade(&broker);
+    cluster.serve(Arc::new(move |msg| {
+        if let Some(b) = weak.upgrade() {
+            b.arrive(msg)
+        }
+    }));
+    Ok((broker, Some(stats)))
 }
 
 /// Binds every configured listener and starts accepting on it. `alive` is cloned into
@@ -116,6 +143,7 @@ async fn start_listeners(
 async fn start_admin(
     broker: &Arc<Broker>,
     plugins: Option<Arc<PluginChain>>,
+    cluster: Option<Arc<ClusterStats>>,
     listeners: Vec<Arc<ListenerInfo>>,
     mut down: watch::Receiver<bool>,
 ) -> Result<(), ServerError> {
@@ -132,6 +160,7 @@ async fn start_admin(
         plugins,
         listeners,
         token: admin.token.clone(),
+        cluster,
     });
     tracing::info!(addr = %admin.bind, token = admin.token.is_some(), "admin API listening");
     tokio::spawn(async move {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 pub mod clients;
 pub mod http;
+pub mod nats;
 pub mod pki;
 pub mod plugins;
 pub mod raw;

@@ -25,7 +25,60 @@ pub fn render(s: &AdminState) -> String {
     if let Some(chain) = &s.plugins {
         plugin_families(&mut out, &chain.plugins());
     }
+    if let Some(c) = &s.cluster {
+        cluster_families(&mut out, c);
+    }
     out
+}
+
+fn cluster_families(out: &mut String, c: &crate::cluster::ClusterStats) {
+    for (name, kind, help, v) in [
+        (
+            "weir_cluster_published_total",
+            "counter",
+            "Messages this node published to the other nodes (QoS 1 and 2 once JetStream has them).",
+            &c.published,
+        ),
+        (
+            "weir_cluster_received_total",
+            "counter",
+            "Messages other nodes forwarded to this one.",
+            &c.received,
+        ),
+        (
+            "weir_cluster_publish_retries_total",
+            "counter",
+            "JetStream publishes that failed and were sent again (their publishers wait meanwhile).",
+            &c.publish_retries,
+        ),
+        (
+            "weir_cluster_undecodable_total",
+            "counter",
+            "Messages from the cluster that could not be decoded and were dropped.",
+            &c.undecodable,
+        ),
+        (
+            "weir_cluster_copies_total",
+            "counter",
+            "Extra copies of a message NATS sent for overlapping subscriptions, dropped.",
+            &c.copies,
+        ),
+        (
+            "weir_cluster_disconnects_total",
+            "counter",
+            "Times the connection to NATS was lost.",
+            &c.disconnects,
+        ),
+        (
+            "weir_cluster_subjects",
+            "gauge",
+            "NATS subjects this node subscribes to for its clients' filters.",
+            &c.subjects,
+        ),
+    ] {
+        family(out, name, kind, help);
+        let _ = writeln!(out, "{name} {}", v.load(Relaxed));
+    }
 }
 
 fn broker_families(out: &mut String, s: &AdminState) {

@@ -27,6 +27,8 @@ pub struct AdminState {
     pub plugins: Option<Arc<PluginChain>>,
     pub listeners: Vec<Arc<ListenerInfo>>,
     pub token: Option<String>,
+    /// In cluster mode, the link to NATS's counters.
+    pub cluster: Option<Arc<crate::cluster::ClusterStats>>,
 }
 
 /// An error answer: status and message.

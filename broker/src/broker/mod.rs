@@ -25,7 +25,7 @@ use crate::message::now_secs;
 use crate::metrics::Metrics;
 use crate::router::{Fanout, Retained, Router};
 use crate::session::{Control, Directory, QueueLimits, Session, Sessions};
-use crate::store::{MemoryStore, SledStore, Store, StoreError};
+use crate::store::{Commit, MemoryStore, SledStore, Store, StoreError};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -34,10 +34,13 @@ use tokio::sync::watch;
 
 pub struct Broker {
     config: Config,
-    fanout: Box<dyn Fanout>,
+    fanout: Arc<dyn Fanout>,
     retained: Retained,
     sessions: Box<dyn Directory>,
     store: Arc<dyn Store>,
+    /// What acknowledgements wait for: the store's commit, or in a cluster the store's
+    /// and JetStream's together.
+    commits: Arc<dyn Commit + Send + Sync>,
     hooks: Arc<dyn Hooks>,
     metrics: Metrics,
     /// Key of the next stored delivery; unique across restarts.
@@ -58,7 +61,13 @@ pub struct ConnectedClient {
 impl Broker {
     /// Opens the configured store and restores retained messages and sessions from it.
     pub fn open(config: Config, hooks: Arc<dyn Hooks>) -> Result<Arc<Broker>, StoreError> {
-        let store: Arc<dyn Store> = if config.storage.persistence {
+        let store = Broker::open_store(&config)?;
+        Broker::with_store(config, hooks, store)
+    }
+
+    /// The store the configuration asks for.
+    pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+        Ok(if config.storage.persistence {
             Arc::new(SledStore::open(
                 &config.storage.dir,
                 config.storage.durability,
@@ -66,8 +75,7 @@ impl Broker {
             )?)
         } else {
             Arc::new(MemoryStore::default())
-        };
-        Broker::with_store(config, hooks, store)
+        })
     }
 
     /// A broker over the given store, restored from it (in-process tests give their
@@ -77,12 +85,26 @@ impl Broker {
         hooks: Arc<dyn Hooks>,
         store: Arc<dyn Store>,
     ) -> Result<Arc<Broker>, StoreError> {
+        let commits: Arc<dyn Commit + Send + Sync> = store.clone();
+        Broker::assemble(config, hooks, store, Arc::new(Router::default()), commits)
+    }
+
+    /// A broker from its parts: where publishes fan out and what acknowledgements wait
+    /// for are the cluster's in cluster mode.
+    pub fn assemble(
+        config: Config,
+        hooks: Arc<dyn Hooks>,
+        store: Arc<dyn Store>,
+        fanout: Arc<dyn Fanout>,
+        commits: Arc<dyn Commit + Send + Sync>,
+    ) -> Result<Arc<Broker>, StoreError> {
         let broker = Broker {
             config,
-            fanout: Box::new(Router::default()),
+            fanout,
             retained: Retained::default(),
             sessions: Box::new(Sessions::default()),
             store,
+            commits,
             hooks,
             metrics: Metrics::default(),
             seq: AtomicU64::new(1),
@@ -158,12 +180,12 @@ impl Broker {
     /// acknowledgement that promises durability waits until [`Broker::durable`] reaches
     /// it.
     pub fn commit(&self) -> u64 {
-        self.store.commit()
+        self.commits.commit()
     }
 
     /// The highest ticket known durable.
     pub fn durable(&self) -> watch::Receiver<u64> {
-        self.store.durable()
+        self.commits.durable()
     }
 
     /// Syncs everything now (shutdown).

@@ -6,6 +6,7 @@ use super::Broker;
 use crate::codec::SubscriptionOptions;
 use crate::message::{Delivery, Message};
 use crate::metrics::DropCause;
+use crate::router::Subscribed;
 use crate::session::{Journal, Outgoing, Session, Subscription, Taken};
 use crate::store::{log_write, DeliveryState, StoredDelivery};
 use std::sync::atomic::Ordering;
@@ -112,21 +113,22 @@ impl Broker {
         session.lock().release_qos2(pid, &journal)
     }
 
-    /// Adds a subscription; whether one with this filter existed already. The
-    /// session's record is written by [`Broker::record_session`].
+    /// Adds a subscription: whether one with this filter existed already, and whether
+    /// the SUBACK must wait for the next commit. The session's record is written by
+    /// [`Broker::record_session`].
     pub fn subscribe(
         &self,
         session: &Session,
         filter: &str,
         options: SubscriptionOptions,
         id: Option<u32>,
-    ) -> bool {
-        let existed = self
+    ) -> Subscribed {
+        let done = self
             .fanout
             .subscribe(session.client_id(), filter, options, id);
         let sub = Subscription { options, id };
         session.lock().remember_subscription(filter, sub);
-        existed
+        done
     }
 
     /// Removes a subscription; whether there was one.

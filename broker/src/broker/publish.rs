@@ -21,6 +21,20 @@ impl Broker {
         if msg.retain {
             stored |= self.retain(&msg);
         }
+        stored |= self.route(&msg);
+        stored | self.fanout.forward(&msg)
+    }
+
+    /// Routes a message another node of the cluster forwarded to this one, to this
+    /// node's subscribers only. The node it was published on keeps it retained.
+    pub fn arrive(&self, msg: Message) {
+        self.route(&Arc::new(msg));
+    }
+
+    /// Queues `msg` for every matching session of this node; whether a store write
+    /// was made.
+    fn route(&self, msg: &Arc<Message>) -> bool {
+        let mut stored = false;
         let mut matches = Matches::default();
         self.fanout.matches(&msg.topic, &mut matches);
         let distinct = matches.distinct();
@@ -28,7 +42,7 @@ impl Broker {
         if !matches.groups.is_empty() {
             // Shared subscriptions: a member is picked per message, so only now is it
             // known who would read this topic; a member that may not is passed over.
-            let rank = |client_id: &str| self.rank(client_id, &msg);
+            let rank = |client_id: &str| self.rank(client_id, msg);
             targets.extend(matches.groups.iter().filter_map(|g| g.pick(&rank)));
         }
         // No Local: not back to the publisher (a shared subscription ignores it).
@@ -36,15 +50,15 @@ impl Broker {
         let own = |t: &Target| t.options.no_local && !t.shared && publisher == Some(&*t.client_id);
         if distinct {
             for t in targets.iter().filter(|t| !own(t)) {
-                stored |= self.deliver(&t.client_id, &msg, Wanted::of(t));
+                stored |= self.deliver(&t.client_id, msg, Wanted::of(t));
             }
         } else {
             targets.retain(|t| !own(t));
             for (client_id, want) in merge_overlapping(targets) {
-                stored |= self.deliver(&client_id, &msg, want);
+                stored |= self.deliver(&client_id, msg, want);
             }
         }
-        stored | self.fanout.forward(&msg)
+        stored
     }
 
     /// Keeps the message as its topic's retained message (or deletes that, for an

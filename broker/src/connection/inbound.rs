@@ -263,23 +263,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut then = Vec::new();
+        let mut wait = false;
         for (filter, opts) in s.filters {
-            codes.push(self.subscribe_one(&filter, opts, sub_id, &mut then)?);
+            codes.push(self.subscribe_one(&filter, opts, sub_id, &mut then, &mut wait)?);
         }
         let changed = codes.iter().any(|c| !c.is_failure());
         let stored = changed && self.broker.record_session(&self.session);
-        self.suback(s.pid, codes, stored, then);
+        self.suback(s.pid, codes, stored || wait, then);
         Ok(())
     }
 
     /// One filter of a SUBSCRIBE: its reason code, and the retained messages it gets
-    /// added to `then`.
+    /// added to `then`; sets `wait` if the SUBACK must wait for the next commit.
     fn subscribe_one(
         &mut self,
         filter: &str,
         opts: SubscriptionOptions,
         sub_id: Option<u32>,
         then: &mut Vec<Delivery>,
+        wait: &mut bool,
     ) -> Result<ReasonCode, Exit> {
         let limits = &self.broker.config().limits;
         let shared = match topic::parse_shared(filter) {
@@ -304,10 +306,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         if let Decision::Deny(code) = decision {
             return Ok(code);
         }
-        let existed = self.broker.subscribe(&self.session, filter, opts, sub_id);
+        let done = self.broker.subscribe(&self.session, filter, opts, sub_id);
+        *wait |= done.needs_sync;
         let send_retained = match opts.retain_handling {
             RetainHandling::SendAlways => true,
-            RetainHandling::SendIfNew => !existed,
+            RetainHandling::SendIfNew => !done.existed,
             RetainHandling::Never => false,
         };
         if send_retained && !shared {

@@ -24,14 +24,14 @@ use std::sync::Arc;
 /// what is published here to the nodes that want it.
 pub trait Fanout: Send + Sync + 'static {
     /// Adds or replaces `client_id`'s subscription to `filter` (which may be
-    /// `$share/group/...`, already validated); whether it existed before.
+    /// `$share/group/...`, already validated).
     fn subscribe(
         &self,
         client_id: &Arc<str>,
         filter: &str,
         options: SubscriptionOptions,
         id: Option<u32>,
-    ) -> bool;
+    ) -> Subscribed;
     /// Removes `client_id`'s subscription to `filter`; whether there was one.
     fn unsubscribe(&self, client_id: &str, filter: &str) -> bool;
     /// Collects into `out` the subscriptions of this process that match `topic`.
@@ -41,6 +41,16 @@ pub trait Fanout: Send + Sync + 'static {
     fn forward(&self, msg: &Arc<Message>) -> bool;
 }
 
+/// What a subscription changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscribed {
+    /// The client had a subscription with this filter already (it was replaced).
+    pub existed: bool,
+    /// The SUBACK must wait for the next commit (in a cluster: until the other nodes
+    /// send this node what the filter matches).
+    pub needs_sync: bool,
+}
+
 impl Fanout for Router {
     fn subscribe(
         &self,
@@ -48,8 +58,11 @@ impl Fanout for Router {
         filter: &str,
         options: SubscriptionOptions,
         id: Option<u32>,
-    ) -> bool {
-        Router::subscribe(self, client_id, filter, options, id)
+    ) -> Subscribed {
+        Subscribed {
+            existed: Router::subscribe(self, client_id, filter, options, id),
+            needs_sync: false,
+        }
     }
 
     fn unsubscribe(&self, client_id: &str, filter: &str) -> bool {

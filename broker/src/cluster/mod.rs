@@ -1,0 +1,402 @@
+//! Cluster mode: several Weir nodes act as one broker through NATS with JetStream.
+//!
+//! What leaves this node goes through [`ClusterFanout`], the cluster's
+//! [`crate::router::Fanout`]: it keeps the local topic trie, subscribes this node's NATS
+//! connection to the subjects its clients' filters map to ([`subject`]), so NATS sends
+//! a node only what its subscriptions want, and publishes what clients publish here.
+//! QoS 0 is published once; QoS 1 and 2 go into the JetStream stream `WEIR_MSGS`, and
+//! the publisher's acknowledgement waits for JetStream's ([`tickets`]). The connection
+//! does not echo a node's own messages back to it.
+//!
+//! What arrives from NATS is handed to the broker by the task [`Cluster::serve`]
+//! starts, as a listener hands over a client's packets: data still flows one way.
+
+mod fanout;
+mod seen;
+pub mod subject;
+pub mod tickets;
+
+pub use fanout::ClusterFanout;
+
+use crate::config::ClusterConfig;
+use crate::message::Message;
+use crate::store::{decode_message, encode_message};
+use async_nats::jetstream;
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tickets::Tickets;
+use tokio::sync::mpsc;
+
+/// The JetStream stream that keeps messages published at QoS 1 and 2.
+pub const MESSAGES_STREAM: &str = "WEIR_MSGS";
+/// How long the stream keeps a message (the longest a session may be offline is
+/// handled by later work on sessions; this bounds the stream's size).
+const MESSAGES_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// Header naming the node a message was published on.
+const NODE_HEADER: &str = "Weir-Node";
+/// Header numbering the messages a node sends, in order, to tell copies apart.
+const SEQ_HEADER: &str = "Weir-Seq";
+/// Header naming the client that published it, for No Local.
+const FROM_HEADER: &str = "Weir-From";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("config key `cluster.servers`: cannot connect to NATS at {servers}: {reason}")]
+    Connect { servers: String, reason: String },
+    #[error("config key `{key}`: {reason}")]
+    Option { key: &'static str, reason: String },
+    #[error("config key `cluster.servers`: JetStream at {servers} is not usable: {reason}")]
+    JetStream { servers: String, reason: String },
+}
+
+/// Counters the admin API shows.
+#[derive(Default)]
+pub struct ClusterStats {
+    pub published: AtomicU64,
+    pub received: AtomicU64,
+    pub publish_retries: AtomicU64,
+    pub undecodable: AtomicU64,
+    /// Extra copies of one message (overlapping subscriptions), dropped.
+    pub copies: AtomicU64,
+    pub disconnects: AtomicU64,
+    /// NATS subjects this node subscribes to (a gauge).
+    pub subjects: AtomicU64,
+}
+
+/// A node's link to NATS.
+pub struct Cluster {
+    client: async_nats::Client,
+    node: Arc<str>,
+    tickets: Arc<Tickets>,
+    stats: Arc<ClusterStats>,
+    fanout: Arc<ClusterFanout>,
+    outbox: mpsc::UnboundedReceiver<fanout::Out>,
+}
+
+impl Cluster {
+    /// Connects to NATS and makes sure the stream exists, retrying until
+    /// `connect_timeout_secs`: a NATS cluster elects its JetStream leader after it starts.
+    pub async fn connect(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
+        let deadline = Instant::now() + Duration::from_secs(config.connect_timeout_secs);
+        let stats = Arc::new(ClusterStats::default());
+        let servers = config.servers.join(", ");
+        let client = loop {
+            let options = options(config, &stats).await?;
+            match options.connect(config.servers.clone()).await {
+                Ok(c) => break c,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(ClusterError::Connect {
+                        servers,
+                        reason: e.to_string(),
+                    })
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        };
+        let js = jetstream::new(client.clone());
+        let stream = jetstream::stream::Config {
+            name: MESSAGES_STREAM.into(),
+            subjects: vec![format!("{}.{}.>", subject::ROOT, subject::KEPT)],
+            num_replicas: config.replicas,
+            max_age: MESSAGES_MAX_AGE,
+            ..Default::default()
+        };
+        loop {
+            match js.get_or_create_stream(stream.clone()).await {
+                Ok(_) => break,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(ClusterError::JetStream {
+                        servers,
+                        reason: e.to_string(),
+                    })
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+        let tickets = Arc::new(Tickets::default());
+        let (tx, outbox) = mpsc::unbounded_channel();
+        let node: Arc<str> = Arc::from(config.node.as_str());
+        let fanout = Arc::new(ClusterFanout::new(tickets.clone(), stats.clone(), tx));
+        tracing::info!(node = %node, servers = %servers, "joined the cluster");
+        Ok(Cluster {
+            client,
+            node,
+            tickets,
+            stats,
+            fanout,
+            outbox,
+        })
+    }
+
+    /// The fan-out the broker routes through.
+    pub fn fanout(&self) -> Arc<ClusterFanout> {
+        self.fanout.clone()
+    }
+
+    /// Tickets the broker's acknowledgements wait on besides the store's.
+    pub fn tickets(&self) -> Arc<Tickets> {
+        self.tickets.clone()
+    }
+
+    pub fn stats(&self) -> Arc<ClusterStats> {
+        self.stats.clone()
+    }
+
+    /// Starts the task that carries out what the fan-out asked for (publishes,
+    /// subscriptions) and hands what arrives from other nodes to `arrive`.
+    pub fn serve(self, arrive: Arc<dyn Fn(Message) + Send + Sync>) {
+        let link = Link {
+            js: jetstream::new(self.client.clone()),
+            client: self.client,
+            node: self.node,
+            tickets: self.tickets,
+            stats: self.stats,
+            arrive,
+            sent: AtomicU64::new(0),
+            seen: std::sync::Mutex::default(),
+        };
+        tokio::spawn(link.run(self.outbox));
+    }
+}
+
+/// Connection options from the `[cluster]` table.
+async fn options(
+    config: &ClusterConfig,
+    stats: &Arc<ClusterStats>,
+) -> Result<async_nats::ConnectOptions, ClusterError> {
+    let mut o = async_nats::ConnectOptions::new()
+        .name(format!("weir-{}", config.node))
+        .no_echo()
+        .connection_timeout(Duration::from_secs(config.connect_timeout_secs.min(5)));
+    if let Some(path) = &config.credentials {
+        o = o
+            .credentials_file(path)
+            .await
+            .map_err(|e| ClusterError::Option {
+                key: "cluster.credentials",
+                reason: e.to_string(),
+            })?;
+    }
+    if let (Some(u), Some(p)) = (&config.user, &config.password) {
+        o = o.user_and_password(u.clone(), p.clone());
+    }
+    if let Some(t) = &config.token {
+        o = o.token(t.clone());
+    }
+    if let Some(ca) = &config.tls_ca {
+        o = o.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(c), Some(k)) = (&config.tls_cert, &config.tls_key) {
+        o = o.add_client_certificate(c.clone(), k.clone());
+    }
+    let stats = stats.clone();
+    Ok(o.event_callback(move |event| {
+        let stats = stats.clone();
+        async move {
+            match event {
+                async_nats::Event::Disconnected => {
+                    stats.disconnects.fetch_add(1, Relaxed);
+                    tracing::warn!("lost the connection to NATS; reconnecting");
+                }
+                async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                other => tracing::warn!(event = %other, "NATS connection event"),
+            }
+        }
+    }))
+}
+
+/// A message on its way into JetStream, as it is sent again.
+struct Kept {
+    subject: String,
+    headers: HeaderMap,
+    body: Bytes,
+    ticket: u64,
+}
+
+/// The running side of [`Cluster`].
+struct Link {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    node: Arc<str>,
+    tickets: Arc<Tickets>,
+    stats: Arc<ClusterStats>,
+    arrive: Arc<dyn Fn(Message) + Send + Sync>,
+    /// Messages this node has sent; each carries its number.
+    sent: AtomicU64,
+    seen: std::sync::Mutex<seen::Seen>,
+}
+
+impl Link {
+    async fn run(self, mut outbox: mpsc::UnboundedReceiver<fanout::Out>) {
+        let link = Arc::new(self);
+        let mut subscriptions = std::collections::HashMap::new();
+        while let Some(out) = outbox.recv().await {
+            match out {
+                fanout::Out::Once(msg) => link.publish_once(&msg).await,
+                fanout::Out::Kept(msg, ticket) => link.send_kept(msg, ticket).await,
+                fanout::Out::Want(subject, ticket) => {
+                    let task = link.clone().want(subject.clone(), ticket).await;
+                    if let Some(old) = subscriptions.insert(subject, task) {
+                        old.abort();
+                    }
+                }
+                fanout::Out::Drop(subject) => {
+                    if let Some(task) = subscriptions.remove(&subject) {
+                        task.abort();
+                    }
+                }
+            }
+        }
+    }
+
+    fn headers(&self, msg: &Message) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(NODE_HEADER, &*self.node);
+        let seq = self.sent.fetch_add(1, Relaxed) + 1;
+        h.insert(SEQ_HEADER, seq.to_string().as_str());
+        if let Some(from) = &msg.publisher {
+            h.insert(FROM_HEADER, &**from);
+        }
+        h
+    }
+
+    async fn publish_once(&self, msg: &Message) {
+        let Some(body) = encoded(msg) else { return };
+        let subject = subject::topic_subject(subject::ONCE, &msg.topic);
+        match self
+            .client
+            .publish_with_headers(subject, self.headers(msg), body)
+            .await
+        {
+            Ok(()) => self.stats.published.fetch_add(1, Relaxed),
+            Err(e) => {
+                tracing::warn!(error = %e, topic = %msg.topic, "QoS 0 message not sent to the cluster");
+                0
+            }
+        };
+    }
+
+    /// Sends a QoS 1 or 2 message into JetStream, in the order the broker forwarded it,
+    /// and leaves waiting for JetStream's acknowledgement to a task of its own.
+    async fn send_kept(self: &Arc<Self>, msg: Arc<Message>, ticket: u64) {
+        let Some(body) = encoded(&msg) else {
+            self.tickets.done(ticket);
+            return;
+        };
+        let subject = subject::topic_subject(subject::KEPT, &msg.topic);
+        let mut headers = self.headers(&msg);
+        // The same id on every attempt: JetStream keeps one copy of a retried publish.
+        headers.insert("Nats-Msg-Id", format!("{}-{ticket}", self.node).as_str());
+        let first = self
+            .js
+            .publish_with_headers(subject.clone(), headers.clone(), body.clone())
+            .await;
+        let link = self.clone();
+        tokio::spawn(async move {
+            let kept = Kept {
+                subject,
+                headers,
+                body,
+                ticket,
+            };
+            link.confirm(kept, first, &msg.topic).await
+        });
+    }
+
+    /// Waits for JetStream to acknowledge, publishing again until it does, then marks
+    /// the ticket done: the publisher's acknowledgement waits for that, however long
+    /// NATS is away.
+    async fn confirm(
+        &self,
+        kept: Kept,
+        mut sent: Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError>,
+        topic: &str,
+    ) {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let acked = match sent {
+                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match acked {
+                Ok(()) => break,
+                Err(e) => {
+                    self.stats.publish_retries.fetch_add(1, Relaxed);
+                    tracing::warn!(error = %e, %topic, "JetStream did not take a message; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+            sent = self
+                .js
+                .publish_with_headers(
+                    kept.subject.clone(),
+                    kept.headers.clone(),
+                    kept.body.clone(),
+                )
+                .await;
+        }
+        self.stats.published.fetch_add(1, Relaxed);
+        self.tickets.done(kept.ticket);
+    }
+
+    /// Subscribes to `subject` and makes sure the server has it before `ticket` is done,
+    /// so a SUBACK means other nodes' messages are on their way here.
+    async fn want(self: Arc<Self>, subject: String, ticket: u64) -> tokio::task::JoinHandle<()> {
+        let sub = self.client.subscribe(subject.clone()).await;
+        if let Err(e) = self.client.flush().await {
+            tracing::warn!(error = %e, %subject, "NATS did not confirm a subscription yet");
+        }
+        self.tickets.done(ticket);
+        let link = self.clone();
+        tokio::spawn(async move {
+            let mut sub = match sub {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, %subject, "cannot subscribe in NATS");
+                    return;
+                }
+            };
+            use futures_util::StreamExt;
+            while let Some(m) = sub.next().await {
+                link.arrived(m);
+            }
+        })
+    }
+
+    fn arrived(&self, m: async_nats::Message) {
+        let header = |name: &str| m.headers.as_ref()?.get(name).map(|v| v.as_str().to_owned());
+        if let (Some(node), Some(seq)) = (header(NODE_HEADER), header(SEQ_HEADER)) {
+            let seq = seq.parse().unwrap_or(0);
+            if crate::sync::lock(&self.seen).arrive(&node, seq) == seen::Arrival::Copy {
+                self.stats.copies.fetch_add(1, Relaxed);
+                return;
+            }
+        }
+        let publisher = header(FROM_HEADER).map(Arc::<str>::from);
+        match decode_message(m.payload) {
+            Ok(mut msg) => {
+                msg.publisher = publisher;
+                self.stats.received.fetch_add(1, Relaxed);
+                (self.arrive)(msg);
+            }
+            Err(e) => {
+                self.stats.undecodable.fetch_add(1, Relaxed);
+                tracing::warn!(error = %e, subject = %m.subject, "undecodable message from the cluster");
+            }
+        }
+    }
+}
+
+fn encoded(msg: &Message) -> Option<Bytes> {
+    match encode_message(msg) {
+        Ok(b) => Some(Bytes::from(b)),
+        Err(e) => {
+            tracing::error!(error = %e, topic = %msg.topic, "message cannot be encoded for the cluster");
+            None
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! Cluster mode: Weir nodes joined through a NATS cluster with JetStream, all started by
+//! the tests on loopback (`.ci/setup` installs nats-server), checked with real clients.
+
+use rumqttc::v5::mqttbytes::v5::{Filter, PublishProperties, SubscribeProperties};
+use rumqttc::v5::mqttbytes::QoS;
+use std::process::Command;
+use std::time::Duration;
+use weir_tests::clients::{C5, QUIET, WAIT};
+use weir_tests::nats::NatsCluster;
+use weir_tests::{eventually, free_port, weir_bin, Opts, Weir};
+
+/// A Weir node of the cluster on `nats`.
+fn node(nats: &NatsCluster, name: &str) -> Weir {
+    let replicas = if nats.servers.len() >= 3 { 3 } else { 1 };
+    Weir::with(Opts {
+        extra: format!(
+            "[cluster]\nservers = {}\nnode = {name:?}\nreplicas = {replicas}\nconnect_timeout_secs = 60\n",
+            nats.urls_toml()
+        ),
+        ..Default::default()
+    })
+}
+
+fn metric(w: &Weir, name: &str) -> u64 {
+    let (status, body) = weir_tests::http::request(w.admin_port, "GET", "/metrics", None);
+    assert_eq!(status, 200);
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{body}"))
+}
+
+#[test]
+fn bad_or_unreachable_nats_stops_startup_naming_the_key() {
+    let check = |cluster: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weir.toml");
+        let text = format!(
+            "[[listener]]\nname = \"tcp\"\nbind = \"127.0.0.1:{}\"\n[admin]\nenabled = false\n[storage]\npersistence = false\n[cluster]\n{cluster}\n",
+            free_port()
+        );
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(weir_bin())
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{cluster:?} started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = check("servers = [\"http://127.0.0.1:4222\"]\nnode = \"a\"");
+    assert!(err.contains("cluster.servers[0]"), "{err}");
+    let err = check("servers = []\nnode = \"a\"");
+    assert!(err.contains("cluster.servers"), "{err}");
+    let err = check("servers = [\"nats://127.0.0.1:1\"]\nnode = \"no dots.here\"");
+    assert!(err.contains("cluster.node"), "{err}");
+    let err = check("servers = [\"nats://127.0.0.1:1\"]\nnode = \"a\"\nreplicas = 2");
+    assert!(err.contains("cluster.replicas"), "{err}");
+    let unreachable = format!(
+        "servers = [\"nats://127.0.0.1:{}\"]\nnode = \"a\"\nconnect_timeout_secs = 1",
+        free_port()
+    );
+    let err = check(&unreachable);
+    assert!(
+        err.contains("cluster.servers") && err.contains("cannot connect"),
+        "{err}"
+    );
+}
+
+fn props() -> PublishProperties {
+    PublishProperties {
+        payload_format_indicator: Some(1),
+        message_expiry_interval: Some(300),
+        content_type: Some("text/plain".into()),
+        response_topic: Some("reply/here".into()),
+        correlation_data: Some(b"corr".to_vec().into()),
+        user_properties: vec![("k".into(), "v".into())],
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_published_on_one_node_reaches_subscribers_on_every_node() {
+    let nats = NatsCluster::start(3);
+    let (w1, w2, w3) = (node(&nats, "w1"), node(&nats, "w2"), node(&nats, "w3"));
+
+    let (mut s1, _) = C5::connect_with(C5::opts(w1.port, "s1")).await;
+    s1.subscribe("t/#", QoS::AtLeastOnce).await;
+    let (mut s2, _) = C5::connect_with(C5::opts(w2.port, "s2")).await;
+    let with_id = SubscribeProperties {
+        id: Some(7),
+        user_properties: vec![],
+    };
+    s2.client
+        .subscribe_with_properties("t/+/x", QoS::AtMostOnce, with_id)
+        .await
+        .unwrap();
+    s2.suback().await;
+    // A subscriber on the publisher's own node: exactly once, not again via NATS.
+    let (mut s3, _) = C5::connect_with(C5::opts(w3.port, "s3")).await;
+    s3.subscribe("t/#", QoS::AtLeastOnce).await;
+
+    let (p, _) = C5::connect_with(C5::opts(w3.port, "p")).await;
+    p.client
+        .publish_with_properties("t/a/x", QoS::AtLeastOnce, false, "hello", props())
+        .await
+        .unwrap();
+
+    let m1 = s1.publish().await;
+    assert_eq!(
+        (&m1.topic[..], &m1.payload[..]),
+        (&b"t/a/x"[..], &b"hello"[..])
+    );
+    assert_eq!(m1.qos, QoS::AtLeastOnce);
+    let p1 = m1.properties.expect("properties cross nodes");
+    assert_eq!(p1.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(p1.response_topic.as_deref(), Some("reply/here"));
+    assert_eq!(p1.correlation_data.as_deref(), Some(&b"corr"[..]));
+    assert_eq!(p1.user_properties, vec![("k".to_string(), "v".to_string())]);
+    assert_eq!(p1.payload_format_indicator, Some(1));
+    assert!(p1
+        .message_expiry_interval
+        .is_some_and(|s| (290..=300).contains(&s)));
+
+    let m2 = s2.publish().await;
+    assert_eq!(
+        m2.qos,
+        QoS::AtMostOnce,
+        "downgraded to the subscription's QoS"
+    );
+    assert_eq!(
+        m2.properties.expect("props").subscription_identifiers,
+        vec![7]
+    );
+
+    let m3 = s3.publish().await;
+    assert_eq!(&m3.payload[..], b"hello");
+    for (who, s) in [("s1", &mut s1), ("s2", &mut s2), ("s3", &mut s3)] {
+        let extra = s.drain_publishes().await;
+        assert!(extra.is_empty(), "{who} got it more than once: {extra:?}");
+    }
+
+    // `$` topics are not matched by a leading wildcard on another node either.
+    let (mut all, _) = C5::connect_with(C5::opts(w1.port, "all")).await;
+    all.subscribe("#", QoS::AtMostOnce).await;
+    p.send("$weird/x", QoS::AtLeastOnce, false, "no").await;
+    p.send("t/z", QoS::AtMostOnce, false, "qos0").await;
+    assert_eq!(&all.publish().await.payload[..], b"qos0");
+    let extra = all.drain_publishes().await;
+    assert!(extra.is_empty(), "{extra:?}");
+    drop((w1, w2, w3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retain_flags_and_no_local_hold_across_nodes() {
+    let nats = NatsCluster::start(1);
+    let (w1, w2) = (node(&nats, "w1"), node(&nats, "w2"));
+    let (mut rap, _) = C5::connect_with(C5::opts(w1.port, "rap")).await;
+    let mut f = Filter::new("r/#", QoS::AtLeastOnce);
+    f.retain_forward_rule = rumqttc::v5::mqttbytes::v5::RetainForwardRule::Never;
+    f.preserve_retain = true;
+    rap.client.subscribe_many([f]).await.unwrap();
+    rap.suback().await;
+    let (mut plain, _) = C5::connect_with(C5::opts(w1.port, "plain")).await;
+    plain.subscribe("r/#", QoS::AtLeastOnce).await;
+
+    let (p, _) = C5::connect_with(C5::opts(w2.port, "p")).await;
+    p.send("r/1", QoS::AtLeastOnce, true, "kept").await;
+    assert!(
+        rap.publish().await.retain,
+        "Retain As Published keeps the flag"
+    );
+    assert!(
+        !plain.publish().await.retain,
+        "a live message loses it otherwise"
+    );
+
+    // No Local: a client's own message does not come back, wherever it went.
+    let (mut me, _) = C5::connect_with(C5::opts(w2.port, "me")).await;
+    let mut own = Filter::new("n/#", QoS::AtLeastOnce);
+    own.nolocal = true;
+    me.client.subscribe_many([own]).await.unwrap();
+    me.suback().await;
+    let (mut other, _) = C5::connect_with(C5::opts(w1.port, "other")).await;
+    other.subscribe("n/#", QoS::AtLeastOnce).await;
+    me.send("n/1", QoS::AtLeastOnce, false, "mine").await;
+    assert_eq!(&other.publish().await.payload[..], b"mine");
+    assert!(me.publish_within(QUIET).await.is_none());
+    drop((w1, w2));
+}
+
+/// A node is sent only what its subscriptions want (NATS routes by interest), and
+/// stops receiving a topic once its last subscriber leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_receives_only_what_its_subscriptions_want() {
+    let nats = NatsCluster::start(1);
+    let (w1, w2) = (node(&nats, "w1"), node(&nats, "w2"));
+    let (mut s, _) = C5::connect_with(C5::opts(w2.port, "s")).await;
+    s.subscribe("wanted/+", QoS::AtMostOnce).await;
+    let (p, _) = C5::connect_with(C5::opts(w1.port, "p")).await;
+    for i in 0..50 {
+        p.send(format!("unwanted/{i}"), QoS::AtLeastOnce, false, "x")
+            .await;
+        p.send(format!("other/{i}"), QoS::AtMostOnce, false, "x")
+            .await;
+    }
+    p.send("wanted/1", QoS::AtMostOnce, false, "y").await;
+    assert_eq!(&s.publish().await.payload[..], b"y");
+    assert_eq!(metric(&w2, "weir_cluster_received_total"), 1);
+    assert!(metric(&w1, "weir_cluster_published_total") >= 101);
+
+    s.client.unsubscribe("wanted/+").await.unwrap();
+    assert!(eventually(WAIT, || {
+        let (_, body) = weir_tests::http::request(w2.admin_port, "GET", "/metrics", None);
+        body.contains("weir_cluster_subjects 0")
+    }));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    p.send("wanted/2", QoS::AtLeastOnce, false, "z").await;
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(metric(&w2, "weir_cluster_received_total"), 1);
+}
+
+/// While NATS is away a node keeps serving its own clients, and a QoS 1 publish is not
+/// acknowledged until JetStream has it: never acknowledged and then lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_nats_local_clients_are_served_and_qos1_acks_wait() {
+    let mut nats = NatsCluster::start(1);
+    let (w1, _w2) = (node(&nats, "w1"), node(&nats, "w2"));
+    let (mut local, _) = C5::connect_with(C5::opts(w1.port, "local")).await;
+    local.subscribe("o/#", QoS::AtMostOnce).await;
+    let (mut p, _) = C5::connect_with(C5::opts(w1.port, "p")).await;
+
+    nats.servers[0].kill9();
+    p.send("o/1", QoS::AtLeastOnce, false, "during").await;
+    assert_eq!(&local.publish().await.payload[..], b"during");
+    let mut acked = false;
+    while let Some(Ok(e)) = p.next(Duration::from_secs(2)).await {
+        acked |= matches!(e, rumqttc::v5::Incoming::PubAck(_));
+    }
+    assert!(!acked, "PUBACK before JetStream had the message");
+
+    nats.servers[0].restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !acked && tokio::time::Instant::now() < deadline {
+        if let Some(Ok(rumqttc::v5::Incoming::PubAck(_))) = p.next(Duration::from_secs(1)).await {
+            acked = true;
+        }
+    }
+    assert!(acked, "no PUBACK once NATS was back; w1 log:\n{}", w1.log());
+    assert!(metric(&w1, "weir_cluster_disconnects_total") >= 1);
+    assert!(w1.log().contains("lost the connection to NATS"));
+}
