@@ -249,3 +249,37 @@ async fn without_nats_local_clients_are_served_and_qos1_acks_wait() {
     assert!(metric(&w1, "weir_cluster_disconnects_total") >= 1);
     assert!(w1.log().contains("lost the connection to NATS"));
 }
+
+/// Overlapping filters on one node make NATS send that node each message once per
+/// NATS subscription: every client still gets each message once, in the order sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_filters_on_a_node_deliver_once_and_in_order() {
+    let nats = NatsCluster::start(1);
+    let (w1, w2) = (node(&nats, "w1"), node(&nats, "w2"));
+    let (mut a, _) = C5::connect_with(C5::opts(w1.port, "a")).await;
+    a.subscribe("o/#", QoS::AtLeastOnce).await;
+    let (mut b, _) = C5::connect_with(C5::opts(w1.port, "b")).await;
+    b.subscribe("#", QoS::AtLeastOnce).await;
+    b.subscribe("+/t", QoS::AtLeastOnce).await;
+    let (p, _) = C5::connect_with(C5::opts(w2.port, "p")).await;
+    const N: usize = 500;
+    for i in 0..N {
+        p.send("o/t", QoS::AtLeastOnce, false, i.to_string()).await;
+    }
+    for (who, c) in [("a", &mut a), ("b", &mut b)] {
+        let mut got = Vec::new();
+        while got.len() < N {
+            match c.publish_within(WAIT).await {
+                Some(m) => got.push(String::from_utf8_lossy(&m.payload).into_owned()),
+                None => break,
+            }
+        }
+        let want: Vec<String> = (0..N).map(|i| i.to_string()).collect();
+        assert_eq!(got, want, "{who}: each once, in order");
+        assert!(
+            c.drain_publishes().await.is_empty(),
+            "{who}: more than once"
+        );
+    }
+    assert!(metric(&w1, "weir_cluster_copies_total") >= N as u64);
+}

@@ -367,27 +367,34 @@ impl Link {
         })
     }
 
+    /// Routes a message from another node unless it is a copy of one already routed.
+    /// The check and the routing happen under one lock: each subscription's task sees
+    /// one node's messages in the order sent, and routing them in lock order keeps that
+    /// order even when the first copy of one message and of the next come through
+    /// different subscriptions.
     fn arrived(&self, m: async_nats::Message) {
         let header = |name: &str| m.headers.as_ref()?.get(name).map(|v| v.as_str().to_owned());
-        if let (Some(node), Some(seq)) = (header(NODE_HEADER), header(SEQ_HEADER)) {
-            let seq = seq.parse().unwrap_or(0);
-            if crate::sync::lock(&self.seen).arrive(&node, seq) == seen::Arrival::Copy {
+        let origin = header(NODE_HEADER).zip(header(SEQ_HEADER).and_then(|s| s.parse().ok()));
+        let publisher = header(FROM_HEADER).map(Arc::<str>::from);
+        let mut msg = match decode_message(m.payload) {
+            Ok(msg) => msg,
+            Err(e) => {
+                self.stats.undecodable.fetch_add(1, Relaxed);
+                tracing::warn!(error = %e, subject = %m.subject, "undecodable message from the cluster");
+                return;
+            }
+        };
+        msg.publisher = publisher;
+        let mut seen = crate::sync::lock(&self.seen);
+        if let Some((node, seq)) = origin {
+            if seen.arrive(&node, seq) == seen::Arrival::Copy {
                 self.stats.copies.fetch_add(1, Relaxed);
                 return;
             }
         }
-        let publisher = header(FROM_HEADER).map(Arc::<str>::from);
-        match decode_message(m.payload) {
-            Ok(mut msg) => {
-                msg.publisher = publisher;
-                self.stats.received.fetch_add(1, Relaxed);
-                (self.arrive)(msg);
-            }
-            Err(e) => {
-                self.stats.undecodable.fetch_add(1, Relaxed);
-                tracing::warn!(error = %e, subject = %m.subject, "undecodable message from the cluster");
-            }
-        }
+        self.stats.received.fetch_add(1, Relaxed);
+        (self.arrive)(msg);
+        drop(seen);
     }
 }
 
