@@ -76,7 +76,8 @@ pub async fn run(
 }
 
 /// A broker that is one node of a cluster: its fan-out and acknowledgements go through
-/// NATS, and what other nodes forward arrives through [`Broker::arrive`].
+/// NATS, and what other nodes forward arrives through [`Broker::arrive`] and
+/// [`Broker::keep_retained`].
 async fn join_cluster(
     config: Config,
     hooks: Arc<dyn Hooks>,
@@ -87,13 +88,26 @@ async fn join_cluster(
     let commits = crate::cluster::tickets::Joint::start(store.clone(), cluster.tickets());
     let broker = Broker::assemble(config, hooks, store, cluster.fanout(), commits)?;
     let stats = cluster.stats();
-    let weak = Arc::downgrade(&broker);
-    cluster.serve(Arc::new(move |msg| {
-        if let Some(b) = weak.upgrade() {
+    cluster.serve(Arc::new(Arrivals(Arc::downgrade(&broker))));
+    Ok((broker, Some(stats)))
+}
+
+/// The broker as the cluster hands it what other nodes send. Weak: the cluster's
+/// tasks must not keep a stopped broker alive.
+struct Arrivals(std::sync::Weak<Broker>);
+
+impl crate::cluster::Arrivals for Arrivals {
+    fn message(&self, msg: crate::message::Message) {
+        if let Some(b) = self.0.upgrade() {
             b.arrive(msg)
         }
-    }));
-    Ok((broker, Some(stats)))
+    }
+
+    fn retained(&self, topic: &str, msg: Option<crate::message::Message>) {
+        if let Some(b) = self.0.upgrade() {
+            b.keep_retained(topic, msg)
+        }
+    }
 }
 
 /// Binds every configured listener and starts accepting on it. `alive` is cloned into

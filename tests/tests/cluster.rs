@@ -283,3 +283,74 @@ async fn overlapping_filters_on_a_node_deliver_once_and_in_order() {
     }
     assert!(metric(&w1, "weir_cluster_copies_total") >= N as u64);
 }
+
+/// The retained messages a new subscriber to `filter` on `port` is sent.
+async fn retained_on(port: u16, filter: &str) -> Vec<String> {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let id = format!(
+        "look{}",
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let (mut c, _) = C5::connect_with(C5::opts(port, &id)).await;
+    c.subscribe(filter, QoS::AtLeastOnce).await;
+    let got = c.drain_payloads().await;
+    c.disconnect().await;
+    got
+}
+
+async fn retained_becomes(port: u16, filter: &str, want: &[&str]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut got = retained_on(port, filter).await;
+        got.sort();
+        if got == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retained on {port} for {filter}: {got:?}, want {want:?}"
+        );
+    }
+}
+
+async fn acked(c: &mut C5) {
+    loop {
+        match c.next(WAIT).await {
+            Some(Ok(rumqttc::v5::Incoming::PubAck(_))) => return,
+            Some(Ok(_)) => {}
+            other => panic!("no PUBACK: {other:?}"),
+        }
+    }
+}
+
+/// Retained messages are one per topic cluster-wide, served on every node, and outlive
+/// the node that stored them; a node started later gets them too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_are_cluster_wide_and_outlive_their_node() {
+    let nats = NatsCluster::start(3);
+    let (mut w1, w2, w3) = (node(&nats, "w1"), node(&nats, "w2"), node(&nats, "w3"));
+    let (mut p1, _) = C5::connect_with(C5::opts(w1.port, "p1")).await;
+    p1.send("r/a", QoS::AtLeastOnce, true, "one").await;
+    acked(&mut p1).await;
+    retained_becomes(w2.port, "r/#", &["one"]).await;
+
+    // Replaced from another node: still one per topic.
+    let (mut p2, _) = C5::connect_with(C5::opts(w2.port, "p2")).await;
+    p2.send("r/a", QoS::AtLeastOnce, true, "two").await;
+    acked(&mut p2).await;
+    p2.send("r/b", QoS::AtLeastOnce, true, "bee").await;
+    acked(&mut p2).await;
+    retained_becomes(w1.port, "r/#", &["bee", "two"]).await;
+
+    w1.kill9();
+    retained_becomes(w3.port, "r/#", &["bee", "two"]).await;
+
+    // Deleted by an empty payload, everywhere.
+    p2.send("r/b", QoS::AtLeastOnce, true, "").await;
+    acked(&mut p2).await;
+    retained_becomes(w3.port, "r/#", &["two"]).await;
+
+    let w4 = node(&nats, "w4");
+    retained_becomes(w4.port, "r/#", &["two"]).await;
+    drop((w2, w3, w4));
+}

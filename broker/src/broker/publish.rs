@@ -31,6 +31,23 @@ impl Broker {
         self.route(&Arc::new(msg));
     }
 
+    /// Takes the cluster's retained message of `topic` (`None`: it was deleted) into
+    /// this node's index and store.
+    pub fn keep_retained(&self, topic: &str, msg: Option<Message>) {
+        let now = crate::message::now_secs();
+        match msg.filter(|m| !m.is_expired(now)) {
+            Some(m) => {
+                let m = Arc::new(Message { retain: true, ..m });
+                self.retained.set(m.clone());
+                log_write(self.store.save_retained(topic, Some(&m)), "-");
+            }
+            None => {
+                self.retained.remove(topic);
+                log_write(self.store.save_retained(topic, None), "-");
+            }
+        }
+    }
+
     /// Queues `msg` for every matching session of this node; whether a store write
     /// was made.
     fn route(&self, msg: &Arc<Message>) -> bool {

@@ -20,6 +20,8 @@ pub(super) enum Out {
     Once(Arc<Message>),
     /// Publish into JetStream, then mark the ticket done.
     Kept(Arc<Message>, u64),
+    /// Keep as the topic's retained message in JetStream, then mark the ticket done.
+    Retain(Arc<Message>, u64),
     /// Subscribe to a subject, then mark the ticket done.
     Want(String, u64),
     /// Unsubscribe from a subject.
@@ -122,8 +124,13 @@ impl Fanout for ClusterFanout {
         self.router.matches(topic, out)
     }
 
-    /// QoS 0 is sent once; QoS 1 and 2 go into JetStream and the acknowledgement waits.
+    /// QoS 0 is sent once; QoS 1 and 2 go into JetStream and the acknowledgement waits,
+    /// for the topic's retained record too.
     fn forward(&self, msg: &Arc<Message>) -> bool {
+        if msg.retain {
+            let ticket = self.tickets.issue();
+            let _ = self.outbox.send(Out::Retain(msg.clone(), ticket));
+        }
         if msg.qos == QoS::AtMostOnce {
             let _ = self.outbox.send(Out::Once(msg.clone()));
             return false;

@@ -12,6 +12,7 @@
 //! starts, as a listener hands over a client's packets: data still flows one way.
 
 mod fanout;
+mod retained;
 mod seen;
 pub mod subject;
 pub mod tickets;
@@ -66,6 +67,14 @@ pub struct ClusterStats {
     pub subjects: AtomicU64,
 }
 
+/// Where what other nodes send is handed over: the broker, seen from the cluster.
+pub trait Arrivals: Send + Sync + 'static {
+    /// A message published on another node that this node's subscriptions want.
+    fn message(&self, msg: Message);
+    /// The retained message of `topic` as the cluster keeps it now (`None`: deleted).
+    fn retained(&self, topic: &str, msg: Option<Message>);
+}
+
 /// A node's link to NATS.
 pub struct Cluster {
     client: async_nats::Client,
@@ -104,16 +113,18 @@ impl Cluster {
             max_age: MESSAGES_MAX_AGE,
             ..Default::default()
         };
-        loop {
-            match js.get_or_create_stream(stream.clone()).await {
-                Ok(_) => break,
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(ClusterError::JetStream {
-                        servers,
-                        reason: e.to_string(),
-                    })
+        for stream in [stream, retained::stream_config(config.replicas)] {
+            loop {
+                match js.get_or_create_stream(stream.clone()).await {
+                    Ok(_) => break,
+                    Err(e) if Instant::now() >= deadline => {
+                        return Err(ClusterError::JetStream {
+                            servers,
+                            reason: e.to_string(),
+                        })
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
             }
         }
         let tickets = Arc::new(Tickets::default());
@@ -146,15 +157,20 @@ impl Cluster {
     }
 
     /// Starts the task that carries out what the fan-out asked for (publishes,
-    /// subscriptions) and hands what arrives from other nodes to `arrive`.
-    pub fn serve(self, arrive: Arc<dyn Fn(Message) + Send + Sync>) {
+    /// subscriptions) and hands what arrives from other nodes to `arrivals`; and the
+    /// task that follows the cluster's retained messages.
+    pub fn serve(self, arrivals: Arc<dyn Arrivals>) {
+        tokio::spawn(retained::follow(
+            jetstream::new(self.client.clone()),
+            arrivals.clone(),
+        ));
         let link = Link {
             js: jetstream::new(self.client.clone()),
             client: self.client,
             node: self.node,
             tickets: self.tickets,
             stats: self.stats,
-            arrive,
+            arrivals,
             sent: AtomicU64::new(0),
             seen: std::sync::Mutex::default(),
         };
@@ -223,7 +239,7 @@ struct Link {
     node: Arc<str>,
     tickets: Arc<Tickets>,
     stats: Arc<ClusterStats>,
-    arrive: Arc<dyn Fn(Message) + Send + Sync>,
+    arrivals: Arc<dyn Arrivals>,
     /// Messages this node has sent; each carries its number.
     sent: AtomicU64,
     seen: std::sync::Mutex<seen::Seen>,
@@ -236,7 +252,8 @@ impl Link {
         while let Some(out) = outbox.recv().await {
             match out {
                 fanout::Out::Once(msg) => link.publish_once(&msg).await,
-                fanout::Out::Kept(msg, ticket) => link.send_kept(msg, ticket).await,
+                fanout::Out::Kept(msg, ticket) => link.send_kept(msg, ticket, false).await,
+                fanout::Out::Retain(msg, ticket) => link.send_kept(msg, ticket, true).await,
                 fanout::Out::Want(subject, ticket) => {
                     let task = link.clone().want(subject.clone(), ticket).await;
                     if let Some(old) = subscriptions.insert(subject, task) {
@@ -281,12 +298,21 @@ impl Link {
 
     /// Sends a QoS 1 or 2 message into JetStream, in the order the broker forwarded it,
     /// and leaves waiting for JetStream's acknowledgement to a task of its own.
-    async fn send_kept(self: &Arc<Self>, msg: Arc<Message>, ticket: u64) {
-        let Some(body) = encoded(&msg) else {
+    /// With `retained`, the message is the topic's retained record instead (an empty
+    /// record for an empty payload: the retained message is deleted).
+    async fn send_kept(self: &Arc<Self>, msg: Arc<Message>, ticket: u64, retained: bool) {
+        let body = match retained && msg.payload.is_empty() {
+            true => Some(Bytes::new()),
+            false => encoded(&msg),
+        };
+        let Some(body) = body else {
             self.tickets.done(ticket);
             return;
         };
-        let subject = subject::topic_subject(subject::KEPT, &msg.topic);
+        let subject = match retained {
+            true => subject::retained_subject(&msg.topic),
+            false => subject::topic_subject(subject::KEPT, &msg.topic),
+        };
         let mut headers = self.headers(&msg);
         // The same id on every attempt: JetStream keeps one copy of a retried publish.
         headers.insert("Nats-Msg-Id", format!("{}-{ticket}", self.node).as_str());
@@ -393,7 +419,7 @@ impl Link {
             }
         }
         self.stats.received.fetch_add(1, Relaxed);
-        (self.arrive)(msg);
+        self.arrivals.message(msg);
         drop(seen);
     }
 }

@@ -46,10 +46,26 @@ fn escape_level(level: &str, out: &mut String) {
 
 /// The subject a message on `topic` (a valid topic name) travels on, for `kind`.
 pub fn topic_subject(kind: &str, topic: &str) -> String {
-    let mut out = String::with_capacity(ROOT.len() + kind.len() + topic.len() + 8);
-    out.push_str(ROOT);
-    out.push('.');
-    out.push_str(kind);
+    under(&format!("{ROOT}.{kind}"), topic)
+}
+
+/// The first token of the subjects retained messages are kept under: a root of its
+/// own, so that no node's interest in `weir.*.…` receives them as live messages.
+pub const RETAINED_ROOT: &str = "weir_retained";
+
+/// The subject the retained message of `topic` is kept under.
+pub fn retained_subject(topic: &str) -> String {
+    under(RETAINED_ROOT, topic)
+}
+
+/// The topic of a subject made by [`retained_subject`].
+pub fn retained_topic(subject: &str) -> Option<String> {
+    levels_topic(subject.strip_prefix(RETAINED_ROOT)?.strip_prefix('.')?)
+}
+
+fn under(prefix: &str, topic: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + topic.len() + 8);
+    out.push_str(prefix);
     for level in topic.split('/') {
         out.push('.');
         escape_level(level, &mut out);
@@ -87,6 +103,11 @@ pub fn filter_subjects(filter: &str) -> Vec<String> {
 pub fn subject_topic(subject: &str) -> Option<String> {
     let rest = subject.strip_prefix(ROOT)?.strip_prefix('.')?;
     let (_kind, levels) = rest.split_once('.')?;
+    levels_topic(levels)
+}
+
+/// Unescapes dot-separated tokens back into a topic's levels.
+fn levels_topic(levels: &str) -> Option<String> {
     let mut topic = String::with_capacity(levels.len());
     for (i, token) in levels.split('.').enumerate() {
         if i > 0 {
@@ -148,6 +169,11 @@ mod tests {
                 "{topic:?} -> {s:?}: a wildcard token"
             );
             assert_eq!(subject_topic(&s).as_deref(), Some(topic), "{s:?}");
+            let r = retained_subject(topic);
+            assert_eq!(retained_topic(&r).as_deref(), Some(topic), "{r:?}");
+            assert!(!filter_subjects("#")
+                .iter()
+                .any(|f| f.starts_with(RETAINED_ROOT)));
         }
     }
 

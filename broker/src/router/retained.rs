@@ -25,6 +25,11 @@ impl Retained {
         }
     }
 
+    /// Deletes the topic's retained message.
+    pub fn remove(&self, topic: &str) {
+        write(&self.map).remove(topic);
+    }
+
     /// Unexpired retained messages matching `filter`.
     pub fn matching(&self, filter: &str) -> Vec<Arc<Message>> {
         let now = now_secs();
