@@ -103,6 +103,12 @@ impl crate::cluster::Arrivals for Arrivals {
         }
     }
 
+    fn shared(&self, share: &str, msg: crate::message::Message) {
+        if let Some(b) = self.0.upgrade() {
+            b.arrive_shared(share, msg)
+        }
+    }
+
     fn retained(&self, topic: &str, msg: Option<crate::message::Message>) {
         if let Some(b) = self.0.upgrade() {
             b.keep_retained(topic, msg)

@@ -354,3 +354,42 @@ async fn retained_messages_are_cluster_wide_and_outlive_their_node() {
     retained_becomes(w4.port, "r/#", &["two"]).await;
     drop((w2, w3, w4));
 }
+
+/// A shared subscription whose members sit on different nodes: each message goes to
+/// exactly one member cluster-wide, and each group gets every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_group_across_nodes_gets_each_message_once() {
+    let nats = NatsCluster::start(3);
+    let nodes = [node(&nats, "w1"), node(&nats, "w2"), node(&nats, "w3")];
+    let mut members = Vec::new();
+    for (i, w) in nodes.iter().enumerate() {
+        let (mut m, _) = C5::connect_with(C5::opts(w.port, &format!("m{i}"))).await;
+        m.subscribe("$share/g/s/#", QoS::AtLeastOnce).await;
+        members.push(m);
+    }
+    let (mut solo, _) = C5::connect_with(C5::opts(nodes[2].port, "solo")).await;
+    solo.subscribe("$share/h/s/+", QoS::AtLeastOnce).await;
+
+    let (p, _) = C5::connect_with(C5::opts(nodes[1].port, "p")).await;
+    const N: usize = 300;
+    for i in 0..N {
+        p.send("s/x", QoS::AtLeastOnce, false, i.to_string()).await;
+    }
+    let mut all = Vec::new();
+    let mut per_member = Vec::new();
+    for m in &mut members {
+        let got = m.drain_payloads().await;
+        per_member.push(got.len());
+        all.extend(got);
+    }
+    all.sort_by_key(|s| s.parse::<usize>().unwrap_or(usize::MAX));
+    let want: Vec<String> = (0..N).map(|i| i.to_string()).collect();
+    assert_eq!(all, want, "each message to exactly one member of g");
+    assert!(
+        per_member.iter().all(|&n| n > 0),
+        "every node's member got some: {per_member:?}"
+    );
+    let mut h = solo.drain_payloads().await;
+    h.sort_by_key(|s| s.parse::<usize>().unwrap_or(usize::MAX));
+    assert_eq!(h, want, "the other group gets every message too");
+}

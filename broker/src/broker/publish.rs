@@ -31,6 +31,26 @@ impl Broker {
         self.route(&Arc::new(msg));
     }
 
+    /// Gives a message to one of this node's members of the shared group `share`
+    /// (`$share/group/filter`), which the cluster picked this node for.
+    pub fn arrive_shared(&self, share: &str, msg: Message) {
+        let Ok(Some(s)) = crate::topic::parse_shared(share) else {
+            return;
+        };
+        // NATS matched the subject; MQTT's rule for `$` topics is applied here.
+        if !crate::topic::matches(s.filter, &msg.topic) {
+            return;
+        }
+        let msg = Arc::new(msg);
+        let rank = |client_id: &str| self.rank(client_id, &msg);
+        match self.fanout.group(share).and_then(|g| g.pick(&rank)) {
+            Some(t) => {
+                self.deliver(&t.client_id, &msg, Wanted::of(&t));
+            }
+            None => self.metrics.dropped(DropCause::Denied, 1),
+        }
+    }
+
     /// Takes the cluster's retained message of `topic` (`None`: it was deleted) into
     /// this node's index and store.
     pub fn keep_retained(&self, topic: &str, msg: Option<Message>) {

@@ -6,9 +6,10 @@ use super::tickets::Tickets;
 use super::ClusterStats;
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::message::Message;
-use crate::router::{Fanout, Matches, Router, Subscribed};
+use crate::router::{Fanout, Matches, Router, SharedGroup, Subscribed};
 use crate::sync;
 use crate::topic;
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,22 @@ pub(super) enum Out {
     Want(String, u64),
     /// Unsubscribe from a subject.
     Drop(String),
+    /// Join the queue group of a shared subscription for one of its subjects, then
+    /// mark the ticket done.
+    Join(Shared, u64),
+    /// Leave it.
+    Leave(Shared),
+}
+
+/// One subject of a shared subscription `$share/group/filter`, as a NATS queue group:
+/// NATS gives each message to one node among those with members.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(super) struct Shared {
+    pub subject: String,
+    /// The NATS queue group: the same name on every node for one group and filter.
+    pub queue: String,
+    /// `$share/group/filter`, to find this node's members.
+    pub share: Arc<str>,
 }
 
 pub struct ClusterFanout {
@@ -33,8 +50,22 @@ pub struct ClusterFanout {
     tickets: Arc<Tickets>,
     stats: Arc<ClusterStats>,
     outbox: mpsc::UnboundedSender<Out>,
-    /// How many local subscriptions want each NATS subject.
-    interest: Mutex<HashMap<String, usize>>,
+    /// How many local subscriptions want each NATS subject or queue group.
+    interest: Mutex<HashMap<Interest, usize>>,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Interest {
+    Plain(String),
+    Queue(Shared),
+}
+
+/// The NATS queue group of `$share/group/filter`: a hash, as a group name and filter
+/// may hold characters a queue name may not.
+fn queue_name(share: &str) -> String {
+    let digest = Sha256::digest(share.as_bytes());
+    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    format!("weir_{hex}")
 }
 
 impl ClusterFanout {
@@ -52,26 +83,47 @@ impl ClusterFanout {
         }
     }
 
-    /// The subjects of a filter, shared or not.
-    fn subjects(filter: &str) -> Vec<String> {
+    /// What this node subscribes to in NATS for `filter`: plain subjects, or for a
+    /// shared subscription, queue groups.
+    fn interests(filter: &str) -> Vec<Interest> {
         match topic::parse_shared(filter) {
-            Ok(Some(shared)) => subject::filter_subjects(shared.filter),
-            _ => subject::filter_subjects(filter),
+            Ok(Some(shared)) => {
+                let share: Arc<str> = Arc::from(filter);
+                let queue = queue_name(filter);
+                subject::filter_subjects(shared.filter)
+                    .into_iter()
+                    .map(|subject| {
+                        Interest::Queue(Shared {
+                            subject,
+                            queue: queue.clone(),
+                            share: share.clone(),
+                        })
+                    })
+                    .collect()
+            }
+            _ => subject::filter_subjects(filter)
+                .into_iter()
+                .map(Interest::Plain)
+                .collect(),
         }
     }
 
     /// Counts one more local subscription to `filter`; subscribes this node in NATS to
-    /// the subjects no other local subscription wanted yet. Whether the SUBACK must wait.
+    /// what no other local subscription wanted yet. Whether the SUBACK must wait.
     fn want(&self, filter: &str) -> bool {
         let mut waits = false;
         let mut interest = sync::lock(&self.interest);
-        for s in ClusterFanout::subjects(filter) {
-            let n = interest.entry(s.clone()).or_insert(0);
+        for i in ClusterFanout::interests(filter) {
+            let n = interest.entry(i.clone()).or_insert(0);
             *n += 1;
             if *n == 1 {
                 self.stats.subjects.fetch_add(1, Relaxed);
                 let ticket = self.tickets.issue();
-                if self.outbox.send(Out::Want(s, ticket)).is_err() {
+                let out = match i {
+                    Interest::Plain(s) => Out::Want(s, ticket),
+                    Interest::Queue(q) => Out::Join(q, ticket),
+                };
+                if self.outbox.send(out).is_err() {
                     self.tickets.done(ticket);
                 } else {
                     waits = true;
@@ -83,13 +135,16 @@ impl ClusterFanout {
 
     fn unwant(&self, filter: &str) {
         let mut interest = sync::lock(&self.interest);
-        for s in ClusterFanout::subjects(filter) {
-            if let Some(n) = interest.get_mut(&s) {
+        for i in ClusterFanout::interests(filter) {
+            if let Some(n) = interest.get_mut(&i) {
                 *n -= 1;
                 if *n == 0 {
-                    interest.remove(&s);
+                    interest.remove(&i);
                     self.stats.subjects.fetch_sub(1, Relaxed);
-                    let _ = self.outbox.send(Out::Drop(s));
+                    let _ = self.outbox.send(match i {
+                        Interest::Plain(s) => Out::Drop(s),
+                        Interest::Queue(q) => Out::Leave(q),
+                    });
                 }
             }
         }
@@ -120,8 +175,15 @@ impl Fanout for ClusterFanout {
         existed
     }
 
+    /// This node's shared groups are left out: NATS picks the node of a group's member
+    /// ([`Out::Join`]), and that node picks the member.
     fn matches(&self, topic: &str, out: &mut Matches) {
-        self.router.matches(topic, out)
+        self.router.matches(topic, out);
+        out.groups.clear();
+    }
+
+    fn group(&self, share: &str) -> Option<SharedGroup> {
+        self.router.group(share)
     }
 
     /// QoS 0 is sent once; QoS 1 and 2 go into JetStream and the acknowledgement waits,

@@ -71,6 +71,9 @@ pub struct ClusterStats {
 pub trait Arrivals: Send + Sync + 'static {
     /// A message published on another node that this node's subscriptions want.
     fn message(&self, msg: Message);
+    /// A message for this node's members of the shared group `share`
+    /// (`$share/group/filter`): NATS picked this node for it.
+    fn shared(&self, share: &str, msg: Message);
     /// The retained message of `topic` as the cluster keeps it now (`None`: deleted).
     fn retained(&self, topic: &str, msg: Option<Message>);
 }
@@ -78,6 +81,7 @@ pub trait Arrivals: Send + Sync + 'static {
 /// A node's link to NATS.
 pub struct Cluster {
     client: async_nats::Client,
+    queues: async_nats::Client,
     node: Arc<str>,
     tickets: Arc<Tickets>,
     stats: Arc<ClusterStats>,
@@ -86,54 +90,25 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Connects to NATS and makes sure the stream exists, retrying until
+    /// Connects to NATS and makes sure the streams exist, retrying until
     /// `connect_timeout_secs`: a NATS cluster elects its JetStream leader after it starts.
     pub async fn connect(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
         let deadline = Instant::now() + Duration::from_secs(config.connect_timeout_secs);
         let stats = Arc::new(ClusterStats::default());
-        let servers = config.servers.join(", ");
-        let client = loop {
-            let options = options(config, &stats).await?;
-            match options.connect(config.servers.clone()).await {
-                Ok(c) => break c,
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(ClusterError::Connect {
-                        servers,
-                        reason: e.to_string(),
-                    })
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-            }
-        };
-        let js = jetstream::new(client.clone());
-        let stream = jetstream::stream::Config {
-            name: MESSAGES_STREAM.into(),
-            subjects: vec![format!("{}.{}.>", subject::ROOT, subject::KEPT)],
-            num_replicas: config.replicas,
-            max_age: MESSAGES_MAX_AGE,
-            ..Default::default()
-        };
-        for stream in [stream, retained::stream_config(config.replicas)] {
-            loop {
-                match js.get_or_create_stream(stream.clone()).await {
-                    Ok(_) => break,
-                    Err(e) if Instant::now() >= deadline => {
-                        return Err(ClusterError::JetStream {
-                            servers,
-                            reason: e.to_string(),
-                        })
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-                }
-            }
-        }
+        let client = connect_client(config, Some(&stats), deadline).await?;
+        // Queue subscriptions for shared groups use a connection of their own: the main
+        // one does not echo, and a group's member on this node must get this node's
+        // messages when NATS picks it.
+        let queues = connect_client(config, None, deadline).await?;
+        ensure_streams(&jetstream::new(client.clone()), config, deadline).await?;
         let tickets = Arc::new(Tickets::default());
         let (tx, outbox) = mpsc::unbounded_channel();
         let node: Arc<str> = Arc::from(config.node.as_str());
         let fanout = Arc::new(ClusterFanout::new(tickets.clone(), stats.clone(), tx));
-        tracing::info!(node = %node, servers = %servers, "joined the cluster");
+        tracing::info!(node = %node, servers = %config.servers.join(", "), "joined the cluster");
         Ok(Cluster {
             client,
+            queues,
             node,
             tickets,
             stats,
@@ -167,6 +142,7 @@ impl Cluster {
         let link = Link {
             js: jetstream::new(self.client.clone()),
             client: self.client,
+            queues: self.queues,
             node: self.node,
             tickets: self.tickets,
             stats: self.stats,
@@ -178,10 +154,61 @@ impl Cluster {
     }
 }
 
+/// A connection to NATS, tried until `deadline`; `stats` counts its disconnections.
+async fn connect_client(
+    config: &ClusterConfig,
+    stats: Option<&Arc<ClusterStats>>,
+    deadline: Instant,
+) -> Result<async_nats::Client, ClusterError> {
+    loop {
+        let options = options(config, stats).await?;
+        match options.connect(config.servers.clone()).await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(ClusterError::Connect {
+                    servers: config.servers.join(", "),
+                    reason: e.to_string(),
+                })
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+/// Creates Weir's streams where they do not exist yet.
+async fn ensure_streams(
+    js: &jetstream::Context,
+    config: &ClusterConfig,
+    deadline: Instant,
+) -> Result<(), ClusterError> {
+    let messages = jetstream::stream::Config {
+        name: MESSAGES_STREAM.into(),
+        subjects: vec![format!("{}.{}.>", subject::ROOT, subject::KEPT)],
+        num_replicas: config.replicas,
+        max_age: MESSAGES_MAX_AGE,
+        ..Default::default()
+    };
+    for stream in [messages, retained::stream_config(config.replicas)] {
+        loop {
+            match js.get_or_create_stream(stream.clone()).await {
+                Ok(_) => break,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(ClusterError::JetStream {
+                        servers: config.servers.join(", "),
+                        reason: e.to_string(),
+                    })
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Connection options from the `[cluster]` table.
 async fn options(
     config: &ClusterConfig,
-    stats: &Arc<ClusterStats>,
+    stats: Option<&Arc<ClusterStats>>,
 ) -> Result<async_nats::ConnectOptions, ClusterError> {
     let mut o = async_nats::ConnectOptions::new()
         .name(format!("weir-{}", config.node))
@@ -208,7 +235,9 @@ async fn options(
     if let (Some(c), Some(k)) = (&config.tls_cert, &config.tls_key) {
         o = o.add_client_certificate(c.clone(), k.clone());
     }
-    let stats = stats.clone();
+    let Some(stats) = stats.cloned() else {
+        return Ok(o);
+    };
     Ok(o.event_callback(move |event| {
         let stats = stats.clone();
         async move {
@@ -235,6 +264,8 @@ struct Kept {
 /// The running side of [`Cluster`].
 struct Link {
     client: async_nats::Client,
+    /// For the queue subscriptions of shared groups.
+    queues: async_nats::Client,
     js: jetstream::Context,
     node: Arc<str>,
     tickets: Arc<Tickets>,
@@ -255,13 +286,28 @@ impl Link {
                 fanout::Out::Kept(msg, ticket) => link.send_kept(msg, ticket, false).await,
                 fanout::Out::Retain(msg, ticket) => link.send_kept(msg, ticket, true).await,
                 fanout::Out::Want(subject, ticket) => {
-                    let task = link.clone().want(subject.clone(), ticket).await;
+                    let task = link.clone().want(subject.clone(), None, ticket).await;
                     if let Some(old) = subscriptions.insert(subject, task) {
                         old.abort();
                     }
                 }
                 fanout::Out::Drop(subject) => {
                     if let Some(task) = subscriptions.remove(&subject) {
+                        task.abort();
+                    }
+                }
+                fanout::Out::Join(shared, ticket) => {
+                    let key = format!("{} {}", shared.queue, shared.subject);
+                    let task = link
+                        .clone()
+                        .want(shared.subject.clone(), Some(shared), ticket);
+                    if let Some(old) = subscriptions.insert(key, task.await) {
+                        old.abort();
+                    }
+                }
+                fanout::Out::Leave(shared) => {
+                    let key = format!("{} {}", shared.queue, shared.subject);
+                    if let Some(task) = subscriptions.remove(&key) {
                         task.abort();
                     }
                 }
@@ -369,11 +415,29 @@ impl Link {
         self.tickets.done(kept.ticket);
     }
 
-    /// Subscribes to `subject` and makes sure the server has it before `ticket` is done,
-    /// so a SUBACK means other nodes' messages are on their way here.
-    async fn want(self: Arc<Self>, subject: String, ticket: u64) -> tokio::task::JoinHandle<()> {
-        let sub = self.client.subscribe(subject.clone()).await;
-        if let Err(e) = self.client.flush().await {
+    /// Subscribes to `subject` (in the queue group of `shared`, if given) and makes sure
+    /// the server has it before `ticket` is done, so a SUBACK means other nodes'
+    /// messages are on their way here.
+    async fn want(
+        self: Arc<Self>,
+        subject: String,
+        shared: Option<fanout::Shared>,
+        ticket: u64,
+    ) -> tokio::task::JoinHandle<()> {
+        let client = if shared.is_some() {
+            &self.queues
+        } else {
+            &self.client
+        };
+        let sub = match &shared {
+            Some(s) => {
+                client
+                    .queue_subscribe(subject.clone(), s.queue.clone())
+                    .await
+            }
+            None => client.subscribe(subject.clone()).await,
+        };
+        if let Err(e) = client.flush().await {
             tracing::warn!(error = %e, %subject, "NATS did not confirm a subscription yet");
         }
         self.tickets.done(ticket);
@@ -388,9 +452,33 @@ impl Link {
             };
             use futures_util::StreamExt;
             while let Some(m) = sub.next().await {
-                link.arrived(m);
+                match &shared {
+                    Some(s) => link.arrived_shared(&s.share, m),
+                    None => link.arrived(m),
+                }
             }
         })
+    }
+
+    /// A message NATS gave this node for its members of the shared group `share`.
+    /// Queue groups get one copy each, so there is nothing to tell apart.
+    fn arrived_shared(&self, share: &str, m: async_nats::Message) {
+        let publisher = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(FROM_HEADER))
+            .map(|v| Arc::<str>::from(v.as_str()));
+        match decode_message(m.payload) {
+            Ok(mut msg) => {
+                msg.publisher = publisher;
+                self.stats.received.fetch_add(1, Relaxed);
+                self.arrivals.shared(share, msg);
+            }
+            Err(e) => {
+                self.stats.undecodable.fetch_add(1, Relaxed);
+                tracing::warn!(error = %e, subject = %m.subject, "undecodable message from the cluster");
+            }
+        }
     }
 
     /// Routes a message from another node unless it is a copy of one already routed.

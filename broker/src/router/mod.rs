@@ -39,6 +39,9 @@ pub trait Fanout: Send + Sync + 'static {
     /// Sends a message published here to wherever else it must go; whether an
     /// acknowledgement of it must wait for the store's next commit.
     fn forward(&self, msg: &Arc<Message>) -> bool;
+    /// The shared group `share` (`$share/group/filter`) of this process, to pick a
+    /// member from.
+    fn group(&self, share: &str) -> Option<SharedGroup>;
 }
 
 /// What a subscription changed.
@@ -76,5 +79,9 @@ impl Fanout for Router {
     /// A single process: every subscriber is in the trie already.
     fn forward(&self, _: &Arc<Message>) -> bool {
         false
+    }
+
+    fn group(&self, share: &str) -> Option<SharedGroup> {
+        Router::group(self, share)
     }
 }

@@ -197,6 +197,25 @@ fn remove(node: &mut Node, levels: &[&str], group: Option<&str>, client_id: &str
     removed
 }
 
+impl Router {
+    /// The shared group `share` (`$share/group/filter`) with a member to pick, if it has
+    /// members: a cluster hands a node a message for one of its groups by name.
+    pub fn group(&self, share: &str) -> Option<SharedGroup> {
+        let s = topic::parse_shared(share).ok().flatten()?;
+        let root = read(&self.root);
+        let mut node = &*root;
+        for level in s.filter.split('/') {
+            node = node.children.get(level)?;
+        }
+        let group = node.groups.get(s.group)?;
+        let n = group.members.len();
+        (n > 0).then(|| SharedGroup {
+            members: group.members.clone(),
+            start: group.next.fetch_add(1, Ordering::Relaxed) % n,
+        })
+    }
+}
+
 fn emit(node: &Node, out: &mut Matches) {
     out.nodes += !node.subscribers.is_empty() as usize;
     for (client_id, (options, id)) in &node.subscribers {
