@@ -86,7 +86,12 @@ async fn join_cluster(
     let cluster = crate::cluster::Cluster::connect(cluster).await?;
     let store = Broker::open_store(&config)?;
     let commits = crate::cluster::tickets::Joint::start(store.clone(), cluster.tickets());
-    let broker = Broker::assemble(config, hooks, store, cluster.fanout(), commits)?;
+    let parts = crate::broker::Parts {
+        fanout: cluster.fanout(),
+        commits,
+        sessions: cluster.directory(),
+    };
+    let broker = Broker::assemble(config, hooks, store, parts)?;
     let stats = cluster.stats();
     cluster.serve(Arc::new(Arrivals(Arc::downgrade(&broker))));
     Ok((broker, Some(stats)))
@@ -106,6 +111,12 @@ impl crate::cluster::Arrivals for Arrivals {
     fn shared(&self, share: &str, msg: crate::message::Message) {
         if let Some(b) = self.0.upgrade() {
             b.arrive_shared(share, msg)
+        }
+    }
+
+    fn taken_over(&self, client_id: &str) {
+        if let Some(b) = self.0.upgrade() {
+            b.kick(client_id, crate::codec::ReasonCode::SessionTakenOver);
         }
     }
 

@@ -393,3 +393,50 @@ async fn a_shared_group_across_nodes_gets_each_message_once() {
     h.sort_by_key(|s| s.parse::<usize>().unwrap_or(usize::MAX));
     assert_eq!(h, want, "the other group gets every message too");
 }
+
+fn connected_on(w: &Weir, client_id: &str) -> bool {
+    let (status, body) = weir_tests::http::request(w.admin_port, "GET", "/clients", None);
+    assert_eq!(status, 200, "{body}");
+    body.contains(&format!("\"{client_id}\""))
+}
+
+/// A client id connecting on a second node takes the connection over from the first
+/// (DISCONNECT 0x8E); two nodes racing for one client id leave exactly one connected,
+/// every one of 20 rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_id_has_one_connection_cluster_wide() {
+    let nats = NatsCluster::start(3);
+    let (w1, w2) = (node(&nats, "w1"), node(&nats, "w2"));
+    let (mut first, _) = C5::connect_with(C5::opts(w1.port, "dev")).await;
+    let (_second, _) = C5::connect_with(C5::opts(w2.port, "dev")).await;
+    let seen = first
+        .closed_within(Duration::from_secs(10))
+        .await
+        .expect("the first connection is closed");
+    assert!(seen.contains("SessionTakenOver"), "{seen}");
+    assert!(connected_on(&w2, "dev") && !connected_on(&w1, "dev"));
+
+    for round in 0..20 {
+        let id = format!("race{round}");
+        let mut o1 = C5::opts(w1.port, &id);
+        let mut o2 = C5::opts(w2.port, &id);
+        // No reconnects: a connection taken over stays closed.
+        o1.set_clean_start(round % 2 == 0);
+        o2.set_clean_start(round % 2 == 0);
+        let (a, b) = tokio::join!(C5::connect_with(o1), C5::connect_with(o2));
+        let (mut a, mut b) = (a.0, b.0);
+        let one = eventually(Duration::from_secs(10), || {
+            connected_on(&w1, &id) as u8 + connected_on(&w2, &id) as u8 == 1
+        });
+        assert!(
+            one,
+            "round {round}: on w1 {}, on w2 {}",
+            connected_on(&w1, &id),
+            connected_on(&w2, &id)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let left = connected_on(&w1, &id) as u8 + connected_on(&w2, &id) as u8;
+        assert_eq!(left, 1, "round {round}: one owner, and it stays");
+        let _ = (a.closed_within(QUIET).await, b.closed_within(QUIET).await);
+    }
+}

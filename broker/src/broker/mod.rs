@@ -48,6 +48,14 @@ pub struct Broker {
     next_conn_id: AtomicU64,
 }
 
+/// The parts a cluster replaces: where a publish fans out, what acknowledgements wait
+/// for, and where sessions are registered and claimed.
+pub struct Parts {
+    pub fanout: Arc<dyn Fanout>,
+    pub commits: Arc<dyn Commit + Send + Sync>,
+    pub sessions: Box<dyn Directory>,
+}
+
 /// A connected client, as the admin API lists it.
 #[derive(Debug, Clone)]
 pub struct ConnectedClient {
@@ -85,8 +93,12 @@ impl Broker {
         hooks: Arc<dyn Hooks>,
         store: Arc<dyn Store>,
     ) -> Result<Arc<Broker>, StoreError> {
-        let commits: Arc<dyn Commit + Send + Sync> = store.clone();
-        Broker::assemble(config, hooks, store, Arc::new(Router::default()), commits)
+        let parts = Parts {
+            fanout: Arc::new(Router::default()),
+            commits: store.clone(),
+            sessions: Box::new(Sessions::default()),
+        };
+        Broker::assemble(config, hooks, store, parts)
     }
 
     /// A broker from its parts: where publishes fan out and what acknowledgements wait
@@ -95,16 +107,15 @@ impl Broker {
         config: Config,
         hooks: Arc<dyn Hooks>,
         store: Arc<dyn Store>,
-        fanout: Arc<dyn Fanout>,
-        commits: Arc<dyn Commit + Send + Sync>,
+        parts: Parts,
     ) -> Result<Arc<Broker>, StoreError> {
         let broker = Broker {
             config,
-            fanout,
+            fanout: parts.fanout,
             retained: Retained::default(),
-            sessions: Box::new(Sessions::default()),
+            sessions: parts.sessions,
             store,
-            commits,
+            commits: parts.commits,
             hooks,
             metrics: Metrics::default(),
             seq: AtomicU64::new(1),

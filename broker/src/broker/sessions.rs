@@ -31,6 +31,7 @@ impl Broker {
         identity: Arc<Identity>,
     ) -> (Arc<Session>, bool) {
         let _claim = self.sessions.claim(&client_id);
+        self.sessions.announce(&client_id, conn.id);
         if let Some(existing) = self.sessions.find(&client_id) {
             if !clean_start {
                 taken_over(existing.lock().attach(conn, identity, expiry));

@@ -32,6 +32,8 @@ pub(super) enum Out {
     Join(Shared, u64),
     /// Leave it.
     Leave(Shared),
+    /// Write this node as the owner of a client id (its connection's id).
+    Own(Arc<str>, u64),
 }
 
 /// One subject of a shared subscription `$share/group/filter`, as a NATS queue group:

@@ -12,12 +12,14 @@
 //! starts, as a listener hands over a client's packets: data still flows one way.
 
 mod fanout;
+mod owners;
 mod retained;
 mod seen;
 pub mod subject;
 pub mod tickets;
 
 pub use fanout::ClusterFanout;
+pub use owners::ClusterDirectory;
 
 use crate::config::ClusterConfig;
 use crate::message::Message;
@@ -74,6 +76,8 @@ pub trait Arrivals: Send + Sync + 'static {
     /// A message for this node's members of the shared group `share`
     /// (`$share/group/filter`): NATS picked this node for it.
     fn shared(&self, share: &str, msg: Message);
+    /// Another node now holds `client_id`'s connection: this node's must go (0x8E).
+    fn taken_over(&self, client_id: &str);
     /// The retained message of `topic` as the cluster keeps it now (`None`: deleted).
     fn retained(&self, topic: &str, msg: Option<Message>);
 }
@@ -86,6 +90,9 @@ pub struct Cluster {
     tickets: Arc<Tickets>,
     stats: Arc<ClusterStats>,
     fanout: Arc<ClusterFanout>,
+    owners: async_nats::jetstream::kv::Store,
+    claims: Arc<owners::Claims>,
+    outbox_tx: mpsc::UnboundedSender<fanout::Out>,
     outbox: mpsc::UnboundedReceiver<fanout::Out>,
 }
 
@@ -100,11 +107,17 @@ impl Cluster {
         // one does not echo, and a group's member on this node must get this node's
         // messages when NATS picks it.
         let queues = connect_client(config, None, deadline).await?;
-        ensure_streams(&jetstream::new(client.clone()), config, deadline).await?;
+        let js = jetstream::new(client.clone());
+        ensure_streams(&js, config, deadline).await?;
+        let owners = ensure_bucket(&js, config, deadline).await?;
         let tickets = Arc::new(Tickets::default());
         let (tx, outbox) = mpsc::unbounded_channel();
         let node: Arc<str> = Arc::from(config.node.as_str());
-        let fanout = Arc::new(ClusterFanout::new(tickets.clone(), stats.clone(), tx));
+        let fanout = Arc::new(ClusterFanout::new(
+            tickets.clone(),
+            stats.clone(),
+            tx.clone(),
+        ));
         tracing::info!(node = %node, servers = %config.servers.join(", "), "joined the cluster");
         Ok(Cluster {
             client,
@@ -113,8 +126,19 @@ impl Cluster {
             tickets,
             stats,
             fanout,
+            owners,
+            claims: Arc::default(),
+            outbox_tx: tx,
             outbox,
         })
+    }
+
+    /// The directory the broker registers and claims sessions in.
+    pub fn directory(&self) -> Box<dyn crate::session::Directory> {
+        Box::new(ClusterDirectory::new(
+            self.claims.clone(),
+            self.outbox_tx.clone(),
+        ))
     }
 
     /// The fan-out the broker routes through.
@@ -139,10 +163,18 @@ impl Cluster {
             jetstream::new(self.client.clone()),
             arrivals.clone(),
         ));
+        tokio::spawn(owners::watch(
+            self.owners.clone(),
+            self.claims.clone(),
+            self.node.clone(),
+            arrivals.clone(),
+        ));
         let link = Link {
             js: jetstream::new(self.client.clone()),
             client: self.client,
             queues: self.queues,
+            owners: self.owners,
+            claims: self.claims,
             node: self.node,
             tickets: self.tickets,
             stats: self.stats,
@@ -203,6 +235,33 @@ async fn ensure_streams(
         }
     }
     Ok(())
+}
+
+/// The owners bucket, created if it does not exist yet.
+async fn ensure_bucket(
+    js: &jetstream::Context,
+    config: &ClusterConfig,
+    deadline: Instant,
+) -> Result<async_nats::jetstream::kv::Store, ClusterError> {
+    loop {
+        let store = match js.get_key_value(owners::OWNERS_BUCKET).await {
+            Ok(s) => Ok(s),
+            Err(_) => js
+                .create_key_value(owners::bucket_config(config.replicas))
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        match store {
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(ClusterError::JetStream {
+                    servers: config.servers.join(", "),
+                    reason: e,
+                })
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
 }
 
 /// Connection options from the `[cluster]` table.
@@ -266,6 +325,8 @@ struct Link {
     client: async_nats::Client,
     /// For the queue subscriptions of shared groups.
     queues: async_nats::Client,
+    owners: async_nats::jetstream::kv::Store,
+    claims: Arc<owners::Claims>,
     js: jetstream::Context,
     node: Arc<str>,
     tickets: Arc<Tickets>,
@@ -304,6 +365,12 @@ impl Link {
                     if let Some(old) = subscriptions.insert(key, task.await) {
                         old.abort();
                     }
+                }
+                fanout::Out::Own(client_id, conn) => {
+                    let link = link.clone();
+                    tokio::spawn(async move {
+                        owners::own(&link.owners, &link.claims, &link.node, client_id, conn).await
+                    });
                 }
                 fanout::Out::Leave(shared) => {
                     let key = format!("{} {}", shared.queue, shared.subject);

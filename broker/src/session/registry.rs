@@ -28,6 +28,10 @@ pub trait Directory: Send + Sync + 'static {
     /// A snapshot of every session.
     fn all(&self) -> Vec<Arc<Session>>;
     fn count(&self) -> usize;
+    /// The client id's connection is now this process's connection `conn_id`. A
+    /// cluster claims the client id cluster-wide, so a connection on another node is
+    /// taken over; one process has nothing more to do.
+    fn announce(&self, _client_id: &Arc<str>, _conn_id: u64) {}
 }
 
 const SHARDS: usize = 32;

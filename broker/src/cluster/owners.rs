@@ -1,0 +1,202 @@
+//! Who holds a client id's connection, cluster-wide: one entry per client id in the
+//! JetStream key-value bucket `weir_owners`, naming the node and connection. A node
+//! whose client connects writes the entry by compare-and-swap on its revision, so of
+//! two nodes racing for one client id exactly one write comes last; every node watches
+//! the bucket and disconnects its own connection of a client id (DISCONNECT 0x8E) once
+//! the bucket names a later owner elsewhere.
+//!
+//! A node's own claim counts from the moment its client attached, before its write is
+//! in: a watcher event older than that write must not disconnect the connection that is
+//! about to be written as the owner.
+
+use super::fanout::Out;
+use super::Arrivals;
+use crate::session::{Claim, Directory, Session, Sessions};
+use crate::sync;
+use async_nats::jetstream::kv;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// The bucket of owners.
+pub const OWNERS_BUCKET: &str = "weir_owners";
+
+pub(super) fn bucket_config(replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: OWNERS_BUCKET.into(),
+        history: 1,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+/// A bucket key for a client id, which may hold characters keys may not.
+fn key(client_id: &str) -> String {
+    Sha256::digest(client_id.as_bytes())[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[derive(Serialize, Deserialize)]
+struct Owner {
+    client: String,
+    node: String,
+    conn: u64,
+}
+
+/// This node's claims: attached but not yet written, or written at a revision.
+#[derive(Default)]
+pub(super) struct Claims {
+    by_client: Mutex<HashMap<Arc<str>, Option<u64>>>,
+}
+
+impl Claims {
+    fn pending(&self, client_id: &Arc<str>) {
+        sync::lock(&self.by_client).insert(client_id.clone(), None);
+    }
+
+    fn written(&self, client_id: &Arc<str>, revision: u64) {
+        let mut claims = sync::lock(&self.by_client);
+        if let Some(c) = claims.get_mut(client_id) {
+            *c = Some(c.map_or(revision, |r| r.max(revision)));
+        }
+    }
+
+    /// Whether an owner elsewhere at `revision` is newer than this node's claim; if
+    /// so the claim is given up.
+    fn superseded(&self, client_id: &str, revision: u64) -> bool {
+        let mut claims = sync::lock(&self.by_client);
+        match claims.get(client_id) {
+            Some(None) => false,
+            Some(Some(mine)) if *mine >= revision => false,
+            Some(Some(_)) => {
+                claims.remove(client_id);
+                true
+            }
+            None => true,
+        }
+    }
+}
+
+/// The cluster's [`Directory`]: this node's sessions, and the client ids claimed
+/// cluster-wide as their clients attach here.
+pub struct ClusterDirectory {
+    local: Sessions,
+    claims: Arc<Claims>,
+    outbox: mpsc::UnboundedSender<Out>,
+}
+
+impl ClusterDirectory {
+    pub(super) fn new(claims: Arc<Claims>, outbox: mpsc::UnboundedSender<Out>) -> Self {
+        ClusterDirectory {
+            local: Sessions::default(),
+            claims,
+            outbox,
+        }
+    }
+}
+
+impl Directory for ClusterDirectory {
+    fn claim(&self, client_id: &str) -> Claim<'_> {
+        self.local.claim(client_id)
+    }
+    fn find(&self, client_id: &str) -> Option<Arc<Session>> {
+        self.local.find(client_id)
+    }
+    fn register(&self, session: Arc<Session>) {
+        self.local.register(session)
+    }
+    fn unregister(&self, session: &Arc<Session>) -> bool {
+        self.local.unregister(session)
+    }
+    fn all(&self) -> Vec<Arc<Session>> {
+        self.local.all()
+    }
+    fn count(&self) -> usize {
+        self.local.count()
+    }
+    fn announce(&self, client_id: &Arc<str>, conn_id: u64) {
+        self.claims.pending(client_id);
+        let _ = self.outbox.send(Out::Own(client_id.clone(), conn_id));
+    }
+}
+
+/// Writes this node as the owner of `client_id`, whatever the entry said before.
+pub(super) async fn own(
+    store: &kv::Store,
+    claims: &Claims,
+    node: &str,
+    client_id: Arc<str>,
+    conn: u64,
+) {
+    let value = Owner {
+        client: client_id.to_string(),
+        node: node.to_owned(),
+        conn,
+    };
+    let Ok(value) = serde_json::to_vec(&value) else {
+        return;
+    };
+    let key = key(&client_id);
+    let mut delay = Duration::from_millis(10);
+    loop {
+        let written = match store.entry(key.as_str()).await {
+            Ok(Some(e)) => store
+                .update(key.as_str(), value.clone().into(), e.revision)
+                .await
+                .map_err(|e| e.to_string()),
+            Ok(None) => store
+                .create(key.as_str(), value.clone().into())
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match written {
+            Ok(revision) => {
+                claims.written(&client_id, revision);
+                return;
+            }
+            // Another node wrote in between (or NATS is away): read again and retry.
+            Err(e) => {
+                tracing::debug!(error = %e, client_id = %client_id, "claiming a client id again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Watches the bucket for as long as the process runs, and hands over the client ids
+/// another node has taken.
+pub(super) async fn watch(
+    store: kv::Store,
+    claims: Arc<Claims>,
+    node: Arc<str>,
+    arrivals: Arc<dyn Arrivals>,
+) {
+    loop {
+        match store.watch_all().await {
+            Ok(mut entries) => {
+                while let Some(entry) = entries.next().await {
+                    let Ok(entry) = entry else { break };
+                    if entry.operation != kv::Operation::Put {
+                        continue;
+                    }
+                    let Ok(owner) = serde_json::from_slice::<Owner>(&entry.value) else {
+                        continue;
+                    };
+                    if *owner.node != *node && claims.superseded(&owner.client, entry.revision) {
+                        arrivals.taken_over(&owner.client);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot watch the cluster's client owners"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
