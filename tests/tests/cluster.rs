@@ -440,3 +440,49 @@ async fn a_client_id_has_one_connection_cluster_wide() {
         let _ = (a.closed_within(QUIET).await, b.closed_within(QUIET).await);
     }
 }
+
+/// While NATS is away, QoS 0 messages for other nodes queue up to a bound and are
+/// dropped past it (counted); local subscribers are served meanwhile, and the queue
+/// drains once NATS is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos0_for_other_nodes_is_bounded_while_nats_is_away() {
+    let mut nats = NatsCluster::start(1);
+    let w1 = node(&nats, "w1");
+    let (mut local, _) = C5::connect_with(C5::opts(w1.port, "local")).await;
+    local.subscribe("b/#", QoS::AtMostOnce).await;
+    let (p, _) = C5::connect_with(C5::opts(w1.port, "p")).await;
+    nats.servers[0].kill9();
+    const N: usize = 80_000;
+    let counting = tokio::spawn(async move {
+        let mut n = 0;
+        while n < N
+            && local
+                .publish_within(Duration::from_secs(10))
+                .await
+                .is_some()
+        {
+            n += 1;
+        }
+        n
+    });
+    for i in 0..N {
+        p.send("b/x", QoS::AtMostOnce, false, i.to_string()).await;
+    }
+    // QoS 0 to a subscriber slower than its publisher may overflow its queue, so the
+    // count is not exact; that it is served at all is the point.
+    let served = counting.await.unwrap();
+    assert!(served > 0, "the local subscriber got nothing");
+    assert!(metric(&w1, "weir_cluster_queued") <= 65_536);
+    assert!(
+        metric(&w1, "weir_cluster_dropped_total") > 0,
+        "nothing dropped: the bound was not reached"
+    );
+    nats.servers[0].restart();
+    assert!(
+        eventually(Duration::from_secs(30), || metric(
+            &w1,
+            "weir_cluster_queued"
+        ) == 0),
+        "the queue drains once NATS is back"
+    );
+}

@@ -70,6 +70,18 @@ fn cluster_families(out: &mut String, c: &crate::cluster::ClusterStats) {
             &c.disconnects,
         ),
         (
+            "weir_cluster_dropped_total",
+            "counter",
+            "QoS 0 messages for other nodes dropped: 65536 were waiting for NATS already.",
+            &c.dropped_once,
+        ),
+        (
+            "weir_cluster_queued",
+            "gauge",
+            "QoS 0 messages waiting to be sent to NATS.",
+            &c.queued_once,
+        ),
+        (
             "weir_cluster_subjects",
             "gauge",
             "NATS subjects this node subscribes to for its clients' filters.",

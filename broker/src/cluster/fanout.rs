@@ -15,6 +15,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
+/// QoS 0 messages that may wait for NATS before more are dropped.
+pub const MAX_QUEUED_ONCE: u64 = 65_536;
+
 /// What the link to NATS is asked to do, in order.
 pub(super) enum Out {
     /// Publish a QoS 0 message once.
@@ -196,7 +199,18 @@ impl Fanout for ClusterFanout {
             let _ = self.outbox.send(Out::Retain(msg.clone(), ticket));
         }
         if msg.qos == QoS::AtMostOnce {
-            let _ = self.outbox.send(Out::Once(msg.clone()));
+            // QoS 0 waits for nobody, so while NATS is away nothing else bounds how many
+            // queue up here: past the bound they are dropped, as QoS 0 may be. (QoS 1
+            // and 2 are bounded by every publisher's Receive Maximum: their
+            // acknowledgements wait.)
+            if self.stats.queued_once.load(Relaxed) >= MAX_QUEUED_ONCE {
+                self.stats.dropped_once.fetch_add(1, Relaxed);
+                return false;
+            }
+            self.stats.queued_once.fetch_add(1, Relaxed);
+            if self.outbox.send(Out::Once(msg.clone())).is_err() {
+                self.stats.queued_once.fetch_sub(1, Relaxed);
+            }
             return false;
         }
         let ticket = self.tickets.issue();

@@ -67,6 +67,10 @@ pub struct ClusterStats {
     pub disconnects: AtomicU64,
     /// NATS subjects this node subscribes to (a gauge).
     pub subjects: AtomicU64,
+    /// QoS 0 messages waiting to be sent to NATS (a gauge).
+    pub queued_once: AtomicU64,
+    /// QoS 0 messages for other nodes dropped because too many were waiting already.
+    pub dropped_once: AtomicU64,
 }
 
 /// Where what other nodes send is handed over: the broker, seen from the cluster.
@@ -343,7 +347,10 @@ impl Link {
         let mut subscriptions = std::collections::HashMap::new();
         while let Some(out) = outbox.recv().await {
             match out {
-                fanout::Out::Once(msg) => link.publish_once(&msg).await,
+                fanout::Out::Once(msg) => {
+                    link.publish_once(&msg).await;
+                    link.stats.queued_once.fetch_sub(1, Relaxed);
+                }
                 fanout::Out::Kept(msg, ticket) => link.send_kept(msg, ticket, false).await,
                 fanout::Out::Retain(msg, ticket) => link.send_kept(msg, ticket, true).await,
                 fanout::Out::Want(subject, ticket) => {
