@@ -30,3 +30,8 @@ pub use weir_protocol::topic;
 /// still randomly seeded per process, so clients cannot choose colliding topics or ids.
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
+/// Lower-case hex of `bytes` (digests in logs, API answers and NATS names).
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -26,15 +26,10 @@ pub(super) enum Out {
     Kept(Arc<Message>, u64),
     /// Keep as the topic's retained message in JetStream, then mark the ticket done.
     Retain(Arc<Message>, u64),
-    /// Subscribe to a subject, then mark the ticket done.
-    Want(String, u64),
-    /// Unsubscribe from a subject.
-    Drop(String),
-    /// Join the queue group of a shared subscription for one of its subjects, then
-    /// mark the ticket done.
-    Join(Shared, u64),
-    /// Leave it.
-    Leave(Shared),
+    /// Subscribe to a subject (or join a queue group), then mark the ticket done.
+    Want(Interest, u64),
+    /// Unsubscribe (or leave the queue group).
+    Drop(Interest),
     /// Write this node as the owner of a client id (its connection's id).
     Own(Arc<str>, u64),
 }
@@ -59,8 +54,9 @@ pub struct ClusterFanout {
     interest: Mutex<HashMap<Interest, usize>>,
 }
 
+/// What this node subscribes to in NATS for its clients' filters.
 #[derive(Clone, PartialEq, Eq, Hash)]
-enum Interest {
+pub(super) enum Interest {
     Plain(String),
     Queue(Shared),
 }
@@ -68,9 +64,10 @@ enum Interest {
 /// The NATS queue group of `$share/group/filter`: a hash, as a group name and filter
 /// may hold characters a queue name may not.
 fn queue_name(share: &str) -> String {
-    let digest = Sha256::digest(share.as_bytes());
-    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-    format!("weir_{hex}")
+    format!(
+        "weir_{}",
+        crate::hex(&Sha256::digest(share.as_bytes())[..12])
+    )
 }
 
 impl ClusterFanout {
@@ -124,11 +121,7 @@ impl ClusterFanout {
             if *n == 1 {
                 self.stats.subjects.fetch_add(1, Relaxed);
                 let ticket = self.tickets.issue();
-                let out = match i {
-                    Interest::Plain(s) => Out::Want(s, ticket),
-                    Interest::Queue(q) => Out::Join(q, ticket),
-                };
-                if self.outbox.send(out).is_err() {
+                if self.outbox.send(Out::Want(i, ticket)).is_err() {
                     self.tickets.done(ticket);
                 } else {
                     waits = true;
@@ -146,10 +139,7 @@ impl ClusterFanout {
                 if *n == 0 {
                     interest.remove(&i);
                     self.stats.subjects.fetch_sub(1, Relaxed);
-                    let _ = self.outbox.send(match i {
-                        Interest::Plain(s) => Out::Drop(s),
-                        Interest::Queue(q) => Out::Leave(q),
-                    });
+                    let _ = self.outbox.send(Out::Drop(i));
                 }
             }
         }
@@ -181,7 +171,7 @@ impl Fanout for ClusterFanout {
     }
 
     /// This node's shared groups are left out: NATS picks the node of a group's member
-    /// ([`Out::Join`]), and that node picks the member.
+    /// ([`Interest::Queue`]), and that node picks the member.
     fn matches(&self, topic: &str, out: &mut Matches) {
         self.router.matches(topic, out);
         out.groups.clear();

@@ -190,25 +190,41 @@ impl Cluster {
     }
 }
 
+/// Tries `attempt` until it succeeds or `deadline` passes; then the last error. A NATS
+/// cluster that has just started elects its JetStream leader first.
+async fn until<T, F, Fut>(deadline: Instant, mut attempt: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    loop {
+        match attempt().await {
+            Ok(t) => return Ok(t),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
 /// A connection to NATS, tried until `deadline`; `stats` counts its disconnections.
 async fn connect_client(
     config: &ClusterConfig,
     stats: Option<&Arc<ClusterStats>>,
     deadline: Instant,
 ) -> Result<async_nats::Client, ClusterError> {
-    loop {
-        let options = options(config, stats).await?;
-        match options.connect(config.servers.clone()).await {
-            Ok(c) => return Ok(c),
-            Err(e) if Instant::now() >= deadline => {
-                return Err(ClusterError::Connect {
-                    servers: config.servers.join(", "),
-                    reason: e.to_string(),
-                })
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+    let options = options(config, stats).await?;
+    until(deadline, || {
+        let options = options.clone();
+        async move {
+            let client = options.connect(config.servers.clone()).await;
+            client.map_err(|e| e.to_string())
         }
-    }
+    })
+    .await
+    .map_err(|reason| ClusterError::Connect {
+        servers: config.servers.join(", "),
+        reason,
+    })
 }
 
 /// Creates Weir's streams where they do not exist yet.
@@ -225,18 +241,12 @@ async fn ensure_streams(
         ..Default::default()
     };
     for stream in [messages, retained::stream_config(config.replicas)] {
-        loop {
-            match js.get_or_create_stream(stream.clone()).await {
-                Ok(_) => break,
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(ClusterError::JetStream {
-                        servers: config.servers.join(", "),
-                        reason: e.to_string(),
-                    })
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-            }
-        }
+        until(deadline, || async {
+            let created = js.get_or_create_stream(stream.clone()).await;
+            created.map(|_| ()).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|reason| jetstream_error(config, reason))?;
     }
     Ok(())
 }
@@ -247,24 +257,23 @@ async fn ensure_bucket(
     config: &ClusterConfig,
     deadline: Instant,
 ) -> Result<async_nats::jetstream::kv::Store, ClusterError> {
-    loop {
-        let store = match js.get_key_value(owners::OWNERS_BUCKET).await {
+    until(deadline, || async {
+        match js.get_key_value(owners::OWNERS_BUCKET).await {
             Ok(s) => Ok(s),
             Err(_) => js
                 .create_key_value(owners::bucket_config(config.replicas))
                 .await
                 .map_err(|e| e.to_string()),
-        };
-        match store {
-            Ok(s) => return Ok(s),
-            Err(e) if Instant::now() >= deadline => {
-                return Err(ClusterError::JetStream {
-                    servers: config.servers.join(", "),
-                    reason: e,
-                })
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
+    })
+    .await
+    .map_err(|reason| jetstream_error(config, reason))
+}
+
+fn jetstream_error(config: &ClusterConfig, reason: String) -> ClusterError {
+    ClusterError::JetStream {
+        servers: config.servers.join(", "),
+        reason,
     }
 }
 
@@ -353,24 +362,15 @@ impl Link {
                 }
                 fanout::Out::Kept(msg, ticket) => link.send_kept(msg, ticket, false).await,
                 fanout::Out::Retain(msg, ticket) => link.send_kept(msg, ticket, true).await,
-                fanout::Out::Want(subject, ticket) => {
-                    let task = link.clone().want(subject.clone(), None, ticket).await;
-                    if let Some(old) = subscriptions.insert(subject, task) {
+                fanout::Out::Want(interest, ticket) => {
+                    let task = link.clone().want(interest.clone(), ticket).await;
+                    if let Some(old) = subscriptions.insert(interest, task) {
                         old.abort();
                     }
                 }
-                fanout::Out::Drop(subject) => {
-                    if let Some(task) = subscriptions.remove(&subject) {
+                fanout::Out::Drop(interest) => {
+                    if let Some(task) = subscriptions.remove(&interest) {
                         task.abort();
-                    }
-                }
-                fanout::Out::Join(shared, ticket) => {
-                    let key = format!("{} {}", shared.queue, shared.subject);
-                    let task = link
-                        .clone()
-                        .want(shared.subject.clone(), Some(shared), ticket);
-                    if let Some(old) = subscriptions.insert(key, task.await) {
-                        old.abort();
                     }
                 }
                 fanout::Out::Own(client_id, conn) => {
@@ -378,12 +378,6 @@ impl Link {
                     tokio::spawn(async move {
                         owners::own(&link.owners, &link.claims, &link.node, client_id, conn).await
                     });
-                }
-                fanout::Out::Leave(shared) => {
-                    let key = format!("{} {}", shared.queue, shared.subject);
-                    if let Some(task) = subscriptions.remove(&key) {
-                        task.abort();
-                    }
                 }
             }
         }
@@ -403,17 +397,17 @@ impl Link {
     async fn publish_once(&self, msg: &Message) {
         let Some(body) = encoded(msg) else { return };
         let subject = subject::topic_subject(subject::ONCE, &msg.topic);
-        match self
+        let sent = self
             .client
-            .publish_with_headers(subject, self.headers(msg), body)
-            .await
-        {
-            Ok(()) => self.stats.published.fetch_add(1, Relaxed),
-            Err(e) => {
-                tracing::warn!(error = %e, topic = %msg.topic, "QoS 0 message not sent to the cluster");
-                0
+            .publish_with_headers(subject, self.headers(msg), body);
+        match sent.await {
+            Ok(()) => {
+                self.stats.published.fetch_add(1, Relaxed);
             }
-        };
+            Err(e) => {
+                tracing::warn!(error = %e, topic = %msg.topic, "QoS 0 message not sent to the cluster")
+            }
+        }
     }
 
     /// Sends a QoS 1 or 2 message into JetStream, in the order the broker forwarded it,
@@ -489,30 +483,28 @@ impl Link {
         self.tickets.done(kept.ticket);
     }
 
-    /// Subscribes to `subject` (in the queue group of `shared`, if given) and makes sure
+    /// Subscribes to a subject (or joins a shared group's queue group) and makes sure
     /// the server has it before `ticket` is done, so a SUBACK means other nodes'
     /// messages are on their way here.
     async fn want(
         self: Arc<Self>,
-        subject: String,
-        shared: Option<fanout::Shared>,
+        interest: fanout::Interest,
         ticket: u64,
     ) -> tokio::task::JoinHandle<()> {
-        let client = if shared.is_some() {
-            &self.queues
-        } else {
-            &self.client
-        };
-        let sub = match &shared {
-            Some(s) => {
-                client
-                    .queue_subscribe(subject.clone(), s.queue.clone())
-                    .await
+        let (client, sub) = match &interest {
+            fanout::Interest::Plain(subject) => {
+                (&self.client, self.client.subscribe(subject.clone()).await)
             }
-            None => client.subscribe(subject.clone()).await,
+            fanout::Interest::Queue(q) => {
+                let sub = self
+                    .queues
+                    .queue_subscribe(q.subject.clone(), q.queue.clone())
+                    .await;
+                (&self.queues, sub)
+            }
         };
         if let Err(e) = client.flush().await {
-            tracing::warn!(error = %e, %subject, "NATS did not confirm a subscription yet");
+            tracing::warn!(error = %e, "NATS did not confirm a subscription yet");
         }
         self.tickets.done(ticket);
         let link = self.clone();
@@ -520,38 +512,44 @@ impl Link {
             let mut sub = match sub {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::error!(error = %e, %subject, "cannot subscribe in NATS");
+                    tracing::error!(error = %e, "cannot subscribe in NATS");
                     return;
                 }
             };
             use futures_util::StreamExt;
             while let Some(m) = sub.next().await {
-                match &shared {
-                    Some(s) => link.arrived_shared(&s.share, m),
-                    None => link.arrived(m),
+                match &interest {
+                    fanout::Interest::Queue(q) => link.arrived_shared(&q.share, m),
+                    fanout::Interest::Plain(_) => link.arrived(m),
                 }
             }
         })
     }
 
-    /// A message NATS gave this node for its members of the shared group `share`.
-    /// Queue groups get one copy each, so there is nothing to tell apart.
-    fn arrived_shared(&self, share: &str, m: async_nats::Message) {
+    /// The message a NATS message carries, with its publisher; `None` (counted and
+    /// logged) if it cannot be read.
+    fn decoded(&self, m: async_nats::Message) -> Option<Message> {
         let publisher = m
             .headers
             .as_ref()
             .and_then(|h| h.get(FROM_HEADER))
             .map(|v| Arc::<str>::from(v.as_str()));
         match decode_message(m.payload) {
-            Ok(mut msg) => {
-                msg.publisher = publisher;
-                self.stats.received.fetch_add(1, Relaxed);
-                self.arrivals.shared(share, msg);
-            }
+            Ok(msg) => Some(Message { publisher, ..msg }),
             Err(e) => {
                 self.stats.undecodable.fetch_add(1, Relaxed);
                 tracing::warn!(error = %e, subject = %m.subject, "undecodable message from the cluster");
+                None
             }
+        }
+    }
+
+    /// A message NATS gave this node for its members of the shared group `share`.
+    /// Queue groups get one copy each, so there is nothing to tell apart.
+    fn arrived_shared(&self, share: &str, m: async_nats::Message) {
+        if let Some(msg) = self.decoded(m) {
+            self.stats.received.fetch_add(1, Relaxed);
+            self.arrivals.shared(share, msg);
         }
     }
 
@@ -563,16 +561,7 @@ impl Link {
     fn arrived(&self, m: async_nats::Message) {
         let header = |name: &str| m.headers.as_ref()?.get(name).map(|v| v.as_str().to_owned());
         let origin = header(NODE_HEADER).zip(header(SEQ_HEADER).and_then(|s| s.parse().ok()));
-        let publisher = header(FROM_HEADER).map(Arc::<str>::from);
-        let mut msg = match decode_message(m.payload) {
-            Ok(msg) => msg,
-            Err(e) => {
-                self.stats.undecodable.fetch_add(1, Relaxed);
-                tracing::warn!(error = %e, subject = %m.subject, "undecodable message from the cluster");
-                return;
-            }
-        };
-        msg.publisher = publisher;
+        let Some(msg) = self.decoded(m) else { return };
         let mut seen = crate::sync::lock(&self.seen);
         if let Some((node, seq)) = origin {
             if seen.arrive(&node, seq) == seen::Arrival::Copy {

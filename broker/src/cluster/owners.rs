@@ -36,10 +36,7 @@ pub(super) fn bucket_config(replicas: usize) -> kv::Config {
 
 /// A bucket key for a client id, which may hold characters keys may not.
 fn key(client_id: &str) -> String {
-    Sha256::digest(client_id.as_bytes())[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::hex(&Sha256::digest(client_id.as_bytes())[..16])
 }
 
 #[derive(Serialize, Deserialize)]

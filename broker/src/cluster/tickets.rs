@@ -72,6 +72,9 @@ impl Tickets {
 pub struct Joint {
     store: Arc<dyn Store>,
     cluster: Arc<Tickets>,
+    /// Both parts' durable marks, read on every commit without subscribing anew.
+    store_mark: watch::Receiver<u64>,
+    cluster_mark: watch::Receiver<u64>,
     waiting: Mutex<Waiting>,
     added: Notify,
     durable: watch::Sender<u64>,
@@ -88,6 +91,8 @@ impl Joint {
     /// Starts the task that follows both parts; it ends when the runtime does.
     pub fn start(store: Arc<dyn Store>, cluster: Arc<Tickets>) -> Arc<Joint> {
         let joint = Arc::new(Joint {
+            store_mark: store.durable(),
+            cluster_mark: cluster.durable(),
             store,
             cluster,
             waiting: Mutex::default(),
@@ -130,7 +135,7 @@ impl Commit for Joint {
     fn commit(&self) -> u64 {
         let s = self.store.commit();
         let c = self.cluster.last();
-        if s <= *self.store.durable().borrow() && c <= *self.cluster.durable().borrow() {
+        if s <= *self.store_mark.borrow() && c <= *self.cluster_mark.borrow() {
             return 0;
         }
         let mut w = sync::lock(&self.waiting);

@@ -90,7 +90,7 @@ impl Runtime {
             path: path.into(),
             source: e,
         })?;
-        let hash = hex(&Sha256::digest(&bytes));
+        let hash = crate::hex(&Sha256::digest(&bytes));
         let mut h = DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut h);
         let cached = self
@@ -170,8 +170,4 @@ fn engine(pooling: bool, fuel: bool, max_memory_mb: u64) -> wasmtime::Result<Eng
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(p));
     }
     Engine::new(&c)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -51,10 +51,7 @@ pub fn watch(chain: &Arc<PluginChain>, every: Duration) {
                     let Ok(bytes) = std::fs::read(&path) else {
                         continue;
                     };
-                    let hash: String = Sha256::digest(&bytes)
-                        .iter()
-                        .map(|b| format!("{b:02x}"))
-                        .collect();
+                    let hash = crate::hex(&Sha256::digest(&bytes));
                     let running = c
                         .plugins()
                         .iter()
