@@ -454,6 +454,10 @@ pub struct ClusterConfig {
     /// How long startup waits for NATS and JetStream before giving up.
     #[serde(default = "thirty")]
     pub connect_timeout_secs: u64,
+    /// Seconds without a heartbeat after which the other nodes take this node for dead
+    /// and publish the wills of its clients.
+    #[serde(default = "ten")]
+    pub liveness_secs: u64,
     /// A NATS credentials file (JWT and NKey seed).
     pub credentials: Option<PathBuf>,
     pub user: Option<String>,
@@ -472,6 +476,10 @@ fn one() -> usize {
 
 fn thirty() -> u64 {
     30
+}
+
+fn ten() -> u64 {
+    10
 }
 
 impl ClusterConfig {
@@ -498,6 +506,12 @@ impl ClusterConfig {
             return Err(invalid(
                 "cluster.connect_timeout_secs",
                 "must be at least 1",
+            ));
+        }
+        if !(2..=3600).contains(&self.liveness_secs) {
+            return Err(invalid(
+                "cluster.liveness_secs",
+                "must be between 2 and 3600",
             ));
         }
         if self.user.is_some() != self.password.is_some() {

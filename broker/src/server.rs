@@ -116,13 +116,20 @@ impl crate::cluster::Arrivals for Arrivals {
 
     fn taken_over(&self, client_id: &str) {
         if let Some(b) = self.0.upgrade() {
-            b.kick(client_id, crate::codec::ReasonCode::SessionTakenOver);
+            b.taken_elsewhere(client_id);
         }
     }
 
     fn retained(&self, topic: &str, msg: Option<crate::message::Message>) {
         if let Some(b) = self.0.upgrade() {
             b.keep_retained(topic, msg)
+        }
+    }
+
+    fn will(&self, msg: crate::message::Message) {
+        if let Some(b) = self.0.upgrade() {
+            b.publish(Arc::new(msg));
+            b.commit();
         }
     }
 }

@@ -11,10 +11,15 @@ use weir_tests::{eventually, free_port, weir_bin, Opts, Weir};
 
 /// A Weir node of the cluster on `nats`.
 fn node(nats: &NatsCluster, name: &str) -> Weir {
+    node_with(nats, name, "")
+}
+
+/// A Weir node of the cluster on `nats`, with more `[cluster]` keys.
+fn node_with(nats: &NatsCluster, name: &str, more: &str) -> Weir {
     let replicas = if nats.servers.len() >= 3 { 3 } else { 1 };
     Weir::with(Opts {
         extra: format!(
-            "[cluster]\nservers = {}\nnode = {name:?}\nreplicas = {replicas}\nconnect_timeout_secs = 60\n",
+            "[cluster]\nservers = {}\nnode = {name:?}\nreplicas = {replicas}\nconnect_timeout_secs = 60\n{more}\n",
             nats.urls_toml()
         ),
         ..Default::default()
@@ -485,4 +490,87 @@ async fn qos0_for_other_nodes_is_bounded_while_nats_is_away() {
         ) == 0),
         "the queue drains once NATS is back"
     );
+}
+
+/// A node killed with `kill -9`: the surviving nodes publish the wills of its clients
+/// once `liveness_secs` pass without its heartbeat, each exactly once however many
+/// nodes survive, a delayed one after its delay; a client that comes back on another
+/// node within its will delay cancels its will, and one that said DISCONNECT left none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wills_of_a_dead_node_are_published_once_by_the_survivors() {
+    use rumqttc::v5::mqttbytes::v5::LastWill;
+    let nats = NatsCluster::start(3);
+    let live = "liveness_secs = 3";
+    let mut w1 = node_with(&nats, "w1", live);
+    let (w2, w3) = (node_with(&nats, "w2", live), node_with(&nats, "w3", live));
+    let (mut watcher, _) = C5::connect_with(C5::opts(w2.port, "watcher")).await;
+    watcher.subscribe("will/#", QoS::AtLeastOnce).await;
+    let start = |id: &str, delay: u32| {
+        let mut o = C5::opts(w1.port, id);
+        let props = weir_tests::clients::v5::will_delay(delay);
+        let topic = format!("will/{id}");
+        o.set_last_will(LastWill::new(
+            topic,
+            "bye",
+            QoS::AtLeastOnce,
+            false,
+            Some(props),
+        ));
+        o.set_session_expiry_interval(Some(600));
+        C5::connect_with(o)
+    };
+    let mut clients = Vec::new();
+    for id in ["c0", "c1", "c2", "delayed", "returns", "polite"] {
+        let delay = match id {
+            "delayed" => 4,
+            "returns" => 6,
+            _ => 0,
+        };
+        clients.push(start(id, delay).await.0);
+    }
+    let polite = clients.pop().unwrap();
+    polite.client.disconnect().await.unwrap();
+    // The wills reach the bucket as the clients connect; give the writes a moment.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    w1.kill9();
+    let killed = std::time::Instant::now();
+    let mut o = C5::opts(w3.port, "returns");
+    o.set_clean_start(false);
+    o.set_session_expiry_interval(Some(600));
+    let (_back, _) = C5::connect_with(o).await;
+
+    let mut got = Vec::new();
+    let mut delayed_after = None;
+    while got.len() < 4 && killed.elapsed() < Duration::from_secs(60) {
+        if let Some(p) = watcher.publish_within(Duration::from_secs(1)).await {
+            let topic = String::from_utf8_lossy(&p.topic).into_owned();
+            if topic == "will/delayed" {
+                delayed_after = Some(killed.elapsed());
+            }
+            got.push(topic);
+        }
+    }
+    // Long enough for a second survivor to publish any will again.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    got.extend(
+        watcher
+            .drain_publishes()
+            .await
+            .iter()
+            .map(|p| String::from_utf8_lossy(&p.topic).into_owned()),
+    );
+    got.sort();
+    assert_eq!(
+        got,
+        ["will/c0", "will/c1", "will/c2", "will/delayed"],
+        "each will of the dead node once; none for the client that came back or said goodbye"
+    );
+    let after = delayed_after.expect("the delayed will");
+    // Death is the last beat plus 3 s; the last beat came up to 3/4 s before the kill.
+    assert!(
+        after >= Duration::from_millis(2250 + 4000),
+        "the delayed will waited for death ({live}) and its delay: {after:?}"
+    );
+    drop((clients, w2, w3));
 }

@@ -21,7 +21,8 @@ fn taken_over(previous: Option<ConnHandle>) {
 
 impl Broker {
     /// Attaches a new connection to the session of `client_id`, taking it over from an
-    /// existing connection. Returns the session and whether it was resumed.
+    /// existing connection. Returns the session and whether it was resumed. `will` is
+    /// the connection's will and its delay, for a cluster to keep.
     pub fn attach(
         &self,
         client_id: Arc<str>,
@@ -29,9 +30,12 @@ impl Broker {
         expiry: u32,
         conn: ConnHandle,
         identity: Arc<Identity>,
+        will: Option<(Arc<Message>, u32)>,
     ) -> (Arc<Session>, bool) {
         let _claim = self.sessions.claim(&client_id);
         self.sessions.announce(&client_id, conn.id);
+        let will = will.map(|(m, delay)| (m, delay.min(expiry)));
+        self.sessions.keep_will(&client_id, conn.id, will);
         if let Some(existing) = self.sessions.find(&client_id) {
             if !clean_start {
                 taken_over(existing.lock().attach(conn, identity, expiry));
@@ -57,11 +61,13 @@ impl Broker {
         if !st.detach(conn_id, now) {
             return;
         }
+        let client_id = session.client_id();
         if st.expiry_interval() == 0 {
             drop(st);
             if let Some((m, _)) = will {
                 self.publish(m);
             }
+            self.sessions.settle_will(client_id, Some(conn_id));
             self.end_session(session);
             return;
         }
@@ -69,22 +75,57 @@ impl Broker {
         match will {
             Some((m, 0)) => publish_now = Some(m),
             Some((m, delay)) => st.schedule_will(m, delay, now),
-            None => {}
+            None => self.sessions.settle_will(client_id, Some(conn_id)),
         }
         drop(st);
         self.record_session(session);
         if let Some(m) = publish_now {
             self.publish(m);
+            self.sessions.settle_will(client_id, Some(conn_id));
         }
         self.store.commit();
     }
 
-    /// A connection that was taken over leaves: its immediate will goes out now (a
-    /// delayed one was cancelled by the reconnect that took over).
-    pub fn leave_taken_over(&self, will: Option<(Arc<Message>, u32)>) {
+    /// The connection `conn_id` of `client_id`, which was taken over, leaves: its
+    /// immediate will goes out now (a delayed one was cancelled by the reconnect that
+    /// took over).
+    pub fn leave_taken_over(
+        &self,
+        client_id: &Arc<str>,
+        conn_id: u64,
+        will: Option<(Arc<Message>, u32)>,
+    ) {
         if let Some((m, 0)) = will {
             self.publish(m);
             self.store.commit();
+        }
+        self.sessions.settle_will(client_id, Some(conn_id));
+    }
+
+    /// Another node took `client_id` over: the connection here goes as a taken-over
+    /// one (5.0: DISCONNECT 0x8E; its immediate will is published, a delayed one
+    /// dropped), and a will waiting here for its delay is cancelled, as a reconnect here
+    /// would cancel it.
+    pub fn taken_elsewhere(&self, client_id: &str) {
+        let _claim = self.sessions.claim(client_id);
+        let Some(session) = self.sessions.find(client_id) else {
+            return;
+        };
+        let (conn, will) = {
+            let mut st = session.lock();
+            let conn = st.connection().cloned();
+            if let Some(c) = &conn {
+                st.detach(c.id, now_secs());
+            }
+            (conn, st.take_will())
+        };
+        let changed = conn.is_some() || will.is_some();
+        taken_over(conn);
+        if changed {
+            self.record_session(&session);
+        }
+        if will.is_some() {
+            self.sessions.settle_will(session.client_id(), None);
         }
     }
 
@@ -128,6 +169,7 @@ impl Broker {
             if let Some(w) = &will {
                 self.publish(w.message.clone());
                 self.store.commit();
+                self.sessions.settle_will(s.client_id(), None);
             }
             if expired {
                 let _claim = self.sessions.claim(s.client_id());

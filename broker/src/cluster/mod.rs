@@ -17,6 +17,7 @@ mod retained;
 mod seen;
 pub mod subject;
 pub mod tickets;
+mod wills;
 
 pub use fanout::ClusterFanout;
 pub use owners::ClusterDirectory;
@@ -84,6 +85,8 @@ pub trait Arrivals: Send + Sync + 'static {
     fn taken_over(&self, client_id: &str);
     /// The retained message of `topic` as the cluster keeps it now (`None`: deleted).
     fn retained(&self, topic: &str, msg: Option<Message>);
+    /// The will of a client of a dead node, for this node to publish (it won the claim).
+    fn will(&self, msg: Message);
 }
 
 /// A node's link to NATS.
@@ -98,6 +101,12 @@ pub struct Cluster {
     claims: Arc<owners::Claims>,
     outbox_tx: mpsc::UnboundedSender<fanout::Out>,
     outbox: mpsc::UnboundedReceiver<fanout::Out>,
+    wills: [async_nats::jetstream::kv::Store; 2],
+    me: wills::Me,
+    will_changes: (
+        mpsc::UnboundedSender<wills::Change>,
+        mpsc::UnboundedReceiver<wills::Change>,
+    ),
 }
 
 impl Cluster {
@@ -113,7 +122,16 @@ impl Cluster {
         let queues = connect_client(config, None, deadline).await?;
         let js = jetstream::new(client.clone());
         ensure_streams(&js, config, deadline).await?;
-        let owners = ensure_bucket(&js, config, deadline).await?;
+        let owners = ensure_bucket(
+            &js,
+            owners::bucket_config(config.replicas),
+            config,
+            deadline,
+        );
+        let owners = owners.await?;
+        let [wills, nodes] = wills::bucket_configs(config.replicas);
+        let wills = ensure_bucket(&js, wills, config, deadline).await?;
+        let nodes = ensure_bucket(&js, nodes, config, deadline).await?;
         let tickets = Arc::new(Tickets::default());
         let (tx, outbox) = mpsc::unbounded_channel();
         let node: Arc<str> = Arc::from(config.node.as_str());
@@ -134,6 +152,13 @@ impl Cluster {
             claims: Arc::default(),
             outbox_tx: tx,
             outbox,
+            wills: [wills, nodes],
+            me: wills::Me {
+                node: Arc::from(config.node.as_str()),
+                life: life(),
+                liveness: Duration::from_secs(config.liveness_secs),
+            },
+            will_changes: mpsc::unbounded_channel(),
         })
     }
 
@@ -142,6 +167,7 @@ impl Cluster {
         Box::new(ClusterDirectory::new(
             self.claims.clone(),
             self.outbox_tx.clone(),
+            self.will_changes.0.clone(),
         ))
     }
 
@@ -163,6 +189,8 @@ impl Cluster {
     /// subscriptions) and hands what arrives from other nodes to `arrivals`; and the
     /// task that follows the cluster's retained messages.
     pub fn serve(self, arrivals: Arc<dyn Arrivals>) {
+        let [wills, nodes] = self.wills;
+        wills::start(wills, nodes, self.me, self.will_changes.1, arrivals.clone());
         tokio::spawn(retained::follow(
             jetstream::new(self.client.clone()),
             arrivals.clone(),
@@ -251,17 +279,18 @@ async fn ensure_streams(
     Ok(())
 }
 
-/// The owners bucket, created if it does not exist yet.
+/// A key-value bucket, created if it does not exist yet.
 async fn ensure_bucket(
     js: &jetstream::Context,
+    bucket: jetstream::kv::Config,
     config: &ClusterConfig,
     deadline: Instant,
 ) -> Result<async_nats::jetstream::kv::Store, ClusterError> {
     until(deadline, || async {
-        match js.get_key_value(owners::OWNERS_BUCKET).await {
+        match js.get_key_value(&bucket.bucket).await {
             Ok(s) => Ok(s),
             Err(_) => js
-                .create_key_value(owners::bucket_config(config.replicas))
+                .create_key_value(bucket.clone())
                 .await
                 .map_err(|e| e.to_string()),
         }
@@ -275,6 +304,14 @@ fn jetstream_error(config: &ClusterConfig, reason: String) -> ClusterError {
         servers: config.servers.join(", "),
         reason,
     }
+}
+
+/// This process's incarnation: milliseconds since the epoch at startup.
+fn life() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Connection options from the `[cluster]` table.

@@ -10,7 +10,9 @@
 //! about to be written as the owner.
 
 use super::fanout::Out;
+use super::wills::Change;
 use super::Arrivals;
+use crate::message::Message;
 use crate::session::{Claim, Directory, Session, Sessions};
 use crate::sync;
 use async_nats::jetstream::kv;
@@ -86,14 +88,20 @@ pub struct ClusterDirectory {
     local: Sessions,
     claims: Arc<Claims>,
     outbox: mpsc::UnboundedSender<Out>,
+    wills: mpsc::UnboundedSender<Change>,
 }
 
 impl ClusterDirectory {
-    pub(super) fn new(claims: Arc<Claims>, outbox: mpsc::UnboundedSender<Out>) -> Self {
+    pub(super) fn new(
+        claims: Arc<Claims>,
+        outbox: mpsc::UnboundedSender<Out>,
+        wills: mpsc::UnboundedSender<Change>,
+    ) -> Self {
         ClusterDirectory {
             local: Sessions::default(),
             claims,
             outbox,
+            wills,
         }
     }
 }
@@ -120,6 +128,19 @@ impl Directory for ClusterDirectory {
     fn announce(&self, client_id: &Arc<str>, conn_id: u64) {
         self.claims.pending(client_id);
         let _ = self.outbox.send(Out::Own(client_id.clone(), conn_id));
+    }
+    fn keep_will(&self, client_id: &Arc<str>, conn_id: u64, will: Option<(Arc<Message>, u32)>) {
+        let _ = self.wills.send(Change::Attached {
+            client: client_id.clone(),
+            conn: conn_id,
+            will,
+        });
+    }
+    fn settle_will(&self, client_id: &Arc<str>, conn_id: Option<u64>) {
+        let _ = self.wills.send(Change::Settled {
+            client: client_id.clone(),
+            conn: conn_id,
+        });
     }
 }
 

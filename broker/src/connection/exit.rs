@@ -109,7 +109,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             });
         match exit {
             // The new connection resumed or replaced the session.
-            Exit::TakenOver => self.broker.leave_taken_over(will),
+            Exit::TakenOver => (self.broker).leave_taken_over(client_id, self.client.conn_id, will),
             _ => self.broker.detach(&self.session, self.client.conn_id, will),
         }
         self.broker.metrics().disconnected();

@@ -11,7 +11,7 @@ use crate::hooks::{
     AuthOutcome, ClientHooks, ConnectInfo, Decision, Identity, RateEvent, RateOutcome,
 };
 use crate::message::now_secs;
-use crate::session::{ConnHandle, NEVER};
+use crate::session::{will_message, ConnHandle, NEVER};
 use crate::topic;
 use bytes::BytesMut;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -300,12 +300,17 @@ where
         version: a.connect.version,
         since: std::time::SystemTime::now(),
     };
+    let will = a.connect.will.as_ref().map(|w| {
+        let delay = w.properties.will_delay_interval.unwrap_or(0);
+        (Arc::new(will_message(w, &a.client_id)), delay)
+    });
     let (session, present) = broker.attach(
         a.client_id.clone(),
         a.connect.clean_start,
         granted.expiry,
         handle,
         a.identity.clone(),
+        will,
     );
     write_connack(io.out(), &a, present, &granted, &broker, &listener);
     broker.metrics().connected();

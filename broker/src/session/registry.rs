@@ -2,6 +2,7 @@
 //! its implementation for one process.
 
 use super::Session;
+use crate::message::Message;
 use crate::sync::{lock, read, write};
 use crate::FastMap;
 use std::hash::BuildHasher;
@@ -32,6 +33,13 @@ pub trait Directory: Send + Sync + 'static {
     /// cluster claims the client id cluster-wide, so a connection on another node is
     /// taken over; one process has nothing more to do.
     fn announce(&self, _client_id: &Arc<str>, _conn_id: u64) {}
+    /// The connection `conn_id` attached with this will and delay, or without one. One
+    /// process keeps wills in its sessions; a cluster also keeps them where the other
+    /// nodes publish them if this one dies.
+    fn keep_will(&self, _client_id: &Arc<str>, _conn_id: u64, _will: Option<(Arc<Message>, u32)>) {}
+    /// The will of `client_id`'s connection `conn_id` (`None`: of whichever connection
+    /// left one) was published or dropped here.
+    fn settle_will(&self, _client_id: &Arc<str>, _conn_id: Option<u64>) {}
 }
 
 const SHARDS: usize = 32;
