@@ -30,6 +30,17 @@ pub struct Message {
     pub expires_at: Option<u64>,
     /// Who published it, for No Local. Not persisted: only routing needs it.
     pub publisher: Option<Arc<str>>,
+    /// In cluster mode, the node it was published on and its number there: how a
+    /// session moving between nodes tells a message it already has from a new one.
+    pub origin: Option<Origin>,
+}
+
+/// Where in the cluster a message was published: the node, and the number the node
+/// gave it (growing in the order it published).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Origin {
+    pub node: Arc<str>,
+    pub seq: u64,
 }
 
 impl Message {
@@ -54,6 +65,7 @@ impl Message {
             properties,
             expires_at,
             publisher,
+            origin: None,
         }
     }
 

@@ -126,6 +126,17 @@ impl crate::cluster::Arrivals for Arrivals {
         }
     }
 
+    fn hand_over(&self, client_id: &str) -> Option<crate::store::StoredSession> {
+        self.0.upgrade()?.hand_over(client_id)
+    }
+
+    fn hand_over_rest(&self, client_id: &str) -> Vec<crate::message::Delivery> {
+        match self.0.upgrade() {
+            Some(b) => b.hand_over_rest(client_id),
+            None => Vec::new(),
+        }
+    }
+
     fn will(&self, msg: crate::message::Message) {
         if let Some(b) = self.0.upgrade() {
             b.publish(Arc::new(msg));

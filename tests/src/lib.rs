@@ -233,7 +233,13 @@ impl Weir {
             .spawn()
             .expect("spawning weir");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // A cluster node listens once NATS and its JetStream answer, which a NATS
+        // cluster just started on a busy machine may take a while to.
+        let wait = match self.opts.extra.contains("[cluster]") {
+            true => 90,
+            false => 20,
+        };
+        let deadline = Instant::now() + Duration::from_secs(wait);
         while Instant::now() < deadline {
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return true;
@@ -243,6 +249,10 @@ impl Weir {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
         false
     }

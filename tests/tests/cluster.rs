@@ -574,3 +574,168 @@ async fn the_wills_of_a_dead_node_are_published_once_by_the_survivors() {
     );
     drop((clients, w2, w3));
 }
+
+/// Options of a persistent 5.0 client that acknowledges by hand.
+fn persistent(port: u16, id: &str, clean_start: bool) -> rumqttc::v5::MqttOptions {
+    let mut o = C5::opts(port, id);
+    o.set_clean_start(clean_start);
+    o.set_session_expiry_interval(Some(600));
+    o.set_manual_acks(true);
+    o
+}
+
+/// A persistent session follows its client to another node: reconnecting there says
+/// session present, needs no SUBSCRIBE, resends what was in flight (DUP) and then sends
+/// what was queued, in order; the old node no longer holds the session, and messages
+/// published anywhere reach the client where it is now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_follows_its_client_to_another_node() {
+    let nats = NatsCluster::start(3);
+    let (w1, w2, w3) = (node(&nats, "w1"), node(&nats, "w2"), node(&nats, "w3"));
+    let (mut c, _) = C5::connect_with(persistent(w1.port, "roam", true)).await;
+    c.subscribe("roam/#", QoS::AtLeastOnce).await;
+    let (mut p, _) = C5::connect_with(C5::opts(w2.port, "p")).await;
+    for i in 0..5 {
+        p.send("roam/a", QoS::AtLeastOnce, false, format!("f{i}"))
+            .await;
+        acked(&mut p).await;
+    }
+    for i in 0..5 {
+        let m = c.publish().await;
+        assert_eq!(&m.payload[..], format!("f{i}").as_bytes());
+    }
+    // Received and never acknowledged: in flight when the connection drops.
+    c.drop_connection();
+    assert!(eventually(WAIT, || !connected_on(&w1, "roam")));
+    for i in 0..5 {
+        p.send("roam/a", QoS::AtLeastOnce, false, format!("q{i}"))
+            .await;
+        acked(&mut p).await;
+    }
+    assert_eq!(metric(&w1, "weir_sessions"), 1, "roam's session is on w1");
+
+    let (mut c, ack) = C5::connect_with(persistent(w3.port, "roam", false)).await;
+    assert!(ack.session_present, "the session came from w1");
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        let m = c.publish().await;
+        got.push((String::from_utf8_lossy(&m.payload).into_owned(), m.dup));
+        c.client.ack(&m).await.unwrap();
+    }
+    let want: Vec<_> = (0..5)
+        .map(|i| (format!("f{i}"), true))
+        .chain((0..5).map(|i| (format!("q{i}"), false)))
+        .collect();
+    assert_eq!(
+        got, want,
+        "in flight again with DUP, then the queue, in order"
+    );
+    assert_eq!(metric(&w1, "weir_sessions"), 0, "w1 let the session go");
+
+    // The subscription came along: published on w1, received on w3.
+    let (mut p1, _) = C5::connect_with(C5::opts(w1.port, "p1")).await;
+    p1.send("roam/b", QoS::AtLeastOnce, false, "after").await;
+    acked(&mut p1).await;
+    let m = c.publish().await;
+    assert_eq!(&m.payload[..], b"after");
+    c.client.ack(&m).await.unwrap();
+    assert!(c.drain_publishes().await.is_empty(), "nothing twice");
+}
+
+/// `kill -9` of a node right after it acknowledged 100 QoS 1 messages for an offline
+/// persistent session on another node: the client, back on a third node, gets all 100.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_messages_for_an_offline_session_outlive_the_publishers_node() {
+    let nats = NatsCluster::start(3);
+    let (mut w1, w2, w3) = (node(&nats, "w1"), node(&nats, "w2"), node(&nats, "w3"));
+    let (mut k, _) = C5::connect_with(persistent(w2.port, "keeper", true)).await;
+    k.subscribe("keep/#", QoS::AtLeastOnce).await;
+    k.disconnect().await;
+    let (mut p, _) = C5::connect_with(C5::opts(w1.port, "p")).await;
+    const N: usize = 100;
+    for i in 0..N {
+        p.send("keep/x", QoS::AtLeastOnce, false, i.to_string())
+            .await;
+    }
+    for _ in 0..N {
+        acked(&mut p).await;
+    }
+    w1.kill9();
+
+    let (mut k, ack) = C5::connect_with(persistent(w3.port, "keeper", false)).await;
+    assert!(ack.session_present);
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < N {
+        let Some(m) = k.publish_within(WAIT).await else {
+            break;
+        };
+        got.insert(
+            String::from_utf8_lossy(&m.payload)
+                .parse::<usize>()
+                .unwrap(),
+        );
+        k.client.ack(&m).await.unwrap();
+    }
+    let missing: Vec<_> = (0..N).filter(|i| !got.contains(i)).collect();
+    assert!(missing.is_empty(), "lost: {missing:?}");
+    drop((w2, w3));
+}
+
+/// A session that moves while a publisher keeps sending: every message arrives, in the
+/// order published, and only those in flight at the move arrive twice (marked DUP).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_moving_while_messages_flow_loses_doubles_and_reorders_none() {
+    let nats = NatsCluster::start(3);
+    let (w1, w2, w3) = (node(&nats, "w1"), node(&nats, "w2"), node(&nats, "w3"));
+    let (mut c, _) = C5::connect_with(persistent(w1.port, "flow", true)).await;
+    c.subscribe("flow/#", QoS::AtLeastOnce).await;
+    let (mut p, _) = C5::connect_with(C5::opts(w2.port, "p")).await;
+    const N: usize = 3000;
+    let publisher = tokio::spawn(async move {
+        for i in 0..N {
+            p.send("flow/x", QoS::AtLeastOnce, false, i.to_string())
+                .await;
+            if i % 50 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        for _ in 0..N {
+            acked(&mut p).await;
+        }
+    });
+    let mut firsts = Vec::new();
+    let mut all = std::collections::BTreeSet::new();
+    let take = |m: &rumqttc::v5::mqttbytes::v5::Publish,
+                firsts: &mut Vec<usize>,
+                all: &mut std::collections::BTreeSet<usize>| {
+        let i: usize = String::from_utf8_lossy(&m.payload).parse().unwrap();
+        if !m.dup {
+            firsts.push(i);
+        }
+        all.insert(i);
+    };
+    while firsts.len() < 300 {
+        let m = c.publish().await;
+        take(&m, &mut firsts, &mut all);
+        c.client.ack(&m).await.unwrap();
+    }
+    c.drop_connection();
+    let (mut c, ack) = C5::connect_with(persistent(w3.port, "flow", false)).await;
+    assert!(ack.session_present);
+    while all.len() < N {
+        let Some(m) = c.publish_within(WAIT).await else {
+            break;
+        };
+        take(&m, &mut firsts, &mut all);
+        c.client.ack(&m).await.unwrap();
+    }
+    publisher.await.unwrap();
+    let missing: Vec<_> = (0..N).filter(|i| !all.contains(i)).collect();
+    assert!(missing.is_empty(), "lost: {missing:?}");
+    let out_of_order: Vec<_> = firsts.windows(2).filter(|w| w[0] >= w[1]).collect();
+    assert!(
+        out_of_order.is_empty(),
+        "first deliveries twice or out of order: {out_of_order:?}"
+    );
+    drop((w1, w2, w3));
+}

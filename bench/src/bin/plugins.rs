@@ -136,6 +136,7 @@ fn hook_costs(hash: &str) {
         properties: Default::default(),
         expires_at: None,
         publisher: None,
+        origin: None,
     };
     let untagged = Message {
         topic: "other/topic".into(),

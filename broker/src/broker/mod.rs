@@ -14,6 +14,7 @@
 //! trie, [`Router`]), and [`Store`] (where retained messages and session state are
 //! kept: sled or memory).
 
+mod moving;
 mod owed;
 mod publish;
 mod sessions;

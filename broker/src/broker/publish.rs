@@ -17,6 +17,7 @@ impl Broker {
     /// Routes a message to every matching session and updates the retained index.
     /// Returns whether a store write was made that an acknowledgement must wait for.
     pub fn publish(&self, msg: Arc<Message>) -> bool {
+        let msg = self.fanout.stamp(msg);
         let mut stored = false;
         if msg.retain {
             stored |= self.retain(&msg);

@@ -104,29 +104,16 @@ impl Broker {
 
     /// Another node took `client_id` over: the connection here goes as a taken-over
     /// one (5.0: DISCONNECT 0x8E; its immediate will is published, a delayed one
-    /// dropped), and a will waiting here for its delay is cancelled, as a reconnect here
-    /// would cancel it.
+    /// dropped), and the session ends here. It moved to that node if the client
+    /// resumed it ([`Broker::hand_over`]); otherwise the client started afresh there.
     pub fn taken_elsewhere(&self, client_id: &str) {
         let _claim = self.sessions.claim(client_id);
         let Some(session) = self.sessions.find(client_id) else {
             return;
         };
-        let (conn, will) = {
-            let mut st = session.lock();
-            let conn = st.connection().cloned();
-            if let Some(c) = &conn {
-                st.detach(c.id, now_secs());
-            }
-            (conn, st.take_will())
-        };
-        let changed = conn.is_some() || will.is_some();
-        taken_over(conn);
-        if changed {
-            self.record_session(&session);
-        }
-        if will.is_some() {
-            self.sessions.settle_will(session.client_id(), None);
-        }
+        taken_over(session.lock().take_connection());
+        self.sessions.settle_will(session.client_id(), None);
+        self.end_session(&session);
     }
 
     /// Forgets a session: its subscriptions, what it is owed, its stored copy. The

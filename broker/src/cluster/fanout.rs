@@ -5,13 +5,13 @@ use super::subject;
 use super::tickets::Tickets;
 use super::ClusterStats;
 use crate::codec::{QoS, SubscriptionOptions};
-use crate::message::Message;
+use crate::message::{Message, Origin};
 use crate::router::{Fanout, Matches, Router, SharedGroup, Subscribed};
 use crate::sync;
 use crate::topic;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
@@ -47,6 +47,9 @@ pub(super) struct Shared {
 
 pub struct ClusterFanout {
     router: Router,
+    node: Arc<str>,
+    /// Messages published on this node so far: each is numbered ([`Message::origin`]).
+    published: AtomicU64,
     tickets: Arc<Tickets>,
     stats: Arc<ClusterStats>,
     outbox: mpsc::UnboundedSender<Out>,
@@ -72,12 +75,15 @@ fn queue_name(share: &str) -> String {
 
 impl ClusterFanout {
     pub(super) fn new(
+        node: Arc<str>,
         tickets: Arc<Tickets>,
         stats: Arc<ClusterStats>,
         outbox: mpsc::UnboundedSender<Out>,
     ) -> ClusterFanout {
         ClusterFanout {
             router: Router::default(),
+            node,
+            published: AtomicU64::new(0),
             tickets,
             stats,
             outbox,
@@ -179,6 +185,19 @@ impl Fanout for ClusterFanout {
 
     fn group(&self, share: &str) -> Option<SharedGroup> {
         self.router.group(share)
+    }
+
+    fn stamp(&self, msg: Arc<Message>) -> Arc<Message> {
+        if msg.origin.is_some() {
+            return msg;
+        }
+        let origin = Origin {
+            node: self.node.clone(),
+            seq: self.published.fetch_add(1, Relaxed) + 1,
+        };
+        let mut msg = Arc::unwrap_or_clone(msg);
+        msg.origin = Some(origin);
+        Arc::new(msg)
     }
 
     /// QoS 0 is sent once; QoS 1 and 2 go into JetStream and the acknowledgement waits,

@@ -12,6 +12,7 @@
 //! starts, as a listener hands over a client's packets: data still flows one way.
 
 mod fanout;
+mod handover;
 mod owners;
 mod retained;
 mod seen;
@@ -23,7 +24,7 @@ pub use fanout::ClusterFanout;
 pub use owners::ClusterDirectory;
 
 use crate::config::ClusterConfig;
-use crate::message::Message;
+use crate::message::{Message, Origin};
 use crate::store::{decode_message, encode_message};
 use async_nats::jetstream;
 use async_nats::HeaderMap;
@@ -87,6 +88,12 @@ pub trait Arrivals: Send + Sync + 'static {
     fn retained(&self, topic: &str, msg: Option<Message>);
     /// The will of a client of a dead node, for this node to publish (it won the claim).
     fn will(&self, msg: Message);
+    /// Another node asks for `client_id`'s persistent session: let it go, and hand over
+    /// what it owes (`None`: there is none here).
+    fn hand_over(&self, client_id: &str) -> Option<crate::store::StoredSession>;
+    /// The session handed over is subscribed where it went: what reached it here since,
+    /// and end it here.
+    fn hand_over_rest(&self, client_id: &str) -> Vec<crate::message::Delivery>;
 }
 
 /// A node's link to NATS.
@@ -136,6 +143,7 @@ impl Cluster {
         let (tx, outbox) = mpsc::unbounded_channel();
         let node: Arc<str> = Arc::from(config.node.as_str());
         let fanout = Arc::new(ClusterFanout::new(
+            node.clone(),
             tickets.clone(),
             stats.clone(),
             tx.clone(),
@@ -168,6 +176,7 @@ impl Cluster {
             self.claims.clone(),
             self.outbox_tx.clone(),
             self.will_changes.0.clone(),
+            (self.client.clone(), self.owners.clone(), self.node.clone()),
         ))
     }
 
@@ -189,6 +198,11 @@ impl Cluster {
     /// subscriptions) and hands what arrives from other nodes to `arrivals`; and the
     /// task that follows the cluster's retained messages.
     pub fn serve(self, arrivals: Arc<dyn Arrivals>) {
+        tokio::spawn(handover::serve(
+            self.client.clone(),
+            self.node.clone(),
+            arrivals.clone(),
+        ));
         let [wills, nodes] = self.wills;
         wills::start(wills, nodes, self.me, self.will_changes.1, arrivals.clone());
         tokio::spawn(retained::follow(
@@ -211,7 +225,7 @@ impl Cluster {
             tickets: self.tickets,
             stats: self.stats,
             arrivals,
-            sent: AtomicU64::new(0),
+            unnumbered: AtomicU64::new(0),
             seen: std::sync::Mutex::default(),
         };
         tokio::spawn(link.run(self.outbox));
@@ -382,8 +396,9 @@ struct Link {
     tickets: Arc<Tickets>,
     stats: Arc<ClusterStats>,
     arrivals: Arc<dyn Arrivals>,
-    /// Messages this node has sent; each carries its number.
-    sent: AtomicU64,
+    /// Messages sent that were not numbered when published (none are: the broker
+    /// stamps every one), numbered apart from those that were.
+    unnumbered: AtomicU64,
     seen: std::sync::Mutex<seen::Seen>,
 }
 
@@ -423,7 +438,10 @@ impl Link {
     fn headers(&self, msg: &Message) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(NODE_HEADER, &*self.node);
-        let seq = self.sent.fetch_add(1, Relaxed) + 1;
+        let seq = match &msg.origin {
+            Some(o) => o.seq,
+            None => self.unnumbered.fetch_add(1, Relaxed) + (1 << 62),
+        };
         h.insert(SEQ_HEADER, seq.to_string().as_str());
         if let Some(from) = &msg.publisher {
             h.insert(FROM_HEADER, &**from);
@@ -563,16 +581,23 @@ impl Link {
         })
     }
 
-    /// The message a NATS message carries, with its publisher; `None` (counted and
-    /// logged) if it cannot be read.
+    /// The message a NATS message carries, with its publisher and origin; `None`
+    /// (counted and logged) if it cannot be read.
     fn decoded(&self, m: async_nats::Message) -> Option<Message> {
-        let publisher = m
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(FROM_HEADER))
-            .map(|v| Arc::<str>::from(v.as_str()));
+        let header = |name: &str| m.headers.as_ref()?.get(name).map(|v| v.as_str().to_owned());
+        let publisher = header(FROM_HEADER).map(Arc::<str>::from);
+        let origin = header(NODE_HEADER)
+            .zip(header(SEQ_HEADER).and_then(|s| s.parse().ok()))
+            .map(|(node, seq)| Origin {
+                node: Arc::from(node),
+                seq,
+            });
         match decode_message(m.payload) {
-            Ok(msg) => Some(Message { publisher, ..msg }),
+            Ok(msg) => Some(Message {
+                publisher,
+                origin,
+                ..msg
+            }),
             Err(e) => {
                 self.stats.undecodable.fetch_add(1, Relaxed);
                 tracing::warn!(error = %e, subject = %m.subject, "undecodable message from the cluster");
@@ -596,12 +621,10 @@ impl Link {
     /// order even when the first copy of one message and of the next come through
     /// different subscriptions.
     fn arrived(&self, m: async_nats::Message) {
-        let header = |name: &str| m.headers.as_ref()?.get(name).map(|v| v.as_str().to_owned());
-        let origin = header(NODE_HEADER).zip(header(SEQ_HEADER).and_then(|s| s.parse().ok()));
         let Some(msg) = self.decoded(m) else { return };
         let mut seen = crate::sync::lock(&self.seen);
-        if let Some((node, seq)) = origin {
-            if seen.arrive(&node, seq) == seen::Arrival::Copy {
+        if let Some(o) = &msg.origin {
+            if seen.arrive(&o.node, o.seq) == seen::Arrival::Copy {
                 self.stats.copies.fetch_add(1, Relaxed);
                 return;
             }

@@ -13,7 +13,7 @@ use super::fanout::Out;
 use super::wills::Change;
 use super::Arrivals;
 use crate::message::Message;
-use crate::session::{Claim, Directory, Session, Sessions};
+use crate::session::{BoxFuture, Claim, Directory, Moving, Session, Sessions};
 use crate::sync;
 use async_nats::jetstream::kv;
 use futures_util::StreamExt;
@@ -89,6 +89,8 @@ pub struct ClusterDirectory {
     claims: Arc<Claims>,
     outbox: mpsc::UnboundedSender<Out>,
     wills: mpsc::UnboundedSender<Change>,
+    /// Where sessions held elsewhere are asked for: NATS, the owners, this node.
+    elsewhere: (async_nats::Client, kv::Store, Arc<str>),
 }
 
 impl ClusterDirectory {
@@ -96,12 +98,14 @@ impl ClusterDirectory {
         claims: Arc<Claims>,
         outbox: mpsc::UnboundedSender<Out>,
         wills: mpsc::UnboundedSender<Change>,
+        elsewhere: (async_nats::Client, kv::Store, Arc<str>),
     ) -> Self {
         ClusterDirectory {
             local: Sessions::default(),
             claims,
             outbox,
             wills,
+            elsewhere,
         }
     }
 }
@@ -135,6 +139,19 @@ impl Directory for ClusterDirectory {
             conn: conn_id,
             will,
         });
+    }
+    /// Asks the node the owners bucket names for the client id, if that is another.
+    fn fetch(&self, client_id: &Arc<str>) -> BoxFuture<'_, Option<Moving>> {
+        let client_id = client_id.clone();
+        Box::pin(async move {
+            let (nats, owners, me) = &self.elsewhere;
+            let entry = owners.get(key(&client_id)).await.ok()??;
+            let owner = serde_json::from_slice::<Owner>(&entry).ok()?;
+            if *owner.node == **me {
+                return None;
+            }
+            super::handover::fetch(nats.clone(), owner.node, client_id).await
+        })
     }
     fn settle_will(&self, client_id: &Arc<str>, conn_id: Option<u64>) {
         let _ = self.wills.send(Change::Settled {

@@ -65,7 +65,13 @@ where
     let client_max = connect.properties.maximum_packet_size;
     let requested = connect.client_id.clone();
     match admit(connect, &from, &listener, &broker, over_limit).await {
-        Ok(admitted) => Some(establish(io, admitted, from, listener, broker, shutdown)),
+        Ok(admitted) => {
+            if !admitted.connect.clean_start {
+                // In a cluster, the session may be on the node the client was on.
+                broker.bring(&admitted.client_id).await;
+            }
+            Some(establish(io, admitted, from, listener, broker, shutdown))
+        }
         Err(r) => {
             tracing::info!(peer = %from.addr, listener = %listener.name, client_id = %requested, protocol = %version,
                 "connection refused: {} (reason {})", r.why, r.code);

@@ -142,6 +142,7 @@ pub fn replacement(
         .into(),
         expires_at: m.message_expiry.map(|s| now_secs() + s as u64),
         publisher: original.publisher.clone(),
+        origin: original.origin.clone(),
     };
     match unfit(
         &replaced.topic,

@@ -42,6 +42,11 @@ pub trait Fanout: Send + Sync + 'static {
     /// The shared group `share` (`$share/group/filter`) of this process, to pick a
     /// member from.
     fn group(&self, share: &str) -> Option<SharedGroup>;
+    /// The message as it is routed from here: a cluster numbers what each node
+    /// publishes ([`Message::origin`]); one process has no use for that.
+    fn stamp(&self, msg: Arc<Message>) -> Arc<Message> {
+        msg
+    }
 }
 
 /// What a subscription changed.

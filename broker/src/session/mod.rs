@@ -15,7 +15,7 @@ mod registry;
 mod state;
 
 pub use inflight::{Inflight, InflightWindow};
-pub use registry::{Claim, Directory, Sessions};
+pub use registry::{BoxFuture, Claim, Directory, Moving, Sessions};
 pub use state::{Outgoing, PushOutcome, QueueLimits, SessionState, Taken};
 
 use crate::codec::{ReasonCode, SubscriptionOptions, Version, Will};
@@ -194,5 +194,6 @@ pub fn will_message(w: &Will, client_id: &Arc<str>) -> Message {
         properties,
         expires_at,
         publisher: Some(client_id.clone()),
+        origin: None,
     }
 }

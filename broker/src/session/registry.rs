@@ -2,7 +2,8 @@
 //! its implementation for one process.
 
 use super::Session;
-use crate::message::Message;
+use crate::message::{Delivery, Message};
+use crate::store::StoredSession;
 use crate::sync::{lock, read, write};
 use crate::FastMap;
 use std::hash::BuildHasher;
@@ -40,6 +41,23 @@ pub trait Directory: Send + Sync + 'static {
     /// The will of `client_id`'s connection `conn_id` (`None`: of whichever connection
     /// left one) was published or dropped here.
     fn settle_will(&self, _client_id: &Arc<str>, _conn_id: Option<u64>) {}
+    /// The session of `client_id` where another process holds it, let go there and on
+    /// its way here; `None` where none does (one process: never).
+    fn fetch(&self, _client_id: &Arc<str>) -> BoxFuture<'_, Option<Moving>> {
+        Box::pin(std::future::ready(None))
+    }
+}
+
+/// A boxed future, as a trait object's method returns one.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// A session moving here from another process of the cluster.
+pub struct Moving {
+    /// What it owed there when it was let go.
+    pub session: StoredSession,
+    /// Completes the move once the session's subscriptions are made here: ends it
+    /// there, and yields what reached it there meanwhile.
+    pub rest: BoxFuture<'static, Vec<Delivery>>,
 }
 
 const SHARDS: usize = 32;

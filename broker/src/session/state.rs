@@ -6,8 +6,10 @@ use super::{ConnHandle, InflightWindow, Journal, PendingWill, Subscription, NEVE
 use crate::codec::{QoS, RetainHandling, SubscriptionOptions};
 use crate::config::OverflowPolicy;
 use crate::hooks::Identity;
-use crate::message::{now_secs, Delivery};
-use crate::store::{DeliveryState, SessionMeta, StoredDelivery, StoredSubscription, StoredWill};
+use crate::message::{now_secs, Delivery, Origin};
+use crate::store::{
+    DeliveryState, SessionMeta, StoredDelivery, StoredSession, StoredSubscription, StoredWill,
+};
 use crate::{FastMap, FastSet};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -75,6 +77,17 @@ pub struct SessionState {
     resend: Vec<u16>,
     /// Something of this session was ever recorded, so ending it must delete records.
     recorded: bool,
+    /// While the session moves here from another node of the cluster: what reached it
+    /// here so far, so that what reached it there meanwhile is not queued twice.
+    landing: Option<Landing>,
+}
+
+/// A session on its way from another node: where in the queue what was routed here
+/// began, and the messages routed here (by origin).
+#[derive(Debug)]
+struct Landing {
+    from: usize,
+    seen: FastSet<Origin>,
 }
 
 impl SessionState {
@@ -91,6 +104,7 @@ impl SessionState {
             will: None,
             resend: Vec::new(),
             recorded: false,
+            landing: None,
         }
     }
 
@@ -267,6 +281,9 @@ impl SessionState {
 
     /// Queues a delivery. Never blocks; a full queue applies the overflow policy.
     pub fn push(&mut self, mut d: Delivery, limits: QueueLimits, j: &dyn Journal) -> PushOutcome {
+        if let (Some(l), Some(o)) = (&mut self.landing, &d.message.origin) {
+            l.seen.insert(o.clone());
+        }
         let mut out = PushOutcome {
             wake: self.conn.is_some(),
             ..PushOutcome::default()
@@ -434,6 +451,83 @@ impl SessionState {
         (filters, std::mem::take(&mut self.recorded))
     }
 
+    /// Lets the session go to another node: everything it owes (in flight in the order
+    /// sent, then queued) and the QoS 2 packet ids it holds, as the store would keep
+    /// them, numbered in that order. The waiting will is cancelled (the client is back,
+    /// elsewhere); the subscriptions stay until the move completes
+    /// ([`SessionState::take_queue`]).
+    pub fn hand_over(&mut self, client_id: &str) -> StoredSession {
+        self.will = None;
+        self.resend.clear();
+        let record = |d: &Delivery, state| StoredDelivery {
+            state,
+            qos: d.qos,
+            retain: d.retain,
+            subscription_ids: d.subscription_ids.clone(),
+            message: crate::message::Message::clone(&d.message),
+        };
+        let mut deliveries = Vec::new();
+        for pid in self.inflight.in_order_of_sending() {
+            if let Some(f) = self.inflight.get(pid) {
+                let state = match f.released {
+                    true => DeliveryState::Released(pid),
+                    false => DeliveryState::Sent(pid),
+                };
+                deliveries.push(record(&f.delivery, state));
+            }
+        }
+        self.inflight.clear();
+        deliveries.extend(
+            self.queue
+                .drain(..)
+                .map(|d| record(&d, DeliveryState::Queued)),
+        );
+        StoredSession {
+            meta: self.meta(client_id),
+            deliveries: (1..).zip(deliveries).collect(),
+            incoming: self.incoming.drain().collect(),
+        }
+    }
+
+    /// What was queued since [`SessionState::hand_over`]: the rest to send after it.
+    pub fn take_queue(&mut self) -> Vec<Delivery> {
+        self.queue.drain(..).collect()
+    }
+
+    /// The session has just arrived from another node and its subscriptions are being
+    /// made here: what is routed to it from now on is noted, for
+    /// [`SessionState::land`].
+    pub fn begin_landing(&mut self) {
+        self.landing = Some(Landing {
+            from: self.queue.len(),
+            seen: FastSet::default(),
+        });
+    }
+
+    /// The rest the old node queued after handing the session over: queued before
+    /// what was routed here meanwhile (it was published earlier), leaving out what
+    /// reached the session both there and here.
+    pub fn land(&mut self, rest: Vec<Delivery>, j: &dyn Journal) {
+        let Some(landing) = self.landing.take() else {
+            return;
+        };
+        let mut at = landing.from.min(self.queue.len());
+        for mut d in rest {
+            if (d.message.origin.as_ref()).is_some_and(|o| landing.seen.contains(o)) {
+                continue;
+            }
+            if self.expiry_interval > 0 && d.qos != QoS::AtMostOnce {
+                let seq = j.next_seq();
+                if j.save(seq, &d, DeliveryState::Queued) {
+                    d.store_seq = Some(seq);
+                    self.recorded = true;
+                }
+            }
+            self.queue.insert(at, d);
+            at += 1;
+        }
+    }
+
     /// Notes that the session's own record was written.
     pub fn note_recorded(&mut self) {
         self.recorded = true;
@@ -519,6 +613,7 @@ mod tests {
                 properties: Properties::default(),
                 expires_at: None,
                 publisher: None,
+                origin: None,
             }),
             qos: QoS::AtLeastOnce,
             retain: false,

@@ -61,6 +61,7 @@ pub(crate) fn decode_message(mut b: Bytes) -> Result<Message, String> {
             properties: p.properties,
             expires_at: (expires != 0).then_some(expires),
             publisher: None,
+            origin: None,
         }),
         other => Err(format!("expected PUBLISH, found {}", other.name())),
     }
@@ -139,6 +140,7 @@ mod tests {
                 .into(),
                 expires_at: Some(1_900_000_000),
                 publisher: None,
+                origin: None,
             },
         };
         assert_eq!(
