@@ -16,11 +16,20 @@ fn node(nats: &NatsCluster, name: &str) -> Weir {
 
 /// A Weir node of the cluster on `nats`, with more `[cluster]` keys.
 fn node_with(nats: &NatsCluster, name: &str, more: &str) -> Weir {
+    node_at(nats, &nats.urls_toml(), name, more)
+}
+
+/// A Weir node that knows only the `i`th NATS server at first (it learns the others
+/// from it).
+fn node_on(nats: &NatsCluster, i: usize, name: &str) -> Weir {
+    node_at(nats, &format!("[{:?}]", nats.servers[i].url()), name, "")
+}
+
+fn node_at(nats: &NatsCluster, servers: &str, name: &str, more: &str) -> Weir {
     let replicas = if nats.servers.len() >= 3 { 3 } else { 1 };
     Weir::with(Opts {
         extra: format!(
-            "[cluster]\nservers = {}\nnode = {name:?}\nreplicas = {replicas}\nconnect_timeout_secs = 60\n{more}\n",
-            nats.urls_toml()
+            "[cluster]\nservers = {servers}\nnode = {name:?}\nreplicas = {replicas}\nconnect_timeout_secs = 60\n{more}\n",
         ),
         ..Default::default()
     })
@@ -211,7 +220,10 @@ async fn a_node_receives_only_what_its_subscriptions_want() {
     p.send("wanted/1", QoS::AtMostOnce, false, "y").await;
     assert_eq!(&s.publish().await.payload[..], b"y");
     assert_eq!(metric(&w2, "weir_cluster_received_total"), 1);
-    assert!(metric(&w1, "weir_cluster_published_total") >= 101);
+    assert!(eventually(WAIT, || metric(
+        &w1,
+        "weir_cluster_published_total"
+    ) >= 101));
 
     s.client.unsubscribe("wanted/+").await.unwrap();
     assert!(eventually(WAIT, || {
@@ -738,4 +750,61 @@ async fn a_session_moving_while_messages_flow_loses_doubles_and_reorders_none() 
         "first deliveries twice or out of order: {out_of_order:?}"
     );
     drop((w1, w2, w3));
+}
+
+/// `kill -9` of the NATS server a subscriber's node is connected to, while QoS 1
+/// messages flow to it from another node: every message its publisher was
+/// acknowledged for reaches the subscriber.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_a_nats_server_under_qos1_load_loses_nothing_acknowledged() {
+    let mut nats = NatsCluster::start(3);
+    let (w1, w2) = (node_on(&nats, 0, "w1"), node_on(&nats, 1, "w2"));
+    let (mut sub, _) = C5::connect_with(C5::opts(w2.port, "sub")).await;
+    sub.subscribe("load/#", QoS::AtLeastOnce).await;
+    let (mut p, _) = C5::connect_with(C5::opts(w1.port, "p")).await;
+    const N: usize = 1500;
+    let mut got = std::collections::BTreeSet::new();
+    let mut acked_ids = Vec::new();
+    for i in 0..N {
+        if i == N / 3 {
+            nats.servers[1].kill9();
+        }
+        p.send("load/x", QoS::AtLeastOnce, false, i.to_string())
+            .await;
+        // JetStream may take a few seconds to pick a new leader for a stream the dead
+        // server led: the PUBACK waits for it.
+        loop {
+            match p.next(Duration::from_secs(60)).await {
+                Some(Ok(rumqttc::v5::Incoming::PubAck(_))) => break,
+                Some(Ok(_)) => {}
+                other => panic!("no PUBACK for {i}: {other:?}"),
+            }
+        }
+        acked_ids.push(i);
+        while let Some(m) = sub.publish_within(Duration::ZERO).await {
+            got.insert(
+                String::from_utf8_lossy(&m.payload)
+                    .parse::<usize>()
+                    .unwrap(),
+            );
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while got.len() < acked_ids.len() && std::time::Instant::now() < deadline {
+        if let Some(m) = sub.publish_within(Duration::from_secs(1)).await {
+            got.insert(
+                String::from_utf8_lossy(&m.payload)
+                    .parse::<usize>()
+                    .unwrap(),
+            );
+        }
+    }
+    let lost: Vec<_> = acked_ids.iter().filter(|i| !got.contains(i)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged, lost: {lost:?}\n{}",
+        acked_ids.len(),
+        w2.log()
+    );
+    drop((w1, w2));
 }

@@ -76,6 +76,18 @@ fn cluster_families(out: &mut String, c: &crate::cluster::ClusterStats) {
             &c.dropped_once,
         ),
         (
+            "weir_cluster_replayed_total",
+            "counter",
+            "QoS 1/2 messages read back from JetStream after a subscription or a reconnect, copies included.",
+            &c.replayed,
+        ),
+        (
+            "weir_cluster_replay_failures_total",
+            "counter",
+            "Read-backs from JetStream that failed; messages published then may not have reached this node.",
+            &c.replay_failures,
+        ),
+        (
             "weir_cluster_queued",
             "gauge",
             "QoS 0 messages waiting to be sent to NATS.",

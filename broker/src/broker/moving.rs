@@ -4,10 +4,11 @@
 //! what reached the session meanwhile and ends it there ([`Broker::hand_over_rest`]).
 //!
 //! For a while both nodes route to the session: until the new node's subscriptions are
-//! in, only the old one receives what is published. The new node queues what the old
-//! one received after letting go ahead of what it routed itself, and leaves out the
-//! messages (by [`Origin`](crate::message::Origin)) that reached it both ways, so
-//! nothing is lost, doubled or reordered for one publisher.
+//! in, only the old one receives what is published. The new node merges what the old
+//! one received after letting go with what it routed itself, each publishing node's
+//! messages in the order that node numbered them, and leaves out the messages (by
+//! [`Origin`](crate::message::Origin)) that reached it both ways, so nothing is lost,
+//! doubled or reordered for one publisher.
 
 use super::Broker;
 use crate::message::{now_secs, Delivery};

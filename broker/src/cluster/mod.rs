@@ -14,6 +14,7 @@
 mod fanout;
 mod handover;
 mod owners;
+mod replay;
 mod retained;
 mod seen;
 pub mod subject;
@@ -73,6 +74,11 @@ pub struct ClusterStats {
     pub queued_once: AtomicU64,
     /// QoS 0 messages for other nodes dropped because too many were waiting already.
     pub dropped_once: AtomicU64,
+    /// Messages read back from JetStream after a subscription or a reconnect
+    /// ([`replay`]), copies included.
+    pub replayed: AtomicU64,
+    /// Read-backs that failed (NATS away again, say).
+    pub replay_failures: AtomicU64,
 }
 
 /// Where what other nodes send is handed over: the broker, seen from the cluster.
@@ -108,6 +114,7 @@ pub struct Cluster {
     claims: Arc<owners::Claims>,
     outbox_tx: mpsc::UnboundedSender<fanout::Out>,
     outbox: mpsc::UnboundedReceiver<fanout::Out>,
+    connection: mpsc::UnboundedReceiver<Connection>,
     wills: [async_nats::jetstream::kv::Store; 2],
     me: wills::Me,
     will_changes: (
@@ -122,7 +129,12 @@ impl Cluster {
     pub async fn connect(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
         let deadline = Instant::now() + Duration::from_secs(config.connect_timeout_secs);
         let stats = Arc::new(ClusterStats::default());
-        let client = connect_client(config, Some(&stats), deadline).await?;
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let watched = Watched {
+            stats: stats.clone(),
+            events: events_tx,
+        };
+        let client = connect_client(config, Some(watched), deadline).await?;
         // Queue subscriptions for shared groups use a connection of their own: the main
         // one does not echo, and a group's member on this node must get this node's
         // messages when NATS picks it.
@@ -160,6 +172,7 @@ impl Cluster {
             claims: Arc::default(),
             outbox_tx: tx,
             outbox,
+            connection: events,
             wills: [wills, nodes],
             me: wills::Me {
                 node: Arc::from(config.node.as_str()),
@@ -228,6 +241,8 @@ impl Cluster {
             unnumbered: AtomicU64::new(0),
             seen: std::sync::Mutex::default(),
         };
+        let link = Arc::new(link);
+        tokio::spawn(replay::after_reconnects(link.clone(), self.connection));
         tokio::spawn(link.run(self.outbox));
     }
 }
@@ -248,13 +263,26 @@ where
     }
 }
 
-/// A connection to NATS, tried until `deadline`; `stats` counts its disconnections.
+/// What a watched NATS connection reports to: the counters, and the link (which reads
+/// back what it may have missed while the connection was lost).
+struct Watched {
+    stats: Arc<ClusterStats>,
+    events: mpsc::UnboundedSender<Connection>,
+}
+
+/// What happened to the watched connection.
+enum Connection {
+    Lost(std::time::SystemTime),
+    Back,
+}
+
+/// A connection to NATS, tried until `deadline`; `watched` hears of its losses.
 async fn connect_client(
     config: &ClusterConfig,
-    stats: Option<&Arc<ClusterStats>>,
+    watched: Option<Watched>,
     deadline: Instant,
 ) -> Result<async_nats::Client, ClusterError> {
-    let options = options(config, stats).await?;
+    let options = options(config, watched).await?;
     until(deadline, || {
         let options = options.clone();
         async move {
@@ -331,7 +359,7 @@ fn life() -> u64 {
 /// Connection options from the `[cluster]` table.
 async fn options(
     config: &ClusterConfig,
-    stats: Option<&Arc<ClusterStats>>,
+    watched: Option<Watched>,
 ) -> Result<async_nats::ConnectOptions, ClusterError> {
     let mut o = async_nats::ConnectOptions::new()
         .name(format!("weir-{}", config.node))
@@ -358,18 +386,23 @@ async fn options(
     if let (Some(c), Some(k)) = (&config.tls_cert, &config.tls_key) {
         o = o.add_client_certificate(c.clone(), k.clone());
     }
-    let Some(stats) = stats.cloned() else {
+    let Some(watched) = watched else {
         return Ok(o);
     };
+    let watched = Arc::new(watched);
     Ok(o.event_callback(move |event| {
-        let stats = stats.clone();
+        let watched = watched.clone();
         async move {
             match event {
                 async_nats::Event::Disconnected => {
-                    stats.disconnects.fetch_add(1, Relaxed);
+                    watched.stats.disconnects.fetch_add(1, Relaxed);
+                    let _ = (watched.events).send(Connection::Lost(std::time::SystemTime::now()));
                     tracing::warn!("lost the connection to NATS; reconnecting");
                 }
-                async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                async_nats::Event::Connected => {
+                    let _ = watched.events.send(Connection::Back);
+                    tracing::info!("connected to NATS");
+                }
                 other => tracing::warn!(event = %other, "NATS connection event"),
             }
         }
@@ -403,8 +436,8 @@ struct Link {
 }
 
 impl Link {
-    async fn run(self, mut outbox: mpsc::UnboundedReceiver<fanout::Out>) {
-        let link = Arc::new(self);
+    async fn run(self: Arc<Self>, mut outbox: mpsc::UnboundedReceiver<fanout::Out>) {
+        let link = self;
         let mut subscriptions = std::collections::HashMap::new();
         while let Some(out) = outbox.recv().await {
             match out {
@@ -546,8 +579,12 @@ impl Link {
         interest: fanout::Interest,
         ticket: u64,
     ) -> tokio::task::JoinHandle<()> {
+        let mut read_back = None;
         let (client, sub) = match &interest {
             fanout::Interest::Plain(subject) => {
+                read_back = replay::position(&self)
+                    .await
+                    .map(|p| (subject::kept(subject), p));
                 (&self.client, self.client.subscribe(subject.clone()).await)
             }
             fanout::Interest::Queue(q) => {
@@ -563,22 +600,39 @@ impl Link {
         }
         self.tickets.done(ticket);
         let link = self.clone();
+        // One task for the subscription and its read-back: dropping the interest
+        // stops both.
         tokio::spawn(async move {
-            let mut sub = match sub {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot subscribe in NATS");
-                    return;
+            let catch_up = async {
+                if let Some((filter, from)) = read_back {
+                    let from = replay::From::Sequence(from);
+                    replay::read_back(link.clone(), filter, from, replay::AFTER_SUBSCRIBING).await
                 }
             };
-            use futures_util::StreamExt;
-            while let Some(m) = sub.next().await {
-                match &interest {
-                    fanout::Interest::Queue(q) => link.arrived_shared(&q.share, m),
-                    fanout::Interest::Plain(_) => link.arrived(m),
-                }
-            }
+            tokio::join!(catch_up, link.clone().receive(interest, sub));
         })
+    }
+
+    /// Hands what a subscription receives to the broker, as long as it lasts.
+    async fn receive(
+        self: Arc<Self>,
+        interest: fanout::Interest,
+        sub: Result<async_nats::Subscriber, async_nats::SubscribeError>,
+    ) {
+        let mut sub = match sub {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot subscribe in NATS");
+                return;
+            }
+        };
+        use futures_util::StreamExt;
+        while let Some(m) = sub.next().await {
+            match &interest {
+                fanout::Interest::Queue(q) => self.arrived_shared(&q.share, m),
+                fanout::Interest::Plain(_) => self.arrived(m),
+            }
+        }
     }
 
     /// The message a NATS message carries, with its publisher and origin; `None`
@@ -622,6 +676,10 @@ impl Link {
     /// different subscriptions.
     fn arrived(&self, m: async_nats::Message) {
         let Some(msg) = self.decoded(m) else { return };
+        // Read back from JetStream, this node's own messages come too.
+        if msg.origin.as_ref().is_some_and(|o| o.node == self.node) {
+            return;
+        }
         let mut seen = crate::sync::lock(&self.seen);
         if let Some(o) = &msg.origin {
             if seen.arrive(&o.node, o.seq) == seen::Arrival::Copy {

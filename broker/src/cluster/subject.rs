@@ -99,6 +99,16 @@ pub fn filter_subjects(filter: &str) -> Vec<String> {
     subjects
 }
 
+/// The subject of a filter (from [`filter_subjects`]) narrowed to messages kept in
+/// JetStream.
+pub fn kept(filter_subject: &str) -> String {
+    let rest = filter_subject
+        .strip_prefix(ROOT)
+        .and_then(|s| s.strip_prefix(".*"))
+        .unwrap_or("");
+    format!("{ROOT}.{KEPT}{rest}")
+}
+
 /// The topic a subject made by [`topic_subject`] stands for, or `None` if it is not one.
 pub fn subject_topic(subject: &str) -> Option<String> {
     let rest = subject.strip_prefix(ROOT)?.strip_prefix('.')?;

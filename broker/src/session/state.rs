@@ -83,12 +83,19 @@ pub struct SessionState {
 }
 
 /// A session on its way from another node: where in the queue what was routed here
-/// began, and the messages routed here (by origin).
+/// began, and the messages routed here (by origin). Once landed, the set (with the
+/// old node's rest) drops late copies for a while: this node may still read back from
+/// JetStream, for the new subscriptions, what the old node handed over.
 #[derive(Debug)]
 struct Landing {
     from: usize,
     seen: FastSet<Origin>,
+    /// Set once landed: until when copies are dropped.
+    until: Option<std::time::Instant>,
 }
+
+/// How long a landed session drops copies of what it already has.
+const LANDED: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl SessionState {
     pub(super) fn new(expiry_interval: u32) -> SessionState {
@@ -281,13 +288,13 @@ impl SessionState {
 
     /// Queues a delivery. Never blocks; a full queue applies the overflow policy.
     pub fn push(&mut self, mut d: Delivery, limits: QueueLimits, j: &dyn Journal) -> PushOutcome {
-        if let (Some(l), Some(o)) = (&mut self.landing, &d.message.origin) {
-            l.seen.insert(o.clone());
-        }
         let mut out = PushOutcome {
             wake: self.conn.is_some(),
             ..PushOutcome::default()
         };
+        if self.is_landed_copy(&d) {
+            return out;
+        }
         if self.conn.is_none() && d.qos == QoS::AtMostOnce && !limits.queue_qos0_offline {
             out.skipped = true;
             return out;
@@ -501,20 +508,42 @@ impl SessionState {
         self.landing = Some(Landing {
             from: self.queue.len(),
             seen: FastSet::default(),
+            until: None,
         });
     }
 
-    /// The rest the old node queued after handing the session over: queued before
-    /// what was routed here meanwhile (it was published earlier), leaving out what
-    /// reached the session both there and here.
+    /// Whether `d` is a copy of what a session on the move (or just landed) has; notes
+    /// it otherwise, while the session is on the move.
+    fn is_landed_copy(&mut self, d: &Delivery) -> bool {
+        let (Some(l), Some(o)) = (&mut self.landing, &d.message.origin) else {
+            return false;
+        };
+        match l.until {
+            None => !l.seen.insert(o.clone()),
+            Some(t) if std::time::Instant::now() < t => l.seen.contains(o),
+            Some(_) => {
+                self.landing = None;
+                false
+            }
+        }
+    }
+
+    /// The rest the old node queued after handing the session over, merged with what
+    /// was routed here meanwhile: the messages of each publishing node in the order it
+    /// numbered them (the rest was published earlier than most of what came here, and
+    /// a message read back from JetStream here comes late), each once.
     pub fn land(&mut self, rest: Vec<Delivery>, j: &dyn Journal) {
-        let Some(landing) = self.landing.take() else {
+        let Some(landing) = self.landing.as_mut().filter(|l| l.until.is_none()) else {
             return;
         };
-        let mut at = landing.from.min(self.queue.len());
+        landing.until = Some(std::time::Instant::now() + LANDED);
+        let from = landing.from.min(self.queue.len());
+        let mut arrived: Vec<Delivery> = self.queue.drain(from..).collect();
         for mut d in rest {
-            if (d.message.origin.as_ref()).is_some_and(|o| landing.seen.contains(o)) {
-                continue;
+            if let Some(o) = &d.message.origin {
+                if !landing.seen.insert(o.clone()) {
+                    continue;
+                }
             }
             if self.expiry_interval > 0 && d.qos != QoS::AtMostOnce {
                 let seq = j.next_seq();
@@ -523,9 +552,13 @@ impl SessionState {
                     self.recorded = true;
                 }
             }
-            self.queue.insert(at, d);
-            at += 1;
+            arrived.push(d);
         }
+        arrived.sort_by(|a, b| {
+            let key = |d: &Delivery| d.message.origin.as_ref().map(|o| (o.node.clone(), o.seq));
+            key(a).cmp(&key(b))
+        });
+        self.queue.extend(arrived);
     }
 
     /// Notes that the session's own record was written.
