@@ -4,6 +4,7 @@
 //!
 //!     load --port 1883 --scenario fan-in --qos 1 --payload 16 --messages 200000
 //!     load --ceiling --scenario fan-in ...   (the same publishers into a sink that discards)
+//!     load --port 1884 --sub-port 1885 ...   (publishers on one node, subscribers on another)
 //!
 //! It speaks MQTT 3.1.1 over raw TCP, so every broker can be measured with it.
 
@@ -33,6 +34,10 @@ enum Scenario {
 struct Args {
     #[arg(long, default_value_t = 1883)]
     port: u16,
+    /// Where the subscribers connect (default: `--port`). Another node of a cluster
+    /// measures cross-node traffic.
+    #[arg(long)]
+    sub_port: Option<u16>,
     #[arg(long, value_enum)]
     scenario: Scenario,
     #[arg(long, default_value_t = 0)]
@@ -130,6 +135,8 @@ impl Inbox {
 struct Shared {
     start: Instant,
     received: AtomicU64,
+    /// Subscribers whose SUBACK came: publishing starts once all have one.
+    subscribed: AtomicU64,
 }
 
 async fn subscriber(
@@ -166,6 +173,9 @@ async fn subscriber(
         let now = shared.start.elapsed().as_nanos() as u64;
         while let Some((h, len)) = frame(&buf[at..]) {
             let p = &buf[at + h..at + h + len];
+            if buf[at] >> 4 == 9 {
+                shared.subscribed.fetch_add(1, Ordering::Relaxed);
+            }
             if buf[at] >> 4 == 3 {
                 let q = (buf[at] >> 1) & 3;
                 let tl = u16::from_be_bytes([p[0], p[1]]) as usize;
@@ -423,12 +433,13 @@ async fn main() {
     let shared = Arc::new(Shared {
         start,
         received: AtomicU64::new(0),
+        subscribed: AtomicU64::new(0),
     });
     let deadline = Instant::now() + Duration::from_secs(a.timeout_secs);
     let mut sub_tasks = Vec::new();
     for (id, filter) in subscriptions {
         sub_tasks.push(tokio::spawn(subscriber(
-            a.port,
+            a.sub_port.unwrap_or(a.port),
             id,
             filter,
             a.qos,
@@ -437,8 +448,12 @@ async fn main() {
             deadline,
         )));
     }
-    // Subscriptions are made before anyone publishes.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Subscriptions are made before anyone publishes: every SUBACK is in (a broker
+    // may answer SUBSCRIBE only once its subscription is in effect everywhere).
+    let subs = sub_tasks.len() as u64;
+    while shared.subscribed.load(Ordering::Relaxed) < subs && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let t0 = Instant::now();
     publish_all(a.port).await;
     let mut all = Seen::default();

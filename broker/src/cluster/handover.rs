@@ -9,7 +9,7 @@
 //! and sends what it owes) and, once the new node has made the subscriptions, `rest`
 //! (what reached the session on the old node meanwhile; the old node ends it).
 
-use super::{Arrivals, NODE_HEADER, SEQ_HEADER};
+use super::Arrivals;
 use crate::message::{Delivery, Message, Origin};
 use crate::session::Moving;
 use crate::store::{DeliveryState, SessionMeta, StoredDelivery, StoredSession};
@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Headers naming a delivery's origin (its node and number there).
+const NODE_HEADER: &str = "Weir-Node";
+const SEQ_HEADER: &str = "Weir-Seq";
 /// Header telling a part of an answer from its end.
 const PART_HEADER: &str = "Weir-Part";
 /// How long the asker waits for the first part (a node that is gone answers nothing).

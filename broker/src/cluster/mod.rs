@@ -11,6 +11,7 @@
 //! What arrives from NATS is handed to the broker by the task [`Cluster::serve`]
 //! starts, as a listener hands over a client's packets: data still flows one way.
 
+mod envelope;
 mod fanout;
 mod handover;
 mod owners;
@@ -25,8 +26,8 @@ pub use fanout::ClusterFanout;
 pub use owners::ClusterDirectory;
 
 use crate::config::ClusterConfig;
-use crate::message::{Message, Origin};
-use crate::store::{decode_message, encode_message};
+use crate::message::Message;
+use crate::store::encode_message;
 use async_nats::jetstream;
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -41,12 +42,6 @@ pub const MESSAGES_STREAM: &str = "WEIR_MSGS";
 /// How long the stream keeps a message (the longest a session may be offline is
 /// handled by later work on sessions; this bounds the stream's size).
 const MESSAGES_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
-/// Header naming the node a message was published on.
-const NODE_HEADER: &str = "Weir-Node";
-/// Header numbering the messages a node sends, in order, to tell copies apart.
-const SEQ_HEADER: &str = "Weir-Seq";
-/// Header naming the client that published it, for No Local.
-const FROM_HEADER: &str = "Weir-From";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -468,27 +463,28 @@ impl Link {
         }
     }
 
-    fn headers(&self, msg: &Message) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(NODE_HEADER, &*self.node);
+    /// The message in its envelope, numbered as the broker numbered it when it was
+    /// published here; `None` (logged) if it cannot be encoded.
+    fn wrapped(&self, msg: &Message) -> Option<Bytes> {
         let seq = match &msg.origin {
             Some(o) => o.seq,
             None => self.unnumbered.fetch_add(1, Relaxed) + (1 << 62),
         };
-        h.insert(SEQ_HEADER, seq.to_string().as_str());
-        if let Some(from) = &msg.publisher {
-            h.insert(FROM_HEADER, &**from);
+        match envelope::wrap(&self.node, seq, msg) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::error!(error = %e, topic = %msg.topic, "message cannot be sent to the cluster");
+                None
+            }
         }
-        h
     }
 
     async fn publish_once(&self, msg: &Message) {
-        let Some(body) = encoded(msg) else { return };
+        let Some(body) = self.wrapped(msg) else {
+            return;
+        };
         let subject = subject::topic_subject(subject::ONCE, &msg.topic);
-        let sent = self
-            .client
-            .publish_with_headers(subject, self.headers(msg), body);
-        match sent.await {
+        match self.client.publish(subject, body).await {
             Ok(()) => {
                 self.stats.published.fetch_add(1, Relaxed);
             }
@@ -503,9 +499,12 @@ impl Link {
     /// With `retained`, the message is the topic's retained record instead (an empty
     /// record for an empty payload: the retained message is deleted).
     async fn send_kept(self: &Arc<Self>, msg: Arc<Message>, ticket: u64, retained: bool) {
-        let body = match retained && msg.payload.is_empty() {
-            true => Some(Bytes::new()),
-            false => encoded(&msg),
+        // A retained record is the bare record (an empty one deletes), as the stream
+        // keeps it for nodes that start later.
+        let body = match (retained, msg.payload.is_empty()) {
+            (true, true) => Some(Bytes::new()),
+            (true, false) => encoded(&msg),
+            (false, _) => self.wrapped(&msg),
         };
         let Some(body) = body else {
             self.tickets.done(ticket);
@@ -515,7 +514,7 @@ impl Link {
             true => subject::retained_subject(&msg.topic),
             false => subject::topic_subject(subject::KEPT, &msg.topic),
         };
-        let mut headers = self.headers(&msg);
+        let mut headers = HeaderMap::new();
         // The same id on every attempt: JetStream keeps one copy of a retried publish.
         headers.insert("Nats-Msg-Id", format!("{}-{ticket}", self.node).as_str());
         let first = self
@@ -638,20 +637,8 @@ impl Link {
     /// The message a NATS message carries, with its publisher and origin; `None`
     /// (counted and logged) if it cannot be read.
     fn decoded(&self, m: async_nats::Message) -> Option<Message> {
-        let header = |name: &str| m.headers.as_ref()?.get(name).map(|v| v.as_str().to_owned());
-        let publisher = header(FROM_HEADER).map(Arc::<str>::from);
-        let origin = header(NODE_HEADER)
-            .zip(header(SEQ_HEADER).and_then(|s| s.parse().ok()))
-            .map(|(node, seq)| Origin {
-                node: Arc::from(node),
-                seq,
-            });
-        match decode_message(m.payload) {
-            Ok(msg) => Some(Message {
-                publisher,
-                origin,
-                ..msg
-            }),
+        match envelope::unwrap(m.payload) {
+            Ok(msg) => Some(msg),
             Err(e) => {
                 self.stats.undecodable.fetch_add(1, Relaxed);
                 tracing::warn!(error = %e, subject = %m.subject, "undecodable message from the cluster");
