@@ -117,9 +117,8 @@ impl ClusterFanout {
     }
 
     /// Counts one more local subscription to `filter`; subscribes this node in NATS to
-    /// what no other local subscription wanted yet. Whether the SUBACK must wait.
-    fn want(&self, filter: &str) -> bool {
-        let mut waits = false;
+    /// what no other local subscription wanted yet.
+    fn want(&self, filter: &str) {
         let mut interest = sync::lock(&self.interest);
         for i in ClusterFanout::interests(filter) {
             let n = interest.entry(i.clone()).or_insert(0);
@@ -129,12 +128,9 @@ impl ClusterFanout {
                 let ticket = self.tickets.issue();
                 if self.outbox.send(Out::Want(i, ticket)).is_err() {
                     self.tickets.done(ticket);
-                } else {
-                    waits = true;
                 }
             }
         }
-        waits
     }
 
     fn unwant(&self, filter: &str) {
@@ -161,7 +157,13 @@ impl Fanout for ClusterFanout {
         id: Option<u32>,
     ) -> Subscribed {
         let existed = self.router.subscribe(client_id, filter, options, id);
-        let needs_sync = !existed && self.want(filter);
+        // Every new subscription waits, even one whose subjects another local
+        // subscription asked for already: that request may not be confirmed yet, and
+        // waiting for the next commit covers it.
+        if !existed {
+            self.want(filter);
+        }
+        let needs_sync = !existed;
         Subscribed {
             existed,
             needs_sync,
