@@ -235,6 +235,7 @@ impl Cluster {
             arrivals,
             unnumbered: AtomicU64::new(0),
             seen: std::sync::Mutex::default(),
+            read_backs: tokio::sync::Semaphore::new(replay::AT_ONCE),
         };
         let link = Arc::new(link);
         tokio::spawn(replay::after_reconnects(link.clone(), self.connection));
@@ -428,6 +429,9 @@ struct Link {
     /// stamps every one), numbered apart from those that were.
     unnumbered: AtomicU64,
     seen: std::sync::Mutex<seen::Seen>,
+    /// Read-backs from JetStream running at once, at most: each is an ordered consumer
+    /// NATS keeps while it reads.
+    read_backs: tokio::sync::Semaphore,
 }
 
 impl Link {
@@ -443,7 +447,7 @@ impl Link {
                 fanout::Out::Kept(msg, ticket) => link.send_kept(msg, ticket, false).await,
                 fanout::Out::Retain(msg, ticket) => link.send_kept(msg, ticket, true).await,
                 fanout::Out::Want(interest, ticket) => {
-                    let task = link.clone().want(interest.clone(), ticket).await;
+                    let task = link.want(interest.clone(), ticket);
                     if let Some(old) = subscriptions.insert(interest, task) {
                         old.abort();
                     }
@@ -570,38 +574,37 @@ impl Link {
         self.tickets.done(kept.ticket);
     }
 
-    /// Subscribes to a subject (or joins a shared group's queue group) and makes sure
-    /// the server has it before `ticket` is done, so a SUBACK means other nodes'
-    /// messages are on their way here.
-    async fn want(
-        self: Arc<Self>,
+    /// Starts the task that subscribes to a subject (or joins a shared group's queue
+    /// group), makes sure the server has it before `ticket` is done (so a SUBACK means
+    /// other nodes' messages are on their way here), reads back what NATS may not send
+    /// (see [`replay`]) and hands over what arrives. Dropping the interest aborts the
+    /// task; its ticket is done then too. Nothing here waits on NATS in the link's own
+    /// loop, so a storm of new subscriptions, or NATS being away, holds up no publish.
+    fn want(
+        self: &Arc<Self>,
         interest: fanout::Interest,
         ticket: u64,
     ) -> tokio::task::JoinHandle<()> {
-        let mut read_back = None;
-        let (client, sub) = match &interest {
-            fanout::Interest::Plain(subject) => {
-                read_back = replay::position(&self)
-                    .await
-                    .map(|p| (subject::kept(subject), p));
-                (&self.client, self.client.subscribe(subject.clone()).await)
-            }
-            fanout::Interest::Queue(q) => {
-                let sub = self
-                    .queues
-                    .queue_subscribe(q.subject.clone(), q.queue.clone())
-                    .await;
-                (&self.queues, sub)
-            }
-        };
-        if let Err(e) = client.flush().await {
-            tracing::warn!(error = %e, "NATS did not confirm a subscription yet");
-        }
-        self.tickets.done(ticket);
         let link = self.clone();
-        // One task for the subscription and its read-back: dropping the interest
-        // stops both.
         tokio::spawn(async move {
+            let done = tickets::Done::new(link.tickets.clone(), ticket);
+            let mut read_back = None;
+            let (client, sub) = match &interest {
+                fanout::Interest::Plain(subject) => {
+                    read_back = replay::position(&link)
+                        .await
+                        .map(|p| (subject::kept(subject), p));
+                    (&link.client, link.client.subscribe(subject.clone()).await)
+                }
+                fanout::Interest::Queue(q) => {
+                    let sub = (link.queues).queue_subscribe(q.subject.clone(), q.queue.clone());
+                    (&link.queues, sub.await)
+                }
+            };
+            if let Err(e) = client.flush().await {
+                tracing::warn!(error = %e, "NATS did not confirm a subscription yet");
+            }
+            drop(done);
             let catch_up = async {
                 if let Some((filter, from)) = read_back {
                     let from = replay::From::Sequence(from);

@@ -30,6 +30,9 @@ pub(super) const AFTER_RECONNECT: Duration = Duration::from_secs(2);
 pub(super) const BEFORE_LOSS: Duration = Duration::from_secs(1);
 /// The longest a read-back reads before it gives up on catching up.
 const LONGEST: Duration = Duration::from_secs(30);
+/// Read-backs running at once; more wait (each starts where its gap began, so one that
+/// waits still reads all it must).
+pub(super) const AT_ONCE: usize = 16;
 /// Tries of a read-back JetStream does not answer (about two minutes in all).
 const ATTEMPTS: u32 = 12;
 
@@ -72,6 +75,9 @@ pub(super) async fn position(link: &Link) -> Option<u64> {
 /// went away may have led the stream: JetStream elects another within seconds).
 pub(super) async fn read_back(link: Arc<Link>, filter: String, from: From, linger: Duration) {
     let link = &link;
+    let Ok(_turn) = link.read_backs.acquire().await else {
+        return;
+    };
     let mut delay = Duration::from_millis(500);
     for attempt in 1.. {
         match read(link, &filter, &from, linger).await {

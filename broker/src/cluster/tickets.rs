@@ -9,6 +9,25 @@ use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{watch, Notify};
 
+/// Marks a ticket done when dropped: whichever way the work it stands for ends
+/// (done, or its task aborted), nothing waits for it for ever.
+pub(super) struct Done {
+    tickets: Arc<Tickets>,
+    ticket: u64,
+}
+
+impl Done {
+    pub(super) fn new(tickets: Arc<Tickets>, ticket: u64) -> Done {
+        Done { tickets, ticket }
+    }
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.tickets.done(self.ticket);
+    }
+}
+
 /// Tickets for the cluster's own writes (JetStream publishes, interest changes).
 pub struct Tickets {
     state: Mutex<Outstanding>,
