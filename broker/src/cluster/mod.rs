@@ -272,6 +272,28 @@ enum Connection {
     Back,
 }
 
+/// Follows a bucket for as long as the process runs, handing each entry to `each`.
+pub(super) async fn follow(
+    store: jetstream::kv::Store,
+    what: &str,
+    mut each: impl FnMut(jetstream::kv::Entry),
+) {
+    loop {
+        match store.watch_all().await {
+            Ok(mut entries) => {
+                while let Some(entry) = futures_util::StreamExt::next(&mut entries).await {
+                    match entry {
+                        Ok(entry) => each(entry),
+                        Err(_) => break,
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, bucket = what, "cannot follow a cluster bucket"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// A connection to NATS, tried until `deadline`; `watched` hears of its losses.
 async fn connect_client(
     config: &ClusterConfig,

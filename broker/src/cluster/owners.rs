@@ -16,7 +16,6 @@ use crate::message::Message;
 use crate::session::{BoxFuture, Claim, Directory, Moving, Session, Sessions};
 use crate::sync;
 use async_nats::jetstream::kv;
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -214,24 +213,16 @@ pub(super) async fn watch(
     node: Arc<str>,
     arrivals: Arc<dyn Arrivals>,
 ) {
-    loop {
-        match store.watch_all().await {
-            Ok(mut entries) => {
-                while let Some(entry) = entries.next().await {
-                    let Ok(entry) = entry else { break };
-                    if entry.operation != kv::Operation::Put {
-                        continue;
-                    }
-                    let Ok(owner) = serde_json::from_slice::<Owner>(&entry.value) else {
-                        continue;
-                    };
-                    if *owner.node != *node && claims.superseded(&owner.client, entry.revision) {
-                        arrivals.taken_over(&owner.client);
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot watch the cluster's client owners"),
+    super::follow(store, OWNERS_BUCKET, |entry| {
+        if entry.operation != kv::Operation::Put {
+            return;
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+        let Ok(owner) = serde_json::from_slice::<Owner>(&entry.value) else {
+            return;
+        };
+        if *owner.node != *node && claims.superseded(&owner.client, entry.revision) {
+            arrivals.taken_over(&owner.client);
+        }
+    })
+    .await
 }

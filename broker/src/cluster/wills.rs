@@ -17,7 +17,6 @@ use super::Arrivals;
 use crate::message::Message;
 use crate::store::{decode_message, encode_message};
 use async_nats::jetstream::kv;
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -190,26 +189,8 @@ async fn beat(nodes: kv::Store, me: Me) {
     }
 }
 
-/// Follows a bucket for as long as the process runs, handing each entry to `each`.
-async fn follow(store: kv::Store, what: &str, mut each: impl FnMut(kv::Entry)) {
-    loop {
-        match store.watch_all().await {
-            Ok(mut entries) => {
-                while let Some(entry) = entries.next().await {
-                    match entry {
-                        Ok(entry) => each(entry),
-                        Err(_) => break,
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, bucket = what, "cannot follow a cluster bucket"),
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
 async fn follow_beats(nodes: kv::Store, book: Arc<Mutex<Book>>) {
-    follow(nodes, NODES_BUCKET, |entry| {
+    super::follow(nodes, NODES_BUCKET, |entry| {
         if let Ok(b) = serde_json::from_slice::<Beat>(&entry.value) {
             let mut book = crate::sync::lock(&book);
             book.beats.insert(b.node, (b.life, Instant::now()));
@@ -219,7 +200,7 @@ async fn follow_beats(nodes: kv::Store, book: Arc<Mutex<Book>>) {
 }
 
 async fn follow_wills(wills: kv::Store, book: Arc<Mutex<Book>>) {
-    follow(wills, WILLS_BUCKET, |entry| {
+    super::follow(wills, WILLS_BUCKET, |entry| {
         let mut book = crate::sync::lock(&book);
         let kept = (entry.operation == kv::Operation::Put)
             .then(|| serde_json::from_slice::<Kept>(&entry.value).ok())
@@ -323,7 +304,7 @@ async fn publish_orphans(
                 continue; // another node took it, or NATS is away: seen again if still there
             }
             crate::sync::lock(&book).wills.remove(&key);
-            match unhex(&k.message)
+            match crate::unhex(&k.message)
                 .map(bytes::Bytes::from)
                 .map(decode_message)
             {
@@ -337,16 +318,6 @@ async fn publish_orphans(
             }
         }
     }
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]
@@ -398,15 +369,5 @@ mod tests {
             "delay not passed"
         );
         assert_eq!(book.cancelled_by_return("c", &a), [("k4".to_string(), 6)]);
-    }
-
-    #[test]
-    fn hex_round_trips() {
-        assert_eq!(
-            unhex(&crate::hex(&[0, 1, 254, 255])),
-            Some(vec![0, 1, 254, 255])
-        );
-        assert_eq!(unhex("abc"), None);
-        assert_eq!(unhex("zz"), None);
     }
 }
