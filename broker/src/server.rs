@@ -53,9 +53,22 @@ pub async fn run(
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+    // Bound before any MQTT listener accepts: whoever sees the broker take MQTT
+    // connections (a health check, an orchestrator, a test) finds its admin API too.
+    let admin = match broker.config().admin.enabled {
+        true => Some(bind_admin(&broker).await?),
+        false => None,
+    };
     let listeners = start_listeners(&broker, &shutdown_rx, &alive_tx).await?;
-    if broker.config().admin.enabled {
-        start_admin(&broker, plugins, cluster, listeners, shutdown_rx.clone()).await?;
+    if let Some(socket) = admin {
+        serve_admin(
+            socket,
+            &broker,
+            plugins,
+            cluster,
+            listeners,
+            shutdown_rx.clone(),
+        );
     }
     drop(alive_tx);
     let housekeeping = Housekeeper::start(broker.clone()).map_err(ServerError::Thread)?;
@@ -189,21 +202,26 @@ async fn start_listeners(
     Ok(listeners)
 }
 
-async fn start_admin(
+async fn bind_admin(broker: &Broker) -> Result<TcpListener, ServerError> {
+    let bind = broker.config().admin.bind;
+    TcpListener::bind(bind)
+        .await
+        .map_err(|source| ServerError::Bind {
+            name: "admin".into(),
+            addr: bind,
+            source,
+        })
+}
+
+fn serve_admin(
+    socket: TcpListener,
     broker: &Arc<Broker>,
     plugins: Option<Arc<PluginChain>>,
     cluster: Option<Arc<ClusterStats>>,
     listeners: Vec<Arc<ListenerInfo>>,
     mut down: watch::Receiver<bool>,
-) -> Result<(), ServerError> {
+) {
     let admin = &broker.config().admin;
-    let socket = TcpListener::bind(admin.bind)
-        .await
-        .map_err(|source| ServerError::Bind {
-            name: "admin".into(),
-            addr: admin.bind,
-            source,
-        })?;
     let state = Arc::new(AdminState {
         broker: broker.clone(),
         plugins,
@@ -221,7 +239,6 @@ async fn start_admin(
             tracing::error!(error = %e, "admin API stopped");
         }
     });
-    Ok(())
 }
 
 /// The once-a-second pass of [`Broker::housekeeping`] (session expiry, delayed wills,
