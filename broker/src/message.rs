@@ -36,11 +36,31 @@ pub struct Message {
 }
 
 /// Where in the cluster a message was published: the node, and the number the node
-/// gave it (growing in the order it published).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// gave it (growing in the order it published). The two name the message; `at` comes
+/// with them.
+#[derive(Debug, Clone)]
 pub struct Origin {
     pub node: Arc<str>,
     pub seq: u64,
+    /// Unix seconds of the publish, by the publishing node's clock: how far back a node
+    /// that resumes a session whose node died reads the cluster's stream for what it
+    /// still owes.
+    pub at: u64,
+}
+
+impl PartialEq for Origin {
+    fn eq(&self, other: &Self) -> bool {
+        self.seq == other.seq && self.node == other.node
+    }
+}
+
+impl Eq for Origin {}
+
+impl std::hash::Hash for Origin {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.node.hash(h);
+        self.seq.hash(h);
+    }
 }
 
 impl Message {

@@ -808,3 +808,66 @@ async fn losing_a_nats_server_under_qos1_load_loses_nothing_acknowledged() {
     );
     drop((w1, w2));
 }
+
+/// Receives until `n` distinct numbered payloads arrived (acknowledging each) or none
+/// comes for a while; the numbers that did.
+async fn numbered(c: &mut C5, n: usize) -> std::collections::BTreeSet<usize> {
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < n {
+        let Some(m) = c.publish_within(WAIT).await else {
+            break;
+        };
+        if let Ok(i) = String::from_utf8_lossy(&m.payload).parse() {
+            got.insert(i);
+        }
+        c.client.ack(&m).await.unwrap();
+    }
+    got
+}
+
+/// `kill -9` of the node holding two persistent sessions, one offline, one connected
+/// with 100 QoS 1 messages received and none acknowledged: each client, back on
+/// another node, resumes its session there (session present, no SUBSCRIBE) and gets all
+/// 100 (again, at least once), and then what is published after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sessions_of_a_dead_node_resume_on_the_others() {
+    let nats = NatsCluster::start(3);
+    let (mut w1, w2, w3) = (node(&nats, "w1"), node(&nats, "w2"), node(&nats, "w3"));
+    let (mut off, _) = C5::connect_with(persistent(w1.port, "off", true)).await;
+    off.subscribe("dead/#", QoS::AtLeastOnce).await;
+    off.disconnect().await;
+    let (mut on, _) = C5::connect_with(persistent(w1.port, "on", true)).await;
+    on.subscribe("dead/+", QoS::AtLeastOnce).await;
+    let (mut p, _) = C5::connect_with(C5::opts(w2.port, "p")).await;
+    const N: usize = 100;
+    for i in 0..N {
+        p.send("dead/x", QoS::AtLeastOnce, false, i.to_string())
+            .await;
+        acked(&mut p).await;
+    }
+    // Received, never acknowledged: in flight on w1 (the rest queued there).
+    assert!(on.publish_within(WAIT).await.is_some());
+    w1.kill9();
+    on.drop_connection();
+
+    // w2 also holds the publisher's session.
+    for (id, w, sessions) in [("off", &w3, 1), ("on", &w2, 2)] {
+        let (mut c, ack) = C5::connect_with(persistent(w.port, id, false)).await;
+        assert!(ack.session_present, "{id}: resumed from its record");
+        let got = numbered(&mut c, N).await;
+        let missing: Vec<_> = (0..N).filter(|i| !got.contains(i)).collect();
+        assert!(missing.is_empty(), "{id} lost: {missing:?}\n{}", w.log());
+        p.send("dead/x", QoS::AtLeastOnce, false, format!("after-{id}"))
+            .await;
+        acked(&mut p).await;
+        // Read back or routed: what was published after the other client's resume
+        // (for the second) may come first.
+        let want = format!("after-{id}");
+        while c.publish().await.payload != want.as_bytes() {}
+        assert_eq!(
+            metric(w, "weir_sessions"),
+            sessions,
+            "{id} lives on its new node"
+        );
+    }
+}

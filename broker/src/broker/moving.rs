@@ -45,6 +45,8 @@ impl Broker {
         let rest = moving.rest.await;
         let journal = self.journal(client_id);
         session.lock().land(rest, &journal);
+        // Again with what it owes now: a cluster's record of it must reach back that far.
+        self.record_session(&session);
         self.commit();
     }
 

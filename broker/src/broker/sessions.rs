@@ -141,7 +141,8 @@ impl Broker {
             st.note_recorded();
             st.meta(session.client_id())
         };
-        log_write(self.store.save_session(&meta), session.client_id())
+        let kept = self.sessions.record(session);
+        log_write(self.store.save_session(&meta), session.client_id()) | kept
     }
 
     /// One pass of the periodic work: expire sessions, publish due wills, drop expired

@@ -5,18 +5,19 @@
 //! Not NATS headers: a header map costs allocations and hashing per message on both
 //! sides, and they were the most of what a node spent on a message it forwarded.
 //! Layout: `W` and a version byte; the node's name (u16 length, bytes); the number
-//! (u64); the publisher's client id (u16 length, bytes; `0xFFFF`: none); the record.
+//! (u64); the time of the publish (u64 Unix seconds); the publisher's client id (u16
+//! length, bytes; `0xFFFF`: none); the record.
 
 use crate::message::{Message, Origin};
 use crate::store::{decode_message, encode_message};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::sync::Arc;
 
-const MAGIC: [u8; 2] = [b'W', 1];
+const MAGIC: [u8; 2] = [b'W', 2];
 const NO_PUBLISHER: u16 = u16::MAX;
 
-/// The envelope and record of `msg`, published as number `seq` of `node`.
-pub(super) fn wrap(node: &str, seq: u64, msg: &Message) -> Result<Bytes, String> {
+/// The envelope and record of `msg`, published as number `seq` of `node` at `at`.
+pub(super) fn wrap(node: &str, (seq, at): (u64, u64), msg: &Message) -> Result<Bytes, String> {
     let record = encode_message(msg).map_err(|e| e.to_string())?;
     let publisher = msg.publisher.as_deref().unwrap_or("");
     let short = |s: &str| u16::try_from(s.len()).ok().filter(|n| *n != NO_PUBLISHER);
@@ -26,6 +27,7 @@ pub(super) fn wrap(node: &str, seq: u64, msg: &Message) -> Result<Bytes, String>
     out.put_u16(node_len);
     out.put_slice(node.as_bytes());
     out.put_u64(seq);
+    out.put_u64(at);
     match &msg.publisher {
         Some(p) => {
             out.put_u16(short(p).ok_or("client id too long")?);
@@ -44,10 +46,11 @@ pub(super) fn unwrap(mut b: Bytes) -> Result<Message, String> {
     }
     b.advance(2);
     let node = text(&mut b)?.ok_or("no node")?;
-    if b.len() < 8 {
+    if b.len() < 16 {
         return Err("envelope cut short".into());
     }
     let seq = b.get_u64();
+    let at = b.get_u64();
     let publisher = text(&mut b)?;
     let msg = decode_message(b)?;
     Ok(Message {
@@ -55,6 +58,7 @@ pub(super) fn unwrap(mut b: Bytes) -> Result<Message, String> {
         origin: Some(Origin {
             node: Arc::from(node),
             seq,
+            at,
         }),
         ..msg
     })
@@ -94,11 +98,11 @@ mod tests {
             publisher: Some(Arc::from("pub")),
             origin: None,
         };
-        let back = unwrap(wrap("w1", 42, &msg).unwrap()).unwrap();
+        let back = unwrap(wrap("w1", (42, 7), &msg).unwrap()).unwrap();
         assert_eq!(back.publisher.as_deref(), Some("pub"));
         assert_eq!(
-            back.origin.map(|o| (o.node.to_string(), o.seq)),
-            Some(("w1".into(), 42))
+            back.origin.map(|o| (o.node.to_string(), o.seq, o.at)),
+            Some(("w1".into(), 42, 7))
         );
         assert_eq!(
             (back.topic, back.payload, back.expires_at),
@@ -109,12 +113,12 @@ mod tests {
             ..msg
         };
         assert_eq!(
-            unwrap(wrap("w1", 1, &anonymous).unwrap())
+            unwrap(wrap("w1", (1, 1), &anonymous).unwrap())
                 .unwrap()
                 .publisher,
             None
         );
-        let whole = wrap("w1", 1, &anonymous).unwrap();
+        let whole = wrap("w1", (1, 1), &anonymous).unwrap();
         for cut in 0..whole.len() {
             assert!(unwrap(whole.slice(..cut)).is_err(), "cut at {cut}");
         }

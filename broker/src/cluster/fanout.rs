@@ -196,6 +196,7 @@ impl Fanout for ClusterFanout {
         let origin = Origin {
             node: self.node.clone(),
             seq: self.published.fetch_add(1, Relaxed) + 1,
+            at: crate::message::now_secs(),
         };
         let mut msg = Arc::unwrap_or_clone(msg);
         msg.origin = Some(origin);

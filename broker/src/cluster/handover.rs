@@ -22,6 +22,7 @@ use std::time::Duration;
 /// Headers naming a delivery's origin (its node and number there).
 const NODE_HEADER: &str = "Weir-Node";
 const SEQ_HEADER: &str = "Weir-Seq";
+const AT_HEADER: &str = "Weir-At";
 /// Header telling a part of an answer from its end.
 const PART_HEADER: &str = "Weir-Part";
 /// How long the asker waits for the first part (a node that is gone answers nothing).
@@ -120,6 +121,7 @@ async fn answer(
         if let Some(o) = &d.message.origin {
             h.insert(NODE_HEADER, &*o.node);
             h.insert(SEQ_HEADER, o.seq.to_string().as_str());
+            h.insert(AT_HEADER, o.at.to_string().as_str());
         }
         let body = d.encode().map_err(|e| e.to_string())?;
         let sent = client.publish_with_headers(reply.clone(), h, body.into());
@@ -174,29 +176,31 @@ async fn ask(
             return Ok((parts, end));
         }
         let mut d = StoredDelivery::decode(m.payload.clone())?;
+        let number = |name| header(name).and_then(|s| s.parse::<u64>().ok());
         d.message.origin = header(NODE_HEADER)
-            .zip(header(SEQ_HEADER).and_then(|s| s.parse().ok()))
+            .zip(number(SEQ_HEADER))
             .map(|(node, seq)| Origin {
                 node: Arc::from(node),
                 seq,
+                at: number(AT_HEADER).unwrap_or(0),
             });
         parts.push(d);
     }
 }
 
-/// The session of `client_id` from `node`, let go there; `None` if it holds none, or
-/// cannot be reached (logged: the client starts afresh).
-pub(super) async fn fetch(client: Client, node: String, client_id: Arc<str>) -> Option<Moving> {
-    let (deliveries, end) = match ask(&client, &node, &client_id, Step::Session).await {
-        Ok(answer) => answer,
-        Err(e) => {
-            tracing::warn!(client_id = %client_id, node = %node, error = %e,
-                "the session could not be brought from the node that held it; starting afresh");
-            return None;
-        }
+/// The session of `client_id` from `node`, let go there; `None` if it holds none; an
+/// error if the node does not answer.
+pub(super) async fn fetch(
+    client: Client,
+    node: String,
+    client_id: Arc<str>,
+) -> Result<Option<Moving>, String> {
+    let (deliveries, end) = ask(&client, &node, &client_id, Step::Session).await?;
+    let Some(meta) = end.meta else {
+        return Ok(None);
     };
     let session = StoredSession {
-        meta: end.meta?,
+        meta,
         deliveries: (1..).zip(deliveries).collect(),
         incoming: end.incoming,
     };
@@ -210,7 +214,7 @@ pub(super) async fn fetch(client: Client, node: String, client_id: Arc<str>) -> 
             }
         }
     });
-    Some(Moving { session, rest })
+    Ok(Some(Moving { session, rest }))
 }
 
 fn delivery(d: StoredDelivery) -> Delivery {

@@ -15,6 +15,7 @@ mod envelope;
 mod fanout;
 mod handover;
 mod owners;
+mod records;
 mod replay;
 mod retained;
 mod seen;
@@ -29,6 +30,7 @@ use crate::config::ClusterConfig;
 use crate::message::Message;
 use crate::store::encode_message;
 use async_nats::jetstream;
+use async_nats::jetstream::kv;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -116,6 +118,14 @@ pub struct Cluster {
         mpsc::UnboundedSender<wills::Change>,
         mpsc::UnboundedReceiver<wills::Change>,
     ),
+    /// The bucket of session records, and what the broker asks of their keeper.
+    records: kv::Store,
+    record_changes: (
+        mpsc::UnboundedSender<records::Change>,
+        mpsc::UnboundedReceiver<records::Change>,
+    ),
+    /// This node's sessions: the broker's, through the directory, and the keeper's.
+    local: Arc<crate::session::Sessions>,
 }
 
 impl Cluster {
@@ -146,6 +156,8 @@ impl Cluster {
         let [wills, nodes] = wills::bucket_configs(config.replicas);
         let wills = ensure_bucket(&js, wills, config, deadline).await?;
         let nodes = ensure_bucket(&js, nodes, config, deadline).await?;
+        let records = records::bucket_config(config.replicas);
+        let records = ensure_bucket(&js, records, config, deadline).await?;
         let tickets = Arc::new(Tickets::default());
         let (tx, outbox) = mpsc::unbounded_channel();
         let node: Arc<str> = Arc::from(config.node.as_str());
@@ -175,17 +187,27 @@ impl Cluster {
                 liveness: Duration::from_secs(config.liveness_secs),
             },
             will_changes: mpsc::unbounded_channel(),
+            records,
+            record_changes: mpsc::unbounded_channel(),
+            local: Arc::default(),
         })
     }
 
     /// The directory the broker registers and claims sessions in.
     pub fn directory(&self) -> Box<dyn crate::session::Directory> {
-        Box::new(ClusterDirectory::new(
-            self.claims.clone(),
-            self.outbox_tx.clone(),
-            self.will_changes.0.clone(),
-            (self.client.clone(), self.owners.clone(), self.node.clone()),
-        ))
+        Box::new(ClusterDirectory {
+            local: self.local.clone(),
+            claims: self.claims.clone(),
+            outbox: self.outbox_tx.clone(),
+            wills: self.will_changes.0.clone(),
+            records: (self.record_changes.0.clone(), self.tickets.clone()),
+            elsewhere: owners::Elsewhere {
+                nats: self.client.clone(),
+                owners: self.owners.clone(),
+                sessions: self.records.clone(),
+                me: self.node.clone(),
+            },
+        })
     }
 
     /// The fan-out the broker routes through.
@@ -213,6 +235,13 @@ impl Cluster {
         ));
         let [wills, nodes] = self.wills;
         wills::start(wills, nodes, self.me, self.will_changes.1, arrivals.clone());
+        let keeper = records::Keeper {
+            store: self.records,
+            node: self.node.clone(),
+            sessions: self.local,
+            tickets: self.tickets.clone(),
+        };
+        tokio::spawn(keeper.run(self.record_changes.1));
         tokio::spawn(retained::follow(
             jetstream::new(self.client.clone()),
             arrivals.clone(),
@@ -492,11 +521,14 @@ impl Link {
     /// The message in its envelope, numbered as the broker numbered it when it was
     /// published here; `None` (logged) if it cannot be encoded.
     fn wrapped(&self, msg: &Message) -> Option<Bytes> {
-        let seq = match &msg.origin {
-            Some(o) => o.seq,
-            None => self.unnumbered.fetch_add(1, Relaxed) + (1 << 62),
+        let number = match &msg.origin {
+            Some(o) => (o.seq, o.at),
+            None => (
+                self.unnumbered.fetch_add(1, Relaxed) + (1 << 62),
+                crate::message::now_secs(),
+            ),
         };
-        match envelope::wrap(&self.node, seq, msg) {
+        match envelope::wrap(&self.node, number, msg) {
             Ok(b) => Some(b),
             Err(e) => {
                 tracing::error!(error = %e, topic = %msg.topic, "message cannot be sent to the cluster");

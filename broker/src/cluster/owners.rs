@@ -10,6 +10,8 @@
 //! about to be written as the owner.
 
 use super::fanout::Out;
+use super::records;
+use super::tickets::Tickets;
 use super::wills::Change;
 use super::Arrivals;
 use crate::message::Message;
@@ -36,7 +38,7 @@ pub(super) fn bucket_config(replicas: usize) -> kv::Config {
 }
 
 /// A bucket key for a client id, which may hold characters keys may not.
-fn key(client_id: &str) -> String {
+pub(super) fn key(client_id: &str) -> String {
     crate::hex(&Sha256::digest(client_id.as_bytes())[..16])
 }
 
@@ -84,29 +86,21 @@ impl Claims {
 /// The cluster's [`Directory`]: this node's sessions, and the client ids claimed
 /// cluster-wide as their clients attach here.
 pub struct ClusterDirectory {
-    local: Sessions,
-    claims: Arc<Claims>,
-    outbox: mpsc::UnboundedSender<Out>,
-    wills: mpsc::UnboundedSender<Change>,
-    /// Where sessions held elsewhere are asked for: NATS, the owners, this node.
-    elsewhere: (async_nats::Client, kv::Store, Arc<str>),
+    pub(super) local: Arc<Sessions>,
+    pub(super) claims: Arc<Claims>,
+    pub(super) outbox: mpsc::UnboundedSender<Out>,
+    pub(super) wills: mpsc::UnboundedSender<Change>,
+    /// Session records ([`super::records`]) and the tickets their writes hold.
+    pub(super) records: (mpsc::UnboundedSender<records::Change>, Arc<Tickets>),
+    pub(super) elsewhere: Elsewhere,
 }
 
-impl ClusterDirectory {
-    pub(super) fn new(
-        claims: Arc<Claims>,
-        outbox: mpsc::UnboundedSender<Out>,
-        wills: mpsc::UnboundedSender<Change>,
-        elsewhere: (async_nats::Client, kv::Store, Arc<str>),
-    ) -> Self {
-        ClusterDirectory {
-            local: Sessions::default(),
-            claims,
-            outbox,
-            wills,
-            elsewhere,
-        }
-    }
+/// Where sessions held elsewhere are looked for.
+pub(super) struct Elsewhere {
+    pub nats: async_nats::Client,
+    pub owners: kv::Store,
+    pub sessions: kv::Store,
+    pub me: Arc<str>,
 }
 
 impl Directory for ClusterDirectory {
@@ -120,7 +114,12 @@ impl Directory for ClusterDirectory {
         self.local.register(session)
     }
     fn unregister(&self, session: &Arc<Session>) -> bool {
-        self.local.unregister(session)
+        let gone = self.local.unregister(session);
+        if gone {
+            let change = records::Change::Gone(session.client_id().clone());
+            let _ = self.records.0.send(change);
+        }
+        gone
     }
     fn all(&self) -> Vec<Arc<Session>> {
         self.local.all()
@@ -139,18 +138,31 @@ impl Directory for ClusterDirectory {
             will,
         });
     }
-    /// Asks the node the owners bucket names for the client id, if that is another.
+    /// Asks the node the owners bucket names for the client id; if that node does not
+    /// answer (or is this one, restarted), resumes the session from its record.
     fn fetch(&self, client_id: &Arc<str>) -> BoxFuture<'_, Option<Moving>> {
         let client_id = client_id.clone();
         Box::pin(async move {
-            let (nats, owners, me) = &self.elsewhere;
-            let entry = owners.get(key(&client_id)).await.ok()??;
+            let e = &self.elsewhere;
+            let entry = e.owners.get(key(&client_id)).await.ok()??;
             let owner = serde_json::from_slice::<Owner>(&entry).ok()?;
-            if *owner.node == **me {
-                return None;
+            if *owner.node != *e.me {
+                let node = owner.node.clone();
+                match super::handover::fetch(e.nats.clone(), node, client_id.clone()).await {
+                    Ok(moving) => return moving,
+                    Err(error) => {
+                        tracing::warn!(client_id = %client_id, node = %owner.node, %error,
+                        "the node that held the session does not answer; resuming it from its record")
+                    }
+                }
             }
-            super::handover::fetch(nats.clone(), owner.node, client_id).await
+            let js = async_nats::jetstream::new(e.nats.clone());
+            records::resume(js, &e.sessions, client_id).await
         })
+    }
+    fn record(&self, session: &Session) -> bool {
+        let (changes, tickets) = &self.records;
+        changes.send(records::kept(session, tickets)).is_ok()
     }
     fn settle_will(&self, client_id: &Arc<str>, conn_id: Option<u64>) {
         let _ = self.wills.send(Change::Settled {

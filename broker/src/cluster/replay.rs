@@ -154,7 +154,7 @@ async fn read(link: &Link, filter: &str, from: &From, linger: Duration) -> Resul
     Ok(read)
 }
 
-fn datetime(t: SystemTime) -> Result<async_nats::datetime::DateTime, String> {
+pub(super) fn datetime(t: SystemTime) -> Result<async_nats::datetime::DateTime, String> {
     let nanos = t
         .duration_since(UNIX_EPOCH)
         .map_err(|e| e.to_string())?

@@ -43,6 +43,11 @@ impl InflightWindow {
         self.live == 0
     }
 
+    /// Every message in flight, in no particular order.
+    pub fn deliveries(&self) -> impl Iterator<Item = &Delivery> {
+        self.slots.iter().flatten().map(|f| &f.delivery)
+    }
+
     pub fn get(&self, pid: u16) -> Option<&Inflight> {
         self.slots.get(index(pid)?)?.as_ref()
     }

@@ -16,7 +16,7 @@ mod state;
 
 pub use inflight::{Inflight, InflightWindow};
 pub use registry::{BoxFuture, Claim, Directory, Moving, Sessions};
-pub use state::{Outgoing, PushOutcome, QueueLimits, SessionState, Taken};
+pub use state::{Outgoing, Owed, PushOutcome, QueueLimits, SessionState, Taken};
 
 use crate::codec::{ReasonCode, SubscriptionOptions, Version, Will};
 use crate::hooks::Identity;

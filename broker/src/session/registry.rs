@@ -41,6 +41,12 @@ pub trait Directory: Send + Sync + 'static {
     /// The will of `client_id`'s connection `conn_id` (`None`: of whichever connection
     /// left one) was published or dropped here.
     fn settle_will(&self, _client_id: &Arc<str>, _conn_id: Option<u64>) {}
+    /// The broker recorded the persistent session. A cluster keeps a record of it where
+    /// another node finds it if this one dies; whether an acknowledgement of what
+    /// changed it must wait for the next commit.
+    fn record(&self, _session: &Session) -> bool {
+        false
+    }
     /// The session of `client_id` where another process holds it, let go there and on
     /// its way here; `None` where none does (one process: never).
     fn fetch(&self, _client_id: &Arc<str>) -> BoxFuture<'_, Option<Moving>> {

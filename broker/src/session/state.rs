@@ -80,6 +80,20 @@ pub struct SessionState {
     /// While the session moves here from another node of the cluster: what reached it
     /// here so far, so that what reached it there meanwhile is not queued twice.
     landing: Option<Landing>,
+    /// Deliveries queued so far: whether anything reached the session since a look.
+    pushed: u64,
+}
+
+/// How far back what a session owes goes, by when each message was published in the
+/// cluster ([`Origin::at`]): a node that resumes the session after its node died reads
+/// the cluster's stream from there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owed {
+    Nothing,
+    /// Unix seconds of the oldest publish.
+    Since(u64),
+    /// Something owed carries no origin (restored from this node's store).
+    Unknown,
 }
 
 /// A session on its way from another node: where in the queue what was routed here
@@ -112,6 +126,7 @@ impl SessionState {
             resend: Vec::new(),
             recorded: false,
             landing: None,
+            pushed: 0,
         }
     }
 
@@ -318,8 +333,29 @@ impl SessionState {
                 self.recorded = true;
             }
         }
+        self.pushed += 1;
         self.queue.push_back(d);
         out
+    }
+
+    /// Deliveries queued so far, and how far back what the session owes goes. QoS 0
+    /// deliveries do not count: a session resumed elsewhere would not get those again.
+    pub fn owed(&self) -> (u64, Owed) {
+        let mut owed = Owed::Nothing;
+        let counted = |d: &&Delivery| d.qos != QoS::AtMostOnce;
+        for d in self
+            .queue
+            .iter()
+            .chain(self.inflight.deliveries())
+            .filter(counted)
+        {
+            owed = match (&d.message.origin, owed) {
+                (None, _) | (_, Owed::Unknown) => return (self.pushed, Owed::Unknown),
+                (Some(o), Owed::Since(t)) => Owed::Since(t.min(o.at)),
+                (Some(o), Owed::Nothing) => Owed::Since(o.at),
+            };
+        }
+        (self.pushed, owed)
     }
 
     /// Moves what may be sent now into `out`: first the resends, then queued deliveries
@@ -552,6 +588,7 @@ impl SessionState {
                     self.recorded = true;
                 }
             }
+            self.pushed += 1;
             arrived.push(d);
         }
         arrived.sort_by(|a, b| {
@@ -688,6 +725,39 @@ mod tests {
         out.clear();
         st.take_sendable(10, 10, 0, &j, &mut out);
         assert_eq!(pids(&out), [(2, true, 1), (3, true, 2), (1, true, 3)]);
+    }
+
+    /// What a session owes reaches back to the oldest publish, in flight or queued;
+    /// QoS 0 does not count, and a message of unknown origin makes it unknown.
+    #[test]
+    fn owed_reaches_back_to_the_oldest_publish() {
+        let j = Nothing::default();
+        let mut st = SessionState::new(60);
+        let published = |n: u8, at: u64, qos: QoS| {
+            let mut d = delivery(n);
+            let mut m = Message::clone(&d.message);
+            m.origin = Some(Origin {
+                node: Arc::from("w1"),
+                seq: n as u64,
+                at,
+            });
+            d.message = Arc::new(m);
+            d.qos = qos;
+            d
+        };
+        assert_eq!(st.owed(), (0, Owed::Nothing));
+        st.queue.push_back(published(0, 100, QoS::AtLeastOnce));
+        st.queue.push_back(published(1, 90, QoS::AtMostOnce));
+        let mut out = Vec::new();
+        st.take_sendable(10, 1, 0, &j, &mut out);
+        st.queue.push_back(published(2, 120, QoS::ExactlyOnce));
+        assert_eq!(st.owed().1, Owed::Since(100), "in flight, oldest");
+        assert!(st.complete(1, &j));
+        out.clear();
+        st.take_sendable(10, 10, 0, &j, &mut out);
+        assert_eq!(st.owed().1, Owed::Since(120), "QoS 0 sent, QoS 2 in flight");
+        st.queue.push_back(delivery(3));
+        assert_eq!(st.owed().1, Owed::Unknown);
     }
 
     #[test]

@@ -1,0 +1,398 @@
+//! Session records: what a node needs to resume a persistent session whose node died.
+//!
+//! While its node runs, a session moves whole ([`super::handover`]). A node that dies
+//! takes with it what its sessions owed, but every QoS 1 and 2 message is in the
+//! stream `WEIR_MSGS`, so nothing is lost if another node knows what each session
+//! wanted and from when. Each node keeps, in the bucket `weir_sessions`, one record per
+//! persistent session it holds: the session as the store keeps it (subscriptions,
+//! expiry, disconnect time) and its floor, a time before which the session owes
+//! nothing (by when messages were published, [`crate::message::Origin::at`], less
+//! [`MARGIN`] for clocks and for messages still on their way).
+//!
+//! A node whose client reconnects while the node named as its owner does not answer
+//! builds the session from the record and reads back from the floor every message its
+//! subscriptions match: session present, subscriptions in place, nothing acknowledged
+//! lost. What the client had already acknowledged since the floor comes again (at
+//! least once, for QoS 2 too).
+//!
+//! A record is written when the broker records the session (connect, subscribe,
+//! unsubscribe, disconnect; a SUBACK waits for the write), and, for a session that was
+//! sent something, once its floor has moved [`REFRESH`] on. It is deleted when the
+//! session ends here, unless another node has written it since.
+
+use super::owners::key;
+use super::tickets::{Done, Tickets};
+use super::{envelope, replay, subject, MESSAGES_STREAM};
+use crate::message::{now_secs, Delivery, Origin};
+use crate::session::{Directory, Moving, Owed, Session, Sessions};
+use crate::store::{SessionMeta, StoredSession, StoredSubscription};
+use async_nats::jetstream::{self, consumer, consumer::DeliverPolicy, kv};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+/// The bucket of session records.
+pub const SESSIONS_BUCKET: &str = "weir_sessions";
+/// Seconds a floor lies before the oldest publish a session owes: clocks of different
+/// machines, and a message published before a record was written that reaches the
+/// node only after it.
+const MARGIN: u64 = 10;
+/// Seconds a session's floor moves before its record is written again: what a resumed
+/// session may get twice, against a write per session that often.
+const REFRESH: u64 = 30;
+/// How often floors are looked at.
+const EVERY: Duration = Duration::from_secs(5);
+/// How long a read-back for one session waits for a message before it counts as
+/// caught up, and the longest it reads.
+const QUIET: Duration = Duration::from_secs(1);
+const LONGEST: Duration = Duration::from_secs(120);
+
+pub(super) fn bucket_config(replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: SESSIONS_BUCKET.into(),
+        history: 1,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Record {
+    node: String,
+    floor: u64,
+    meta: SessionMeta,
+}
+
+/// What the broker asks of the keeper.
+pub(super) enum Change {
+    /// The session as recorded now, with [`crate::session::SessionState::owed`]; the
+    /// ticket is done once written.
+    Kept(SessionMeta, (u64, Owed), u64),
+    /// The session ended here.
+    Gone(Arc<str>),
+}
+
+/// The session's record as the broker writes it, for a cluster's [`Directory`].
+pub(super) fn kept(session: &Session, tickets: &Tickets) -> Change {
+    let (meta, owed) = {
+        let st = session.lock();
+        (st.meta(session.client_id()), st.owed())
+    };
+    Change::Kept(SessionMeta { will: None, ..meta }, owed, tickets.issue())
+}
+
+/// What this node last wrote of a session.
+struct Written {
+    revision: u64,
+    floor: u64,
+    pushed: u64,
+}
+
+/// Writes and deletes this node's records, for as long as the process runs.
+pub(super) struct Keeper {
+    pub store: kv::Store,
+    pub node: Arc<str>,
+    pub sessions: Arc<Sessions>,
+    pub tickets: Arc<Tickets>,
+}
+
+impl Keeper {
+    pub(super) async fn run(self, mut changes: mpsc::UnboundedReceiver<Change>) {
+        let mut written = HashMap::new();
+        let mut tick = tokio::time::interval(EVERY);
+        loop {
+            tokio::select! {
+                first = changes.recv() => {
+                    let Some(first) = first else { return };
+                    let mut batch = vec![first];
+                    while let Ok(c) = changes.try_recv() {
+                        batch.push(c);
+                    }
+                    self.apply(batch, &mut written).await;
+                }
+                _ = tick.tick() => self.refresh(&mut written).await,
+            }
+        }
+    }
+
+    /// Carries out a batch of changes, the last per client id, all at once.
+    async fn apply(&self, batch: Vec<Change>, written: &mut HashMap<Arc<str>, Written>) {
+        let mut last: HashMap<Arc<str>, Change> = HashMap::new();
+        let mut tickets = Vec::new();
+        for change in batch {
+            let client: Arc<str> = match &change {
+                Change::Kept(meta, _, ticket) => {
+                    tickets.push(Done::new(self.tickets.clone(), *ticket));
+                    Arc::from(meta.client_id.as_str())
+                }
+                Change::Gone(client) => client.clone(),
+            };
+            last.insert(client, change);
+        }
+        let work = last.into_iter().map(|(client, change)| {
+            let before = written.remove(&client);
+            async move {
+                let after = match change {
+                    Change::Kept(meta, (pushed, owed), _) => {
+                        let floor = self.floor(&client, owed, before.as_ref()).await;
+                        self.write(&client, meta, floor, pushed).await
+                    }
+                    Change::Gone(_) => {
+                        self.delete(&client, before).await;
+                        None
+                    }
+                };
+                (client, after)
+            }
+        });
+        for (client, after) in futures_util::future::join_all(work).await {
+            if let Some(w) = after {
+                written.insert(client, w);
+            }
+        }
+        drop(tickets);
+    }
+
+    /// Writes again the records of sessions sent something since, whose floor moved on.
+    async fn refresh(&self, written: &mut HashMap<Arc<str>, Written>) {
+        let now = now_secs();
+        let mut due = Vec::new();
+        for s in self.sessions.all() {
+            let Some(w) = written.get(s.client_id()) else {
+                continue;
+            };
+            let (pushed, owed) = s.lock().owed();
+            let floor = match owed {
+                Owed::Nothing => now.saturating_sub(MARGIN),
+                Owed::Since(t) => t.saturating_sub(MARGIN),
+                Owed::Unknown => continue,
+            };
+            if pushed != w.pushed && floor >= w.floor + REFRESH && s.is_persistent() {
+                due.push((s, floor, pushed));
+            }
+        }
+        let work = due.iter().map(|(s, floor, pushed)| {
+            let meta = SessionMeta {
+                will: None,
+                ..s.meta()
+            };
+            self.write(s.client_id(), meta, *floor, *pushed)
+        });
+        let results = futures_util::future::join_all(work).await;
+        for ((s, _, _), after) in due.iter().zip(results) {
+            if let Some(w) = after {
+                written.insert(s.client_id().clone(), w);
+            }
+        }
+    }
+
+    /// The floor for a record: before the oldest publish owed; where it was if that is
+    /// not known (the record written before this node restarted has it).
+    async fn floor(&self, client: &str, owed: Owed, before: Option<&Written>) -> u64 {
+        let now = now_secs();
+        match owed {
+            Owed::Nothing => now.saturating_sub(MARGIN),
+            Owed::Since(t) => t.saturating_sub(MARGIN),
+            Owed::Unknown => match before {
+                Some(w) => w.floor,
+                None => match read(&self.store, client).await {
+                    Some((r, _)) => r.floor,
+                    None => now.saturating_sub(MARGIN),
+                },
+            },
+        }
+    }
+
+    async fn write(
+        &self,
+        client: &str,
+        meta: SessionMeta,
+        floor: u64,
+        pushed: u64,
+    ) -> Option<Written> {
+        let record = Record {
+            node: self.node.to_string(),
+            floor,
+            meta,
+        };
+        let body = serde_json::to_vec(&record).ok()?;
+        match self.store.put(key(client), body.into()).await {
+            Ok(revision) => Some(Written {
+                revision,
+                floor,
+                pushed,
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, client_id = client,
+                    "a session's record could not be written: if this node dies, the session restarts elsewhere from an older record or afresh");
+                None
+            }
+        }
+    }
+
+    async fn delete(&self, client: &str, before: Option<Written>) {
+        let Some(w) = before else {
+            return;
+        };
+        // Fails if another node wrote the record since: the session lives there now.
+        let _ = (self.store)
+            .purge_expect_revision(key(client), Some(w.revision))
+            .await;
+    }
+}
+
+async fn read(store: &kv::Store, client: &str) -> Option<(Record, u64)> {
+    let entry = store.entry(key(client)).await.ok()??;
+    if entry.operation != kv::Operation::Put {
+        return None;
+    }
+    let record = serde_json::from_slice(&entry.value).ok()?;
+    Some((record, entry.revision))
+}
+
+/// The session of `client_id` as its record left it, if there is one and it has not
+/// expired: its subscriptions, and, once they are made here, what it is owed from its
+/// floor on.
+pub(super) async fn resume(
+    js: jetstream::Context,
+    store: &kv::Store,
+    client_id: Arc<str>,
+) -> Option<Moving> {
+    let (record, _) = read(store, &client_id).await?;
+    let now = now_secs();
+    let meta = record.meta;
+    if (meta.disconnected_at).is_some_and(|d| d + meta.expiry_interval as u64 <= now) {
+        return None;
+    }
+    tracing::info!(client_id = %client_id, node = %record.node, floor = record.floor,
+        "resuming a session from its record: the node that held it does not answer");
+    let subscriptions = meta.subscriptions.clone();
+    let session = StoredSession {
+        meta: SessionMeta {
+            disconnected_at: Some(now),
+            will: None,
+            ..meta
+        },
+        deliveries: Vec::new(),
+        incoming: Vec::new(),
+    };
+    let rest = Box::pin(async move {
+        let owed = Owing {
+            client_id,
+            subscriptions,
+        };
+        owed.read_back(&js, record.floor).await
+    });
+    Some(Moving { session, rest })
+}
+
+/// A resumed session's subscriptions, to pick from the stream what it is owed.
+struct Owing {
+    client_id: Arc<str>,
+    subscriptions: Vec<StoredSubscription>,
+}
+
+impl Owing {
+    /// Every message of the stream from `floor` on that the subscriptions match, as
+    /// deliveries (each once, by origin). Tried again while JetStream does not answer.
+    async fn read_back(&self, js: &jetstream::Context, floor: u64) -> Vec<Delivery> {
+        let subjects: HashSet<String> = (self.subscriptions.iter())
+            .filter(|s| !matches!(crate::topic::parse_shared(&s.filter), Ok(Some(_))))
+            .flat_map(|s| subject::filter_subjects(&s.filter))
+            .map(|s| subject::kept(&s))
+            .collect();
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        for filter in subjects {
+            for attempt in 1.. {
+                match self.read(js, &filter, floor, &mut seen, &mut out).await {
+                    Ok(()) => break,
+                    Err(e) if attempt < 6 => {
+                        tracing::debug!(error = %e, %filter, "reading a resumed session's messages again");
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, client_id = %self.client_id, %filter,
+                            "cannot read back what a resumed session is owed");
+                        break;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    async fn read(
+        &self,
+        js: &jetstream::Context,
+        filter: &str,
+        floor: u64,
+        seen: &mut HashSet<Origin>,
+        out: &mut Vec<Delivery>,
+    ) -> Result<(), String> {
+        let start_time = replay::datetime(UNIX_EPOCH + Duration::from_secs(floor))?;
+        let stream = (js.get_stream(MESSAGES_STREAM).await).map_err(|e| e.to_string())?;
+        let config = consumer::pull::OrderedConfig {
+            filter_subject: filter.to_owned(),
+            deliver_policy: DeliverPolicy::ByStartTime { start_time },
+            ..Default::default()
+        };
+        let consumer = (stream.create_consumer(config).await).map_err(|e| e.to_string())?;
+        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        let started = std::time::Instant::now();
+        while started.elapsed() < LONGEST {
+            let m = match tokio::time::timeout(QUIET, messages.next()).await {
+                Ok(Some(m)) => m.map_err(|e| e.to_string())?,
+                Ok(None) | Err(_) => return Ok(()),
+            };
+            let last = m.info().map(|i| i.pending == 0).unwrap_or(false);
+            if let Some(d) = envelope::unwrap(m.message.payload)
+                .ok()
+                .and_then(|msg| self.wanted(msg))
+            {
+                let fresh = d.message.origin.clone().is_none_or(|o| seen.insert(o));
+                if fresh {
+                    out.push(d);
+                }
+            }
+            if last {
+                return Ok(());
+            }
+        }
+        Err(format!("still reading after {}s", LONGEST.as_secs()))
+    }
+
+    /// The delivery of `msg` the subscriptions want (highest QoS, every identifier;
+    /// not back to its publisher under No Local), if any and not expired.
+    fn wanted(&self, msg: crate::message::Message) -> Option<Delivery> {
+        if msg.is_expired(now_secs()) {
+            return None;
+        }
+        let own = msg.publisher.as_deref() == Some(&*self.client_id);
+        let mut want: Option<Delivery> = None;
+        let msg = Arc::new(msg);
+        for s in &self.subscriptions {
+            let shared = matches!(crate::topic::parse_shared(&s.filter), Ok(Some(_)));
+            if shared || (s.no_local && own) || !crate::topic::matches(&s.filter, &msg.topic) {
+                continue;
+            }
+            let granted =
+                crate::codec::QoS::from_u8(s.qos).unwrap_or(crate::codec::QoS::AtMostOnce);
+            let qos = msg.qos.min(granted);
+            let d = want.get_or_insert_with(|| Delivery {
+                message: msg.clone(),
+                qos,
+                retain: false,
+                subscription_ids: Vec::new(),
+                store_seq: None,
+            });
+            d.qos = d.qos.max(qos);
+            d.retain |= msg.retain && s.retain_as_published;
+            d.subscription_ids.extend(s.id);
+        }
+        want
+    }
+}
