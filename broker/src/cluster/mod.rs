@@ -239,7 +239,6 @@ impl Cluster {
             store: self.records,
             node: self.node.clone(),
             sessions: self.local,
-            tickets: self.tickets.clone(),
         };
         tokio::spawn(keeper.run(self.record_changes.1));
         tokio::spawn(retained::follow(

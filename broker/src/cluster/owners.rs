@@ -139,25 +139,29 @@ impl Directory for ClusterDirectory {
         });
     }
     /// Asks the node the owners bucket names for the client id; if that node does not
-    /// answer (or is this one, restarted), resumes the session from its record.
+    /// answer, resumes the session from its record. So too if that node (or this one)
+    /// holds no session but the record says it did: it restarted without its store.
     fn fetch(&self, client_id: &Arc<str>) -> BoxFuture<'_, Option<Moving>> {
         let client_id = client_id.clone();
         Box::pin(async move {
             let e = &self.elsewhere;
             let entry = e.owners.get(key(&client_id)).await.ok()??;
             let owner = serde_json::from_slice::<Owner>(&entry).ok()?;
+            let mut only_of = Some(owner.node.as_str());
             if *owner.node != *e.me {
                 let node = owner.node.clone();
                 match super::handover::fetch(e.nats.clone(), node, client_id.clone()).await {
-                    Ok(moving) => return moving,
+                    Ok(Some(moving)) => return Some(moving),
+                    Ok(None) => {}
                     Err(error) => {
                         tracing::warn!(client_id = %client_id, node = %owner.node, %error,
-                        "the node that held the session does not answer; resuming it from its record")
+                            "the node that held the session does not answer; resuming it from its record");
+                        only_of = None;
                     }
                 }
             }
             let js = async_nats::jetstream::new(e.nats.clone());
-            records::resume(js, &e.sessions, client_id).await
+            records::resume(js, &e.sessions, client_id, only_of).await
         })
     }
     fn record(&self, session: &Session) -> bool {

@@ -45,9 +45,9 @@ const MARGIN: u64 = 10;
 const REFRESH: u64 = 30;
 /// How often floors are looked at.
 const EVERY: Duration = Duration::from_secs(5);
-/// How long a read-back for one session waits for a message before it counts as
-/// caught up, and the longest it reads.
-const QUIET: Duration = Duration::from_secs(1);
+/// How long a read-back for one session waits for its next message before it starts
+/// again, and the longest it reads.
+const STALLED: Duration = Duration::from_secs(5);
 const LONGEST: Duration = Duration::from_secs(120);
 
 pub(super) fn bucket_config(replicas: usize) -> kv::Config {
@@ -69,19 +69,20 @@ struct Record {
 /// What the broker asks of the keeper.
 pub(super) enum Change {
     /// The session as recorded now, with [`crate::session::SessionState::owed`]; the
-    /// ticket is done once written.
-    Kept(SessionMeta, (u64, Owed), u64),
+    /// ticket is done once written (or dropped unwritten).
+    Kept(SessionMeta, (u64, Owed), Done),
     /// The session ended here.
     Gone(Arc<str>),
 }
 
 /// The session's record as the broker writes it, for a cluster's [`Directory`].
-pub(super) fn kept(session: &Session, tickets: &Tickets) -> Change {
+pub(super) fn kept(session: &Session, tickets: &Arc<Tickets>) -> Change {
     let (meta, owed) = {
         let st = session.lock();
         (st.meta(session.client_id()), st.owed())
     };
-    Change::Kept(SessionMeta { will: None, ..meta }, owed, tickets.issue())
+    let done = Done::new(tickets.clone(), tickets.issue());
+    Change::Kept(SessionMeta { will: None, ..meta }, owed, done)
 }
 
 /// What this node last wrote of a session.
@@ -96,7 +97,6 @@ pub(super) struct Keeper {
     pub store: kv::Store,
     pub node: Arc<str>,
     pub sessions: Arc<Sessions>,
-    pub tickets: Arc<Tickets>,
 }
 
 impl Keeper {
@@ -121,24 +121,27 @@ impl Keeper {
     /// Carries out a batch of changes, the last per client id, all at once.
     async fn apply(&self, batch: Vec<Change>, written: &mut HashMap<Arc<str>, Written>) {
         let mut last: HashMap<Arc<str>, Change> = HashMap::new();
+        // Done once every write of the batch is: an earlier change of a client id
+        // stands for nothing the last does not.
         let mut tickets = Vec::new();
         for change in batch {
             let client: Arc<str> = match &change {
-                Change::Kept(meta, _, ticket) => {
-                    tickets.push(Done::new(self.tickets.clone(), *ticket));
-                    Arc::from(meta.client_id.as_str())
-                }
+                Change::Kept(meta, _, _) => Arc::from(meta.client_id.as_str()),
                 Change::Gone(client) => client.clone(),
             };
-            last.insert(client, change);
+            if let Some(Change::Kept(_, _, done)) = last.insert(client, change) {
+                tickets.push(done);
+            }
         }
         let work = last.into_iter().map(|(client, change)| {
             let before = written.remove(&client);
             async move {
                 let after = match change {
-                    Change::Kept(meta, (pushed, owed), _) => {
+                    Change::Kept(meta, (pushed, owed), done) => {
                         let floor = self.floor(&client, owed, before.as_ref()).await;
-                        self.write(&client, meta, floor, pushed).await
+                        let w = self.write(&client, meta, floor, pushed).await;
+                        drop(done);
+                        w
                     }
                     Change::Gone(_) => {
                         self.delete(&client, before).await;
@@ -253,15 +256,19 @@ async fn read(store: &kv::Store, client: &str) -> Option<(Record, u64)> {
     Some((record, entry.revision))
 }
 
-/// The session of `client_id` as its record left it, if there is one and it has not
-/// expired: its subscriptions, and, once they are made here, what it is owed from its
-/// floor on.
+/// The session of `client_id` as its record left it, if there is one (written by
+/// `only_of`, if given) and it has not expired: its subscriptions, and, once they are
+/// made here, what it is owed from its floor on.
 pub(super) async fn resume(
     js: jetstream::Context,
     store: &kv::Store,
     client_id: Arc<str>,
+    only_of: Option<&str>,
 ) -> Option<Moving> {
     let (record, _) = read(store, &client_id).await?;
+    if only_of.is_some_and(|node| node != record.node) {
+        return None;
+    }
     let now = now_secs();
     let meta = record.meta;
     if (meta.disconnected_at).is_some_and(|d| d + meta.expiry_interval as u64 <= now) {
@@ -341,12 +348,18 @@ impl Owing {
             ..Default::default()
         };
         let consumer = (stream.create_consumer(config).await).map_err(|e| e.to_string())?;
+        // What matched when the consumer was made: once that is read, the session's
+        // subscriptions (made before this read) bring the rest.
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(());
+        }
         let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
         let started = std::time::Instant::now();
         while started.elapsed() < LONGEST {
-            let m = match tokio::time::timeout(QUIET, messages.next()).await {
+            let m = match tokio::time::timeout(STALLED, messages.next()).await {
                 Ok(Some(m)) => m.map_err(|e| e.to_string())?,
-                Ok(None) | Err(_) => return Ok(()),
+                Ok(None) => return Err("the stream ended the read".into()),
+                Err(_) => return Err(format!("no message for {}s", STALLED.as_secs())),
             };
             let last = m.info().map(|i| i.pending == 0).unwrap_or(false);
             if let Some(d) = envelope::unwrap(m.message.payload)

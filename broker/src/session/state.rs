@@ -340,7 +340,11 @@ impl SessionState {
 
     /// Deliveries queued so far, and how far back what the session owes goes. QoS 0
     /// deliveries do not count: a session resumed elsewhere would not get those again.
+    /// Unknown while the session is landing: what it owes is still on its way here.
     pub fn owed(&self) -> (u64, Owed) {
+        if self.landing.as_ref().is_some_and(|l| l.until.is_none()) {
+            return (self.pushed, Owed::Unknown);
+        }
         let mut owed = Owed::Nothing;
         let counted = |d: &&Delivery| d.qos != QoS::AtMostOnce;
         for d in self
