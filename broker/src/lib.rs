@@ -15,6 +15,7 @@ pub mod hooks;
 pub mod listener;
 pub mod message;
 pub mod metrics;
+pub mod pace;
 pub mod plugin;
 pub mod router;
 pub mod server;

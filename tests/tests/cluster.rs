@@ -871,3 +871,45 @@ async fn the_sessions_of_a_dead_node_resume_on_the_others() {
         );
     }
 }
+
+/// A QoS 0 flood from 100 publishers on one node to their subscribers on another: the
+/// publishing node holds its publishers to the pace NATS takes their messages at, so it
+/// drops none of them (it used to drop what waited beyond its bound).
+#[test]
+fn a_qos0_flood_across_nodes_is_paced_not_dropped() {
+    let nats = NatsCluster::start(1);
+    let (w1, w2) = (node(&nats, "w1"), node(&nats, "w2"));
+    let (port, sub_port) = (w1.port.to_string(), w2.port.to_string());
+    let out = Command::new(weir_tests::load_bin())
+        .args([
+            "--port",
+            &port,
+            "--sub-port",
+            &sub_port,
+            "--scenario",
+            "p2p",
+        ])
+        .args(["--qos", "0", "--payload", "16", "--messages", "100000"])
+        .args([
+            "--clients",
+            "100",
+            "--timeout-secs",
+            "120",
+            "--label",
+            "flood",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    let row = text.lines().last().unwrap_or_default();
+    let cols: Vec<&str> = row
+        .trim()
+        .trim_matches('|')
+        .split('|')
+        .map(str::trim)
+        .collect();
+    assert_eq!(cols.len(), 11, "{text}");
+    assert_eq!(metric(&w1, "weir_cluster_dropped_total"), 0, "{text}");
+    assert_eq!((cols[8], cols[9]), ("0", "0"), "lost, duplicated: {text}");
+}

@@ -91,7 +91,7 @@ fn cluster_families(out: &mut String, c: &crate::cluster::ClusterStats) {
             "weir_cluster_queued",
             "gauge",
             "QoS 0 messages waiting to be sent to NATS.",
-            &c.queued_once,
+            c.queued_once.gauge(),
         ),
         (
             "weir_cluster_subjects",

@@ -184,6 +184,12 @@ impl Broker {
         &self.metrics
     }
 
+    /// What a publisher's connection waits on, once over its mark, before it reads
+    /// more ([`crate::pace`]).
+    pub fn pace(&self) -> Option<&crate::pace::Backlog> {
+        self.fanout.pace()
+    }
+
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
     }

@@ -203,6 +203,12 @@ impl Fanout for ClusterFanout {
         Arc::new(msg)
     }
 
+    /// Publishers here wait while more QoS 0 messages wait for NATS than it takes in
+    /// a moment: the link sends them no faster than NATS takes them.
+    fn pace(&self) -> Option<&crate::pace::Backlog> {
+        Some(&self.stats.queued_once)
+    }
+
     /// QoS 0 is sent once; QoS 1 and 2 go into JetStream and the acknowledgement waits,
     /// for the topic's retained record too.
     fn forward(&self, msg: &Arc<Message>) -> bool {
@@ -211,17 +217,19 @@ impl Fanout for ClusterFanout {
             let _ = self.outbox.send(Out::Retain(msg.clone(), ticket));
         }
         if msg.qos == QoS::AtMostOnce {
-            // QoS 0 waits for nobody, so while NATS is away nothing else bounds how many
-            // queue up here: past the bound they are dropped, as QoS 0 may be. (QoS 1
+            // QoS 0 waits for nobody. While NATS takes them its publishers are paced
+            // ([`Fanout::pace`]); while NATS is away nothing else bounds how many queue
+            // up here: past the bound they are dropped, as QoS 0 may be. (QoS 1
             // and 2 are bounded by every publisher's Receive Maximum: their
             // acknowledgements wait.)
-            if self.stats.queued_once.load(Relaxed) >= MAX_QUEUED_ONCE {
+            let waiting = &self.stats.queued_once;
+            if waiting.gauge().load(Relaxed) >= MAX_QUEUED_ONCE {
                 self.stats.dropped_once.fetch_add(1, Relaxed);
                 return false;
             }
-            self.stats.queued_once.fetch_add(1, Relaxed);
+            waiting.add();
             if self.outbox.send(Out::Once(msg.clone())).is_err() {
-                self.stats.queued_once.fetch_sub(1, Relaxed);
+                waiting.remove();
             }
             return false;
         }

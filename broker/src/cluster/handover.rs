@@ -25,8 +25,9 @@ const SEQ_HEADER: &str = "Weir-Seq";
 const AT_HEADER: &str = "Weir-At";
 /// Header telling a part of an answer from its end.
 const PART_HEADER: &str = "Weir-Part";
-/// How long the asker waits for the first part (a node that is gone answers nothing).
-const FIRST_PART: Duration = Duration::from_secs(2);
+/// How long the asker waits for the first part from a node that is there but slow (NATS
+/// says at once when no node listens on the subject: that one is gone).
+const FIRST_PART: Duration = Duration::from_secs(5);
 /// How long it waits for each further part.
 const NEXT_PART: Duration = Duration::from_secs(5);
 /// How long the old node keeps routing to a moving session after the new node has
@@ -167,6 +168,9 @@ async fn ask(
             _ => return Err(format!("node {node} did not answer")),
         };
         wait = NEXT_PART;
+        if m.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            return Err(format!("node {node} is not there"));
+        }
         let header = |name: &str| m.headers.as_ref()?.get(name).map(|v| v.as_str().to_owned());
         if header(PART_HEADER).as_deref() == Some("end") {
             let end: End = serde_json::from_slice(&m.payload).map_err(|e| e.to_string())?;

@@ -67,8 +67,9 @@ pub struct ClusterStats {
     pub disconnects: AtomicU64,
     /// NATS subjects this node subscribes to (a gauge).
     pub subjects: AtomicU64,
-    /// QoS 0 messages waiting to be sent to NATS (a gauge).
-    pub queued_once: AtomicU64,
+    /// QoS 0 messages waiting to be sent to NATS: publishers on this node are held
+    /// while it is over its mark and NATS is there to drain it.
+    pub queued_once: crate::pace::Backlog,
     /// QoS 0 messages for other nodes dropped because too many were waiting already.
     pub dropped_once: AtomicU64,
     /// Messages read back from JetStream after a subscription or a reconnect
@@ -442,10 +443,12 @@ async fn options(
             match event {
                 async_nats::Event::Disconnected => {
                     watched.stats.disconnects.fetch_add(1, Relaxed);
+                    watched.stats.queued_once.set_flowing(false);
                     let _ = (watched.events).send(Connection::Lost(std::time::SystemTime::now()));
                     tracing::warn!("lost the connection to NATS; reconnecting");
                 }
                 async_nats::Event::Connected => {
+                    watched.stats.queued_once.set_flowing(true);
                     let _ = watched.events.send(Connection::Back);
                     tracing::info!("connected to NATS");
                 }
@@ -492,7 +495,7 @@ impl Link {
             match out {
                 fanout::Out::Once(msg) => {
                     link.publish_once(&msg).await;
-                    link.stats.queued_once.fetch_sub(1, Relaxed);
+                    link.stats.queued_once.remove();
                 }
                 fanout::Out::Kept(msg, ticket) => link.send_kept(msg, ticket, false).await,
                 fanout::Out::Retain(msg, ticket) => link.send_kept(msg, ticket, true).await,

@@ -21,6 +21,9 @@ pub(super) struct Inbound {
     aliases: FastMap<u16, String>,
     /// A rate-limit plugin throttled the client: nothing is read before this.
     paused_until: Option<Instant>,
+    /// What this client publishes waits for others over the broker's mark: nothing is
+    /// read until it drains ([`crate::pace`]).
+    held: bool,
     /// The session expiry asked at CONNECT: 0 may not become more at DISCONNECT.
     connect_expiry: u32,
     will: Option<Will>,
@@ -31,6 +34,7 @@ impl Inbound {
         Inbound {
             aliases: FastMap::default(),
             paused_until: None,
+            held: false,
             connect_expiry,
             will,
         }
@@ -42,6 +46,14 @@ impl Inbound {
 
     pub(super) fn resume(&mut self) {
         self.paused_until = None;
+    }
+
+    pub(super) fn is_held(&self) -> bool {
+        self.held
+    }
+
+    pub(super) fn let_go(&mut self) {
+        self.held = false;
     }
 
     fn pause_for(&mut self, d: std::time::Duration) {
@@ -84,7 +96,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// Parses and handles every complete packet in the read buffer.
     pub(super) fn process_input(&mut self) -> Result<(), Exit> {
         let max = self.client.listener.max_packet_size as usize;
-        while self.inbound.paused_until.is_none() {
+        while self.inbound.paused_until.is_none() && !self.inbound.held {
             let Some(frame) = self.io.next_frame(max)? else {
                 break;
             };
@@ -162,6 +174,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     self.inbound.pause_for(d);
                 }
                 self.route(Arc::new(msg), pid);
+                self.inbound.held = self.broker.pace().is_some_and(|b| b.is_over());
             }
             PublishOutcome::Refuse { code, why } => {
                 self.refuse_publish(qos, pid, code, &msg.topic, why)

@@ -163,20 +163,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// Waits for the next thing to do and does it: input to handle, a session with
     /// something to send, a durable commit, an order from the broker, a deadline.
     async fn next_event(&mut self, last_read: &mut Instant) -> Result<(), Exit> {
-        // While a rate limit holds the client back its silence is ours, not its own.
+        // While a rate limit or the pace holds the client back its silence is ours,
+        // not its own.
         let paused = self.inbound.paused_until();
+        let held = self.inbound.is_held();
         let deadline = self
             .keep_alive
-            .filter(|_| paused.is_none())
+            .filter(|_| paused.is_none() && !held)
             .map(|k| *last_read + k);
         let holding = self.outbound.is_holding();
+        let pace = self.broker.pace();
         tokio::select! {
             _ = sleep_until(paused.unwrap_or_else(Instant::now)), if paused.is_some() => {
                 self.inbound.resume();
                 *last_read = Instant::now();
                 self.process_input()
             }
-            r = self.io.read(), if paused.is_none() => match r {
+            _ = async { if let Some(p) = pace { p.drained().await } }, if held => {
+                self.inbound.let_go();
+                *last_read = Instant::now();
+                self.process_input()
+            }
+            r = self.io.read(), if paused.is_none() && !held => match r {
                 Ok(0) => Err(Exit::Closed),
                 Ok(n) => {
                     *last_read = Instant::now();

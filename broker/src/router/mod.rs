@@ -47,6 +47,11 @@ pub trait Fanout: Send + Sync + 'static {
     fn stamp(&self, msg: Arc<Message>) -> Arc<Message> {
         msg
     }
+    /// What publishers wait on when it is over its mark: a cluster's backlog of
+    /// messages for other nodes. One process sends nothing onward.
+    fn pace(&self) -> Option<&crate::pace::Backlog> {
+        None
+    }
 }
 
 /// What a subscription changed.
