@@ -661,13 +661,17 @@ impl Link {
                 tracing::warn!(error = %e, "NATS did not confirm a subscription yet");
             }
             drop(done);
+            let first = Arc::new(replay::FirstLive::default());
             let catch_up = async {
                 if let Some((filter, from)) = read_back {
                     let from = replay::From::Sequence(from);
-                    replay::read_back(link.clone(), filter, from, replay::AFTER_SUBSCRIBING).await
+                    let linger = replay::AFTER_SUBSCRIBING;
+                    let first = Some(first.clone());
+                    replay::read_back(link.clone(), filter, from, linger, first).await
                 }
             };
-            tokio::join!(catch_up, link.clone().receive(interest, sub));
+            let live = link.clone().receive(interest, sub, first.clone());
+            tokio::join!(catch_up, live);
         })
     }
 
@@ -676,6 +680,7 @@ impl Link {
         self: Arc<Self>,
         interest: fanout::Interest,
         sub: Result<async_nats::Subscriber, async_nats::SubscribeError>,
+        first: Arc<replay::FirstLive>,
     ) {
         let mut sub = match sub {
             Ok(s) => s,
@@ -688,7 +693,7 @@ impl Link {
         while let Some(m) = sub.next().await {
             match &interest {
                 fanout::Interest::Queue(q) => self.arrived_shared(&q.share, m),
-                fanout::Interest::Plain(_) => self.arrived(m),
+                fanout::Interest::Plain(_) => self.arrived(m, Some(&first), true),
             }
         }
     }
@@ -720,8 +725,17 @@ impl Link {
     /// one node's messages in the order sent, and routing them in lock order keeps that
     /// order even when the first copy of one message and of the next come through
     /// different subscriptions.
-    fn arrived(&self, m: async_nats::Message) {
+    /// `first`: what a new subscription brought live first (`live`: `m` came so), for
+    /// its read-back to leave out.
+    fn arrived(&self, m: async_nats::Message, first: Option<&replay::FirstLive>, live: bool) {
         let Some(msg) = self.decoded(m) else { return };
+        if let (Some(o), Some(first)) = (&msg.origin, first) {
+            match live {
+                true => first.note(o),
+                false if first.came_live(o) => return,
+                false => {}
+            }
+        }
         // Read back from JetStream, this node's own messages come too.
         if msg.origin.as_ref().is_some_and(|o| o.node == self.node) {
             return;

@@ -15,6 +15,7 @@
 //! uses an ordered consumer that lives only as long as the read.
 
 use super::{subject, Connection, Link, MESSAGES_STREAM};
+use crate::message::Origin;
 use async_nats::jetstream::consumer::{self, DeliverPolicy};
 use futures_util::StreamExt;
 use std::sync::Arc;
@@ -36,6 +37,37 @@ pub(super) const AT_ONCE: usize = 16;
 /// Tries of a read-back JetStream does not answer (about two minutes in all).
 const ATTEMPTS: u32 = 12;
 
+/// What a new subscription brought live first, per publishing node: its read-back
+/// wants only what came before. The rest came live, and a read-back that waited its
+/// turn would bring it again after later messages, perhaps older than the window that
+/// tells copies apart.
+#[derive(Default)]
+pub(super) struct FirstLive {
+    firsts: std::sync::Mutex<std::collections::HashMap<Arc<str>, u64>>,
+    over: std::sync::atomic::AtomicBool,
+}
+
+impl FirstLive {
+    /// A message arrived live on the subscription.
+    pub(super) fn note(&self, o: &Origin) {
+        if !self.over.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut firsts = crate::sync::lock(&self.firsts);
+            firsts.entry(o.node.clone()).or_insert(o.seq);
+        }
+    }
+
+    /// Whether a message read back came live too (or will).
+    pub(super) fn came_live(&self, o: &Origin) -> bool {
+        let firsts = crate::sync::lock(&self.firsts);
+        firsts.get(&o.node).is_some_and(|first| o.seq >= *first)
+    }
+
+    fn end(&self) {
+        self.over.store(true, std::sync::atomic::Ordering::Relaxed);
+        crate::sync::lock(&self.firsts).clear();
+    }
+}
+
 /// Where a read-back starts.
 pub(super) enum From {
     Sequence(u64),
@@ -55,7 +87,8 @@ pub(super) async fn after_reconnects(link: Arc<Link>, mut events: UnboundedRecei
                 if let Some(at) = lost.take() {
                     let from = From::Time(at - BEFORE_LOSS);
                     let filter = format!("{}.{}.>", subject::ROOT, subject::KEPT);
-                    tokio::spawn(read_back(link.clone(), filter, from, AFTER_RECONNECT));
+                    let read = read_back(link.clone(), filter, from, AFTER_RECONNECT, None);
+                    tokio::spawn(read);
                 }
             }
         }
@@ -71,16 +104,25 @@ pub(super) async fn position(link: &Link) -> Option<u64> {
 
 /// Reads the stream for `filter` from `from`, handing each message to the node as if it
 /// had arrived, until `linger` has passed and the read has caught up with what was
-/// published by then. Tried again while JetStream does not answer (a NATS server that
-/// went away may have led the stream: JetStream elects another within seconds).
-pub(super) async fn read_back(link: Arc<Link>, filter: String, from: From, linger: Duration) {
+/// published by then; for a new subscription, only what did not come live (`first`).
+/// Tried again while JetStream does not answer (a NATS server that went away may have
+/// led the stream: JetStream elects another within seconds).
+pub(super) async fn read_back(
+    link: Arc<Link>,
+    filter: String,
+    from: From,
+    linger: Duration,
+    first: Option<Arc<FirstLive>>,
+) {
     let link = &link;
+    let _end = Ended(first.clone());
+    let first = first.as_deref();
     let Ok(_turn) = link.read_backs.acquire().await else {
         return;
     };
     let mut delay = Duration::from_millis(500);
     for attempt in 1.. {
-        match read(link, &filter, &from, linger).await {
+        match read(link, &filter, &from, linger, first).await {
             Ok(0) => return,
             Ok(n) => {
                 tracing::debug!(%filter, messages = n, "read back from JetStream");
@@ -103,7 +145,24 @@ pub(super) async fn read_back(link: Arc<Link>, filter: String, from: From, linge
     }
 }
 
-async fn read(link: &Link, filter: &str, from: &From, linger: Duration) -> Result<u64, String> {
+/// Ends the noting of what comes live once the read-back is over, however it ends.
+struct Ended(Option<Arc<FirstLive>>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        if let Some(f) = &self.0 {
+            f.end();
+        }
+    }
+}
+
+async fn read(
+    link: &Link,
+    filter: &str,
+    from: &From,
+    linger: Duration,
+    first: Option<&FirstLive>,
+) -> Result<u64, String> {
     let deliver_policy = match *from {
         From::Sequence(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
         From::Time(t) => DeliverPolicy::ByStartTime {
@@ -133,7 +192,7 @@ async fn read(link: &Link, filter: &str, from: &From, linger: Duration) -> Resul
                     break;
                 }
                 read += 1;
-                link.arrived(m.message);
+                link.arrived(m.message, first, false);
             }
             Ok(Some(Err(e))) => return Err(e.to_string()),
             Ok(None) => break,
