@@ -69,19 +69,23 @@ struct Record {
 /// What the broker asks of the keeper.
 pub(super) enum Change {
     /// The session as recorded now, with [`crate::session::SessionState::owed`]; the
-    /// ticket is done once written (or dropped unwritten).
-    Kept(SessionMeta, (u64, Owed), Done),
+    /// ticket, if any, is done once written (or dropped unwritten).
+    Kept(SessionMeta, (u64, Owed), Option<Done>),
     /// The session ended here.
     Gone(Arc<str>),
 }
 
 /// The session's record as the broker writes it, for a cluster's [`Directory`].
 pub(super) fn kept(session: &Session, tickets: &Arc<Tickets>) -> Change {
+    let done = Done::new(tickets.clone(), tickets.issue());
+    as_now(session, Some(done))
+}
+
+fn as_now(session: &Session, done: Option<Done>) -> Change {
     let (meta, owed) = {
         let st = session.lock();
         (st.meta(session.client_id()), st.owed())
     };
-    let done = Done::new(tickets.clone(), tickets.issue());
     Change::Kept(SessionMeta { will: None, ..meta }, owed, done)
 }
 
@@ -102,6 +106,8 @@ pub(super) struct Keeper {
 impl Keeper {
     pub(super) async fn run(self, mut changes: mpsc::UnboundedReceiver<Change>) {
         let mut written = HashMap::new();
+        let restored = self.restored().await;
+        self.apply(restored, &mut written).await;
         let mut tick = tokio::time::interval(EVERY);
         loop {
             tokio::select! {
@@ -116,6 +122,36 @@ impl Keeper {
                 _ = tick.tick() => self.refresh(&mut written).await,
             }
         }
+    }
+
+    /// Sessions restored from this node's store, to record again: so that they are this
+    /// node's to refresh and to delete when they end (a record left behind would let a
+    /// client of the same id resume what ended). Their floor stays where the record had
+    /// it: what was published while this node was down is owed too. A session whose
+    /// record names another node moved there meanwhile, and ends here.
+    async fn restored(&self) -> Vec<Change> {
+        let persistent = self
+            .sessions
+            .all()
+            .into_iter()
+            .filter(|s| s.is_persistent());
+        let looked = futures_util::stream::iter(persistent).map(|s| async move {
+            let theirs = read(&self.store, s.client_id()).await;
+            if theirs.is_some_and(|(r, _)| *r.node != *self.node) {
+                return None;
+            }
+            match as_now(&s, None) {
+                Change::Kept(meta, (pushed, _), _) => {
+                    Some(Change::Kept(meta, (pushed, Owed::Unknown), None))
+                }
+                Change::Gone(_) => None,
+            }
+        });
+        looked
+            .buffer_unordered(64)
+            .filter_map(|c| async { c })
+            .collect()
+            .await
     }
 
     /// Carries out a batch of changes, the last per client id, all at once.
