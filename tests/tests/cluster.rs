@@ -913,3 +913,27 @@ fn a_qos0_flood_across_nodes_is_paced_not_dropped() {
     assert_eq!(metric(&w1, "weir_cluster_dropped_total"), 0, "{text}");
     assert_eq!((cols[8], cols[9]), ("0", "0"), "lost, duplicated: {text}");
 }
+
+/// A session whose client was connected when its node died expires counting from that
+/// node's last heartbeat: the client, back elsewhere after the expiry interval, starts
+/// afresh (and before it, resumes: the test above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_session_expires_from_its_last_heartbeat() {
+    let nats = NatsCluster::start(1);
+    let (mut w1, w2) = (node(&nats, "w1"), node(&nats, "w2"));
+    let brief = |port, clean_start| {
+        let mut o = persistent(port, "brief", clean_start);
+        o.set_session_expiry_interval(Some(3));
+        o
+    };
+    let (mut c, _) = C5::connect_with(brief(w1.port, true)).await;
+    c.subscribe("brief/#", QoS::AtLeastOnce).await;
+    w1.kill9();
+    c.drop_connection();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (_c, ack) = C5::connect_with(brief(w2.port, false)).await;
+    assert!(
+        !ack.session_present,
+        "expired 3 s after w1's last heartbeat"
+    );
+}

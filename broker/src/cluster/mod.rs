@@ -206,6 +206,7 @@ impl Cluster {
                 nats: self.client.clone(),
                 owners: self.owners.clone(),
                 sessions: self.records.clone(),
+                nodes: self.wills[1].clone(),
                 me: self.node.clone(),
             },
         })

@@ -100,6 +100,8 @@ pub(super) struct Elsewhere {
     pub nats: async_nats::Client,
     pub owners: kv::Store,
     pub sessions: kv::Store,
+    /// Nodes' heartbeats: when a dead node was last alive.
+    pub nodes: kv::Store,
     pub me: Arc<str>,
 }
 
@@ -160,8 +162,7 @@ impl Directory for ClusterDirectory {
                     }
                 }
             }
-            let js = async_nats::jetstream::new(e.nats.clone());
-            records::resume(js, &e.sessions, client_id, only_of).await
+            records::resume(e, client_id, only_of).await
         })
     }
     fn record(&self, session: &Session) -> bool {

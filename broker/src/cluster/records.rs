@@ -283,6 +283,12 @@ impl Keeper {
     }
 }
 
+/// Unix seconds of `node`'s last heartbeat, if the bucket has it.
+async fn last_alive(nodes: &kv::Store, node: &str) -> Option<u64> {
+    let entry = nodes.entry(node).await.ok()??;
+    u64::try_from(entry.created.unix_timestamp()).ok()
+}
+
 async fn read(store: &kv::Store, client: &str) -> Option<(Record, u64)> {
     let entry = store.entry(key(client)).await.ok()??;
     if entry.operation != kv::Operation::Put {
@@ -296,20 +302,27 @@ async fn read(store: &kv::Store, client: &str) -> Option<(Record, u64)> {
 /// `only_of`, if given) and it has not expired: its subscriptions, and, once they are
 /// made here, what it is owed from its floor on.
 pub(super) async fn resume(
-    js: jetstream::Context,
-    store: &kv::Store,
+    e: &super::owners::Elsewhere,
     client_id: Arc<str>,
     only_of: Option<&str>,
 ) -> Option<Moving> {
-    let (record, _) = read(store, &client_id).await?;
+    let (record, _) = read(&e.sessions, &client_id).await?;
     if only_of.is_some_and(|node| node != record.node) {
         return None;
     }
     let now = now_secs();
     let meta = record.meta;
-    if (meta.disconnected_at).is_some_and(|d| d + meta.expiry_interval as u64 <= now) {
+    // A session connected when its node died has been without its client since that
+    // node's last heartbeat.
+    let since = match meta.disconnected_at {
+        Some(d) => Some(d),
+        None => last_alive(&e.nodes, &record.node).await,
+    };
+    if since.is_some_and(|d| d + meta.expiry_interval as u64 <= now) {
+        tracing::info!(client_id = %client_id, node = %record.node, "the session's record has expired");
         return None;
     }
+    let js = jetstream::new(e.nats.clone());
     tracing::info!(client_id = %client_id, node = %record.node, floor = record.floor,
         "resuming a session from its record: the node that held it does not answer");
     let subscriptions = meta.subscriptions.clone();
