@@ -676,18 +676,7 @@ async fn acknowledged_messages_for_an_offline_session_outlive_the_publishers_nod
 
     let (mut k, ack) = C5::connect_with(persistent(w3.port, "keeper", false)).await;
     assert!(ack.session_present);
-    let mut got = std::collections::BTreeSet::new();
-    while got.len() < N {
-        let Some(m) = k.publish_within(WAIT).await else {
-            break;
-        };
-        got.insert(
-            String::from_utf8_lossy(&m.payload)
-                .parse::<usize>()
-                .unwrap(),
-        );
-        k.client.ack(&m).await.unwrap();
-    }
+    let got = numbered(&mut k, N).await;
     let missing: Vec<_> = (0..N).filter(|i| !got.contains(i)).collect();
     assert!(missing.is_empty(), "lost: {missing:?}");
     drop((w2, w3));

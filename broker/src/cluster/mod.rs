@@ -662,13 +662,13 @@ impl Link {
                 tracing::warn!(error = %e, "NATS did not confirm a subscription yet");
             }
             drop(done);
-            let first = Arc::new(replay::FirstLive::default());
+            // Noted only while a read-back is to come: nothing else asks.
+            let first = read_back.is_some().then(Arc::<replay::FirstLive>::default);
             let catch_up = async {
                 if let Some((filter, from)) = read_back {
                     let from = replay::From::Sequence(from);
                     let linger = replay::AFTER_SUBSCRIBING;
-                    let first = Some(first.clone());
-                    replay::read_back(link.clone(), filter, from, linger, first).await
+                    replay::read_back(link.clone(), filter, from, linger, first.clone()).await
                 }
             };
             let live = link.clone().receive(interest, sub, first.clone());
@@ -681,7 +681,7 @@ impl Link {
         self: Arc<Self>,
         interest: fanout::Interest,
         sub: Result<async_nats::Subscriber, async_nats::SubscribeError>,
-        first: Arc<replay::FirstLive>,
+        first: Option<Arc<replay::FirstLive>>,
     ) {
         let mut sub = match sub {
             Ok(s) => s,
@@ -694,7 +694,7 @@ impl Link {
         while let Some(m) = sub.next().await {
             match &interest {
                 fanout::Interest::Queue(q) => self.arrived_shared(&q.share, m),
-                fanout::Interest::Plain(_) => self.arrived(m, Some(&first), true),
+                fanout::Interest::Plain(_) => self.arrived(m, first.as_deref(), true),
             }
         }
     }
