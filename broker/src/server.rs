@@ -106,7 +106,9 @@ async fn join_cluster(
     };
     let broker = Broker::assemble(config, hooks, store, parts)?;
     let stats = cluster.stats();
-    cluster.serve(Arc::new(Arrivals(Arc::downgrade(&broker))));
+    cluster
+        .serve(Arc::new(Arrivals(Arc::downgrade(&broker))))
+        .await;
     Ok((broker, Some(stats)))
 }
 
@@ -147,6 +149,12 @@ impl crate::cluster::Arrivals for Arrivals {
         match self.0.upgrade() {
             Some(b) => b.hand_over_rest(client_id),
             None => Vec::new(),
+        }
+    }
+
+    fn caught_up(&self, client_id: &str, owed: Vec<crate::message::Delivery>) {
+        if let Some(b) = self.0.upgrade() {
+            b.catch_up(client_id, owed)
         }
     }
 

@@ -926,3 +926,65 @@ async fn a_dead_nodes_session_expires_from_its_last_heartbeat() {
         "expired 3 s after w1's last heartbeat"
     );
 }
+
+/// Sends `numbers` as QoS 1 payloads to `topic`, each acknowledged before the next.
+async fn send_numbered(p: &mut C5, topic: &str, numbers: std::ops::Range<usize>) {
+    for i in numbers {
+        p.send(topic, QoS::AtLeastOnce, false, i.to_string()).await;
+        acked(p).await;
+    }
+}
+
+/// A node restarted with `kill -9` (same name, same store): what it publishes after is
+/// new to the other nodes and to JetStream (the numbers and message ids of its earlier
+/// life are not taken again), and its offline session, back from its store, gets what
+/// other nodes published while it was down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_publishes_anew_and_catches_up_on_its_downtime() {
+    let nats = NatsCluster::start(1);
+    let (mut w1, w2, mut w3) = (node(&nats, "w1"), node(&nats, "w2"), node(&nats, "w3"));
+    for (id, w, filter) in [("away", &w1, "down/#"), ("far", &w3, "again/#")] {
+        let (mut c, _) = C5::connect_with(persistent(w.port, id, true)).await;
+        c.subscribe(filter, QoS::AtLeastOnce).await;
+        c.disconnect().await;
+    }
+    let (mut live, _) = C5::connect_with(persistent(w2.port, "live", true)).await;
+    live.subscribe("again/#", QoS::AtLeastOnce).await;
+    const N: usize = 50;
+    let (mut p1, _) = C5::connect_with(C5::opts(w1.port, "p1")).await;
+    send_numbered(&mut p1, "again/x", 0..N).await;
+    assert_eq!(numbered(&mut live, N).await.len(), N);
+
+    w1.kill9();
+    p1.drop_connection();
+    let (mut p2, _) = C5::connect_with(C5::opts(w2.port, "p2")).await;
+    send_numbered(&mut p2, "down/x", 0..100).await;
+    w1.restart();
+    let (mut p1, _) = C5::connect_with(C5::opts(w1.port, "p1")).await;
+    send_numbered(&mut p1, "again/x", N..2 * N).await;
+    let got = numbered(&mut live, N).await;
+    let missing: Vec<_> = (N..2 * N).filter(|i| !got.contains(i)).collect();
+    assert!(
+        missing.is_empty(),
+        "w2 dropped w1's new messages: {missing:?}"
+    );
+
+    let (mut away, ack) = C5::connect_with(persistent(w1.port, "away", false)).await;
+    assert!(ack.session_present);
+    let got = numbered(&mut away, 100).await;
+    let missing: Vec<_> = (0..100).filter(|i| !got.contains(i)).collect();
+    assert!(
+        missing.is_empty(),
+        "published while w1 was down, lost: {missing:?}\n{}",
+        w1.log()
+    );
+
+    // far's session resumes from its record: from the stream, which must hold w1's
+    // messages of both lives.
+    w3.kill9();
+    let (mut far, ack) = C5::connect_with(persistent(w2.port, "far", false)).await;
+    assert!(ack.session_present);
+    let got = numbered(&mut far, 2 * N).await;
+    let missing: Vec<_> = (0..2 * N).filter(|i| !got.contains(i)).collect();
+    assert!(missing.is_empty(), "not in JetStream: {missing:?}");
+}

@@ -89,6 +89,21 @@ impl Broker {
         Some(session)
     }
 
+    /// This node restarted: `owed` is what other nodes published for the session of
+    /// `client_id`, restored from the store, while the node was down. It lands like the
+    /// rest of a move, and the cluster's record of the session is written again.
+    pub fn catch_up(&self, client_id: &str, owed: Vec<Delivery>) {
+        let _claim = self.sessions.claim(client_id);
+        let Some(session) = self.sessions.find(client_id) else {
+            return;
+        };
+        let journal = self.journal(client_id);
+        session.lock().land(owed, &journal);
+        session.wake();
+        self.record_session(&session);
+        self.commit();
+    }
+
     /// Another node asks for `client_id`'s session: the connection here goes as a
     /// taken-over one, and everything the session owes is handed over. `None` if there
     /// is no persistent session here.

@@ -48,7 +48,7 @@ pub(super) struct Shared {
 pub struct ClusterFanout {
     router: Router,
     node: Arc<str>,
-    /// Messages published on this node so far: each is numbered ([`Message::origin`]).
+    /// The number of the last message published here ([`Message::origin`]).
     published: AtomicU64,
     tickets: Arc<Tickets>,
     stats: Arc<ClusterStats>,
@@ -76,6 +76,7 @@ fn queue_name(share: &str) -> String {
 impl ClusterFanout {
     pub(super) fn new(
         node: Arc<str>,
+        numbered_from: u64,
         tickets: Arc<Tickets>,
         stats: Arc<ClusterStats>,
         outbox: mpsc::UnboundedSender<Out>,
@@ -83,7 +84,7 @@ impl ClusterFanout {
         ClusterFanout {
             router: Router::default(),
             node,
-            published: AtomicU64::new(0),
+            published: AtomicU64::new(numbered_from),
             tickets,
             stats,
             outbox,

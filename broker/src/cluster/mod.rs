@@ -98,6 +98,9 @@ pub trait Arrivals: Send + Sync + 'static {
     /// The session handed over is subscribed where it went: what reached it here since,
     /// and end it here.
     fn hand_over_rest(&self, client_id: &str) -> Vec<crate::message::Delivery>;
+    /// What other nodes published for a session restored from this node's store while
+    /// the node was down: for it to take in (each message once, in order per node).
+    fn caught_up(&self, client_id: &str, owed: Vec<crate::message::Delivery>);
 }
 
 /// A node's link to NATS.
@@ -162,8 +165,10 @@ impl Cluster {
         let tickets = Arc::new(Tickets::default());
         let (tx, outbox) = mpsc::unbounded_channel();
         let node: Arc<str> = Arc::from(config.node.as_str());
+        let life = life();
         let fanout = Arc::new(ClusterFanout::new(
             node.clone(),
+            first_number(life),
             tickets.clone(),
             stats.clone(),
             tx.clone(),
@@ -184,7 +189,7 @@ impl Cluster {
             wills: [wills, nodes],
             me: wills::Me {
                 node: Arc::from(config.node.as_str()),
-                life: life(),
+                life,
                 liveness: Duration::from_secs(config.liveness_secs),
             },
             will_changes: mpsc::unbounded_channel(),
@@ -226,15 +231,33 @@ impl Cluster {
         self.stats.clone()
     }
 
-    /// Starts the task that carries out what the fan-out asked for (publishes,
-    /// subscriptions) and hands what arrives from other nodes to `arrivals`; and the
-    /// task that follows the cluster's retained messages.
-    pub fn serve(self, arrivals: Arc<dyn Arrivals>) {
-        tokio::spawn(handover::serve(
-            self.client.clone(),
-            self.node.clone(),
-            arrivals.clone(),
-        ));
+    /// Starts the tasks that carry out what the fan-out asks for (publishes,
+    /// subscriptions) and hand what arrives from other nodes to `arrivals`, that follow
+    /// the cluster's buckets and retained messages, and that keep this node's records.
+    /// Returns once the sessions restored from the store have caught up on what was
+    /// published while this node was down ([`records`]); only then does the node hand
+    /// sessions over to other nodes, and should it take connections.
+    pub async fn serve(self, arrivals: Arc<dyn Arrivals>) {
+        let restarted = records::restarted(&self.records, &self.node, &self.local).await;
+        let js = jetstream::new(self.client.clone());
+        let (client, node, tickets) =
+            (self.client.clone(), self.node.clone(), self.tickets.clone());
+        self.start(arrivals.clone());
+        // The restored sessions' subscriptions in NATS first: what a read-back started
+        // after them does not find comes live.
+        let last = tickets.last();
+        let mut durable = tickets.durable();
+        let subscribed =
+            tokio::time::timeout(Duration::from_secs(10), durable.wait_for(|d| *d >= last));
+        if !subscribed.await.is_ok_and(|r| r.is_ok()) {
+            tracing::warn!("the restored sessions' subscriptions are not confirmed by NATS yet");
+        }
+        records::catch_up(&js, &node, restarted, &*arrivals).await;
+        tokio::spawn(handover::serve(client, node, arrivals));
+    }
+
+    fn start(self, arrivals: Arc<dyn Arrivals>) {
+        let msg_ids = format!("{}-{}-", self.node, self.me.life);
         let [wills, nodes] = self.wills;
         wills::start(wills, nodes, self.me, self.will_changes.1, arrivals.clone());
         let keeper = records::Keeper {
@@ -264,6 +287,7 @@ impl Cluster {
             stats: self.stats,
             arrivals,
             unnumbered: AtomicU64::new(0),
+            msg_ids,
             seen: std::sync::Mutex::default(),
             read_backs: tokio::sync::Semaphore::new(replay::AT_ONCE),
         };
@@ -396,6 +420,14 @@ fn jetstream_error(config: &ClusterConfig, reason: String) -> ClusterError {
     }
 }
 
+/// The number of this process's first message: above every number the node gave out
+/// before it restarted (unless it published more than a million messages a
+/// millisecond), as other nodes tell a message from a copy by its number, and below
+/// the numbers of unnumbered messages.
+fn first_number(life: u64) -> u64 {
+    life << 20
+}
+
 /// This process's incarnation: milliseconds since the epoch at startup.
 fn life() -> u64 {
     std::time::SystemTime::now()
@@ -482,6 +514,10 @@ struct Link {
     /// Messages sent that were not numbered when published (none are: the broker
     /// stamps every one), numbered apart from those that were.
     unnumbered: AtomicU64,
+    /// What JetStream's message ids start with here: node and incarnation. Tickets
+    /// start again at 1 in each process, and JetStream drops as a duplicate a message
+    /// whose id it saw in the last two minutes.
+    msg_ids: String,
     seen: std::sync::Mutex<seen::Seen>,
     /// Read-backs from JetStream running at once, at most: each is an ordered consumer
     /// NATS keeps while it reads.
@@ -577,7 +613,7 @@ impl Link {
         };
         let mut headers = HeaderMap::new();
         // The same id on every attempt: JetStream keeps one copy of a retried publish.
-        headers.insert("Nats-Msg-Id", format!("{}-{ticket}", self.node).as_str());
+        headers.insert("Nats-Msg-Id", format!("{}{ticket}", self.msg_ids).as_str());
         let first = self
             .js
             .publish_with_headers(subject.clone(), headers.clone(), body.clone())

@@ -19,6 +19,11 @@
 //! unsubscribe, disconnect; a SUBACK waits for the write), and, for a session that was
 //! sent something, once its floor has moved [`REFRESH`] on. It is deleted when the
 //! session ends here, unless another node has written it since.
+//!
+//! A node that restarts has its sessions back from its store, but not what was
+//! published for them while it was down: before it takes connections, it reads that
+//! back the same way, from the floors of its records, leaving out its own messages
+//! (its store has those) and what the store holds (by origin).
 
 use super::owners::key;
 use super::tickets::{Done, Tickets};
@@ -339,16 +344,78 @@ pub(super) async fn resume(
         let owed = Owing {
             client_id,
             subscriptions,
+            not_of: None,
         };
         owed.read_back(&js, record.floor).await
     });
     Some(Moving { session, rest })
 }
 
-/// A resumed session's subscriptions, to pick from the stream what it is owed.
+/// A session restored from this node's store that its record names, with the
+/// record's floor: it is owed what other nodes published while this node was down.
+pub(super) struct Restarted {
+    session: Arc<Session>,
+    floor: u64,
+}
+
+/// The persistent sessions restored from this node's store whose records name this
+/// node. Each begins landing ([`crate::session::SessionState::begin_landing`]) before
+/// its subscriptions go live, so what they bring is told from what is read back.
+pub(super) async fn restarted(store: &kv::Store, me: &str, sessions: &Sessions) -> Vec<Restarted> {
+    let persistent = (sessions.all().into_iter()).filter(|s| s.is_persistent());
+    let looked = futures_util::stream::iter(persistent).map(|session| async move {
+        let (record, _) = read(store, session.client_id()).await?;
+        (record.node == me).then(|| {
+            session.lock().begin_landing();
+            Restarted {
+                session,
+                floor: record.floor,
+            }
+        })
+    });
+    let found = looked.buffer_unordered(64).filter_map(|r| async { r });
+    found.collect().await
+}
+
+/// Reads back, for each restarted session, what other nodes published for it from its
+/// floor on, and hands it to `arrivals` to land (nothing, if nothing was: the session
+/// stops landing).
+pub(super) async fn catch_up(
+    js: &jetstream::Context,
+    me: &Arc<str>,
+    restarted: Vec<Restarted>,
+    arrivals: &dyn super::Arrivals,
+) {
+    if restarted.is_empty() {
+        return;
+    }
+    let sessions = restarted.len();
+    let started = std::time::Instant::now();
+    let reads = restarted.into_iter().map(|r| async move {
+        let owing = Owing {
+            client_id: r.session.client_id().clone(),
+            subscriptions: r.session.meta().subscriptions,
+            not_of: Some(me.clone()),
+        };
+        let owed = owing.read_back(js, r.floor).await;
+        (r.session, owed)
+    });
+    let mut reads = futures_util::stream::iter(reads).buffer_unordered(replay::AT_ONCE);
+    let mut messages = 0;
+    while let Some((session, owed)) = reads.next().await {
+        messages += owed.len();
+        arrivals.caught_up(session.client_id(), owed);
+    }
+    tracing::info!(sessions, messages, took = ?started.elapsed(),
+        "restored sessions caught up on what was published while this node was down");
+}
+
+/// A session's subscriptions, to pick from the stream what it is owed.
 struct Owing {
     client_id: Arc<str>,
     subscriptions: Vec<StoredSubscription>,
+    /// A node whose messages the session has already (this one, restarted).
+    not_of: Option<Arc<str>>,
 }
 
 impl Owing {
@@ -431,6 +498,10 @@ impl Owing {
     /// not back to its publisher under No Local), if any and not expired.
     fn wanted(&self, msg: crate::message::Message) -> Option<Delivery> {
         if msg.is_expired(now_secs()) {
+            return None;
+        }
+        let skipped = self.not_of.as_ref();
+        if skipped.is_some_and(|n| msg.origin.as_ref().is_some_and(|o| o.node == *n)) {
             return None;
         }
         let own = msg.publisher.as_deref() == Some(&*self.client_id);

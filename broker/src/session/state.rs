@@ -542,12 +542,15 @@ impl SessionState {
     }
 
     /// The session has just arrived from another node and its subscriptions are being
-    /// made here: what is routed to it from now on is noted, for
-    /// [`SessionState::land`].
+    /// made here (or this node restarted and reads back what it missed): what is routed
+    /// to it from now on is noted, for [`SessionState::land`], and what it holds
+    /// already is not taken twice.
     pub fn begin_landing(&mut self) {
+        let held = self.queue.iter().chain(self.inflight.deliveries());
+        let seen = held.filter_map(|d| d.message.origin.clone()).collect();
         self.landing = Some(Landing {
             from: self.queue.len(),
-            seen: FastSet::default(),
+            seen,
             until: None,
         });
     }

@@ -3,7 +3,7 @@
 //! read back from disk.
 
 use crate::codec::{self, Packet, Publish, QoS, Version};
-use crate::message::Message;
+use crate::message::{Message, Origin};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::sync::Arc;
 
@@ -67,6 +67,12 @@ pub(crate) fn decode_message(mut b: Bytes) -> Result<Message, String> {
     }
 }
 
+/// Set in a delivery record's state byte when the message's [`Origin`] follows the
+/// subscription identifiers (u16 node length, node, u64 number, u64 time): a cluster
+/// node that restarts tells what it holds from what it reads back. Records written
+/// before it have no origin.
+const HAS_ORIGIN: u8 = 0x80;
+
 impl StoredDelivery {
     pub(crate) fn encode(&self) -> Result<Vec<u8>, codec::Error> {
         let mut out = BytesMut::new();
@@ -75,13 +81,20 @@ impl StoredDelivery {
             DeliveryState::Sent(p) => (1, p),
             DeliveryState::Released(p) => (2, p),
         };
-        out.put_u8(state);
+        let origin = (self.message.origin.as_ref()).filter(|o| o.node.len() <= u16::MAX as usize);
+        out.put_u8(state | origin.map_or(0, |_| HAS_ORIGIN));
         out.put_u16(pid);
         out.put_u8(self.qos as u8);
         out.put_u8(self.retain as u8);
         out.put_u16(self.subscription_ids.len() as u16);
         for id in &self.subscription_ids {
             out.put_u32(*id);
+        }
+        if let Some(o) = origin {
+            out.put_u16(o.node.len() as u16);
+            out.put_slice(o.node.as_bytes());
+            out.put_u64(o.seq);
+            out.put_u64(o.at);
         }
         out.put_slice(&encode_message(&self.message)?);
         Ok(out.to_vec())
@@ -91,7 +104,8 @@ impl StoredDelivery {
         if b.len() < 7 {
             return Err("delivery record too short".into());
         }
-        let state = b.get_u8();
+        let flags = b.get_u8();
+        let state = flags & !HAS_ORIGIN;
         let pid = b.get_u16();
         let qos = QoS::from_u8(b.get_u8()).ok_or("bad QoS")?;
         let retain = b.get_u8() != 0;
@@ -100,20 +114,47 @@ impl StoredDelivery {
             return Err("delivery record truncated".into());
         }
         let subscription_ids = (0..n).map(|_| b.get_u32()).collect();
+        let origin = match flags & HAS_ORIGIN {
+            0 => None,
+            _ => Some(decode_origin(&mut b)?),
+        };
         let state = match (state, pid) {
             (0, _) => DeliveryState::Queued,
             (1, p) if p != 0 => DeliveryState::Sent(p),
             (2, p) if p != 0 => DeliveryState::Released(p),
             _ => return Err("bad delivery state".into()),
         };
+        let message = Message {
+            origin,
+            ..decode_message(b)?
+        };
         Ok(StoredDelivery {
             state,
             qos,
             retain,
             subscription_ids,
-            message: decode_message(b)?,
+            message,
         })
     }
+}
+
+fn decode_origin(b: &mut Bytes) -> Result<Origin, String> {
+    let short = "delivery record's origin cut short";
+    if b.len() < 2 {
+        return Err(short.into());
+    }
+    let n = b.get_u16() as usize;
+    if b.len() < n + 16 {
+        return Err(short.into());
+    }
+    let node = std::str::from_utf8(&b[..n]).map_err(|_| "origin node is not UTF-8")?;
+    let node = Arc::from(node);
+    b.advance(n);
+    Ok(Origin {
+        node,
+        seq: b.get_u64(),
+        at: b.get_u64(),
+    })
 }
 
 #[cfg(test)]
@@ -143,10 +184,26 @@ mod tests {
                 origin: None,
             },
         };
+        let bare = d.encode().unwrap();
         assert_eq!(
-            StoredDelivery::decode(Bytes::from(d.encode().unwrap())).unwrap(),
+            StoredDelivery::decode(Bytes::from(bare.clone())).unwrap(),
             d
         );
         assert!(StoredDelivery::decode(Bytes::from_static(b"\x01\x00")).is_err());
+
+        let mut from_node = d.clone();
+        from_node.message.origin = Some(Origin {
+            node: Arc::from("w1"),
+            seq: 7,
+            at: 1_800_000_000,
+        });
+        let with = from_node.encode().unwrap();
+        assert_eq!(with.len(), bare.len() + 2 + 2 + 16);
+        let back = StoredDelivery::decode(Bytes::from(with.clone())).unwrap();
+        let o = back.message.origin.clone().unwrap();
+        assert_eq!((&*o.node, o.seq, o.at), ("w1", 7, 1_800_000_000));
+        assert_eq!(back, from_node);
+        let cut = Bytes::copy_from_slice(&with[..12]);
+        assert!(StoredDelivery::decode(cut).is_err());
     }
 }
