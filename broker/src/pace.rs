@@ -63,8 +63,20 @@ impl Backlog {
     /// The consumer came or went. While it is away nobody is held.
     pub fn set_flowing(&self, flowing: bool) {
         self.flowing.store(flowing, Relaxed);
-        if !flowing {
-            self.drained.notify_waiters();
+        self.drained.notify_waiters();
+    }
+
+    /// Completes once the consumer is there: the consumer's own side waits with what
+    /// it would send, so that what piles up meanwhile piles up where it is counted.
+    pub async fn flowing(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.flowing.load(Relaxed) {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -113,5 +125,19 @@ mod tests {
         b.set_flowing(false);
         assert!(!b.is_over(), "nobody is held while the consumer is away");
         b.drained().await;
+        let consumer = tokio::spawn({
+            let b = b.clone();
+            async move { b.flowing().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !consumer.is_finished(),
+            "the consumer's side waits while it is away"
+        );
+        b.set_flowing(true);
+        tokio::time::timeout(Duration::from_secs(1), consumer)
+            .await
+            .expect("goes on once back")
+            .unwrap();
     }
 }

@@ -399,7 +399,7 @@ async fn held_acknowledgements_wait_for_the_commit_and_keep_their_order() {
     // The retained message is stored for the session, and sent once its packet id is.
     store.sync();
     match late.recv().await {
-        Some(Packet::Publish(p)) => assert!(p.retain && p.topic == "kept/a", "{p:?}"),
+        Some(Packet::Publish(p)) => assert!(p.retain && &*p.topic == "kept/a", "{p:?}"),
         other => panic!("expected the retained PUBLISH, got {other:?}"),
     }
 }
@@ -478,7 +478,7 @@ async fn a_slow_pick_of_a_shared_member_does_not_hold_up_subscribes() {
 
     latch.open();
     match member.recv().await {
-        Some(Packet::Publish(p)) => assert_eq!(p.topic, "held/x"),
+        Some(Packet::Publish(p)) => assert_eq!(&*p.topic, "held/x"),
         other => panic!("the member got {other:?}"),
     }
 }

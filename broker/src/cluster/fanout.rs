@@ -197,11 +197,21 @@ impl Fanout for ClusterFanout {
         let origin = Origin {
             node: self.node.clone(),
             seq: self.published.fetch_add(1, Relaxed) + 1,
-            at: crate::message::now_secs(),
+            at: crate::message::coarse_secs(),
         };
-        let mut msg = Arc::unwrap_or_clone(msg);
-        msg.origin = Some(origin);
-        Arc::new(msg)
+        let mut msg = msg;
+        // In place when nothing else holds the message yet (the usual case).
+        match Arc::get_mut(&mut msg) {
+            Some(m) => {
+                m.origin = Some(origin);
+                msg
+            }
+            None => {
+                let mut copy = Message::clone(&msg);
+                copy.origin = Some(origin);
+                Arc::new(copy)
+            }
+        }
     }
 
     /// Publishers here wait while more QoS 0 messages wait for NATS than it takes in

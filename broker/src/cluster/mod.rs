@@ -289,6 +289,7 @@ impl Cluster {
             unnumbered: AtomicU64::new(0),
             msg_ids,
             seen: std::sync::Mutex::default(),
+            names: envelope::Names::default(),
             read_backs: tokio::sync::Semaphore::new(replay::AT_ONCE),
         };
         let link = Arc::new(link);
@@ -491,6 +492,10 @@ async fn options(
     }))
 }
 
+/// The most QoS 0 messages gathered into batches at once: a bound on what waits for the
+/// last of them to be gathered.
+const ONCE_AT_MOST: usize = 1024;
+
 /// A message on its way into JetStream, as it is sent again.
 struct Kept {
     subject: String,
@@ -519,6 +524,7 @@ struct Link {
     /// whose id it saw in the last two minutes.
     msg_ids: String,
     seen: std::sync::Mutex<seen::Seen>,
+    names: envelope::Names,
     /// Read-backs from JetStream running at once, at most: each is an ordered consumer
     /// NATS keeps while it reads.
     read_backs: tokio::sync::Semaphore,
@@ -528,12 +534,17 @@ impl Link {
     async fn run(self: Arc<Self>, mut outbox: mpsc::UnboundedReceiver<fanout::Out>) {
         let link = self;
         let mut subscriptions = std::collections::HashMap::new();
-        while let Some(out) = outbox.recv().await {
+        let mut next = None;
+        loop {
+            let out = match next.take() {
+                Some(out) => out,
+                None => match outbox.recv().await {
+                    Some(out) => out,
+                    None => return,
+                },
+            };
             match out {
-                fanout::Out::Once(msg) => {
-                    link.publish_once(&msg).await;
-                    link.stats.queued_once.remove();
-                }
+                fanout::Out::Once(msg) => next = link.publish_once(msg, &mut outbox).await,
                 fanout::Out::Kept(msg, ticket) => link.send_kept(msg, ticket, false).await,
                 fanout::Out::Retain(msg, ticket) => link.send_kept(msg, ticket, true).await,
                 fanout::Out::Want(interest, ticket) => {
@@ -560,33 +571,83 @@ impl Link {
     /// The message in its envelope, numbered as the broker numbered it when it was
     /// published here; `None` (logged) if it cannot be encoded.
     fn wrapped(&self, msg: &Message) -> Option<Bytes> {
-        let number = match &msg.origin {
+        let wrapped = envelope::wrap(&self.node, self.number(msg), msg);
+        wrapped.map_err(|e| cannot_send(msg, e)).ok()
+    }
+
+    /// The number and time a message goes out with.
+    fn number(&self, msg: &Message) -> (u64, u64) {
+        match &msg.origin {
             Some(o) => (o.seq, o.at),
             None => (
                 self.unnumbered.fetch_add(1, Relaxed) + (1 << 62),
                 crate::message::now_secs(),
             ),
-        };
-        match envelope::wrap(&self.node, number, msg) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                tracing::error!(error = %e, topic = %msg.topic, "message cannot be sent to the cluster");
-                None
-            }
         }
     }
 
-    async fn publish_once(&self, msg: &Message) {
-        let Some(body) = self.wrapped(msg) else {
-            return;
+    /// Sends `first` and the QoS 0 messages waiting behind it, one NATS message per
+    /// subject ([`envelope::Batch`]), each subject's in the order published. Returns
+    /// what came after them in the outbox, to carry out next.
+    async fn publish_once(
+        &self,
+        first: Arc<Message>,
+        outbox: &mut mpsc::UnboundedReceiver<fanout::Out>,
+    ) -> Option<fanout::Out> {
+        // While NATS is away, QoS 0 messages wait in the outbox, where they are
+        // counted and bounded ([`fanout::MAX_QUEUED_ONCE`]), not in the NATS client,
+        // which would take a thousand batches of them.
+        self.stats.queued_once.flowing().await;
+        let mut batches: Vec<(String, envelope::Batch)> = Vec::new();
+        let mut by_topic: crate::FastMap<Arc<str>, usize> = Default::default();
+        let mut msg = first;
+        let mut taken = 0;
+        let after = loop {
+            taken += 1;
+            let i = *by_topic.entry(msg.topic.clone()).or_insert_with(|| {
+                let subject = subject::topic_subject(subject::ONCE, &msg.topic);
+                batches.push((subject, envelope::Batch::new()));
+                batches.len() - 1
+            });
+            let batch = &mut batches[i].1;
+            let number = self.number(&msg);
+            let pushed = batch.push(|buf| envelope::wrap_into(buf, &self.node, number, &msg));
+            if let Err(e) = pushed {
+                cannot_send(&msg, e);
+            }
+            if batch.is_full() {
+                let full = std::mem::replace(batch, envelope::Batch::new());
+                self.send_once(batches[i].0.clone(), full).await;
+            }
+            if taken >= ONCE_AT_MOST {
+                break None;
+            }
+            match outbox.try_recv() {
+                Ok(fanout::Out::Once(m)) => msg = m,
+                Ok(other) => break Some(other),
+                Err(_) => break None,
+            }
         };
-        let subject = subject::topic_subject(subject::ONCE, &msg.topic);
-        match self.client.publish(subject, body).await {
+        for (subject, batch) in batches {
+            self.send_once(subject, batch).await;
+        }
+        for _ in 0..taken {
+            self.stats.queued_once.remove();
+        }
+        after
+    }
+
+    async fn send_once(&self, subject: String, batch: envelope::Batch) {
+        let n = batch.len() as u64;
+        if n == 0 {
+            return;
+        }
+        match self.client.publish(subject, batch.finish()).await {
             Ok(()) => {
-                self.stats.published.fetch_add(1, Relaxed);
+                self.stats.published.fetch_add(n, Relaxed);
             }
             Err(e) => {
-                tracing::warn!(error = %e, topic = %msg.topic, "QoS 0 message not sent to the cluster")
+                tracing::warn!(error = %e, messages = n, "QoS 0 messages not sent to the cluster")
             }
         }
     }
@@ -735,23 +796,28 @@ impl Link {
         }
     }
 
-    /// The message a NATS message carries, with its publisher and origin; `None`
-    /// (counted and logged) if it cannot be read.
-    fn decoded(&self, m: async_nats::Message) -> Option<Message> {
-        match envelope::unwrap(m.payload) {
-            Ok(msg) => Some(msg),
+    /// The messages a NATS message carries (one, or a batch), with their publishers
+    /// and origins; what cannot be read is counted and logged.
+    fn decoded(&self, m: async_nats::Message) -> Vec<Message> {
+        let undecodable = |e: String| {
+            self.stats.undecodable.fetch_add(1, Relaxed);
+            tracing::warn!(error = %e, subject = %m.subject, "undecodable message from the cluster");
+        };
+        let envelopes = match envelope::envelopes(m.payload.clone()) {
+            Ok(envelopes) => envelopes,
             Err(e) => {
-                self.stats.undecodable.fetch_add(1, Relaxed);
-                tracing::warn!(error = %e, subject = %m.subject, "undecodable message from the cluster");
-                None
+                undecodable(e);
+                return Vec::new();
             }
-        }
+        };
+        let read = (envelopes.into_iter()).map(|e| envelope::unwrap_named(e, &self.names));
+        read.filter_map(|r| r.map_err(undecodable).ok()).collect()
     }
 
     /// A message NATS gave this node for its members of the shared group `share`.
     /// Queue groups get one copy each, so there is nothing to tell apart.
     fn arrived_shared(&self, share: &str, m: async_nats::Message) {
-        if let Some(msg) = self.decoded(m) {
+        for msg in self.decoded(m) {
             self.stats.received.fetch_add(1, Relaxed);
             self.arrivals.shared(share, msg);
         }
@@ -765,7 +831,21 @@ impl Link {
     /// `first`: what a new subscription brought live first (`live`: `m` came so), for
     /// its read-back to leave out.
     fn arrived(&self, m: async_nats::Message, first: Option<&replay::FirstLive>, live: bool) {
-        let Some(msg) = self.decoded(m) else { return };
+        let messages = self.decoded(m);
+        // Once for a batch.
+        let mut seen = crate::sync::lock(&self.seen);
+        for msg in messages {
+            self.arrived_one(msg, first, live, &mut seen);
+        }
+    }
+
+    fn arrived_one(
+        &self,
+        msg: Message,
+        first: Option<&replay::FirstLive>,
+        live: bool,
+        seen: &mut seen::Seen,
+    ) {
         if let (Some(o), Some(first)) = (&msg.origin, first) {
             match live {
                 true => first.note(o),
@@ -777,7 +857,6 @@ impl Link {
         if msg.origin.as_ref().is_some_and(|o| o.node == self.node) {
             return;
         }
-        let mut seen = crate::sync::lock(&self.seen);
         if let Some(o) = &msg.origin {
             if seen.arrive(&o.node, o.seq) == seen::Arrival::Copy {
                 self.stats.copies.fetch_add(1, Relaxed);
@@ -786,8 +865,11 @@ impl Link {
         }
         self.stats.received.fetch_add(1, Relaxed);
         self.arrivals.message(msg);
-        drop(seen);
     }
+}
+
+fn cannot_send(msg: &Message, e: String) {
+    tracing::error!(error = %e, topic = %msg.topic, "message cannot be sent to the cluster");
 }
 
 fn encoded(msg: &Message) -> Option<Bytes> {

@@ -28,6 +28,12 @@ fn escape_level(level: &str, out: &mut String) {
         out.push('%');
         return;
     }
+    // Most levels need no escape: printable ASCII other than the four.
+    let plain = |b: &u8| matches!(b, 0x21..=0x7e) && !matches!(b, b'%' | b'.' | b'*' | b'>');
+    if level.as_bytes().iter().all(plain) {
+        out.push_str(level);
+        return;
+    }
     for c in level.chars() {
         match c {
             '%' | '.' | '*' | '>' => {
@@ -46,7 +52,12 @@ fn escape_level(level: &str, out: &mut String) {
 
 /// The subject a message on `topic` (a valid topic name) travels on, for `kind`.
 pub fn topic_subject(kind: &str, topic: &str) -> String {
-    under(&format!("{ROOT}.{kind}"), topic)
+    let mut out = String::with_capacity(ROOT.len() + kind.len() + topic.len() + 8);
+    out.push_str(ROOT);
+    out.push('.');
+    out.push_str(kind);
+    levels(topic, &mut out);
+    out
 }
 
 /// The first token of the subjects retained messages are kept under: a root of its
@@ -66,11 +77,16 @@ pub fn retained_topic(subject: &str) -> Option<String> {
 fn under(prefix: &str, topic: &str) -> String {
     let mut out = String::with_capacity(prefix.len() + topic.len() + 8);
     out.push_str(prefix);
+    levels(topic, &mut out);
+    out
+}
+
+/// Each level of `topic` as a token, after a dot.
+fn levels(topic: &str, out: &mut String) {
     for level in topic.split('/') {
         out.push('.');
-        escape_level(level, &mut out);
+        escape_level(level, out);
     }
-    out
 }
 
 /// The subjects to subscribe to so that every message matching `filter` (a valid,

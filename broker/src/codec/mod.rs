@@ -412,12 +412,18 @@ pub(crate) fn read_binary(b: &mut Bytes) -> Result<Bytes> {
 }
 
 pub(crate) fn read_string(b: &mut Bytes) -> Result<String> {
+    read_str_as(b, str::to_owned)
+}
+
+/// A string checked as MQTT wants it (UTF-8, no U+0000), kept the way the caller
+/// needs it (`Arc::from` for a topic: one copy, not two).
+pub(crate) fn read_str_as<T>(b: &mut Bytes, keep: impl FnOnce(&str) -> T) -> Result<T> {
     let raw = read_binary(b)?;
     let s = std::str::from_utf8(&raw).map_err(|_| Error::Malformed("string is not valid UTF-8"))?;
     if s.contains('\0') {
         return Err(Error::Malformed("string contains U+0000"));
     }
-    Ok(s.to_owned())
+    Ok(keep(s))
 }
 
 pub(crate) fn read_packet_id(b: &mut Bytes) -> Result<u16> {

@@ -3,18 +3,20 @@
 
 use super::properties::{Context, PerDelivery};
 use super::{
-    read_packet_id, read_string, remaining_len, varint_len, write_string, write_varint, Error,
+    read_packet_id, read_str_as, remaining_len, varint_len, write_string, write_varint, Error,
     Properties, QoS, Result, Version,
 };
 use bytes::{BufMut, Bytes, BytesMut};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Publish {
     pub dup: bool,
     pub qos: QoS,
     pub retain: bool,
-    /// Empty only in a 5.0 PUBLISH that uses an established topic alias.
-    pub topic: String,
+    /// Empty only in a 5.0 PUBLISH that uses an established topic alias. Shared, as
+    /// the routed message keeps it.
+    pub topic: Arc<str>,
     /// 0 at QoS 0.
     pub pid: u16,
     pub properties: Properties,
@@ -30,7 +32,7 @@ impl Publish {
         if qos == QoS::AtMostOnce && dup {
             return Err(Error::Malformed("DUP set on a QoS 0 PUBLISH"));
         }
-        let topic = read_string(b)?;
+        let topic: Arc<str> = read_str_as(b, |s| Arc::from(s))?;
         let pid = if qos == QoS::AtMostOnce {
             0
         } else {

@@ -526,7 +526,7 @@ fn per_delivery_fields_replace_the_messages_own() {
         let Packet::Publish(o) = decode_raw(&old, Version::V311).unwrap() else {
             panic!("not a publish")
         };
-        assert!(o.properties.is_empty() && &o.payload[..] == b"data" && o.topic == "a/b");
+        assert!(o.properties.is_empty() && &o.payload[..] == b"data" && &*o.topic == "a/b");
     }
 }
 
@@ -589,7 +589,7 @@ fn overlong_fields_are_errors_and_leave_the_buffer_as_it_was() {
         dup: false,
         qos: QoS::AtMostOnce,
         retain: false,
-        topic: long.clone(),
+        topic: long.as_str().into(),
         pid: 0,
         properties: Properties::default(),
         payload: Bytes::new(),

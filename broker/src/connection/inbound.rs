@@ -18,7 +18,7 @@ use tokio::time::Instant;
 /// The state of what the client sends.
 pub(super) struct Inbound {
     /// Topic aliases the client established towards us.
-    aliases: FastMap<u16, String>,
+    aliases: FastMap<u16, Arc<str>>,
     /// A rate-limit plugin throttled the client: nothing is read before this.
     paused_until: Option<Instant>,
     /// What this client publishes waits for others over the broker's mark: nothing is

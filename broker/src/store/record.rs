@@ -2,7 +2,7 @@
 //! packet, so the codec that already validates the wire format also validates what is
 //! read back from disk.
 
-use crate::codec::{self, Packet, Publish, QoS, Version};
+use crate::codec::{self, Packet, QoS, Version};
 use crate::message::{Message, Origin};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::sync::Arc;
@@ -29,18 +29,26 @@ pub struct StoredDelivery {
 
 pub(crate) fn encode_message(m: &Message) -> Result<Vec<u8>, codec::Error> {
     let mut out = BytesMut::new();
+    encode_message_into(m, &mut out)?;
+    Ok(out.to_vec())
+}
+
+/// [`encode_message`] appended to `out` (nothing appended on an error).
+pub(crate) fn encode_message_into(m: &Message, out: &mut BytesMut) -> Result<(), codec::Error> {
+    let start = out.len();
     out.put_u64(m.expires_at.unwrap_or(0));
-    Packet::Publish(Publish {
+    let header = codec::PublishHeader {
         dup: false,
         qos: m.qos,
         retain: m.retain,
-        topic: m.topic.to_string(),
         pid: if m.qos == QoS::AtMostOnce { 0 } else { 1 },
-        properties: m.properties.clone(),
-        payload: m.payload.clone(),
-    })
-    .encode(Version::V5, &mut out)?;
-    Ok(out.to_vec())
+    };
+    let (topic, props) = (&m.topic, &m.properties);
+    let written = codec::encode_publish(out, Version::V5, header, topic, props, None, &m.payload);
+    if written.is_err() {
+        out.truncate(start);
+    }
+    written
 }
 
 pub(crate) fn decode_message(mut b: Bytes) -> Result<Message, String> {
@@ -54,7 +62,7 @@ pub(crate) fn decode_message(mut b: Bytes) -> Result<Message, String> {
     }
     match codec::decode(b, Version::V5).map_err(|e| e.to_string())? {
         Packet::Publish(p) => Ok(Message {
-            topic: Arc::from(p.topic),
+            topic: p.topic,
             payload: p.payload,
             qos: p.qos,
             retain: p.retain,
