@@ -927,6 +927,50 @@ async fn a_dead_nodes_session_expires_from_its_last_heartbeat() {
     );
 }
 
+/// The records a dead node left of sessions that expired since are deleted by the nodes
+/// that survive it (nobody else would), and only those: a session whose expiry is still
+/// to come is resumed afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_survivors_delete_the_expired_records_a_dead_node_left() {
+    let nats = NatsCluster::start(1);
+    let live = "liveness_secs = 2";
+    let mut w1 = node_with(&nats, "w1", live);
+    let w2 = node_with(&nats, "w2", live);
+    let session = |port, id, clean_start, expiry| {
+        let mut o = persistent(port, id, clean_start);
+        o.set_session_expiry_interval(Some(expiry));
+        o
+    };
+    for (id, expiry) in [("short", 5), ("long", 3600)] {
+        let (mut c, _) = C5::connect_with(session(w1.port, id, true, expiry)).await;
+        c.subscribe("sweep/#", QoS::AtLeastOnce).await;
+        c.disconnect().await;
+    }
+    // Both records written as disconnected, and killed well before w1 would end the
+    // short session itself.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    w1.kill9();
+    // w2 sweeps every ten liveness periods (20 s here).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while metric(&w2, "weir_cluster_records_swept_total") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "w2 never deleted the expired record w1 left"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        metric(&w2, "weir_cluster_records_swept_total"),
+        1,
+        "only the expired one"
+    );
+    let (_c, ack) = C5::connect_with(session(w2.port, "long", false, 3600)).await;
+    assert!(
+        ack.session_present,
+        "the unexpired record stays and is resumed"
+    );
+}
+
 /// Sends `numbers` as QoS 1 payloads to `topic`, each acknowledged before the next.
 async fn send_numbered(p: &mut C5, topic: &str, numbers: std::ops::Range<usize>) {
     for i in numbers {

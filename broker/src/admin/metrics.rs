@@ -88,6 +88,12 @@ fn cluster_families(out: &mut String, c: &crate::cluster::ClusterStats) {
             &c.replay_failures,
         ),
         (
+            "weir_cluster_records_swept_total",
+            "counter",
+            "Records of expired sessions that dead nodes left in weir_sessions, deleted.",
+            &c.records_swept,
+        ),
+        (
             "weir_cluster_queued",
             "gauge",
             "QoS 0 messages waiting to be sent to NATS.",

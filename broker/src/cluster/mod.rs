@@ -77,6 +77,8 @@ pub struct ClusterStats {
     pub replayed: AtomicU64,
     /// Read-backs that failed (NATS away again, say).
     pub replay_failures: AtomicU64,
+    /// Records of expired sessions that dead nodes left, deleted ([`records::sweep`]).
+    pub records_swept: AtomicU64,
 }
 
 /// Where what other nodes send is handed over: the broker, seen from the cluster.
@@ -259,6 +261,13 @@ impl Cluster {
     fn start(self, arrivals: Arc<dyn Arrivals>) {
         let msg_ids = format!("{}-{}-", self.node, self.me.life);
         let [wills, nodes] = self.wills;
+        tokio::spawn(records::sweep(
+            self.records.clone(),
+            nodes.clone(),
+            self.node.clone(),
+            self.me.liveness,
+            self.stats.clone(),
+        ));
         wills::start(wills, nodes, self.me, self.will_changes.1, arrivals.clone());
         let keeper = records::Keeper {
             store: self.records,

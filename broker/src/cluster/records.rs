@@ -288,6 +288,91 @@ impl Keeper {
     }
 }
 
+/// When a recorded session whose node is gone expires, given that node's last
+/// heartbeat: a session connected when its node died has been without its client
+/// since then. `None`: it cannot be told.
+fn ends_at(meta: &SessionMeta, last_alive: Option<u64>) -> Option<u64> {
+    let since = meta.disconnected_at.or(last_alive)?;
+    Some(since.saturating_add(meta.expiry_interval as u64))
+}
+
+/// Heartbeat periods (`liveness_secs`) between two sweeps of the bucket.
+const SWEEP_PERIODS: u32 = 10;
+
+/// Deletes, for as long as the process runs, the records that dead nodes left of
+/// sessions that have expired since. Nobody else would: the node that would have
+/// deleted each at its expiry is gone, and a client that never comes back never has its
+/// record read. Every node sweeps; a purge by revision lets one delete each record, and
+/// none delete a record written again meanwhile.
+pub(super) async fn sweep(
+    store: kv::Store,
+    nodes: kv::Store,
+    me: Arc<str>,
+    liveness: Duration,
+    stats: Arc<super::ClusterStats>,
+) {
+    let mut every = tokio::time::interval(liveness * SWEEP_PERIODS);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        match sweep_once(&store, &nodes, &me, liveness).await {
+            Ok(swept) => {
+                (stats.records_swept).fetch_add(swept, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(error = %e,
+                "cannot sweep the session records of dead nodes; trying again later"),
+        }
+    }
+}
+
+/// One pass over the bucket: how many records it deleted.
+async fn sweep_once(
+    store: &kv::Store,
+    nodes: &kv::Store,
+    me: &str,
+    liveness: Duration,
+) -> Result<u64, String> {
+    use futures_util::TryStreamExt;
+    let keys = store.keys().await.map_err(|e| e.to_string())?;
+    let keys: Vec<String> = keys.try_collect().await.map_err(|e| e.to_string())?;
+    let mut beats: HashMap<String, Option<u64>> = HashMap::new();
+    let mut swept = 0;
+    for k in keys {
+        let Some((record, revision)) = read_key(store, &k).await else {
+            continue;
+        };
+        if record.node == me {
+            continue;
+        }
+        let last = match beats.get(&record.node) {
+            Some(last) => *last,
+            None => {
+                let last = last_alive(nodes, &record.node).await;
+                beats.insert(record.node.clone(), last);
+                last
+            }
+        };
+        let now = now_secs();
+        // Alive (twice the period, for clocks): the node deletes its own records.
+        if last.is_none_or(|l| l + 2 * liveness.as_secs() > now) {
+            continue;
+        }
+        if ends_at(&record.meta, last).is_none_or(|end| end > now) {
+            continue;
+        }
+        if store
+            .purge_expect_revision(&k, Some(revision))
+            .await
+            .is_ok()
+        {
+            tracing::info!(node = %record.node, "deleted the record of an expired session its dead node left");
+            swept += 1;
+        }
+    }
+    Ok(swept)
+}
+
 /// Unix seconds of `node`'s last heartbeat, if the bucket has it.
 async fn last_alive(nodes: &kv::Store, node: &str) -> Option<u64> {
     let entry = nodes.entry(node).await.ok()??;
@@ -295,7 +380,11 @@ async fn last_alive(nodes: &kv::Store, node: &str) -> Option<u64> {
 }
 
 async fn read(store: &kv::Store, client: &str) -> Option<(Record, u64)> {
-    let entry = store.entry(key(client)).await.ok()??;
+    read_key(store, &key(client)).await
+}
+
+async fn read_key(store: &kv::Store, key: &str) -> Option<(Record, u64)> {
+    let entry = store.entry(key).await.ok()??;
     if entry.operation != kv::Operation::Put {
         return None;
     }
@@ -317,13 +406,11 @@ pub(super) async fn resume(
     }
     let now = now_secs();
     let meta = record.meta;
-    // A session connected when its node died has been without its client since that
-    // node's last heartbeat.
-    let since = match meta.disconnected_at {
-        Some(d) => Some(d),
+    let last = match meta.disconnected_at {
+        Some(_) => None,
         None => last_alive(&e.nodes, &record.node).await,
     };
-    if since.is_some_and(|d| d + meta.expiry_interval as u64 <= now) {
+    if ends_at(&meta, last).is_some_and(|end| end <= now) {
         tracing::info!(client_id = %client_id, node = %record.node, "the session's record has expired");
         return None;
     }
