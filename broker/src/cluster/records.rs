@@ -311,17 +311,23 @@ pub(super) async fn sweep(
     liveness: Duration,
     stats: Arc<super::ClusterStats>,
 ) {
-    let mut every = tokio::time::interval(liveness * SWEEP_PERIODS);
+    let period = liveness * SWEEP_PERIODS;
+    let mut every = tokio::time::interval(period);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     every.tick().await;
     loop {
         every.tick().await;
-        match sweep_once(&store, &nodes, &me, liveness).await {
-            Ok(swept) => {
+        // A pass that NATS leaves hanging gives way to the next.
+        let pass = tokio::time::timeout(period, sweep_once(&store, &nodes, &me, liveness));
+        match pass.await {
+            Ok(Ok(swept)) => {
                 (stats.records_swept).fetch_add(swept, std::sync::atomic::Ordering::Relaxed);
             }
-            Err(e) => tracing::warn!(error = %e,
+            Ok(Err(e)) => tracing::warn!(error = %e,
                 "cannot sweep the session records of dead nodes; trying again later"),
+            Err(_) => tracing::warn!(
+                "a sweep of the session records of dead nodes did not finish; trying again later"
+            ),
         }
     }
 }
