@@ -798,6 +798,42 @@ async fn losing_a_nats_server_under_qos1_load_loses_nothing_acknowledged() {
     drop((w1, w2));
 }
 
+/// A node that hangs (SIGSTOP) while a shared group's QoS 1 messages are handed to
+/// it, and then dies: what it was handed goes to the group's member on another node
+/// (JetStream gives it again once the ack wait is over), none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_group_loses_nothing_its_hung_and_dead_node_was_handed() {
+    let nats = NatsCluster::start(1);
+    let w1 = node(&nats, "w1");
+    let (mut w2, w3) = (node(&nats, "w2"), node(&nats, "w3"));
+    let (mut m2, _) = C5::connect_with(C5::opts(w2.port, "m2")).await;
+    m2.subscribe("$share/g/hang/#", QoS::AtLeastOnce).await;
+    let (mut m3, _) = C5::connect_with(C5::opts(w3.port, "m3")).await;
+    m3.subscribe("$share/g/hang/#", QoS::AtLeastOnce).await;
+    let stop = std::process::Command::new("kill")
+        .args(["-STOP", &w2.pid().to_string()])
+        .status();
+    assert!(stop.is_ok_and(|s| s.success()), "SIGSTOP w2");
+    let (mut p, _) = C5::connect_with(C5::opts(w1.port, "p")).await;
+    const N: usize = 200;
+    send_numbered(&mut p, "hang/x", 0..N).await;
+    w2.kill9();
+    let mut got = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while got.len() < N && std::time::Instant::now() < deadline {
+        if let Some(msg) = m3.publish_within(Duration::from_secs(1)).await {
+            got.insert(
+                String::from_utf8_lossy(&msg.payload)
+                    .parse::<usize>()
+                    .unwrap(),
+            );
+        }
+    }
+    let lost: Vec<_> = (0..N).filter(|i| !got.contains(i)).collect();
+    assert!(lost.is_empty(), "{N} acknowledged, lost: {lost:?}");
+    drop((w1, w3));
+}
+
 /// Receives until `n` distinct numbered payloads arrived (acknowledging each) or none
 /// comes for a while; the numbers that did.
 async fn numbered(c: &mut C5, n: usize) -> std::collections::BTreeSet<usize> {

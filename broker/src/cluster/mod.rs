@@ -13,6 +13,7 @@
 
 mod envelope;
 mod fanout;
+mod groups;
 mod handover;
 mod owners;
 mod records;
@@ -752,6 +753,7 @@ impl Link {
         tokio::spawn(async move {
             let done = tickets::Done::new(link.tickets.clone(), ticket);
             let mut read_back = None;
+            let mut group = None;
             let (client, sub) = match &interest {
                 fanout::Interest::Plain(subject) => {
                     read_back = replay::position(&link)
@@ -760,7 +762,12 @@ impl Link {
                     (&link.client, link.client.subscribe(subject.clone()).await)
                 }
                 fanout::Interest::Queue(q) => {
-                    let sub = (link.queues).queue_subscribe(q.subject.clone(), q.queue.clone());
+                    let once = subject::once(&q.subject);
+                    let sub = (link.queues).queue_subscribe(once, q.queue.clone());
+                    group = Some(groups::consumer(&link, q).await.map_err(|e| {
+                        tracing::warn!(error = %e, share = %q.share,
+                            "cannot make the shared group's JetStream consumer yet");
+                    }));
                     (&link.queues, sub.await)
                 }
             };
@@ -777,8 +784,13 @@ impl Link {
                     replay::read_back(link.clone(), filter, from, linger, first.clone()).await
                 }
             };
-            let live = link.clone().receive(interest, sub, first.clone());
-            tokio::join!(catch_up, live);
+            let kept = async {
+                if let (Some(consumer), fanout::Interest::Queue(q)) = (group, &interest) {
+                    groups::receive(link.clone(), q.clone(), consumer.ok()).await
+                }
+            };
+            let live = link.clone().receive(interest.clone(), sub, first.clone());
+            tokio::join!(catch_up, live, kept);
         })
     }
 

@@ -118,11 +118,20 @@ pub fn filter_subjects(filter: &str) -> Vec<String> {
 /// The subject of a filter (from [`filter_subjects`]) narrowed to messages kept in
 /// JetStream.
 pub fn kept(filter_subject: &str) -> String {
+    narrowed(filter_subject, KEPT)
+}
+
+/// The subject of a filter narrowed to QoS 0 messages.
+pub fn once(filter_subject: &str) -> String {
+    narrowed(filter_subject, ONCE)
+}
+
+fn narrowed(filter_subject: &str, kind: &str) -> String {
     let rest = filter_subject
         .strip_prefix(ROOT)
         .and_then(|s| s.strip_prefix(".*"))
         .unwrap_or("");
-    format!("{ROOT}.{KEPT}{rest}")
+    format!("{ROOT}.{kind}{rest}")
 }
 
 /// The topic a subject made by [`topic_subject`] stands for, or `None` if it is not one.
