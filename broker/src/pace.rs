@@ -42,10 +42,11 @@ impl Backlog {
         self.waiting.fetch_add(1, Relaxed) + 1
     }
 
-    /// One fewer waits; producers held back are let go once half the mark is reached.
-    pub fn remove(&self) {
-        let before = self.waiting.fetch_sub(1, Relaxed);
-        if before == self.high / 2 + 1 {
+    /// `n` fewer wait; producers held back are let go once half the mark is reached.
+    pub fn remove(&self, n: u64) {
+        let before = self.waiting.fetch_sub(n, Relaxed);
+        let half = self.high / 2;
+        if before > half && before - n <= half {
             self.drained.notify_waiters();
         }
     }
@@ -112,10 +113,10 @@ mod tests {
             let b = b.clone();
             async move { b.drained().await }
         });
-        b.remove();
+        b.remove(1);
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiter.is_finished(), "3 of 4: still over half");
-        b.remove();
+        b.remove(1);
         tokio::time::timeout(Duration::from_secs(1), waiter)
             .await
             .expect("let go at half")

@@ -201,17 +201,8 @@ impl Fanout for ClusterFanout {
         };
         let mut msg = msg;
         // In place when nothing else holds the message yet (the usual case).
-        match Arc::get_mut(&mut msg) {
-            Some(m) => {
-                m.origin = Some(origin);
-                msg
-            }
-            None => {
-                let mut copy = Message::clone(&msg);
-                copy.origin = Some(origin);
-                Arc::new(copy)
-            }
-        }
+        Arc::make_mut(&mut msg).origin = Some(origin);
+        msg
     }
 
     /// Publishers here wait while more QoS 0 messages wait for NATS than it takes in
@@ -240,7 +231,7 @@ impl Fanout for ClusterFanout {
             }
             waiting.add();
             if self.outbox.send(Out::Once(msg.clone())).is_err() {
-                waiting.remove();
+                waiting.remove(1);
             }
             return false;
         }

@@ -504,7 +504,7 @@ async fn options(
 
 /// The most QoS 0 messages gathered into batches at once: a bound on what waits for the
 /// last of them to be gathered.
-const ONCE_AT_MOST: usize = 1024;
+const ONCE_AT_MOST: u64 = 1024;
 
 /// A message on its way into JetStream, as it is sent again.
 struct Kept {
@@ -611,7 +611,7 @@ impl Link {
         let mut batches: Vec<(String, envelope::Batch)> = Vec::new();
         let mut by_topic: crate::FastMap<Arc<str>, usize> = Default::default();
         let mut msg = first;
-        let mut taken = 0;
+        let mut taken: u64 = 0;
         let after = loop {
             taken += 1;
             let i = *by_topic.entry(msg.topic.clone()).or_insert_with(|| {
@@ -641,9 +641,7 @@ impl Link {
         for (subject, batch) in batches {
             self.send_once(subject, batch).await;
         }
-        for _ in 0..taken {
-            self.stats.queued_once.remove();
-        }
+        self.stats.queued_once.remove(taken);
         after
     }
 
@@ -835,8 +833,9 @@ impl Link {
         read.filter_map(|r| r.map_err(undecodable).ok()).collect()
     }
 
-    /// A message NATS gave this node for its members of the shared group `share`.
-    /// Queue groups get one copy each, so there is nothing to tell apart.
+    /// A message NATS gave this node for its members of the shared group `share`:
+    /// from its queue group (QoS 0) or its JetStream consumer (QoS 1/2, which may give
+    /// one again that was not acknowledged in time: at least once).
     fn arrived_shared(&self, share: &str, m: async_nats::Message) {
         for msg in self.decoded(m) {
             self.stats.received.fetch_add(1, Relaxed);
