@@ -117,9 +117,9 @@ async fn join_cluster(
 struct Arrivals(std::sync::Weak<Broker>);
 
 impl crate::cluster::Arrivals for Arrivals {
-    fn message(&self, msg: crate::message::Message) {
+    fn messages(&self, msgs: Vec<crate::message::Message>) {
         if let Some(b) = self.0.upgrade() {
-            b.arrive(msg)
+            b.arrive(msgs)
         }
     }
 

@@ -26,10 +26,31 @@ impl Broker {
         stored | self.fanout.forward(&msg)
     }
 
-    /// Routes a message another node of the cluster forwarded to this one, to this
-    /// node's subscribers only. The node it was published on keeps it retained.
-    pub fn arrive(&self, msg: Message) {
-        self.route(&Arc::new(msg));
+    /// Routes messages another node of the cluster forwarded to this one, in order, to
+    /// this node's subscribers only (the node they were published on keeps them
+    /// retained). A run of messages on one topic from one publisher, as a batch from
+    /// another node mostly is, goes to the same sessions: they are found once per run.
+    pub fn arrive(&self, msgs: Vec<Message>) {
+        let mut run: Option<Run> = None;
+        for msg in msgs {
+            let msg = Arc::new(msg);
+            let run = match run.take() {
+                Some(r) if r.serves(&msg) => run.insert(r),
+                _ => {
+                    let mut recipients = Vec::new();
+                    let lasting = self.recipients(&msg, |s, w| recipients.push((s, w)));
+                    run.insert(Run {
+                        topic: msg.topic.clone(),
+                        publisher: msg.publisher.clone(),
+                        recipients,
+                        lasting,
+                    })
+                }
+            };
+            for (session, want) in &run.recipients {
+                self.queue_for(session, want.clone().delivery(&msg));
+            }
+        }
     }
 
     /// Gives a message to one of this node's members of the shared group `share`
@@ -73,11 +94,22 @@ impl Broker {
     /// was made.
     fn route(&self, msg: &Arc<Message>) -> bool {
         let mut stored = false;
+        self.recipients(msg, |session, want| {
+            stored |= self.queue_for(&session, want.delivery(msg));
+        });
+        stored
+    }
+
+    /// Calls `to` with each session of this node that gets `msg`, and how its
+    /// subscriptions want it. Returns whether the same sessions get the next message on
+    /// the topic from the same publisher: not when a shared group picked a member.
+    fn recipients(&self, msg: &Arc<Message>, mut to: impl FnMut(Arc<Session>, Wanted)) -> bool {
         let mut matches = Matches::default();
         self.fanout.matches(&msg.topic, &mut matches);
         let distinct = matches.distinct();
+        let lasting = matches.groups.is_empty();
         let mut targets = matches.targets;
-        if !matches.groups.is_empty() {
+        if !lasting {
             // Shared subscriptions: a member is picked per message, so only now is it
             // known who would read this topic; a member that may not is passed over.
             let rank = |client_id: &str| self.rank(client_id, msg);
@@ -86,17 +118,22 @@ impl Broker {
         // No Local: not back to the publisher (a shared subscription ignores it).
         let publisher = msg.publisher.as_deref();
         let own = |t: &Target| t.options.no_local && !t.shared && publisher == Some(&*t.client_id);
+        let mut found = |client_id: &str, want| {
+            if let Some(session) = self.sessions.find(client_id) {
+                to(session, want)
+            }
+        };
         if distinct {
             for t in targets.iter().filter(|t| !own(t)) {
-                stored |= self.deliver(&t.client_id, msg, Wanted::of(t));
+                found(&t.client_id, Wanted::of(t));
             }
         } else {
             targets.retain(|t| !own(t));
             for (client_id, want) in merge_overlapping(targets) {
-                stored |= self.deliver(&client_id, msg, want);
+                found(&client_id, want);
             }
         }
-        stored
+        lasting
     }
 
     /// Keeps the message as its topic's retained message (or deletes that, for an
@@ -149,17 +186,10 @@ impl Broker {
     /// Queues `msg` for the session of `client_id` as its subscriptions want it; whether
     /// it was stored.
     fn deliver(&self, client_id: &str, msg: &Arc<Message>, want: Wanted) -> bool {
-        let Some(session) = self.sessions.find(client_id) else {
-            return false;
-        };
-        let d = Delivery {
-            message: msg.clone(),
-            qos: msg.qos.min(want.qos),
-            retain: msg.retain && want.retain_as_published,
-            subscription_ids: want.ids,
-            store_seq: None,
-        };
-        self.queue_for(&session, d)
+        match self.sessions.find(client_id) {
+            Some(session) => self.queue_for(&session, want.delivery(msg)),
+            None => false,
+        }
     }
 
     /// Queues one delivery for one session and wakes its connection. Returns whether
@@ -178,7 +208,24 @@ impl Broker {
     }
 }
 
+/// The sessions a message on `topic` from `publisher` went to: the same for the next
+/// such message, unless a shared group picked one of them (not `lasting`).
+struct Run {
+    topic: Arc<str>,
+    publisher: Option<Arc<str>>,
+    recipients: Vec<(Arc<Session>, Wanted)>,
+    lasting: bool,
+}
+
+impl Run {
+    fn serves(&self, msg: &Message) -> bool {
+        // The cluster's reader shares one topic string for a run: a pointer compare.
+        self.lasting && Arc::ptr_eq(&self.topic, &msg.topic) && self.publisher == msg.publisher
+    }
+}
+
 /// What one client gets for one message, after merging its matching subscriptions.
+#[derive(Clone)]
 struct Wanted {
     qos: QoS,
     retain_as_published: bool,
@@ -191,6 +238,16 @@ impl Wanted {
             qos: t.options.qos,
             retain_as_published: t.options.retain_as_published,
             ids: t.id.into_iter().collect(),
+        }
+    }
+
+    fn delivery(self, msg: &Arc<Message>) -> Delivery {
+        Delivery {
+            message: msg.clone(),
+            qos: msg.qos.min(self.qos),
+            retain: msg.retain && self.retain_as_published,
+            subscription_ids: self.ids,
+            store_seq: None,
         }
     }
 }

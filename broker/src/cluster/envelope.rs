@@ -14,7 +14,7 @@
 //! most of what a small message costs in all.
 
 use crate::message::{Message, Origin};
-use crate::store::{decode_message, encode_message_into};
+use crate::store::{decode_message_with, encode_message_into};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::sync::Arc;
 
@@ -32,7 +32,7 @@ pub(super) struct Batch {
 
 impl Batch {
     pub(super) fn new() -> Batch {
-        let mut buf = BytesMut::with_capacity(256);
+        let mut buf = BytesMut::with_capacity(4096);
         buf.put_slice(&BATCH);
         Batch { buf, count: 0 }
     }
@@ -71,25 +71,50 @@ impl Batch {
     }
 }
 
-/// The envelopes a NATS message carries: one, or those of a batch.
-pub(super) fn envelopes(mut b: Bytes) -> Result<Vec<Bytes>, String> {
-    if b.len() < 2 || b[..2] != BATCH {
-        return Ok(vec![b]);
+/// The envelopes a NATS message carries: one, or those of a batch, in order; a batch
+/// cut short gives what it holds whole and then the error.
+pub(super) fn envelopes(b: Bytes) -> Envelopes {
+    match b.len() >= 2 && b[..2] == BATCH {
+        true => Envelopes {
+            rest: b.slice(2..),
+            batch: true,
+        },
+        false => Envelopes {
+            rest: b,
+            batch: false,
+        },
     }
-    b.advance(2);
-    let mut out = Vec::new();
-    while !b.is_empty() {
-        if b.len() < 4 {
-            return Err("batch cut short".into());
-        }
-        let n = b.get_u32() as usize;
-        if b.len() < n {
-            return Err("batch cut short".into());
-        }
-        out.push(b.split_to(n));
-    }
-    Ok(out)
 }
+
+pub(super) struct Envelopes {
+    rest: Bytes,
+    batch: bool,
+}
+
+impl Iterator for Envelopes {
+    type Item = Result<Bytes, String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if !self.batch {
+            self.batch = true;
+            return Some(Ok(std::mem::take(&mut self.rest)));
+        }
+        if self.rest.is_empty() {
+            return None;
+        }
+        let whole = self.rest.len() >= 4 && {
+            let n = u32::from_be_bytes([self.rest[0], self.rest[1], self.rest[2], self.rest[3]]);
+            self.rest.len() - 4 >= n as usize
+        };
+        if !whole {
+            self.rest.clear();
+            return Some(Err("batch cut short".into()));
+        }
+        let n = self.rest.get_u32() as usize;
+        Some(Ok(self.rest.split_to(n)))
+    }
+}
+
 const NO_PUBLISHER: u16 = u16::MAX;
 
 /// The envelope and record of `msg`, published as number `seq` of `node` at `at`.
@@ -133,7 +158,7 @@ pub(super) fn wrap_into(
 
 /// The message an envelope carries, with its origin and publisher.
 pub(super) fn unwrap(b: Bytes) -> Result<Message, String> {
-    unwrap_named(b, &Names::default())
+    Reader::new(&Names::default()).read(b)
 }
 
 /// The names of the nodes messages came from, kept once: a message from a node shares
@@ -156,37 +181,60 @@ impl Names {
     }
 }
 
-/// [`unwrap`], taking node names from `names`.
-pub(super) fn unwrap_named(mut b: Bytes, names: &Names) -> Result<Message, String> {
-    if b.len() < 4 || b[..2] != MAGIC {
-        return Err("not a Weir envelope".into());
+/// Reads envelopes one after another, sharing what repeats between them: a batch
+/// carries one subject's messages, mostly from one node and one publisher, on one
+/// topic, and each would otherwise be a string allocated and checked per message.
+pub(super) struct Reader<'a> {
+    names: &'a Names,
+    node: Option<Arc<str>>,
+    publisher: Option<Arc<str>>,
+    topic: crate::codec::LastTopic,
+}
+
+impl<'a> Reader<'a> {
+    pub(super) fn new(names: &'a Names) -> Reader<'a> {
+        Reader {
+            names,
+            node: None,
+            publisher: None,
+            topic: Default::default(),
+        }
     }
-    b.advance(2);
-    let node = text(&mut b)?.ok_or("no node")?;
-    let node = names.name(&node)?;
-    if b.len() < 16 {
-        return Err("envelope cut short".into());
+
+    /// The message an envelope carries, with its origin and publisher.
+    pub(super) fn read(&mut self, mut b: Bytes) -> Result<Message, String> {
+        if b.len() < 4 || b[..2] != MAGIC {
+            return Err("not a Weir envelope".into());
+        }
+        b.advance(2);
+        let names = self.names;
+        let node = shared(&mut b, &mut self.node, |raw| names.name(raw))?.ok_or("no node")?;
+        if b.len() < 16 {
+            return Err("envelope cut short".into());
+        }
+        let seq = b.get_u64();
+        let at = b.get_u64();
+        let publisher = shared(&mut b, &mut self.publisher, |raw| Ok(Arc::from(utf8(raw)?)))?;
+        let msg = decode_message_with(b, &mut self.topic)?;
+        Ok(Message {
+            publisher,
+            origin: Some(Origin { node, seq, at }),
+            ..msg
+        })
     }
-    let seq = b.get_u64();
-    let at = b.get_u64();
-    let publisher = match text(&mut b)? {
-        Some(p) => Some(Arc::from(utf8(&p)?)),
-        None => None,
-    };
-    let msg = decode_message(b)?;
-    Ok(Message {
-        publisher,
-        origin: Some(Origin { node, seq, at }),
-        ..msg
-    })
 }
 
 fn utf8(b: &[u8]) -> Result<&str, String> {
     std::str::from_utf8(b).map_err(|_| "name not UTF-8".to_string())
 }
 
-/// A length-prefixed string's bytes; `None` for the "none" length.
-fn text(b: &mut Bytes) -> Result<Option<Bytes>, String> {
+/// A length-prefixed name (`None` for the "none" length): `last` again when its bytes
+/// are the same, else `make` of them, kept as the next one's `last`.
+fn shared(
+    b: &mut Bytes,
+    last: &mut Option<Arc<str>>,
+    make: impl FnOnce(&[u8]) -> Result<Arc<str>, String>,
+) -> Result<Option<Arc<str>>, String> {
     if b.len() < 2 {
         return Err("envelope cut short".into());
     }
@@ -194,11 +242,13 @@ fn text(b: &mut Bytes) -> Result<Option<Bytes>, String> {
     if n == NO_PUBLISHER {
         return Ok(None);
     }
-    let n = n as usize;
-    if b.len() < n {
-        return Err("envelope cut short".into());
-    }
-    Ok(Some(b.split_to(n)))
+    let raw = b.get(..n as usize).ok_or("envelope cut short")?;
+    let name = match last {
+        Some(l) if l.as_bytes() == raw => l.clone(),
+        _ => last.insert(make(raw)?).clone(),
+    };
+    b.advance(n as usize);
+    Ok(Some(name))
 }
 
 #[cfg(test)]
@@ -245,6 +295,43 @@ mod tests {
     }
 
     #[test]
+    fn a_reader_shares_what_repeats_and_tells_apart_what_does_not() {
+        let msg = |topic: &str, publisher: &str| Message {
+            topic: Arc::from(topic),
+            payload: Bytes::from_static(b"hi"),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: Default::default(),
+            expires_at: None,
+            publisher: Some(Arc::from(publisher)),
+            origin: None,
+        };
+        let names = Names::default();
+        let mut reader = Reader::new(&names);
+        let mut read =
+            |node: &str, m: &Message| reader.read(wrap(node, (1, 1), m).unwrap()).unwrap();
+        let a = read("w1", &msg("t/1", "p1"));
+        let b = read("w1", &msg("t/1", "p1"));
+        assert!(Arc::ptr_eq(&a.topic, &b.topic));
+        assert!(Arc::ptr_eq(
+            a.publisher.as_ref().unwrap(),
+            b.publisher.as_ref().unwrap()
+        ));
+        let node = |m: &Message| m.origin.as_ref().unwrap().node.clone();
+        assert!(Arc::ptr_eq(&node(&a), &node(&b)));
+        let c = read("w2", &msg("t/2", "p2"));
+        assert_eq!(
+            (&*c.topic, c.publisher.as_deref(), &*node(&c)),
+            ("t/2", Some("p2"), "w2")
+        );
+        let d = read("w1", &msg("t/1", "p1"));
+        assert_eq!(
+            (&*d.topic, d.publisher.as_deref(), &*node(&d)),
+            ("t/1", Some("p1"), "w1")
+        );
+    }
+
+    #[test]
     fn a_batch_carries_its_envelopes_in_order_and_one_goes_bare() {
         let a = Bytes::from_static(b"W\x02first");
         let b = Bytes::from_static(b"W\x02second");
@@ -259,15 +346,24 @@ mod tests {
         one.push(put(&a)).unwrap();
         assert!(one.push(|_| Err("no".into())).is_err());
         assert_eq!(one.finish(), a, "a batch of one is the envelope");
-        assert_eq!(envelopes(a.clone()).unwrap(), vec![a.clone()]);
+        let all = |b: Bytes| envelopes(b).collect::<Result<Vec<_>, _>>();
+        assert_eq!(all(a.clone()).unwrap(), vec![a.clone()]);
         let mut two = Batch::new();
         two.push(put(&a)).unwrap();
         two.push(put(&b)).unwrap();
         let sent = two.finish();
-        assert_eq!(envelopes(sent.clone()).unwrap(), vec![a, b]);
+        assert_eq!(all(sent.clone()).unwrap(), vec![a.clone(), b]);
         for cut in 3..sent.len() {
-            let r = envelopes(sent.slice(..cut));
-            assert!(r.is_err() || r.unwrap().len() < 2, "cut at {cut}");
+            let read: Vec<_> = envelopes(sent.slice(..cut)).collect();
+            let whole: Vec<_> = read.iter().filter_map(|r| r.clone().ok()).collect();
+            assert!(whole.len() < 2, "cut at {cut}: {whole:?}");
+            assert!(whole.is_empty() || whole == vec![a.clone()], "cut at {cut}");
+            let torn = cut > 2 && cut != 2 + 4 + a.len();
+            assert_eq!(
+                read.last().is_some_and(|r| r.is_err()),
+                torn,
+                "cut at {cut}"
+            );
         }
     }
 }

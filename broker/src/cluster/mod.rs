@@ -84,8 +84,8 @@ pub struct ClusterStats {
 
 /// Where what other nodes send is handed over: the broker, seen from the cluster.
 pub trait Arrivals: Send + Sync + 'static {
-    /// A message published on another node that this node's subscriptions want.
-    fn message(&self, msg: Message);
+    /// Messages published on other nodes that this node's subscriptions want, in order.
+    fn messages(&self, msgs: Vec<Message>);
     /// A message for this node's members of the shared group `share`
     /// (`$share/group/filter`): NATS picked this node for it.
     fn shared(&self, share: &str, msg: Message);
@@ -822,15 +822,15 @@ impl Link {
             self.stats.undecodable.fetch_add(1, Relaxed);
             tracing::warn!(error = %e, subject = %m.subject, "undecodable message from the cluster");
         };
-        let envelopes = match envelope::envelopes(m.payload.clone()) {
-            Ok(envelopes) => envelopes,
-            Err(e) => {
-                undecodable(e);
-                return Vec::new();
+        let mut reader = envelope::Reader::new(&self.names);
+        let mut out = Vec::new();
+        for e in envelope::envelopes(m.payload.clone()) {
+            match e.and_then(|e| reader.read(e)) {
+                Ok(msg) => out.push(msg),
+                Err(e) => undecodable(e),
             }
-        };
-        let read = (envelopes.into_iter()).map(|e| envelope::unwrap_named(e, &self.names));
-        read.filter_map(|r| r.map_err(undecodable).ok()).collect()
+        }
+        out
     }
 
     /// A message NATS gave this node for its members of the shared group `share`:
@@ -851,40 +851,42 @@ impl Link {
     /// `first`: what a new subscription brought live first (`live`: `m` came so), for
     /// its read-back to leave out.
     fn arrived(&self, m: async_nats::Message, first: Option<&replay::FirstLive>, live: bool) {
-        let messages = self.decoded(m);
+        let mut messages = self.decoded(m);
         // Once for a batch.
         let mut seen = crate::sync::lock(&self.seen);
-        for msg in messages {
-            self.arrived_one(msg, first, live, &mut seen);
-        }
+        messages.retain(|msg| self.is_new(msg, first, live, &mut seen));
+        self.stats
+            .received
+            .fetch_add(messages.len() as u64, Relaxed);
+        self.arrivals.messages(messages);
     }
 
-    fn arrived_one(
+    /// Whether `msg` is to be routed: not this node's own, not a copy of one routed.
+    fn is_new(
         &self,
-        msg: Message,
+        msg: &Message,
         first: Option<&replay::FirstLive>,
         live: bool,
         seen: &mut seen::Seen,
-    ) {
+    ) -> bool {
         if let (Some(o), Some(first)) = (&msg.origin, first) {
             match live {
                 true => first.note(o),
-                false if first.came_live(o) => return,
+                false if first.came_live(o) => return false,
                 false => {}
             }
         }
         // Read back from JetStream, this node's own messages come too.
         if msg.origin.as_ref().is_some_and(|o| o.node == self.node) {
-            return;
+            return false;
         }
         if let Some(o) = &msg.origin {
             if seen.arrive(&o.node, o.seq) == seen::Arrival::Copy {
                 self.stats.copies.fetch_add(1, Relaxed);
-                return;
+                return false;
             }
         }
-        self.stats.received.fetch_add(1, Relaxed);
-        self.arrivals.message(msg);
+        true
     }
 }
 

@@ -43,7 +43,7 @@ const ATTEMPTS: u32 = 12;
 /// tells copies apart.
 #[derive(Default)]
 pub(super) struct FirstLive {
-    firsts: std::sync::Mutex<std::collections::HashMap<Arc<str>, u64>>,
+    firsts: std::sync::Mutex<crate::FastMap<Arc<str>, u64>>,
     over: std::sync::atomic::AtomicBool,
 }
 

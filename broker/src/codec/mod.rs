@@ -24,6 +24,7 @@ pub use subscribe::{
 };
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::sync::Arc;
 
 /// The protocol level a connection speaks, fixed by its CONNECT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -281,7 +282,38 @@ pub fn frame_len(buf: &[u8], max_size: usize) -> Result<Option<usize>> {
 /// CONNECT carries its own and ignores it. The frame is checked, not trusted: its
 /// remaining length must say exactly how many bytes follow the fixed header, so a frame
 /// that [`frame_len`] did not delimit is an error, never a panic or a misread.
-pub fn decode(mut frame: Bytes, version: Version) -> Result<Packet> {
+pub fn decode(frame: Bytes, version: Version) -> Result<Packet> {
+    decode_with(frame, version, &mut LastTopic::default())
+}
+
+/// The topic of the last PUBLISH a reader decoded. A run of PUBLISH packets on one
+/// topic (a sensor's readings, a batch from another node of a cluster) then shares one
+/// string, checked once, instead of allocating and validating a copy for each.
+#[derive(Default)]
+pub struct LastTopic(Option<Arc<str>>);
+
+impl LastTopic {
+    /// The topic string `b` starts with, read past: the last one again when the bytes
+    /// are the same (and whether it was).
+    fn read(&mut self, b: &mut Bytes) -> Result<(Arc<str>, bool)> {
+        let len = read_u16(b)? as usize;
+        let raw = b.get(..len).ok_or(Error::Malformed("truncated packet"))?;
+        let read = match &self.0 {
+            Some(t) if t.as_bytes() == raw => (t.clone(), true),
+            _ => (Arc::from(checked_str(raw)?), false),
+        };
+        b.advance(len);
+        Ok(read)
+    }
+
+    /// Keeps `topic`, which passed every check a topic name must, for the next.
+    fn keep(&mut self, topic: &Arc<str>) {
+        self.0 = Some(topic.clone());
+    }
+}
+
+/// [`decode`] for a reader of many packets, which keeps its [`LastTopic`].
+pub fn decode_with(mut frame: Bytes, version: Version, last: &mut LastTopic) -> Result<Packet> {
     let header = read_u8(&mut frame)?;
     let remaining = read_varint(&mut frame)? as usize;
     if remaining != frame.len() {
@@ -307,7 +339,7 @@ pub fn decode(mut frame: Bytes, version: Version) -> Result<Packet> {
             fixed_flags(0)?;
             Packet::ConnAck(ConnAck::decode(&mut frame, version)?)
         }
-        3 => Packet::Publish(Publish::decode(flags, &mut frame, version)?),
+        3 => Packet::Publish(Publish::decode(flags, &mut frame, version, last)?),
         4..=7 => {
             let kind = AckKind::from_type(kind);
             fixed_flags(if kind == AckKind::PubRel { 2 } else { 0 })?;
@@ -419,11 +451,15 @@ pub(crate) fn read_string(b: &mut Bytes) -> Result<String> {
 /// needs it (`Arc::from` for a topic: one copy, not two).
 pub(crate) fn read_str_as<T>(b: &mut Bytes, keep: impl FnOnce(&str) -> T) -> Result<T> {
     let raw = read_binary(b)?;
-    let s = std::str::from_utf8(&raw).map_err(|_| Error::Malformed("string is not valid UTF-8"))?;
+    checked_str(&raw).map(keep)
+}
+
+fn checked_str(raw: &[u8]) -> Result<&str> {
+    let s = std::str::from_utf8(raw).map_err(|_| Error::Malformed("string is not valid UTF-8"))?;
     if s.contains('\0') {
         return Err(Error::Malformed("string contains U+0000"));
     }
-    Ok(keep(s))
+    Ok(s)
 }
 
 pub(crate) fn read_packet_id(b: &mut Bytes) -> Result<u16> {

@@ -3,7 +3,7 @@
 
 use super::properties::{Context, PerDelivery};
 use super::{
-    read_packet_id, read_str_as, remaining_len, varint_len, write_string, write_varint, Error,
+    read_packet_id, remaining_len, varint_len, write_string, write_varint, Error, LastTopic,
     Properties, QoS, Result, Version,
 };
 use bytes::{BufMut, Bytes, BytesMut};
@@ -24,7 +24,12 @@ pub struct Publish {
 }
 
 impl Publish {
-    pub(crate) fn decode(flags: u8, b: &mut Bytes, version: Version) -> Result<Publish> {
+    pub(crate) fn decode(
+        flags: u8,
+        b: &mut Bytes,
+        version: Version,
+        last: &mut LastTopic,
+    ) -> Result<Publish> {
         let dup = flags & 0x08 != 0;
         let qos =
             QoS::from_u8((flags >> 1) & 0x03).ok_or(Error::Malformed("PUBLISH with QoS 3"))?;
@@ -32,7 +37,7 @@ impl Publish {
         if qos == QoS::AtMostOnce && dup {
             return Err(Error::Malformed("DUP set on a QoS 0 PUBLISH"));
         }
-        let topic: Arc<str> = read_str_as(b, |s| Arc::from(s))?;
+        let (topic, known) = last.read(b)?;
         let pid = if qos == QoS::AtMostOnce {
             0
         } else {
@@ -46,8 +51,9 @@ impl Publish {
             if properties.topic_alias.is_none() {
                 return Err(Error::Protocol("empty topic name without a topic alias"));
             }
-        } else {
+        } else if !known {
             weir_protocol::topic::validate_name(&topic).map_err(Error::topic_name)?;
+            last.keep(&topic);
         }
         let payload = std::mem::take(b);
         if properties.payload_format_indicator == Some(1) && std::str::from_utf8(&payload).is_err()

@@ -640,3 +640,41 @@ fn reason_codes_a_packet_may_not_carry_are_malformed() {
     assert!(decode_raw(&[0xE0, 1, 0xFF], Version::V5).is_err());
     assert!(decode_raw(&[0xE0, 1, 0x8E], Version::V5).is_ok());
 }
+
+#[test]
+fn a_reader_shares_a_repeated_topic_and_still_checks_every_other() {
+    let publish = |topic: &str| {
+        let mut buf = BytesMut::new();
+        Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: topic.into(),
+            pid: 0,
+            properties: Properties::default(),
+            payload: Bytes::from_static(b"x"),
+        })
+        .encode(Version::V5, &mut buf)
+        .unwrap();
+        buf.freeze()
+    };
+    let topic = |p: Packet| match p {
+        Packet::Publish(p) => p.topic,
+        other => panic!("expected PUBLISH, got {}", other.name()),
+    };
+    let mut last = LastTopic::default();
+    let first = topic(decode_with(publish("s/1"), Version::V5, &mut last).unwrap());
+    let again = topic(decode_with(publish("s/1"), Version::V5, &mut last).unwrap());
+    assert!(Arc::ptr_eq(&first, &again), "the same topic is shared");
+    let other = topic(decode_with(publish("s/2"), Version::V5, &mut last).unwrap());
+    assert_eq!(&*other, "s/2");
+    // An invalid name is refused whatever came before (the encoder does not check).
+    for bad in ["s/+", "s/#", "s/1\0"] {
+        assert!(
+            decode_with(publish(bad), Version::V5, &mut last).is_err(),
+            "{bad:?}"
+        );
+    }
+    let back = topic(decode_with(publish("s/2"), Version::V5, &mut last).unwrap());
+    assert!(Arc::ptr_eq(&other, &back), "a refused topic is not kept");
+}

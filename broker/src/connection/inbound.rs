@@ -27,6 +27,8 @@ pub(super) struct Inbound {
     /// The session expiry asked at CONNECT: 0 may not become more at DISCONNECT.
     connect_expiry: u32,
     will: Option<Will>,
+    /// A client mostly publishes to a few topics, often one: see [`codec::LastTopic`].
+    last_topic: codec::LastTopic,
 }
 
 impl Inbound {
@@ -37,6 +39,7 @@ impl Inbound {
             held: false,
             connect_expiry,
             will,
+            last_topic: codec::LastTopic::default(),
         }
     }
 
@@ -100,7 +103,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             let Some(frame) = self.io.next_frame(max)? else {
                 break;
             };
-            let packet = codec::decode(frame, self.client.version)?;
+            let packet =
+                codec::decode_with(frame, self.client.version, &mut self.inbound.last_topic)?;
             self.handle(packet)?;
         }
         Ok(())

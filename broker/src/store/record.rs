@@ -51,7 +51,15 @@ pub(crate) fn encode_message_into(m: &Message, out: &mut BytesMut) -> Result<(),
     written
 }
 
-pub(crate) fn decode_message(mut b: Bytes) -> Result<Message, String> {
+pub(crate) fn decode_message(b: Bytes) -> Result<Message, String> {
+    decode_message_with(b, &mut codec::LastTopic::default())
+}
+
+/// [`decode_message`] for a reader of many records, which keeps its last topic.
+pub(crate) fn decode_message_with(
+    mut b: Bytes,
+    last: &mut codec::LastTopic,
+) -> Result<Message, String> {
     if b.len() < 8 {
         return Err("record shorter than its header".into());
     }
@@ -60,7 +68,7 @@ pub(crate) fn decode_message(mut b: Bytes) -> Result<Message, String> {
         Ok(Some(n)) if n == b.len() => {}
         _ => return Err("message is not one complete packet".into()),
     }
-    match codec::decode(b, Version::V5).map_err(|e| e.to_string())? {
+    match codec::decode_with(b, Version::V5, last).map_err(|e| e.to_string())? {
         Packet::Publish(p) => Ok(Message {
             topic: p.topic,
             payload: p.payload,
