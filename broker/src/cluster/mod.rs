@@ -118,6 +118,7 @@ pub struct Cluster {
     claims: Arc<owners::Claims>,
     outbox_tx: mpsc::UnboundedSender<fanout::Out>,
     outbox: mpsc::UnboundedReceiver<fanout::Out>,
+    once: Arc<fanout::OnceQueue>,
     connection: mpsc::UnboundedReceiver<Connection>,
     wills: [async_nats::jetstream::kv::Store; 2],
     me: wills::Me,
@@ -169,12 +170,14 @@ impl Cluster {
         let (tx, outbox) = mpsc::unbounded_channel();
         let node: Arc<str> = Arc::from(config.node.as_str());
         let life = life();
+        let once = Arc::new(fanout::OnceQueue::default());
         let fanout = Arc::new(ClusterFanout::new(
             node.clone(),
             first_number(life),
             tickets.clone(),
             stats.clone(),
             tx.clone(),
+            once.clone(),
         ));
         tracing::info!(node = %node, servers = %config.servers.join(", "), "joined the cluster");
         Ok(Cluster {
@@ -188,6 +191,7 @@ impl Cluster {
             claims: Arc::default(),
             outbox_tx: tx,
             outbox,
+            once,
             connection: events,
             wills: [wills, nodes],
             me: wills::Me {
@@ -304,6 +308,7 @@ impl Cluster {
         };
         let link = Arc::new(link);
         tokio::spawn(replay::after_reconnects(link.clone(), self.connection));
+        tokio::spawn(link.clone().send_once_all(self.once));
         tokio::spawn(link.run(self.outbox));
     }
 }
@@ -502,10 +507,6 @@ async fn options(
     }))
 }
 
-/// The most QoS 0 messages gathered into batches at once: a bound on what waits for the
-/// last of them to be gathered.
-const ONCE_AT_MOST: u64 = 1024;
-
 /// A message on its way into JetStream, as it is sent again.
 struct Kept {
     subject: String,
@@ -544,17 +545,8 @@ impl Link {
     async fn run(self: Arc<Self>, mut outbox: mpsc::UnboundedReceiver<fanout::Out>) {
         let link = self;
         let mut subscriptions = std::collections::HashMap::new();
-        let mut next = None;
-        loop {
-            let out = match next.take() {
-                Some(out) => out,
-                None => match outbox.recv().await {
-                    Some(out) => out,
-                    None => return,
-                },
-            };
+        while let Some(out) = outbox.recv().await {
             match out {
-                fanout::Out::Once(msg) => next = link.publish_once(msg, &mut outbox).await,
                 fanout::Out::Kept(msg, ticket) => link.send_kept(msg, ticket, false).await,
                 fanout::Out::Retain(msg, ticket) => link.send_kept(msg, ticket, true).await,
                 fanout::Out::Want(interest, ticket) => {
@@ -596,24 +588,27 @@ impl Link {
         }
     }
 
-    /// Sends `first` and the QoS 0 messages waiting behind it, one NATS message per
-    /// subject ([`envelope::Batch`]), each subject's in the order published. Returns
-    /// what came after them in the outbox, to carry out next.
-    async fn publish_once(
-        &self,
-        first: Arc<Message>,
-        outbox: &mut mpsc::UnboundedReceiver<fanout::Out>,
-    ) -> Option<fanout::Out> {
-        // While NATS is away, QoS 0 messages wait in the outbox, where they are
+    /// Sends QoS 0 messages as they come, as long as the node runs.
+    async fn send_once_all(self: Arc<Self>, once: Arc<fanout::OnceQueue>) {
+        loop {
+            let msgs = once.take().await;
+            if !msgs.is_empty() {
+                self.publish_once(msgs).await;
+            }
+        }
+    }
+
+    /// Sends the QoS 0 messages that waited together, one NATS message per subject
+    /// ([`envelope::Batch`]), each subject's in the order published.
+    async fn publish_once(&self, msgs: Vec<Arc<Message>>) {
+        // While NATS is away, QoS 0 messages wait in the queue, where they are
         // counted and bounded ([`fanout::MAX_QUEUED_ONCE`]), not in the NATS client,
         // which would take a thousand batches of them.
         self.stats.queued_once.flowing().await;
         let mut batches: Vec<(String, envelope::Batch)> = Vec::new();
         let mut by_topic: crate::FastMap<Arc<str>, usize> = Default::default();
-        let mut msg = first;
-        let mut taken: u64 = 0;
-        let after = loop {
-            taken += 1;
+        let taken = msgs.len() as u64;
+        for msg in msgs {
             let i = *by_topic.entry(msg.topic.clone()).or_insert_with(|| {
                 let subject = subject::topic_subject(subject::ONCE, &msg.topic);
                 batches.push((subject, envelope::Batch::new()));
@@ -629,20 +624,11 @@ impl Link {
                 let full = std::mem::replace(batch, envelope::Batch::new());
                 self.send_once(batches[i].0.clone(), full).await;
             }
-            if taken >= ONCE_AT_MOST {
-                break None;
-            }
-            match outbox.try_recv() {
-                Ok(fanout::Out::Once(m)) => msg = m,
-                Ok(other) => break Some(other),
-                Err(_) => break None,
-            }
-        };
+        }
         for (subject, batch) in batches {
             self.send_once(subject, batch).await;
         }
         self.stats.queued_once.remove(taken);
-        after
     }
 
     async fn send_once(&self, subject: String, batch: envelope::Batch) {
