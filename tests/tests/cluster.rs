@@ -153,6 +153,28 @@ async fn a_message_published_on_one_node_reaches_subscribers_on_every_node() {
         assert!(extra.is_empty(), "{who} got it more than once: {extra:?}");
     }
 
+    // At QoS 0, which crosses nodes in a batch: properties and expiry too.
+    p.client
+        .publish_with_properties("t/b/x", QoS::AtMostOnce, false, "zero", props())
+        .await
+        .unwrap();
+    let z1 = s1.publish().await;
+    assert_eq!((&z1.payload[..], z1.qos), (&b"zero"[..], QoS::AtMostOnce));
+    let pz = z1.properties.expect("QoS 0 properties cross nodes");
+    assert_eq!(pz.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(pz.correlation_data.as_deref(), Some(&b"corr"[..]));
+    assert_eq!(pz.user_properties, vec![("k".to_string(), "v".to_string())]);
+    assert!(pz
+        .message_expiry_interval
+        .is_some_and(|s| (290..=300).contains(&s)));
+    let z2 = s2.publish().await;
+    assert_eq!(&z2.payload[..], b"zero");
+    assert_eq!(
+        z2.properties.expect("props").subscription_identifiers,
+        vec![7]
+    );
+    assert_eq!(&s3.publish().await.payload[..], b"zero");
+
     // `$` topics are not matched by a leading wildcard on another node either.
     let (mut all, _) = C5::connect_with(C5::opts(w1.port, "all")).await;
     all.subscribe("#", QoS::AtMostOnce).await;

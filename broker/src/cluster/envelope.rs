@@ -9,10 +9,13 @@
 //! length, bytes; `0xFFFF`: none); the record.
 //!
 //! QoS 0 messages for one subject that wait together go as one NATS message, a batch:
-//! `W` and `B`, then each envelope behind its u32 length. Every NATS message costs the
-//! sending node, the NATS server and each receiving node a fixed amount of work, the
-//! most of what a small message costs in all.
+//! `W` and `C`, the node's name once, then each message as what differs from the one
+//! before it ([`Batch`]). Every NATS message costs the sending node, the NATS server
+//! and each receiving node a fixed amount of work, and every byte of it some more: an
+//! envelope repeats node, publisher, topic and time, four fifths of a small message.
+//! (`W` and `B`, a batch of whole envelopes each behind its u32 length, is still read.)
 
+use crate::codec::{Context, Properties, QoS};
 use crate::message::{Message, Origin};
 use crate::store::{decode_message_with, encode_message_into};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -20,37 +23,109 @@ use std::sync::Arc;
 
 const MAGIC: [u8; 2] = [b'W', 2];
 const BATCH: [u8; 2] = [b'W', b'B'];
-/// The most bytes of envelopes one batch carries (NATS refuses messages over its
+const COMPACT: [u8; 2] = [b'W', b'C'];
+/// The most bytes of messages one batch carries (NATS refuses messages over its
 /// `max_payload`, 1 MiB by default).
 pub(super) const BATCH_BYTES: usize = 64 * 1024;
 
-/// QoS 0 envelopes for one subject, gathered into one NATS message.
+/// What a batch's entry carries besides its number and payload (the flags byte).
+mod has {
+    pub const PUBLISHER: u8 = 0x01;
+    pub const NO_PUBLISHER: u8 = 0x02;
+    pub const TOPIC: u8 = 0x04;
+    pub const AT: u8 = 0x08;
+    pub const EXPIRY: u8 = 0x10;
+    pub const RETAIN: u8 = 0x20;
+    pub const PROPERTIES: u8 = 0x40;
+}
+
+/// QoS 0 messages for one subject, gathered into one NATS message. Each entry: its
+/// length (LEB128), a flags byte ([`has`]), its number as the difference from the one
+/// before (zigzag LEB128: two publishers' numbers interleave), then only what changed
+/// since the entry before (publisher, topic, time), the expiry and properties when it
+/// has them, and the payload.
 pub(super) struct Batch {
     buf: BytesMut,
+    entry: BytesMut,
     count: usize,
+    node_ok: bool,
+    seq: u64,
+    at: Option<u64>,
+    publisher: Option<Option<Arc<str>>>,
+    topic: Option<Arc<str>>,
 }
 
 impl Batch {
-    pub(super) fn new() -> Batch {
+    pub(super) fn new(node: &str) -> Batch {
         let mut buf = BytesMut::with_capacity(4096);
-        buf.put_slice(&BATCH);
-        Batch { buf, count: 0 }
+        buf.put_slice(&COMPACT);
+        let node_ok = node.len() < NO_PUBLISHER as usize;
+        if node_ok {
+            buf.put_u16(node.len() as u16);
+            buf.put_slice(node.as_bytes());
+        }
+        Batch {
+            buf,
+            entry: BytesMut::new(),
+            count: 0,
+            node_ok,
+            seq: 0,
+            at: None,
+            publisher: None,
+            topic: None,
+        }
     }
 
-    /// Adds the envelope `write` appends (nothing, if it fails).
-    pub(super) fn push(
-        &mut self,
-        write: impl FnOnce(&mut BytesMut) -> Result<(), String>,
-    ) -> Result<(), String> {
-        let start = self.buf.len();
-        self.buf.put_u32(0);
-        if let Err(e) = write(&mut self.buf) {
-            self.buf.truncate(start);
-            return Err(e);
+    /// Adds `msg`, numbered `seq` and published at `at` (nothing, on an error).
+    pub(super) fn push(&mut self, (seq, at): (u64, u64), msg: &Message) -> Result<(), String> {
+        if !self.node_ok {
+            return Err("node name too long".into());
         }
-        let n = (self.buf.len() - start - 4) as u32;
-        self.buf[start..start + 4].copy_from_slice(&n.to_be_bytes());
+        if msg.qos != QoS::AtMostOnce {
+            return Err("only QoS 0 messages go in batches".into());
+        }
+        let e = &mut self.entry;
+        e.clear();
+        e.put_u8(0);
+        let mut flags = 0;
+        put_leb(e, zigzag(seq.wrapping_sub(self.seq) as i64));
+        if self.publisher.as_ref() != Some(&msg.publisher) {
+            match &msg.publisher {
+                Some(p) => {
+                    put_short(e, p).ok_or("client id too long")?;
+                    flags |= has::PUBLISHER;
+                }
+                None => flags |= has::NO_PUBLISHER,
+            }
+        }
+        if self.topic.as_ref() != Some(&msg.topic) {
+            put_short(e, &msg.topic).ok_or("topic too long")?;
+            flags |= has::TOPIC;
+        }
+        if self.at != Some(at) {
+            e.put_u64(at);
+            flags |= has::AT;
+        }
+        if let Some(expires) = msg.expires_at {
+            e.put_u64(expires);
+            flags |= has::EXPIRY;
+        }
+        if !msg.properties.is_empty() {
+            msg.properties.encode(e).map_err(|e| e.to_string())?;
+            flags |= has::PROPERTIES;
+        }
+        if msg.retain {
+            flags |= has::RETAIN;
+        }
+        e[0] = flags;
+        put_leb(&mut self.buf, (e.len() + msg.payload.len()) as u64);
+        self.buf.put_slice(e);
+        self.buf.put_slice(&msg.payload);
         self.count += 1;
+        self.seq = seq;
+        self.at = Some(at);
+        self.publisher = Some(msg.publisher.clone());
+        self.topic = Some(msg.topic.clone());
         Ok(())
     }
 
@@ -62,13 +137,47 @@ impl Batch {
         self.buf.len() >= BATCH_BYTES
     }
 
-    /// The NATS message: the envelope itself when there is only one.
-    pub(super) fn finish(mut self) -> Bytes {
-        if self.count == 1 {
-            self.buf.advance(BATCH.len() + 4);
-        }
+    /// The NATS message.
+    pub(super) fn finish(self) -> Bytes {
         self.buf.freeze()
     }
+}
+
+/// A string behind its u16 length; `None` if too long for one.
+fn put_short(out: &mut BytesMut, s: &str) -> Option<()> {
+    let n = u16::try_from(s.len()).ok().filter(|n| *n != NO_PUBLISHER)?;
+    out.put_u16(n);
+    out.put_slice(s.as_bytes());
+    Some(())
+}
+
+fn put_leb(out: &mut BytesMut, mut v: u64) {
+    while v >= 0x80 {
+        out.put_u8((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.put_u8(v as u8);
+}
+
+fn get_leb(b: &mut Bytes) -> Result<u64, String> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.first().ok_or("batch cut short")?;
+        b.advance(1);
+        v |= u64::from(byte & 0x7F) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err("number longer than 64 bits".into())
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
 /// The envelopes a NATS message carries: one, or those of a batch, in order; a batch
@@ -201,6 +310,79 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Every message a NATS message carries (an envelope, or a batch of either kind),
+    /// in order, each handed to `each`, or the error that stops the reading of it.
+    pub(super) fn read_all(&mut self, b: Bytes, mut each: impl FnMut(Result<Message, String>)) {
+        if b.len() >= 2 && b[..2] == COMPACT {
+            if let Err(e) = self.read_compact(b, &mut each) {
+                each(Err(e));
+            }
+            return;
+        }
+        for e in envelopes(b) {
+            each(e.and_then(|e| self.read(e)));
+        }
+    }
+
+    /// A compact batch's messages ([`Batch`]); an entry that cannot be read ends it,
+    /// as the entries after it are told apart from it.
+    fn read_compact(
+        &mut self,
+        mut b: Bytes,
+        each: &mut impl FnMut(Result<Message, String>),
+    ) -> Result<(), String> {
+        b.advance(2);
+        let names = self.names;
+        let node = shared(&mut b, &mut self.node, |raw| names.name(raw))?.ok_or("no node")?;
+        let (mut seq, mut at) = (0u64, None);
+        let (mut publisher, mut topic) = (None, None);
+        while !b.is_empty() {
+            let n = get_leb(&mut b)?;
+            let mut e = match usize::try_from(n) {
+                Ok(n) if n <= b.len() => b.split_to(n),
+                _ => return Err("batch cut short".into()),
+            };
+            let flags = *e.first().ok_or("empty batch entry")?;
+            e.advance(1);
+            seq = seq.wrapping_add(unzigzag(get_leb(&mut e)?) as u64);
+            if flags & has::PUBLISHER != 0 {
+                let utf8_arc = |raw: &[u8]| Ok(Arc::from(utf8(raw)?));
+                publisher = shared(&mut e, &mut self.publisher, utf8_arc)?;
+            } else if flags & has::NO_PUBLISHER != 0 {
+                publisher = None;
+            }
+            if flags & has::TOPIC != 0 {
+                topic = Some(self.topic.read_name(&mut e).map_err(|e| e.to_string())?);
+            }
+            if flags & has::AT != 0 {
+                at = Some(get_u64(&mut e)?);
+            }
+            let expires_at = match flags & has::EXPIRY != 0 {
+                true => Some(get_u64(&mut e)?),
+                false => None,
+            };
+            let properties = match flags & has::PROPERTIES != 0 {
+                true => Properties::decode(&mut e, Context::Publish).map_err(|e| e.to_string())?,
+                false => Properties::default(),
+            };
+            each(Ok(Message {
+                topic: topic.clone().ok_or("no topic")?,
+                payload: e,
+                qos: QoS::AtMostOnce,
+                retain: flags & has::RETAIN != 0,
+                properties,
+                expires_at,
+                publisher: publisher.clone(),
+                origin: Some(Origin {
+                    node: node.clone(),
+                    seq,
+                    at: at.ok_or("no time")?,
+                }),
+            }));
+        }
+        Ok(())
+    }
+
     /// The message an envelope carries, with its origin and publisher.
     pub(super) fn read(&mut self, mut b: Bytes) -> Result<Message, String> {
         if b.len() < 4 || b[..2] != MAGIC {
@@ -221,6 +403,13 @@ impl<'a> Reader<'a> {
             origin: Some(Origin { node, seq, at }),
             ..msg
         })
+    }
+}
+
+fn get_u64(b: &mut Bytes) -> Result<u64, String> {
+    match b.len() >= 8 {
+        true => Ok(b.get_u64()),
+        false => Err("batch cut short".into()),
     }
 }
 
@@ -331,39 +520,136 @@ mod tests {
         );
     }
 
+    type Seen = (
+        String,
+        Bytes,
+        bool,
+        Option<u64>,
+        Option<String>,
+        String,
+        u64,
+        u64,
+        Properties,
+    );
+
+    fn seen(m: &Message) -> Seen {
+        let o = m.origin.as_ref().expect("an origin");
+        (
+            m.topic.to_string(),
+            m.payload.clone(),
+            m.retain,
+            m.expires_at,
+            m.publisher.as_deref().map(str::to_owned),
+            o.node.to_string(),
+            o.seq,
+            o.at,
+            m.properties.clone(),
+        )
+    }
+
+    fn read_all(b: Bytes) -> (Vec<Seen>, Option<String>) {
+        let names = Names::default();
+        let (mut read, mut error) = (Vec::new(), None);
+        Reader::new(&names).read_all(b, |r| match r {
+            Ok(m) => read.push(seen(&m)),
+            Err(e) => error = Some(e),
+        });
+        (read, error)
+    }
+
     #[test]
-    fn a_batch_carries_its_envelopes_in_order_and_one_goes_bare() {
-        let a = Bytes::from_static(b"W\x02first");
-        let b = Bytes::from_static(b"W\x02second");
-        let put = |e: &Bytes| {
-            let e = e.clone();
-            move |buf: &mut BytesMut| {
-                buf.put_slice(&e);
-                Ok(())
-            }
+    fn a_batch_carries_its_messages_in_order_and_only_what_changed() {
+        let props: Properties = crate::codec::PropertySet {
+            user_properties: vec![("k".into(), "v".into())],
+            ..Default::default()
+        }
+        .into();
+        let msg = |topic: &str, publisher: Option<&str>, payload: &'static [u8]| Message {
+            topic: Arc::from(topic),
+            payload: Bytes::from_static(payload),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: Default::default(),
+            expires_at: None,
+            publisher: publisher.map(Arc::from),
+            origin: None,
         };
-        let mut one = Batch::new();
-        one.push(put(&a)).unwrap();
-        assert!(one.push(|_| Err("no".into())).is_err());
-        assert_eq!(one.finish(), a, "a batch of one is the envelope");
-        let all = |b: Bytes| envelopes(b).collect::<Result<Vec<_>, _>>();
-        assert_eq!(all(a.clone()).unwrap(), vec![a.clone()]);
-        let mut two = Batch::new();
-        two.push(put(&a)).unwrap();
-        two.push(put(&b)).unwrap();
-        let sent = two.finish();
-        assert_eq!(all(sent.clone()).unwrap(), vec![a.clone(), b]);
-        for cut in 3..sent.len() {
-            let read: Vec<_> = envelopes(sent.slice(..cut)).collect();
-            let whole: Vec<_> = read.iter().filter_map(|r| r.clone().ok()).collect();
-            assert!(whole.len() < 2, "cut at {cut}: {whole:?}");
-            assert!(whole.is_empty() || whole == vec![a.clone()], "cut at {cut}");
-            let torn = cut > 2 && cut != 2 + 4 + a.len();
+        let mut sent = vec![
+            ((7, 100), msg("t/1", Some("p1"), b"one")),
+            ((9, 100), msg("t/1", Some("p1"), b"")),
+            ((8, 101), msg("t/1", Some("p2"), b"three")),
+            ((10, 101), msg("t/2", None, b"four")),
+            ((11, 101), msg("t/2", Some("p1"), b"five")),
+        ];
+        sent[1].1.retain = true;
+        sent[2].1.expires_at = Some(1_900_000_000);
+        sent[3].1.properties = props;
+        let mut batch = Batch::new("w1");
+        let mut bounds = Vec::new();
+        for (number, m) in &sent {
+            batch.push(*number, m).unwrap();
+            bounds.push(batch.buf.len());
+        }
+        let qos1 = Message {
+            qos: QoS::AtLeastOnce,
+            ..sent[0].1.clone()
+        };
+        assert!(
+            batch.push((12, 101), &qos1).is_err(),
+            "QoS 1 is not batched"
+        );
+        assert_eq!(batch.len(), sent.len());
+        let wire = batch.finish();
+        let mut want: Vec<Seen> = Vec::new();
+        for ((seq, at), m) in &sent {
+            let mut m = m.clone();
+            m.origin = Some(Origin {
+                node: Arc::from("w1"),
+                seq: *seq,
+                at: *at,
+            });
+            want.push(seen(&m));
+        }
+        assert_eq!(read_all(wire.clone()), (want.clone(), None));
+        // Smaller than envelopes: the five messages' 15 payload bytes take about 80.
+        assert!(wire.len() < 100, "{} bytes", wire.len());
+        // Cut anywhere: the messages before the cut, whole, then an error (none when
+        // cut between two, or right after the node's name).
+        let header = 2 + 2 + "w1".len();
+        for cut in 3..wire.len() {
+            let (read, error) = read_all(wire.slice(..cut));
+            let whole = bounds.iter().filter(|b| **b <= cut).count();
+            assert_eq!(read, want[..whole], "cut at {cut}");
             assert_eq!(
-                read.last().is_some_and(|r| r.is_err()),
-                torn,
-                "cut at {cut}"
+                error.is_some(),
+                !bounds.contains(&cut) && cut != header,
+                "cut at {cut}: {error:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_batch_of_whole_envelopes_is_still_read() {
+        let m = Message {
+            topic: Arc::from("a/b"),
+            payload: Bytes::from_static(b"hi"),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: Default::default(),
+            expires_at: None,
+            publisher: None,
+            origin: None,
+        };
+        let mut old = BytesMut::from(&BATCH[..]);
+        for seq in [1, 2] {
+            let e = wrap("w1", (seq, 5), &m).unwrap();
+            old.put_u32(e.len() as u32);
+            old.put_slice(&e);
+        }
+        let (read, error) = read_all(old.freeze());
+        assert_eq!(error, None);
+        assert_eq!(read.iter().map(|r| r.6).collect::<Vec<_>>(), vec![1, 2]);
+        let bare = read_all(wrap("w1", (3, 5), &m).unwrap());
+        assert_eq!((bare.0.len(), bare.1), (1, None));
     }
 }

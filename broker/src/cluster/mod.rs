@@ -611,17 +611,17 @@ impl Link {
         for msg in msgs {
             let i = *by_topic.entry(msg.topic.clone()).or_insert_with(|| {
                 let subject = subject::topic_subject(subject::ONCE, &msg.topic);
-                batches.push((subject, envelope::Batch::new()));
+                batches.push((subject, envelope::Batch::new(&self.node)));
                 batches.len() - 1
             });
             let batch = &mut batches[i].1;
             let number = self.number(&msg);
-            let pushed = batch.push(|buf| envelope::wrap_into(buf, &self.node, number, &msg));
+            let pushed = batch.push(number, &msg);
             if let Err(e) = pushed {
                 cannot_send(&msg, e);
             }
             if batch.is_full() {
-                let full = std::mem::replace(batch, envelope::Batch::new());
+                let full = std::mem::replace(batch, envelope::Batch::new(&self.node));
                 self.send_once(batches[i].0.clone(), full).await;
             }
         }
@@ -808,14 +808,12 @@ impl Link {
             self.stats.undecodable.fetch_add(1, Relaxed);
             tracing::warn!(error = %e, subject = %m.subject, "undecodable message from the cluster");
         };
-        let mut reader = envelope::Reader::new(&self.names);
         let mut out = Vec::new();
-        for e in envelope::envelopes(m.payload.clone()) {
-            match e.and_then(|e| reader.read(e)) {
-                Ok(msg) => out.push(msg),
-                Err(e) => undecodable(e),
-            }
-        }
+        let mut reader = envelope::Reader::new(&self.names);
+        reader.read_all(m.payload.clone(), |read| match read {
+            Ok(msg) => out.push(msg),
+            Err(e) => undecodable(e),
+        });
         out
     }
 

@@ -17,6 +17,7 @@ mod subscribe;
 pub use ack::{Ack, AckKind};
 pub use connect::{ConnAck, Connect, Will};
 pub use disconnect::{Auth, Disconnect};
+pub(crate) use properties::Context;
 pub use properties::{PerDelivery, Properties, PropertySet};
 pub use publish::{encode_publish, Publish, PublishHeader};
 pub use subscribe::{
@@ -304,6 +305,17 @@ impl LastTopic {
         };
         b.advance(len);
         Ok(read)
+    }
+
+    /// A topic name `b` starts with, read past and checked as a PUBLISH's must be
+    /// (never empty: no topic alias stands in for it here).
+    pub(crate) fn read_name(&mut self, b: &mut Bytes) -> Result<Arc<str>> {
+        let (topic, known) = self.read(b)?;
+        if !known {
+            weir_protocol::topic::validate_name(&topic).map_err(Error::topic_name)?;
+            self.keep(&topic);
+        }
+        Ok(topic)
     }
 
     /// Keeps `topic`, which passed every check a topic name must, for the next.
