@@ -836,6 +836,9 @@ impl Link {
     /// its read-back to leave out.
     fn arrived(&self, m: async_nats::Message, first: Option<&replay::FirstLive>, live: bool) {
         let mut messages = self.decoded(m);
+        if let (true, Some(first)) = (live, first) {
+            first.note(&messages);
+        }
         // Once for a batch.
         let mut seen = crate::sync::lock(&self.seen);
         messages.retain(|msg| self.is_new(msg, first, live, &mut seen));
@@ -853,11 +856,9 @@ impl Link {
         live: bool,
         seen: &mut seen::Seen,
     ) -> bool {
-        if let (Some(o), Some(first)) = (&msg.origin, first) {
-            match live {
-                true => first.note(o),
-                false if first.came_live(o) => return false,
-                false => {}
+        if let (Some(o), Some(first), false) = (&msg.origin, first, live) {
+            if first.came_live(o) {
+                return false;
             }
         }
         // Read back from JetStream, this node's own messages come too.

@@ -15,7 +15,7 @@
 //! uses an ordered consumer that lives only as long as the read.
 
 use super::{subject, Connection, Link, MESSAGES_STREAM};
-use crate::message::Origin;
+use crate::message::{Message, Origin};
 use async_nats::jetstream::consumer::{self, DeliverPolicy};
 use futures_util::StreamExt;
 use std::sync::Arc;
@@ -48,12 +48,34 @@ pub(super) struct FirstLive {
 }
 
 impl FirstLive {
-    /// A message arrived live on the subscription.
-    pub(super) fn note(&self, o: &Origin) {
-        if !self.over.load(std::sync::atomic::Ordering::Relaxed) {
-            let mut firsts = crate::sync::lock(&self.firsts);
-            firsts.entry(o.node.clone()).or_insert(o.seq);
+    /// Messages arrived live on the subscription: the lowest number of each node's
+    /// (one note per node and batch, not per message: this runs under load).
+    pub(super) fn note(&self, messages: &[Message]) {
+        if self.over.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
         }
+        let mut run: Option<(&Arc<str>, u64)> = None;
+        for o in messages.iter().filter_map(|m| m.origin.as_ref()) {
+            match &mut run {
+                Some((node, low)) if Arc::ptr_eq(node, &o.node) => *low = (*low).min(o.seq),
+                _ => {
+                    if let Some((node, low)) = run {
+                        self.note_one(node, low);
+                    }
+                    run = Some((&o.node, o.seq));
+                }
+            }
+        }
+        if let Some((node, low)) = run {
+            self.note_one(node, low);
+        }
+    }
+
+    /// Two publishers' numbers interleave: the lowest that came live counts.
+    fn note_one(&self, node: &Arc<str>, seq: u64) {
+        let mut firsts = crate::sync::lock(&self.firsts);
+        let first = firsts.entry(node.clone()).or_insert(seq);
+        *first = (*first).min(seq);
     }
 
     /// Whether a message read back came live too (or will).
@@ -219,4 +241,44 @@ pub(super) fn datetime(t: SystemTime) -> Result<async_nats::datetime::DateTime, 
         .map_err(|e| e.to_string())?
         .as_nanos();
     async_nats::datetime::from_nanos(nanos as i128).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(node: &Arc<str>, seq: u64) -> Message {
+        Message {
+            topic: Arc::from("t"),
+            payload: bytes::Bytes::new(),
+            qos: crate::codec::QoS::AtMostOnce,
+            retain: false,
+            properties: Default::default(),
+            expires_at: None,
+            publisher: None,
+            origin: Some(Origin {
+                node: node.clone(),
+                seq,
+                at: 0,
+            }),
+        }
+    }
+
+    #[test]
+    fn the_lowest_number_that_came_live_counts_per_node() {
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let first = FirstLive::default();
+        // Two publishers on `a` interleave their numbers; `b` comes between.
+        first.note(&[from(&a, 11), from(&a, 10), from(&b, 5), from(&a, 12)]);
+        first.note(&[from(&a, 9)]);
+        let live = |node: &Arc<str>, seq| first.came_live(from(node, seq).origin.as_ref().unwrap());
+        assert!(!live(&a, 8), "before the first that came live: read back");
+        assert!(live(&a, 9) && live(&a, 10) && live(&a, 30));
+        assert!(!live(&b, 4) && live(&b, 5));
+        let c: Arc<str> = Arc::from("c");
+        assert!(!live(&c, 1), "nothing came live from c");
+        first.end();
+        first.note(&[from(&c, 1)]);
+        assert!(!live(&c, 1), "nothing is noted once the read-back ended");
+    }
 }
