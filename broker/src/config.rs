@@ -567,6 +567,28 @@ pub struct Admin {
     pub token: Option<String>,
 }
 
+impl Admin {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.token.as_deref() == Some("") {
+            return Err(invalid(
+                "admin.token",
+                "must not be empty (leave it out for no token on loopback)",
+            ));
+        }
+        // Anyone who reaches the API can kick clients and swap plugins.
+        if self.enabled && self.token.is_none() && !self.bind.ip().is_loopback() {
+            return Err(invalid(
+                "admin.token",
+                format!(
+                    "is required when admin.bind ({}) is not a loopback address",
+                    self.bind
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for Admin {
     fn default() -> Self {
         Admin {
@@ -620,12 +642,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_listeners()?;
         self.validate_plugins()?;
-        if self.admin.token.as_deref() == Some("") {
-            return Err(invalid(
-                "admin.token",
-                "must not be empty (leave it out for no token)",
-            ));
-        }
+        self.admin.validate()?;
         self.limits.validate()?;
         if let Some(c) = &self.cluster {
             c.validate()?;
@@ -790,5 +807,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("bind"), "{e}");
+    }
+
+    #[test]
+    fn the_admin_api_off_loopback_needs_a_token() {
+        let e = Config::from_toml("[admin]\nbind = \"0.0.0.0:9883\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("admin.token") && e.contains("0.0.0.0:9883"),
+            "{e}"
+        );
+        let ok = "[admin]\nbind = \"0.0.0.0:9883\"\ntoken = \"s3cret\"\n";
+        assert!(Config::from_toml(ok).is_ok());
+        assert!(Config::from_toml("[admin]\nbind = \"[::1]:9883\"\n").is_ok());
+        let off = "[admin]\nenabled = false\nbind = \"0.0.0.0:9883\"\n";
+        assert!(Config::from_toml(off).is_ok());
     }
 }

@@ -107,6 +107,23 @@ impl Raw {
         p
     }
 
+    /// Writes `packet` every 10 ms on a second handle to the socket for `d`, as a client
+    /// that has not noticed it is being sent away; the number of writes that failed.
+    pub fn keep_sending(&self, packet: Vec<u8>, d: Duration) -> std::thread::JoinHandle<usize> {
+        let mut s = self.s.try_clone().expect("clone socket");
+        std::thread::spawn(move || {
+            let end = std::time::Instant::now() + d;
+            let mut failed = 0;
+            while std::time::Instant::now() < end {
+                if s.write_all(&packet).is_err() {
+                    failed += 1;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            failed
+        })
+    }
+
     /// True if the server closes the connection (after any packets) within the read timeout.
     pub fn closed(&mut self) -> bool {
         let mut chunk = [0u8; 4096];

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 use weir_tests::clients::v5::QoS;
 use weir_tests::clients::C5;
 use weir_tests::raw::{
-    connect, disconnect_code, packet, publish5, string, subscribe5, v4_client, v5_client, Raw,
-    CLEAN,
+    connack_code, connect, disconnect_code, packet, publish5, string, subscribe5, v4_client,
+    v5_client, Raw, CLEAN,
 };
 use weir_tests::{Opts, Weir};
 
@@ -427,5 +427,77 @@ fn a_flood_past_the_connection_limit_is_closed_not_queued() {
             .filter(|l| l.contains("refused"))
             .collect::<Vec<_>>()
             .join("\n")
+    );
+}
+
+/// Sends `trigger`, keeps sending `more` as a client that has not noticed yet, and only
+/// then reads. A client library treats a failed write as a lost connection and never
+/// reads what came before it, so every write must succeed (the broker reads on until the
+/// client is done) and the first DISCONNECT or CONNACK must be there. Its reason code.
+fn reads_the_last_word_while_sending(r: &mut Raw, trigger: &[Vec<u8>], more: Vec<u8>) -> u8 {
+    for p in trigger {
+        r.send(p);
+    }
+    let sender = r.keep_sending(more, Duration::from_millis(1500));
+    // Long enough for the broker to say its word and, were it to close at once, for the
+    // client's writes to meet a reset.
+    std::thread::sleep(Duration::from_millis(400));
+    let mut seen = Vec::new();
+    let code = loop {
+        let Some(p) = r.recv() else {
+            panic!("connection ended without a reason code; packets before: {seen:?}")
+        };
+        match p[0] {
+            0xE0 => break disconnect_code(&p).expect("DISCONNECT"),
+            0x20 => break connack_code(&p),
+            first => seen.push(first),
+        }
+    };
+    let failed = sender.join().expect("sender");
+    assert_eq!(
+        failed, 0,
+        "writes failed (reset) before the client read the reason"
+    );
+    code
+}
+
+#[test]
+fn a_client_still_sending_reads_its_disconnect_reason() {
+    let w = Weir::with(Opts::limits("max_inflight = 2"));
+    let mut r = v5_client(&w, "greedy", &[]);
+    let qos2: Vec<_> = (1..=3u16)
+        .map(|pid| publish5(0x04, "rm", Some(pid), &[], b"x"))
+        .collect();
+    let pubrel = packet(0x62, &[0, 1]);
+    assert_eq!(
+        reads_the_last_word_while_sending(&mut r, &qos2, pubrel),
+        0x93
+    );
+
+    let w = Weir::with(Opts {
+        listener: "max_packet_size = 128".into(),
+        ..Default::default()
+    });
+    let mut r = v5_client(&w, "big", &[]);
+    let big = publish5(0, "t", None, &[], &[0u8; 300]);
+    let small = publish5(0, "t", None, &[], b"x");
+    assert_eq!(
+        reads_the_last_word_while_sending(&mut r, &[big], small),
+        0x95
+    );
+}
+
+#[test]
+fn a_refused_client_still_sending_reads_its_connack() {
+    let w = Weir::with(Opts {
+        listener: "allow_anonymous = false".into(),
+        ..Default::default()
+    });
+    let mut r = Raw::connect(w.port);
+    let hello = connect(5, "anon", CLEAN, 60, &[]);
+    let ping = vec![0xC0, 0];
+    assert_eq!(
+        reads_the_last_word_while_sending(&mut r, &[hello], ping),
+        0x87
     );
 }

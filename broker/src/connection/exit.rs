@@ -98,6 +98,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             }
         }
         self.io.goodbye(&last).await;
+        let said_why = !last.is_empty() && !matches!(exit, Exit::Shutdown);
         let client_id = &self.client.client_id;
         let will = self
             .inbound
@@ -116,5 +117,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         self.client.listener.disconnected();
         tracing::info!(client_id = %client_id, peer = %self.client.peer, listener = %self.client.listener.name,
             protocol = %self.client.version, reason = %exit.describe(), "client disconnected");
+        // Only now: the session and the will must not wait on a client's last bytes.
+        if said_why {
+            self.io.linger().await;
+        }
     }
 }

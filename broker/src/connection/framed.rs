@@ -18,6 +18,11 @@ pub(super) const WRITE_HIGH_WATER: usize = 256 * 1024;
 pub(super) const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a last word (a refusal, a DISCONNECT) may take to write.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a connection that said its last word keeps reading, so a client still
+/// sending reads that word instead of a reset (see [`Framed::linger`]).
+const LINGER: Duration = Duration::from_secs(2);
+/// How much a lingering connection reads and drops before it closes anyway.
+const LINGER_BYTES: usize = 1024 * 1024;
 
 pub(super) struct Framed<S> {
     io: S,
@@ -121,6 +126,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         };
         let _ = tokio::time::timeout(GOODBYE_TIMEOUT, write).await;
         let _ = tokio::time::timeout(GOODBYE_TIMEOUT, self.io.shutdown()).await;
+    }
+
+    /// After [`Framed::goodbye`], reads and drops what the client still sends until it
+    /// closes, for at most [`LINGER`] and [`LINGER_BYTES`]. A socket closed under a client
+    /// still sending answers its next bytes with a reset; the client's write fails, and
+    /// client libraries take that as a lost connection without reading what had arrived
+    /// (some stacks even discard it): the very DISCONNECT or CONNACK that says why.
+    pub(super) async fn linger(&mut self) {
+        self.rbuf = BytesMut::new();
+        let mut scratch = vec![0u8; 1024];
+        let drain = async {
+            let mut total = 0;
+            while total < LINGER_BYTES {
+                match self.io.read(&mut scratch).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => total += n,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER, drain).await;
     }
 }
 

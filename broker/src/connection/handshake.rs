@@ -156,7 +156,10 @@ where
     let max = client_max.map_or(usize::MAX, |m| m as usize);
     let mut out = BytesMut::new();
     match connack.encode_within(version, max, &mut out) {
-        Ok(()) => io.goodbye(&out).await,
+        Ok(()) => {
+            io.goodbye(&out).await;
+            io.linger().await;
+        }
         Err(e) => tracing::warn!(error = %e, "refusing CONNACK not sent"),
     }
 }
