@@ -357,6 +357,8 @@ impl Default for PluginsConfig {
 pub enum OverflowPolicy {
     DropOldest,
     DropNewest,
+    /// Hold the publishers instead (as long as the consumer keeps taking messages).
+    Block,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -373,6 +375,10 @@ pub struct Limits {
     /// Messages waiting for one session (offline, or online but slower than its
     /// publishers) before `overflow` applies.
     pub max_queued: usize,
+    /// Messages waiting for a connected session above which the publishers that feed
+    /// only it (and sessions like it) are not read until it drains to half; at most
+    /// `max_queued` in effect.
+    pub queue_high_water: usize,
     pub overflow: OverflowPolicy,
     /// Queue QoS 0 messages for offline persistent sessions too.
     pub queue_qos0_offline: bool,
@@ -396,7 +402,8 @@ impl Default for Limits {
             max_refusing: 64,
             max_packet_size: 1024 * 1024,
             max_inflight: 256,
-            max_queued: 10_000,
+            max_queued: 100_000,
+            queue_high_water: 1_000,
             overflow: OverflowPolicy::DropOldest,
             queue_qos0_offline: false,
             max_topic_length: 65_535,
@@ -427,6 +434,9 @@ pub struct Storage {
     pub durability: Durability,
     /// For `periodic` durability: how often the store syncs.
     pub flush_interval_ms: u64,
+    /// Disk all sessions together may fill with the overflow of their queues; 0 keeps
+    /// every queue in memory.
+    pub max_spill_mb: u64,
 }
 
 impl Default for Storage {
@@ -436,6 +446,7 @@ impl Default for Storage {
             dir: PathBuf::from("weir-data"),
             durability: Durability::Sync,
             flush_interval_ms: 500,
+            max_spill_mb: 1024,
         }
     }
 }
@@ -745,6 +756,9 @@ impl Limits {
         }
         if l.max_queued == 0 {
             return Err(invalid("limits.max_queued", "must be at least 1"));
+        }
+        if l.queue_high_water < 2 {
+            return Err(invalid("limits.queue_high_water", "must be at least 2"));
         }
         if l.max_topic_length == 0 || l.max_topic_length > 65_535 {
             return Err(invalid(

@@ -13,14 +13,17 @@ pub enum DropCause {
     Expired,
     /// Refused by authorization (or a transform or rate limit).
     Denied,
+    /// A `block` queue was full and its consumer away or taking nothing.
+    Stalled,
 }
 
 impl DropCause {
-    pub const ALL: [DropCause; 4] = [
+    pub const ALL: [DropCause; 5] = [
         DropCause::QueueFull,
         DropCause::TooLarge,
         DropCause::Expired,
         DropCause::Denied,
+        DropCause::Stalled,
     ];
 
     /// The `cause` label in `/metrics`.
@@ -30,6 +33,7 @@ impl DropCause {
             DropCause::TooLarge => "too_large",
             DropCause::Expired => "expired",
             DropCause::Denied => "denied",
+            DropCause::Stalled => "consumer_stalled",
         }
     }
 }
@@ -41,7 +45,7 @@ pub struct Metrics {
     messages_out: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
-    dropped: [AtomicU64; 4],
+    dropped: [AtomicU64; DropCause::ALL.len()],
     /// Connections closed at once because too many over-limit clients were already
     /// being told so.
     refused_busy: AtomicU64,

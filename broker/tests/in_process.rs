@@ -24,7 +24,8 @@ use weir::hooks::{
 use weir::message::Message;
 use weir::server::Housekeeper;
 use weir::store::{
-    Commit, RetainedStore, SessionMeta, SessionStore, StoreError, StoredDelivery, StoredSession,
+    Commit, RetainedStore, SessionMeta, SessionStore, SpillStore, StoreError, StoredDelivery,
+    StoredSession,
 };
 
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -131,6 +132,21 @@ impl SessionStore for Scripted {
         Ok(())
     }
     fn save_incoming(&self, _: &str, _: u16, _: bool) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+impl SpillStore for Scripted {
+    fn spills(&self) -> bool {
+        false
+    }
+    fn spill(&self, _: u64, _: &[u8]) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn unspill(&self, _: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(None)
+    }
+    fn forget_spilled(&self, _: u64) -> Result<(), StoreError> {
         Ok(())
     }
 }

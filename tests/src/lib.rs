@@ -261,6 +261,28 @@ impl Weir {
         self.child.as_ref().expect("broker running").id()
     }
 
+    /// A sample's value from `/metrics`, by its name with labels as printed
+    /// (`weir_messages_dropped_total{cause="queue_full"}`).
+    pub fn metric(&self, name: &str) -> u64 {
+        let (status, body) = http::request(self.admin_port, "GET", "/metrics", None);
+        assert_eq!(status, 200);
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{body}"))
+    }
+
+    /// The broker's resident memory in bytes.
+    pub fn rss(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("/proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS")
+            * 1024
+    }
+
     /// Sends SIGHUP and waits until the log shows `text` once more than before: the
     /// reload it triggers has been carried out (or refused).
     pub fn sighup_until(&self, text: &str) {

@@ -36,11 +36,7 @@ fn node_at(nats: &NatsCluster, servers: &str, name: &str, more: &str) -> Weir {
 }
 
 fn metric(w: &Weir, name: &str) -> u64 {
-    let (status, body) = weir_tests::http::request(w.admin_port, "GET", "/metrics", None);
-    assert_eq!(status, 200);
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{body}"))
+    w.metric(name)
 }
 
 #[test]

@@ -189,8 +189,18 @@ fn broker_gauges(out: &mut String, b: &Broker) {
         ),
         (
             "weir_queued_messages",
-            "Messages waiting in session queues.",
+            "Messages waiting in session queues, in memory and on disk.",
             b.queued_messages(),
+        ),
+        (
+            "weir_spilled_messages",
+            "Messages of slow sessions' queues kept on disk (storage.max_spill_mb).",
+            b.spilled().messages().load(Relaxed) as usize,
+        ),
+        (
+            "weir_spilled_bytes",
+            "Bytes of slow sessions' queues kept on disk (storage.max_spill_mb).",
+            b.spilled().bytes().load(Relaxed) as usize,
         ),
     ] {
         family(out, name, "gauge", help);

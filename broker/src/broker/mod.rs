@@ -18,6 +18,10 @@ mod moving;
 mod owed;
 mod publish;
 mod sessions;
+mod spill;
+
+pub use publish::{Hold, Routed};
+pub use spill::SpillQuota;
 
 use crate::codec::{ReasonCode, Version};
 use crate::config::Config;
@@ -44,6 +48,8 @@ pub struct Broker {
     commits: Arc<dyn Commit + Send + Sync>,
     hooks: Arc<dyn Hooks>,
     metrics: Metrics,
+    /// What slow sessions keep on disk, broker-wide.
+    spill: SpillQuota,
     /// Key of the next stored delivery; unique across restarts.
     seq: AtomicU64,
     next_conn_id: AtomicU64,
@@ -110,7 +116,12 @@ impl Broker {
         store: Arc<dyn Store>,
         parts: Parts,
     ) -> Result<Arc<Broker>, StoreError> {
+        let spill = SpillQuota::new(
+            store.spills() && config.cluster.is_none(),
+            config.storage.max_spill_mb.saturating_mul(1 << 20),
+        );
         let broker = Broker {
+            spill,
             config,
             fanout: parts.fanout,
             retained: Retained::default(),
@@ -215,6 +226,7 @@ impl Broker {
         let l = &self.config.limits;
         QueueLimits {
             max_queued: l.max_queued,
+            high_water: l.queue_high_water.min(l.max_queued),
             overflow: l.overflow,
             queue_qos0_offline: l.queue_qos0_offline,
         }
@@ -259,6 +271,11 @@ impl Broker {
     }
 
     /// Messages waiting in session queues.
+    /// What slow sessions keep on disk.
+    pub fn spilled(&self) -> &SpillQuota {
+        &self.spill
+    }
+
     pub fn queued_messages(&self) -> usize {
         self.sessions.all().iter().map(|s| s.queued()).sum()
     }

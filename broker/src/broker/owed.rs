@@ -7,7 +7,7 @@ use crate::codec::SubscriptionOptions;
 use crate::message::{Delivery, Message};
 use crate::metrics::DropCause;
 use crate::router::Subscribed;
-use crate::session::{Journal, Outgoing, Session, Subscription, Taken};
+use crate::session::{Journal, Outgoing, Session, Spilled, Subscription, Taken};
 use crate::store::{log_write, DeliveryState, StoredDelivery};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -50,6 +50,89 @@ impl Journal for StoreJournal<'_> {
             .save_incoming(self.client_id, pid, present);
         log_write(r, self.client_id)
     }
+
+    fn can_spill(&self) -> bool {
+        self.broker.spill.has_room()
+    }
+
+    fn spill(&self, d: &Delivery) -> Option<Spilled> {
+        let record = spill_record(d)
+            .map_err(|e| tracing::warn!(client_id = self.client_id, error = %e, "not spilled"))
+            .ok()?;
+        let key = self.next_seq();
+        let stored = self.broker.store.spill(key, &record);
+        if !log_write(stored, self.client_id) {
+            return None;
+        }
+        let s = Spilled {
+            key,
+            bytes: record.len() as u32,
+        };
+        self.broker.spill.add(s);
+        Some(s)
+    }
+
+    fn unspill(&self, s: Spilled) -> Option<Delivery> {
+        self.broker.spill.remove(s);
+        let read = match self.broker.store.unspill(s.key) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(client_id = self.client_id, error = %e, "spilled message not read back");
+                return None;
+            }
+        };
+        let Some(record) = read else {
+            tracing::error!(
+                client_id = self.client_id,
+                key = s.key,
+                "spilled message missing"
+            );
+            return None;
+        };
+        match read_spill_record(record) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::error!(client_id = self.client_id, error = %e, "spilled message unreadable");
+                None
+            }
+        }
+    }
+
+    fn forget_spilled(&self, s: Spilled) {
+        self.broker.spill.remove(s);
+        log_write(self.broker.store.forget_spilled(s.key), self.client_id);
+    }
+}
+
+/// A spilled delivery: the key of its own record, if it has one (`u64::MAX` if not),
+/// then the delivery as the store keeps it.
+fn spill_record(d: &Delivery) -> Result<Vec<u8>, crate::codec::Error> {
+    let mut out = d.store_seq.unwrap_or(u64::MAX).to_be_bytes().to_vec();
+    let record = StoredDelivery {
+        state: DeliveryState::Queued,
+        qos: d.qos,
+        retain: d.retain,
+        subscription_ids: d.subscription_ids.clone(),
+        message: Message::clone(&d.message),
+    };
+    out.extend_from_slice(&record.encode()?);
+    Ok(out)
+}
+
+fn read_spill_record(record: Vec<u8>) -> Result<Delivery, String> {
+    if record.len() < 8 {
+        return Err("spill record shorter than its header".into());
+    }
+    let mut b = bytes::Bytes::from(record);
+    let seq = u64::from_be_bytes(b.split_to(8)[..].try_into().unwrap_or([0xFF; 8]));
+    let stored = StoredDelivery::decode(b)?;
+    Ok(Delivery {
+        message: Arc::new(stored.message),
+        qos: stored.qos,
+        retain: stored.retain,
+        subscription_ids: stored.subscription_ids,
+        store_seq: (seq != u64::MAX).then_some(seq),
+    })
 }
 
 impl Broker {
@@ -83,6 +166,9 @@ impl Broker {
         if taken.expired > 0 {
             self.metrics
                 .dropped(DropCause::Expired, taken.expired as u64);
+        }
+        if taken.drained {
+            session.let_publishers_go();
         }
         Some(taken)
     }

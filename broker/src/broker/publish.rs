@@ -7,7 +7,7 @@ use crate::hooks::{Action, Decision, Identity};
 use crate::message::{Delivery, Message};
 use crate::metrics::DropCause;
 use crate::router::{Matches, Target};
-use crate::session::Session;
+use crate::session::{PushOutcome, Session};
 use crate::store::log_write;
 use crate::FastMap;
 use bytes::Bytes;
@@ -15,15 +15,15 @@ use std::sync::Arc;
 
 impl Broker {
     /// Routes a message to every matching session and updates the retained index.
-    /// Returns whether a store write was made that an acknowledgement must wait for.
-    pub fn publish(&self, msg: Arc<Message>) -> bool {
+    pub fn publish(&self, msg: Arc<Message>) -> Routed {
         let msg = self.fanout.stamp(msg);
         let mut stored = false;
         if msg.retain {
             stored |= self.retain(&msg);
         }
-        stored |= self.route(&msg);
-        stored | self.fanout.forward(&msg)
+        let mut routed = self.route(&msg);
+        routed.stored |= stored | self.fanout.forward(&msg);
+        routed
     }
 
     /// Routes messages another node of the cluster forwarded to this one, in order, to
@@ -66,9 +66,7 @@ impl Broker {
         let msg = Arc::new(msg);
         let rank = |client_id: &str| self.rank(client_id, &msg);
         match self.fanout.group(share).and_then(|g| g.pick(&rank)) {
-            Some(t) => {
-                self.deliver(&t.client_id, &msg, Wanted::of(&t));
-            }
+            Some(t) => self.deliver(&t.client_id, &msg, Wanted::of(&t)),
             None => self.metrics.dropped(DropCause::Denied, 1),
         }
     }
@@ -90,14 +88,28 @@ impl Broker {
         }
     }
 
-    /// Queues `msg` for every matching session of this node; whether a store write
-    /// was made.
-    fn route(&self, msg: &Arc<Message>) -> bool {
-        let mut stored = false;
+    /// Queues `msg` for every matching session of this node.
+    fn route(&self, msg: &Arc<Message>) -> Routed {
+        let mut routed = Routed::default();
+        let mut keeping_up = false;
         self.recipients(msg, |session, want| {
-            stored |= self.queue_for(&session, want.delivery(msg));
+            let out = self.queue_for(&session, want.delivery(msg));
+            routed.stored |= out.stored;
+            keeping_up |= !out.over;
+            if out.over || out.blocking {
+                routed.hold.push(Hold {
+                    session,
+                    progress: out.progress,
+                    blocking: out.blocking,
+                });
+            }
         });
-        stored
+        // A message that also reached a session keeping up holds its publisher only
+        // for a `block` queue: the others are not to be slowed by one slow consumer.
+        if keeping_up {
+            routed.hold.retain(|h| h.blocking);
+        }
+        routed
     }
 
     /// Calls `to` with each session of this node that gets `msg`, and how its
@@ -183,29 +195,47 @@ impl Broker {
         }
     }
 
-    /// Queues `msg` for the session of `client_id` as its subscriptions want it; whether
-    /// it was stored.
-    fn deliver(&self, client_id: &str, msg: &Arc<Message>, want: Wanted) -> bool {
-        match self.sessions.find(client_id) {
-            Some(session) => self.queue_for(&session, want.delivery(msg)),
-            None => false,
+    /// Queues `msg` for the session of `client_id` as its subscriptions want it.
+    fn deliver(&self, client_id: &str, msg: &Arc<Message>, want: Wanted) {
+        if let Some(session) = self.sessions.find(client_id) {
+            self.queue_for(&session, want.delivery(msg));
         }
     }
 
-    /// Queues one delivery for one session and wakes its connection. Returns whether
-    /// it was stored (an acknowledgement must wait for the commit).
-    pub fn queue_for(&self, session: &Session, d: Delivery) -> bool {
+    /// Queues one delivery for one session and wakes its connection. The outcome says
+    /// whether it was stored (an acknowledgement must wait for the commit) and whether
+    /// the session holds its publishers.
+    pub fn queue_for(&self, session: &Session, d: Delivery) -> PushOutcome {
         let journal = self.journal(session.client_id());
         let out = session.lock().push(d, self.queue_limits(), &journal);
         if out.dropped > 0 {
-            self.metrics
-                .dropped(DropCause::QueueFull, out.dropped as u64);
+            let cause = match out.stalled {
+                true => DropCause::Stalled,
+                false => DropCause::QueueFull,
+            };
+            self.metrics.dropped(cause, out.dropped as u64);
         }
         if out.wake {
             session.wake();
         }
-        out.stored
+        out
     }
+}
+
+/// What routing a message did: whether a store write was made that an acknowledgement
+/// must wait for, and the sessions its publisher should wait for ([`crate::pace`]):
+/// every recipient if none keeps up, else those whose `block` queue is full.
+#[derive(Default)]
+pub struct Routed {
+    pub stored: bool,
+    pub hold: Vec<Hold>,
+}
+
+/// A session a publisher waits for, and how far its consumer had got.
+pub struct Hold {
+    pub session: Arc<Session>,
+    pub progress: u64,
+    blocking: bool,
 }
 
 /// The sessions a message on `topic` from `publisher` went to: the same for the next

@@ -61,6 +61,7 @@ impl Broker {
         if !st.detach(conn_id, now) {
             return;
         }
+        session.let_publishers_go();
         let client_id = session.client_id();
         if st.expiry_interval() == 0 {
             drop(st);
@@ -119,7 +120,11 @@ impl Broker {
     /// Forgets a session: its subscriptions, what it is owed, its stored copy. The
     /// caller holds the client id's claim.
     pub(super) fn end_session(&self, session: &Arc<Session>) {
-        let (filters, recorded) = session.lock().end();
+        let (filters, recorded) = {
+            let mut st = session.lock();
+            st.drop_spilled(&self.journal(session.client_id()));
+            st.end()
+        };
         for filter in &filters {
             self.fanout.unsubscribe(session.client_id(), filter);
         }

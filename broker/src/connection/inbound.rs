@@ -2,6 +2,7 @@
 
 use super::exit::Exit;
 use super::Connection;
+use crate::broker::Hold;
 use crate::codec::{
     self, Ack, AckKind, Disconnect, Packet, Properties, Publish, QoS, ReasonCode, RetainHandling,
     SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Version, Will,
@@ -9,11 +10,35 @@ use crate::codec::{
 use crate::hooks::{Action, Decision, PublishOutcome, RateEvent, RateOutcome};
 use crate::message::{Delivery, Message};
 use crate::metrics::DropCause;
+use crate::session::Session;
 use crate::topic;
 use crate::FastMap;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
+
+/// How long a held publisher waits on a session that takes nothing before it goes on.
+const STALLED: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Sessions a publisher waits for ([`Inbound::wait_for`]).
+pub(super) struct Waiting {
+    sessions: Vec<Hold>,
+    checked: Instant,
+}
+
+impl Waiting {
+    /// Completes once none of the sessions holds its publishers.
+    pub(super) async fn drained(&self) {
+        for h in &self.sessions {
+            h.session.drained().await;
+        }
+    }
+
+    /// When to look for sessions that took nothing ([`Inbound::check_stalled`]).
+    pub(super) fn next_check(&self) -> Instant {
+        self.checked + STALLED
+    }
+}
 
 /// The state of what the client sends.
 pub(super) struct Inbound {
@@ -24,6 +49,9 @@ pub(super) struct Inbound {
     /// What this client publishes waits for others over the broker's mark: nothing is
     /// read until it drains ([`crate::pace`]).
     held: bool,
+    /// Its last message went only to sessions over their high-water mark (or to a
+    /// full `block` queue): nothing is read until they drain.
+    waiting: Option<Waiting>,
     /// The session expiry asked at CONNECT: 0 may not become more at DISCONNECT.
     connect_expiry: u32,
     will: Option<Will>,
@@ -37,6 +65,7 @@ impl Inbound {
             aliases: FastMap::default(),
             paused_until: None,
             held: false,
+            waiting: None,
             connect_expiry,
             will,
             last_topic: codec::LastTopic::default(),
@@ -52,11 +81,49 @@ impl Inbound {
     }
 
     pub(super) fn is_held(&self) -> bool {
-        self.held
+        self.held || self.waiting.is_some()
     }
 
     pub(super) fn let_go(&mut self) {
         self.held = false;
+    }
+
+    /// The sessions this client waits for, if it does.
+    pub(super) fn waiting(&self) -> Option<&Waiting> {
+        self.waiting.as_ref()
+    }
+
+    /// Waits for `hold`, but never for its own session: only this connection, which
+    /// would not be reading its acknowledgements, drains that.
+    fn wait_for(&mut self, mut hold: Vec<Hold>, own: &Arc<Session>) {
+        hold.retain(|h| !Arc::ptr_eq(&h.session, own));
+        if !hold.is_empty() {
+            self.waiting = Some(Waiting {
+                sessions: hold,
+                checked: Instant::now(),
+            });
+        }
+    }
+
+    pub(super) fn stop_waiting(&mut self) {
+        self.waiting = None;
+    }
+
+    /// Every [`STALLED`] of waiting: a session that took nothing since the last look
+    /// holds nobody any more (a stuck client, or a cycle of publishers waiting on each
+    /// other's consumers), so this client goes on and the policy applies there.
+    pub(super) fn check_stalled(&mut self) {
+        let Some(w) = &mut self.waiting else {
+            return;
+        };
+        for h in &mut w.sessions {
+            let now = h.session.progress();
+            if now == h.progress {
+                h.session.mark_stalled(now);
+            }
+            h.progress = now;
+        }
+        w.checked = Instant::now();
     }
 
     fn pause_for(&mut self, d: std::time::Duration) {
@@ -99,7 +166,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// Parses and handles every complete packet in the read buffer.
     pub(super) fn process_input(&mut self) -> Result<(), Exit> {
         let max = self.client.listener.max_packet_size as usize;
-        while self.inbound.paused_until.is_none() && !self.inbound.held {
+        while self.inbound.paused_until.is_none() && !self.inbound.is_held() {
             let Some(frame) = self.io.next_frame(max)? else {
                 break;
             };
@@ -203,7 +270,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// Routes an accepted message and acknowledges it once what it changed is durable.
     fn route(&mut self, msg: Arc<Message>, pid: u16) {
         let qos = msg.qos;
-        let mut stored = self.broker.publish(msg);
+        let routed = self.broker.publish(msg);
+        let mut stored = routed.stored;
+        self.inbound.wait_for(routed.hold, &self.session);
         match qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => self.ack(

@@ -173,16 +173,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             .map(|k| *last_read + k);
         let holding = self.outbound.is_holding();
         let pace = self.broker.pace();
+        let waiting = self.inbound.waiting();
+        let stall_check = waiting.map(|w| w.next_check());
         tokio::select! {
             _ = sleep_until(paused.unwrap_or_else(Instant::now)), if paused.is_some() => {
                 self.inbound.resume();
                 *last_read = Instant::now();
                 self.process_input()
             }
-            _ = async { if let Some(p) = pace { p.drained().await } }, if held => {
+            _ = async { if let Some(p) = pace { p.drained().await } }, if held && waiting.is_none() => {
                 self.inbound.let_go();
                 *last_read = Instant::now();
                 self.process_input()
+            }
+            _ = async { if let Some(w) = waiting { w.drained().await } }, if waiting.is_some() => {
+                self.inbound.stop_waiting();
+                *last_read = Instant::now();
+                self.process_input()
+            }
+            _ = sleep_until(stall_check.unwrap_or_else(Instant::now)), if stall_check.is_some() => {
+                self.inbound.check_stalled();
+                Ok(())
             }
             r = self.io.read(), if paused.is_none() && !held => match r {
                 Ok(0) => Err(Exit::Closed),

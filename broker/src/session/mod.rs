@@ -77,6 +77,28 @@ pub trait Journal {
     fn delete(&self, seq: u64);
     /// A QoS 2 packet id received (`true`) or released (`false`); whether recorded.
     fn incoming(&self, pid: u16, present: bool) -> bool;
+    /// Whether a delivery may go to disk instead of memory now (the store can, and the
+    /// broker-wide quota has room).
+    fn can_spill(&self) -> bool {
+        false
+    }
+    /// Keeps a queued delivery on disk; where, or `None` if it could not.
+    fn spill(&self, _d: &Delivery) -> Option<Spilled> {
+        None
+    }
+    /// Reads a spilled delivery back (and frees its place); `None` if it was lost.
+    fn unspill(&self, _s: Spilled) -> Option<Delivery> {
+        None
+    }
+    /// Frees a spilled delivery's place unread (it was dropped).
+    fn forget_spilled(&self, _s: Spilled) {}
+}
+
+/// A delivery a slow session keeps on disk: its key, and its size for the quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spilled {
+    pub key: u64,
+    pub bytes: u32,
 }
 
 pub struct Session {
@@ -84,6 +106,8 @@ pub struct Session {
     state: Mutex<SessionState>,
     /// Wakes the attached connection when deliveries were queued.
     notify: Notify,
+    /// Wakes the publishers held for this session ([`Session::drained`]).
+    drained: Notify,
 }
 
 impl Session {
@@ -92,6 +116,7 @@ impl Session {
             client_id,
             state: Mutex::new(SessionState::new(expiry_interval)),
             notify: Notify::new(),
+            drained: Notify::new(),
         }
     }
 
@@ -103,6 +128,7 @@ impl Session {
             client_id: Arc::from(meta.client_id.as_str()),
             state: Mutex::new(state),
             notify: Notify::new(),
+            drained: Notify::new(),
         }
     }
 
@@ -123,6 +149,39 @@ impl Session {
     /// Completes when [`Session::wake`] was called (or had been, since the last time).
     pub async fn woken(&self) {
         self.notify.notified().await
+    }
+
+    /// Completes once the session no longer holds its publishers: its queue is down to
+    /// half its high-water mark, its client went away, or it was found stalled.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.lock().is_over() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Lets the publishers held for this session go on (it drained, or went away).
+    pub fn let_publishers_go(&self) {
+        self.drained.notify_waiters();
+    }
+
+    /// Deliveries taken from the queue so far: a held publisher's measure of progress.
+    pub fn progress(&self) -> u64 {
+        self.lock().progress()
+    }
+
+    /// A publisher held since the session had taken `seen` found it took nothing
+    /// since: it holds nobody until it takes something again.
+    pub fn mark_stalled(&self, seen: u64) {
+        if self.lock().mark_stalled(seen) {
+            tracing::debug!(client_id = %self.client_id, "consumer took nothing while publishers waited: they go on");
+            self.let_publishers_go();
+        }
     }
 
     /// Whether the session outlives its connection (a non-zero expiry interval).

@@ -2,7 +2,7 @@
 //! what a persistent session owes is recorded in the [`Journal`] here, under the lock,
 //! so that the records follow the state in order.
 
-use super::{ConnHandle, InflightWindow, Journal, PendingWill, Subscription, NEVER};
+use super::{ConnHandle, InflightWindow, Journal, PendingWill, Spilled, Subscription, NEVER};
 use crate::codec::{QoS, RetainHandling, SubscriptionOptions};
 use crate::config::OverflowPolicy;
 use crate::hooks::Identity;
@@ -35,12 +35,16 @@ pub struct Taken {
     /// durable before it goes out, or a crash could resend it under another id and
     /// break exactly-once.
     pub stored: bool,
+    /// The queue went from over its high-water mark to half of it: producers held
+    /// for this session may go on.
+    pub drained: bool,
 }
 
 /// Queue bounds for [`SessionState::push`].
 #[derive(Debug, Clone, Copy)]
 pub struct QueueLimits {
     pub max_queued: usize,
+    pub high_water: usize,
     pub overflow: OverflowPolicy,
     pub queue_qos0_offline: bool,
 }
@@ -56,6 +60,19 @@ pub struct PushOutcome {
     pub skipped: bool,
     /// A connection is attached and should be woken.
     pub wake: bool,
+    /// The session is over its high-water mark: a publisher that fed only sessions
+    /// like it should wait until it drains ([`crate::session::Session::drained`]).
+    pub over: bool,
+    /// The queue is full and the policy is `block`: the publisher should wait whatever
+    /// else it fed.
+    pub blocking: bool,
+    /// The delivery went to disk (the session is slower than its publishers).
+    pub spilled: bool,
+    /// The drop was a `block` queue's whose consumer is away or stuck.
+    pub stalled: bool,
+    /// Deliveries the session had taken from its queue when this was pushed: a
+    /// publisher held for it tells a slow consumer from a stuck one by this.
+    pub progress: u64,
 }
 
 #[derive(Debug)]
@@ -82,6 +99,20 @@ pub struct SessionState {
     landing: Option<Landing>,
     /// Deliveries queued so far: whether anything reached the session since a look.
     pushed: u64,
+    /// The queue goes on on disk (a slow client): these come after `queue`, in order...
+    spilled: VecDeque<Spilled>,
+    /// ...and then these, which came while the store could take no more.
+    tail: VecDeque<Delivery>,
+    /// Deliveries taken from the queue so far (sent or expired): the consumer's progress.
+    taken: u64,
+    /// Over the high-water mark (`mark`, as of the last push) while a connection takes from the queue:
+    /// publishers that feed only such sessions are held until it is down to half.
+    over: bool,
+    mark: usize,
+    /// The consumer took nothing for as long as a held publisher would wait: it holds
+    /// nobody until it takes something again (a stuck client, or publishers and
+    /// consumers waiting on each other in a cycle).
+    stalled: bool,
 }
 
 /// How far back what a session owes goes, by when each message was published in the
@@ -108,6 +139,9 @@ struct Landing {
     until: Option<std::time::Instant>,
 }
 
+/// At most this many deliveries are read back from disk at a time.
+const REFILL_MAX: usize = 1_000;
+
 /// How long a landed session drops copies of what it already has.
 const LANDED: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -127,6 +161,12 @@ impl SessionState {
             recorded: false,
             landing: None,
             pushed: 0,
+            spilled: VecDeque::new(),
+            tail: VecDeque::new(),
+            taken: 0,
+            over: false,
+            mark: usize::MAX,
+            stalled: false,
         }
     }
 
@@ -222,6 +262,31 @@ impl SessionState {
         }
         self.conn = None;
         self.disconnected_at = Some(now);
+        // Nobody takes from the queue now: it holds no publisher.
+        self.over = false;
+        true
+    }
+
+    // ---- pace
+
+    /// Whether publishers that fed only this session should wait for it.
+    pub fn is_over(&self) -> bool {
+        self.over
+    }
+
+    /// Deliveries taken from the queue so far.
+    pub fn progress(&self) -> u64 {
+        self.taken
+    }
+
+    /// A held publisher found the session took nothing since `seen`: it stops holding
+    /// anyone until it takes something. Whether it was over (and now is not).
+    pub fn mark_stalled(&mut self, seen: u64) -> bool {
+        if !self.over || self.taken != seen {
+            return false;
+        }
+        self.stalled = true;
+        self.over = false;
         true
     }
 
@@ -289,8 +354,9 @@ impl SessionState {
 
     // ---- what is owed
 
+    /// Deliveries waiting, in memory and on disk.
     pub fn queued(&self) -> usize {
-        self.queue.len()
+        self.queue.len() + self.spilled.len() + self.tail.len()
     }
 
     pub fn is_receiving_qos2(&self, pid: u16) -> bool {
@@ -301,7 +367,8 @@ impl SessionState {
         self.incoming.len()
     }
 
-    /// Queues a delivery. Never blocks; a full queue applies the overflow policy.
+    /// Queues a delivery. Never blocks; a full queue applies the overflow policy, and
+    /// the outcome tells the publisher whether to wait for this session to drain.
     pub fn push(&mut self, mut d: Delivery, limits: QueueLimits, j: &dyn Journal) -> PushOutcome {
         let mut out = PushOutcome {
             wake: self.conn.is_some(),
@@ -314,14 +381,27 @@ impl SessionState {
             out.skipped = true;
             return out;
         }
-        if self.queue.len() >= limits.max_queued {
-            out.dropped += 1;
+        let flowing = self.conn.is_some() && !self.stalled;
+        self.mark = limits.high_water;
+        if self.queued() + 1 >= limits.high_water && flowing {
+            self.over = true;
+        }
+        (out.over, out.progress) = (self.over, self.taken);
+        if self.queued() >= limits.max_queued {
             match limits.overflow {
-                OverflowPolicy::DropNewest => return out,
+                // The publisher waits; what it already sent is taken, a bounded excess.
+                OverflowPolicy::Block if flowing => out.blocking = true,
+                OverflowPolicy::Block => {
+                    (out.dropped, out.stalled) = (1, true);
+                    return out;
+                }
+                OverflowPolicy::DropNewest => {
+                    out.dropped += 1;
+                    return out;
+                }
                 OverflowPolicy::DropOldest => {
-                    if let Some(seq) = self.queue.pop_front().and_then(|old| old.store_seq) {
-                        j.delete(seq);
-                    }
+                    out.dropped += 1;
+                    self.drop_oldest(j);
                 }
             }
         }
@@ -334,8 +414,74 @@ impl SessionState {
             }
         }
         self.pushed += 1;
-        self.queue.push_back(d);
+        out.spilled = self.enqueue(d, limits.high_water, j);
         out
+    }
+
+    /// Puts a delivery at the end of the queue: in memory up to the high-water mark,
+    /// then on disk while the store has room, then in memory again behind what is on
+    /// disk. Whether it went to disk.
+    fn enqueue(&mut self, d: Delivery, high_water: usize, j: &dyn Journal) -> bool {
+        if self.spilled.is_empty() && (self.queue.len() < high_water || !j.can_spill()) {
+            self.queue.push_back(d);
+            return false;
+        }
+        if self.tail.is_empty() && j.can_spill() {
+            if let Some(s) = j.spill(&d) {
+                self.spilled.push_back(s);
+                return true;
+            }
+        }
+        if self.spilled.is_empty() {
+            self.queue.push_back(d);
+        } else {
+            self.tail.push_back(d);
+        }
+        false
+    }
+
+    /// Drops the oldest waiting delivery (the overflow policy `drop-oldest`).
+    fn drop_oldest(&mut self, j: &dyn Journal) {
+        let seq = if let Some(d) = self.queue.pop_front() {
+            d.store_seq
+        } else if let Some(s) = self.spilled.pop_front() {
+            // Its own record, if any, is found by reading it back.
+            j.unspill(s).and_then(|d| d.store_seq)
+        } else {
+            self.tail.pop_front().and_then(|d| d.store_seq)
+        };
+        if let Some(seq) = seq {
+            j.delete(seq);
+        }
+    }
+
+    /// Brings deliveries back from disk, in order, once the part in memory is down to
+    /// half of `high_water`; and what waited in memory behind them once none is left.
+    fn refill(&mut self, j: &dyn Journal) {
+        let high = self.mark.min(REFILL_MAX);
+        if self.spilled.is_empty() || self.queue.len() > high / 2 {
+            return;
+        }
+        while self.queue.len() < high {
+            let Some(s) = self.spilled.pop_front() else {
+                break;
+            };
+            // A record that cannot be read back is logged by the journal; the rest go on.
+            if let Some(d) = j.unspill(s) {
+                self.queue.push_back(d);
+            }
+        }
+        if self.spilled.is_empty() {
+            self.queue.append(&mut self.tail);
+        }
+    }
+
+    /// Forgets what is on disk (the session ends).
+    pub fn drop_spilled(&mut self, j: &dyn Journal) {
+        for s in self.spilled.drain(..) {
+            j.forget_spilled(s);
+        }
+        self.queue.append(&mut self.tail);
     }
 
     /// Deliveries queued so far, and how far back what the session owes goes. QoS 0
@@ -378,6 +524,30 @@ impl SessionState {
         if !self.resend.is_empty() {
             self.take_resends(out);
         }
+        self.refill(j);
+        let before = self.queued();
+        self.take_queued(window, max, now, j, out, &mut taken);
+        self.refill(j);
+        if self.queued() < before {
+            self.taken += (before - self.queued()) as u64;
+            self.stalled = false;
+            if self.over && self.queued() <= self.mark / 2 {
+                self.over = false;
+                taken.drained = true;
+            }
+        }
+        taken
+    }
+
+    fn take_queued(
+        &mut self,
+        window: usize,
+        max: usize,
+        now: u64,
+        j: &dyn Journal,
+        out: &mut Vec<Outgoing>,
+        taken: &mut Taken,
+    ) {
         while out.len() < max {
             let Some(front) = self.queue.front() else {
                 break;
@@ -416,7 +586,6 @@ impl SessionState {
                 delivery: d,
             });
         }
-        taken
     }
 
     fn take_resends(&mut self, out: &mut Vec<Outgoing>) {
@@ -799,6 +968,7 @@ mod tests {
         let j = Nothing::default();
         let limits = QueueLimits {
             max_queued: 10,
+            high_water: 10,
             overflow: OverflowPolicy::DropOldest,
             queue_qos0_offline: false,
         };
@@ -809,5 +979,184 @@ mod tests {
         let mut kept = SessionState::new(60);
         assert!(kept.push(delivery(0), limits, &j).stored);
         assert!(kept.end().1);
+    }
+
+    fn attached(expiry: u32) -> SessionState {
+        let mut st = SessionState::new(expiry);
+        let conn = ConnHandle {
+            id: 1,
+            control: tokio::sync::mpsc::unbounded_channel().0,
+            listener: Arc::from("tcp"),
+            peer: "127.0.0.1:1".parse().unwrap(),
+            version: crate::codec::Version::V5,
+            since: std::time::SystemTime::now(),
+        };
+        st.attach(conn, Arc::new(Identity::default()), expiry);
+        st
+    }
+
+    fn limits(policy: OverflowPolicy) -> QueueLimits {
+        QueueLimits {
+            max_queued: 6,
+            high_water: 4,
+            overflow: policy,
+            queue_qos0_offline: false,
+        }
+    }
+
+    #[test]
+    fn a_session_over_its_mark_holds_publishers_until_half_is_taken() {
+        let j = Nothing::default();
+        let mut st = attached(0);
+        let l = limits(OverflowPolicy::DropOldest);
+        let over: Vec<bool> = (0..4).map(|n| st.push(delivery(n), l, &j).over).collect();
+        assert_eq!(over, [false, false, false, true]);
+        let mut out = Vec::new();
+        let t = st.take_sendable(1, 512, 0, &j, &mut out);
+        assert!(!t.drained && st.is_over(), "3 left of a mark of 4");
+        st.complete(1, &j);
+        out.clear();
+        let t = st.take_sendable(1, 512, 0, &j, &mut out);
+        assert!(t.drained && !st.is_over(), "2 left: half the mark");
+        assert_eq!(st.progress(), 2);
+
+        // A consumer that takes nothing while a publisher waits stops holding anyone.
+        st.push(delivery(5), l, &j);
+        assert!(st.push(delivery(6), l, &j).over);
+        assert!(!st.mark_stalled(1), "it took something since 1");
+        assert!(st.mark_stalled(2));
+        assert!(!st.push(delivery(7), l, &j).over, "stalled");
+        for (pid, _, _) in pids(&out) {
+            st.complete(pid, &j);
+        }
+        out.clear();
+        st.take_sendable(1, 512, 0, &j, &mut out);
+        assert!(st.push(delivery(8), l, &j).over, "taking again: over again");
+
+        // Away: nobody takes, nobody is held.
+        assert!(st.detach(1, 0));
+        assert!(!st.is_over() && !st.push(delivery(9), l, &j).over);
+    }
+
+    #[test]
+    fn block_holds_the_publisher_instead_of_dropping_while_the_consumer_takes() {
+        let j = Nothing::default();
+        let mut st = attached(0);
+        let l = limits(OverflowPolicy::Block);
+        let outs: Vec<PushOutcome> = (0..8).map(|n| st.push(delivery(n), l, &j)).collect();
+        assert!(outs.iter().all(|o| o.dropped == 0));
+        assert_eq!(outs.iter().filter(|o| o.blocking).count(), 2);
+        assert_eq!(st.queued(), 8, "what was already sent is taken");
+        assert!(st.mark_stalled(0));
+        let o = st.push(delivery(9), l, &j);
+        assert_eq!(
+            (o.dropped, o.blocking),
+            (1, false),
+            "a stuck consumer drops the newest"
+        );
+    }
+
+    /// A journal whose disk is a map, with room while `room` says so.
+    #[derive(Default)]
+    struct Disk {
+        keys: Nothing,
+        spilled: std::cell::RefCell<FastMap<u64, Delivery>>,
+        full: Cell<bool>,
+    }
+
+    impl Journal for Disk {
+        fn next_seq(&self) -> u64 {
+            self.keys.next_seq()
+        }
+        fn save(&self, _: u64, _: &Delivery, _: DeliveryState) -> bool {
+            true
+        }
+        fn delete(&self, _: u64) {}
+        fn incoming(&self, _: u16, _: bool) -> bool {
+            true
+        }
+        fn can_spill(&self) -> bool {
+            !self.full.get()
+        }
+        fn spill(&self, d: &Delivery) -> Option<Spilled> {
+            let key = self.next_seq();
+            self.spilled.borrow_mut().insert(key, d.clone());
+            Some(Spilled { key, bytes: 1 })
+        }
+        fn unspill(&self, s: Spilled) -> Option<Delivery> {
+            self.spilled.borrow_mut().remove(&s.key)
+        }
+        fn forget_spilled(&self, s: Spilled) {
+            self.spilled.borrow_mut().remove(&s.key);
+        }
+    }
+
+    fn payloads(out: &[Outgoing]) -> Vec<u8> {
+        pids(out).into_iter().map(|(_, _, n)| n).collect()
+    }
+
+    #[test]
+    fn a_slow_session_spills_past_its_mark_and_drains_in_order() {
+        let disk = Disk::default();
+        let mut st = attached(0);
+        let l = QueueLimits {
+            max_queued: 20,
+            high_water: 4,
+            overflow: OverflowPolicy::DropOldest,
+            queue_qos0_offline: false,
+        };
+        let spilled: Vec<bool> = (0..8)
+            .map(|n| st.push(delivery(n), l, &disk).spilled)
+            .collect();
+        assert_eq!(
+            spilled,
+            [false, false, false, false, true, true, true, true]
+        );
+        // The disk is full: the rest waits in memory behind what is on disk.
+        disk.full.set(true);
+        for n in 8..10 {
+            assert!(!st.push(delivery(n), l, &disk).spilled);
+        }
+        disk.full.set(false);
+        assert!(
+            !st.push(delivery(10), l, &disk).spilled,
+            "never ahead of the tail"
+        );
+        assert_eq!((st.queued(), disk.spilled.borrow().len()), (11, 4));
+        let mut out = Vec::new();
+        let mut got = Vec::new();
+        while st.queued() > 0 {
+            st.take_sendable(usize::MAX, 3, 0, &disk, &mut out);
+            got.extend(payloads(&out));
+            out.clear();
+        }
+        assert_eq!(got, (0..11).collect::<Vec<u8>>(), "in order");
+        assert!(disk.spilled.borrow().is_empty());
+    }
+
+    #[test]
+    fn past_the_quota_the_oldest_goes_first_even_from_disk() {
+        let disk = Disk::default();
+        let mut st = attached(0);
+        let l = QueueLimits {
+            max_queued: 6,
+            high_water: 2,
+            overflow: OverflowPolicy::DropOldest,
+            queue_qos0_offline: false,
+        };
+        let dropped: u32 = (0..9).map(|n| st.push(delivery(n), l, &disk).dropped).sum();
+        assert_eq!((dropped, st.queued()), (3, 6));
+        let mut out = Vec::new();
+        st.take_sendable(usize::MAX, 512, 0, &disk, &mut out);
+        let mut got = payloads(&out);
+        out.clear();
+        st.take_sendable(usize::MAX, 512, 0, &disk, &mut out);
+        got.extend(payloads(&out));
+        assert_eq!(got[..2], [3, 4], "0, 1 and 2 dropped: 2 from disk");
+        st.drop_spilled(&disk);
+        assert!(
+            disk.spilled.borrow().is_empty(),
+            "an ended session leaves nothing on disk"
+        );
     }
 }

@@ -109,10 +109,25 @@ pub trait Commit {
     fn flush(&self) -> Result<(), StoreError>;
 }
 
-/// Everything the broker keeps: what sled and memory implement.
-pub trait Store: RetainedStore + SessionStore + Commit + Send + Sync + 'static {}
+/// Where a session's queue overflows to when its client is slower than its publishers,
+/// so that memory holds only the head of the queue. Not durable and not kept across a
+/// restart (what a persistent session owes is in its own records as well).
+pub trait SpillStore {
+    /// Whether this store can take spilled deliveries at all.
+    fn spills(&self) -> bool;
+    fn spill(&self, key: u64, record: &[u8]) -> Result<(), StoreError>;
+    /// Reads back and removes a spilled record.
+    fn unspill(&self, key: u64) -> Result<Option<Vec<u8>>, StoreError>;
+    fn forget_spilled(&self, key: u64) -> Result<(), StoreError>;
+}
 
-impl<T: RetainedStore + SessionStore + Commit + Send + Sync + 'static> Store for T {}
+/// Everything the broker keeps: what sled and memory implement.
+pub trait Store:
+    RetainedStore + SessionStore + SpillStore + Commit + Send + Sync + 'static
+{
+}
+
+impl<T: RetainedStore + SessionStore + SpillStore + Commit + Send + Sync + 'static> Store for T {}
 
 /// `storage.persistence = false`: nothing outlives the process, every ticket is durable.
 pub struct MemoryStore {
@@ -153,6 +168,23 @@ impl SessionStore for MemoryStore {
         Ok(())
     }
     fn save_incoming(&self, _: &str, _: u16, _: bool) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// Nothing outlives the process and nothing goes to disk: queues stay in memory, up to
+/// `max_queued`.
+impl SpillStore for MemoryStore {
+    fn spills(&self) -> bool {
+        false
+    }
+    fn spill(&self, _: u64, _: &[u8]) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn unspill(&self, _: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(None)
+    }
+    fn forget_spilled(&self, _: u64) -> Result<(), StoreError> {
         Ok(())
     }
 }

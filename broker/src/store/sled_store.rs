@@ -1,7 +1,8 @@
 //! The sled implementation of [`Store`], with the group-commit flusher.
 
 use super::{
-    Commit, RetainedStore, SessionMeta, SessionStore, StoreError, StoredDelivery, StoredSession,
+    Commit, RetainedStore, SessionMeta, SessionStore, SpillStore, StoreError, StoredDelivery,
+    StoredSession,
 };
 use crate::config::Durability;
 use crate::message::Message;
@@ -19,6 +20,9 @@ pub struct SledStore {
     sessions: sled::Tree,
     deliveries: sled::Tree,
     incoming: sled::Tree,
+    /// Overflow of slow sessions' queues, by a key unique across restarts; emptied at
+    /// open (see [`SpillStore`]).
+    spill: sled::Tree,
     durability: Durability,
     commit: Arc<GroupCommit>,
     flusher: Option<JoinHandle<()>>,
@@ -68,6 +72,10 @@ impl SledStore {
             sessions: db.open_tree("sessions")?,
             deliveries: db.open_tree("deliveries")?,
             incoming: db.open_tree("incoming")?,
+            spill: {
+                db.drop_tree("spill")?;
+                db.open_tree("spill")?
+            },
             db,
             durability,
             commit,
@@ -236,6 +244,26 @@ impl SessionStore for SledStore {
         } else {
             self.incoming.remove(key)?;
         }
+        Ok(())
+    }
+}
+
+impl SpillStore for SledStore {
+    fn spills(&self) -> bool {
+        true
+    }
+
+    fn spill(&self, key: u64, record: &[u8]) -> Result<(), StoreError> {
+        self.spill.insert(key.to_be_bytes(), record)?;
+        Ok(())
+    }
+
+    fn unspill(&self, key: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.spill.remove(key.to_be_bytes())?.map(|v| v.to_vec()))
+    }
+
+    fn forget_spilled(&self, key: u64) -> Result<(), StoreError> {
+        self.spill.remove(key.to_be_bytes())?;
         Ok(())
     }
 }
