@@ -344,3 +344,33 @@ async fn one_slow_subscriber_spills_to_disk_and_slows_nobody() {
     );
     assert_eq!(w.metric("weir_spilled_messages"), 0, "all read back");
 }
+
+/// A subscriber that never reads holds its publisher only until it is seen to take
+/// nothing (2 s): then the publisher goes on, and the stuck one's queue takes what it
+/// can (on disk, then by the overflow policy). Without that, a client that stops
+/// reading, or two clients each waiting for the other to read, would hold publishers
+/// for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subscriber_that_reads_nothing_holds_its_publisher_only_for_a_while() {
+    const COUNT: u32 = 5_000;
+    let w = Weir::start();
+    let mut stuck = Raw::connect(w.port);
+    stuck.send(&connect(4, "stuck", CLEAN, 0, &[]));
+    assert_eq!(stuck.recv().expect("CONNACK")[3], 0);
+    let mut sub = vec![0, 1];
+    sub.extend(string("flood/#"));
+    sub.push(1);
+    stuck.send(&packet(0x82, &sub));
+    assert_eq!(stuck.recv().expect("SUBACK")[0], 0x90);
+    // From here on it reads nothing.
+    let t0 = Instant::now();
+    let acked = Arc::new(AtomicU64::new(0));
+    let publisher = tokio::spawn(qos1_publisher(w.port, 0, COUNT, 1000, t0, acked.clone()));
+    tokio::time::timeout(Duration::from_secs(120), publisher)
+        .await
+        .expect("the publisher was let go")
+        .unwrap();
+    assert_eq!(acked.load(Ordering::Relaxed), COUNT as u64);
+    println!("a subscriber that reads nothing: its publisher done in {:?}", t0.elapsed());
+    drop(stuck);
+}
