@@ -371,6 +371,9 @@ async fn a_subscriber_that_reads_nothing_holds_its_publisher_only_for_a_while() 
         .expect("the publisher was let go")
         .unwrap();
     assert_eq!(acked.load(Ordering::Relaxed), COUNT as u64);
-    println!("a subscriber that reads nothing: its publisher done in {:?}", t0.elapsed());
+    println!(
+        "a subscriber that reads nothing: its publisher done in {:?}",
+        t0.elapsed()
+    );
     drop(stuck);
 }

@@ -59,6 +59,12 @@ struct Args {
     /// saturation.
     #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// Of the subscribers, this many (the last ones) read slowly: at most `--slow-rate`
+    /// messages a second each. They get a row of their own; the main row is the rest.
+    #[arg(long, default_value_t = 0)]
+    slow: usize,
+    #[arg(long, default_value_t = 1000)]
+    slow_rate: u64,
     /// Measure the generator: publish into an in-process sink that discards.
     #[arg(long)]
     ceiling: bool,
@@ -139,15 +145,30 @@ struct Shared {
     subscribed: AtomicU64,
 }
 
-async fn subscriber(
+/// One subscriber's part of a run.
+struct Subscribing {
     port: u16,
     id: String,
     filter: String,
     qos: u8,
-    shared: Arc<Shared>,
+    /// Messages all subscribers together are to receive.
     expected: u64,
     deadline: Instant,
-) -> Seen {
+    /// Read at most this many messages a second.
+    rate_cap: Option<u64>,
+}
+
+async fn subscriber(how: Subscribing, shared: Arc<Shared>) -> Seen {
+    let Subscribing {
+        port,
+        id,
+        filter,
+        qos,
+        expected,
+        deadline,
+        rate_cap,
+    } = how;
+    let mut first: Option<Instant> = None;
     let s = connect(port, &id).await;
     let (mut rd, wr) = s.into_split();
     let mut wr = BufWriter::new(wr);
@@ -212,6 +233,15 @@ async fn subscriber(
         }
         buf.drain(..at);
         wr.flush().await.unwrap();
+        if let Some(cap) = rate_cap {
+            // A slow reader: no faster than `cap` messages a second since its first.
+            let taken = seen.unique + seen.duplicated;
+            let since = *first.get_or_insert_with(Instant::now);
+            let due = since + Duration::from_secs_f64(taken as f64 / cap as f64);
+            if due > Instant::now() && due < deadline {
+                tokio::time::sleep_until(due.into()).await;
+            }
+        }
     }
     seen
 }
@@ -437,16 +467,18 @@ async fn main() {
     });
     let deadline = Instant::now() + Duration::from_secs(a.timeout_secs);
     let mut sub_tasks = Vec::new();
-    for (id, filter) in subscriptions {
-        sub_tasks.push(tokio::spawn(subscriber(
-            a.sub_port.unwrap_or(a.port),
+    let first_slow = subscriptions.len().saturating_sub(a.slow);
+    for (i, (id, filter)) in subscriptions.into_iter().enumerate() {
+        let how = Subscribing {
+            port: a.sub_port.unwrap_or(a.port),
             id,
             filter,
-            a.qos,
-            shared.clone(),
+            qos: a.qos,
             expected,
             deadline,
-        )));
+            rate_cap: (i >= first_slow).then_some(a.slow_rate),
+        };
+        sub_tasks.push(tokio::spawn(subscriber(how, shared.clone())));
     }
     // Subscriptions are made before anyone publishes: every SUBACK is in (a broker
     // may answer SUBSCRIBE only once its subscription is in effect everywhere).
@@ -456,9 +488,14 @@ async fn main() {
     }
     let t0 = Instant::now();
     publish_all(a.port).await;
-    let mut all = Seen::default();
-    for t in sub_tasks {
+    let (mut fast, mut slow) = (Seen::default(), Seen::default());
+    for (i, t) in sub_tasks.into_iter().enumerate() {
         if let Ok(s) = t.await {
+            let all = if i >= first_slow {
+                &mut slow
+            } else {
+                &mut fast
+            };
             all.latencies_us.extend(s.latencies_us);
             all.duplicated += s.duplicated;
             all.out_of_order += s.out_of_order;
@@ -467,13 +504,32 @@ async fn main() {
         }
     }
     let t0_ns = t0.duration_since(start).as_nanos() as u64;
+    // Fan-out: each subscriber is to get every message; otherwise the subscribers
+    // share them, and slow ones are not asked for (--slow is for fan-out).
+    let per_sub = expected / subs.max(1);
+    let n_slow = (subs as usize - first_slow) as u64;
+    let scenario = format!("{:?}", a.scenario);
+    print_row(&a, &scenario, &mut fast, expected - per_sub * n_slow, t0_ns);
+    if n_slow > 0 {
+        print_row(
+            &a,
+            &format!("{scenario}-slow"),
+            &mut slow,
+            per_sub * n_slow,
+            t0_ns,
+        );
+    }
+}
+
+/// One table row: delivered msgs/s, latency percentiles, lost, duplicated, out of order.
+fn print_row(a: &Args, scenario: &str, all: &mut Seen, expected: u64, t0_ns: u64) {
     let took = all.last_ns.saturating_sub(t0_ns).max(1) as f64 / 1e9;
     all.latencies_us.sort_unstable();
     let delivered = all.unique;
     println!(
-        "| {:<10} | {:?} | qos {} | {:>5} B | {:>10.0} | {:>8} | {:>8} | {:>8} | {:>8} | {:>5} | {:>5} |",
+        "| {:<10} | {} | qos {} | {:>5} B | {:>10.0} | {:>8} | {:>8} | {:>8} | {:>8} | {:>5} | {:>5} |",
         a.label,
-        a.scenario,
+        scenario,
         a.qos,
         a.payload,
         delivered as f64 / took,

@@ -55,8 +55,8 @@ impl Journal for StoreJournal<'_> {
         self.broker.spill.has_room()
     }
 
-    fn spill(&self, d: &Delivery) -> Option<Spilled> {
-        let record = spill_record(d)
+    fn spill(&self, batch: &[Delivery]) -> Option<Spilled> {
+        let record = spill_record(batch)
             .map_err(|e| tracing::warn!(client_id = self.client_id, error = %e, "not spilled"))
             .ok()?;
         let key = self.next_seq();
@@ -67,34 +67,27 @@ impl Journal for StoreJournal<'_> {
         let s = Spilled {
             key,
             bytes: record.len() as u32,
+            count: batch.len() as u32,
         };
         self.broker.spill.add(s);
         Some(s)
     }
 
-    fn unspill(&self, s: Spilled) -> Option<Delivery> {
+    fn unspill(&self, s: Spilled) -> Vec<Delivery> {
         self.broker.spill.remove(s);
-        let read = match self.broker.store.unspill(s.key) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(client_id = self.client_id, error = %e, "spilled message not read back");
-                return None;
-            }
-        };
-        let Some(record) = read else {
+        let lost = |why: String| {
             tracing::error!(
                 client_id = self.client_id,
                 key = s.key,
-                "spilled message missing"
+                count = s.count,
+                "spilled messages lost: {why}"
             );
-            return None;
+            Vec::new()
         };
-        match read_spill_record(record) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                tracing::error!(client_id = self.client_id, error = %e, "spilled message unreadable");
-                None
-            }
+        match self.broker.store.unspill(s.key) {
+            Ok(Some(record)) => read_spill_record(record).unwrap_or_else(lost),
+            Ok(None) => lost("missing".into()),
+            Err(e) => lost(e.to_string()),
         }
     }
 
@@ -104,35 +97,50 @@ impl Journal for StoreJournal<'_> {
     }
 }
 
-/// A spilled delivery: the key of its own record, if it has one (`u64::MAX` if not),
-/// then the delivery as the store keeps it.
-fn spill_record(d: &Delivery) -> Result<Vec<u8>, crate::codec::Error> {
-    let mut out = d.store_seq.unwrap_or(u64::MAX).to_be_bytes().to_vec();
-    let record = StoredDelivery {
-        state: DeliveryState::Queued,
-        qos: d.qos,
-        retain: d.retain,
-        subscription_ids: d.subscription_ids.clone(),
-        message: Message::clone(&d.message),
-    };
-    out.extend_from_slice(&record.encode()?);
+/// A spilled batch: for each delivery, its length, the key of its own record if it
+/// has one (`u64::MAX` if not), and the delivery as the store keeps it.
+fn spill_record(batch: &[Delivery]) -> Result<Vec<u8>, crate::codec::Error> {
+    let mut out = Vec::new();
+    for d in batch {
+        let record = StoredDelivery {
+            state: DeliveryState::Queued,
+            qos: d.qos,
+            retain: d.retain,
+            subscription_ids: d.subscription_ids.clone(),
+            message: Message::clone(&d.message),
+        }
+        .encode()?;
+        out.extend_from_slice(&(record.len() as u32 + 8).to_be_bytes());
+        out.extend_from_slice(&d.store_seq.unwrap_or(u64::MAX).to_be_bytes());
+        out.extend_from_slice(&record);
+    }
     Ok(out)
 }
 
-fn read_spill_record(record: Vec<u8>) -> Result<Delivery, String> {
-    if record.len() < 8 {
-        return Err("spill record shorter than its header".into());
-    }
+fn read_spill_record(record: Vec<u8>) -> Result<Vec<Delivery>, String> {
     let mut b = bytes::Bytes::from(record);
-    let seq = u64::from_be_bytes(b.split_to(8)[..].try_into().unwrap_or([0xFF; 8]));
-    let stored = StoredDelivery::decode(b)?;
-    Ok(Delivery {
-        message: Arc::new(stored.message),
-        qos: stored.qos,
-        retain: stored.retain,
-        subscription_ids: stored.subscription_ids,
-        store_seq: (seq != u64::MAX).then_some(seq),
-    })
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        if b.len() < 12 {
+            return Err("spill record cut short".into());
+        }
+        let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        if len < 8 || b.len() < 4 + len {
+            return Err("spill record cut short".into());
+        }
+        let mut one = b.split_to(4 + len).split_off(4);
+        let seq = one.split_to(8);
+        let seq = u64::from_be_bytes(seq[..].try_into().unwrap_or([0xFF; 8]));
+        let stored = StoredDelivery::decode(one)?;
+        out.push(Delivery {
+            message: Arc::new(stored.message),
+            qos: stored.qos,
+            retain: stored.retain,
+            subscription_ids: stored.subscription_ids,
+            store_seq: (seq != u64::MAX).then_some(seq),
+        });
+    }
+    Ok(out)
 }
 
 impl Broker {

@@ -238,6 +238,13 @@ pub struct Hold {
     blocking: bool,
 }
 
+impl Hold {
+    /// The session's `block` queue is full: the publisher waits for it whatever else.
+    pub fn is_blocking(&self) -> bool {
+        self.blocking
+    }
+}
+
 /// The sessions a message on `topic` from `publisher` went to: the same for the next
 /// such message, unless a shared group picked one of them (not `lasting`).
 struct Run {

@@ -27,11 +27,27 @@ pub(super) struct Waiting {
 }
 
 impl Waiting {
-    /// Completes once none of the sessions holds its publishers.
+    /// Completes once the publisher may go on: every full `block` queue it waits for
+    /// has drained, or, if none, any one of the sessions has: the next message then
+    /// reaches a session keeping up, and one slow session holds nobody.
     pub(super) async fn drained(&self) {
+        // Plain loops: iterator adapters' closures held across an await make the
+        // connection's future not `Send`.
+        let mut blocking = false;
         for h in &self.sessions {
-            h.session.drained().await;
+            if h.is_blocking() {
+                blocking = true;
+                h.session.drained().await;
+            }
         }
+        if blocking {
+            return;
+        }
+        let mut each = Vec::with_capacity(self.sessions.len());
+        for h in &self.sessions {
+            each.push(Box::pin(h.session.drained()));
+        }
+        futures_util::future::select_all(each).await;
     }
 
     /// When to look for sessions that took nothing ([`Inbound::check_stalled`]).

@@ -82,23 +82,25 @@ pub trait Journal {
     fn can_spill(&self) -> bool {
         false
     }
-    /// Keeps a queued delivery on disk; where, or `None` if it could not.
-    fn spill(&self, _d: &Delivery) -> Option<Spilled> {
+    /// Keeps a batch of queued deliveries on disk; where, or `None` if it could not.
+    fn spill(&self, _batch: &[Delivery]) -> Option<Spilled> {
         None
     }
-    /// Reads a spilled delivery back (and frees its place); `None` if it was lost.
-    fn unspill(&self, _s: Spilled) -> Option<Delivery> {
-        None
+    /// Reads a spilled batch back (and frees its place); empty if it was lost.
+    fn unspill(&self, _s: Spilled) -> Vec<Delivery> {
+        Vec::new()
     }
-    /// Frees a spilled delivery's place unread (it was dropped).
+    /// Frees a spilled batch's place unread (the session ended).
     fn forget_spilled(&self, _s: Spilled) {}
 }
 
-/// A delivery a slow session keeps on disk: its key, and its size for the quota.
+/// A batch of deliveries a slow session keeps on disk: its key, its size for the
+/// quota, and how many deliveries it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Spilled {
     pub key: u64,
     pub bytes: u32,
+    pub count: u32,
 }
 
 pub struct Session {

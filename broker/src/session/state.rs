@@ -99,8 +99,12 @@ pub struct SessionState {
     landing: Option<Landing>,
     /// Deliveries queued so far: whether anything reached the session since a look.
     pushed: u64,
-    /// The queue goes on on disk (a slow client): these come after `queue`, in order...
+    /// The queue goes on on disk (a slow client): these batches come after `queue`, in
+    /// order, `spilled_count` deliveries in all...
     spilled: VecDeque<Spilled>,
+    spilled_count: usize,
+    /// ...then these, to be written as the next batch...
+    spilling: Vec<Delivery>,
     /// ...and then these, which came while the store could take no more.
     tail: VecDeque<Delivery>,
     /// Deliveries taken from the queue so far (sent or expired): the consumer's progress.
@@ -141,6 +145,8 @@ struct Landing {
 
 /// At most this many deliveries are read back from disk at a time.
 const REFILL_MAX: usize = 1_000;
+/// Deliveries written to disk together: one store write for many messages.
+const SPILL_BATCH: usize = 256;
 
 /// How long a landed session drops copies of what it already has.
 const LANDED: std::time::Duration = std::time::Duration::from_secs(10);
@@ -162,6 +168,8 @@ impl SessionState {
             landing: None,
             pushed: 0,
             spilled: VecDeque::new(),
+            spilled_count: 0,
+            spilling: Vec::new(),
             tail: VecDeque::new(),
             taken: 0,
             over: false,
@@ -356,7 +364,7 @@ impl SessionState {
 
     /// Deliveries waiting, in memory and on disk.
     pub fn queued(&self) -> usize {
-        self.queue.len() + self.spilled.len() + self.tail.len()
+        self.queue.len() + self.spilled_count + self.spilling.len() + self.tail.len()
     }
 
     pub fn is_receiving_qos2(&self, pid: u16) -> bool {
@@ -419,59 +427,81 @@ impl SessionState {
     }
 
     /// Puts a delivery at the end of the queue: in memory up to the high-water mark,
-    /// then on disk while the store has room, then in memory again behind what is on
-    /// disk. Whether it went to disk.
+    /// then on disk (in batches) while the store has room, then in memory again behind
+    /// what is on disk. Whether it went the disk's way.
     fn enqueue(&mut self, d: Delivery, high_water: usize, j: &dyn Journal) -> bool {
-        if self.spilled.is_empty() && (self.queue.len() < high_water || !j.can_spill()) {
+        if !self.has_overflow() && (self.queue.len() < high_water || !j.can_spill()) {
             self.queue.push_back(d);
             return false;
         }
-        if self.tail.is_empty() && j.can_spill() {
-            if let Some(s) = j.spill(&d) {
-                self.spilled.push_back(s);
-                return true;
-            }
-        }
-        if self.spilled.is_empty() {
-            self.queue.push_back(d);
-        } else {
+        if !self.tail.is_empty() {
             self.tail.push_back(d);
+            return false;
         }
-        false
+        self.spilling.push(d);
+        if self.spilling.len() >= SPILL_BATCH {
+            self.write_spill(j);
+        }
+        true
+    }
+
+    /// Whether anything waits behind the part of the queue in memory.
+    fn has_overflow(&self) -> bool {
+        self.spilled_count > 0 || !self.spilling.is_empty() || !self.tail.is_empty()
+    }
+
+    /// Writes the next batch to disk; if the store cannot take it, it waits in memory
+    /// at the head of the tail.
+    fn write_spill(&mut self, j: &dyn Journal) {
+        if let Some(s) = j.can_spill().then(|| j.spill(&self.spilling)).flatten() {
+            self.spilled.push_back(s);
+            self.spilled_count += self.spilling.len();
+            self.spilling.clear();
+            return;
+        }
+        let mut tail: VecDeque<Delivery> = self.spilling.drain(..).collect();
+        tail.append(&mut self.tail);
+        self.tail = tail;
+    }
+
+    /// Reads the oldest batch back from disk into memory.
+    fn read_spill(&mut self, j: &dyn Journal) -> bool {
+        let Some(s) = self.spilled.pop_front() else {
+            return false;
+        };
+        self.spilled_count -= s.count as usize;
+        // A batch that cannot be read back is logged by the journal; the rest go on.
+        self.queue.extend(j.unspill(s));
+        true
     }
 
     /// Drops the oldest waiting delivery (the overflow policy `drop-oldest`).
     fn drop_oldest(&mut self, j: &dyn Journal) {
-        let seq = if let Some(d) = self.queue.pop_front() {
-            d.store_seq
-        } else if let Some(s) = self.spilled.pop_front() {
-            // Its own record, if any, is found by reading it back.
-            j.unspill(s).and_then(|d| d.store_seq)
+        if self.queue.is_empty() {
+            self.read_spill(j);
+        }
+        let oldest = if let Some(d) = self.queue.pop_front() {
+            Some(d)
+        } else if !self.spilling.is_empty() {
+            Some(self.spilling.remove(0))
         } else {
-            self.tail.pop_front().and_then(|d| d.store_seq)
+            self.tail.pop_front()
         };
-        if let Some(seq) = seq {
+        if let Some(seq) = oldest.and_then(|d| d.store_seq) {
             j.delete(seq);
         }
     }
 
     /// Brings deliveries back from disk, in order, once the part in memory is down to
-    /// half of `high_water`; and what waited in memory behind them once none is left.
+    /// half of the high-water mark; and what waited behind them once none is left.
     fn refill(&mut self, j: &dyn Journal) {
         let high = self.mark.min(REFILL_MAX);
-        if self.spilled.is_empty() || self.queue.len() > high / 2 {
+        if !self.has_overflow() || self.queue.len() > high / 2 {
             return;
         }
-        while self.queue.len() < high {
-            let Some(s) = self.spilled.pop_front() else {
-                break;
-            };
-            // A record that cannot be read back is logged by the journal; the rest go on.
-            if let Some(d) = j.unspill(s) {
-                self.queue.push_back(d);
-            }
-        }
+        while self.queue.len() < high && self.read_spill(j) {}
         if self.spilled.is_empty() {
+            self.queue.extend(self.spilling.drain(..));
             self.queue.append(&mut self.tail);
         }
     }
@@ -481,6 +511,8 @@ impl SessionState {
         for s in self.spilled.drain(..) {
             j.forget_spilled(s);
         }
+        self.spilled_count = 0;
+        self.queue.extend(self.spilling.drain(..));
         self.queue.append(&mut self.tail);
     }
 
@@ -1060,7 +1092,7 @@ mod tests {
     #[derive(Default)]
     struct Disk {
         keys: Nothing,
-        spilled: std::cell::RefCell<FastMap<u64, Delivery>>,
+        spilled: std::cell::RefCell<FastMap<u64, Vec<Delivery>>>,
         full: Cell<bool>,
     }
 
@@ -1078,59 +1110,74 @@ mod tests {
         fn can_spill(&self) -> bool {
             !self.full.get()
         }
-        fn spill(&self, d: &Delivery) -> Option<Spilled> {
+        fn spill(&self, ds: &[Delivery]) -> Option<Spilled> {
             let key = self.next_seq();
-            self.spilled.borrow_mut().insert(key, d.clone());
-            Some(Spilled { key, bytes: 1 })
+            self.spilled.borrow_mut().insert(key, ds.to_vec());
+            let count = ds.len() as u32;
+            Some(Spilled {
+                key,
+                bytes: count,
+                count,
+            })
         }
-        fn unspill(&self, s: Spilled) -> Option<Delivery> {
-            self.spilled.borrow_mut().remove(&s.key)
+        fn unspill(&self, s: Spilled) -> Vec<Delivery> {
+            self.spilled.borrow_mut().remove(&s.key).unwrap_or_default()
         }
         fn forget_spilled(&self, s: Spilled) {
             self.spilled.borrow_mut().remove(&s.key);
         }
     }
 
-    fn payloads(out: &[Outgoing]) -> Vec<u8> {
-        pids(out).into_iter().map(|(_, _, n)| n).collect()
+    fn numbered(n: u32) -> Delivery {
+        let mut d = delivery(0);
+        let mut m = Message::clone(&d.message);
+        m.payload = bytes::Bytes::copy_from_slice(&n.to_be_bytes());
+        d.message = Arc::new(m);
+        d
+    }
+
+    /// Takes everything, a few at a time; the numbers in the order sent.
+    fn take_all(st: &mut SessionState, j: &dyn Journal) -> Vec<u32> {
+        let (mut out, mut got) = (Vec::new(), Vec::new());
+        while st.queued() > 0 {
+            st.take_sendable(usize::MAX, 100, 0, j, &mut out);
+            for o in out.drain(..) {
+                if let Outgoing::Publish { delivery, .. } = o {
+                    let p = &delivery.message.payload;
+                    got.push(u32::from_be_bytes([p[0], p[1], p[2], p[3]]));
+                }
+            }
+        }
+        got
+    }
+
+    fn spilling_limits(max_queued: usize) -> QueueLimits {
+        QueueLimits {
+            max_queued,
+            high_water: 4,
+            overflow: OverflowPolicy::DropOldest,
+            queue_qos0_offline: false,
+        }
     }
 
     #[test]
     fn a_slow_session_spills_past_its_mark_and_drains_in_order() {
         let disk = Disk::default();
         let mut st = attached(0);
-        let l = QueueLimits {
-            max_queued: 20,
-            high_water: 4,
-            overflow: OverflowPolicy::DropOldest,
-            queue_qos0_offline: false,
-        };
-        let spilled: Vec<bool> = (0..8)
-            .map(|n| st.push(delivery(n), l, &disk).spilled)
-            .collect();
-        assert_eq!(
-            spilled,
-            [false, false, false, false, true, true, true, true]
-        );
-        // The disk is full: the rest waits in memory behind what is on disk.
+        let l = spilling_limits(10_000);
+        let spilled: Vec<bool> = (0..600).map(|n| st.push(numbered(n), l, &disk).spilled).collect();
+        assert_eq!(spilled.iter().filter(|s| **s).count(), 596, "all past the mark");
+        assert_eq!(disk.spilled.borrow().len(), 2, "two batches written, the rest pending");
+        // The disk is full: the rest waits in memory behind what is on disk, and so
+        // does all that comes after it.
         disk.full.set(true);
-        for n in 8..10 {
-            assert!(!st.push(delivery(n), l, &disk).spilled);
+        for n in 600..900 {
+            st.push(numbered(n), l, &disk);
         }
         disk.full.set(false);
-        assert!(
-            !st.push(delivery(10), l, &disk).spilled,
-            "never ahead of the tail"
-        );
-        assert_eq!((st.queued(), disk.spilled.borrow().len()), (11, 4));
-        let mut out = Vec::new();
-        let mut got = Vec::new();
-        while st.queued() > 0 {
-            st.take_sendable(usize::MAX, 3, 0, &disk, &mut out);
-            got.extend(payloads(&out));
-            out.clear();
-        }
-        assert_eq!(got, (0..11).collect::<Vec<u8>>(), "in order");
+        assert!(!st.push(numbered(900), l, &disk).spilled, "never ahead of the tail");
+        assert_eq!((st.queued(), disk.spilled.borrow().len()), (901, 2));
+        assert_eq!(take_all(&mut st, &disk), (0..901).collect::<Vec<u32>>(), "in order");
         assert!(disk.spilled.borrow().is_empty());
     }
 
@@ -1138,25 +1185,14 @@ mod tests {
     fn past_the_quota_the_oldest_goes_first_even_from_disk() {
         let disk = Disk::default();
         let mut st = attached(0);
-        let l = QueueLimits {
-            max_queued: 6,
-            high_water: 2,
-            overflow: OverflowPolicy::DropOldest,
-            queue_qos0_offline: false,
-        };
-        let dropped: u32 = (0..9).map(|n| st.push(delivery(n), l, &disk).dropped).sum();
-        assert_eq!((dropped, st.queued()), (3, 6));
-        let mut out = Vec::new();
-        st.take_sendable(usize::MAX, 512, 0, &disk, &mut out);
-        let mut got = payloads(&out);
-        out.clear();
-        st.take_sendable(usize::MAX, 512, 0, &disk, &mut out);
-        got.extend(payloads(&out));
-        assert_eq!(got[..2], [3, 4], "0, 1 and 2 dropped: 2 from disk");
+        let l = spilling_limits(300);
+        let dropped: u32 = (0..600).map(|n| st.push(numbered(n), l, &disk).dropped).sum();
+        assert_eq!((dropped, st.queued()), (300, 300));
+        assert_eq!(take_all(&mut st, &disk), (300..600).collect::<Vec<u32>>());
+        for n in 0..600 {
+            st.push(numbered(n), l, &disk);
+        }
         st.drop_spilled(&disk);
-        assert!(
-            disk.spilled.borrow().is_empty(),
-            "an ended session leaves nothing on disk"
-        );
+        assert!(disk.spilled.borrow().is_empty(), "an ended session leaves nothing on disk");
     }
 }
