@@ -8,7 +8,7 @@ use crate::message::{Delivery, Message};
 use crate::metrics::DropCause;
 use crate::router::Subscribed;
 use crate::session::{Journal, Outgoing, Session, Spilled, Subscription, Taken};
-use crate::store::{log_write, DeliveryState, StoredDelivery};
+use crate::store::{encode_delivery_into, log_write, DeliveryState, StoredDelivery};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -100,21 +100,17 @@ impl Journal for StoreJournal<'_> {
 /// A spilled batch: for each delivery, its length, the key of its own record if it
 /// has one (`u64::MAX` if not), and the delivery as the store keeps it.
 fn spill_record(batch: &[Delivery]) -> Result<Vec<u8>, crate::codec::Error> {
-    let mut out = Vec::new();
+    let mut out = bytes::BytesMut::with_capacity(batch.len() * 64);
     for d in batch {
-        let record = StoredDelivery {
-            state: DeliveryState::Queued,
-            qos: d.qos,
-            retain: d.retain,
-            subscription_ids: d.subscription_ids.clone(),
-            message: Message::clone(&d.message),
-        }
-        .encode()?;
-        out.extend_from_slice(&(record.len() as u32 + 8).to_be_bytes());
+        let at = out.len();
+        out.extend_from_slice(&[0; 4]);
         out.extend_from_slice(&d.store_seq.unwrap_or(u64::MAX).to_be_bytes());
-        out.extend_from_slice(&record);
+        let (ids, queued) = (&d.subscription_ids, DeliveryState::Queued);
+        encode_delivery_into(&mut out, queued, d.qos, d.retain, ids, &d.message)?;
+        let len = (out.len() - at - 4) as u32;
+        out[at..at + 4].copy_from_slice(&len.to_be_bytes());
     }
-    Ok(out)
+    Ok(out.to_vec())
 }
 
 fn read_spill_record(record: Vec<u8>) -> Result<Vec<Delivery>, String> {
@@ -250,5 +246,47 @@ impl Broker {
                 message: m,
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::QoS;
+
+    #[test]
+    fn a_spilled_batch_reads_back_as_it_was() {
+        let d = |n: u8, store_seq| Delivery {
+            message: Arc::new(Message {
+                topic: Arc::from("t/x"),
+                payload: bytes::Bytes::from(vec![n; n as usize]),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: Default::default(),
+                expires_at: Some(99),
+                publisher: None,
+                origin: None,
+            }),
+            qos: QoS::AtLeastOnce,
+            retain: n % 2 == 0,
+            subscription_ids: vec![n as u32],
+            store_seq,
+        };
+        let batch = vec![d(1, None), d(2, Some(7)), d(3, None)];
+        let back = read_spill_record(spill_record(&batch).unwrap()).unwrap();
+        assert_eq!(back.len(), 3);
+        for (a, b) in batch.iter().zip(&back) {
+            assert_eq!(
+                (a.qos, a.retain, &a.subscription_ids, a.store_seq),
+                (b.qos, b.retain, &b.subscription_ids, b.store_seq)
+            );
+            assert_eq!(
+                (&a.message.payload, a.message.expires_at),
+                (&b.message.payload, b.message.expires_at)
+            );
+        }
+        let mut cut = spill_record(&batch).unwrap();
+        cut.truncate(cut.len() - 1);
+        assert!(read_spill_record(cut).is_err());
     }
 }

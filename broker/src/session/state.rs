@@ -1165,9 +1165,19 @@ mod tests {
         let disk = Disk::default();
         let mut st = attached(0);
         let l = spilling_limits(10_000);
-        let spilled: Vec<bool> = (0..600).map(|n| st.push(numbered(n), l, &disk).spilled).collect();
-        assert_eq!(spilled.iter().filter(|s| **s).count(), 596, "all past the mark");
-        assert_eq!(disk.spilled.borrow().len(), 2, "two batches written, the rest pending");
+        let spilled: Vec<bool> = (0..600)
+            .map(|n| st.push(numbered(n), l, &disk).spilled)
+            .collect();
+        assert_eq!(
+            spilled.iter().filter(|s| **s).count(),
+            596,
+            "all past the mark"
+        );
+        assert_eq!(
+            disk.spilled.borrow().len(),
+            2,
+            "two batches written, the rest pending"
+        );
         // The disk is full: the rest waits in memory behind what is on disk, and so
         // does all that comes after it.
         disk.full.set(true);
@@ -1175,9 +1185,16 @@ mod tests {
             st.push(numbered(n), l, &disk);
         }
         disk.full.set(false);
-        assert!(!st.push(numbered(900), l, &disk).spilled, "never ahead of the tail");
+        assert!(
+            !st.push(numbered(900), l, &disk).spilled,
+            "never ahead of the tail"
+        );
         assert_eq!((st.queued(), disk.spilled.borrow().len()), (901, 2));
-        assert_eq!(take_all(&mut st, &disk), (0..901).collect::<Vec<u32>>(), "in order");
+        assert_eq!(
+            take_all(&mut st, &disk),
+            (0..901).collect::<Vec<u32>>(),
+            "in order"
+        );
         assert!(disk.spilled.borrow().is_empty());
     }
 
@@ -1186,13 +1203,18 @@ mod tests {
         let disk = Disk::default();
         let mut st = attached(0);
         let l = spilling_limits(300);
-        let dropped: u32 = (0..600).map(|n| st.push(numbered(n), l, &disk).dropped).sum();
+        let dropped: u32 = (0..600)
+            .map(|n| st.push(numbered(n), l, &disk).dropped)
+            .sum();
         assert_eq!((dropped, st.queued()), (300, 300));
         assert_eq!(take_all(&mut st, &disk), (300..600).collect::<Vec<u32>>());
         for n in 0..600 {
             st.push(numbered(n), l, &disk);
         }
         st.drop_spilled(&disk);
-        assert!(disk.spilled.borrow().is_empty(), "an ended session leaves nothing on disk");
+        assert!(
+            disk.spilled.borrow().is_empty(),
+            "an ended session leaves nothing on disk"
+        );
     }
 }

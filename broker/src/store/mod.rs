@@ -201,7 +201,9 @@ impl Commit for MemoryStore {
     }
 }
 
-pub(crate) use record::{decode_message, decode_message_with, encode_message, encode_message_into};
+pub(crate) use record::{
+    decode_message, decode_message_with, encode_delivery_into, encode_message, encode_message_into,
+};
 
 /// Store failures must not take the broker down; they are logged with the client id.
 /// Returns whether the write succeeded.

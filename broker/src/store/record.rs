@@ -89,30 +89,51 @@ pub(crate) fn decode_message_with(
 /// before it have no origin.
 const HAS_ORIGIN: u8 = 0x80;
 
+/// A delivery record appended to `out` without building a [`StoredDelivery`] first
+/// (what a slow session spills, many at a time). Nothing appended on an error.
+pub(crate) fn encode_delivery_into(
+    out: &mut BytesMut,
+    state: DeliveryState,
+    qos: QoS,
+    retain: bool,
+    subscription_ids: &[u32],
+    message: &Message,
+) -> Result<(), codec::Error> {
+    let start = out.len();
+    let (state, pid) = match state {
+        DeliveryState::Queued => (0u8, 0u16),
+        DeliveryState::Sent(p) => (1, p),
+        DeliveryState::Released(p) => (2, p),
+    };
+    let origin = (message.origin.as_ref()).filter(|o| o.node.len() <= u16::MAX as usize);
+    out.put_u8(state | origin.map_or(0, |_| HAS_ORIGIN));
+    out.put_u16(pid);
+    out.put_u8(qos as u8);
+    out.put_u8(retain as u8);
+    out.put_u16(subscription_ids.len() as u16);
+    for id in subscription_ids {
+        out.put_u32(*id);
+    }
+    if let Some(o) = origin {
+        out.put_u16(o.node.len() as u16);
+        out.put_slice(o.node.as_bytes());
+        out.put_u64(o.seq);
+        out.put_u64(o.at);
+    }
+    encode_message_into(message, out).inspect_err(|_| out.truncate(start))
+}
+
 impl StoredDelivery {
     pub(crate) fn encode(&self) -> Result<Vec<u8>, codec::Error> {
         let mut out = BytesMut::new();
-        let (state, pid) = match self.state {
-            DeliveryState::Queued => (0u8, 0u16),
-            DeliveryState::Sent(p) => (1, p),
-            DeliveryState::Released(p) => (2, p),
-        };
-        let origin = (self.message.origin.as_ref()).filter(|o| o.node.len() <= u16::MAX as usize);
-        out.put_u8(state | origin.map_or(0, |_| HAS_ORIGIN));
-        out.put_u16(pid);
-        out.put_u8(self.qos as u8);
-        out.put_u8(self.retain as u8);
-        out.put_u16(self.subscription_ids.len() as u16);
-        for id in &self.subscription_ids {
-            out.put_u32(*id);
-        }
-        if let Some(o) = origin {
-            out.put_u16(o.node.len() as u16);
-            out.put_slice(o.node.as_bytes());
-            out.put_u64(o.seq);
-            out.put_u64(o.at);
-        }
-        out.put_slice(&encode_message(&self.message)?);
+        encode_delivery_into(
+            &mut out,
+            self.state,
+            self.qos,
+            self.retain,
+            &self.subscription_ids,
+            &self.message,
+        )?;
         Ok(out.to_vec())
     }
 
