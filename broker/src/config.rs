@@ -368,6 +368,10 @@ pub struct Limits {
     /// Clients over `max_connections` told so (CONNACK 0x89) at one time; more are
     /// closed at once, so a flood past the limit costs a bounded number of tasks.
     pub max_refusing: usize,
+    /// Connections one client address may hold open, across listeners (0: no limit).
+    pub max_connections_per_address: usize,
+    /// New connections one client address may open a second (0: no limit).
+    pub connect_rate_per_address: u32,
     pub max_packet_size: u32,
     /// Receive Maximum we announce, and the cap on unacknowledged messages we send to
     /// one client.
@@ -400,6 +404,8 @@ impl Default for Limits {
         Limits {
             max_connections: 100_000,
             max_refusing: 64,
+            max_connections_per_address: 0,
+            connect_rate_per_address: 0,
             max_packet_size: 1024 * 1024,
             max_inflight: 256,
             max_queued: 100_000,

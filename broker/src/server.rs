@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::connection::ListenerInfo;
 use crate::hooks::Hooks;
 use crate::listener::tls::{TlsError, TlsSetup};
-use crate::listener::{Endpoint, Permits};
+use crate::listener::{Addresses, Endpoint, Permits};
 use crate::plugin::PluginChain;
 use crate::store::StoreError;
 use std::future::Future;
@@ -177,6 +177,10 @@ async fn start_listeners(
     let limits = &broker.config().limits;
     let global = Arc::new(Semaphore::new(limits.max_connections));
     let refusing = Arc::new(Semaphore::new(limits.max_refusing));
+    let addresses = Addresses::new(
+        limits.max_connections_per_address,
+        limits.connect_rate_per_address,
+    );
     let mut tls_endpoints = Vec::new();
     let mut listeners = Vec::new();
     for l in &broker.config().listener {
@@ -194,6 +198,7 @@ async fn start_listeners(
             listener: Arc::new(Semaphore::new(own)),
             global: global.clone(),
             refusing: refusing.clone(),
+            addresses: addresses.clone(),
         };
         tracing::info!(listener = %l.name(), kind = l.kind.as_str(), addr = %endpoint.bind, "listening");
         listeners.push(endpoint.info.clone());

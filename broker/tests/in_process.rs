@@ -259,13 +259,14 @@ impl Setup {
         let peer = Peer {
             addr: "127.0.0.1:1".parse().unwrap(),
             certificate: None,
+            accepted: tokio::time::Instant::now(),
         };
         let (b, l, s) = (
             self.broker.clone(),
             self.listener.clone(),
             self.shutdown.subscribe(),
         );
-        tokio::spawn(serve(server, peer, l, b, s, false));
+        tokio::spawn(serve(server, peer, l, b, s, None));
         Client {
             io: client,
             buf: BytesMut::new(),

@@ -4,7 +4,7 @@
 use super::framed::Framed;
 use super::inbound::Inbound;
 use super::outbound::Outbound;
-use super::{Client, Connection, ListenerInfo, Peer};
+use super::{Client, Connection, ListenerInfo, OverLimit, Peer};
 use crate::broker::Broker;
 use crate::codec::{self, ConnAck, Connect, Packet, Properties, ReasonCode, Version};
 use crate::hooks::{
@@ -54,7 +54,7 @@ pub(super) async fn open<S>(
     listener: Arc<ListenerInfo>,
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
-    over_limit: bool,
+    over_limit: Option<OverLimit>,
 ) -> Option<Connection<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -95,7 +95,8 @@ where
     let (peer, name) = (from.addr, &listener.name);
     let secs = broker.config().limits.connect_timeout_secs;
     let max = listener.max_packet_size as usize;
-    let frame = match tokio::time::timeout(Duration::from_secs(secs), io.first_frame(max)).await {
+    let due = from.accepted + Duration::from_secs(secs);
+    let frame = match tokio::time::timeout_at(due, io.first_frame(max)).await {
         Err(_) => {
             tracing::info!(%peer, listener = %name, "closed: no CONNECT within {secs}s");
             return None;
@@ -170,10 +171,10 @@ async fn admit(
     from: &Peer,
     listener: &ListenerInfo,
     broker: &Arc<Broker>,
-    over_limit: bool,
+    over_limit: Option<OverLimit>,
 ) -> Result<Admitted, Refusal> {
-    if over_limit {
-        return Err(refusal(ReasonCode::ServerBusy, "connection limit reached"));
+    if let Some(o) = over_limit {
+        return Err(refusal(o.code(), o.describe()));
     }
     if connect.properties.authentication_method.is_some() {
         let why = "enhanced authentication is not supported";

@@ -18,7 +18,7 @@ mod inbound;
 mod outbound;
 
 use crate::broker::Broker;
-use crate::codec::Version;
+use crate::codec::{ReasonCode, Version};
 use crate::hooks::{ClientHooks, PeerIdentity};
 use crate::session::{Control, Session};
 use exit::Exit;
@@ -81,10 +81,44 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// From a client certificate verified during the TLS handshake.
     pub certificate: Option<PeerIdentity>,
+    /// When the socket was accepted: TLS, WebSocket and CONNECT together must be done
+    /// within `limits.connect_timeout_secs` of it, so a client trickling its handshakes
+    /// holds its task (and its small buffers) no longer than that.
+    pub accepted: Instant,
 }
 
-/// Runs one connection from its first byte to its end. `over_limit` says the listener
-/// is full: the client is told so in a CONNACK rather than just cut off.
+/// A limit a new connection was over before it sent anything: it is told so in a
+/// CONNACK rather than just cut off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverLimit {
+    /// `max_connections`, of the listener or the broker.
+    Connections,
+    /// `max_connections_per_address`.
+    PerAddress,
+    /// `connect_rate_per_address`.
+    ConnectRate,
+}
+
+impl OverLimit {
+    pub fn code(self) -> ReasonCode {
+        match self {
+            OverLimit::Connections => ReasonCode::ServerBusy,
+            OverLimit::PerAddress => ReasonCode::QuotaExceeded,
+            OverLimit::ConnectRate => ReasonCode::ConnectionRateExceeded,
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            OverLimit::Connections => "connection limit reached",
+            OverLimit::PerAddress => "connection limit of its address reached",
+            OverLimit::ConnectRate => "its address connects too often",
+        }
+    }
+}
+
+/// Runs one connection from its first byte to its end. `over_limit` says the client
+/// is only to be told no.
 ///
 /// What an idle connection costs is mostly the size of this future, so the CONNECT
 /// handling and the teardown are boxed futures of their own: their locals (the CONNECT
@@ -96,7 +130,7 @@ pub async fn serve<S>(
     listener: Arc<ListenerInfo>,
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
-    over_limit: bool,
+    over_limit: Option<OverLimit>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {

@@ -3,12 +3,16 @@
 //! client used; it only sees an `AsyncRead + AsyncWrite` and, for mutual TLS, the
 //! verified certificate's identity.
 
+mod addresses;
 pub mod tls;
 pub mod ws;
 
+pub use addresses::Addresses;
+
 use crate::broker::Broker;
 use crate::config::{ListenerConfig, ListenerKind};
-use crate::connection::{serve, ListenerInfo, Peer};
+use crate::connection::{serve, ListenerInfo, OverLimit, Peer};
+use addresses::AddressPlace;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +20,7 @@ use tls::{TlsError, TlsSetup};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::{timeout_at, Instant};
 use ws::WsSettings;
 
 /// Every connection is a file descriptor: raises this process's soft open-file limit to
@@ -51,6 +56,8 @@ pub struct Permits {
     /// Connections over a limit that are being told so; beyond these a socket is
     /// closed at once.
     pub refusing: Arc<Semaphore>,
+    /// Per client address, across listeners.
+    pub addresses: Arc<Addresses>,
 }
 
 /// What a connection task holds while it runs: its place under the limits, or one of
@@ -59,25 +66,48 @@ enum Held {
     Connection {
         _global: OwnedSemaphorePermit,
         _listener: OwnedSemaphorePermit,
+        _address: Option<AddressPlace>,
     },
     Refusing {
         _place: OwnedSemaphorePermit,
+        over: OverLimit,
     },
 }
 
-/// A place for a new connection, or `None` when it must be closed at once.
-fn admit(permits: &Permits) -> Option<Held> {
-    let global = permits.global.clone().try_acquire_owned();
-    let both = global.and_then(|g| {
-        let l = permits.listener.clone().try_acquire_owned()?;
-        Ok(Held::Connection {
-            _global: g,
-            _listener: l,
-        })
-    });
-    let refusing = || permits.refusing.clone().try_acquire_owned().ok();
-    both.ok()
-        .or_else(|| refusing().map(|p| Held::Refusing { _place: p }))
+impl Held {
+    fn over_limit(&self) -> Option<OverLimit> {
+        match self {
+            Held::Connection { .. } => None,
+            Held::Refusing { over, .. } => Some(*over),
+        }
+    }
+}
+
+/// A place for a new connection from `ip`, or `None` when it must be closed at once.
+fn admit(permits: &Permits, ip: std::net::IpAddr) -> Option<Held> {
+    let over = match permits.addresses.enter(ip) {
+        Ok(address) => {
+            let global = permits.global.clone().try_acquire_owned();
+            let both = global.and_then(|g| {
+                let l = permits.listener.clone().try_acquire_owned()?;
+                Ok(Held::Connection {
+                    _global: g,
+                    _listener: l,
+                    _address: address,
+                })
+            });
+            match both {
+                Ok(held) => return Some(held),
+                Err(_) => OverLimit::Connections,
+            }
+        }
+        Err(over) => over,
+    };
+    let place = permits.refusing.clone().try_acquire_owned().ok()?;
+    Some(Held::Refusing {
+        _place: place,
+        over,
+    })
 }
 
 /// One configured listener, ready to accept.
@@ -87,7 +117,7 @@ pub struct Endpoint {
     pub bind: SocketAddr,
     pub tls: Option<Arc<TlsSetup>>,
     ws: Option<Arc<WsSettings>>,
-    /// TLS and WebSocket handshakes must finish within this, like CONNECT.
+    /// TLS, WebSocket and CONNECT must all be done this long after the accept.
     handshake_timeout: Duration,
 }
 
@@ -147,13 +177,19 @@ impl Endpoint {
                     continue;
                 }
             };
+            let accepted = Instant::now();
             let _ = stream.set_nodelay(true);
-            let Some(held) = admit(&permits) else {
+            let Some(held) = admit(&permits, addr.ip()) else {
                 broker.metrics().refused_busy();
                 tracing::debug!(listener = %self.info.name, peer = %addr, "over the connection limit with {} refusals under way; closed", broker.config().limits.max_refusing);
                 continue;
             };
-            let over_limit = matches!(held, Held::Refusing { .. });
+            let over_limit = held.over_limit();
+            let peer = Peer {
+                addr,
+                certificate: None,
+                accepted,
+            };
             let (me, broker, shutdown, alive) = (
                 self.clone(),
                 broker.clone(),
@@ -163,7 +199,7 @@ impl Endpoint {
             tokio::spawn(async move {
                 let _held = held;
                 let _alive = alive;
-                me.handle(stream, addr, broker, shutdown, over_limit).await;
+                me.handle(stream, peer, broker, shutdown, over_limit).await;
             });
         }
     }
@@ -176,53 +212,37 @@ impl Endpoint {
     async fn handle(
         &self,
         stream: TcpStream,
-        addr: SocketAddr,
+        peer: Peer,
         broker: Arc<Broker>,
         shutdown: watch::Receiver<bool>,
-        over_limit: bool,
+        over_limit: Option<OverLimit>,
     ) {
         let Some(tls) = &self.tls else {
             return self
-                .after_tls(
-                    stream,
-                    Peer {
-                        addr,
-                        certificate: None,
-                    },
-                    broker,
-                    shutdown,
-                    over_limit,
-                )
+                .after_tls(stream, peer, broker, shutdown, over_limit)
                 .await;
         };
-        Box::pin(self.handle_tls(tls, stream, addr, broker, shutdown, over_limit)).await
+        Box::pin(self.handle_tls(tls, stream, peer, broker, shutdown, over_limit)).await
     }
 
     async fn handle_tls(
         &self,
         tls: &TlsSetup,
         stream: TcpStream,
-        addr: SocketAddr,
+        mut peer: Peer,
         broker: Arc<Broker>,
         shutdown: watch::Receiver<bool>,
-        over_limit: bool,
+        over_limit: Option<OverLimit>,
     ) {
-        let stream =
-            match tokio::time::timeout(self.handshake_timeout, tls.acceptor().accept(stream)).await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return self.closed(addr, format!("TLS handshake failed: {e}")),
-                Err(_) => return self.closed(addr, "TLS handshake not completed in time".into()),
-            };
-        let certificate = tls::identity(stream.get_ref().1.peer_certificates());
-        self.after_tls(
-            stream,
-            Peer { addr, certificate },
-            broker,
-            shutdown,
-            over_limit,
-        )
-        .await
+        let due = peer.accepted + self.handshake_timeout;
+        let stream = match timeout_at(due, tls.acceptor().accept(stream)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return self.closed(peer.addr, format!("TLS handshake failed: {e}")),
+            Err(_) => return self.closed(peer.addr, "TLS handshake not completed in time".into()),
+        };
+        peer.certificate = tls::identity(stream.get_ref().1.peer_certificates());
+        self.after_tls(stream, peer, broker, shutdown, over_limit)
+            .await
     }
 
     async fn after_tls<S>(
@@ -231,45 +251,26 @@ impl Endpoint {
         peer: Peer,
         broker: Arc<Broker>,
         shutdown: watch::Receiver<bool>,
-        over_limit: bool,
+        over_limit: Option<OverLimit>,
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
+        let info = self.info.clone();
         let Some(ws) = &self.ws else {
-            return Box::pin(serve(
-                stream,
-                peer,
-                self.info.clone(),
-                broker,
-                shutdown,
-                over_limit,
-            ))
-            .await;
+            return Box::pin(serve(stream, peer, info, broker, shutdown, over_limit)).await;
         };
-        let stream =
-            match tokio::time::timeout(self.handshake_timeout, Box::pin(ws::accept(stream, ws)))
-                .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    return self.closed(peer.addr, format!("WebSocket handshake failed: {e}"))
-                }
-                Err(_) => {
-                    return self.closed(
-                        peer.addr,
-                        "WebSocket handshake not completed in time".into(),
-                    )
-                }
-            };
-        Box::pin(serve(
-            stream,
-            peer,
-            self.info.clone(),
-            broker,
-            shutdown,
-            over_limit,
-        ))
-        .await
+        let due = peer.accepted + self.handshake_timeout;
+        let stream = match timeout_at(due, Box::pin(ws::accept(stream, ws))).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                return self.closed(peer.addr, format!("WebSocket handshake failed: {e}"))
+            }
+            Err(_) => {
+                let why = "WebSocket handshake not completed in time";
+                return self.closed(peer.addr, why.into());
+            }
+        };
+        Box::pin(serve(stream, peer, info, broker, shutdown, over_limit)).await
     }
 
     fn closed(&self, peer: SocketAddr, cause: String) {
