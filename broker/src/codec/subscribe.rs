@@ -135,7 +135,12 @@ impl SubAck {
         };
         let mut codes = Vec::with_capacity(b.len());
         while !b.is_empty() {
-            codes.push(read_code(b, CodeIn::SubAck, "invalid SUBACK reason code")?);
+            let code = read_code(b, CodeIn::SubAck, "invalid SUBACK reason code")?;
+            // 3.1.1 has four return codes: the granted QoS, or 0x80 (found by fuzzing).
+            if version == Version::V311 && !matches!(code.code(), 0 | 1 | 2 | 0x80) {
+                return Err(Error::Malformed("invalid SUBACK return code for 3.1.1"));
+            }
+            codes.push(code);
         }
         Ok(SubAck {
             pid,

@@ -641,6 +641,16 @@ fn reason_codes_a_packet_may_not_carry_are_malformed() {
     assert!(decode_raw(&[0xE0, 1, 0x8E], Version::V5).is_ok());
 }
 
+/// Found by fuzzing (fuzz/regressions/codec/): a 3.1.1 SUBACK with a 5.0-only code
+/// decoded, and encoded back as 0x80.
+#[test]
+fn a_311_suback_carries_only_its_four_return_codes() {
+    assert!(decode_raw(&[0x90, 4, 8, 248, 0x91, 0x91], Version::V311).is_err());
+    assert!(decode_raw(&[0x90, 4, 8, 248, 0x91, 0x91], Version::V5).is_err(), "no properties length");
+    assert!(decode_raw(&[0x90, 5, 8, 248, 0, 0x91, 0x91], Version::V5).is_ok());
+    assert!(decode_raw(&[0x90, 6, 8, 248, 0, 1, 2, 0x80], Version::V311).is_ok());
+}
+
 #[test]
 fn a_reader_shares_a_repeated_topic_and_still_checks_every_other() {
     let publish = |topic: &str| {
