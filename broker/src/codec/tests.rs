@@ -646,7 +646,10 @@ fn reason_codes_a_packet_may_not_carry_are_malformed() {
 #[test]
 fn a_311_suback_carries_only_its_four_return_codes() {
     assert!(decode_raw(&[0x90, 4, 8, 248, 0x91, 0x91], Version::V311).is_err());
-    assert!(decode_raw(&[0x90, 4, 8, 248, 0x91, 0x91], Version::V5).is_err(), "no properties length");
+    assert!(
+        decode_raw(&[0x90, 4, 8, 248, 0x91, 0x91], Version::V5).is_err(),
+        "no properties length"
+    );
     assert!(decode_raw(&[0x90, 5, 8, 248, 0, 0x91, 0x91], Version::V5).is_ok());
     assert!(decode_raw(&[0x90, 6, 8, 248, 0, 1, 2, 0x80], Version::V311).is_ok());
 }
