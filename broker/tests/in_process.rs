@@ -632,3 +632,59 @@ async fn a_disconnect_leaves_out_the_reason_string_a_small_client_cannot_take() 
         }
     }
 }
+
+fn ack_of(p: Option<Packet>, kind: AckKind) -> u16 {
+    match p {
+        Some(Packet::Ack(a)) if a.kind == kind => a.pid,
+        other => panic!("expected {kind:?}, got {other:?}"),
+    }
+}
+
+/// A PUBREL waits for the record that the client has the message: were it to go first,
+/// a crash could leave the PUBLISH to be sent again after the client had completed it,
+/// and the client would take it twice. A PUBCOMP waits for the record of the release:
+/// the client may use the packet id again once it has it. (Both found by
+/// tests/reliability/chaos.)
+#[tokio::test]
+async fn pubrel_and_pubcomp_wait_for_the_commit() {
+    let store = Scripted::new(true, None);
+    let setup = Setup::new(Script::default(), store.clone());
+    let (mut sub, _) = setup.connect("taker", true, 600).await;
+    sub.subscribe(1, "q2/#", QoS::ExactlyOnce).await;
+    // Each step is handled (and waits for its commit) before the store syncs.
+    let quiet = Duration::from_millis(200);
+    assert!(sub.recv_within(quiet).await.is_none());
+    store.sync();
+    suback_of(sub.recv().await);
+    let (mut publisher, _) = setup.connect("giver", true, 600).await;
+    publisher.publish(5, "q2/a", QoS::ExactlyOnce, false).await;
+    assert!(publisher.recv_within(quiet).await.is_none());
+    store.sync();
+    assert_eq!(ack_of(publisher.recv().await, AckKind::PubRec), 5);
+    // The delivery goes out once its packet id is durable (by now, or after this sync).
+    store.sync();
+    let pid = match sub.recv().await {
+        Some(Packet::Publish(p)) => p.pid,
+        other => panic!("expected the PUBLISH, got {other:?}"),
+    };
+    sub.send(Packet::Ack(Ack::new(AckKind::PubRec, pid))).await;
+    assert!(
+        sub.recv_within(Duration::from_millis(200)).await.is_none(),
+        "PUBREL before the commit"
+    );
+    store.sync();
+    assert_eq!(ack_of(sub.recv().await, AckKind::PubRel), pid);
+
+    publisher
+        .send(Packet::Ack(Ack::new(AckKind::PubRel, 5)))
+        .await;
+    assert!(
+        publisher
+            .recv_within(Duration::from_millis(200))
+            .await
+            .is_none(),
+        "PUBCOMP before the commit"
+    );
+    store.sync();
+    assert_eq!(ack_of(publisher.recv().await, AckKind::PubComp), 5);
+}

@@ -43,7 +43,7 @@ class Broker:
             f.write(
                 f'[[listener]]\nname = "tcp"\nbind = "127.0.0.1:{port}"\n'
                 f'[storage]\ndir = "{workdir}/data"\n[admin]\nenabled = false\n'
-                '[log]\nlevel = "warn"\n'
+                f'[log]\nlevel = "{os.environ.get("CHAOS_LOG", "warn")}"\n'
             )
         self.proc = None
 

@@ -245,6 +245,26 @@ fn exceeding_our_receive_maximum_is_disconnected_with_0x93() {
     panic!("no DISCONNECT 0x93; got {codes:?}");
 }
 
+/// 3.1.1 has no Receive Maximum: a client that sends more QoS 2 messages than
+/// `max_inflight` before releasing any (as paho does after a reconnect, with all it
+/// queued meanwhile) is answered, not cut off.
+#[test]
+fn a_311_client_may_have_more_qos2_messages_open_than_max_inflight() {
+    let w = Weir::with(Opts::limits("max_inflight = 2"));
+    let mut r = v4_client(&w, "many", CLEAN, 60);
+    for pid in 1..=5u16 {
+        let mut body = string("rm");
+        body.extend_from_slice(&pid.to_be_bytes());
+        body.push(b'x');
+        r.send(&packet(0x34, &body));
+    }
+    for pid in 1..=5u16 {
+        let mut rec = vec![0x50, 2];
+        rec.extend_from_slice(&pid.to_be_bytes());
+        assert_eq!(r.recv(), Some(rec), "PUBREC {pid}");
+    }
+}
+
 #[test]
 fn packet_over_the_maximum_size_is_refused() {
     let w = Weir::with(Opts {

@@ -184,8 +184,11 @@ impl Broker {
         session.lock().complete(pid, &journal)
     }
 
-    /// PUBREC for `pid`: from now on only PUBREL is resent. Whether it was in flight.
-    pub fn received(&self, session: &Session, pid: u16) -> bool {
+    /// PUBREC for `pid`: from now on only PUBREL is resent. `None` if it was not in
+    /// flight; else whether a record was made that the PUBREL must wait for (were the
+    /// PUBREL to go first, a crash could leave the PUBLISH to be sent again after the
+    /// client has completed it: a QoS 2 message twice; found by the chaos script).
+    pub fn received(&self, session: &Session, pid: u16) -> Option<bool> {
         let journal = self.journal(session.client_id());
         session.lock().release(pid, &journal)
     }
@@ -197,8 +200,10 @@ impl Broker {
         session.lock().receive_qos2(pid, &journal)
     }
 
-    /// PUBREL for `pid`; whether that QoS 2 message had been received.
-    pub fn release_qos2(&self, session: &Session, pid: u16) -> bool {
+    /// PUBREL for `pid`: whether that QoS 2 message had been received, and whether a
+    /// record was made that the PUBCOMP must wait for (once the client has PUBCOMP it
+    /// may use the packet id again, which must not then look like a resend).
+    pub fn release_qos2(&self, session: &Session, pid: u16) -> (bool, bool) {
         let journal = self.journal(session.client_id());
         session.lock().release_qos2(pid, &journal)
     }

@@ -652,17 +652,16 @@ impl SessionState {
 
     /// PUBREC: the client has the QoS 2 message; from now on only PUBREL is resent.
     /// Returns false if no such message was in flight.
-    pub fn release(&mut self, pid: u16, j: &dyn Journal) -> bool {
-        let Some(f) = self.inflight.get_mut(pid) else {
-            return false;
-        };
+    pub fn release(&mut self, pid: u16, j: &dyn Journal) -> Option<bool> {
+        let f = self.inflight.get_mut(pid)?;
+        let mut stored = false;
         if !f.released {
             f.released = true;
             if let Some(seq) = f.delivery.store_seq {
-                j.save(seq, &f.delivery, DeliveryState::Released(pid));
+                stored = j.save(seq, &f.delivery, DeliveryState::Released(pid));
             }
         }
-        true
+        Some(stored)
     }
 
     /// A QoS 2 PUBLISH was routed and will be acknowledged with PUBREC; whether a
@@ -677,12 +676,10 @@ impl SessionState {
     }
 
     /// PUBREL: the QoS 2 message `pid` is released; whether it had been received.
-    pub fn release_qos2(&mut self, pid: u16, j: &dyn Journal) -> bool {
+    pub fn release_qos2(&mut self, pid: u16, j: &dyn Journal) -> (bool, bool) {
         let had = self.incoming.remove(&pid);
-        if had && self.expiry_interval > 0 {
-            j.incoming(pid, false);
-        }
-        had
+        let stored = had && self.expiry_interval > 0 && j.incoming(pid, false);
+        (had, stored)
     }
 
     /// Forgets every message still owed and every subscription (a session that ends);
