@@ -412,6 +412,9 @@ fn a_flood_past_the_connection_limit_is_closed_not_queued() {
         ..Default::default()
     });
     let _first = take_the_one_slot(&w);
+    // A refusal made while taking the slot keeps its place while it lingers (at most
+    // 2 s, less once the client has closed): let any such place come free first.
+    std::thread::sleep(Duration::from_millis(2500));
     let mut silent: Vec<Raw> = (0..6).map(|_| Raw::connect(w.port)).collect();
     let mut held = Vec::new();
     let mut closed = 0;
