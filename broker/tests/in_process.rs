@@ -136,20 +136,7 @@ impl SessionStore for Scripted {
     }
 }
 
-impl SpillStore for Scripted {
-    fn spills(&self) -> bool {
-        false
-    }
-    fn spill(&self, _: u64, _: &[u8]) -> Result<(), StoreError> {
-        Ok(())
-    }
-    fn unspill(&self, _: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(None)
-    }
-    fn forget_spilled(&self, _: u64) -> Result<(), StoreError> {
-        Ok(())
-    }
-}
+impl SpillStore for Scripted {}
 
 impl Commit for Scripted {
     fn commit(&self) -> u64 {

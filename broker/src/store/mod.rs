@@ -113,12 +113,21 @@ pub trait Commit {
 /// so that memory holds only the head of the queue. Not durable and not kept across a
 /// restart (what a persistent session owes is in its own records as well).
 pub trait SpillStore {
-    /// Whether this store can take spilled deliveries at all.
-    fn spills(&self) -> bool;
-    fn spill(&self, key: u64, record: &[u8]) -> Result<(), StoreError>;
+    /// Whether this store can take spilled deliveries at all; by default it cannot,
+    /// and the methods below are never called.
+    fn spills(&self) -> bool {
+        false
+    }
+    fn spill(&self, _key: u64, _record: &[u8]) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Reads back and removes a spilled record.
-    fn unspill(&self, key: u64) -> Result<Option<Vec<u8>>, StoreError>;
-    fn forget_spilled(&self, key: u64) -> Result<(), StoreError>;
+    fn unspill(&self, _key: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(None)
+    }
+    fn forget_spilled(&self, _key: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Everything the broker keeps: what sled and memory implement.
@@ -174,20 +183,7 @@ impl SessionStore for MemoryStore {
 
 /// Nothing outlives the process and nothing goes to disk: queues stay in memory, up to
 /// `max_queued`.
-impl SpillStore for MemoryStore {
-    fn spills(&self) -> bool {
-        false
-    }
-    fn spill(&self, _: u64, _: &[u8]) -> Result<(), StoreError> {
-        Ok(())
-    }
-    fn unspill(&self, _: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(None)
-    }
-    fn forget_spilled(&self, _: u64) -> Result<(), StoreError> {
-        Ok(())
-    }
-}
+impl SpillStore for MemoryStore {}
 
 impl Commit for MemoryStore {
     fn commit(&self) -> u64 {
