@@ -9,7 +9,11 @@ Runs for --seconds (default 1800) with paho-mqtt clients over TCP, TLS and WebSo
   checked);
 - retained messages set and read back by fresh subscribers (every read checked);
 - takeovers: a client id connected again while its first connection lives;
-- SIGHUP (configuration and plugin-chain reload) every 30 s.
+- a plugin chain that sees every message (the `acl` plugin, then the `tagger` transform
+  that tags each message with its version), the tagger swapped between its two builds
+  every 20 s, by `POST /plugins/tagger/reload` and by SIGHUP in turn; a MQTT 5 stream
+  checks that every message was tagged and that each swap took effect exactly once;
+- SIGHUP (configuration and plugin-chain reload) every 30 s besides.
 Samples the broker's resident memory every 5 s and reports it after a warm-up (the first
 fifth of the run): minimum, maximum, and the growth from the first to the last minute of
 that part. Fails on any lost acknowledged message, QoS 2 duplicate, missing will or
@@ -20,6 +24,8 @@ retained message, and on an ERROR in the broker's log.
 
 import argparse
 import os
+import shutil
+import urllib.request
 import signal
 import socket
 import ssl
@@ -47,10 +53,38 @@ def rss_kib(pid):
     return 0
 
 
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+PLUGINS = os.path.join(ROOT, "plugins")
+TAGGER = {"a": os.path.join(PLUGINS, "target/wasm32-wasip2/release/tagger.wasm"),
+          "b": os.path.join(PLUGINS, "target/tagger-b/wasm32-wasip2/release/tagger.wasm")}
+ACL = os.path.join(PLUGINS, "target/wasm32-wasip2/release/acl.wasm")
+
+
+def build_plugins():
+    """The acl plugin and both builds of the tagger, from source (a no-op when built)."""
+    build = ["cargo", "build", "-q", "--release", "--target", "wasm32-wasip2"]
+    subprocess.run(build + ["-p", "acl", "-p", "tagger"], cwd=PLUGINS, check=True)
+    subprocess.run(build + ["-p", "tagger", "--features", "b", "--target-dir", "target/tagger-b"],
+                   cwd=PLUGINS, check=True)
+
+
+def plugin_config(workdir):
+    """The chain: acl (everything under soak/ and the test's own topics), then the tagger,
+    loaded from a copy in the work directory that the run swaps."""
+    tagger = os.path.join(workdir, "tagger.wasm")
+    shutil.copy(TAGGER["a"], tagger)
+    return (f'[[plugin]]\nname = "acl"\npath = "{ACL}"\n[plugin.config]\n'
+            f'rules = [ {{ access = "readwrite", topic = "soak/#" }} ]\n'
+            f'[[plugin]]\nname = "tagger"\npath = "{tagger}"\n'
+            # A debug build on a loaded 2-core machine: the run is about stability, not
+            # about the per-call deadline (10 ms by default).
+            f'[plugins]\ndeadline_ms = 250\ncache_dir = "{PLUGINS}/target/cwasm-cache"\n')
+
+
 class Broker:
     def __init__(self, binary, workdir):
         self.workdir = workdir
-        self.ports = {"tcp": free_port(), "tls": free_port(), "ws": free_port()}
+        self.ports = {"tcp": free_port(), "tls": free_port(), "ws": free_port(), "admin": free_port()}
         cert, key = os.path.join(workdir, "cert.pem"), os.path.join(workdir, "key.pem")
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
                         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
@@ -63,7 +97,8 @@ class Broker:
                 f'[[listener]]\nname = "tls"\nkind = "tls"\nbind = "127.0.0.1:{self.ports["tls"]}"\n'
                 f'cert = "{cert}"\nkey = "{key}"\n'
                 f'[[listener]]\nname = "ws"\nkind = "ws"\nbind = "127.0.0.1:{self.ports["ws"]}"\n'
-                f'[storage]\ndir = "{workdir}/data"\n[admin]\nenabled = false\n[log]\nlevel = "warn"\n')
+                f'[storage]\ndir = "{workdir}/data"\n[admin]\nbind = "127.0.0.1:{self.ports["admin"]}"\n'
+                f'[log]\nlevel = "warn"\n' + plugin_config(workdir))
         self.log_path = os.path.join(workdir, "weir.log")
         self.proc = subprocess.Popen([binary, "--config", config], stdout=subprocess.DEVNULL,
                                      stderr=open(self.log_path, "wb"))
@@ -76,9 +111,14 @@ class Broker:
         raise SystemExit("soak: the broker did not start")
 
 
-def client(broker, transport, client_id, clean=True, will=None):
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean,
-                    transport="websockets" if transport == "ws" else "tcp")
+def client(broker, transport, client_id, clean=True, will=None, v5=False):
+    ws = "websockets" if transport == "ws" else "tcp"
+    if v5:  # MQTT 5 clients start clean (their session is not what they test)
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, transport=ws,
+                        protocol=mqtt.MQTTv5)
+    else:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean,
+                        transport=ws)
     if transport == "tls":
         c.tls_set(ca_certs=broker.cert, cert_reqs=ssl.CERT_REQUIRED)
     if will:
@@ -90,19 +130,20 @@ def client(broker, transport, client_id, clean=True, will=None):
 class Stream:
     """Numbered messages at one QoS over one transport, persistent sessions."""
 
-    def __init__(self, broker, transport, qos):
-        self.topic = f"soak/{transport}/q{qos}"
+    def __init__(self, broker, transport, qos, v5=False):
+        self.topic = f"soak/{transport}/q{qos}" + ("/v5" if v5 else "")
         self.qos, self.lock = qos, threading.Lock()
         self.acked, self.pending, self.early, self.got = set(), {}, set(), {}
-        tag = f"{transport}-q{qos}"
+        self.versions = {}
+        tag = f"{transport}-q{qos}" + ("-v5" if v5 else "")
         ready = threading.Event()
-        self.sub = client(broker, transport, f"soak-sub-{tag}", clean=False)
+        self.sub = client(broker, transport, f"soak-sub-{tag}", clean=False, v5=v5)
         self.sub.on_connect = lambda c, *_: (c.subscribe(self.topic, qos), ready.set())
         self.sub.on_message = self.on_message
         self.sub.connect(host="127.0.0.1", port=broker.ports[transport])
         self.sub.loop_start()
         ready.wait(10)
-        self.pub = client(broker, transport, f"soak-pub-{tag}", clean=False)
+        self.pub = client(broker, transport, f"soak-pub-{tag}", clean=False, v5=v5)
         self.pub.on_publish = self.on_publish
         self.pub.connect(host="127.0.0.1", port=broker.ports[transport])
         self.pub.loop_start()
@@ -112,6 +153,8 @@ class Stream:
         with self.lock:
             n = int(m.payload)
             self.got[n] = self.got.get(n, 0) + 1
+            props = getattr(m.properties, "UserProperty", None) or []
+            self.versions[n] = ",".join(v for k, v in props if k == "version")
 
     def on_publish(self, _c, _u, mid, _rc, _p):
         with self.lock:
@@ -130,6 +173,15 @@ class Stream:
             else:
                 self.pending[info.mid] = self.seq
         self.seq += 1
+
+    def tagging(self):
+        """Messages the tagger did not tag once, and how often the version changed along
+        the stream (each swap once)."""
+        with self.lock:
+            order = [self.versions[n] for n in sorted(self.versions)]
+        untagged = sum(1 for v in order if v not in ("a", "b"))
+        changes = sum(1 for x, y in zip(order, order[1:]) if x != y)
+        return untagged, changes
 
     def verdict(self):
         with self.lock:
@@ -190,6 +242,26 @@ def retained_round(broker, n, counts, lock):
             counts["errors"].append(f"retained {topic}: not received")
 
 
+def swap_tagger(broker, n, counts, lock):
+    """Puts the other build of the tagger in place and reloads it: through the admin API
+    on even swaps, by SIGHUP (the whole chain) on odd ones."""
+    version = "b" if n % 2 == 0 else "a"
+    target = os.path.join(broker.workdir, "tagger.wasm")
+    shutil.copy(TAGGER[version], target + ".new")
+    os.replace(target + ".new", target)
+    try:
+        if n % 2 == 0:
+            url = f"http://127.0.0.1:{broker.ports['admin']}/plugins/tagger/reload"
+            urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=30).read()
+        else:
+            broker.proc.send_signal(signal.SIGHUP)
+    except Exception as e:
+        with lock:
+            counts["errors"].append(f"plugin swap {n}: {e}")
+    with lock:
+        counts["swaps"] += 1
+
+
 def takeover(broker, n):
     a = client(broker, "tcp", f"taken-{n % 5}")
     a.connect(host="127.0.0.1", port=broker.ports["tcp"])
@@ -207,11 +279,12 @@ def main():
     ap.add_argument("--weir", required=True)
     ap.add_argument("--seconds", type=int, default=1800)
     a = ap.parse_args()
+    build_plugins()
     workdir = tempfile.mkdtemp(prefix="weir-soak-")
     broker = Broker(a.weir, workdir)
     lock = threading.Lock()
     counts = {"wills_expected": set(), "wills": set(), "errors": [], "retained_checked": 0,
-              "qos0": 0, "sighups": 0, "takeovers": 0}
+              "qos0": 0, "sighups": 0, "takeovers": 0, "swaps": 0}
 
     watcher = client(broker, "tcp", "will-watcher")
     watcher.on_connect = lambda c, *_: c.subscribe([("soak/will/#", 1), ("soak/q0", 0)])
@@ -227,6 +300,8 @@ def main():
     watcher.loop_start()
 
     streams = [Stream(broker, t, q) for t in ("tcp", "tls", "ws") for q in (1, 2)]
+    tagged = Stream(broker, "tcp", 1, v5=True)
+    streams.append(tagged)
     q0 = client(broker, "tcp", "soak-q0")
     q0.connect(host="127.0.0.1", port=broker.ports["tcp"])
     q0.loop_start()
@@ -237,6 +312,7 @@ def main():
     samples = []
     start = time.time()
     next_sample = next_sighup = next_retained = next_takeover = start
+    next_swap = start + 10
     n = 0
     while time.time() - start < a.seconds:
         for s in streams:
@@ -250,6 +326,9 @@ def main():
             broker.proc.send_signal(signal.SIGHUP)
             counts["sighups"] += 1
             next_sighup += 30
+        if now >= next_swap and now < start + a.seconds - 5:
+            swap_tagger(broker, counts["swaps"], counts, lock)
+            next_swap += 20
         if now >= next_retained:
             threading.Thread(target=retained_round, args=(broker, n, counts, lock)).start()
             next_retained += 1
@@ -272,6 +351,10 @@ def main():
         print(f"soak: {s.topic}: sent {s.seq}, acknowledged {len(s.acked)}, lost {len(lost)}, twice {twice}")
         if lost or (s.qos == 2 and twice):
             failures.append(f"{s.topic}: lost {len(lost)}, twice {twice}")
+    untagged, changes = tagged.tagging()
+    print(f"soak: plugin swaps {counts['swaps']}, version changes seen {changes}, untagged {untagged}")
+    if untagged or changes != counts["swaps"]:
+        failures.append(f"tagger: {counts['swaps']} swaps, {changes} version changes, {untagged} untagged")
     with lock:
         missing_wills = counts["wills_expected"] - counts["wills"]
     if missing_wills:
