@@ -26,13 +26,17 @@ fn node_on(nats: &NatsCluster, i: usize, name: &str) -> Weir {
 }
 
 fn node_at(nats: &NatsCluster, servers: &str, name: &str, more: &str) -> Weir {
+    Weir::with(cluster_opts(nats, servers, name, more))
+}
+
+fn cluster_opts(nats: &NatsCluster, servers: &str, name: &str, more: &str) -> Opts {
     let replicas = if nats.servers.len() >= 3 { 3 } else { 1 };
-    Weir::with(Opts {
+    Opts {
         extra: format!(
             "[cluster]\nservers = {servers}\nnode = {name:?}\nreplicas = {replicas}\nconnect_timeout_secs = 60\n{more}\n",
         ),
         ..Default::default()
-    })
+    }
 }
 
 fn metric(w: &Weir, name: &str) -> u64 {
@@ -913,6 +917,74 @@ async fn the_sessions_of_a_dead_node_resume_on_the_others() {
             "{id} lives on its new node"
         );
     }
+}
+
+/// A slow (here: offline) session in cluster mode keeps its overflow on its node's disk,
+/// and moves whole: its client, back on another node, gets every message in order, and
+/// the old node's disk is empty. Spilled on that node too, then `kill -9` of it: the
+/// client, back on a third node, still gets every acknowledged message (the cluster's
+/// stream has them; the session's record reaches back to what was on disk).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spilled_session_moves_whole_and_outlives_its_node() {
+    let nats = NatsCluster::start(3);
+    let low = |name: &str| {
+        Weir::with(Opts {
+            limits: "queue_high_water = 100".into(),
+            ..cluster_opts(&nats, &nats.urls_toml(), name, "")
+        })
+    };
+    let (w1, w2, mut w3) = (low("w1"), low("w2"), low("w3"));
+    let (mut c, _) = C5::connect_with(persistent(w1.port, "slow", true)).await;
+    c.subscribe("slow/#", QoS::AtLeastOnce).await;
+    c.disconnect().await;
+    let (mut p, _) = C5::connect_with(C5::opts(w2.port, "p")).await;
+    const N: usize = 2000;
+    send_numbered(&mut p, "slow/x", 0..N).await;
+    assert!(
+        eventually(WAIT, || metric(&w1, "weir_spilled_messages") > 1000),
+        "spilled {}, queued {}\n{}",
+        metric(&w1, "weir_spilled_messages"),
+        metric(&w1, "weir_queued_messages"),
+        w1.log()
+    );
+
+    let (mut c, ack) = C5::connect_with(persistent(w3.port, "slow", false)).await;
+    assert!(ack.session_present);
+    let mut got = Vec::new();
+    while got.len() < N {
+        let Some(m) = c.publish_within(WAIT).await else {
+            break;
+        };
+        got.push(
+            String::from_utf8_lossy(&m.payload)
+                .parse::<usize>()
+                .unwrap(),
+        );
+        c.client.ack(&m).await.unwrap();
+    }
+    let misplaced = got.iter().enumerate().find(|(i, n)| i != *n);
+    assert!(
+        got.len() == N && misplaced.is_none(),
+        "every message, in order: got {} of {N}, first misplaced {misplaced:?}",
+        got.len()
+    );
+    assert_eq!(
+        metric(&w1, "weir_spilled_messages"),
+        0,
+        "w1 read its disk back"
+    );
+    assert_eq!(metric(&w1, "weir_sessions"), 0);
+
+    c.disconnect().await;
+    send_numbered(&mut p, "slow/x", N..2 * N).await;
+    assert!(eventually(WAIT, || metric(&w3, "weir_spilled_messages") > 1000));
+    w3.kill9();
+    let (mut c, ack) = C5::connect_with(persistent(w1.port, "slow", false)).await;
+    assert!(ack.session_present, "resumed from its record");
+    let got = numbered(&mut c, 2 * N).await;
+    let missing: Vec<_> = (N..2 * N).filter(|i| !got.contains(i)).collect();
+    assert!(missing.is_empty(), "lost: {missing:?}\n{}", w1.log());
+    drop(w2);
 }
 
 /// A QoS 0 flood from 100 publishers on one node to their subscribers on another: the

@@ -195,3 +195,48 @@ async fn a_delayed_will_survives_a_restart() {
         .expect("the pending will was published after restart");
     assert_eq!(&m.payload[..], b"late");
 }
+
+/// A session restored with more waiting than its high-water mark keeps the rest on disk
+/// (`weir_spilled_messages`), as it would have without the restart, and its client gets
+/// everything in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restored_session_keeps_its_excess_on_disk() {
+    let mut w = Weir::with(weir_tests::Opts {
+        limits: "queue_high_water = 100".into(),
+        ..Default::default()
+    });
+    let (mut s, _) = persistent(&w, "behind", 3600, true).await;
+    s.subscribe("r/#", QoS::AtLeastOnce).await;
+    s.disconnect().await;
+    let (mut p, _) = C5::connect_with(C5::opts(w.port, "pub")).await;
+    const N: usize = 3000;
+    for i in 0..N {
+        p.send("r/x", QoS::AtLeastOnce, false, i.to_string()).await;
+    }
+    await_acks(&mut p, N).await;
+    w.kill9();
+
+    w.restart();
+    let on_disk = w.metric("weir_spilled_messages");
+    assert!(on_disk >= 2500, "restored, {on_disk} of {N} on disk");
+    let (mut s, present) = persistent(&w, "behind", 3600, false).await;
+    assert!(present);
+    let mut got = Vec::new();
+    while got.len() < N {
+        let Some(m) = s.publish_within(WAIT).await else {
+            break;
+        };
+        got.push(
+            String::from_utf8_lossy(&m.payload)
+                .parse::<usize>()
+                .unwrap(),
+        );
+    }
+    let misplaced = got.iter().enumerate().find(|(i, n)| i != *n);
+    assert!(
+        got.len() == N && misplaced.is_none(),
+        "got {} of {N}, first misplaced {misplaced:?}",
+        got.len()
+    );
+    assert_eq!(w.metric("weir_spilled_messages"), 0, "all read back");
+}

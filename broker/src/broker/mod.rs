@@ -117,7 +117,7 @@ impl Broker {
         parts: Parts,
     ) -> Result<Arc<Broker>, StoreError> {
         let spill = SpillQuota::new(
-            store.spills() && config.cluster.is_none(),
+            store.spills(),
             config.storage.max_spill_mb.saturating_mul(1 << 20),
         );
         let broker = Broker {
@@ -172,6 +172,12 @@ impl Broker {
             restored += 1;
         }
         self.seq.store(max_seq + 1, Ordering::Relaxed);
+        // A cluster node first reads back what its sessions missed while it was down,
+        // which tells copies from what a session holds by looking at all of it: their
+        // excess goes to disk once that is done ([`Broker::catch_up`]).
+        if self.config.cluster.is_none() {
+            self.spill_restored_excess();
+        }
         for w in wills {
             self.publish(w);
         }
@@ -181,6 +187,16 @@ impl Broker {
             "state restored from the store"
         );
         Ok(())
+    }
+
+    /// Sessions restored with more queued than the high-water mark keep the rest on
+    /// disk, as they would have had the node not restarted.
+    fn spill_restored_excess(&self) {
+        let high_water = self.queue_limits().high_water;
+        for session in self.sessions.all() {
+            let journal = self.journal(session.client_id());
+            session.lock().spill_excess(high_water, &journal);
+        }
     }
 
     pub fn config(&self) -> &Config {

@@ -44,7 +44,11 @@ impl Broker {
         }
         let rest = moving.rest.await;
         let journal = self.journal(client_id);
-        session.lock().land(rest, &journal);
+        {
+            let mut st = session.lock();
+            st.land(rest, &journal);
+            st.spill_excess(self.queue_limits().high_water, &journal);
+        }
         // Again with what it owes now: a cluster's record of it must reach back that far.
         self.record_session(&session);
         self.commit();
@@ -98,7 +102,11 @@ impl Broker {
             return;
         };
         let journal = self.journal(client_id);
-        session.lock().land(owed, &journal);
+        {
+            let mut st = session.lock();
+            st.land(owed, &journal);
+            st.spill_excess(self.queue_limits().high_water, &journal);
+        }
         session.wake();
         self.record_session(&session);
         self.commit();
@@ -119,7 +127,7 @@ impl Broker {
             if let Some(c) = &conn {
                 st.detach(c.id, now_secs());
             }
-            (conn, st.hand_over(client_id))
+            (conn, st.hand_over(client_id, &self.journal(client_id)))
         };
         if let Some(old) = conn {
             let _ = old.control.send(crate::session::Control::TakenOver);
@@ -136,7 +144,7 @@ impl Broker {
         let Some(session) = self.sessions.find(client_id) else {
             return Vec::new();
         };
-        let rest = session.lock().take_queue();
+        let rest = session.lock().take_queue(&self.journal(client_id));
         self.end_session(&session);
         rest
     }

@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 #[derive(Debug)]
 pub struct SpillQuota {
-    /// The store can spill, the quota is not 0, and this is no cluster node (whose
-    /// sessions move between nodes with everything they owe in memory).
+    /// The store can spill and the quota is not 0. A cluster node spills to its own
+    /// store too: a session that moves to another node reads its batches back first
+    /// and goes whole.
     enabled: bool,
     max_bytes: u64,
     bytes: AtomicU64,
@@ -32,12 +33,12 @@ impl SpillQuota {
 
     pub fn add(&self, s: Spilled) {
         self.bytes.fetch_add(s.bytes as u64, Relaxed);
-        self.messages.fetch_add(1, Relaxed);
+        self.messages.fetch_add(s.count as u64, Relaxed);
     }
 
     pub fn remove(&self, s: Spilled) {
         self.bytes.fetch_sub(s.bytes as u64, Relaxed);
-        self.messages.fetch_sub(1, Relaxed);
+        self.messages.fetch_sub(s.count as u64, Relaxed);
     }
 
     /// Messages on disk now (a gauge).

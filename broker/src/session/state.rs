@@ -100,8 +100,9 @@ pub struct SessionState {
     /// Deliveries queued so far: whether anything reached the session since a look.
     pushed: u64,
     /// The queue goes on on disk (a slow client): these batches come after `queue`, in
-    /// order, `spilled_count` deliveries in all...
-    spilled: VecDeque<Spilled>,
+    /// order, `spilled_count` deliveries in all, each with how far back what it owes
+    /// goes (a cluster's record of the session must reach back that far)...
+    spilled: VecDeque<(Spilled, Owed)>,
     spilled_count: usize,
     /// ...then these, to be written as the next batch...
     spilling: Vec<Delivery>,
@@ -129,6 +130,28 @@ pub enum Owed {
     Since(u64),
     /// Something owed carries no origin (restored from this node's store).
     Unknown,
+}
+
+impl Owed {
+    /// What is owed with `deliveries` too. QoS 0 deliveries do not count.
+    fn with<'a>(self, deliveries: impl Iterator<Item = &'a Delivery>) -> Owed {
+        let owed = deliveries.filter(|d| d.qos != QoS::AtMostOnce).map(|d| {
+            d.message
+                .origin
+                .as_ref()
+                .map_or(Owed::Unknown, |o| Owed::Since(o.at))
+        });
+        owed.fold(self, Owed::and)
+    }
+
+    /// What is owed in two parts together.
+    fn and(self, other: Owed) -> Owed {
+        match (self, other) {
+            (Owed::Unknown, _) | (_, Owed::Unknown) => Owed::Unknown,
+            (Owed::Nothing, o) | (o, Owed::Nothing) => o,
+            (Owed::Since(a), Owed::Since(b)) => Owed::Since(a.min(b)),
+        }
+    }
 }
 
 /// A session on its way from another node: where in the queue what was routed here
@@ -429,8 +452,10 @@ impl SessionState {
     /// Puts a delivery at the end of the queue: in memory up to the high-water mark,
     /// then on disk (in batches) while the store has room, then in memory again behind
     /// what is on disk. Whether it went the disk's way.
+    /// While the session is landing everything stays in memory: the landing merges it.
     fn enqueue(&mut self, d: Delivery, high_water: usize, j: &dyn Journal) -> bool {
-        if !self.has_overflow() && (self.queue.len() < high_water || !j.can_spill()) {
+        let roomy = self.queue.len() < high_water || !j.can_spill();
+        if self.is_landing() || (!self.has_overflow() && roomy) {
             self.queue.push_back(d);
             return false;
         }
@@ -445,6 +470,11 @@ impl SessionState {
         true
     }
 
+    /// Whether the session is on its way here and its queue is being merged.
+    fn is_landing(&self) -> bool {
+        self.landing.as_ref().is_some_and(|l| l.until.is_none())
+    }
+
     /// Whether anything waits behind the part of the queue in memory.
     fn has_overflow(&self) -> bool {
         self.spilled_count > 0 || !self.spilling.is_empty() || !self.tail.is_empty()
@@ -454,7 +484,8 @@ impl SessionState {
     /// at the head of the tail.
     fn write_spill(&mut self, j: &dyn Journal) {
         if let Some(s) = j.can_spill().then(|| j.spill(&self.spilling)).flatten() {
-            self.spilled.push_back(s);
+            let owed = Owed::Nothing.with(self.spilling.iter());
+            self.spilled.push_back((s, owed));
             self.spilled_count += self.spilling.len();
             self.spilling.clear();
             return;
@@ -466,7 +497,7 @@ impl SessionState {
 
     /// Reads the oldest batch back from disk into memory.
     fn read_spill(&mut self, j: &dyn Journal) -> bool {
-        let Some(s) = self.spilled.pop_front() else {
+        let Some((s, _)) = self.spilled.pop_front() else {
             return false;
         };
         self.spilled_count -= s.count as usize;
@@ -496,7 +527,7 @@ impl SessionState {
     /// half of the high-water mark; and what waited behind them once none is left.
     fn refill(&mut self, j: &dyn Journal) {
         let high = self.mark.min(REFILL_MAX);
-        if !self.has_overflow() || self.queue.len() > high / 2 {
+        if !self.has_overflow() || self.queue.len() > high / 2 || self.is_landing() {
             return;
         }
         while self.queue.len() < high && self.read_spill(j) {}
@@ -506,9 +537,37 @@ impl SessionState {
         }
     }
 
+    /// Brings everything on disk and behind it back into memory, in order (the session
+    /// moves to another node, whole).
+    fn recall_overflow(&mut self, j: &dyn Journal) {
+        while self.read_spill(j) {}
+        self.queue.extend(self.spilling.drain(..));
+        self.queue.append(&mut self.tail);
+    }
+
+    /// Moves what is in memory past the high-water mark to disk, newest first, in front
+    /// of what is there already: a session restored from the store, or arrived whole
+    /// from another node, keeps no more in memory than one that filled up here.
+    pub fn spill_excess(&mut self, high_water: usize, j: &dyn Journal) {
+        self.mark = high_water;
+        if self.is_landing() {
+            return;
+        }
+        while self.queue.len() >= high_water.saturating_add(SPILL_BATCH) && j.can_spill() {
+            let batch: Vec<Delivery> = self.queue.drain(self.queue.len() - SPILL_BATCH..).collect();
+            let Some(s) = j.spill(&batch) else {
+                self.queue.extend(batch);
+                return;
+            };
+            self.spilled_count += batch.len();
+            self.spilled
+                .push_front((s, Owed::Nothing.with(batch.iter())));
+        }
+    }
+
     /// Forgets what is on disk (the session ends).
     pub fn drop_spilled(&mut self, j: &dyn Journal) {
-        for s in self.spilled.drain(..) {
+        for (s, _) in self.spilled.drain(..) {
             j.forget_spilled(s);
         }
         self.spilled_count = 0;
@@ -520,23 +579,12 @@ impl SessionState {
     /// deliveries do not count: a session resumed elsewhere would not get those again.
     /// Unknown while the session is landing: what it owes is still on its way here.
     pub fn owed(&self) -> (u64, Owed) {
-        if self.landing.as_ref().is_some_and(|l| l.until.is_none()) {
+        if self.is_landing() {
             return (self.pushed, Owed::Unknown);
         }
-        let mut owed = Owed::Nothing;
-        let counted = |d: &&Delivery| d.qos != QoS::AtMostOnce;
-        for d in self
-            .queue
-            .iter()
-            .chain(self.inflight.deliveries())
-            .filter(counted)
-        {
-            owed = match (&d.message.origin, owed) {
-                (None, _) | (_, Owed::Unknown) => return (self.pushed, Owed::Unknown),
-                (Some(o), Owed::Since(t)) => Owed::Since(t.min(o.at)),
-                (Some(o), Owed::Nothing) => Owed::Since(o.at),
-            };
-        }
+        let in_memory = (self.queue.iter().chain(self.inflight.deliveries()))
+            .chain(self.spilling.iter().chain(self.tail.iter()));
+        let owed = (self.spilled.iter()).fold(Owed::Nothing.with(in_memory), |o, (_, b)| o.and(*b));
         (self.pushed, owed)
     }
 
@@ -701,7 +749,8 @@ impl SessionState {
     /// them, numbered in that order. The waiting will is cancelled (the client is back,
     /// elsewhere); the subscriptions stay until the move completes
     /// ([`SessionState::take_queue`]).
-    pub fn hand_over(&mut self, client_id: &str) -> StoredSession {
+    pub fn hand_over(&mut self, client_id: &str, j: &dyn Journal) -> StoredSession {
+        self.recall_overflow(j);
         self.will = None;
         self.resend.clear();
         let record = |d: &Delivery, state| StoredDelivery {
@@ -735,7 +784,8 @@ impl SessionState {
     }
 
     /// What was queued since [`SessionState::hand_over`]: the rest to send after it.
-    pub fn take_queue(&mut self) -> Vec<Delivery> {
+    pub fn take_queue(&mut self, j: &dyn Journal) -> Vec<Delivery> {
+        self.recall_overflow(j);
         self.queue.drain(..).collect()
     }
 
@@ -800,7 +850,9 @@ impl SessionState {
             let key = |d: &Delivery| d.message.origin.as_ref().map(|o| (o.node.clone(), o.seq));
             key(a).cmp(&key(b))
         });
-        self.queue.extend(arrived);
+        for d in arrived {
+            self.enqueue(d, self.mark, j);
+        }
     }
 
     /// Notes that the session's own record was written.
@@ -1192,6 +1244,67 @@ mod tests {
             (0..901).collect::<Vec<u32>>(),
             "in order"
         );
+        assert!(disk.spilled.borrow().is_empty());
+    }
+
+    fn from_node(n: u32, at: u64) -> Delivery {
+        let mut d = numbered(n);
+        let mut m = Message::clone(&d.message);
+        m.origin = Some(Origin {
+            node: Arc::from("w1"),
+            seq: n as u64,
+            at,
+        });
+        d.message = Arc::new(m);
+        d
+    }
+
+    /// A cluster's record of a slow session reaches back to what waits on disk; the
+    /// session moves whole, in order, disk and all.
+    #[test]
+    fn a_spilled_session_owes_what_is_on_disk_and_moves_whole() {
+        let disk = Disk::default();
+        let mut st = attached(60);
+        let l = spilling_limits(100_000);
+        for n in 0..2_000 {
+            st.push(from_node(n, 1_000 + n as u64), l, &disk);
+        }
+        assert!(st.spilled_count > 0);
+        // The part in memory goes; what is on disk still counts.
+        st.queue.clear();
+        assert_eq!(st.owed().1, Owed::Since(1_000 + l.high_water as u64));
+        let before = st.queued();
+        let moved = st.hand_over("c", &disk);
+        assert_eq!(moved.deliveries.len(), before);
+        let first = u32::from_be_bytes(
+            moved.deliveries[0].1.message.payload[..4]
+                .try_into()
+                .unwrap(),
+        );
+        assert_eq!(first, l.high_water as u32);
+        assert_eq!((st.queued(), st.owed().1), (0, Owed::Nothing));
+        assert!(disk.spilled.borrow().is_empty(), "read back from disk");
+        // What came after the hand-over goes with the rest, disk included.
+        for n in 0..2_000 {
+            st.push(from_node(n, 5_000), l, &disk);
+        }
+        assert_eq!(st.take_queue(&disk).len(), 2_000);
+        assert!(disk.spilled.borrow().is_empty());
+    }
+
+    /// A session restored (or arrived) with more than its mark keeps the rest on disk,
+    /// in order, and an arriving rest goes behind it.
+    #[test]
+    fn a_restored_session_spills_its_excess_in_order() {
+        let disk = Disk::default();
+        let mut st = attached(60);
+        let l = spilling_limits(100_000);
+        st.queue.extend((0..3_000).map(numbered));
+        st.spill_excess(l.high_water, &disk);
+        assert!(st.queue.len() < l.high_water + SPILL_BATCH);
+        assert_eq!(st.queued(), 3_000);
+        st.push(numbered(3_000), l, &disk);
+        assert_eq!(take_all(&mut st, &disk), (0..3_001).collect::<Vec<u32>>());
         assert!(disk.spilled.borrow().is_empty());
     }
 
