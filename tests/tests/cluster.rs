@@ -922,7 +922,7 @@ async fn the_sessions_of_a_dead_node_resume_on_the_others() {
 /// A slow (here: offline) session in cluster mode keeps its overflow on its node's disk,
 /// and moves whole: its client, back on another node, gets every message in order, and
 /// the old node's disk is empty. Spilled on that node too, then `kill -9` of it: the
-/// client, back on a third node, still gets every acknowledged message (the cluster's
+/// client, back on another node, still gets every acknowledged message (the cluster's
 /// stream has them; the session's record reaches back to what was on disk).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spilled_session_moves_whole_and_outlives_its_node() {
