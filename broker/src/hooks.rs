@@ -10,7 +10,7 @@
 //! thread. A question with no connection behind it (a delivery to a stored session)
 //! goes to [`Hooks::authorize`], which keeps nothing.
 
-use crate::codec::{QoS, ReasonCode, Version};
+use crate::codec::{QoS, ReasonCode, SubscriptionOptions, Version};
 use crate::message::Message;
 use bytes::Bytes;
 use std::net::SocketAddr;
@@ -114,6 +114,29 @@ pub enum PublishOutcome {
     Refuse { code: ReasonCode, why: &'static str },
 }
 
+/// What becomes of one filter of a SUBSCRIBE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscribeOutcome {
+    AsAsked,
+    /// Refuse the filter with this reason code in the SUBACK.
+    Deny(ReasonCode),
+    /// Subscribe to this filter instead, at this (lower or equal) QoS.
+    Rewrite {
+        filter: String,
+        qos: QoS,
+    },
+}
+
+/// What becomes of one message about to be sent to one subscriber.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeliverOutcome {
+    Keep,
+    /// Not sent (a QoS 1 or 2 delivery is done with as if acknowledged).
+    Drop,
+    /// Send this instead: same QoS and retain flag, anything else may differ.
+    Replace(Message),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RateEvent {
     Connect,
@@ -160,6 +183,19 @@ pub trait ClientHooks: Send {
     /// implementation sets up once.
     fn publish(&mut self, message: &mut Message) -> PublishOutcome;
     fn rate_limit(&mut self, event: RateEvent) -> RateOutcome;
+    /// One filter of a SUBSCRIBE, before it is authorized: what is subscribed (and
+    /// authorized) may be another filter at a lower QoS. Also asked, with QoS 0, for each
+    /// filter of an UNSUBSCRIBE, so that a client unsubscribes with the filter it knows.
+    fn subscribe(&mut self, filter: &str, options: SubscriptionOptions) -> SubscribeOutcome {
+        let _ = (filter, options);
+        SubscribeOutcome::AsAsked
+    }
+    /// A message about to be sent to this connection's client, with the delivery's QoS
+    /// and retain flag.
+    fn deliver(&mut self, message: &Message, qos: QoS, retain: bool) -> DeliverOutcome {
+        let _ = (message, qos, retain);
+        DeliverOutcome::Keep
+    }
 }
 
 /// The listener's rule: anonymous clients if it allows them, certificate holders always,

@@ -15,15 +15,18 @@ pub enum DropCause {
     Denied,
     /// A `block` queue was full and its consumer away or taking nothing.
     Stalled,
+    /// A `deliver` plugin dropped it for one subscriber.
+    Delivery,
 }
 
 impl DropCause {
-    pub const ALL: [DropCause; 5] = [
+    pub const ALL: [DropCause; 6] = [
         DropCause::QueueFull,
         DropCause::TooLarge,
         DropCause::Expired,
         DropCause::Denied,
         DropCause::Stalled,
+        DropCause::Delivery,
     ];
 
     /// The `cause` label in `/metrics`.
@@ -34,6 +37,7 @@ impl DropCause {
             DropCause::Expired => "expired",
             DropCause::Denied => "denied",
             DropCause::Stalled => "consumer_stalled",
+            DropCause::Delivery => "deliver_hook",
         }
     }
 }

@@ -1,12 +1,13 @@
 //! Write Weir plugins in Rust.
 //!
 //! A plugin is a type that implements the hook traits it cares about — [`Init`],
-//! [`Authenticate`], [`Authorize`], [`Transform`], [`RateLimit`] — each with a default
-//! that defers to the next plugin (or keeps the message), and says so with
-//! [`export_plugin!`]. Build it with `cargo build --release --target wasm32-wasip2`.
+//! [`Authenticate`], [`Authorize`], [`Transform`], [`RateLimit`], [`Subscribe`],
+//! [`Deliver`] — each with a default that defers to the next plugin (or keeps the
+//! message), and says so with [`export_plugin!`]. Plugins built with this SDK are
+//! components of `weir:plugin@0.2.0`. Build it with `cargo build --release --target wasm32-wasip2`.
 //!
 //! Each hook lives in its own small crate (`weir-plugin-authn`, `-authz`, `-transformer`,
-//! `-limiter`, `-lifecycle`) because a component exports exactly the hooks whose crates
+//! `-limiter`, `-subscriber`, `-deliverer`, `-lifecycle`) because a component exports exactly the hooks whose crates
 //! it links: depend on the ones you export. See the README for a complete example.
 
 #[doc(hidden)]
@@ -21,8 +22,9 @@ pub mod bindings {
 pub use bindings::weir::plugin::host;
 pub use bindings::weir::plugin::types;
 pub use types::{
-    Access, Action, Admission, AuthResult, Certificate, Client, ConnectInfo, Decision, Denial,
-    Event, Message, Pair, Protocol, RateResult, TransformResult,
+    Access, Action, Admission, AuthResult, Certificate, Client, ConnectInfo, Decision,
+    DeliverResult, Denial, Event, Message, Pair, Protocol, RateResult, Rewrite, SubscribeResult,
+    Subscription, TransformResult,
 };
 /// Topic names and filters, matched exactly as the broker matches them.
 pub use weir_protocol::topic;
@@ -71,9 +73,27 @@ pub trait RateLimit {
     }
 }
 
+/// Allow, deny or rewrite each filter a client subscribes to, before it is authorized
+/// (and each filter it unsubscribes from, with QoS 0).
+pub trait Subscribe {
+    fn subscribe(client: Client, subscription: Subscription) -> SubscribeResult {
+        let _ = (client, subscription);
+        SubscribeResult::Allow
+    }
+}
+
+/// Keep, drop or replace each message about to be sent to one subscriber (`client`).
+pub trait Deliver {
+    fn deliver(client: Client, message: Message) -> DeliverResult {
+        let _ = (client, message);
+        DeliverResult::Keep
+    }
+}
+
 /// Exports a plugin type's hooks: `export_plugin!(MyPlugin: init, authorize, transform);`
-/// Hooks: `init`, `authenticate`, `authorize`, `transform`, `rate_limit`. The plugin
-/// crate must depend on the matching `weir-plugin-*` crate for each.
+/// Hooks: `init`, `authenticate`, `authorize`, `transform`, `rate_limit`, `subscribe`,
+/// `deliver`. The plugin crate must depend on the matching `weir-plugin-*` crate for
+/// each.
 #[macro_export]
 macro_rules! export_plugin {
     ($t:ident: $($hook:ident),+ $(,)?) => {
@@ -123,6 +143,22 @@ macro_rules! __export_hook {
             }
         }
         ::weir_plugin_limiter::export!($t with_types_in ::weir_plugin_limiter);
+    };
+    ($t:ident, subscribe) => {
+        impl ::weir_plugin_subscriber::exports::weir::plugin::subscriber::Guest for $t {
+            fn subscribe(client: $crate::Client, subscription: $crate::Subscription) -> $crate::SubscribeResult {
+                <$t as $crate::Subscribe>::subscribe(client, subscription)
+            }
+        }
+        ::weir_plugin_subscriber::export!($t with_types_in ::weir_plugin_subscriber);
+    };
+    ($t:ident, deliver) => {
+        impl ::weir_plugin_deliverer::exports::weir::plugin::deliverer::Guest for $t {
+            fn deliver(client: $crate::Client, message: $crate::Message) -> $crate::DeliverResult {
+                <$t as $crate::Deliver>::deliver(client, message)
+            }
+        }
+        ::weir_plugin_deliverer::export!($t with_types_in ::weir_plugin_deliverer);
     };
 }
 

@@ -19,8 +19,8 @@ pub fn cache_dir() -> PathBuf {
     root().join("target").join("cwasm-cache")
 }
 
-/// Path of a built plugin: `acl`, `auth-password`, `auth-jwt`, `rate-limit`, `transform`,
-/// `misbehave`, `python-redact`.
+/// Path of a built plugin: `acl`, `auth-password`, `auth-jwt`, `rate-limit`, `tenant`,
+/// `transform`, `misbehave`, `python-redact` (a `weir:plugin@0.1.0` component).
 pub fn wasm(name: &str) -> PathBuf {
     build();
     wasm_path(name)
@@ -83,15 +83,17 @@ pub fn build() {
                 .args(["--target-dir", "target/tagger-b"]),
             "building the tagger plugin, version b",
         );
+        // The Python plugin is built against the frozen 0.1.0 interface: the tests that
+        // use it show that components of 0.1.0 keep loading and working.
         let py_out = root.join("target/python-redact.wasm");
         let py_src = root.join("python-redact/app.py");
-        let wit = root.join("../wit/weir-plugin.wit");
+        let wit = root.join("../wit/v0.1.0/weir-plugin.wit");
         if newer(&py_src, &py_out) || newer(&wit, &py_out) {
             run(
                 Command::new("componentize-py")
                     .args([
                         "-d",
-                        "../../wit",
+                        "../../wit/v0.1.0",
                         "-w",
                         "transformer-with-config",
                         "componentize",

@@ -7,7 +7,7 @@ use crate::codec::{
     self, Ack, AckKind, Disconnect, Packet, Properties, Publish, QoS, ReasonCode, RetainHandling,
     SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Version, Will,
 };
-use crate::hooks::{Action, Decision, PublishOutcome, RateEvent, RateOutcome};
+use crate::hooks::{Action, Decision, PublishOutcome, RateEvent, RateOutcome, SubscribeOutcome};
 use crate::message::{Delivery, Message};
 use crate::metrics::DropCause;
 use crate::session::Session;
@@ -403,6 +403,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         {
             return Ok(ReasonCode::TopicFilterInvalid);
         }
+        let (filter, opts, shared) = match self.client.hooks.subscribe(filter, opts) {
+            SubscribeOutcome::AsAsked => (filter.to_owned(), opts, shared),
+            SubscribeOutcome::Deny(code) => return Ok(code),
+            SubscribeOutcome::Rewrite { filter, qos } => {
+                let shared = matches!(topic::parse_shared(&filter), Ok(Some(_)));
+                (filter, SubscriptionOptions { qos, ..opts }, shared)
+            }
+        };
+        let filter = filter.as_str();
         if shared && opts.no_local && self.client.version == Version::V5 {
             return Err(Exit::protocol(
                 ReasonCode::ProtocolError,
@@ -450,9 +459,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let codes = u
             .filters
             .iter()
-            .map(|f| match self.broker.unsubscribe(&self.session, f) {
-                true => ReasonCode::Success,
-                false => ReasonCode::NoSubscriptionExisted,
+            .map(|f| {
+                let asked = SubscriptionOptions::default();
+                let f = match self.client.hooks.subscribe(f, asked) {
+                    SubscribeOutcome::Rewrite { filter, .. } => filter,
+                    _ => f.clone(),
+                };
+                match self.broker.unsubscribe(&self.session, &f) {
+                    true => ReasonCode::Success,
+                    false => ReasonCode::NoSubscriptionExisted,
+                }
             })
             .collect();
         let stored = self.broker.record_session(&self.session);

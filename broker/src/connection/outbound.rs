@@ -4,6 +4,7 @@
 use super::framed::WRITE_HIGH_WATER;
 use super::Connection;
 use crate::codec::{self, Ack, AckKind, Packet, PropertySet, QoS};
+use crate::hooks::DeliverOutcome;
 use crate::message::{now_secs, Delivery};
 use crate::metrics::DropCause;
 use crate::session::Outgoing;
@@ -191,7 +192,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     self.emit(&Packet::Ack(Ack::new(AckKind::PubRel, pid)));
                 }
                 Outgoing::Publish { pid, dup, delivery } => {
-                    self.write_publish(pid, dup, &delivery, now)
+                    if let Some(d) = self.delivered(pid, delivery) {
+                        self.write_publish(pid, dup, &d, now)
+                    }
                 }
             }
         }
@@ -214,6 +217,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             self.release_acks()?;
         }
         Ok(())
+    }
+
+    /// The delivery as the `deliver` hooks leave it for this client; `None` if they drop
+    /// it, which is done with it as if the client had acknowledged it.
+    fn delivered(&mut self, pid: u16, d: Delivery) -> Option<Delivery> {
+        match self.client.hooks.deliver(&d.message, d.qos, d.retain) {
+            DeliverOutcome::Keep => Some(d),
+            DeliverOutcome::Replace(m) => Some(Delivery {
+                message: Arc::new(m),
+                ..d
+            }),
+            DeliverOutcome::Drop => {
+                self.broker.metrics().dropped(DropCause::Delivery, 1);
+                if d.qos != QoS::AtMostOnce {
+                    self.broker.acknowledged(&self.session, pid);
+                }
+                None
+            }
+        }
     }
 
     fn write_publish(&mut self, pid: u16, dup: bool, d: &Delivery, now: u64) {

@@ -41,6 +41,8 @@ pub enum Question {
     Authorize(Action, QoS, bool),
     /// A transform of a message with this [`header`].
     Transform(u64),
+    /// A delivery of a message with this [`header`] (to the client asked about).
+    Deliver(u64),
 }
 
 /// What identifies a message to a transform besides client and topic: everything the

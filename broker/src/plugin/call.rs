@@ -3,7 +3,7 @@
 //! what was kept) until one decides, a failure handed to the plugin's `on_error`. What
 //! differs per hook is how a plugin is asked and what its answer means.
 
-use super::answers::{self, Answer, Question, Replacement};
+use super::answers::{self, Answer, Question};
 use super::bindings::weir::plugin::types as wit;
 use super::chain::{Chain, PluginChain};
 use super::convert;
@@ -15,15 +15,13 @@ use crate::config::{AllowDeny, AuthDefault, OnError};
 use crate::hooks::{
     listener_rule, Action, AuthOutcome, ClientInfo, ConnectInfo, Decision, RateEvent, RateOutcome,
 };
-use crate::message::Message;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Longest a plugin may throttle a client in one answer; more is an invalid answer.
 const MAX_THROTTLE: Duration = Duration::from_secs(3600);
 
 /// What asking one plugin came to.
-enum Step<T> {
+pub(super) enum Step<T> {
     /// Nothing decided: ask the next plugin.
     Next,
     Done(T),
@@ -51,6 +49,10 @@ pub(super) struct Call<'c> {
 }
 
 impl<'c> Call<'c> {
+    pub(super) fn chain(&self) -> &PluginChain {
+        self.chain
+    }
+
     pub(super) fn new(
         chain: &'c PluginChain,
         plugins: arc_swap::Guard<Chain>,
@@ -67,7 +69,7 @@ impl<'c> Call<'c> {
     /// Asks each enabled plugin exporting `hook`, in order, until `ask` decides. A
     /// plugin that fails is logged and counted, and `on_failure` says what its
     /// `on_error` policy decides (`None`: ask the next one). `None` if nobody decided.
-    fn walk<T>(
+    pub(super) fn walk<T>(
         &mut self,
         hook: Hook,
         mut ask: impl FnMut(&mut Kept, usize, &Plugin) -> Step<T>,
@@ -175,85 +177,6 @@ impl<'c> Call<'c> {
         })
     }
 
-    /// The transforms, each seeing the message as the one before left it, changing it in
-    /// place; the reason code if one dropped it.
-    pub(super) fn transform(
-        &mut self,
-        client: &ClientInfo<'_>,
-        message: &mut Message,
-    ) -> Option<ReasonCode> {
-        let max_packet = self.chain.max_packet;
-        // A reused answer was given for the message as published, not for what an
-        // earlier plugin made of it: reuse stops at the first change.
-        let mut changed = false;
-        let mut c = None;
-        let mut header = None;
-        let mut question =
-            |m: &Message| Question::Transform(*header.get_or_insert_with(|| answers::header(m)));
-        self.walk(
-            Hook::Transform,
-            |kept, i, p| {
-                let original = !changed;
-                let ask = Ask { i, p, client };
-                // Nothing is kept for a plugin that never allowed reuse.
-                if original && p.answers.in_use() {
-                    match ask.reusable(kept, &message.topic, question(message)) {
-                        Some(Answer::Keep) => {
-                            p.stats.reused();
-                            return Step::Next;
-                        }
-                        Some(Answer::Replace(r)) if r.apply(message, max_packet) => {
-                            p.stats.reused();
-                            changed = true;
-                            return Step::Next;
-                        }
-                        _ => {}
-                    }
-                }
-                let c = c.get_or_insert_with(|| convert::client(client));
-                let m = convert::message(message);
-                let answer = p.call_reusable(|g, s| match &g.transformer {
-                    Some(h) => h.call_transform(s, c, &m),
-                    None => Ok(wit::TransformResult::Keep),
-                });
-                let decided = answer.and_then(|(r, grants)| {
-                    let reuse = grants.reuse_ms.filter(|_| original);
-                    match r {
-                        wit::TransformResult::Keep => {
-                            if let Some(ms) = reuse {
-                                let q = question(message);
-                                ask.reuse(kept, &message.topic, q, Answer::Keep, ms);
-                            }
-                            Ok(None)
-                        }
-                        wit::TransformResult::Drop(code) => {
-                            let code = convert::failure_code(code, "drop")?;
-                            p.stats.denied();
-                            Ok(Some(code))
-                        }
-                        wit::TransformResult::Replace(m) => {
-                            let m = convert::replacement(m, message, max_packet)?;
-                            if let Some(ms) = reuse {
-                                let q = question(message);
-                                if let Some(r) = Replacement::of(&m, message) {
-                                    let answer = Answer::Replace(Arc::new(r));
-                                    ask.reuse(kept, &message.topic, q, answer, ms);
-                                }
-                            }
-                            *message = m;
-                            changed = true;
-                            Ok(None)
-                        }
-                    }
-                });
-                decided.into()
-            },
-            |_, policy| {
-                (policy == OnError::Deny).then_some(ReasonCode::ImplementationSpecificError)
-            },
-        )
-    }
-
     pub(super) fn rate_limit(&mut self, client: &ClientInfo<'_>, event: RateEvent) -> RateOutcome {
         let mut throttle = Duration::ZERO;
         let mut c = None;
@@ -359,16 +282,16 @@ fn throttle_of(ms: u64) -> Result<Duration, Failure> {
 }
 
 /// The plugin at position `i` of the chain, asked on behalf of `client`.
-struct Ask<'a> {
-    i: usize,
-    p: &'a Plugin,
-    client: &'a ClientInfo<'a>,
+pub(super) struct Ask<'a> {
+    pub i: usize,
+    pub p: &'a Plugin,
+    pub client: &'a ClientInfo<'a>,
 }
 
 impl Ask<'_> {
     /// The answer to `q` on `topic` the plugin allows to be reused: the connection's own
     /// copy, or else the shared cache's, which the connection then keeps.
-    fn reusable(&self, kept: &mut Kept, topic: &str, q: Question) -> Option<Answer> {
+    pub fn reusable(&self, kept: &mut Kept, topic: &str, q: Question) -> Option<Answer> {
         if let Some(a) = kept.get(self.i, topic, q) {
             return Some(a.clone());
         }
@@ -379,7 +302,7 @@ impl Ask<'_> {
 
     /// Keeps an answer the plugin allowed to be reused for `ms`, in the shared cache and
     /// in the connection's.
-    fn reuse(&self, kept: &mut Kept, topic: &str, q: Question, answer: Answer, ms: u32) {
+    pub fn reuse(&self, kept: &mut Kept, topic: &str, q: Question, answer: Answer, ms: u32) {
         if let Some(until) = self
             .p
             .answers

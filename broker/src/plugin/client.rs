@@ -4,12 +4,13 @@
 
 use super::chain::PluginChain;
 use super::kept::Kept;
+use super::pipeline::Stage;
 use super::Hook;
-use crate::codec::QoS;
+use crate::codec::{QoS, SubscriptionOptions};
 use crate::config::AllowDeny;
 use crate::hooks::{
-    Action, AuthOutcome, ClientHooks, ClientInfo, ConnectInfo, Decision, Hooks, Identity,
-    PublishOutcome, RateEvent, RateOutcome,
+    Action, AuthOutcome, ClientHooks, ClientInfo, ConnectInfo, Decision, DeliverOutcome, Hooks,
+    Identity, PublishOutcome, RateEvent, RateOutcome, SubscribeOutcome,
 };
 use crate::message::Message;
 use std::sync::Arc;
@@ -113,5 +114,33 @@ impl ClientHooks for PluginClient {
         self.chain
             .call(Some(&mut self.kept))
             .rate_limit(&client, event)
+    }
+
+    fn subscribe(&mut self, filter: &str, options: SubscriptionOptions) -> SubscribeOutcome {
+        if !self.chain.any_active(Hook::Subscribe) {
+            return SubscribeOutcome::AsAsked;
+        }
+        let client = self.identity.info();
+        self.chain
+            .call(Some(&mut self.kept))
+            .subscribe(&client, filter, options)
+    }
+
+    fn deliver(&mut self, message: &Message, qos: QoS, retain: bool) -> DeliverOutcome {
+        if !self.chain.any_active(Hook::Deliver) {
+            return DeliverOutcome::Keep;
+        }
+        let client = self.identity.info();
+        let mut m = message.clone();
+        let stage = Stage::Deliver { qos, retain };
+        match self
+            .chain
+            .call(Some(&mut self.kept))
+            .reshape(stage, &client, &mut m)
+        {
+            Err(_) => DeliverOutcome::Drop,
+            Ok(false) => DeliverOutcome::Keep,
+            Ok(true) => DeliverOutcome::Replace(m),
+        }
     }
 }

@@ -4,7 +4,7 @@
 
 use super::bindings::weir::plugin::types as wit;
 use super::instance::Failure;
-use crate::codec::{PropertySet, QoS, ReasonCode, Version};
+use crate::codec::{PropertySet, QoS, ReasonCode, SubscriptionOptions, Version};
 use crate::hooks::{Action, ClientInfo, ConnectInfo, RateEvent};
 use crate::message::{now_secs, Message};
 use bytes::Bytes;
@@ -57,6 +57,16 @@ pub fn access(action: Action, topic: &str, qos: QoS, retain: bool) -> wit::Acces
         topic: topic.to_owned(),
         qos: qos as u8,
         retain,
+    }
+}
+
+pub fn subscription(filter: &str, qos: QoS, o: SubscriptionOptions) -> wit::Subscription {
+    wit::Subscription {
+        filter: filter.to_owned(),
+        qos: qos as u8,
+        no_local: o.no_local,
+        retain_as_published: o.retain_as_published,
+        retain_handling: o.retain_handling as u8,
     }
 }
 

@@ -289,6 +289,49 @@ impl host::Host for PluginCtx {
     }
 }
 
+/// Components built against 0.1.0 import the same host under its 0.1.0 name.
+impl super::bindings::v0_1::weir::plugin::host::Host for PluginCtx {
+    fn log(&mut self, level: types::Level, message: String) {
+        host::Host::log(self, level, message)
+    }
+
+    fn kv_get(&mut self, key: String) -> Option<Vec<u8>> {
+        host::Host::kv_get(self, key)
+    }
+
+    fn kv_set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) {
+        host::Host::kv_set(self, key, value, ttl_ms)
+    }
+
+    fn kv_delete(&mut self, key: String) -> bool {
+        host::Host::kv_delete(self, key)
+    }
+
+    fn kv_increment(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> i64 {
+        host::Host::kv_increment(self, key, delta, ttl_ms)
+    }
+
+    fn bucket_take(&mut self, key: String, capacity: u64, refill_per_second: f64, n: u64) -> bool {
+        host::Host::bucket_take(self, key, capacity, refill_per_second, n)
+    }
+
+    fn bucket_charge(&mut self, key: String, capacity: u64, refill_per_second: f64, n: u64) -> u64 {
+        host::Host::bucket_charge(self, key, capacity, refill_per_second, n)
+    }
+
+    fn reuse_answer(&mut self, ttl_ms: u32) {
+        host::Host::reuse_answer(self, ttl_ms)
+    }
+
+    fn lease(&mut self, events: u32, bytes: u64, ttl_ms: u32) {
+        host::Host::lease(self, events, bytes, ttl_ms)
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        host::Host::now_ms(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

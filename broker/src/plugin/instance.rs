@@ -12,7 +12,7 @@
 //! one directly on the connection's thread.
 
 use super::answers::Answers;
-use super::bindings::exports::weir::plugin::{authn, authz, lifecycle, limiter, transformer};
+use super::guests::{Guests, Indices};
 use super::host_api::SharedState;
 use super::runtime::{Runtime, TICK};
 use super::stats::Stats;
@@ -145,51 +145,9 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// The hooks a live instance exports.
-pub struct Guests {
-    pub authn: Option<authn::Guest>,
-    pub authz: Option<authz::Guest>,
-    pub transformer: Option<transformer::Guest>,
-    pub limiter: Option<limiter::Guest>,
-}
-
 struct Live {
     store: Store<PluginCtx>,
     guests: Guests,
-}
-
-/// Where each interface a plugin may export is in its component, if it exports it.
-struct Indices {
-    lifecycle: Option<lifecycle::GuestIndices>,
-    authn: Option<authn::GuestIndices>,
-    authz: Option<authz::GuestIndices>,
-    transformer: Option<transformer::GuestIndices>,
-    limiter: Option<limiter::GuestIndices>,
-}
-
-impl Indices {
-    fn of(pre: &InstancePre<PluginCtx>) -> Indices {
-        Indices {
-            lifecycle: lifecycle::GuestIndices::new(pre).ok(),
-            authn: authn::GuestIndices::new(pre).ok(),
-            authz: authz::GuestIndices::new(pre).ok(),
-            transformer: transformer::GuestIndices::new(pre).ok(),
-            limiter: limiter::GuestIndices::new(pre).ok(),
-        }
-    }
-
-    /// The hooks of the chain among them.
-    fn hooks(&self) -> HookSet {
-        [
-            (self.authn.is_some(), Hook::Authenticate),
-            (self.authz.is_some(), Hook::Authorize),
-            (self.transformer.is_some(), Hook::Transform),
-            (self.limiter.is_some(), Hook::RateLimit),
-        ]
-        .into_iter()
-        .filter(|(has, _)| *has)
-        .fold(HookSet::default(), |set, (_, h)| set.with(h))
-    }
 }
 
 pub struct Plugin {
@@ -242,7 +200,7 @@ impl Plugin {
         let hooks = indices.hooks();
         if hooks.is_empty() {
             return Err(invalid(
-                "it exports no Weir hook (authn, authz, transformer, limiter of weir:plugin@0.1.0); is it built against another version of the interface?".into(),
+                "it exports no Weir hook (authn, authz, transformer, limiter of weir:plugin@0.1.0 or 0.2.0, or subscriber, deliverer of 0.2.0); is it built against another version of the interface?".into(),
             ));
         }
         let config_json = serde_json::to_string(&cfg.config)
@@ -295,7 +253,7 @@ impl Plugin {
 
     /// Every function it exports, `init` included, by name.
     pub fn hook_names(&self) -> Vec<&'static str> {
-        let init = self.indices.lifecycle.is_some().then_some("init");
+        let init = self.indices.has_init().then_some("init");
         init.into_iter()
             .chain(
                 Hook::ALL
@@ -354,48 +312,18 @@ impl Plugin {
             Ok(i) => i,
             Err(e) => return Err(fail(e, &store)),
         };
-        let i = &self.indices;
-        let guests = (|| -> wasmtime::Result<Guests> {
-            Ok(Guests {
-                authn: i
-                    .authn
-                    .as_ref()
-                    .map(|x| x.load(&mut store, &instance))
-                    .transpose()?,
-                authz: i
-                    .authz
-                    .as_ref()
-                    .map(|x| x.load(&mut store, &instance))
-                    .transpose()?,
-                transformer: i
-                    .transformer
-                    .as_ref()
-                    .map(|x| x.load(&mut store, &instance))
-                    .transpose()?,
-                limiter: i
-                    .limiter
-                    .as_ref()
-                    .map(|x| x.load(&mut store, &instance))
-                    .transpose()?,
-            })
-        })();
-        let guests = match guests {
+        let guests = match self.indices.load(&mut store, &instance) {
             Ok(g) => g,
             Err(e) => return Err(fail(e, &store)),
         };
-        if let Some(l) = &i.lifecycle {
-            let result = l
-                .load(&mut store, &instance)
-                .and_then(|g| g.call_init(&mut store, &self.config_json));
-            match result {
-                Ok(Ok(())) => {}
-                Ok(Err(message)) => {
-                    return Err(Failure::Instantiate(format!(
-                        "init refused the configuration: {message}"
-                    )))
-                }
-                Err(e) => return Err(fail(e, &store)),
+        match self.indices.init(&mut store, &instance, &self.config_json) {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => {
+                return Err(Failure::Instantiate(format!(
+                    "init refused the configuration: {message}"
+                )))
             }
+            Err(e) => return Err(fail(e, &store)),
         }
         Ok(Live { store, guests })
     }

@@ -21,12 +21,15 @@ mod chain;
 mod client;
 /// Public for the fuzz targets (`fuzz/`): what a plugin answers is untrusted input.
 pub mod convert;
+mod guests;
 mod host_api;
 mod instance;
 mod kept;
+mod pipeline;
 mod runtime;
 mod stats;
 mod stdio;
+mod subscribe;
 mod wasi_io;
 mod watch;
 
@@ -69,14 +72,18 @@ pub enum Hook {
     Authorize = 2,
     Transform = 4,
     RateLimit = 8,
+    Subscribe = 16,
+    Deliver = 32,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 4] = [
+    pub const ALL: [Hook; 6] = [
         Hook::Authenticate,
         Hook::Authorize,
         Hook::Transform,
         Hook::RateLimit,
+        Hook::Subscribe,
+        Hook::Deliver,
     ];
 
     /// The name in the WIT package, logs and the admin API.
@@ -86,6 +93,8 @@ impl Hook {
             Hook::Authorize => "authorize",
             Hook::Transform => "transform",
             Hook::RateLimit => "rate-limit",
+            Hook::Subscribe => "subscribe",
+            Hook::Deliver => "deliver",
         }
     }
 }

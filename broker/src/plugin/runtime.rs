@@ -54,6 +54,12 @@ impl Runtime {
             .map_err(|e| PluginError::Engine(e.to_string()))?;
         types::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(&mut linker, |c| c)
             .map_err(|e| PluginError::Engine(e.to_string()))?;
+        // The same host for components built against 0.1.0.
+        super::bindings::v0_1::weir::plugin::host::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(
+            &mut linker,
+            |c| c,
+        )
+        .map_err(|e| PluginError::Engine(e.to_string()))?;
 
         let stop = Arc::new(AtomicBool::new(false));
         {

@@ -1,0 +1,184 @@
+//! The hooks that reshape a message, each plugin seeing it as the one before left it:
+//! `transform`, for every message a client publishes, and `deliver` (0.2.0), for every
+//! message about to be sent to one subscriber. Both may keep, drop or replace it, and
+//! both may let the broker reuse a `keep` or a payload-preserving `replace` for the
+//! same client, topic and message header.
+
+use super::answers::{self, Answer, Question, Replacement};
+use super::bindings::weir::plugin::types as wit;
+use super::call::{Ask, Call, Step};
+use super::convert;
+use super::guests::Guests;
+use super::instance::PluginCtx;
+use super::Hook;
+use crate::codec::{QoS, ReasonCode};
+use crate::config::OnError;
+use crate::hooks::ClientInfo;
+use crate::message::Message;
+use std::sync::Arc;
+use wasmtime::Store;
+
+/// Which reshaping hook runs, and for a delivery, the QoS and retain flag the delivery
+/// has whatever a plugin says.
+#[derive(Clone, Copy)]
+pub(super) enum Stage {
+    Transform,
+    Deliver { qos: QoS, retain: bool },
+}
+
+/// What one plugin made of the message.
+enum Reshaped {
+    Keep,
+    Drop(Option<u8>),
+    Replace(wit::Message),
+}
+
+impl Stage {
+    fn hook(self) -> Hook {
+        match self {
+            Stage::Transform => Hook::Transform,
+            Stage::Deliver { .. } => Hook::Deliver,
+        }
+    }
+
+    fn question(self, header: u64) -> Question {
+        match self {
+            Stage::Transform => Question::Transform(header),
+            Stage::Deliver { .. } => Question::Deliver(header),
+        }
+    }
+
+    fn ask(
+        self,
+        g: &Guests,
+        s: &mut Store<PluginCtx>,
+        c: &wit::Client,
+        m: &wit::Message,
+    ) -> wasmtime::Result<Reshaped> {
+        Ok(match self {
+            Stage::Transform => match &g.transformer {
+                Some(h) => match h.call_transform(s, c, m)? {
+                    wit::TransformResult::Keep => Reshaped::Keep,
+                    wit::TransformResult::Drop(code) => Reshaped::Drop(Some(code)),
+                    wit::TransformResult::Replace(m) => Reshaped::Replace(m),
+                },
+                None => Reshaped::Keep,
+            },
+            Stage::Deliver { .. } => match &g.deliverer {
+                Some(h) => match h.call_deliver(s, c, m)? {
+                    wit::DeliverResult::Keep => Reshaped::Keep,
+                    wit::DeliverResult::Drop => Reshaped::Drop(None),
+                    wit::DeliverResult::Replace(m) => Reshaped::Replace(m),
+                },
+                None => Reshaped::Keep,
+            },
+        })
+    }
+
+    /// A delivery's QoS and retain flag are not a plugin's to change.
+    fn settle(self, m: &mut Message) {
+        if let Stage::Deliver { qos, retain } = self {
+            (m.qos, m.retain) = (qos, retain);
+        }
+    }
+}
+
+/// Why a message went no further: a transform's reason code for the publisher, or
+/// `None` for a delivery (nobody is told).
+pub(super) struct Dropped(pub Option<ReasonCode>);
+
+impl Call<'_> {
+    /// The transforms of a published message; the reason code for the publisher if one
+    /// dropped it.
+    pub(super) fn transform(
+        &mut self,
+        client: &ClientInfo<'_>,
+        message: &mut Message,
+    ) -> Option<ReasonCode> {
+        let dropped = self.reshape(Stage::Transform, client, message).err()?;
+        Some(dropped.0.unwrap_or(ReasonCode::ImplementationSpecificError))
+    }
+
+    /// Runs `stage` over `message`, changing it in place; whether anything changed it.
+    pub(super) fn reshape(
+        &mut self,
+        stage: Stage,
+        client: &ClientInfo<'_>,
+        message: &mut Message,
+    ) -> Result<bool, Dropped> {
+        stage.settle(message);
+        let max_packet = self.chain().max_packet;
+        // A reused answer was given for the message as it came, not for what an earlier
+        // plugin made of it: reuse stops at the first change.
+        let mut changed = false;
+        let mut c = None;
+        let mut header = None;
+        let mut question =
+            |m: &Message| stage.question(*header.get_or_insert_with(|| answers::header(m)));
+        let dropped = self.walk(
+            stage.hook(),
+            |kept, i, p| {
+                let original = !changed;
+                let ask = Ask { i, p, client };
+                // Nothing is kept for a plugin that never allowed reuse.
+                if original && p.answers.in_use() {
+                    match ask.reusable(kept, &message.topic, question(message)) {
+                        Some(Answer::Keep) => {
+                            p.stats.reused();
+                            return Step::Next;
+                        }
+                        Some(Answer::Replace(r)) if r.apply(message, max_packet) => {
+                            stage.settle(message);
+                            p.stats.reused();
+                            changed = true;
+                            return Step::Next;
+                        }
+                        _ => {}
+                    }
+                }
+                let c = c.get_or_insert_with(|| convert::client(client));
+                let m = convert::message(message);
+                let answer = p.call_reusable(|g, s| stage.ask(g, s, c, &m));
+                let decided = answer.and_then(|(r, grants)| {
+                    let reuse = grants.reuse_ms.filter(|_| original);
+                    match r {
+                        Reshaped::Keep => {
+                            if let Some(ms) = reuse {
+                                let q = question(message);
+                                ask.reuse(kept, &message.topic, q, Answer::Keep, ms);
+                            }
+                            Ok(None)
+                        }
+                        Reshaped::Drop(code) => {
+                            let code = code.map(|c| convert::failure_code(c, "drop"));
+                            let code = code.transpose()?;
+                            p.stats.denied();
+                            Ok(Some(Dropped(code)))
+                        }
+                        Reshaped::Replace(m) => {
+                            let mut m = convert::replacement(m, message, max_packet)?;
+                            stage.settle(&mut m);
+                            if let Some(ms) = reuse {
+                                let q = question(message);
+                                if let Some(r) = Replacement::of(&m, message) {
+                                    let answer = Answer::Replace(Arc::new(r));
+                                    ask.reuse(kept, &message.topic, q, answer, ms);
+                                }
+                            }
+                            *message = m;
+                            changed = true;
+                            Ok(None)
+                        }
+                    }
+                });
+                Step::from(decided)
+            },
+            |_, policy| {
+                let code = ReasonCode::ImplementationSpecificError;
+                let code = matches!(stage, Stage::Transform).then_some(code);
+                (policy == OnError::Deny).then_some(Dropped(code))
+            },
+        );
+        dropped.map_or(Ok(changed), Err)
+    }
+}
