@@ -334,6 +334,8 @@ pub struct PluginsConfig {
     pub authenticate_default: AuthDefault,
     /// End of the chain for `authorize`.
     pub authorize_default: AllowDeny,
+    /// Events waiting for observer plugins, at most; more are lost and counted.
+    pub events_queue: usize,
 }
 
 impl Default for PluginsConfig {
@@ -348,6 +350,7 @@ impl Default for PluginsConfig {
             watch_ms: 250,
             authenticate_default: AuthDefault::Listener,
             authorize_default: AllowDeny::Allow,
+            events_queue: 10_000,
         }
     }
 }
@@ -751,6 +754,10 @@ impl Config {
         }
         if self.plugins.memory_mb == 0 || self.plugins.memory_mb > 4096 {
             return Err(invalid("plugins.memory_mb", "must be between 1 and 4096"));
+        }
+        if self.plugins.events_queue == 0 || self.plugins.events_queue > 10_000_000 {
+            let why = "must be between 1 and 10000000";
+            return Err(invalid("plugins.events_queue", why));
         }
         Ok(())
     }

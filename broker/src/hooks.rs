@@ -172,6 +172,14 @@ pub trait Hooks: Send + Sync + 'static {
     fn authorizes(&self) -> bool;
     /// Whether `rate_limit` can do anything but allow.
     fn limits_rate(&self) -> bool;
+    /// Whether anything observes events ([`crate::events`]): none are made if not.
+    fn observes(&self) -> bool {
+        false
+    }
+    /// A batch of events, from the event thread.
+    fn observe(&self, events: &[crate::events::Timed]) {
+        let _ = events;
+    }
 }
 
 /// One connection's hooks, owned by its task: what they keep is theirs alone.

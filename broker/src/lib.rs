@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod events;
 pub mod hooks;
 pub mod listener;
 pub mod message;

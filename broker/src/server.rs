@@ -160,7 +160,10 @@ impl crate::cluster::Arrivals for Arrivals {
 
     fn will(&self, msg: crate::message::Message) {
         if let Some(b) = self.0.upgrade() {
-            b.publish(Arc::new(msg));
+            match msg.publisher.clone() {
+                Some(client_id) => b.publish_will(&client_id, Arc::new(msg)),
+                None => drop(b.publish(Arc::new(msg))),
+            }
             b.commit();
         }
     }

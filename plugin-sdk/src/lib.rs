@@ -2,12 +2,12 @@
 //!
 //! A plugin is a type that implements the hook traits it cares about — [`Init`],
 //! [`Authenticate`], [`Authorize`], [`Transform`], [`RateLimit`], [`Subscribe`],
-//! [`Deliver`] — each with a default that defers to the next plugin (or keeps the
+//! [`Deliver`], [`Observe`] — each with a default that defers to the next plugin (or keeps the
 //! message), and says so with [`export_plugin!`]. Plugins built with this SDK are
 //! components of `weir:plugin@0.2.0`. Build it with `cargo build --release --target wasm32-wasip2`.
 //!
 //! Each hook lives in its own small crate (`weir-plugin-authn`, `-authz`, `-transformer`,
-//! `-limiter`, `-subscriber`, `-deliverer`, `-lifecycle`) because a component exports exactly the hooks whose crates
+//! `-limiter`, `-subscriber`, `-deliverer`, `-observer`, `-lifecycle`) because a component exports exactly the hooks whose crates
 //! it links: depend on the ones you export. See the README for a complete example.
 
 #[doc(hidden)]
@@ -22,9 +22,10 @@ pub mod bindings {
 pub use bindings::weir::plugin::host;
 pub use bindings::weir::plugin::types;
 pub use types::{
-    Access, Action, Admission, AuthResult, Certificate, Client, ConnectInfo, Decision,
-    DeliverResult, Denial, Event, Message, Pair, Protocol, RateResult, Rewrite, SubscribeResult,
-    Subscription, TransformResult,
+    Access, Action, Admission, AuthResult, BrokerEvent, Certificate, Client, ConnectInfo, Decision,
+    DeliverResult, Denial, DisconnectEvent, DropEvent, Event, Message, Pair, Protocol, RateResult,
+    Rewrite, SubscribeEvent, SubscribeResult, Subscription, TimedEvent, TransformResult,
+    UnsubscribeEvent, WillEvent,
 };
 /// Topic names and filters, matched exactly as the broker matches them.
 pub use weir_protocol::topic;
@@ -90,9 +91,16 @@ pub trait Deliver {
     }
 }
 
+/// Sees what happens in the broker, in batches, after the fact: no client waits for it.
+pub trait Observe {
+    fn observe(events: Vec<TimedEvent>) {
+        let _ = events;
+    }
+}
+
 /// Exports a plugin type's hooks: `export_plugin!(MyPlugin: init, authorize, transform);`
 /// Hooks: `init`, `authenticate`, `authorize`, `transform`, `rate_limit`, `subscribe`,
-/// `deliver`. The plugin crate must depend on the matching `weir-plugin-*` crate for
+/// `deliver`, `observe`. The plugin crate must depend on the matching `weir-plugin-*` crate for
 /// each.
 #[macro_export]
 macro_rules! export_plugin {
@@ -159,6 +167,14 @@ macro_rules! __export_hook {
             }
         }
         ::weir_plugin_deliverer::export!($t with_types_in ::weir_plugin_deliverer);
+    };
+    ($t:ident, observe) => {
+        impl ::weir_plugin_observer::exports::weir::plugin::observer::Guest for $t {
+            fn observe(events: Vec<$crate::TimedEvent>) {
+                <$t as $crate::Observe>::observe(events)
+            }
+        }
+        ::weir_plugin_observer::export!($t with_types_in ::weir_plugin_observer);
     };
 }
 

@@ -154,6 +154,21 @@ fn broker_families(out: &mut String, s: &AdminState) {
             "Sockets over a connection limit closed without a CONNACK: too many were being refused already.",
             m.busy_refusals(),
         ),
+        (
+            "weir_events_total",
+            "Events queued for observer plugins.",
+            b.events().stats().emitted.load(Relaxed),
+        ),
+        (
+            "weir_events_lost_total",
+            "Events lost because the queue for observer plugins was full (plugins.events_queue).",
+            b.events().stats().overflow.load(Relaxed),
+        ),
+        (
+            "weir_event_batches_total",
+            "Batches of events handed to observer plugins.",
+            b.events().stats().batches.load(Relaxed),
+        ),
     ] {
         family(out, name, "counter", help);
         let _ = writeln!(out, "{name} {v}");

@@ -25,9 +25,10 @@ pub use spill::SpillQuota;
 
 use crate::codec::{ReasonCode, Version};
 use crate::config::Config;
+use crate::events::{Event, Events};
 use crate::hooks::Hooks;
-use crate::message::now_secs;
-use crate::metrics::Metrics;
+use crate::message::{now_secs, Message};
+use crate::metrics::{DropCause, Metrics};
 use crate::router::{Fanout, Retained, Router};
 use crate::session::{Control, Directory, QueueLimits, Session, Sessions};
 use crate::store::{Commit, MemoryStore, SledStore, Store, StoreError};
@@ -48,6 +49,8 @@ pub struct Broker {
     commits: Arc<dyn Commit + Send + Sync>,
     hooks: Arc<dyn Hooks>,
     metrics: Metrics,
+    /// What happened, for observer plugins.
+    events: Events,
     /// What slow sessions keep on disk, broker-wide.
     spill: SpillQuota,
     /// Key of the next stored delivery; unique across restarts.
@@ -122,6 +125,7 @@ impl Broker {
         );
         let broker = Broker {
             spill,
+            events: Events::start(hooks.clone(), config.plugins.events_queue),
             config,
             fanout: parts.fanout,
             retained: Retained::default(),
@@ -158,8 +162,10 @@ impl Broker {
             let mut st = session.lock();
             let expired = st.expiry_interval() == 0 || st.is_expired(now);
             if expired {
-                wills.extend(st.take_will().map(|w| w.message));
+                let id = session.client_id();
+                wills.extend(st.take_will().map(|w| (id.clone(), w.message)));
                 drop(st);
+                self.events.emit(|| Event::SessionExpired(id.clone()));
                 self.end_session(&session);
                 continue;
             }
@@ -178,8 +184,8 @@ impl Broker {
         if self.config.cluster.is_none() {
             self.spill_restored_excess();
         }
-        for w in wills {
-            self.publish(w);
+        for (client_id, w) in wills {
+            self.publish_will(&client_id, w);
         }
         tracing::info!(
             sessions = restored,
@@ -209,6 +215,37 @@ impl Broker {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    /// Counts messages that will not reach a client, by cause, and tells observers
+    /// (`client_id`: who would have received them, or who published them).
+    pub fn dropped(
+        &self,
+        cause: DropCause,
+        count: u64,
+        client_id: Option<&Arc<str>>,
+        topic: Option<&str>,
+    ) {
+        self.metrics.dropped(cause, count);
+        self.events.emit(|| Event::MessageDropped {
+            client_id: client_id.cloned(),
+            topic: topic.map(Arc::from),
+            cause,
+            count: count.min(u32::MAX as u64) as u32,
+        });
+    }
+
+    /// Publishes the will of `client_id`, and tells observers.
+    pub fn publish_will(&self, client_id: &Arc<str>, will: Arc<Message>) {
+        self.events.emit(|| Event::WillPublished {
+            client_id: client_id.clone(),
+            topic: will.topic.clone(),
+        });
+        self.publish(will);
     }
 
     /// What a publisher's connection waits on, once over its mark, before it reads

@@ -168,8 +168,8 @@ impl Broker {
             st.take_sendable(window, max, now, &journal, out)
         };
         if taken.expired > 0 {
-            self.metrics
-                .dropped(DropCause::Expired, taken.expired as u64);
+            let n = taken.expired as u64;
+            self.dropped(DropCause::Expired, n, Some(session.client_id()), None);
         }
         if taken.drained {
             session.let_publishers_go();

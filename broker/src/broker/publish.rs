@@ -67,7 +67,7 @@ impl Broker {
         let rank = |client_id: &str| self.rank(client_id, &msg);
         match self.fanout.group(share).and_then(|g| g.pick(&rank)) {
             Some(t) => self.deliver(&t.client_id, &msg, Wanted::of(&t)),
-            None => self.metrics.dropped(DropCause::Denied, 1),
+            None => self.dropped(DropCause::Denied, 1, None, Some(&msg.topic)),
         }
     }
 
@@ -207,13 +207,15 @@ impl Broker {
     /// the session holds its publishers.
     pub fn queue_for(&self, session: &Session, d: Delivery) -> PushOutcome {
         let journal = self.journal(session.client_id());
+        let topic = d.message.topic.clone();
         let out = session.lock().push(d, self.queue_limits(), &journal);
         if out.dropped > 0 {
             let cause = match out.stalled {
                 true => DropCause::Stalled,
                 false => DropCause::QueueFull,
             };
-            self.metrics.dropped(cause, out.dropped as u64);
+            let n = out.dropped as u64;
+            self.dropped(cause, n, Some(session.client_id()), Some(&topic));
         }
         if out.wake {
             session.wake();

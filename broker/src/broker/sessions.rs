@@ -6,6 +6,7 @@
 //! [`Directory`]: crate::session::Directory
 
 use super::Broker;
+use crate::events::Event;
 use crate::hooks::Identity;
 use crate::message::{now_secs, Message};
 use crate::session::{ConnHandle, Control, Session};
@@ -66,7 +67,7 @@ impl Broker {
         if st.expiry_interval() == 0 {
             drop(st);
             if let Some((m, _)) = will {
-                self.publish(m);
+                self.publish_will(client_id, m);
             }
             self.sessions.settle_will(client_id, Some(conn_id));
             self.end_session(session);
@@ -81,7 +82,7 @@ impl Broker {
         drop(st);
         self.record_session(session);
         if let Some(m) = publish_now {
-            self.publish(m);
+            self.publish_will(client_id, m);
             self.sessions.settle_will(client_id, Some(conn_id));
         }
         self.store.commit();
@@ -97,7 +98,7 @@ impl Broker {
         will: Option<(Arc<Message>, u32)>,
     ) {
         if let Some((m, 0)) = will {
-            self.publish(m);
+            self.publish_will(client_id, m);
             self.store.commit();
         }
         self.sessions.settle_will(client_id, Some(conn_id));
@@ -160,7 +161,7 @@ impl Broker {
                 (st.take_due_will(now), st.is_expired(now))
             };
             if let Some(w) = &will {
-                self.publish(w.message.clone());
+                self.publish_will(s.client_id(), w.message.clone());
                 self.store.commit();
                 self.sessions.settle_will(s.client_id(), None);
             }
@@ -169,6 +170,8 @@ impl Broker {
                 // Still expired under the claim: not resumed meanwhile.
                 if s.lock().is_expired(now) {
                     tracing::info!(client_id = %s.client_id(), "session expired");
+                    let id = s.client_id();
+                    self.events().emit(|| Event::SessionExpired(id.clone()));
                     self.end_session(&s);
                 }
             } else if will.is_some() {

@@ -4,6 +4,7 @@
 use super::framed::WRITE_TIMEOUT;
 use super::Connection;
 use crate::codec::{self, Disconnect, Packet, Properties, ReasonCode, Version};
+use crate::events::Event;
 use crate::session::will_message;
 use bytes::BytesMut;
 use std::sync::Arc;
@@ -56,6 +57,19 @@ impl Exit {
             Exit::Kicked(c) => Some(*c),
             Exit::Shutdown => Some(ReasonCode::ServerShuttingDown),
             _ => None,
+        }
+    }
+
+    /// The reason code observers are told: the DISCONNECT's, whichever side sent it;
+    /// 0x80 for a connection that ended without one.
+    fn event_code(&self) -> u8 {
+        match self {
+            Exit::ClientDisconnect { will: false } => 0x00,
+            Exit::ClientDisconnect { will: true } => 0x04,
+            other => other
+                .disconnect_code()
+                .unwrap_or(ReasonCode::UnspecifiedError)
+                .into(),
         }
     }
 
@@ -115,8 +129,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
         self.broker.metrics().disconnected();
         self.client.listener.disconnected();
+        let reason = exit.describe();
         tracing::info!(client_id = %client_id, peer = %self.client.peer, listener = %self.client.listener.name,
-            protocol = %self.client.version, reason = %exit.describe(), "client disconnected");
+            protocol = %self.client.version, reason = %reason, "client disconnected");
+        self.broker.events().emit(|| Event::Disconnected {
+            client_id: client_id.clone(),
+            reason_code: exit.event_code(),
+            reason,
+        });
         // Only now: the session and the will must not wait on a client's last bytes.
         if said_why {
             self.io.linger().await;

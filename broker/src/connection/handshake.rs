@@ -7,6 +7,7 @@ use super::outbound::Outbound;
 use super::{Client, Connection, ListenerInfo, OverLimit, Peer};
 use crate::broker::Broker;
 use crate::codec::{self, ConnAck, Connect, Packet, Properties, ReasonCode, Version};
+use crate::events::Event;
 use crate::hooks::{
     AuthOutcome, ClientHooks, ConnectInfo, Decision, Identity, RateEvent, RateOutcome,
 };
@@ -330,6 +331,9 @@ where
         keep_alive = granted.keep_alive, username = %a.identity.username.as_deref().unwrap_or(""),
         identity = %from.certificate.as_ref().and_then(|c| c.common_name.as_deref()).unwrap_or(""),
         "client connected");
+    broker
+        .events()
+        .emit(|| Event::Connected(a.identity.clone()));
     let keep_alive =
         (granted.keep_alive > 0).then(|| Duration::from_millis(granted.keep_alive as u64 * 1500));
     Connection {

@@ -7,6 +7,7 @@ use crate::codec::{
     self, Ack, AckKind, Disconnect, Packet, Properties, Publish, QoS, ReasonCode, RetainHandling,
     SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Version, Will,
 };
+use crate::events::Event;
 use crate::hooks::{Action, Decision, PublishOutcome, RateEvent, RateOutcome, SubscribeOutcome};
 use crate::message::{Delivery, Message};
 use crate::metrics::DropCause;
@@ -316,7 +317,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// Answers a PUBLISH that is not routed: a 5.0 publisher gets the reason code in its
     /// PUBACK or PUBREC; a 3.1.1 publisher (no way to say no) and QoS 0 get nothing.
     fn refuse_publish(&mut self, qos: QoS, pid: u16, code: ReasonCode, topic: &str, why: &str) {
-        self.broker.metrics().dropped(DropCause::Denied, 1);
+        let who = Some(&self.client.client_id);
+        self.broker.dropped(DropCause::Denied, 1, who, Some(topic));
         tracing::debug!(client_id = %self.client.client_id, topic, code = %code, "publish {why}");
         let kind = match qos {
             QoS::AtMostOnce => return,
@@ -443,6 +445,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             let retained = self.broker.retained_for(filter, opts, sub_id);
             then.extend(retained.into_iter().filter(|d| readable(d)));
         }
+        self.broker.events().emit(|| Event::Subscribed {
+            client_id: self.client.client_id.clone(),
+            filter: filter.to_owned(),
+            qos: opts.qos as u8,
+        });
         Ok(ReasonCode::granted(opts.qos as u8))
     }
 
@@ -465,10 +472,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     SubscribeOutcome::Rewrite { filter, .. } => filter,
                     _ => f.clone(),
                 };
-                match self.broker.unsubscribe(&self.session, &f) {
-                    true => ReasonCode::Success,
-                    false => ReasonCode::NoSubscriptionExisted,
+                if !self.broker.unsubscribe(&self.session, &f) {
+                    return ReasonCode::NoSubscriptionExisted;
                 }
+                self.broker.events().emit(|| Event::Unsubscribed {
+                    client_id: self.client.client_id.clone(),
+                    filter: f,
+                });
+                ReasonCode::Success
             })
             .collect();
         let stored = self.broker.record_session(&self.session);

@@ -229,7 +229,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 ..d
             }),
             DeliverOutcome::Drop => {
-                self.broker.metrics().dropped(DropCause::Delivery, 1);
+                let (who, topic) = (Some(&self.client.client_id), Some(&*d.message.topic));
+                self.broker.dropped(DropCause::Delivery, 1, who, topic);
                 if d.qos != QoS::AtMostOnce {
                     self.broker.acknowledged(&self.session, pid);
                 }
@@ -279,7 +280,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         if let Some((_, true)) = alias {
             self.outbound.aliases.remove(&msg.topic);
         }
-        self.broker.metrics().dropped(DropCause::TooLarge, 1);
+        let who = Some(&self.client.client_id);
+        self.broker
+            .dropped(DropCause::TooLarge, 1, who, Some(&msg.topic));
         tracing::debug!(client_id = %self.client.client_id, topic = %msg.topic, "message larger than the client's maximum packet size dropped");
         if d.qos != QoS::AtMostOnce {
             self.broker.acknowledged(&self.session, pid);

@@ -248,7 +248,7 @@ impl PluginChain {
             p.stats.failed(f);
         }
         let policy = p.on_error.unwrap_or(match hook {
-            Hook::Transform | Hook::Deliver => OnError::Allow,
+            Hook::Transform | Hook::Deliver | Hook::Observe => OnError::Allow,
             _ => OnError::Deny,
         });
         tracing::warn!(plugin = %p.name, hook = hook.name(), kind = %f.kind(), policy = ?policy, "plugin failed: {f}");

@@ -43,6 +43,14 @@ impl Hooks for PluginChain {
     fn limits_rate(&self) -> bool {
         self.any_active(Hook::RateLimit)
     }
+
+    fn observes(&self) -> bool {
+        self.any_active(Hook::Observe)
+    }
+
+    fn observe(&self, events: &[crate::events::Timed]) {
+        self.call(None).observe(events)
+    }
 }
 
 /// One connection's view of the chain.

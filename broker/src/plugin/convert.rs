@@ -70,6 +70,61 @@ pub fn subscription(filter: &str, qos: QoS, o: SubscriptionOptions) -> wit::Subs
     }
 }
 
+/// Events as an observer gets them.
+pub fn events(events: &[crate::events::Timed]) -> Vec<wit::TimedEvent> {
+    use crate::events::Event;
+    let ev = |e: &Event| match e {
+        Event::Connected(who) => wit::BrokerEvent::Connected(client(&who.info())),
+        Event::Disconnected {
+            client_id,
+            reason_code,
+            reason,
+        } => wit::BrokerEvent::Disconnected(wit::DisconnectEvent {
+            client_id: client_id.to_string(),
+            reason_code: *reason_code,
+            reason: reason.clone(),
+        }),
+        Event::Subscribed {
+            client_id,
+            filter,
+            qos,
+        } => wit::BrokerEvent::Subscribed(wit::SubscribeEvent {
+            client_id: client_id.to_string(),
+            filter: filter.clone(),
+            qos: *qos,
+        }),
+        Event::Unsubscribed { client_id, filter } => {
+            wit::BrokerEvent::Unsubscribed(wit::UnsubscribeEvent {
+                client_id: client_id.to_string(),
+                filter: filter.clone(),
+            })
+        }
+        Event::MessageDropped {
+            client_id,
+            topic,
+            cause,
+            count,
+        } => wit::BrokerEvent::MessageDropped(wit::DropEvent {
+            client_id: client_id.as_ref().map(|c| c.to_string()),
+            topic: topic.as_ref().map(|t| t.to_string()),
+            cause: cause.label().into(),
+            count: *count,
+        }),
+        Event::SessionExpired(id) => wit::BrokerEvent::SessionExpired(id.to_string()),
+        Event::WillPublished { client_id, topic } => {
+            wit::BrokerEvent::WillPublished(wit::WillEvent {
+                client_id: client_id.to_string(),
+                topic: topic.to_string(),
+            })
+        }
+    };
+    let timed = |t: &crate::events::Timed| wit::TimedEvent {
+        at_ms: t.at_ms,
+        event: ev(&t.event),
+    };
+    events.iter().map(timed).collect()
+}
+
 pub fn event(e: RateEvent) -> wit::Event {
     match e {
         RateEvent::Connect => wit::Event::Connect,

@@ -55,6 +55,7 @@ pub struct Indices {
     limiter: Option<Index<v1::limiter::GuestIndices, v2::limiter::GuestIndices>>,
     subscriber: Option<v2::subscriber::GuestIndices>,
     deliverer: Option<v2::deliverer::GuestIndices>,
+    observer: Option<v2::observer::GuestIndices>,
 }
 
 impl Indices {
@@ -67,6 +68,7 @@ impl Indices {
             limiter: index_of!(pre, limiter),
             subscriber: v2::subscriber::GuestIndices::new(pre).ok(),
             deliverer: v2::deliverer::GuestIndices::new(pre).ok(),
+            observer: v2::observer::GuestIndices::new(pre).ok(),
         }
     }
 
@@ -79,6 +81,7 @@ impl Indices {
             (self.limiter.is_some(), Hook::RateLimit),
             (self.subscriber.is_some(), Hook::Subscribe),
             (self.deliverer.is_some(), Hook::Deliver),
+            (self.observer.is_some(), Hook::Observe),
         ]
         .into_iter()
         .filter(|(has, _)| *has)
@@ -104,6 +107,9 @@ impl Indices {
                 .map(|i| i.load(&mut *store, instance))
                 .transpose()?,
             deliverer: (self.deliverer.as_ref())
+                .map(|i| i.load(&mut *store, instance))
+                .transpose()?,
+            observer: (self.observer.as_ref())
                 .map(|i| i.load(&mut *store, instance))
                 .transpose()?,
         })
@@ -132,6 +138,7 @@ pub struct Guests {
     pub limiter: Option<Either<v1::limiter::Guest, v2::limiter::Guest>>,
     pub subscriber: Option<v2::subscriber::Guest>,
     pub deliverer: Option<v2::deliverer::Guest>,
+    pub observer: Option<v2::observer::Guest>,
 }
 
 type S<'a> = &'a mut Store<PluginCtx>;

@@ -25,6 +25,7 @@ mod guests;
 mod host_api;
 mod instance;
 mod kept;
+mod observe;
 mod pipeline;
 mod runtime;
 mod stats;
@@ -74,16 +75,18 @@ pub enum Hook {
     RateLimit = 8,
     Subscribe = 16,
     Deliver = 32,
+    Observe = 64,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 6] = [
+    pub const ALL: [Hook; 7] = [
         Hook::Authenticate,
         Hook::Authorize,
         Hook::Transform,
         Hook::RateLimit,
         Hook::Subscribe,
         Hook::Deliver,
+        Hook::Observe,
     ];
 
     /// The name in the WIT package, logs and the admin API.
@@ -95,6 +98,7 @@ impl Hook {
             Hook::RateLimit => "rate-limit",
             Hook::Subscribe => "subscribe",
             Hook::Deliver => "deliver",
+            Hook::Observe => "observe",
         }
     }
 }
