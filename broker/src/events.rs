@@ -11,7 +11,7 @@ use crate::hooks::{Hooks, Identity};
 use crate::metrics::DropCause;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Events handed to the observers at once, at most.
@@ -74,14 +74,16 @@ pub struct Events {
 
 impl Events {
     /// The queue, holding at most `capacity` events, and the thread that drains it into
-    /// `hooks`; the thread ends when the `Events` is dropped.
+    /// `hooks`; the thread ends when the `Events` is dropped. It holds the hooks only
+    /// while it hands a batch over: the broker's owners decide when they go (a plugin
+    /// chain logs its totals then).
     pub fn start(hooks: Arc<dyn Hooks>, capacity: usize) -> Events {
         let (queue, rx) = mpsc::sync_channel(capacity);
         let stats = Arc::new(EventStats::default());
-        let (observers, counts) = (hooks.clone(), stats.clone());
+        let (observers, counts) = (Arc::downgrade(&hooks), stats.clone());
         let spawned = std::thread::Builder::new()
             .name("weir-events".into())
-            .spawn(move || dispatch(rx, observers.as_ref(), &counts));
+            .spawn(move || dispatch(rx, &observers, &counts));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the event thread; events are not observed");
         }
@@ -116,7 +118,7 @@ impl Events {
 
 /// Takes events in batches (up to [`BATCH_MAX`], or what came within [`BATCH_WAIT`] of
 /// the first) and hands them over, until the queue's sender is gone.
-fn dispatch(rx: mpsc::Receiver<Timed>, hooks: &dyn Hooks, stats: &EventStats) {
+fn dispatch(rx: mpsc::Receiver<Timed>, hooks: &Weak<dyn Hooks>, stats: &EventStats) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         let until = Instant::now() + BATCH_WAIT;
@@ -131,8 +133,10 @@ fn dispatch(rx: mpsc::Receiver<Timed>, hooks: &dyn Hooks, stats: &EventStats) {
                 }
             }
         }
-        stats.batches.fetch_add(1, Relaxed);
-        hooks.observe(&batch);
+        if let Some(hooks) = hooks.upgrade() {
+            stats.batches.fetch_add(1, Relaxed);
+            hooks.observe(&batch);
+        }
         if !open {
             return;
         }

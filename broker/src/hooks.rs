@@ -104,6 +104,47 @@ pub enum AuthOutcome {
     },
 }
 
+/// A step of an MQTT 5 enhanced authentication (CONNECT with an Authentication Method,
+/// the AUTH exchange, re-authentication): what the hooks are asked.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthRequest<'a> {
+    /// For a re-authentication, the CONNECT's, without the password.
+    pub info: &'a ConnectInfo<'a>,
+    pub method: &'a str,
+    pub data: Option<&'a [u8]>,
+    pub reauth: bool,
+}
+
+/// What the hooks answer a step of an enhanced authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthStep {
+    /// Send the client AUTH 0x18 with `data`; its answer goes to
+    /// [`Hooks::auth_continue`] with `state`.
+    Continue {
+        data: Vec<u8>,
+        state: AuthState,
+    },
+    /// In, possibly under another username, with attributes; `data` for the CONNACK
+    /// (or the AUTH 0x00 of a re-authentication).
+    Success {
+        username: Option<String>,
+        attributes: Vec<(String, String)>,
+        data: Option<Vec<u8>>,
+    },
+    Failure {
+        code: ReasonCode,
+        reason: String,
+    },
+}
+
+/// Where an enhanced authentication stands, as the hooks keep it: opaque to the core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthState {
+    /// Who carries the exchange on (a plugin's name).
+    pub handler: Arc<str>,
+    pub data: Vec<u8>,
+}
+
 /// What becomes of a PUBLISH once every hook has seen it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PublishOutcome {
@@ -155,6 +196,19 @@ pub enum RateOutcome {
 
 pub trait Hooks: Send + Sync + 'static {
     fn authenticate(&self, info: &ConnectInfo<'_>) -> AuthOutcome;
+    /// The first step of an enhanced authentication. By default nobody takes any
+    /// method: 0x8C.
+    fn auth_start(&self, request: &AuthRequest<'_>) -> AuthStep {
+        AuthStep::Failure {
+            code: ReasonCode::BadAuthenticationMethod,
+            reason: format!("no plugin takes authentication method {:?}", request.method),
+        }
+    }
+    /// The client's answer to a [`AuthStep::Continue`].
+    fn auth_continue(&self, request: &AuthRequest<'_>, state: &AuthState) -> AuthStep {
+        let _ = state;
+        self.auth_start(request)
+    }
     /// The hooks of one authenticated connection, for all its later questions.
     fn open(self: Arc<Self>, identity: Arc<Identity>) -> Box<dyn ClientHooks>;
     /// Authorization with no connection to ask through (a delivery to a stored

@@ -1,13 +1,13 @@
 //! Write Weir plugins in Rust.
 //!
 //! A plugin is a type that implements the hook traits it cares about — [`Init`],
-//! [`Authenticate`], [`Authorize`], [`Transform`], [`RateLimit`], [`Subscribe`],
-//! [`Deliver`], [`Observe`] — each with a default that defers to the next plugin (or keeps the
+//! [`Authenticate`], [`Authenticator`], [`Authorize`], [`Transform`], [`RateLimit`],
+//! [`Subscribe`], [`Deliver`], [`Observe`] — each with a default that defers to the next plugin (or keeps the
 //! message), and says so with [`export_plugin!`]. Plugins built with this SDK are
 //! components of `weir:plugin@0.2.0`. Build it with `cargo build --release --target wasm32-wasip2`.
 //!
 //! Each hook lives in its own small crate (`weir-plugin-authn`, `-authz`, `-transformer`,
-//! `-limiter`, `-subscriber`, `-deliverer`, `-observer`, `-lifecycle`) because a component exports exactly the hooks whose crates
+//! `-limiter`, `-authenticator`, `-subscriber`, `-deliverer`, `-observer`, `-lifecycle`) because a component exports exactly the hooks whose crates
 //! it links: depend on the ones you export. See the README for a complete example.
 
 #[doc(hidden)]
@@ -22,10 +22,11 @@ pub mod bindings {
 pub use bindings::weir::plugin::host;
 pub use bindings::weir::plugin::types;
 pub use types::{
-    Access, Action, Admission, AuthResult, BrokerEvent, Certificate, Client, ConnectInfo, Decision,
-    DeliverResult, Denial, DisconnectEvent, DropEvent, Event, Message, Pair, Protocol, RateResult,
-    Rewrite, SubscribeEvent, SubscribeResult, Subscription, TimedEvent, TransformResult,
-    UnsubscribeEvent, WillEvent,
+    Access, Action, Admission, AuthChallenge, AuthRequest, AuthResponse, AuthResult, AuthStep,
+    AuthSuccess, BrokerEvent, Certificate, Client, ConnectInfo, Decision, DeliverResult, Denial,
+    DisconnectEvent, DropEvent, Event, Message, Pair, Protocol, RateResult, Rewrite,
+    SubscribeEvent, SubscribeResult, Subscription, TimedEvent, TransformResult, UnsubscribeEvent,
+    WillEvent,
 };
 /// Topic names and filters, matched exactly as the broker matches them.
 pub use weir_protocol::topic;
@@ -74,6 +75,24 @@ pub trait RateLimit {
     }
 }
 
+/// MQTT 5 enhanced authentication: a CONNECT with an Authentication Method (or a
+/// re-authentication) starts at `auth_start`; answer `Defer` to a method that is not
+/// yours. Each `Continue` sends the client a challenge, and its answer comes to
+/// `auth_continue` with the `state` you gave (possibly on another instance).
+pub trait Authenticator {
+    fn auth_start(request: AuthRequest) -> AuthStep {
+        let _ = request;
+        AuthStep::Defer
+    }
+    fn auth_continue(response: AuthResponse) -> AuthStep {
+        let _ = response;
+        AuthStep::Failure(Denial {
+            reason_code: ReasonCode::NotAuthorized.into(),
+            reason: "this plugin has no auth_continue".into(),
+        })
+    }
+}
+
 /// Allow, deny or rewrite each filter a client subscribes to, before it is authorized
 /// (and each filter it unsubscribes from, with QoS 0).
 pub trait Subscribe {
@@ -99,8 +118,8 @@ pub trait Observe {
 }
 
 /// Exports a plugin type's hooks: `export_plugin!(MyPlugin: init, authorize, transform);`
-/// Hooks: `init`, `authenticate`, `authorize`, `transform`, `rate_limit`, `subscribe`,
-/// `deliver`, `observe`. The plugin crate must depend on the matching `weir-plugin-*` crate for
+/// Hooks: `init`, `authenticate`, `authenticator` (enhanced authentication: both of its
+/// functions), `authorize`, `transform`, `rate_limit`, `subscribe`, `deliver`, `observe`. The plugin crate must depend on the matching `weir-plugin-*` crate for
 /// each.
 #[macro_export]
 macro_rules! export_plugin {
@@ -151,6 +170,17 @@ macro_rules! __export_hook {
             }
         }
         ::weir_plugin_limiter::export!($t with_types_in ::weir_plugin_limiter);
+    };
+    ($t:ident, authenticator) => {
+        impl ::weir_plugin_authenticator::exports::weir::plugin::authenticator::Guest for $t {
+            fn auth_start(request: $crate::AuthRequest) -> $crate::AuthStep {
+                <$t as $crate::Authenticator>::auth_start(request)
+            }
+            fn auth_continue(response: $crate::AuthResponse) -> $crate::AuthStep {
+                <$t as $crate::Authenticator>::auth_continue(response)
+            }
+        }
+        ::weir_plugin_authenticator::export!($t with_types_in ::weir_plugin_authenticator);
     };
     ($t:ident, subscribe) => {
         impl ::weir_plugin_subscriber::exports::weir::plugin::subscriber::Guest for $t {

@@ -70,10 +70,16 @@ def build_plugins():
 
 def plugin_config(workdir):
     """The chain: acl (everything under soak/ and the test's own topics), then the tagger,
-    loaded from a copy in the work directory that the run swaps."""
+    loaded from a copy in the work directory that the run swaps. Every plugin file is a
+    copy taken at the start: a rebuild of plugins/target meanwhile changes nothing."""
+    for version, path in list(TAGGER.items()):
+        TAGGER[version] = os.path.join(workdir, f"tagger-{version}.wasm")
+        shutil.copy(path, TAGGER[version])
+    acl = os.path.join(workdir, "acl.wasm")
+    shutil.copy(ACL, acl)
     tagger = os.path.join(workdir, "tagger.wasm")
     shutil.copy(TAGGER["a"], tagger)
-    return (f'[[plugin]]\nname = "acl"\npath = "{ACL}"\n[plugin.config]\n'
+    return (f'[[plugin]]\nname = "acl"\npath = "{acl}"\n[plugin.config]\n'
             f'rules = [ {{ access = "readwrite", topic = "soak/#" }} ]\n'
             f'[[plugin]]\nname = "tagger"\npath = "{tagger}"\n'
             # A debug build on a loaded 2-core machine: the run is about stability, not

@@ -61,6 +61,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         }
     }
 
+    /// Reads until a whole frame is buffered (during the handshake, an AUTH).
+    pub(super) async fn frame(&mut self, max: usize) -> Result<Bytes, Exit> {
+        loop {
+            if let Some(frame) = self.next_frame(max)? {
+                return Ok(frame);
+            }
+            match self.read().await {
+                Ok(0) => return Err(Exit::Closed),
+                Ok(_) => {}
+                Err(e) => return Err(Exit::Io(e)),
+            }
+        }
+    }
+
     /// The next complete frame in the read buffer, if one has arrived.
     pub(super) fn next_frame(&mut self, max: usize) -> Result<Option<Bytes>, codec::Error> {
         Ok(codec::frame_len(&self.rbuf, max)?.map(|n| self.rbuf.split_to(n).freeze()))

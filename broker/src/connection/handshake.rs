@@ -1,6 +1,7 @@
 //! CONNECT in, and either an established connection or a refusing CONNACK out. Every
 //! refusal is a [`Refusal`] that one function, [`refuse`], writes and logs.
 
+use super::auth::{exchange, Enhanced};
 use super::framed::Framed;
 use super::inbound::Inbound;
 use super::outbound::Outbound;
@@ -30,7 +31,7 @@ pub(super) struct Refusal {
     why: String,
 }
 
-fn refusal(code: ReasonCode, why: impl Into<String>) -> Refusal {
+pub(super) fn refusal(code: ReasonCode, why: impl Into<String>) -> Refusal {
     Refusal {
         code,
         why: why.into(),
@@ -45,6 +46,10 @@ struct Admitted {
     assigned: Option<String>,
     identity: Arc<Identity>,
     hooks: Box<dyn ClientHooks>,
+    /// A client that authenticated with a method: the Authentication Data for the
+    /// CONNACK, and what re-authenticating takes.
+    auth_data: Option<Vec<u8>>,
+    enhanced: Option<Enhanced>,
 }
 
 /// Reads and answers CONNECT: authentication, limits, the session, CONNACK. `None` when
@@ -65,7 +70,7 @@ where
     let version = connect.version;
     let client_max = connect.properties.maximum_packet_size;
     let requested = connect.client_id.clone();
-    match admit(connect, &from, &listener, &broker, over_limit).await {
+    match admit(&mut io, connect, &from, &listener, &broker, over_limit).await {
         Ok(admitted) => {
             if !admitted.connect.clean_start {
                 // In a cluster, the session may be on the node the client was on.
@@ -167,19 +172,19 @@ where
 }
 
 /// Every check a CONNECT must pass, in order, up to the hooks the connection will use.
-async fn admit(
+async fn admit<S>(
+    io: &mut Framed<S>,
     mut connect: Connect,
     from: &Peer,
     listener: &ListenerInfo,
     broker: &Arc<Broker>,
     over_limit: Option<OverLimit>,
-) -> Result<Admitted, Refusal> {
+) -> Result<Admitted, Refusal>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     if let Some(o) = over_limit {
         return Err(refusal(o.code(), o.describe()));
-    }
-    if connect.properties.authentication_method.is_some() {
-        let why = "enhanced authentication is not supported";
-        return Err(refusal(ReasonCode::BadAuthenticationMethod, why));
     }
     let (client_id, assigned) = client_id(&connect)?;
     if listener.use_identity_as_username {
@@ -190,13 +195,30 @@ async fn admit(
         let why = "a client certificate with a common name is required";
         connect.username = Some(cn.ok_or_else(|| refusal(ReasonCode::NotAuthorized, why))?);
     }
-    let identity = Arc::new(authenticate(
-        &mut connect,
-        &client_id,
-        from,
-        listener,
-        broker,
-    )?);
+    let (identity, auth_data, enhanced) = match connect.properties.authentication_method.clone() {
+        Some(method) => {
+            let due =
+                from.accepted + Duration::from_secs(broker.config().limits.connect_timeout_secs);
+            let max = listener.max_packet_size as usize;
+            let (identity, data) = authenticate_by_exchange(
+                io, due, max, &connect, &client_id, from, listener, broker, &method,
+            )
+            .await?;
+            let enhanced = Enhanced::new(
+                method,
+                connect.username.clone(),
+                connect.properties.user_properties.clone(),
+                from.certificate.clone(),
+                listener.allow_anonymous,
+            );
+            (identity, data, Some(enhanced))
+        }
+        None => {
+            let identity = authenticate(&mut connect, &client_id, from, listener, broker)?;
+            (identity, None, None)
+        }
+    };
+    let identity = Arc::new(identity);
     let mut hooks = broker.hooks().clone().open(identity.clone());
     if broker.hooks().limits_rate() {
         match hooks.rate_limit(RateEvent::Connect) {
@@ -214,6 +236,8 @@ async fn admit(
         assigned,
         identity,
         hooks,
+        auth_data,
+        enhanced,
     })
 }
 
@@ -264,6 +288,46 @@ fn authenticate(
             attributes,
         }),
     }
+}
+
+/// The client's identity from an enhanced authentication, and the Authentication Data
+/// for its CONNACK.
+#[allow(clippy::too_many_arguments)]
+async fn authenticate_by_exchange<S>(
+    io: &mut Framed<S>,
+    due: tokio::time::Instant,
+    max_packet: usize,
+    connect: &Connect,
+    client_id: &str,
+    from: &Peer,
+    listener: &ListenerInfo,
+    broker: &Broker,
+    method: &str,
+) -> Result<(Identity, Option<Vec<u8>>), Refusal>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let info = ConnectInfo {
+        client_id,
+        username: connect.username.as_deref(),
+        password: connect.password.as_ref(),
+        version: connect.version,
+        peer: from.addr,
+        listener: &listener.name,
+        allow_anonymous: listener.allow_anonymous,
+        user_properties: &connect.properties.user_properties,
+        certificate: from.certificate.as_ref(),
+    };
+    let data = connect.properties.authentication_data.as_deref();
+    let done = exchange(io, due, max_packet, broker, &info, method, data).await?;
+    let identity = Identity {
+        client_id: client_id.to_owned(),
+        username: done.username.or(connect.username.clone()),
+        peer: from.addr.to_string(),
+        listener: listener.name.to_string(),
+        attributes: done.attributes,
+    };
+    Ok((identity, done.data))
 }
 
 /// A will must fit the topic limits and be one the client may publish.
@@ -344,6 +408,7 @@ where
             version: a.connect.version,
             client_id: a.client_id,
             hooks: a.hooks,
+            enhanced: a.enhanced,
             conn_id,
             listener,
             peer: from.addr,
@@ -435,6 +500,10 @@ fn connack_properties(
     }
     if a.connect.properties.request_response_information == Some(1) {
         props.response_information = Some(format!("response/{}", a.client_id));
+    }
+    if let Some(e) = &a.enhanced {
+        props.authentication_method = Some(e.method.clone());
+        props.authentication_data = a.auth_data.clone().map(bytes::Bytes::from);
     }
     props
 }

@@ -212,10 +212,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             }
             Packet::Disconnect(d) => Err(self.on_disconnect(d)),
             Packet::Connect(_) => Err(Exit::protocol(ReasonCode::ProtocolError, "second CONNECT")),
-            Packet::Auth(_) => Err(Exit::protocol(
-                ReasonCode::ProtocolError,
-                "AUTH without enhanced authentication",
-            )),
+            Packet::Auth(a) => self.on_auth(a),
             other => Err(Exit::protocol(
                 ReasonCode::ProtocolError,
                 format!("{} may only be sent by a server", other.name()),

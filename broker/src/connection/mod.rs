@@ -11,6 +11,7 @@
 //! `outbound` (held acknowledgements, deliveries from the session), `exit` (why it
 //! ended and the ending).
 
+mod auth;
 mod exit;
 mod framed;
 mod handshake;
@@ -150,6 +151,9 @@ struct Client {
     client_id: Arc<str>,
     /// What the hooks keep for this connection lives here.
     hooks: Box<dyn ClientHooks>,
+    /// Authenticated with a method (MQTT 5 enhanced authentication): what it takes to
+    /// re-authenticate.
+    enhanced: Option<auth::Enhanced>,
     /// Unique per connection; tells whether the session is still this connection's.
     conn_id: u64,
     listener: Arc<ListenerInfo>,

@@ -53,6 +53,14 @@ impl<'c> Call<'c> {
         self.chain
     }
 
+    /// The enabled plugin named `name`, if it exports `hook`.
+    pub(super) fn find(&self, hook: Hook, name: &str) -> Option<&Plugin> {
+        let found = self.plugins.iter().find(|p| &*p.name == name);
+        found
+            .filter(|p| p.hooks().has(hook) && p.stats.enabled())
+            .map(|p| &**p)
+    }
+
     pub(super) fn new(
         chain: &'c PluginChain,
         plugins: arc_swap::Guard<Chain>,

@@ -9,8 +9,9 @@ use super::Hook;
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::config::AllowDeny;
 use crate::hooks::{
-    Action, AuthOutcome, ClientHooks, ClientInfo, ConnectInfo, Decision, DeliverOutcome, Hooks,
-    Identity, PublishOutcome, RateEvent, RateOutcome, SubscribeOutcome,
+    Action, AuthOutcome, AuthRequest, AuthState, AuthStep, ClientHooks, ClientInfo, ConnectInfo,
+    Decision, DeliverOutcome, Hooks, Identity, PublishOutcome, RateEvent, RateOutcome,
+    SubscribeOutcome,
 };
 use crate::message::Message;
 use std::sync::Arc;
@@ -18,6 +19,14 @@ use std::sync::Arc;
 impl Hooks for PluginChain {
     fn authenticate(&self, info: &ConnectInfo<'_>) -> AuthOutcome {
         self.call(None).authenticate(info)
+    }
+
+    fn auth_start(&self, request: &AuthRequest<'_>) -> AuthStep {
+        self.call(None).auth_start(request)
+    }
+
+    fn auth_continue(&self, request: &AuthRequest<'_>, state: &AuthState) -> AuthStep {
+        self.call(None).auth_continue(request, state)
     }
 
     fn open(self: Arc<Self>, identity: Arc<Identity>) -> Box<dyn ClientHooks> {

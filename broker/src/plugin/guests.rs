@@ -56,6 +56,7 @@ pub struct Indices {
     subscriber: Option<v2::subscriber::GuestIndices>,
     deliverer: Option<v2::deliverer::GuestIndices>,
     observer: Option<v2::observer::GuestIndices>,
+    authenticator: Option<v2::authenticator::GuestIndices>,
 }
 
 impl Indices {
@@ -69,6 +70,7 @@ impl Indices {
             subscriber: v2::subscriber::GuestIndices::new(pre).ok(),
             deliverer: v2::deliverer::GuestIndices::new(pre).ok(),
             observer: v2::observer::GuestIndices::new(pre).ok(),
+            authenticator: v2::authenticator::GuestIndices::new(pre).ok(),
         }
     }
 
@@ -82,6 +84,7 @@ impl Indices {
             (self.subscriber.is_some(), Hook::Subscribe),
             (self.deliverer.is_some(), Hook::Deliver),
             (self.observer.is_some(), Hook::Observe),
+            (self.authenticator.is_some(), Hook::EnhancedAuth),
         ]
         .into_iter()
         .filter(|(has, _)| *has)
@@ -112,6 +115,9 @@ impl Indices {
             observer: (self.observer.as_ref())
                 .map(|i| i.load(&mut *store, instance))
                 .transpose()?,
+            authenticator: (self.authenticator.as_ref())
+                .map(|i| i.load(&mut *store, instance))
+                .transpose()?,
         })
     }
 
@@ -139,6 +145,7 @@ pub struct Guests {
     pub subscriber: Option<v2::subscriber::Guest>,
     pub deliverer: Option<v2::deliverer::Guest>,
     pub observer: Option<v2::observer::Guest>,
+    pub authenticator: Option<v2::authenticator::Guest>,
 }
 
 type S<'a> = &'a mut Store<PluginCtx>;

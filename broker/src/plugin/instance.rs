@@ -200,7 +200,7 @@ impl Plugin {
         let hooks = indices.hooks();
         if hooks.is_empty() {
             return Err(invalid(
-                "it exports no Weir hook (authn, authz, transformer, limiter of weir:plugin@0.1.0 or 0.2.0, or subscriber, deliverer, observer of 0.2.0); is it built against another version of the interface?".into(),
+                "it exports no Weir hook (authn, authz, transformer, limiter of weir:plugin@0.1.0 or 0.2.0, or authenticator, subscriber, deliverer, observer of 0.2.0); is it built against another version of the interface?".into(),
             ));
         }
         let config_json = serde_json::to_string(&cfg.config)

@@ -21,6 +21,7 @@ mod chain;
 mod client;
 /// Public for the fuzz targets (`fuzz/`): what a plugin answers is untrusted input.
 pub mod convert;
+mod exchange;
 mod guests;
 mod host_api;
 mod instance;
@@ -76,10 +77,11 @@ pub enum Hook {
     Subscribe = 16,
     Deliver = 32,
     Observe = 64,
+    EnhancedAuth = 128,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 7] = [
+    pub const ALL: [Hook; 8] = [
         Hook::Authenticate,
         Hook::Authorize,
         Hook::Transform,
@@ -87,6 +89,7 @@ impl Hook {
         Hook::Subscribe,
         Hook::Deliver,
         Hook::Observe,
+        Hook::EnhancedAuth,
     ];
 
     /// The name in the WIT package, logs and the admin API.
@@ -99,6 +102,7 @@ impl Hook {
             Hook::Subscribe => "subscribe",
             Hook::Deliver => "deliver",
             Hook::Observe => "observe",
+            Hook::EnhancedAuth => "auth-exchange",
         }
     }
 }

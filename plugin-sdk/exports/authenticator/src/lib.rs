@@ -1,0 +1,15 @@
+//! The `authenticator` hooks (`auth-start`, `auth-continue`: MQTT 5 enhanced
+//! authentication) of the Weir plugin interface (new in 0.2.0). A component exports the
+//! hooks whose crates it links, so only plugins that implement them depend on this
+//! crate; `weir_plugin_sdk::export_plugin!` does the rest.
+
+wit_bindgen::generate!({
+    path: "../../../wit",
+    world: "authenticator-plugin",
+    with: {
+        "weir:plugin/types@0.2.0": weir_plugin_sdk::types,
+        "weir:plugin/host@0.2.0": weir_plugin_sdk::host,
+    },
+    pub_export_macro: true,
+    default_bindings_module: "weir_plugin_authenticator",
+});
