@@ -83,6 +83,24 @@ impl Stage {
     }
 }
 
+/// Applies a reused answer to `message`: `Some(whether it changed it)`, or `None` if
+/// there was none that fits (the plugin is asked).
+fn reapply(
+    stage: Stage,
+    reused: Option<Answer>,
+    message: &mut Message,
+    max: usize,
+) -> Option<bool> {
+    match reused? {
+        Answer::Keep => Some(false),
+        Answer::Replace(r) if r.apply(message, max) => {
+            stage.settle(message);
+            Some(true)
+        }
+        _ => None,
+    }
+}
+
 /// Why a message went no further: a transform's reason code for the publisher, or
 /// `None` for a delivery (nobody is told).
 pub(super) struct Dropped(pub Option<ReasonCode>);
@@ -122,18 +140,11 @@ impl Call<'_> {
                 let ask = Ask { i, p, client };
                 // Nothing is kept for a plugin that never allowed reuse.
                 if original && p.answers.in_use() {
-                    match ask.reusable(kept, &message.topic, question(message)) {
-                        Some(Answer::Keep) => {
-                            p.stats.reused();
-                            return Step::Next;
-                        }
-                        Some(Answer::Replace(r)) if r.apply(message, max_packet) => {
-                            stage.settle(message);
-                            p.stats.reused();
-                            changed = true;
-                            return Step::Next;
-                        }
-                        _ => {}
+                    let reused = ask.reusable(kept, &message.topic, question(message));
+                    if let Some(replaced) = reapply(stage, reused, message, max_packet) {
+                        p.stats.reused();
+                        changed |= replaced;
+                        return Step::Next;
                     }
                 }
                 let c = c.get_or_insert_with(|| convert::client(client));
