@@ -255,14 +255,14 @@ fn client_id(connect: &Connect) -> Result<(Arc<str>, Option<String>), Refusal> {
     Ok((Arc::from(id.as_str()), Some(id)))
 }
 
-fn authenticate(
-    connect: &mut Connect,
-    client_id: &str,
-    from: &Peer,
-    listener: &ListenerInfo,
-    broker: &Broker,
-) -> Result<Identity, Refusal> {
-    let outcome = broker.hooks().authenticate(&ConnectInfo {
+/// The CONNECT as the authentication hooks see it.
+fn connect_info<'a>(
+    connect: &'a Connect,
+    client_id: &'a str,
+    from: &'a Peer,
+    listener: &'a ListenerInfo,
+) -> ConnectInfo<'a> {
+    ConnectInfo {
         client_id,
         username: connect.username.as_deref(),
         password: connect.password.as_ref(),
@@ -272,7 +272,17 @@ fn authenticate(
         allow_anonymous: listener.allow_anonymous,
         user_properties: &connect.properties.user_properties,
         certificate: from.certificate.as_ref(),
-    });
+    }
+}
+
+fn authenticate(
+    connect: &mut Connect,
+    client_id: &str,
+    from: &Peer,
+    listener: &ListenerInfo,
+    broker: &Broker,
+) -> Result<Identity, Refusal> {
+    let outcome = (broker.hooks()).authenticate(&connect_info(connect, client_id, from, listener));
     match outcome {
         AuthOutcome::Deny { code, reason } => {
             Err(refusal(code, format!("authentication failed: {reason}")))
@@ -307,17 +317,7 @@ async fn authenticate_by_exchange<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let info = ConnectInfo {
-        client_id,
-        username: connect.username.as_deref(),
-        password: connect.password.as_ref(),
-        version: connect.version,
-        peer: from.addr,
-        listener: &listener.name,
-        allow_anonymous: listener.allow_anonymous,
-        user_properties: &connect.properties.user_properties,
-        certificate: from.certificate.as_ref(),
-    };
+    let info = connect_info(connect, client_id, from, listener);
     let data = connect.properties.authentication_data.as_deref();
     let done = exchange(io, due, max_packet, broker, &info, method, data).await?;
     let identity = Identity {
