@@ -9,7 +9,7 @@ use super::Broker;
 use crate::events::Event;
 use crate::hooks::Identity;
 use crate::message::{now_secs, Message};
-use crate::session::{ConnHandle, Control, Session};
+use crate::session::{Announced, ConnHandle, Control, Session};
 use crate::store::log_write;
 use std::sync::Arc;
 
@@ -20,10 +20,20 @@ fn taken_over(previous: Option<ConnHandle>) {
     }
 }
 
+/// A connection attached to its session.
+pub struct Attached {
+    pub session: Arc<Session>,
+    /// Whether the session was resumed.
+    pub present: bool,
+    /// Completes once the client id is claimed where a cluster's nodes see it; the
+    /// CONNACK waits for it.
+    pub announced: Announced,
+}
+
 impl Broker {
     /// Attaches a new connection to the session of `client_id`, taking it over from an
-    /// existing connection. Returns the session and whether it was resumed. `will` is
-    /// the connection's will and its delay, for a cluster to keep.
+    /// existing connection. `will` is the connection's will and its delay, for a
+    /// cluster to keep.
     pub fn attach(
         &self,
         client_id: Arc<str>,
@@ -32,16 +42,20 @@ impl Broker {
         conn: ConnHandle,
         identity: Arc<Identity>,
         will: Option<(Arc<Message>, u32)>,
-    ) -> (Arc<Session>, bool) {
+    ) -> Attached {
         let _claim = self.sessions.claim(&client_id);
-        self.sessions.announce(&client_id, conn.id);
+        let announced = self.sessions.announce(&client_id, conn.id);
         let will = will.map(|(m, delay)| (m, delay.min(expiry)));
         self.sessions.keep_will(&client_id, conn.id, will);
         if let Some(existing) = self.sessions.find(&client_id) {
             if !clean_start {
                 taken_over(existing.lock().attach(conn, identity, expiry));
                 self.record_session(&existing);
-                return (existing, true);
+                return Attached {
+                    session: existing,
+                    present: true,
+                    announced,
+                };
             }
             taken_over(existing.lock().take_connection());
             self.end_session(&existing);
@@ -50,7 +64,11 @@ impl Broker {
         session.lock().attach(conn, identity, expiry);
         self.sessions.register(session.clone());
         self.record_session(&session);
-        (session, false)
+        Attached {
+            session,
+            present: false,
+            announced,
+        }
     }
 
     /// The connection `conn_id` has gone. Ends the session or keeps it for its expiry

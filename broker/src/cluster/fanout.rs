@@ -28,8 +28,8 @@ pub(super) enum Out {
     Want(Interest, u64),
     /// Unsubscribe (or leave the queue group).
     Drop(Interest),
-    /// Write this node as the owner of a client id (its connection's id).
-    Own(Arc<str>, u64),
+    /// Write this node as the owner of a client id (its connection's id), then say so.
+    Own(Arc<str>, u64, tokio::sync::oneshot::Sender<()>),
 }
 
 /// One subject of a shared subscription `$share/group/filter`, as a NATS queue group:

@@ -560,10 +560,11 @@ impl Link {
                         task.abort();
                     }
                 }
-                fanout::Out::Own(client_id, conn) => {
+                fanout::Out::Own(client_id, conn, written) => {
                     let link = link.clone();
                     tokio::spawn(async move {
-                        owners::own(&link.owners, &link.claims, &link.node, client_id, conn).await
+                        owners::own(&link.owners, &link.claims, &link.node, client_id, conn).await;
+                        let _ = written.send(());
                     });
                 }
             }

@@ -7,7 +7,8 @@
 //!
 //! A node's own claim counts from the moment its client attached, before its write is
 //! in: a watcher event older than that write must not disconnect the connection that is
-//! about to be written as the owner.
+//! about to be written as the owner. The CONNACK waits for the write, so a client that
+//! connects to another node after it always takes the client id over.
 
 use super::fanout::Out;
 use super::records;
@@ -15,7 +16,7 @@ use super::tickets::Tickets;
 use super::wills::Change;
 use super::Arrivals;
 use crate::message::Message;
-use crate::session::{BoxFuture, Claim, Directory, Moving, Session, Sessions};
+use crate::session::{Announced, BoxFuture, Claim, Directory, Moving, Session, Sessions};
 use crate::sync;
 use async_nats::jetstream::kv;
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+/// How long a CONNACK waits, at most, for its client id's claim to be written.
+const CLAIM_WAIT: Duration = Duration::from_secs(2);
 
 /// The bucket of owners.
 pub const OWNERS_BUCKET: &str = "weir_owners";
@@ -129,9 +133,25 @@ impl Directory for ClusterDirectory {
     fn count(&self) -> usize {
         self.local.count()
     }
-    fn announce(&self, client_id: &Arc<str>, conn_id: u64) {
+    /// Without NATS no other node can see the claim, nor take the client id over, so
+    /// the CONNACK waits only while NATS is there (and [`CLAIM_WAIT`] at most).
+    fn announce(&self, client_id: &Arc<str>, conn_id: u64) -> Announced {
         self.claims.pending(client_id);
-        let _ = self.outbox.send(Out::Own(client_id.clone(), conn_id));
+        let (written, claimed) = tokio::sync::oneshot::channel();
+        let _ = self
+            .outbox
+            .send(Out::Own(client_id.clone(), conn_id, written));
+        let state = self.elsewhere.nats.connection_state();
+        if state != async_nats::connection::State::Connected {
+            return None;
+        }
+        let client_id = client_id.clone();
+        Some(Box::pin(async move {
+            if tokio::time::timeout(CLAIM_WAIT, claimed).await.is_err() {
+                tracing::warn!(client_id = %client_id,
+                    "the client id's claim is not in NATS yet; the client is let in regardless");
+            }
+        }))
     }
     fn keep_will(&self, client_id: &Arc<str>, conn_id: u64, will: Option<(Arc<Message>, u32)>) {
         let _ = self.wills.send(Change::Attached {

@@ -76,7 +76,7 @@ where
                 // In a cluster, the session may be on the node the client was on.
                 broker.bring(&admitted.client_id).await;
             }
-            Some(establish(io, admitted, from, listener, broker, shutdown))
+            Some(establish(io, admitted, from, listener, broker, shutdown).await)
         }
         Err(r) => {
             tracing::info!(peer = %from.addr, listener = %listener.name, client_id = %requested, protocol = %version,
@@ -353,7 +353,7 @@ fn check_will(
 }
 
 /// Attaches the session and answers with a CONNACK; the connection, ready to run.
-fn establish<S>(
+async fn establish<S>(
     mut io: Framed<S>,
     a: Admitted,
     from: Peer,
@@ -379,7 +379,7 @@ where
         let delay = w.properties.will_delay_interval.unwrap_or(0);
         (Arc::new(will_message(w, &a.client_id)), delay)
     });
-    let (session, present) = broker.attach(
+    let attached = broker.attach(
         a.client_id.clone(),
         a.connect.clean_start,
         granted.expiry,
@@ -387,6 +387,10 @@ where
         a.identity.clone(),
         will,
     );
+    if let Some(announced) = attached.announced {
+        announced.await;
+    }
+    let (session, present) = (attached.session, attached.present);
     write_connack(io.out(), &a, present, &granted, &broker, &listener);
     broker.metrics().connected();
     listener.connected();

@@ -15,7 +15,7 @@ mod registry;
 mod state;
 
 pub use inflight::{Inflight, InflightWindow};
-pub use registry::{BoxFuture, Claim, Directory, Moving, Sessions};
+pub use registry::{Announced, BoxFuture, Claim, Directory, Moving, Sessions};
 pub use state::{Outgoing, Owed, PushOutcome, QueueLimits, SessionState, Taken};
 
 use crate::codec::{ReasonCode, SubscriptionOptions, Version, Will};

@@ -32,8 +32,12 @@ pub trait Directory: Send + Sync + 'static {
     fn count(&self) -> usize;
     /// The client id's connection is now this process's connection `conn_id`. A
     /// cluster claims the client id cluster-wide, so a connection on another node is
-    /// taken over; one process has nothing more to do.
-    fn announce(&self, _client_id: &Arc<str>, _conn_id: u64) {}
+    /// taken over; one process has nothing more to do. The CONNACK waits for what is
+    /// returned: a client that connects elsewhere after this CONNACK must find the
+    /// claim in place, or the older connection could outlast the newer one.
+    fn announce(&self, _client_id: &Arc<str>, _conn_id: u64) -> Announced {
+        None
+    }
     /// The connection `conn_id` attached with this will and delay, or without one. One
     /// process keeps wills in its sessions; a cluster also keeps them where the other
     /// nodes publish them if this one dies.
@@ -56,6 +60,10 @@ pub trait Directory: Send + Sync + 'static {
 
 /// A boxed future, as a trait object's method returns one.
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Completes once a client id's claim is in place where every process sees it;
+/// `None` where that is already so.
+pub type Announced = Option<BoxFuture<'static, ()>>;
 
 /// A session moving here from another process of the cluster.
 pub struct Moving {
