@@ -290,6 +290,132 @@ pub struct PluginConfig {
     pub memory_mb: Option<u64>,
     /// Overrides `plugins.fuel` for this plugin.
     pub fuel: Option<u64>,
+    /// Where the plugin may send HTTP requests (`wasi:http`): URL prefixes, each a
+    /// scheme, host, port and path (`"http://127.0.0.1:8080/auth"`). Any other request
+    /// is refused before a connection is made. Empty: no HTTP at all.
+    #[serde(default)]
+    pub allow_http: Vec<String>,
+    /// The bound on one HTTP request, from connecting to the last byte of the response,
+    /// ms; the call's deadline bounds it too. Default: the plugin's deadline.
+    pub http_timeout_ms: Option<u64>,
+    /// The largest request or response body one HTTP request may carry, bytes.
+    pub http_max_bytes: Option<u64>,
+    /// Calls that can wait outside the broker (HTTP, timers) running at once; more
+    /// wait for a slot, up to the plugin's deadline.
+    pub max_waiting_calls: Option<usize>,
+}
+
+/// One entry of a plugin's `allow_http`: requests to this scheme, host and port whose
+/// path continues this one at a segment boundary are allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlPrefix {
+    scheme: String,
+    host: String,
+    port: u16,
+    path: String,
+}
+
+impl UrlPrefix {
+    pub fn parse(url: &str) -> Result<UrlPrefix, String> {
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| format!("'{url}' is not a URL: {e}"))?;
+        let scheme = uri.scheme_str().unwrap_or("").to_ascii_lowercase();
+        let Some(default_port) = default_port(&scheme) else {
+            return Err(format!("'{url}' must start with http:// or https://"));
+        };
+        let authority = uri.authority().ok_or(format!("'{url}' names no host"))?;
+        if authority.as_str().contains('@') || authority.host().is_empty() {
+            return Err(format!(
+                "'{url}' must name a host, without user information"
+            ));
+        }
+        if uri.query().is_some() || !plain_path(uri.path()) {
+            let why =
+                "must be a plain path prefix (no query, '..', '.' or escaped '/', '.' or '\\')";
+            return Err(format!("'{url}' {why}"));
+        }
+        Ok(UrlPrefix {
+            host: authority.host().to_ascii_lowercase(),
+            port: authority.port_u16().unwrap_or(default_port),
+            path: uri.path().trim_end_matches('/').to_owned(),
+            scheme,
+        })
+    }
+
+    /// Whether a request to `uri` falls under this prefix. A path that a server could
+    /// read as another (`..`, escaped separators) never does.
+    pub fn allows(&self, uri: &http::Uri) -> bool {
+        let scheme = uri.scheme_str().unwrap_or("").to_ascii_lowercase();
+        let Some(authority) = uri.authority() else {
+            return false;
+        };
+        let port = authority.port_u16().or(default_port(&scheme));
+        let path = uri.path();
+        scheme == self.scheme
+            && authority.host().eq_ignore_ascii_case(&self.host)
+            && port == Some(self.port)
+            && !authority.as_str().contains('@')
+            && plain_path(path)
+            && path
+                .strip_prefix(self.path.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+}
+
+impl std::fmt::Display for UrlPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}://{}:{}{}/",
+            self.scheme, self.host, self.port, self.path
+        )
+    }
+}
+
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "http" => Some(80),
+        "https" => Some(443),
+        _ => None,
+    }
+}
+
+/// A path without dot segments or escaped separators and dots, which a server might
+/// resolve to a path outside the prefix it seems to be under.
+fn plain_path(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    !path.contains('\\')
+        && !["%2e", "%2f", "%5c"].iter().any(|e| lower.contains(e))
+        && path.split('/').all(|seg| seg != "." && seg != "..")
+}
+
+impl PluginConfig {
+    /// The allow-list, parsed.
+    pub fn http_allowed(&self) -> Vec<UrlPrefix> {
+        (self.allow_http.iter())
+            .filter_map(|u| UrlPrefix::parse(u).ok())
+            .collect()
+    }
+
+    fn validate_http(&self, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        for (j, url) in self.allow_http.iter().enumerate() {
+            UrlPrefix::parse(url).map_err(|why| invalid(key(&format!("allow_http[{j}]")), why))?;
+        }
+        if self.http_timeout_ms == Some(0) {
+            return Err(invalid(key("http_timeout_ms"), "must be at least 1"));
+        }
+        if self.http_max_bytes == Some(0) {
+            return Err(invalid(key("http_max_bytes"), "must be at least 1"));
+        }
+        if matches!(self.max_waiting_calls, Some(n) if n == 0 || n > 1024) {
+            return Err(invalid(
+                key("max_waiting_calls"),
+                "must be between 1 and 1024",
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn empty_table() -> toml::Table {
@@ -745,6 +871,7 @@ impl Config {
             if p.memory_mb == Some(0) {
                 return Err(invalid(key("memory_mb"), "must be at least 1"));
             }
+            p.validate_http(&key)?;
         }
         if self.plugins.watch_ms == 0 {
             return Err(invalid("plugins.watch_ms", "must be at least 1"));
@@ -872,5 +999,47 @@ mod tests {
         assert!(e.contains("log.level"), "{e}");
         assert!(t0.elapsed() < std::time::Duration::from_secs(1));
         assert!(Config::from_toml("[log]\nlevel = \"info,weir::plugin=debug\"\n").is_ok());
+    }
+
+    #[test]
+    fn an_allow_list_entry_covers_its_path_on_segment_boundaries() {
+        let p = UrlPrefix::parse("http://Auth.Example:8080/auth").unwrap();
+        let allows = |u: &str| p.allows(&u.parse().unwrap());
+        assert!(allows("http://auth.example:8080/auth"));
+        assert!(allows("http://auth.example:8080/auth/"));
+        assert!(allows("http://auth.example:8080/auth/users?id=1"));
+        assert!(allows("HTTP://AUTH.EXAMPLE:8080/auth"));
+        assert!(!allows("http://auth.example:8080/authz"));
+        assert!(!allows("http://auth.example:8080/"));
+        assert!(!allows("http://auth.example:8080/auth/../admin"));
+        assert!(!allows("http://auth.example:8080/auth/%2e%2e/admin"));
+        assert!(!allows("http://auth.example:8080/auth%2Fx"));
+        assert!(!allows("http://auth.example:8081/auth"));
+        assert!(!allows("http://auth.example/auth"));
+        assert!(!allows("https://auth.example:8080/auth"));
+        assert!(!allows("http://other.example:8080/auth"));
+        assert!(!allows("http://auth.example.evil:8080/auth"));
+        let default_port = UrlPrefix::parse("https://id.example/").unwrap();
+        assert!(default_port.allows(&"https://id.example:443/x".parse().unwrap()));
+        assert!(default_port.allows(&"https://id.example/".parse().unwrap()));
+        assert!(!default_port.allows(&"http://id.example/".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_bad_allow_list_entry_is_named() {
+        for bad in [
+            "ftp://h/x",
+            "127.0.0.1:8080/auth",
+            "/auth",
+            "http://u:p@h/auth",
+            "http://h/a?b=c",
+            "http://h/a/../b",
+        ] {
+            let toml = format!(
+                "[[plugin]]\nname = \"p\"\npath = \"Cargo.toml\"\nallow_http = [\"http://ok/\", {bad:?}]\n"
+            );
+            let e = Config::from_toml(&toml).unwrap_err().to_string();
+            assert!(e.contains("plugin[0].allow_http[1]"), "{bad}: {e}");
+        }
     }
 }

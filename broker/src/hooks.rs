@@ -226,6 +226,11 @@ pub trait Hooks: Send + Sync + 'static {
     fn authorizes(&self) -> bool;
     /// Whether `rate_limit` can do anything but allow.
     fn limits_rate(&self) -> bool;
+    /// Whether `authenticate` may wait on something outside the broker (an HTTP
+    /// service): then it is called off the runtime's worker threads.
+    fn authenticate_waits(&self) -> bool {
+        false
+    }
     /// Whether anything observes events ([`crate::events`]): none are made if not.
     fn observes(&self) -> bool {
         false

@@ -236,7 +236,7 @@ fn plugin_families(out: &mut String, plugins: &[Arc<Plugin>]) {
             "weir_plugin_info{{plugin=\"{name}\",sha256=\"{hash}\"}} 1"
         );
     }
-    let families: [(&str, &str, &str, PerPlugin); 7] = [
+    let families: [(&str, &str, &str, PerPlugin); 9] = [
         (
             "weir_plugin_enabled",
             "gauge",
@@ -275,6 +275,18 @@ fn plugin_families(out: &mut String, plugins: &[Arc<Plugin>]) {
             "counter",
             "New versions refused; the old one kept serving.",
             |p| p.stats.rejections.load(Relaxed),
+        ),
+        (
+            "weir_plugin_http_requests_total",
+            "counter",
+            "HTTP requests the plugin sent (its allow-list covered them).",
+            |p| p.stats.http_sent.load(Relaxed),
+        ),
+        (
+            "weir_plugin_http_refused_total",
+            "counter",
+            "HTTP requests refused before sending: not under the plugin's allow_http.",
+            |p| p.stats.http_refused.load(Relaxed),
         ),
     ];
     for (name, kind, help, value) in families {

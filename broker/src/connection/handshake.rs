@@ -176,7 +176,7 @@ async fn admit<S>(
     io: &mut Framed<S>,
     mut connect: Connect,
     from: &Peer,
-    listener: &ListenerInfo,
+    listener: &Arc<ListenerInfo>,
     broker: &Arc<Broker>,
     over_limit: Option<OverLimit>,
 ) -> Result<Admitted, Refusal>
@@ -212,6 +212,12 @@ where
                 listener.allow_anonymous,
             );
             (identity, data, Some(enhanced))
+        }
+        None if broker.hooks().authenticate_waits() => {
+            let asked = (connect, client_id.clone(), from.clone(), listener.clone());
+            let (c, identity) = authenticate_waiting(asked, broker.clone()).await?;
+            connect = c;
+            (identity, None, None)
         }
         None => {
             let identity = authenticate(&mut connect, &client_id, from, listener, broker)?;
@@ -298,6 +304,24 @@ fn authenticate(
             attributes,
         }),
     }
+}
+
+/// [`authenticate`] on a blocking thread, for hooks that wait on the network (an HTTP
+/// auth service): the connection's task waits without holding a runtime worker, and
+/// CONNECTs beyond the blocking threads queue instead of stalling the workers.
+async fn authenticate_waiting(
+    (mut connect, client_id, from, listener): (Connect, Arc<str>, Peer, Arc<ListenerInfo>),
+    broker: Arc<Broker>,
+) -> Result<(Connect, Identity), Refusal> {
+    let asked = tokio::task::spawn_blocking(move || {
+        let identity = authenticate(&mut connect, &client_id, &from, &listener, &broker);
+        identity.map(|i| (connect, i))
+    });
+    asked.await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "authentication task failed");
+        let why = "authentication failed: internal error";
+        Err(refusal(ReasonCode::UnspecifiedError, why))
+    })
 }
 
 /// The client's identity from an enhanced authentication, and the Authentication Data

@@ -242,6 +242,11 @@ impl PluginChain {
         HookSet::from_bits(self.active.load(Ordering::Relaxed)).has(hook)
     }
 
+    /// Whether some enabled plugin implementing the hook may wait outside the broker.
+    pub(super) fn any_waits(&self, hook: Hook) -> bool {
+        (self.current().iter()).any(|p| p.stats.enabled() && p.may_wait() && p.hooks().has(hook))
+    }
+
     /// Logs and counts a failed call; the policy that applies.
     pub(super) fn failed(&self, p: &Plugin, hook: Hook, f: &Failure) -> OnError {
         if matches!(f, Failure::Invalid(_)) {

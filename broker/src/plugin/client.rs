@@ -53,6 +53,10 @@ impl Hooks for PluginChain {
         self.any_active(Hook::RateLimit)
     }
 
+    fn authenticate_waits(&self) -> bool {
+        self.any_waits(Hook::Authenticate)
+    }
+
     fn observes(&self) -> bool {
         self.any_active(Hook::Observe)
     }

@@ -14,6 +14,7 @@
 use super::answers::Answers;
 use super::guests::{Guests, Indices};
 use super::host_api::SharedState;
+use super::http::HttpPolicy;
 use super::runtime::{Runtime, TICK};
 use super::stats::Stats;
 use super::{wasi_io, Hook, HookSet, PluginError};
@@ -24,6 +25,7 @@ use std::time::Instant;
 use wasmtime::component::{InstancePre, ResourceTable};
 use wasmtime::{ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// The bound on instantiating a plugin and running its `init`.
 const INIT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -37,6 +39,8 @@ pub struct PluginCtx {
     pub state: Arc<SharedState>,
     /// What the current call granted the broker besides its answer.
     pub grants: Grants,
+    http: WasiHttpCtx,
+    http_policy: HttpPolicy,
 }
 
 /// What a call allowed the broker to do without calling again.
@@ -51,6 +55,17 @@ pub struct Grants {
 impl PluginCtx {
     pub(super) fn table(&mut self) -> &mut ResourceTable {
         &mut self.table
+    }
+}
+
+impl WasiHttpView for PluginCtx {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        // The same table as WASI's: HTTP bodies are streams and pollables of wasi:io.
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_policy,
+        }
     }
 }
 
@@ -117,6 +132,9 @@ pub enum Failure {
     Invalid(String),
     /// A fresh instance could not be made (including `init` failing on it).
     Instantiate(String),
+    /// Every slot for calls that wait (`max_waiting_calls`) stayed taken until the
+    /// call's deadline.
+    Busy,
 }
 
 impl Failure {
@@ -128,6 +146,7 @@ impl Failure {
             Failure::Trap(_) => "trap",
             Failure::Invalid(_) => "invalid",
             Failure::Instantiate(_) => "instantiate",
+            Failure::Busy => "busy",
         }
     }
 }
@@ -141,6 +160,7 @@ impl std::fmt::Display for Failure {
             Failure::Trap(m) => write!(f, "trap: {m}"),
             Failure::Invalid(m) => write!(f, "invalid result: {m}"),
             Failure::Instantiate(m) => write!(f, "cannot instantiate: {m}"),
+            Failure::Busy => write!(f, "too many calls waiting at once"),
         }
     }
 }
@@ -173,6 +193,10 @@ pub struct Plugin {
     memory: usize,
     fuel: Option<u64>,
     state: Arc<SharedState>,
+    http: HttpPolicy,
+    /// Bounds the calls of a plugin that may wait, each holding an instance (and, on
+    /// the blocking path, a thread) while it waits.
+    slots: Slots,
 }
 
 impl Plugin {
@@ -211,6 +235,7 @@ impl Plugin {
             .or((defaults.fuel > 0).then_some(defaults.fuel))
             .filter(|f| *f > 0);
         let may_wait = wasi_io::may_wait(&runtime.engine, &component);
+        let deadline = std::time::Duration::from_millis(deadline_ms);
         let plugin = Plugin {
             name,
             may_wait,
@@ -218,7 +243,7 @@ impl Plugin {
             hash,
             loaded_at: std::time::SystemTime::now(),
             on_error: cfg.on_error,
-            stats,
+            stats: stats.clone(),
             answers: Answers::default(),
             indices,
             pre,
@@ -233,6 +258,8 @@ impl Plugin {
             } else {
                 None
             },
+            http: HttpPolicy::new(cfg, deadline, stats.clone()),
+            slots: Slots::new(cfg.max_waiting_calls.unwrap_or(DEFAULT_WAITING_CALLS)),
             state,
         };
         let first = plugin.fresh().map_err(|f| PluginError::Init {
@@ -296,6 +323,8 @@ impl Plugin {
             plugin: self.name.clone(),
             state: self.state.clone(),
             grants: Grants::default(),
+            http: WasiHttpCtx::new(),
+            http_policy: self.http.clone(),
         };
         let mut store = Store::new(self.pre.engine(), ctx);
         store.limiter(|c| &mut c.limiter);
@@ -331,7 +360,8 @@ impl Plugin {
     /// Makes a fresh instance. Rare (startup, after a failure), so it always takes the
     /// path on which waiting works: `init` may print, or sleep.
     fn fresh(&self) -> Result<Live, Failure> {
-        blocking(|| self.instantiate())
+        let until = Instant::now() + INIT_DEADLINE;
+        blocking(|| wasi_io::waiting_until(until, || self.instantiate()))
     }
 
     /// Calls into the plugin with a pooled instance, on this thread, or inside
@@ -350,6 +380,29 @@ impl Plugin {
         &self,
         f: impl Fn(&Guests, &mut Store<PluginCtx>) -> wasmtime::Result<R>,
     ) -> Result<(R, Grants), Failure> {
+        if !self.may_wait {
+            return self.call_here(&f, false);
+        }
+        blocking(|| {
+            let Some(_slot) = self.slots.take(self.deadline()) else {
+                self.stats.failed(&Failure::Busy);
+                return Err(Failure::Busy);
+            };
+            self.call_here(&f, true)
+        })
+    }
+
+    fn deadline(&self) -> std::time::Duration {
+        TICK * self.deadline_ticks as u32
+    }
+
+    /// One call on this thread; `waiting`: on the blocking path, where what the
+    /// plugin waits for is bounded by the call's deadline.
+    fn call_here<R>(
+        &self,
+        f: &impl Fn(&Guests, &mut Store<PluginCtx>) -> wasmtime::Result<R>,
+        waiting: bool,
+    ) -> Result<(R, Grants), Failure> {
         let pooled = self.pool().pop();
         let mut live = match pooled {
             Some(l) => l,
@@ -360,7 +413,10 @@ impl Plugin {
         let started = Instant::now();
         // A host function that panics (it should not) fails this call, not the broker.
         let mut run = || catch_unwind(AssertUnwindSafe(|| f(&live.guests, &mut live.store)));
-        let outcome = if self.may_wait { blocking(run) } else { run() };
+        let outcome = match waiting {
+            true => wasi_io::waiting_until(started + self.deadline(), run),
+            false => run(),
+        };
         self.stats.called(started.elapsed());
         let failure = match outcome {
             Ok(Ok(v)) => {
@@ -376,6 +432,48 @@ impl Plugin {
         };
         self.stats.failed(&failure);
         Err(failure)
+    }
+}
+
+/// The default of `max_waiting_calls`.
+const DEFAULT_WAITING_CALLS: usize = 64;
+
+/// A counting semaphore for threads that may block (the calls that take a slot run on
+/// the blocking path already).
+struct Slots {
+    free: Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+struct Slot<'a>(&'a Slots);
+
+impl Slots {
+    fn new(n: usize) -> Slots {
+        Slots {
+            free: Mutex::new(n),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    /// A slot, waiting for one up to `within`.
+    fn take(&self, within: std::time::Duration) -> Option<Slot<'_>> {
+        let free = crate::sync::lock(&self.free);
+        let (mut free, _) = self
+            .freed
+            .wait_timeout_while(free, within, |n| *n == 0)
+            .unwrap_or_else(|p| p.into_inner());
+        if *free == 0 {
+            return None;
+        }
+        *free -= 1;
+        Some(Slot(self))
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        *crate::sync::lock(&self.0.free) += 1;
+        self.0.freed.notify_one();
     }
 }
 

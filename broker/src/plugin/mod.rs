@@ -24,6 +24,7 @@ pub mod convert;
 mod exchange;
 mod guests;
 mod host_api;
+mod http;
 mod instance;
 mod kept;
 mod observe;

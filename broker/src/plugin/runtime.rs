@@ -50,6 +50,10 @@ impl Runtime {
             .map_err(|e| PluginError::Engine(e.to_string()))?;
         super::wasi_io::add_to_linker(&mut linker)
             .map_err(|e| PluginError::Engine(e.to_string()))?;
+        // wasi:http's own interfaces only; its streams and pollables are wasi:io's above.
+        // Whether a request may go anywhere is each plugin's allow-list.
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)
+            .map_err(|e| PluginError::Engine(e.to_string()))?;
         host::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(&mut linker, |c| c)
             .map_err(|e| PluginError::Engine(e.to_string()))?;
         types::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(&mut linker, |c| c)

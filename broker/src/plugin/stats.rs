@@ -40,6 +40,11 @@ pub struct Stats {
     pub errors_trap: AtomicU64,
     pub errors_invalid: AtomicU64,
     pub errors_instantiate: AtomicU64,
+    /// Calls that found every slot for waiting calls taken until their deadline.
+    pub errors_busy: AtomicU64,
+    /// HTTP requests sent, and refused by the allow-list.
+    pub http_sent: AtomicU64,
+    pub http_refused: AtomicU64,
     pub latency_ns_sum: AtomicU64,
     pub latency_buckets: [AtomicU64; LATENCY_BUCKETS_NS.len()],
 }
@@ -60,6 +65,9 @@ impl Default for Stats {
             errors_trap: AtomicU64::new(0),
             errors_invalid: AtomicU64::new(0),
             errors_instantiate: AtomicU64::new(0),
+            errors_busy: AtomicU64::new(0),
+            http_sent: AtomicU64::new(0),
+            http_refused: AtomicU64::new(0),
             latency_ns_sum: AtomicU64::new(0),
             latency_buckets: Default::default(),
         }
@@ -108,6 +116,7 @@ impl Stats {
             Failure::Trap(_) => &self.errors_trap,
             Failure::Invalid(_) => &self.errors_invalid,
             Failure::Instantiate(_) => &self.errors_instantiate,
+            Failure::Busy => &self.errors_busy,
         };
         c.fetch_add(1, Relaxed);
     }
@@ -116,12 +125,20 @@ impl Stats {
         self.reused.add(1);
     }
 
+    pub fn http_sent(&self) {
+        self.http_sent.fetch_add(1, Relaxed);
+    }
+
+    pub fn http_refused(&self) {
+        self.http_refused.fetch_add(1, Relaxed);
+    }
+
     pub fn denied(&self) {
         self.denials.fetch_add(1, Relaxed);
     }
 
     /// Errors by kind, for logs and metrics.
-    pub fn errors(&self) -> [(&'static str, u64); 6] {
+    pub fn errors(&self) -> [(&'static str, u64); 7] {
         [
             ("deadline", self.errors_deadline.load(Relaxed)),
             ("memory", self.errors_memory.load(Relaxed)),
@@ -129,6 +146,7 @@ impl Stats {
             ("trap", self.errors_trap.load(Relaxed)),
             ("invalid", self.errors_invalid.load(Relaxed)),
             ("instantiate", self.errors_instantiate.load(Relaxed)),
+            ("busy", self.errors_busy.load(Relaxed)),
         ]
     }
 }

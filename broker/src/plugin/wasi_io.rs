@@ -18,9 +18,11 @@ use std::cell::Cell;
 use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, HasData, Linker, Resource, ResourceTable};
 use wasmtime::Engine;
+use wasmtime::Trap;
 use wasmtime_wasi::p2::bindings::sync::io::{poll, streams};
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable, StreamError, StreamResult};
 use wasmtime_wasi_io::bindings::wasi::io::poll as async_poll;
@@ -29,6 +31,17 @@ use wasmtime_wasi_io::bindings::wasi::io::streams as async_streams;
 thread_local! {
     /// Set while a plugin runs where the thread may block (`block_in_place`).
     static MAY_BLOCK: Cell<bool> = const { Cell::new(false) };
+    /// When the running call's deadline passes: waiting stops there.
+    static UNTIL: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Runs `f`, a call that must not wait past `until` (the epoch deadline only
+/// interrupts running code, not a wait in the host).
+pub fn waiting_until<R>(until: Instant, f: impl FnOnce() -> R) -> R {
+    let before = UNTIL.replace(Some(until));
+    let r = f();
+    UNTIL.set(before);
+    r
 }
 
 /// Runs `f` with blocking allowed for the WASI operations it makes.
@@ -69,7 +82,14 @@ fn drive<F: Future>(f: F) -> wasmtime::Result<F::Output> {
     let mut f = pin!(f);
     match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(v) => Ok(v),
-        Poll::Pending if MAY_BLOCK.get() => Ok(wasmtime_wasi::runtime::in_tokio(f)),
+        Poll::Pending if MAY_BLOCK.get() => match UNTIL.get() {
+            None => Ok(wasmtime_wasi::runtime::in_tokio(f)),
+            Some(until) => {
+                let bounded = tokio::time::timeout_at(until.into(), f);
+                // Past the deadline: the call fails as one that ran too long would.
+                wasmtime_wasi::runtime::in_tokio(bounded).map_err(|_| Trap::Interrupt.into())
+            }
+        },
         Poll::Pending => Err(wasmtime::format_err!(
             "the plugin waited for I/O that is not ready, on a path that may not block"
         )),
