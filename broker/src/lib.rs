@@ -19,10 +19,12 @@ pub mod metrics;
 pub mod pace;
 pub mod plugin;
 pub mod router;
+pub mod scaffold;
 pub mod server;
 pub mod session;
 pub mod store;
 mod sync;
+pub mod testkit;
 
 /// Topic names and filters: one implementation, shared with the plugin SDK.
 pub use weir_protocol::topic;

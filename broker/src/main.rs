@@ -53,6 +53,13 @@ enum Command {
     Enable { name: String },
     /// Take a plugin out of the chain without unloading it.
     Disable { name: String },
+    /// Let a candidate version (a `.wasm` file the broker can read) answer every
+    /// question the plugin is asked, compared and counted but never used.
+    Shadow { name: String, wasm: PathBuf },
+    /// Stop a plugin's shadow.
+    Unshadow { name: String },
+    /// Swap a plugin's shadow in, as a reload does.
+    Promote { name: String },
     /// Connected clients.
     Clients {
         #[arg(long, default_value_t = 0)]
@@ -62,6 +69,93 @@ enum Command {
     },
     /// Disconnect a client (5.0 clients are told 0x98, administrative action).
     Kick { client_id: String },
+    /// Work on a plugin without a broker.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Start a plugin project that builds and passes its own test (`./test.sh`).
+    New {
+        name: String,
+        #[arg(long, value_enum)]
+        lang: weir::scaffold::Lang,
+        /// Where the project's directory is made.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The Rust plugin SDK (default: the one this weir was built with).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+    /// Run a plugin's hooks against a file of cases (see docs/plugins.md), with the
+    /// broker's sandbox and limits; exits 1 if any answer is not the expected one.
+    Test {
+        /// The plugin component (`.wasm`).
+        wasm: PathBuf,
+        /// A TOML file with the plugin's `[plugin.config]` table (its contents).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The cases file (TOML, `[[case]]` entries).
+        #[arg(long)]
+        cases: PathBuf,
+        /// Overrides the broker's default deadline per call.
+        #[arg(long)]
+        deadline_ms: Option<u64>,
+        #[arg(long)]
+        memory_mb: Option<u64>,
+        /// URL prefixes the plugin may send HTTP requests to, as `allow_http`.
+        #[arg(long)]
+        allow_http: Vec<String>,
+    },
+}
+
+/// `weir plugin new` and `weir plugin test` (whose exit code says whether every case
+/// passed).
+fn plugin_command(command: &PluginCommand) -> anyhow::Result<std::process::ExitCode> {
+    let (wasm, config, cases, deadline_ms, memory_mb, allow_http) = match command {
+        PluginCommand::New {
+            name,
+            lang,
+            dir,
+            sdk,
+        } => {
+            let weir = std::env::current_exe().context("locating the weir binary")?;
+            let made = weir::scaffold::create(name, *lang, dir, &weir, sdk.as_deref())?;
+            println!(
+                "created {}; build and test it with {}/test.sh",
+                made.display(),
+                made.display()
+            );
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
+        PluginCommand::Test {
+            wasm,
+            config,
+            cases,
+            deadline_ms,
+            memory_mb,
+            allow_http,
+        } => (wasm, config, cases, deadline_ms, memory_mb, allow_http),
+    };
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+    let limits = weir::testkit::Limits {
+        deadline_ms: *deadline_ms,
+        memory_mb: *memory_mb,
+        fuel: None,
+        allow_http: allow_http.clone(),
+    };
+    let file = weir::testkit::read_cases(cases)?;
+    let chain = weir::testkit::load(wasm, config.as_deref(), &limits)?;
+    let summary = weir::testkit::run(&chain, &file, &mut std::io::stdout());
+    Ok(match summary.failed {
+        0 => std::process::ExitCode::SUCCESS,
+        _ => std::process::ExitCode::FAILURE,
+    })
 }
 
 /// Runs an operator command against the admin API; prints the answer.
@@ -83,10 +177,21 @@ fn operate(args: &Args, command: &Command) -> anyhow::Result<()> {
         Command::Reload { name } => ("POST", format!("/plugins/{}/reload", segment(name))),
         Command::Enable { name } => ("POST", format!("/plugins/{}/enable", segment(name))),
         Command::Disable { name } => ("POST", format!("/plugins/{}/disable", segment(name))),
+        Command::Shadow { name, wasm } => {
+            let wasm = std::path::absolute(wasm).context("the candidate's path")?;
+            let path = segment(&wasm.to_string_lossy());
+            (
+                "POST",
+                format!("/plugins/{}/shadow?path={path}", segment(name)),
+            )
+        }
+        Command::Unshadow { name } => ("DELETE", format!("/plugins/{}/shadow", segment(name))),
+        Command::Promote { name } => ("POST", format!("/plugins/{}/promote", segment(name))),
         Command::Clients { offset, limit } => {
             ("GET", format!("/clients?offset={offset}&limit={limit}"))
         }
         Command::Kick { client_id } => ("DELETE", format!("/clients/{}", segment(client_id))),
+        Command::Plugin(_) => anyhow::bail!("not an admin API command"),
     };
     let (status, body) = request(addr, method, &path, token.as_deref())?;
     if (200..300).contains(&status) {
@@ -101,10 +206,12 @@ fn operate(args: &Args, command: &Command) -> anyhow::Result<()> {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
     let args = Args::parse();
-    if let Some(command) = &args.command {
-        return operate(&args, command);
+    match &args.command {
+        Some(Command::Plugin(c)) => return plugin_command(c),
+        Some(command) => return operate(&args, command).map(|_| std::process::ExitCode::SUCCESS),
+        None => {}
     }
     let config = match &args.config {
         Some(path) => Config::from_file(path)?,
@@ -138,7 +245,7 @@ fn main() -> anyhow::Result<()> {
             "configuration is valid ({} plugins loaded)",
             config.plugin.len()
         );
-        return Ok(());
+        return Ok(std::process::ExitCode::SUCCESS);
     }
     let hooks: Arc<dyn Hooks> = match &chain {
         Some(c) => c.clone(),
@@ -153,7 +260,7 @@ fn main() -> anyhow::Result<()> {
         }
         weir::server::run(config, hooks, chain, shutdown_signal()).await
     })?;
-    Ok(())
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// Many systems start services with a soft open-file limit of 1024. When even the hard

@@ -30,6 +30,9 @@ fn wasm_path(name: &str) -> PathBuf {
     if name == "python-redact" {
         return root().join("target").join("python-redact.wasm");
     }
+    if name == "js-limiter" {
+        return root().join("target").join("js-limiter.wasm");
+    }
     if name == "tagger-b" {
         return root().join("target/tagger-b/wasm32-wasip2/release/tagger.wasm");
     }
@@ -105,8 +108,33 @@ pub fn build() {
                 "building the Python plugin (needs `pip install componentize-py`)",
             );
         }
+        build_js(&root);
         warm_cache();
     });
+}
+
+/// The JavaScript plugin, with componentize-js from its lock file (`npm ci` once).
+fn build_js(root: &Path) {
+    let dir = root.join("js-limiter");
+    let out = root.join("target/js-limiter.wasm");
+    let installed = dir.join("node_modules/.package-lock.json");
+    if newer(&dir.join("package-lock.json"), &installed) {
+        run(
+            Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                .current_dir(&dir),
+            "installing componentize-js (npm ci in plugins/js-limiter)",
+        );
+    }
+    let wit = root.join("../wit/weir-plugin.wit");
+    if newer(&dir.join("plugin.js"), &out) || newer(&wit, &out) {
+        run(
+            Command::new("npm")
+                .args(["run", "-s", "build"])
+                .current_dir(&dir),
+            "building the JavaScript plugin (componentize-js)",
+        );
+    }
 }
 
 /// Loads every plugin once through the real broker, which compiles them into the cache.

@@ -229,14 +229,19 @@ async fn clients_waiting_on_a_slow_service_do_not_hold_up_other_clients() {
         ),
     );
     let done = Arc::new(AtomicBool::new(false));
-    let pings = pinging(opts(&w, "busy", "alice", "wonderland"), done.clone());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ready, set) = std::sync::mpsc::channel();
+    let pings = pinging(opts(&w, "busy", "alice", "wonderland"), done.clone(), ready);
+    set.recv_timeout(Duration::from_secs(30))
+        .expect("the pinging client is set up");
     service.set_delay(Duration::from_millis(200));
 
     let storm_started = Instant::now();
     let storm: Vec<_> = (0..200)
         .map(|i| {
-            let o = opts(&w, &format!("load-{i}"), &format!("load-{i}"), "pw");
+            let mut o = opts(&w, &format!("load-{i}"), &format!("load-{i}"), "pw");
+            // rumqttc gives up on a CONNACK after 5 s by default; a busy CI machine
+            // running the other tests too may take longer for the last of 200.
+            o.set_connection_timeout(30);
             tokio::spawn(async move { (connack(o).await, Instant::now()) })
         })
         .collect();
@@ -252,20 +257,34 @@ async fn clients_waiting_on_a_slow_service_do_not_hold_up_other_clients() {
     assert_eq!(service.auth_requests(), 201);
     rtts.sort();
     let n = rtts.len();
-    let (median, p99, max) = (rtts[n / 2], rtts[n * 99 / 100], rtts[n - 1]);
+    let (median, p90, p99, max) = (
+        rtts[n / 2],
+        rtts[n * 9 / 10],
+        rtts[n * 99 / 100],
+        rtts[n - 1],
+    );
     eprintln!(
-        "200 connects in {storm_took:?}; {n} round trips meanwhile: median {median:?}, p99 {p99:?}, max {max:?}"
+        "200 connects in {storm_took:?}; {n} round trips meanwhile: median {median:?}, p90 {p90:?}, p99 {p99:?}, max {max:?}"
     );
     // One at a time the connects would take 40 s; a runtime worker held by a waiting
     // connect would hold round trips up by up to 200 ms.
     assert!(storm_took < Duration::from_secs(20), "{storm_took:?}");
-    assert!(p99 < Duration::from_millis(150), "round trips: p99 {p99:?}");
+    // (The other tests of this file may run meanwhile: single round trips can be slow
+    // for reasons of their own, so the bound is on the median and the 90th percentile.)
+    assert!(
+        median < Duration::from_millis(50) && p90 < Duration::from_millis(150),
+        "round trips: median {median:?}, p90 {p90:?}"
+    );
 }
 
 /// Round trips of QoS 1 messages through the broker, a client publishing to itself,
 /// on a thread and runtime of its own (so the test's other clients do not delay it),
 /// until `done` is set (and 50 at least).
-fn pinging(o: MqttOptions, done: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Duration>> {
+fn pinging(
+    o: MqttOptions,
+    done: Arc<AtomicBool>,
+    ready: std::sync::mpsc::Sender<()>,
+) -> std::thread::JoinHandle<Vec<Duration>> {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -278,6 +297,11 @@ fn pinging(o: MqttOptions, done: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec
             o.set_network_options(n);
             let (mut c, _) = C5::connect_with(o).await;
             c.subscribe("ping", QoS::AtLeastOnce).await;
+            // Connected, subscribed and once round before the storm: what is measured
+            // is the traffic of a client the storm finds there.
+            c.send("ping", QoS::AtLeastOnce, false, "x").await;
+            assert!(c.publish_within(Duration::from_secs(10)).await.is_some());
+            let _ = ready.send(());
             let mut rtts = Vec::new();
             while !done.load(SeqCst) || rtts.len() < 50 {
                 let sent = Instant::now();

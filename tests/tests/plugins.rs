@@ -766,3 +766,35 @@ async fn reused_replacements_keep_each_message_its_own_payload() {
     assert_eq!(metric(&w, "weir_plugin_calls_total", "shape"), 2);
     assert_eq!(metric(&w, "weir_plugin_reused_answers_total", "shape"), 19);
 }
+
+/// A plugin written in JavaScript (plugins/js-limiter, built with componentize-js from
+/// npm) limits publishes through the real broker, its buckets in the host.
+#[test]
+fn a_javascript_plugin_limits_publishes() {
+    let config = "messages_per_second = 2.0\nburst = 3";
+    let w = broker(&[entry("js", "js-limiter", "", config)], "", "");
+    let mut sub = v5_client(&w, "watcher", &[]);
+    sub.send(&subscribe5(1, "t", 0));
+    assert!(sub.recv().is_some(), "SUBACK");
+    let mut r = v5_client(&w, "fast", &[]);
+    let codes: Vec<u8> = (1..=8)
+        .map(|i| publish_code(&mut r, "t", i, b"x"))
+        .collect();
+    assert_eq!(&codes[..3], &[0, 0, 0], "within the burst: {codes:?}");
+    let refused = codes.iter().filter(|c| **c == 0x96).count();
+    assert!(refused >= 4, "then 0x96 message rate too high: {codes:?}");
+    let delivered = std::iter::from_fn(|| sub.recv_within(Duration::from_millis(500))).count();
+    assert_eq!(
+        delivered,
+        8 - refused,
+        "only what was accepted is delivered"
+    );
+    // Another client has a bucket of its own.
+    let mut other = v5_client(&w, "other", &[]);
+    assert_eq!(publish_code(&mut other, "t", 1, b"x"), 0);
+    let (_, metrics) = request(w.admin_port, "GET", "/metrics", None);
+    assert!(
+        metrics.contains("weir_plugin_errors_total{plugin=\"js\",kind=\"trap\"} 0"),
+        "{metrics}"
+    );
+}

@@ -441,3 +441,119 @@ async fn sighup_rereads_the_plugin_configuration() {
     p.send("t/x", QoS::AtLeastOnce, false, "m").await;
     assert_eq!(version_of(&sub.publish().await), "b");
 }
+
+/// `weir` against the broker's admin API: whether it succeeded, and what it printed.
+fn weir_cli(w: &Weir, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(weir_tests::weir_bin())
+        .arg("--admin")
+        .arg(format!("127.0.0.1:{}", w.admin_port))
+        .args(args)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+fn shadow_count(w: &Weir, result: &str) -> u64 {
+    w.metric(&format!(
+        "weir_plugin_shadow_answers_total{{plugin=\"tag\",result=\"{result}\"}}"
+    ))
+}
+
+/// Sends `n` QoS 1 messages on `topic` and returns the versions that tagged them, in
+/// the order they arrived.
+async fn tags_of(p: &C5, sub: &mut C5, topic: &str, n: usize) -> Vec<String> {
+    for i in 0..n {
+        p.send(topic, QoS::AtLeastOnce, false, i.to_string()).await;
+    }
+    let mut tags = Vec::new();
+    while tags.len() < n {
+        let m = sub.publish_within(Duration::from_secs(5)).await;
+        tags.push(version_of(&m.expect("every message arrives")));
+    }
+    tags
+}
+
+/// A candidate shadowing the plugin answers every question the plugin is asked: the
+/// same version always agrees, another always disagrees and is never applied, a broken
+/// one is refused; then the candidate is promoted while a publisher keeps sending, and
+/// every message arrives once, tagged by the old version until the new one takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shadow_is_compared_never_applied_and_promoted_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, _file) = tagging_broker(dir.path());
+    let (mut sub, _) = C5::connect_with(C5::opts(w.port, "sub")).await;
+    sub.subscribe("s/#", QoS::AtLeastOnce).await;
+    let (p, _) = C5::connect_with(C5::opts(w.port, "pub")).await;
+    let path = |name: &str| plugins::wasm(name).to_string_lossy().into_owned();
+
+    let (ok, out) = weir_cli(&w, &["shadow", "tag", &path("tagger")]);
+    assert!(ok && out.contains("\"agreed\":0"), "{out}");
+    assert_eq!(tags_of(&p, &mut sub, "s/same", 20).await, vec!["a"; 20]);
+    assert!(eventually(Duration::from_secs(5), || shadow_count(
+        &w, "agreed"
+    ) == 20));
+    assert_eq!(shadow_count(&w, "disagreed"), 0);
+
+    let (ok, out) = weir_cli(&w, &["shadow", "tag", &path("tagger-b")]);
+    assert!(ok, "{out}");
+    assert_eq!(
+        tags_of(&p, &mut sub, "s/other", 20).await,
+        vec!["a"; 20],
+        "a shadow's answers are never applied"
+    );
+    assert!(eventually(Duration::from_secs(5), || shadow_count(
+        &w,
+        "disagreed"
+    ) == 20));
+    assert_eq!(
+        shadow_count(&w, "agreed"),
+        0,
+        "a new candidate counts afresh"
+    );
+    assert!(w.log().contains("shadow disagrees"), "a sample is logged");
+
+    // A candidate that cannot load (misbehave refuses a config without `mode`) is
+    // refused, and the shadow before it stays.
+    let (ok, out) = weir_cli(&w, &["shadow", "tag", &path("misbehave")]);
+    assert!(!ok && out.contains("rejected"), "{out}");
+    assert_eq!(plugin_field(&w, "sha256").len(), 64);
+    assert!(shadow_count(&w, "disagreed") >= 20);
+
+    // Promotion while a publisher sends 300 messages, one every 3 ms.
+    let (loader, _) = C5::connect_with(C5::opts(w.port, "loader")).await;
+    let sending = tokio::spawn(async move {
+        for i in 0..300 {
+            loader
+                .send("s/load", QoS::AtLeastOnce, false, i.to_string())
+                .await;
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        loader
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, out) = weir_cli(&w, &["promote", "tag"]);
+    assert!(ok && out.contains("\"reloads\":1"), "{out}");
+    let _loader = sending.await.unwrap();
+    let mut got = Vec::new();
+    while let Some(m) = sub.publish_within(Duration::from_secs(2)).await {
+        got.push((
+            String::from_utf8_lossy(&m.payload).into_owned(),
+            version_of(&m),
+        ));
+    }
+    let ids: Vec<String> = got.iter().map(|(id, _)| id.clone()).collect();
+    let want: Vec<String> = (0..300).map(|i| i.to_string()).collect();
+    assert_eq!(ids, want, "every message once, in order");
+    let switches = got.windows(2).filter(|w| w[0].1 != w[1].1).count();
+    assert_eq!(switches, 1, "tagged a, then b: {got:?}");
+    assert_eq!((got[0].1.as_str(), got[299].1.as_str()), ("a", "b"));
+    let (ok, out) = weir_cli(&w, &["plugins"]);
+    assert!(
+        ok && out.contains("\"shadow\":null"),
+        "the shadow stops: {out}"
+    );
+    let (ok, out) = weir_cli(&w, &["promote", "tag"]);
+    assert!(!ok && out.contains("has no shadow"), "{out}");
+}

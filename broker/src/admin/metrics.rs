@@ -297,6 +297,26 @@ fn plugin_families(out: &mut String, plugins: &[Arc<Plugin>]) {
     }
     plugin_errors(out, plugins);
     plugin_latency(out, plugins);
+    plugin_shadows(out, plugins);
+}
+
+fn plugin_shadows(out: &mut String, plugins: &[Arc<Plugin>]) {
+    let name = "weir_plugin_shadow_answers_total";
+    let help =
+        "A shadow candidate's answers compared with the plugin's: agreed, disagreed, failed.";
+    family(out, name, "counter", help);
+    for p in plugins {
+        let Some(s) = p.shadow() else { continue };
+        let plugin = label(&p.name);
+        for (result, n) in [
+            ("agreed", &s.agreed),
+            ("disagreed", &s.disagreed),
+            ("failed", &s.failed),
+        ] {
+            let n = n.load(Relaxed);
+            let _ = writeln!(out, "{name}{{plugin=\"{plugin}\",result=\"{result}\"}} {n}");
+        }
+    }
 }
 
 fn plugin_errors(out: &mut String, plugins: &[Arc<Plugin>]) {

@@ -54,6 +54,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/plugins/{name}/reload", post(reload))
         .route("/plugins/{name}/enable", post(enable))
         .route("/plugins/{name}/disable", post(disable))
+        .route("/plugins/{name}/shadow", post(shadow).delete(unshadow))
+        .route("/plugins/{name}/promote", post(promote))
         .route("/clients", get(clients))
         .route("/clients/{id}", delete(kick))
         .fallback(|| async { err(StatusCode::NOT_FOUND, "no such endpoint") })
@@ -136,6 +138,18 @@ fn plugin_json(p: &crate::plugin::Plugin) -> Value {
         "reloads": st.reloads.load(Relaxed),
         "rejections": st.rejections.load(Relaxed),
         "last_rejection": st.last_rejection(),
+        "shadow": p.shadow().map(|s| shadow_json(&s)),
+    })
+}
+
+fn shadow_json(s: &crate::plugin::Shadow) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    json!({
+        "path": s.path,
+        "sha256": s.candidate.hash,
+        "agreed": s.agreed.load(Relaxed),
+        "disagreed": s.disagreed.load(Relaxed),
+        "failed": s.failed.load(Relaxed),
     })
 }
 
@@ -174,6 +188,78 @@ async fn reload(
             format!("{e}; the previous version keeps serving"),
         )),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Candidate {
+    /// The candidate component's file, as the broker's process sees it.
+    path: std::path::PathBuf,
+}
+
+/// What a chain operation that loads a component answers; `ok` as JSON.
+async fn loading<T: Send + 'static>(
+    c: Arc<PluginChain>,
+    op: impl FnOnce(&PluginChain) -> Result<T, PluginError> + Send + 'static,
+    ok: impl FnOnce(T) -> Value,
+) -> Answer {
+    // Compiling may take seconds: not on a runtime worker.
+    let outcome = tokio::task::spawn_blocking(move || op(&c))
+        .await
+        .map_err(|e| {
+            err(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("plugin task failed: {e}"),
+            )
+        })?;
+    match outcome {
+        Ok(t) => Ok(Json(ok(t)).into_response()),
+        Err(e @ (PluginError::Unknown(_) | PluginError::NoShadow(_))) => {
+            Err(err(StatusCode::NOT_FOUND, e.to_string()))
+        }
+        Err(e) => Err(err(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())),
+    }
+}
+
+async fn shadow(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    candidate: Result<Query<Candidate>, QueryRejection>,
+) -> Answer {
+    authorized(&s, &headers)?;
+    let Query(candidate) = candidate.map_err(|e| {
+        let why = format!("give the candidate as ?path=FILE.wasm: {}", e.body_text());
+        err(StatusCode::BAD_REQUEST, why)
+    })?;
+    let c = chain(&s)?.clone();
+    loading(
+        c,
+        move |c| c.shadow(&name, &candidate.path),
+        |sh| shadow_json(&sh),
+    )
+    .await
+}
+
+async fn unshadow(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Answer {
+    authorized(&s, &headers)?;
+    let c = chain(&s)?.clone();
+    let answer = json!({ "name": &name, "shadow": null });
+    loading(c, move |c| c.unshadow(&name), |_| answer).await
+}
+
+async fn promote(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Answer {
+    authorized(&s, &headers)?;
+    let c = chain(&s)?.clone();
+    loading(c, move |c| c.promote(&name), |p| plugin_json(&p)).await
 }
 
 async fn switch(s: &AdminState, headers: &HeaderMap, name: &str, on: bool) -> Answer {

@@ -5,6 +5,8 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "plugin",
+    // A shadow's answers are compared with the active version's.
+    additional_derives: [PartialEq],
 });
 
 /// The same for components built against `weir:plugin@0.1.0` (`wit/v0.1.0/`). 0.2.0

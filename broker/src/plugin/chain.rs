@@ -4,7 +4,7 @@
 
 use super::call::Call;
 use super::host_api::SharedState;
-use super::instance::{Failure, Plugin};
+use super::instance::{Failure, Plugin, Shadow};
 use super::kept::Kept;
 use super::runtime::Runtime;
 use super::{Hook, HookSet, PluginError, Stats};
@@ -15,8 +15,8 @@ use crate::message::Message;
 use crate::sync::lock;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 /// The plugins in configuration order, as one call sees them.
@@ -124,14 +124,16 @@ impl PluginChain {
     /// rejection is recorded. Runs on the caller's thread, never on a connection's.
     pub fn reload(&self, name: &str) -> Result<Arc<Plugin>, PluginError> {
         let _one = lock(&self.reloading);
-        let cfg = {
-            let configs = lock(&self.configs);
-            configs
-                .iter()
-                .find(|c| c.name == name)
-                .cloned()
-                .ok_or_else(|| PluginError::Unknown(name.into()))?
-        };
+        self.reload_from(name, None)
+    }
+
+    /// [`PluginChain::reload`], from `path` if given (which then becomes the plugin's
+    /// file); the caller holds `reloading`.
+    fn reload_from(&self, name: &str, path: Option<&Path>) -> Result<Arc<Plugin>, PluginError> {
+        let mut cfg = self.config_of(name)?;
+        if let Some(p) = path {
+            cfg.path = p.to_path_buf();
+        }
         let stats = self.stats_of(name);
         match self.load_one(&cfg) {
             Ok(p) => {
@@ -142,6 +144,9 @@ impl PluginChain {
                 }
                 self.plugins.store(Arc::new(list));
                 self.refresh_active();
+                for c in lock(&self.configs).iter_mut().filter(|c| c.name == name) {
+                    c.path = cfg.path.clone();
+                }
                 stats.reloaded();
                 tracing::info!(plugin = name, sha256 = %fresh.hash, "plugin reloaded");
                 Ok(fresh)
@@ -155,6 +160,60 @@ impl PluginChain {
                 Err(e)
             }
         }
+    }
+
+    fn config_of(&self, name: &str) -> Result<PluginConfig, PluginError> {
+        let configs = lock(&self.configs);
+        let found = configs.iter().find(|c| c.name == name).cloned();
+        found.ok_or_else(|| PluginError::Unknown(name.into()))
+    }
+
+    fn active(&self, name: &str) -> Result<Arc<Plugin>, PluginError> {
+        let found = self.plugins().iter().find(|p| &*p.name == name).cloned();
+        found.ok_or_else(|| PluginError::Unknown(name.into()))
+    }
+
+    /// Loads the component at `path` with the plugin's configuration and lets it shadow
+    /// the plugin: asked every question the plugin is asked, its answers compared and
+    /// counted, never used. It replaces an earlier shadow.
+    pub fn shadow(&self, name: &str, path: &Path) -> Result<Arc<Shadow>, PluginError> {
+        let _one = lock(&self.reloading);
+        let active = self.active(name)?;
+        let mut cfg = self.config_of(name)?;
+        cfg.path = path.to_path_buf();
+        // Host state and counters of its own: it takes no tokens from the plugin's buckets.
+        let (state, stats) = (Arc::default(), Arc::default());
+        let candidate = Plugin::load(&self.runtime, &cfg, &self.defaults, state, stats)?;
+        let shadow = Arc::new(Shadow::new(candidate, cfg.path.clone()));
+        active.set_shadow(Some(shadow.clone()));
+        tracing::info!(plugin = name, candidate = %shadow.candidate.hash, path = %path.display(),
+            "candidate shadowing the plugin");
+        Ok(shadow)
+    }
+
+    /// Stops the plugin's shadow.
+    pub fn unshadow(&self, name: &str) -> Result<(), PluginError> {
+        let _one = lock(&self.reloading);
+        let active = self.active(name)?;
+        if active.shadow().is_none() {
+            return Err(PluginError::NoShadow(name.into()));
+        }
+        active.set_shadow(None);
+        tracing::info!(plugin = name, "shadow stopped");
+        Ok(())
+    }
+
+    /// Makes the shadow's file the plugin's and loads it as a reload does: swapped in
+    /// at once for every call that starts after, the old version serving the calls in
+    /// progress. The shadow stops.
+    pub fn promote(&self, name: &str) -> Result<Arc<Plugin>, PluginError> {
+        let _one = lock(&self.reloading);
+        let shadow = (self.active(name)?.shadow()).ok_or(PluginError::NoShadow(name.into()))?;
+        let promoted = self.reload_from(name, Some(&shadow.path))?;
+        tracing::info!(plugin = name, sha256 = %promoted.hash, agreed = shadow.agreed.load(Relaxed),
+            disagreed = shadow.disagreed.load(Relaxed), failed = shadow.failed.load(Relaxed),
+            "shadow promoted");
+        Ok(promoted)
     }
 
     /// Switches a plugin in or out of the chain without unloading it.

@@ -19,7 +19,9 @@ use super::runtime::{Runtime, TICK};
 use super::stats::Stats;
 use super::{wasi_io, Hook, HookSet, PluginError};
 use crate::config::{OnError, PluginConfig, PluginsConfig};
+use arc_swap::ArcSwapOption;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use wasmtime::component::{InstancePre, ResourceTable};
@@ -197,6 +199,63 @@ pub struct Plugin {
     /// Bounds the calls of a plugin that may wait, each holding an instance (and, on
     /// the blocking path, a thread) while it waits.
     slots: Slots,
+    /// A candidate version asked what this one is asked (`weir shadow`).
+    shadow: ArcSwapOption<Shadow>,
+}
+
+/// A candidate version of a plugin, asked the same questions right after the plugin it
+/// shadows, with the same inputs. Its answers are compared and counted, never used;
+/// its failures are counted and change nothing. Its host state (key-value store, token
+/// buckets) is its own, so it takes nothing from the active version's.
+pub struct Shadow {
+    pub candidate: Plugin,
+    pub path: std::path::PathBuf,
+    pub agreed: AtomicU64,
+    pub disagreed: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+/// Disagreements and failures logged, at most, before only every thousandth is.
+const SHADOW_LOGGED: u64 = 20;
+
+impl Shadow {
+    pub fn new(candidate: Plugin, path: std::path::PathBuf) -> Shadow {
+        Shadow {
+            candidate,
+            path,
+            agreed: AtomicU64::new(0),
+            disagreed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        }
+    }
+
+    /// Asks the candidate what `f` asked, and compares its answer with `answer`.
+    fn compare<R, F>(&self, active: &str, f: &F, answer: &R)
+    where
+        R: PartialEq + std::fmt::Debug,
+        F: Fn(&Guests, &mut Store<PluginCtx>) -> wasmtime::Result<R>,
+    {
+        let sampled = |n: u64| n <= SHADOW_LOGGED || n % 1000 == 0;
+        match self.candidate.answer(f).map(|(r, _)| r) {
+            Ok(r) if r == *answer => {
+                self.agreed.fetch_add(1, Relaxed);
+            }
+            Ok(r) => {
+                let n = self.disagreed.fetch_add(1, Relaxed) + 1;
+                if sampled(n) {
+                    tracing::warn!(plugin = active, candidate = %self.candidate.hash, disagreements = n,
+                        "shadow disagrees: the plugin answered {answer:?}, the candidate {r:?}");
+                }
+            }
+            Err(e) => {
+                let n = self.failed.fetch_add(1, Relaxed) + 1;
+                if sampled(n) {
+                    tracing::warn!(plugin = active, candidate = %self.candidate.hash, failures = n,
+                        "shadow failed where the plugin answered {answer:?}: {e}");
+                }
+            }
+        }
+    }
 }
 
 impl Plugin {
@@ -261,6 +320,7 @@ impl Plugin {
             http: HttpPolicy::new(cfg, deadline, stats.clone()),
             slots: Slots::new(cfg.max_waiting_calls.unwrap_or(DEFAULT_WAITING_CALLS)),
             state,
+            shadow: ArcSwapOption::empty(),
         };
         let first = plugin.fresh().map_err(|f| PluginError::Init {
             plugin: cfg.name.clone(),
@@ -367,7 +427,7 @@ impl Plugin {
     /// Calls into the plugin with a pooled instance, on this thread, or inside
     /// `block_in_place` for a plugin that may wait. On failure the instance is dropped
     /// (the pooling allocator reclaims its slot) and the failure counted.
-    pub fn call<R>(
+    pub fn call<R: PartialEq + std::fmt::Debug>(
         &self,
         f: impl Fn(&Guests, &mut Store<PluginCtx>) -> wasmtime::Result<R>,
     ) -> Result<R, Failure> {
@@ -376,20 +436,41 @@ impl Plugin {
 
     /// [`Plugin::call`], also returning what the plugin allowed the broker to do without
     /// calling it again (`host.reuse-answer`, `host.lease`).
-    pub fn call_reusable<R>(
+    pub fn call_reusable<R: PartialEq + std::fmt::Debug>(
         &self,
         f: impl Fn(&Guests, &mut Store<PluginCtx>) -> wasmtime::Result<R>,
     ) -> Result<(R, Grants), Failure> {
+        let answered = self.answer(&f);
+        if let (Ok((answer, _)), Some(shadow)) = (&answered, &*self.shadow.load()) {
+            shadow.compare(&self.name, &f, answer);
+        }
+        answered
+    }
+
+    /// One call of this version alone (no shadow asked).
+    fn answer<R, F>(&self, f: &F) -> Result<(R, Grants), Failure>
+    where
+        F: Fn(&Guests, &mut Store<PluginCtx>) -> wasmtime::Result<R>,
+    {
         if !self.may_wait {
-            return self.call_here(&f, false);
+            return self.call_here(f, false);
         }
         blocking(|| {
             let Some(_slot) = self.slots.take(self.deadline()) else {
                 self.stats.failed(&Failure::Busy);
                 return Err(Failure::Busy);
             };
-            self.call_here(&f, true)
+            self.call_here(f, true)
         })
+    }
+
+    /// Lets `shadow` be asked what this version is asked (`None`: no longer).
+    pub fn set_shadow(&self, shadow: Option<Arc<Shadow>>) {
+        self.shadow.store(shadow);
+    }
+
+    pub fn shadow(&self) -> Option<Arc<Shadow>> {
+        self.shadow.load_full()
     }
 
     fn deadline(&self) -> std::time::Duration {

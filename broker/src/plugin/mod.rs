@@ -38,7 +38,7 @@ mod watch;
 
 pub use chain::PluginChain;
 pub use client::PluginClient;
-pub use instance::{Failure, Plugin};
+pub use instance::{Failure, Plugin, Shadow};
 pub use stats::{Stats, LATENCY_BUCKETS_NS};
 pub use watch::watch;
 
@@ -65,6 +65,8 @@ pub enum PluginError {
     Init { plugin: String, message: String },
     #[error("no plugin named '{0}'")]
     Unknown(String),
+    #[error("plugin '{0}' has no shadow")]
+    NoShadow(String),
 }
 
 /// The hooks of the chain: what a plugin may export besides `init`.

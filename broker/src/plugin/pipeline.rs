@@ -27,6 +27,7 @@ pub(super) enum Stage {
 }
 
 /// What one plugin made of the message.
+#[derive(Debug, PartialEq)]
 enum Reshaped {
     Keep,
     Drop(Option<u8>),
