@@ -8,7 +8,7 @@
 //!         cargo run --release -p weir-bench --bin plugins
 //!
 //! `MESSAGES` (default 4 000 000) and `ROUNDS` (default 3) size the throughput part;
-//! `ONLY=throughput` skips the per-call part.
+//! `ONLY=throughput` skips the per-call part, `ONLY=calls` the throughput part.
 
 use bytes::Bytes;
 use std::io::{Read, Write};
@@ -107,6 +107,10 @@ fn hook_costs(hash: &str) {
     let python = load(&format!(
         "[[plugin]]\nname = \"redact\"\npath = {:?}\n",
         plugins::wasm("python-redact")
+    ));
+    let js = load(&format!(
+        "[[plugin]]\nname = \"js\"\npath = {:?}\n[plugin.config]\nmessages_per_second = 1e9\n",
+        plugins::wasm("js-limiter")
     ));
     let attrs = Vec::new();
     let client = ClientInfo {
@@ -237,6 +241,14 @@ fn hook_costs(hash: &str) {
     per_call("transform (python-redact, not JSON: keep)", 20_000, || {
         std::hint::black_box(c.transform(&mut msg.clone()));
     });
+    let mut c = connection(&js);
+    per_call(
+        "rate-limit (js-limiter, JavaScript, publish)",
+        50_000,
+        || {
+            std::hint::black_box(c.rate_limit(RateEvent::Publish(64)));
+        },
+    );
 }
 
 /// Publishes `n` QoS 0 messages as fast as TCP takes them.
@@ -338,8 +350,12 @@ fn throughput(name: &str, opts: Opts, per_publisher: usize) -> f64 {
 fn main() {
     plugins::build();
     let hash = tokens::password_hash("pw", 1000);
-    if std::env::var("ONLY").as_deref() != Ok("throughput") {
+    let only = std::env::var("ONLY").unwrap_or_default();
+    if only != "throughput" {
         hook_costs(&hash);
+    }
+    if only == "calls" {
+        return;
     }
     // Whole batches of 1 000 per publisher.
     let per_publisher = setting("MESSAGES", 4_000_000)

@@ -46,6 +46,8 @@ pub(super) struct Call<'c> {
     plugins: arc_swap::Guard<Chain>,
     kept: Option<&'c mut Kept>,
     none: Kept,
+    /// The calling connection's client record, converted once for the connection.
+    record: Option<&'c wit::Client>,
 }
 
 impl<'c> Call<'c> {
@@ -71,6 +73,22 @@ impl<'c> Call<'c> {
             plugins,
             kept,
             none: Kept::default(),
+            record: None,
+        }
+    }
+
+    /// The call is on behalf of the connection whose client record this is.
+    pub(super) fn for_record(mut self, record: &'c wit::Client) -> Call<'c> {
+        self.record = Some(record);
+        self
+    }
+
+    /// What plugins are handed as the client: the connection's record, or one made
+    /// for this call (kept in `own` for the next plugin).
+    pub(super) fn client_record(&self) -> Record<'c> {
+        Record {
+            pre: self.record,
+            own: None,
         }
     }
 
@@ -148,6 +166,7 @@ impl<'c> Call<'c> {
     ) -> Decision {
         let q = Question::Authorize(action, qos, retain);
         let mut args = None;
+        let mut record = self.client_record();
         let decided = self.walk(
             Hook::Authorize,
             |kept, i, p| {
@@ -156,10 +175,8 @@ impl<'c> Call<'c> {
                     p.stats.reused();
                     return d.map_or(Step::Next, |d| Step::Done(counted(p, d)));
                 }
-                let (c, a) = args.get_or_insert_with(|| {
-                    let a = convert::access(action, topic, qos, retain);
-                    (convert::client(client), a)
-                });
+                let a = args.get_or_insert_with(|| convert::access(action, topic, qos, retain));
+                let c = record.of(client);
                 let answer = p.call_reusable(|g, s| match &g.authz {
                     Some(h) => h.call_authorize(s, c, a),
                     None => Ok(wit::Decision::Defer),
@@ -187,7 +204,7 @@ impl<'c> Call<'c> {
 
     pub(super) fn rate_limit(&mut self, client: &ClientInfo<'_>, event: RateEvent) -> RateOutcome {
         let mut throttle = Duration::ZERO;
-        let mut c = None;
+        let mut record = self.client_record();
         let rejected = self.walk(
             Hook::RateLimit,
             |kept, i, p| {
@@ -197,7 +214,7 @@ impl<'c> Call<'c> {
                         return Step::Next;
                     }
                 }
-                let c = c.get_or_insert_with(|| convert::client(client));
+                let c = record.of(client);
                 let e = convert::event(event);
                 let answer = p.call_reusable(|g, s| match &g.limiter {
                     Some(h) => h.call_rate_limit(s, c, e),
@@ -287,6 +304,21 @@ fn throttle_of(ms: u64) -> Result<Duration, Failure> {
         )));
     }
     Ok(d)
+}
+
+/// The client record plugins are handed in one call.
+pub(super) struct Record<'c> {
+    pre: Option<&'c wit::Client>,
+    own: Option<wit::Client>,
+}
+
+impl Record<'_> {
+    pub fn of(&mut self, client: &ClientInfo<'_>) -> &wit::Client {
+        match self.pre {
+            Some(r) => r,
+            None => self.own.get_or_insert_with(|| convert::client(client)),
+        }
+    }
 }
 
 /// The plugin at position `i` of the chain, asked on behalf of `client`.

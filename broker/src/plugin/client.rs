@@ -2,6 +2,8 @@
 //! [`PluginClient`] that owns what the chain keeps for it (its copies of reusable
 //! answers and its rate-limit leases).
 
+use super::bindings::weir::plugin::types as wit;
+use super::call::Call;
 use super::chain::PluginChain;
 use super::kept::Kept;
 use super::pipeline::Stage;
@@ -70,6 +72,9 @@ impl Hooks for PluginChain {
 pub struct PluginClient {
     chain: Arc<PluginChain>,
     identity: Arc<Identity>,
+    /// The client as plugins see it, converted once: every hook call of a published
+    /// message hands it to a plugin.
+    record: wit::Client,
     /// Answers and leases kept for this connection; only its task touches them.
     kept: Kept,
 }
@@ -77,33 +82,36 @@ pub struct PluginClient {
 impl PluginClient {
     pub fn new(chain: Arc<PluginChain>, identity: Arc<Identity>) -> PluginClient {
         PluginClient {
+            record: super::convert::client(&identity.info()),
             chain,
             identity,
             kept: Kept::default(),
         }
     }
 
+    /// A hook call on behalf of this connection, and the client it is made for.
+    fn call(&mut self) -> (Call<'_>, ClientInfo<'_>) {
+        let call = self.chain.call(Some(&mut self.kept));
+        (call.for_record(&self.record), self.identity.info())
+    }
+
     /// The transforms alone, as [`ClientHooks::publish`] runs them; for measuring them.
     pub fn transform(&mut self, message: &mut Message) -> Option<crate::codec::ReasonCode> {
-        let client = self.identity.info();
-        self.chain
-            .call(Some(&mut self.kept))
-            .transform(&client, message)
+        let (mut call, client) = self.call();
+        call.transform(&client, message)
     }
 }
 
 impl ClientHooks for PluginClient {
     fn authorize(&mut self, action: Action, topic: &str, qos: QoS, retain: bool) -> Decision {
-        let client = self.identity.info();
-        self.chain
-            .call(Some(&mut self.kept))
-            .authorize(&client, action, topic, qos, retain)
+        let (mut call, client) = self.call();
+        call.authorize(&client, action, topic, qos, retain)
     }
 
     fn publish(&mut self, message: &mut Message) -> PublishOutcome {
         let chain = &self.chain;
+        let mut call = chain.call(Some(&mut self.kept)).for_record(&self.record);
         let client = self.identity.info();
-        let mut call = chain.call(Some(&mut self.kept));
         let (topic, qos, retain) = (&message.topic, message.qos, message.retain);
         if let Decision::Deny(code) = call.authorize(&client, Action::Publish, topic, qos, retain) {
             let why = "not authorized";
@@ -131,34 +139,26 @@ impl ClientHooks for PluginClient {
     }
 
     fn rate_limit(&mut self, event: RateEvent) -> RateOutcome {
-        let client = self.identity.info();
-        self.chain
-            .call(Some(&mut self.kept))
-            .rate_limit(&client, event)
+        let (mut call, client) = self.call();
+        call.rate_limit(&client, event)
     }
 
     fn subscribe(&mut self, filter: &str, options: SubscriptionOptions) -> SubscribeOutcome {
         if !self.chain.any_active(Hook::Subscribe) {
             return SubscribeOutcome::AsAsked;
         }
-        let client = self.identity.info();
-        self.chain
-            .call(Some(&mut self.kept))
-            .subscribe(&client, filter, options)
+        let (mut call, client) = self.call();
+        call.subscribe(&client, filter, options)
     }
 
     fn deliver(&mut self, message: &Message, qos: QoS, retain: bool) -> DeliverOutcome {
         if !self.chain.any_active(Hook::Deliver) {
             return DeliverOutcome::Keep;
         }
-        let client = self.identity.info();
         let mut m = message.clone();
         let stage = Stage::Deliver { qos, retain };
-        match self
-            .chain
-            .call(Some(&mut self.kept))
-            .reshape(stage, &client, &mut m)
-        {
+        let (mut call, client) = self.call();
+        match call.reshape(stage, &client, &mut m) {
             Err(_) => DeliverOutcome::Drop,
             Ok(false) => DeliverOutcome::Keep,
             Ok(true) => DeliverOutcome::Replace(m),

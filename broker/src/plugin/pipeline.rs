@@ -130,7 +130,7 @@ impl Call<'_> {
         // A reused answer was given for the message as it came, not for what an earlier
         // plugin made of it: reuse stops at the first change.
         let mut changed = false;
-        let mut c = None;
+        let mut record = self.client_record();
         let mut header = None;
         let mut question =
             |m: &Message| stage.question(*header.get_or_insert_with(|| answers::header(m)));
@@ -148,7 +148,7 @@ impl Call<'_> {
                         return Step::Next;
                     }
                 }
-                let c = c.get_or_insert_with(|| convert::client(client));
+                let c = record.of(client);
                 let m = convert::message(message);
                 let answer = p.call_reusable(|g, s| stage.ask(g, s, c, &m));
                 let decided = answer.and_then(|(r, grants)| {

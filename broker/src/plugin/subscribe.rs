@@ -21,11 +21,11 @@ impl Call<'_> {
     ) -> SubscribeOutcome {
         let mut now = (filter.to_owned(), options.qos);
         let mut changed = false;
-        let mut c = None;
+        let mut record = self.client_record();
         let denied = self.walk(
             Hook::Subscribe,
             |_, _, p| {
-                let c = c.get_or_insert_with(|| convert::client(client));
+                let c = record.of(client);
                 let s = convert::subscription(&now.0, now.1, options);
                 let answer = p.call(|g, st| match &g.subscriber {
                     Some(h) => h.call_subscribe(st, c, &s),
