@@ -208,3 +208,45 @@ pub fn subscribe5(pid: u16, filter: &str, options: u8) -> Vec<u8> {
 pub fn disconnect_code(p: &[u8]) -> Option<u8> {
     (p[0] == 0xE0).then(|| p.get(2).copied().unwrap_or(0))
 }
+
+/// What [`count_publishes`] saw: how many PUBLISH packets, and when the first and the
+/// last arrived.
+pub struct Counted {
+    pub publishes: usize,
+    pub first: Option<std::time::Instant>,
+    pub last: std::time::Instant,
+}
+
+/// Reads `s` until `want` PUBLISH packets arrived or a read ends or times out (set the
+/// read timeout first); every other packet's type goes to `other`. For the bench's
+/// subscribers, which count what a load delivers without a client library's cost.
+pub fn count_publishes(s: &mut impl Read, want: usize, mut other: impl FnMut(u8)) -> Counted {
+    let mut buf = vec![0u8; 256 << 10];
+    let mut pending: Vec<u8> = Vec::new();
+    let mut c = Counted {
+        publishes: 0,
+        first: None,
+        last: std::time::Instant::now(),
+    };
+    while c.publishes < want {
+        let n = match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&buf[..n]);
+        let mut at = 0;
+        while let Some((hdr, len)) = frame(&pending[at..]) {
+            match pending[at] >> 4 {
+                3 => {
+                    c.publishes += 1;
+                    c.last = std::time::Instant::now();
+                    c.first.get_or_insert(c.last);
+                }
+                kind => other(kind),
+            }
+            at += hdr + len;
+        }
+        pending.drain(..at);
+    }
+    c
+}

@@ -380,20 +380,7 @@ fn every_admin_endpoint_and_bad_input() {
 fn the_cli_talks_to_the_admin_api() {
     let dir = tempfile::tempdir().unwrap();
     let (w, _file) = tagging_broker(dir.path());
-    let addr = format!("127.0.0.1:{}", w.admin_port);
-    let weir = |args: &[&str]| {
-        let out = std::process::Command::new(weir_tests::weir_bin())
-            .arg("--admin")
-            .arg(&addr)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
+    let weir = |args: &[&str]| weir_cli(&w, args);
     let (ok, out) = weir(&["plugins"]);
     assert!(ok && out.contains("\"name\":\"tag\""), "{out}");
     let (ok, out) = weir(&["reload", "tag"]);

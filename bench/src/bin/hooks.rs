@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir_tests::http::request;
-use weir_tests::raw::{connect, frame, packet, string, varint};
+use weir_tests::raw::{connect, count_publishes, packet, string, varint};
 use weir_tests::{plugins, Opts, Weir};
 
 const SUBSCRIBERS: usize = 100;
@@ -72,36 +72,14 @@ fn fan_subscriber(
     sub.push(0);
     s.write_all(&packet(0x82, &sub)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let mut buf = vec![0u8; 256 << 10];
-    let mut pending: Vec<u8> = Vec::new();
-    let mut got = 0;
-    let (mut first, mut last) = (None, Instant::now());
     let mut suback = false;
-    while got < want {
-        let n = match s.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        pending.extend_from_slice(&buf[..n]);
-        let mut at = 0;
-        while let Some((hdr, len)) = frame(&pending[at..]) {
-            match pending[at] >> 4 {
-                3 => {
-                    got += 1;
-                    last = Instant::now();
-                    first.get_or_insert(last);
-                }
-                9 if !suback => {
-                    suback = true;
-                    let _ = ready.send(());
-                }
-                _ => {}
-            }
-            at += hdr + len;
+    let c = count_publishes(&mut s, want, |kind| {
+        if kind == 9 && !suback {
+            suback = true;
+            let _ = ready.send(());
         }
-        pending.drain(..at);
-    }
-    (got, first.unwrap_or(last), last)
+    });
+    (c.publishes, c.first.unwrap_or(c.last), c.last)
 }
 
 /// A QoS 0 PUBLISH to `fan/x` of 64 bytes, with a user property `redact` if asked (the

@@ -21,7 +21,7 @@ use weir::hooks::{Action, ClientHooks, ClientInfo, ConnectInfo, Hooks, Identity,
 use weir::message::Message;
 use weir::plugin::{PluginChain, PluginClient};
 use weir_tests::http::request;
-use weir_tests::raw::{connect_login, frame, packet, string};
+use weir_tests::raw::{connect_login, count_publishes, packet, string};
 use weir_tests::{plugins, tokens, Opts, Weir};
 
 const CALLS: u32 = 200_000;
@@ -279,39 +279,18 @@ fn subscriber(port: u16, want: usize, ready: std::sync::mpsc::Sender<()>) -> (us
     sub.extend(string("home/alice/#"));
     sub.push(0);
     s.write_all(&packet(0x82, &sub)).unwrap();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut pending: Vec<u8> = Vec::new();
-    let (mut got, mut acks) = (0usize, 0);
-    let mut first: Option<Instant> = None;
-    let mut last = Instant::now();
     s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    while got < want {
-        let n = match s.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        pending.extend_from_slice(&buf[..n]);
-        let mut i = 0;
-        while let Some((hdr, len)) = frame(&pending[i..]) {
-            match pending[i] >> 4 {
-                3 => {
-                    got += 1;
-                    last = Instant::now();
-                    first.get_or_insert(last);
-                }
-                2 | 9 => {
-                    acks += 1;
-                    if acks == 2 {
-                        let _ = ready.send(());
-                    }
-                }
-                _ => {}
+    let mut acks = 0;
+    let c = count_publishes(&mut s, want, |kind| {
+        if kind == 2 || kind == 9 {
+            acks += 1;
+            if acks == 2 {
+                let _ = ready.send(());
             }
-            i += hdr + len;
         }
-        pending.drain(..i);
-    }
-    (got, first.map_or(Duration::ZERO, |f| last - f))
+    });
+    let took = c.first.map_or(Duration::ZERO, |f| c.last - f);
+    (c.publishes, took)
 }
 
 fn throughput(name: &str, opts: Opts, per_publisher: usize) -> f64 {

@@ -169,26 +169,11 @@ async fn reload(
 ) -> Answer {
     authorized(&s, &headers)?;
     let c = chain(&s)?.clone();
-    // Compiling may take seconds: not on a runtime worker.
-    let outcome = tokio::task::spawn_blocking(move || c.reload(&name))
-        .await
-        .map_err(|e| {
-            err(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("reload task failed: {e}"),
-            )
-        })?;
-    match outcome {
-        Ok(p) => Ok(Json(plugin_json(&p)).into_response()),
-        Err(PluginError::Unknown(n)) => {
-            Err(err(StatusCode::NOT_FOUND, format!("no plugin named '{n}'")))
-        }
-        Err(e) => Err(err(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("{e}; the previous version keeps serving"),
-        )),
-    }
+    loading(c, move |c| c.reload(&name), |p| plugin_json(&p), KEPT).await
 }
+
+/// What a refused new version of a plugin leaves in place.
+const KEPT: &str = "; the previous version keeps serving";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -197,11 +182,13 @@ struct Candidate {
     path: std::path::PathBuf,
 }
 
-/// What a chain operation that loads a component answers; `ok` as JSON.
+/// What a chain operation that loads a component answers: `ok` as JSON, 404 for a
+/// plugin or shadow that is not there, 422 with the reason (and `refused`) otherwise.
 async fn loading<T: Send + 'static>(
     c: Arc<PluginChain>,
     op: impl FnOnce(&PluginChain) -> Result<T, PluginError> + Send + 'static,
     ok: impl FnOnce(T) -> Value,
+    refused: &'static str,
 ) -> Answer {
     // Compiling may take seconds: not on a runtime worker.
     let outcome = tokio::task::spawn_blocking(move || op(&c))
@@ -217,7 +204,10 @@ async fn loading<T: Send + 'static>(
         Err(e @ (PluginError::Unknown(_) | PluginError::NoShadow(_))) => {
             Err(err(StatusCode::NOT_FOUND, e.to_string()))
         }
-        Err(e) => Err(err(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())),
+        Err(e) => Err(err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{e}{refused}"),
+        )),
     }
 }
 
@@ -237,6 +227,7 @@ async fn shadow(
         c,
         move |c| c.shadow(&name, &candidate.path),
         |sh| shadow_json(&sh),
+        "",
     )
     .await
 }
@@ -249,7 +240,7 @@ async fn unshadow(
     authorized(&s, &headers)?;
     let c = chain(&s)?.clone();
     let answer = json!({ "name": &name, "shadow": null });
-    loading(c, move |c| c.unshadow(&name), |_| answer).await
+    loading(c, move |c| c.unshadow(&name), |_| answer, "").await
 }
 
 async fn promote(
@@ -259,7 +250,7 @@ async fn promote(
 ) -> Answer {
     authorized(&s, &headers)?;
     let c = chain(&s)?.clone();
-    loading(c, move |c| c.promote(&name), |p| plugin_json(&p)).await
+    loading(c, move |c| c.promote(&name), |p| plugin_json(&p), KEPT).await
 }
 
 async fn switch(s: &AdminState, headers: &HeaderMap, name: &str, on: bool) -> Answer {

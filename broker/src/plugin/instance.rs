@@ -21,7 +21,7 @@ use super::{wasi_io, Hook, HookSet, PluginError};
 use crate::config::{OnError, PluginConfig, PluginsConfig};
 use arc_swap::ArcSwapOption;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use wasmtime::component::{InstancePre, ResourceTable};
@@ -201,6 +201,9 @@ pub struct Plugin {
     slots: Slots,
     /// A candidate version asked what this one is asked (`weir shadow`).
     shadow: ArcSwapOption<Shadow>,
+    /// Whether `shadow` is set: one relaxed load on every call rather than an
+    /// `ArcSwap` load, for the plugins (almost all) that have none.
+    shadowed: AtomicBool,
 }
 
 /// A candidate version of a plugin, asked the same questions right after the plugin it
@@ -321,6 +324,7 @@ impl Plugin {
             slots: Slots::new(cfg.max_waiting_calls.unwrap_or(DEFAULT_WAITING_CALLS)),
             state,
             shadow: ArcSwapOption::empty(),
+            shadowed: AtomicBool::new(false),
         };
         let first = plugin.fresh().map_err(|f| PluginError::Init {
             plugin: cfg.name.clone(),
@@ -441,8 +445,10 @@ impl Plugin {
         f: impl Fn(&Guests, &mut Store<PluginCtx>) -> wasmtime::Result<R>,
     ) -> Result<(R, Grants), Failure> {
         let answered = self.answer(&f);
-        if let (Ok((answer, _)), Some(shadow)) = (&answered, &*self.shadow.load()) {
-            shadow.compare(&self.name, &f, answer);
+        if let (Ok((answer, _)), true) = (&answered, self.shadowed.load(Relaxed)) {
+            if let Some(shadow) = &*self.shadow.load() {
+                shadow.compare(&self.name, &f, answer);
+            }
         }
         answered
     }
@@ -466,6 +472,7 @@ impl Plugin {
 
     /// Lets `shadow` be asked what this version is asked (`None`: no longer).
     pub fn set_shadow(&self, shadow: Option<Arc<Shadow>>) {
+        self.shadowed.store(shadow.is_some(), Relaxed);
         self.shadow.store(shadow);
     }
 
