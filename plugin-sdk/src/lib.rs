@@ -4,7 +4,9 @@
 //! [`Authenticate`], [`Authenticator`], [`Authorize`], [`Transform`], [`RateLimit`],
 //! [`Subscribe`], [`Deliver`], [`Observe`] — each with a default that defers to the next plugin (or keeps the
 //! message), and says so with [`export_plugin!`]. Plugins built with this SDK are
-//! components of `weir:plugin@0.2.0`. Build it with `cargo build --release --target wasm32-wasip2`.
+//! components of `weir:plugin@0.3.0`: the hooks that run for every message get the
+//! client and the message as handles ([`Client`], [`Message`]) to ask for what they
+//! read, which is what makes a call cheap; ask for a field once and keep it. Build it with `cargo build --release --target wasm32-wasip2`.
 //!
 //! Each hook lives in its own small crate (`weir-plugin-authn`, `-authz`, `-transformer`,
 //! `-limiter`, `-authenticator`, `-subscriber`, `-deliverer`, `-observer`, `-lifecycle`) because a component exports exactly the hooks whose crates
@@ -19,14 +21,18 @@ pub mod bindings {
     });
 }
 
+pub use bindings::weir::plugin::context;
 pub use bindings::weir::plugin::host;
 pub use bindings::weir::plugin::types;
+/// The client a hook is called about (for `deliver`, the subscriber), and the message
+/// `transform` and `deliver` are called about: handles valid for the one call.
+pub use context::{Client, Message};
 pub use types::{
     Access, Action, Admission, AuthChallenge, AuthRequest, AuthResponse, AuthResult, AuthStep,
-    AuthSuccess, BrokerEvent, Certificate, Client, ConnectInfo, Decision, DeliverResult, Denial,
-    DisconnectEvent, DropEvent, Event, Message, Pair, Protocol, RateResult, Rewrite,
-    SubscribeEvent, SubscribeResult, Subscription, TimedEvent, TransformResult, UnsubscribeEvent,
-    WillEvent,
+    AuthSuccess, BrokerEvent, Certificate, ConnectInfo, Decision, DeliverOutcome, Denial,
+    DisconnectEvent, DropEvent, Event, MessageHeader, Pair, Protocol, RateResult, Rewrite,
+    SubscribeEvent, SubscribeResult, Subscription, TimedEvent, TransformOutcome,
+    UnsubscribeEvent, WillEvent,
 };
 /// Topic names and filters, matched exactly as the broker matches them.
 pub use weir_protocol::topic;
@@ -53,23 +59,25 @@ pub trait Authenticate {
 
 /// May this client publish to a topic, or subscribe to a filter?
 pub trait Authorize {
-    fn authorize(client: Client, access: Access) -> Decision {
+    fn authorize(client: &Client, access: Access) -> Decision {
         let _ = (client, access);
         Decision::Defer
     }
 }
 
-/// Keep, drop or replace each message a client publishes.
+/// Keep, drop or edit each message a client publishes: edits are made through
+/// `message` (`message.set_topic(..)`, `message.add_user_property(..)`, ...) and count
+/// if the answer is `Apply`.
 pub trait Transform {
-    fn transform(client: Client, message: Message) -> TransformResult {
-        let _ = (client, message);
-        TransformResult::Keep
+    fn transform(client: &Client, message: &Message, header: MessageHeader) -> TransformOutcome {
+        let _ = (client, message, header);
+        TransformOutcome::Keep
     }
 }
 
 /// Allow, reject or throttle connects, publishes and subscribes.
 pub trait RateLimit {
-    fn rate_limit(client: Client, event: Event) -> RateResult {
+    fn rate_limit(client: &Client, event: Event) -> RateResult {
         let _ = (client, event);
         RateResult::Allow
     }
@@ -96,17 +104,18 @@ pub trait Authenticator {
 /// Allow, deny or rewrite each filter a client subscribes to, before it is authorized
 /// (and each filter it unsubscribes from, with QoS 0).
 pub trait Subscribe {
-    fn subscribe(client: Client, subscription: Subscription) -> SubscribeResult {
+    fn subscribe(client: &Client, subscription: Subscription) -> SubscribeResult {
         let _ = (client, subscription);
         SubscribeResult::Allow
     }
 }
 
-/// Keep, drop or replace each message about to be sent to one subscriber (`client`).
+/// Keep, drop or edit each message about to be sent to one subscriber (`client`), as
+/// `Transform` does (its QoS and retain flag stay the delivery's).
 pub trait Deliver {
-    fn deliver(client: Client, message: Message) -> DeliverResult {
-        let _ = (client, message);
-        DeliverResult::Keep
+    fn deliver(client: &Client, message: &Message, header: MessageHeader) -> DeliverOutcome {
+        let _ = (client, message, header);
+        DeliverOutcome::Keep
     }
 }
 
@@ -149,7 +158,7 @@ macro_rules! __export_hook {
     };
     ($t:ident, authorize) => {
         impl ::weir_plugin_authz::exports::weir::plugin::authz::Guest for $t {
-            fn authorize(client: $crate::Client, access: $crate::Access) -> $crate::Decision {
+            fn authorize(client: &$crate::Client, access: $crate::Access) -> $crate::Decision {
                 <$t as $crate::Authorize>::authorize(client, access)
             }
         }
@@ -157,15 +166,15 @@ macro_rules! __export_hook {
     };
     ($t:ident, transform) => {
         impl ::weir_plugin_transformer::exports::weir::plugin::transformer::Guest for $t {
-            fn transform(client: $crate::Client, message: $crate::Message) -> $crate::TransformResult {
-                <$t as $crate::Transform>::transform(client, message)
+            fn transform(client: &$crate::Client, message: &$crate::Message, header: $crate::MessageHeader) -> $crate::TransformOutcome {
+                <$t as $crate::Transform>::transform(client, message, header)
             }
         }
         ::weir_plugin_transformer::export!($t with_types_in ::weir_plugin_transformer);
     };
     ($t:ident, rate_limit) => {
         impl ::weir_plugin_limiter::exports::weir::plugin::limiter::Guest for $t {
-            fn rate_limit(client: $crate::Client, event: $crate::Event) -> $crate::RateResult {
+            fn rate_limit(client: &$crate::Client, event: $crate::Event) -> $crate::RateResult {
                 <$t as $crate::RateLimit>::rate_limit(client, event)
             }
         }
@@ -184,7 +193,7 @@ macro_rules! __export_hook {
     };
     ($t:ident, subscribe) => {
         impl ::weir_plugin_subscriber::exports::weir::plugin::subscriber::Guest for $t {
-            fn subscribe(client: $crate::Client, subscription: $crate::Subscription) -> $crate::SubscribeResult {
+            fn subscribe(client: &$crate::Client, subscription: $crate::Subscription) -> $crate::SubscribeResult {
                 <$t as $crate::Subscribe>::subscribe(client, subscription)
             }
         }
@@ -192,8 +201,8 @@ macro_rules! __export_hook {
     };
     ($t:ident, deliver) => {
         impl ::weir_plugin_deliverer::exports::weir::plugin::deliverer::Guest for $t {
-            fn deliver(client: $crate::Client, message: $crate::Message) -> $crate::DeliverResult {
-                <$t as $crate::Deliver>::deliver(client, message)
+            fn deliver(client: &$crate::Client, message: &$crate::Message, header: $crate::MessageHeader) -> $crate::DeliverOutcome {
+                <$t as $crate::Deliver>::deliver(client, message, header)
             }
         }
         ::weir_plugin_deliverer::export!($t with_types_in ::weir_plugin_deliverer);
@@ -290,12 +299,8 @@ pub fn parse_config<T: serde::de::DeserializeOwned>(config: &str) -> Result<T, S
 }
 
 /// The value of a client attribute set at authentication.
-pub fn attribute<'a>(client: &'a Client, name: &str) -> Option<&'a str> {
-    client
-        .attributes
-        .iter()
-        .find(|p| p.name == name)
-        .map(|p| p.value.as_str())
+pub fn attribute(client: &Client, name: &str) -> Option<String> {
+    client.attribute(name)
 }
 
 /// Replaces `%u` (username) and `%c` (client id) in a topic pattern. `None` when the
@@ -308,10 +313,10 @@ pub fn substitute(pattern: &str, client: &Client) -> Option<String> {
     };
     let mut out = pattern.to_owned();
     if out.contains("%u") {
-        out = out.replace("%u", &safe(client.username.as_deref())?);
+        out = out.replace("%u", &safe(client.username().as_deref())?);
     }
     if out.contains("%c") {
-        out = out.replace("%c", &safe(Some(&client.client_id))?);
+        out = out.replace("%c", &safe(Some(&client.client_id()))?);
     }
     Some(out)
 }

@@ -126,7 +126,8 @@ fn build_js(root: &Path) {
             "installing componentize-js (npm ci in plugins/js-limiter)",
         );
     }
-    let wit = root.join("../wit/weir-plugin.wit");
+    // Built against 0.2.0, as a plugin of the version before is: the broker loads both.
+    let wit = root.join("../wit/v0.2.0/weir-plugin.wit");
     if newer(&dir.join("plugin.js"), &out) || newer(&wit, &out) {
         run(
             Command::new("npm")

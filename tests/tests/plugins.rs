@@ -365,7 +365,9 @@ async fn a_chain_of_plugins_works_together() {
                 "",
                 "tag = [ { filter = \"#\", name = \"checked\", value = \"yes\" } ]",
             ),
+            // Built against 0.1.0 (Python), 0.2.0 (JavaScript) and 0.3.0 (Rust): one chain.
             entry("redact", "python-redact", "", ""),
+            entry("js", "js-limiter", "", "messages_per_second = 1000.0"),
             entry(
                 "limits",
                 "rate-limit",
@@ -416,13 +418,13 @@ async fn a_chain_of_plugins_works_together() {
         ack.return_codes,
         vec![rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::NotAuthorized]
     );
-    // Only the Python plugin imports what can wait (sockets, files, timers), so only
-    // it is called on the blocking path.
+    // Only the Python and JavaScript runtimes import what can wait (sockets, files,
+    // timers), so only they are called on the blocking path.
     let (_, body) = weir_tests::http::request(w.admin_port, "GET", "/plugins", None);
     let list: serde_json::Value = serde_json::from_str(&body).unwrap();
     for p in list["plugins"].as_array().unwrap() {
-        let python = p["name"] == "redact";
-        assert_eq!(p["blocking"], python, "{p}");
+        let interpreted = p["name"] == "redact" || p["name"] == "js";
+        assert_eq!(p["blocking"], interpreted, "{p}");
     }
 }
 
@@ -492,19 +494,31 @@ fn misbehaving_plugins_fail_safe_within_the_deadline_and_are_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_huge_replacement_is_invalid_and_the_message_is_kept() {
     // Time and room enough to build the 8 MiB answer, so it is the answer that is refused.
-    let w = misbehaving("huge", "deadline_ms = 5000\nmemory_mb = 64");
-    let (mut sub, _) = C5::connect_with(C5::opts(w.port, "sub")).await;
-    sub.subscribe("bad/#", QoS::AtLeastOnce).await;
-    let (p, _) = C5::connect_with(C5::opts(w.port, "pub")).await;
-    p.send("bad/x", QoS::AtLeastOnce, false, "original").await;
-    assert_eq!(
-        &sub.publish().await.payload[..],
-        b"original",
-        "transform failures keep the message by default"
-    );
-    assert!(eventually(Duration::from_secs(5), || w
-        .log()
-        .contains("kind=invalid")));
+    // `bad-topic`: an edit (0.3.0's message handle) to a topic that is not a topic name.
+    for (mode, why) in [
+        ("huge", "over the maximum packet size"),
+        ("bad-topic", "set an invalid topic"),
+    ] {
+        let w = misbehaving(mode, "deadline_ms = 5000\nmemory_mb = 64");
+        let (mut sub, _) = C5::connect_with(C5::opts(w.port, "sub")).await;
+        sub.subscribe("bad/#", QoS::AtLeastOnce).await;
+        let (p, _) = C5::connect_with(C5::opts(w.port, "pub")).await;
+        p.send("bad/x", QoS::AtLeastOnce, false, "original").await;
+        let got = sub.publish().await;
+        assert_eq!(
+            (&got.topic[..], &got.payload[..]),
+            (&b"bad/x"[..], &b"original"[..]),
+            "{mode}: transform failures keep the message as it came by default"
+        );
+        assert!(
+            eventually(Duration::from_secs(5), || {
+                let log = w.log();
+                log.contains("kind=invalid") && log.contains(why)
+            }),
+            "{mode}: {}",
+            w.log()
+        );
+    }
 }
 
 #[test]

@@ -8,7 +8,8 @@
 //!         cargo run --release -p weir-bench --bin plugins
 //!
 //! `MESSAGES` (default 4 000 000) and `ROUNDS` (default 3) size the throughput part;
-//! `ONLY=throughput` skips the per-call part, `ONLY=calls` the throughput part.
+//! `ONLY=throughput` skips the per-call part, `ONLY=calls` the throughput part;
+//! `ONLY=floor` runs only the rows of the plugin that reads nothing (for profiling).
 
 use bytes::Bytes;
 use std::io::{Read, Write};
@@ -84,6 +85,43 @@ fn per_call(name: &str, n: u32, mut f: impl FnMut()) {
     }
     let ns = t.elapsed().as_nanos() as f64 / n as f64;
     println!("| {name:<55} | {ns:>9.0} |");
+}
+
+/// The floor: hooks of a plugin that reads nothing and answers at once, each call on
+/// behalf of `client`'s connection.
+fn empty_rows(calls: u32) {
+    let chain = load(&format!(
+        "[[plugin]]\nname = \"empty\"\npath = {:?}\n",
+        plugins::wasm("empty")
+    ));
+    let identity = Arc::new(Identity {
+        client_id: "dev-1".into(),
+        username: Some("alice".into()),
+        peer: "127.0.0.1:5555".into(),
+        listener: "tcp".into(),
+        attributes: Vec::new(),
+    });
+    let msg = Message {
+        topic: "home/alice/temp".into(),
+        payload: Bytes::from(vec![b'x'; 64]),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Default::default(),
+        expires_at: None,
+        publisher: None,
+        origin: None,
+    };
+    let mut c = PluginClient::new(chain, identity);
+    per_call("authorize (empty: reads nothing, allows)", calls, || {
+        let q = QoS::AtMostOnce;
+        std::hint::black_box(c.authorize(Action::Publish, "home/alice/temp", q, false));
+    });
+    per_call("rate-limit (empty: reads nothing, allows)", calls, || {
+        std::hint::black_box(c.rate_limit(RateEvent::Publish(64)));
+    });
+    per_call("transform (empty: reads nothing, keeps)", calls, || {
+        std::hint::black_box(c.transform(&mut msg.clone()));
+    });
 }
 
 /// A chain from `[[plugin]]` entries, compiled through the tests' shared cache.
@@ -173,6 +211,7 @@ fn hook_costs(hash: &str) {
             std::hint::black_box(publish(&mut c));
         },
     );
+    empty_rows(CALLS);
     let mut c = connection(&asked);
     per_call("authorize (acl, one %u rule, reuse_ms = 0)", CALLS, || {
         std::hint::black_box(publish(&mut c));
@@ -330,6 +369,10 @@ fn main() {
     plugins::build();
     let hash = tokens::password_hash("pw", 1000);
     let only = std::env::var("ONLY").unwrap_or_default();
+    if only == "floor" {
+        // The empty plugin's rows alone, long enough to profile.
+        return empty_rows(10 * CALLS);
+    }
     if only != "throughput" {
         hook_costs(&hash);
     }

@@ -7,6 +7,7 @@ use super::answers::{self, Answer, Question};
 use super::bindings::weir::plugin::types as wit;
 use super::chain::{Chain, PluginChain};
 use super::convert;
+use super::guests::Client;
 use super::instance::{Failure, Plugin};
 use super::kept::Kept;
 use super::Hook;
@@ -47,7 +48,7 @@ pub(super) struct Call<'c> {
     kept: Option<&'c mut Kept>,
     none: Kept,
     /// The calling connection's client record, converted once for the connection.
-    record: Option<&'c wit::Client>,
+    record: Option<&'c Client>,
 }
 
 impl<'c> Call<'c> {
@@ -78,7 +79,7 @@ impl<'c> Call<'c> {
     }
 
     /// The call is on behalf of the connection whose client record this is.
-    pub(super) fn for_record(mut self, record: &'c wit::Client) -> Call<'c> {
+    pub(super) fn for_record(mut self, record: &'c Client) -> Call<'c> {
         self.record = Some(record);
         self
     }
@@ -171,7 +172,9 @@ impl<'c> Call<'c> {
             Hook::Authorize,
             |kept, i, p| {
                 let ask = Ask { i, p, client };
-                if let Some(Answer::Authorize(d)) = ask.reusable(kept, topic, q) {
+                // Nothing is kept for a plugin that never allowed reuse.
+                let reused = p.answers.in_use().then(|| ask.reusable(kept, topic, q));
+                if let Some(Some(Answer::Authorize(d))) = reused {
                     p.stats.reused();
                     return d.map_or(Step::Next, |d| Step::Done(counted(p, d)));
                 }
@@ -308,15 +311,15 @@ fn throttle_of(ms: u64) -> Result<Duration, Failure> {
 
 /// The client record plugins are handed in one call.
 pub(super) struct Record<'c> {
-    pre: Option<&'c wit::Client>,
-    own: Option<wit::Client>,
+    pre: Option<&'c Client>,
+    own: Option<Client>,
 }
 
 impl Record<'_> {
-    pub fn of(&mut self, client: &ClientInfo<'_>) -> &wit::Client {
+    pub fn of(&mut self, client: &ClientInfo<'_>) -> &Client {
         match self.pre {
             Some(r) => r,
-            None => self.own.get_or_insert_with(|| convert::client(client)),
+            None => (self.own).get_or_insert_with(|| Client::new(convert::client(client))),
         }
     }
 }

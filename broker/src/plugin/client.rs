@@ -74,7 +74,7 @@ pub struct PluginClient {
     identity: Arc<Identity>,
     /// The client as plugins see it, converted once: every hook call of a published
     /// message hands it to a plugin.
-    record: wit::Client,
+    record: Arc<wit::Client>,
     /// Answers and leases kept for this connection; only its task touches them.
     kept: Kept,
 }
@@ -82,7 +82,7 @@ pub struct PluginClient {
 impl PluginClient {
     pub fn new(chain: Arc<PluginChain>, identity: Arc<Identity>) -> PluginClient {
         PluginClient {
-            record: super::convert::client(&identity.info()),
+            record: Arc::new(super::convert::client(&identity.info())),
             chain,
             identity,
             kept: Kept::default(),

@@ -1,76 +1,138 @@
 //! The hooks a live instance exports, whichever version of `weir:plugin` it was built
-//! against. A hook of 0.1.0 and its 0.2.0 twin take and give the same values (0.2.0
-//! changed none of 0.1.0's types), so each hook is one type here whose calls do not
-//! care which it is; hooks new in 0.2.0 exist only there.
+//! against. 0.2.0 and 0.3.0 kept every type of the version before, so a hook whose
+//! signature did not change is called the same way in every version; the hooks that
+//! take a client or a message changed in 0.3.0 to take handles, and are called with
+//! the record (0.1.0, 0.2.0) or the handles (0.3.0) here, so the callers do not care.
 
-use super::bindings::exports::weir::plugin as v2;
+use super::bindings::exports::weir::plugin as v3;
 use super::bindings::v0_1::exports::weir::plugin as v1;
+use super::bindings::v0_2::exports::weir::plugin as v2;
 use super::bindings::weir::plugin::types as wit;
+use super::context;
+use super::convert;
 use super::instance::PluginCtx;
 use super::{Hook, HookSet};
+use crate::message::Message;
+use std::cell::OnceCell;
+use std::sync::Arc;
 use wasmtime::component::{Instance, InstancePre};
 use wasmtime::Store;
 
-/// A hook's function in an instance, from either version.
-pub enum Either<A, B> {
+/// A hook there since 0.1.0, from whichever version a component was built against.
+pub enum Since01<A, B, C> {
     V1(A),
     V2(B),
+    V3(C),
 }
 
-/// Where a hook's interface is in a component, from either version.
-enum Index<A, B> {
-    V1(A),
+/// A hook there since 0.2.0.
+pub enum Since02<B, C> {
     V2(B),
+    V3(C),
 }
 
-/// Looks an interface up under its 0.2.0 name, then its 0.1.0 one.
-macro_rules! index_of {
+/// Looks an interface up under its 0.3.0 name, then its older ones.
+macro_rules! index01 {
     ($pre:expr, $iface:ident) => {
-        v2::$iface::GuestIndices::new($pre)
-            .map(Index::V2)
-            .or_else(|_| v1::$iface::GuestIndices::new($pre).map(Index::V1))
+        v3::$iface::GuestIndices::new($pre)
+            .map(Since01::V3)
+            .or_else(|_| v2::$iface::GuestIndices::new($pre).map(Since01::V2))
+            .or_else(|_| v1::$iface::GuestIndices::new($pre).map(Since01::V1))
             .ok()
     };
 }
 
-/// Loads a hook's functions from an instance by its index.
-macro_rules! load {
-    ($index:expr, $store:expr, $instance:expr) => {
-        $index
-            .as_ref()
-            .map(|i| match i {
-                Index::V1(i) => i.load(&mut *$store, $instance).map(Either::V1),
-                Index::V2(i) => i.load(&mut *$store, $instance).map(Either::V2),
-            })
-            .transpose()?
+macro_rules! index02 {
+    ($pre:expr, $iface:ident) => {
+        v3::$iface::GuestIndices::new($pre)
+            .map(Since02::V3)
+            .or_else(|_| v2::$iface::GuestIndices::new($pre).map(Since02::V2))
+            .ok()
+    };
+}
+
+/// Runs the same expression on whichever version `$hook` is.
+macro_rules! each {
+    ($hook:expr, $g:ident => $e:expr) => {
+        match $hook {
+            Since01::V1($g) => $e.map(Since01::V1),
+            Since01::V2($g) => $e.map(Since01::V2),
+            Since01::V3($g) => $e.map(Since01::V3),
+        }
+    };
+}
+
+macro_rules! each02 {
+    ($hook:expr, $g:ident => $e:expr) => {
+        match $hook {
+            Since02::V2($g) => $e.map(Since02::V2),
+            Since02::V3($g) => $e.map(Since02::V3),
+        }
+    };
+}
+
+/// Calls a function whose signature every version shares.
+macro_rules! same {
+    ($hook:expr, $g:ident => $e:expr) => {
+        match $hook {
+            Since01::V1($g) => $e,
+            Since01::V2($g) => $e,
+            Since01::V3($g) => $e,
+        }
+    };
+}
+
+macro_rules! same02 {
+    ($hook:expr, $g:ident => $e:expr) => {
+        match $hook {
+            Since02::V2($g) => $e,
+            Since02::V3($g) => $e,
+        }
     };
 }
 
 /// Where each interface a plugin may export is in its component, if it exports it.
 pub struct Indices {
-    lifecycle: Option<Index<v1::lifecycle::GuestIndices, v2::lifecycle::GuestIndices>>,
-    authn: Option<Index<v1::authn::GuestIndices, v2::authn::GuestIndices>>,
-    authz: Option<Index<v1::authz::GuestIndices, v2::authz::GuestIndices>>,
-    transformer: Option<Index<v1::transformer::GuestIndices, v2::transformer::GuestIndices>>,
-    limiter: Option<Index<v1::limiter::GuestIndices, v2::limiter::GuestIndices>>,
-    subscriber: Option<v2::subscriber::GuestIndices>,
-    deliverer: Option<v2::deliverer::GuestIndices>,
-    observer: Option<v2::observer::GuestIndices>,
-    authenticator: Option<v2::authenticator::GuestIndices>,
+    lifecycle: Option<
+        Since01<
+            v1::lifecycle::GuestIndices,
+            v2::lifecycle::GuestIndices,
+            v3::lifecycle::GuestIndices,
+        >,
+    >,
+    authn:
+        Option<Since01<v1::authn::GuestIndices, v2::authn::GuestIndices, v3::authn::GuestIndices>>,
+    authz:
+        Option<Since01<v1::authz::GuestIndices, v2::authz::GuestIndices, v3::authz::GuestIndices>>,
+    transformer: Option<
+        Since01<
+            v1::transformer::GuestIndices,
+            v2::transformer::GuestIndices,
+            v3::transformer::GuestIndices,
+        >,
+    >,
+    limiter: Option<
+        Since01<v1::limiter::GuestIndices, v2::limiter::GuestIndices, v3::limiter::GuestIndices>,
+    >,
+    subscriber: Option<Since02<v2::subscriber::GuestIndices, v3::subscriber::GuestIndices>>,
+    deliverer: Option<Since02<v2::deliverer::GuestIndices, v3::deliverer::GuestIndices>>,
+    observer: Option<Since02<v2::observer::GuestIndices, v3::observer::GuestIndices>>,
+    authenticator:
+        Option<Since02<v2::authenticator::GuestIndices, v3::authenticator::GuestIndices>>,
 }
 
 impl Indices {
     pub fn of(pre: &InstancePre<PluginCtx>) -> Indices {
         Indices {
-            lifecycle: index_of!(pre, lifecycle),
-            authn: index_of!(pre, authn),
-            authz: index_of!(pre, authz),
-            transformer: index_of!(pre, transformer),
-            limiter: index_of!(pre, limiter),
-            subscriber: v2::subscriber::GuestIndices::new(pre).ok(),
-            deliverer: v2::deliverer::GuestIndices::new(pre).ok(),
-            observer: v2::observer::GuestIndices::new(pre).ok(),
-            authenticator: v2::authenticator::GuestIndices::new(pre).ok(),
+            lifecycle: index01!(pre, lifecycle),
+            authn: index01!(pre, authn),
+            authz: index01!(pre, authz),
+            transformer: index01!(pre, transformer),
+            limiter: index01!(pre, limiter),
+            subscriber: index02!(pre, subscriber),
+            deliverer: index02!(pre, deliverer),
+            observer: index02!(pre, observer),
+            authenticator: index02!(pre, authenticator),
         }
     }
 
@@ -101,22 +163,31 @@ impl Indices {
         store: &mut Store<PluginCtx>,
         instance: &Instance,
     ) -> wasmtime::Result<Guests> {
+        let s = store;
         Ok(Guests {
-            authn: load!(self.authn, store, instance),
-            authz: load!(self.authz, store, instance),
-            transformer: load!(self.transformer, store, instance),
-            limiter: load!(self.limiter, store, instance),
+            authn: (self.authn.as_ref())
+                .map(|i| each!(i, i => i.load(&mut *s, instance)))
+                .transpose()?,
+            authz: (self.authz.as_ref())
+                .map(|i| each!(i, i => i.load(&mut *s, instance)))
+                .transpose()?,
+            transformer: (self.transformer.as_ref())
+                .map(|i| each!(i, i => i.load(&mut *s, instance)))
+                .transpose()?,
+            limiter: (self.limiter.as_ref())
+                .map(|i| each!(i, i => i.load(&mut *s, instance)))
+                .transpose()?,
             subscriber: (self.subscriber.as_ref())
-                .map(|i| i.load(&mut *store, instance))
+                .map(|i| each02!(i, i => i.load(&mut *s, instance)))
                 .transpose()?,
             deliverer: (self.deliverer.as_ref())
-                .map(|i| i.load(&mut *store, instance))
+                .map(|i| each02!(i, i => i.load(&mut *s, instance)))
                 .transpose()?,
             observer: (self.observer.as_ref())
-                .map(|i| i.load(&mut *store, instance))
+                .map(|i| each02!(i, i => i.load(&mut *s, instance)))
                 .transpose()?,
             authenticator: (self.authenticator.as_ref())
-                .map(|i| i.load(&mut *store, instance))
+                .map(|i| each02!(i, i => i.load(&mut *s, instance)))
                 .transpose()?,
         })
     }
@@ -130,77 +201,244 @@ impl Indices {
     ) -> wasmtime::Result<Result<(), String>> {
         match &self.lifecycle {
             None => Ok(Ok(())),
-            Some(Index::V1(i)) => i.load(&mut *store, instance)?.call_init(store, config),
-            Some(Index::V2(i)) => i.load(&mut *store, instance)?.call_init(store, config),
+            Some(i) => same!(i, i => i.load(&mut *store, instance)?.call_init(store, config)),
         }
     }
 }
 
 /// The hooks a live instance exports.
 pub struct Guests {
-    pub authn: Option<Either<v1::authn::Guest, v2::authn::Guest>>,
-    pub authz: Option<Either<v1::authz::Guest, v2::authz::Guest>>,
-    pub transformer: Option<Either<v1::transformer::Guest, v2::transformer::Guest>>,
-    pub limiter: Option<Either<v1::limiter::Guest, v2::limiter::Guest>>,
-    pub subscriber: Option<v2::subscriber::Guest>,
-    pub deliverer: Option<v2::deliverer::Guest>,
-    pub observer: Option<v2::observer::Guest>,
-    pub authenticator: Option<v2::authenticator::Guest>,
+    pub authn: Option<Since01<v1::authn::Guest, v2::authn::Guest, v3::authn::Guest>>,
+    pub authz: Option<Since01<v1::authz::Guest, v2::authz::Guest, v3::authz::Guest>>,
+    pub transformer:
+        Option<Since01<v1::transformer::Guest, v2::transformer::Guest, v3::transformer::Guest>>,
+    pub limiter: Option<Since01<v1::limiter::Guest, v2::limiter::Guest, v3::limiter::Guest>>,
+    pub subscriber: Option<Since02<v2::subscriber::Guest, v3::subscriber::Guest>>,
+    pub deliverer: Option<Since02<v2::deliverer::Guest, v3::deliverer::Guest>>,
+    pub observer: Option<Since02<v2::observer::Guest, v3::observer::Guest>>,
+    pub authenticator: Option<Since02<v2::authenticator::Guest, v3::authenticator::Guest>>,
 }
 
 type S<'a> = &'a mut Store<PluginCtx>;
 
-impl Either<v1::authn::Guest, v2::authn::Guest> {
+/// The client a hook call is about: a record for 0.1.0 and 0.2.0 guests, the same
+/// record behind a handle for 0.3.0 ones.
+pub type Client = Arc<wit::Client>;
+
+/// What one plugin made of a message it was asked to transform or deliver.
+#[derive(Debug)]
+pub enum Reshaped {
+    Keep,
+    Drop(Option<u8>),
+    /// 0.1.0 and 0.2.0: a whole new message.
+    Replace(wit::Message),
+    /// 0.3.0: the message as the plugin's edits left it.
+    Edited(Message),
+    /// 0.3.0: an edit that could not be made, and why.
+    Invalid(String),
+}
+
+/// Compared for a shadow: a 0.2.0 replacement and a 0.3.0 edit that make the same
+/// message agree, so a plugin can be shadowed by its port to the next version.
+impl PartialEq for Reshaped {
+    fn eq(&self, other: &Reshaped) -> bool {
+        use Reshaped::*;
+        match (self, other) {
+            (Keep, Keep) => true,
+            (Drop(a), Drop(b)) => a == b,
+            (Replace(a), Replace(b)) => a == b,
+            (Edited(a), Edited(b)) => a == b,
+            (Replace(r), Edited(m)) | (Edited(m), Replace(r)) => convert::message(m) == *r,
+            (Invalid(a), Invalid(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// A message for a reshaping hook: the broker's, and its record for 0.1.0 and 0.2.0
+/// guests, made the first time one is asked.
+pub struct Reshaping<'m> {
+    pub message: &'m Message,
+    pub record: OnceCell<wit::Message>,
+}
+
+impl<'m> Reshaping<'m> {
+    pub fn new(message: &'m Message) -> Reshaping<'m> {
+        Reshaping {
+            message,
+            record: OnceCell::new(),
+        }
+    }
+
+    fn record(&self) -> &wit::Message {
+        self.record.get_or_init(|| convert::message(self.message))
+    }
+}
+
+impl Since01<v1::authn::Guest, v2::authn::Guest, v3::authn::Guest> {
     pub fn call_authenticate(
         &self,
         s: S<'_>,
         info: &wit::ConnectInfo,
     ) -> wasmtime::Result<wit::AuthResult> {
-        match self {
-            Either::V1(g) => g.call_authenticate(s, info),
-            Either::V2(g) => g.call_authenticate(s, info),
-        }
+        same!(self, g => g.call_authenticate(s, info))
     }
 }
 
-impl Either<v1::authz::Guest, v2::authz::Guest> {
+impl Since01<v1::authz::Guest, v2::authz::Guest, v3::authz::Guest> {
     pub fn call_authorize(
         &self,
         s: S<'_>,
-        client: &wit::Client,
+        client: &Client,
         access: &wit::Access,
     ) -> wasmtime::Result<wit::Decision> {
         match self {
-            Either::V1(g) => g.call_authorize(s, client, access),
-            Either::V2(g) => g.call_authorize(s, client, access),
+            Since01::V1(g) => g.call_authorize(s, client, access),
+            Since01::V2(g) => g.call_authorize(s, client, access),
+            Since01::V3(g) => {
+                let c = s.data_mut().scope.enter(client);
+                g.call_authorize(s, c, access)
+            }
         }
     }
 }
 
-impl Either<v1::transformer::Guest, v2::transformer::Guest> {
+impl Since01<v1::transformer::Guest, v2::transformer::Guest, v3::transformer::Guest> {
     pub fn call_transform(
         &self,
         s: S<'_>,
-        client: &wit::Client,
-        message: &wit::Message,
-    ) -> wasmtime::Result<wit::TransformResult> {
+        client: &Client,
+        message: &Reshaping<'_>,
+    ) -> wasmtime::Result<Reshaped> {
+        let legacy = |r| match r {
+            wit::TransformResult::Keep => Reshaped::Keep,
+            wit::TransformResult::Drop(code) => Reshaped::Drop(Some(code)),
+            wit::TransformResult::Replace(m) => Reshaped::Replace(m),
+        };
         match self {
-            Either::V1(g) => g.call_transform(s, client, message),
-            Either::V2(g) => g.call_transform(s, client, message),
+            Since01::V1(g) => g.call_transform(s, client, message.record()).map(legacy),
+            Since01::V2(g) => g.call_transform(s, client, message.record()).map(legacy),
+            Since01::V3(g) => {
+                let scope = &mut s.data_mut().scope;
+                let (c, m) = (scope.enter(client), scope.enter_message(message.message));
+                let header = context::header(message.message);
+                let outcome = g.call_transform(&mut *s, c, m, &header);
+                applied(
+                    s,
+                    outcome.map(|o| match o {
+                        wit::TransformOutcome::Keep => Some(Reshaped::Keep),
+                        wit::TransformOutcome::Drop(code) => Some(Reshaped::Drop(Some(code))),
+                        wit::TransformOutcome::Apply => None,
+                    }),
+                )
+            }
         }
     }
 }
 
-impl Either<v1::limiter::Guest, v2::limiter::Guest> {
+/// A 0.3.0 answer (`None`: `apply`) with the call's edits in it if it applies them;
+/// the edits forgotten otherwise.
+fn applied(s: S<'_>, answer: wasmtime::Result<Option<Reshaped>>) -> wasmtime::Result<Reshaped> {
+    let scope = &mut s.data_mut().scope;
+    let Ok(None) = answer else {
+        scope.leave_message();
+        return answer.map(|r| r.unwrap_or(Reshaped::Keep));
+    };
+    Ok(match scope.edited() {
+        Ok(m) => Reshaped::Edited(m),
+        Err(why) => Reshaped::Invalid(why),
+    })
+}
+
+impl Since01<v1::limiter::Guest, v2::limiter::Guest, v3::limiter::Guest> {
     pub fn call_rate_limit(
         &self,
         s: S<'_>,
-        client: &wit::Client,
+        client: &Client,
         event: wit::Event,
     ) -> wasmtime::Result<wit::RateResult> {
         match self {
-            Either::V1(g) => g.call_rate_limit(s, client, event),
-            Either::V2(g) => g.call_rate_limit(s, client, event),
+            Since01::V1(g) => g.call_rate_limit(s, client, event),
+            Since01::V2(g) => g.call_rate_limit(s, client, event),
+            Since01::V3(g) => {
+                let c = s.data_mut().scope.enter(client);
+                g.call_rate_limit(s, c, event)
+            }
         }
+    }
+}
+
+impl Since02<v2::subscriber::Guest, v3::subscriber::Guest> {
+    pub fn call_subscribe(
+        &self,
+        s: S<'_>,
+        client: &Client,
+        subscription: &wit::Subscription,
+    ) -> wasmtime::Result<wit::SubscribeResult> {
+        match self {
+            Since02::V2(g) => g.call_subscribe(s, client, subscription),
+            Since02::V3(g) => {
+                let c = s.data_mut().scope.enter(client);
+                g.call_subscribe(s, c, subscription)
+            }
+        }
+    }
+}
+
+impl Since02<v2::deliverer::Guest, v3::deliverer::Guest> {
+    pub fn call_deliver(
+        &self,
+        s: S<'_>,
+        client: &Client,
+        message: &Reshaping<'_>,
+    ) -> wasmtime::Result<Reshaped> {
+        match self {
+            Since02::V2(g) => {
+                let answer = g.call_deliver(s, client, message.record());
+                answer.map(|r| match r {
+                    wit::DeliverResult::Keep => Reshaped::Keep,
+                    wit::DeliverResult::Drop => Reshaped::Drop(None),
+                    wit::DeliverResult::Replace(m) => Reshaped::Replace(m),
+                })
+            }
+            Since02::V3(g) => {
+                let scope = &mut s.data_mut().scope;
+                let (c, m) = (scope.enter(client), scope.enter_message(message.message));
+                let header = context::header(message.message);
+                let outcome = g.call_deliver(&mut *s, c, m, &header);
+                applied(
+                    s,
+                    outcome.map(|o| match o {
+                        wit::DeliverOutcome::Keep => Some(Reshaped::Keep),
+                        wit::DeliverOutcome::Drop => Some(Reshaped::Drop(None)),
+                        wit::DeliverOutcome::Apply => None,
+                    }),
+                )
+            }
+        }
+    }
+}
+
+impl Since02<v2::observer::Guest, v3::observer::Guest> {
+    pub fn call_observe(&self, s: S<'_>, events: &[wit::TimedEvent]) -> wasmtime::Result<()> {
+        same02!(self, g => g.call_observe(s, events))
+    }
+}
+
+impl Since02<v2::authenticator::Guest, v3::authenticator::Guest> {
+    pub fn call_auth_start(
+        &self,
+        s: S<'_>,
+        request: &wit::AuthRequest,
+    ) -> wasmtime::Result<wit::AuthStep> {
+        same02!(self, g => g.call_auth_start(s, request))
+    }
+
+    pub fn call_auth_continue(
+        &self,
+        s: S<'_>,
+        response: &wit::AuthResponse,
+    ) -> wasmtime::Result<wit::AuthStep> {
+        same02!(self, g => g.call_auth_continue(s, response))
     }
 }

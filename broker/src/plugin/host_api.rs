@@ -289,8 +289,10 @@ impl host::Host for PluginCtx {
     }
 }
 
-/// Components built against 0.1.0 import the same host under its 0.1.0 name.
-impl super::bindings::v0_1::weir::plugin::host::Host for PluginCtx {
+/// Components built against 0.1.0 and 0.2.0 import the same host under their names.
+macro_rules! older_host {
+    ($($version:ident),+) => {$(
+impl super::bindings::$version::weir::plugin::host::Host for PluginCtx {
     fn log(&mut self, level: types::Level, message: String) {
         host::Host::log(self, level, message)
     }
@@ -331,6 +333,10 @@ impl super::bindings::v0_1::weir::plugin::host::Host for PluginCtx {
         host::Host::now_ms(self)
     }
 }
+    )+};
+}
+
+older_host!(v0_1, v0_2);
 
 #[cfg(test)]
 mod tests {

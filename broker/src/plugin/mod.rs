@@ -19,6 +19,7 @@ pub mod bindings;
 mod call;
 mod chain;
 mod client;
+mod context;
 /// Public for the fuzz targets (`fuzz/`): what a plugin answers is untrusted input.
 pub mod convert;
 mod exchange;

@@ -5,10 +5,10 @@
 //! same client, topic and message header.
 
 use super::answers::{self, Answer, Question, Replacement};
-use super::bindings::weir::plugin::types as wit;
 use super::call::{Ask, Call, Step};
 use super::convert;
-use super::guests::Guests;
+use super::guests::{Client, Guests, Reshaped, Reshaping};
+use super::instance::Failure;
 use super::instance::PluginCtx;
 use super::Hook;
 use crate::codec::{QoS, ReasonCode};
@@ -24,14 +24,6 @@ use wasmtime::Store;
 pub(super) enum Stage {
     Transform,
     Deliver { qos: QoS, retain: bool },
-}
-
-/// What one plugin made of the message.
-#[derive(Debug, PartialEq)]
-enum Reshaped {
-    Keep,
-    Drop(Option<u8>),
-    Replace(wit::Message),
 }
 
 impl Stage {
@@ -53,27 +45,19 @@ impl Stage {
         self,
         g: &Guests,
         s: &mut Store<PluginCtx>,
-        c: &wit::Client,
-        m: &wit::Message,
+        c: &Client,
+        m: &Reshaping<'_>,
     ) -> wasmtime::Result<Reshaped> {
-        Ok(match self {
+        match self {
             Stage::Transform => match &g.transformer {
-                Some(h) => match h.call_transform(s, c, m)? {
-                    wit::TransformResult::Keep => Reshaped::Keep,
-                    wit::TransformResult::Drop(code) => Reshaped::Drop(Some(code)),
-                    wit::TransformResult::Replace(m) => Reshaped::Replace(m),
-                },
-                None => Reshaped::Keep,
+                Some(h) => h.call_transform(s, c, m),
+                None => Ok(Reshaped::Keep),
             },
             Stage::Deliver { .. } => match &g.deliverer {
-                Some(h) => match h.call_deliver(s, c, m)? {
-                    wit::DeliverResult::Keep => Reshaped::Keep,
-                    wit::DeliverResult::Drop => Reshaped::Drop(None),
-                    wit::DeliverResult::Replace(m) => Reshaped::Replace(m),
-                },
-                None => Reshaped::Keep,
+                Some(h) => h.call_deliver(s, c, m),
+                None => Ok(Reshaped::Keep),
             },
-        })
+        }
     }
 
     /// A delivery's QoS and retain flag are not a plugin's to change.
@@ -99,6 +83,15 @@ fn reapply(
             Some(true)
         }
         _ => None,
+    }
+}
+
+/// A 0.3.0 plugin's edits, checked like an inbound PUBLISH (each edit was checked as it
+/// was made; what is left is what only the whole message shows).
+fn edited(m: Message, max_packet: usize) -> Result<Message, Failure> {
+    match convert::unfit(&m.topic, &m.payload, &m.properties, max_packet) {
+        Some(why) => Err(Failure::Invalid(format!("edited message {why}"))),
+        None => Ok(m),
     }
 }
 
@@ -149,7 +142,7 @@ impl Call<'_> {
                     }
                 }
                 let c = record.of(client);
-                let m = convert::message(message);
+                let m = Reshaping::new(message);
                 let answer = p.call_reusable(|g, s| stage.ask(g, s, c, &m));
                 let decided = answer.and_then(|(r, grants)| {
                     let reuse = grants.reuse_ms.filter(|_| original);
@@ -167,8 +160,17 @@ impl Call<'_> {
                             p.stats.denied();
                             Ok(Some(Dropped(code)))
                         }
-                        Reshaped::Replace(m) => {
-                            let mut m = convert::replacement(m, message, max_packet)?;
+                        Reshaped::Invalid(why) => {
+                            Err(Failure::Invalid(format!("edited message {why}")))
+                        }
+                        r @ (Reshaped::Replace(_) | Reshaped::Edited(_)) => {
+                            let mut m = match r {
+                                Reshaped::Replace(m) => {
+                                    convert::replacement(m, message, max_packet)?
+                                }
+                                Reshaped::Edited(m) => edited(m, max_packet)?,
+                                _ => unreachable!(),
+                            };
                             stage.settle(&mut m);
                             if let Some(ms) = reuse {
                                 let q = question(message);

@@ -58,8 +58,18 @@ impl Runtime {
             .map_err(|e| PluginError::Engine(e.to_string()))?;
         types::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(&mut linker, |c| c)
             .map_err(|e| PluginError::Engine(e.to_string()))?;
-        // The same host for components built against 0.1.0.
+        super::bindings::weir::plugin::context::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(
+            &mut linker,
+            |c| c,
+        )
+        .map_err(|e| PluginError::Engine(e.to_string()))?;
+        // The same host for components built against 0.1.0 and 0.2.0.
         super::bindings::v0_1::weir::plugin::host::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(
+            &mut linker,
+            |c| c,
+        )
+        .map_err(|e| PluginError::Engine(e.to_string()))?;
+        super::bindings::v0_2::weir::plugin::host::add_to_linker::<PluginCtx, HasSelf<PluginCtx>>(
             &mut linker,
             |c| c,
         )

@@ -97,9 +97,11 @@ impl Stats {
         crate::sync::lock(&self.last_rejection).clone()
     }
 
-    pub fn called(&self, took: Duration) {
-        let ns = took.as_nanos().min(u64::MAX as u128) as u64;
+    /// A call, and how long it took if it was timed (see [`sampled`]).
+    pub fn called(&self, took: Option<Duration>) {
         self.calls.add(1);
+        let Some(took) = took else { return };
+        let ns = took.as_nanos().min(u64::MAX as u128) as u64;
         self.latency_ns_sum.fetch_add(ns, Relaxed);
         let i = LATENCY_BUCKETS_NS
             .iter()
@@ -149,6 +151,23 @@ impl Stats {
             ("busy", self.errors_busy.load(Relaxed)),
         ]
     }
+}
+
+/// One call in this many, per thread, is timed for the latency histogram.
+pub const SAMPLE_EVERY: u32 = 8;
+
+/// Whether to time this call: one in [`SAMPLE_EVERY`] of the calls each thread makes,
+/// whichever plugin and hook, so a plugin called rarely is sampled as often as one
+/// called for every message. The histogram is a sample; `calls` counts every call.
+pub fn sampled() -> bool {
+    thread_local! {
+        static CALLS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+    CALLS.with(|c| {
+        let n = c.get().wrapping_add(1);
+        c.set(n);
+        n % SAMPLE_EVERY == 1
+    })
 }
 
 /// A counter bumped by every worker thread for every message. A single atomic would

@@ -77,7 +77,7 @@ impl Init for Acl {
 }
 
 impl Authorize for Acl {
-    fn authorize(client: Client, access: Access) -> Decision {
+    fn authorize(client: &Client, access: Access) -> Decision {
         let Some(config) = CONFIG.get() else {
             return Decision::Deny(ReasonCode::NotAuthorized.into());
         };
@@ -92,7 +92,7 @@ impl Authorize for Acl {
             if !applies {
                 continue;
             }
-            let Some(pattern) = substitute(&rule.topic, &client) else {
+            let Some(pattern) = substitute(&rule.topic, client) else {
                 continue;
             };
             let covered = match access.action {

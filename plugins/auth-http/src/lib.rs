@@ -115,7 +115,11 @@ fn ask<Q: Serialize>(url: &str, question: &Q, timeout: Duration) -> Result<Answe
         if !response.status().is_success() {
             return Err(format!("the service answered {}", response.status()));
         }
-        let body = response.body_mut().contents().await.map_err(|e| format!("{e:#}"))?;
+        let body = response
+            .body_mut()
+            .contents()
+            .await
+            .map_err(|e| format!("{e:#}"))?;
         serde_json::from_slice(body).map_err(|e| format!("the answer is not understood: {e}"))
     })
 }
@@ -125,7 +129,10 @@ fn answer<Q: Serialize>(c: &Config, url: &str, question: &Q) -> (Answer, bool) {
     match ask(url, question, Duration::from_millis(c.timeout_ms)) {
         Ok(a) => (a, true),
         Err(why) => {
-            log::warn(&format!("{url}: {why}; applying on_failure ({:?})", c.on_failure));
+            log::warn(&format!(
+                "{url}: {why}; applying on_failure ({:?})",
+                c.on_failure
+            ));
             let a = Answer {
                 result: c.on_failure,
                 username: None,
@@ -139,7 +146,10 @@ fn answer<Q: Serialize>(c: &Config, url: &str, question: &Q) -> (Answer, bool) {
 /// The cache key of a connect: a hash, so the store holds no password. The address
 /// without its port, which changes with every connection.
 fn connect_key(info: &ConnectInfo) -> String {
-    let address = info.peer.rsplit_once(':').map_or(info.peer.as_str(), |(a, _)| a);
+    let address = info
+        .peer
+        .rsplit_once(':')
+        .map_or(info.peer.as_str(), |(a, _)| a);
     let mut h = Sha256::new();
     for part in [
         info.client_id.as_bytes(),
@@ -175,7 +185,10 @@ struct HttpAuth;
 impl Init for HttpAuth {
     fn init(config: String) -> Result<(), String> {
         let c: Config = parse_config(&config)?;
-        for url in [&c.authenticate_url, &c.authorize_url].into_iter().flatten() {
+        for url in [&c.authenticate_url, &c.authorize_url]
+            .into_iter()
+            .flatten()
+        {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(format!("'{url}' is not an http:// or https:// URL"));
             }
@@ -227,7 +240,7 @@ impl Authenticate for HttpAuth {
 }
 
 impl Authorize for HttpAuth {
-    fn authorize(client: Client, access: Access) -> Decision {
+    fn authorize(client: &Client, access: Access) -> Decision {
         let Some(c) = CONFIG.get() else {
             return Decision::Defer;
         };
@@ -236,11 +249,13 @@ impl Authorize for HttpAuth {
             reuse_answer(Duration::from_secs(600));
             return Decision::Defer;
         };
+        let (client_id, username) = (client.client_id(), client.username());
+        let (peer, listener) = (client.peer(), client.listener());
         let question = AccessQuestion {
-            client_id: &client.client_id,
-            username: client.username.as_deref(),
-            peer: &client.peer,
-            listener: &client.listener,
+            client_id: &client_id,
+            username: username.as_deref(),
+            peer: &peer,
+            listener: &listener,
             action: match access.action {
                 Action::Publish => "publish",
                 Action::Subscribe => "subscribe",

@@ -205,7 +205,7 @@ impl Authenticate for Jwt {
 }
 
 impl Authorize for Jwt {
-    fn authorize(client: Client, access: Access) -> Decision {
+    fn authorize(client: &Client, access: Access) -> Decision {
         let Some(state) = STATE.get() else {
             return Decision::Defer;
         };
@@ -213,16 +213,16 @@ impl Authorize for Jwt {
             Action::Publish => PUB,
             Action::Subscribe => SUB,
         };
-        let Some(list) = attribute(&client, name) else {
+        let Some(list) = attribute(client, name) else {
             return match state.config.without_topics {
                 Without::Defer => Decision::Defer,
                 Without::Deny => Decision::Deny(ReasonCode::NotAuthorized.into()),
             };
         };
-        let filters: Vec<String> = serde_json::from_str(list).unwrap_or_default();
+        let filters: Vec<String> = serde_json::from_str(&list).unwrap_or_default();
         let allowed = filters
             .iter()
-            .filter_map(|f| substitute(f, &client))
+            .filter_map(|f| substitute(f, client))
             .any(|f| match access.action {
                 Action::Publish => topic_matches(&f, &access.topic),
                 Action::Subscribe => filter_within(&access.topic, &f),

@@ -105,14 +105,14 @@ fn address(peer: &str) -> &str {
 }
 
 impl RateLimit for Limiter {
-    fn rate_limit(client: Client, event: Event) -> RateResult {
+    fn rate_limit(client: &Client, event: Event) -> RateResult {
         let Some(c) = CONFIG.get() else {
             return RateResult::Allow;
         };
         match event {
             Event::Connect => {
                 if let Some(r) = c.connects_per_address {
-                    let key = format!("connect:{}", address(&client.peer));
+                    let key = format!("connect:{}", address(&client.peer()));
                     if !take_tokens(&key, r.burst(), r.per_second, 1) {
                         return RateResult::Reject(ReasonCode::ConnectionRateExceeded.into());
                     }
@@ -126,13 +126,16 @@ impl RateLimit for Limiter {
                 // whether it counts messages rather than bytes).
                 let mut buckets: Vec<(String, Rate, bool)> = Vec::new();
                 let scopes = [
+                    // Only what a configured limit needs is asked of the broker.
                     (
                         c.per_client.as_ref(),
-                        Some(format!("client:{}", client.client_id)),
+                        (c.per_client.as_ref()).map(|_| format!("client:{}", client.client_id())),
                     ),
                     (
                         c.per_username.as_ref(),
-                        client.username.as_ref().map(|u| format!("user:{u}")),
+                        (c.per_username.as_ref())
+                            .and_then(|_| client.username())
+                            .map(|u| format!("user:{u}")),
                     ),
                 ];
                 for (limits, key) in scopes {

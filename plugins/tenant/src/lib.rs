@@ -12,8 +12,9 @@ use serde::Deserialize;
 use std::cell::RefCell;
 use std::time::Duration;
 use weir_plugin_sdk::{
-    attribute, parse_config, reuse_answer, Client, Deliver, DeliverResult, Init, Message,
-    ReasonCode, Rewrite, Subscribe, SubscribeResult, Subscription, Transform, TransformResult,
+    attribute, parse_config, reuse_answer, Client, Deliver, DeliverOutcome, Init, Message,
+    MessageHeader, ReasonCode, Rewrite, Subscribe, SubscribeResult, Subscription, Transform,
+    TransformOutcome,
 };
 
 #[derive(Deserialize)]
@@ -68,11 +69,11 @@ fn with_config<R>(f: impl FnOnce(&Config) -> R) -> R {
 /// The client's topic-space prefix; `None` if it has no usable tenant (none, or one
 /// with `/`, `+` or `#` in it, which could reach into another tenant's space).
 fn prefix_of(client: &Client, config: &Config) -> Option<String> {
-    let tenant = attribute(client, "tenant").or(client.username.as_deref())?;
+    let tenant = attribute(client, "tenant").or_else(|| client.username())?;
     if tenant.is_empty() || tenant.contains(['/', '+', '#']) {
         return None;
     }
-    Some(config.prefix.replace("%t", tenant))
+    Some(config.prefix.replace("%t", &tenant))
 }
 
 fn reuse(config: &Config) {
@@ -101,22 +102,22 @@ impl Init for Tenant {
 }
 
 impl Transform for Tenant {
-    fn transform(client: Client, mut message: Message) -> TransformResult {
+    fn transform(client: &Client, message: &Message, header: MessageHeader) -> TransformOutcome {
         with_config(|config| {
-            let Some(prefix) = prefix_of(&client, config) else {
-                return TransformResult::Drop(ReasonCode::NotAuthorized.into());
+            let Some(prefix) = prefix_of(client, config) else {
+                return TransformOutcome::Drop(ReasonCode::NotAuthorized.into());
             };
             reuse(config);
-            message.topic = format!("{prefix}{}", message.topic);
-            TransformResult::Replace(message)
+            message.set_topic(&format!("{prefix}{}", header.topic));
+            TransformOutcome::Apply
         })
     }
 }
 
 impl Subscribe for Tenant {
-    fn subscribe(client: Client, subscription: Subscription) -> SubscribeResult {
+    fn subscribe(client: &Client, subscription: Subscription) -> SubscribeResult {
         with_config(|config| {
-            let Some(prefix) = prefix_of(&client, config) else {
+            let Some(prefix) = prefix_of(client, config) else {
                 return SubscribeResult::Deny(ReasonCode::NotAuthorized.into());
             };
             let filter = &subscription.filter;
@@ -141,19 +142,19 @@ impl Subscribe for Tenant {
 }
 
 impl Deliver for Tenant {
-    fn deliver(client: Client, mut message: Message) -> DeliverResult {
+    fn deliver(client: &Client, message: &Message, header: MessageHeader) -> DeliverOutcome {
         with_config(|config| {
-            let Some(prefix) = prefix_of(&client, config) else {
-                return DeliverResult::Drop;
+            let Some(prefix) = prefix_of(client, config) else {
+                return DeliverOutcome::Drop;
             };
             reuse(config);
-            match message.topic.strip_prefix(&prefix) {
+            match header.topic.strip_prefix(&prefix) {
                 Some(own) => {
-                    message.topic = own.to_owned();
-                    DeliverResult::Replace(message)
+                    message.set_topic(own);
+                    DeliverOutcome::Apply
                 }
                 // Routed here only through a subscription this plugin did not make.
-                None => DeliverResult::Drop,
+                None => DeliverOutcome::Drop,
             }
         })
     }

@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::sync::OnceLock;
 use weir_plugin_sdk::{
-    log, parse_config, reuse_answer, topic_matches, Client, Init, Message, Pair, ReasonCode,
-    Transform, TransformResult,
+    log, parse_config, reuse_answer, topic_matches, Client, Init, Message, MessageHeader,
+    ReasonCode, Transform, TransformOutcome,
 };
 
 #[derive(Deserialize)]
@@ -79,47 +79,35 @@ impl Init for Transformer {
 }
 
 impl Transform for Transformer {
-    fn transform(_client: Client, mut message: Message) -> TransformResult {
+    fn transform(_client: &Client, message: &Message, header: MessageHeader) -> TransformOutcome {
         let Some(c) = CONFIG.get() else {
-            return TransformResult::Keep;
+            return TransformOutcome::Keep;
         };
+        let mut topic = header.topic;
         let mut changed = false;
         let mut checked = false;
-        if let Some(r) = c
-            .rewrite
-            .iter()
-            .find(|r| message.topic.starts_with(&r.from))
-        {
-            message.topic = format!("{}{}", r.to, &message.topic[r.from.len()..]);
+        if let Some(r) = c.rewrite.iter().find(|r| topic.starts_with(&r.from)) {
+            topic = format!("{}{}", r.to, &topic[r.from.len()..]);
+            message.set_topic(&topic);
             changed = true;
         }
-        for check in c
-            .json
-            .iter()
-            .filter(|j| topic_matches(&j.filter, &message.topic))
-        {
+        for check in c.json.iter().filter(|j| topic_matches(&j.filter, &topic)) {
             checked = true;
-            let valid = match serde_json::from_slice::<Value>(&message.payload) {
+            // The payload crosses only for the messages a check covers.
+            let valid = match serde_json::from_slice::<Value>(&message.payload()) {
                 Ok(Value::Object(fields)) => check.required.iter().all(|f| fields.contains_key(f)),
                 _ => false,
             };
             if !valid {
                 log::debug(&format!(
-                    "dropping a message on {}: not a JSON object with {:?}",
-                    message.topic, check.required
+                    "dropping a message on {topic}: not a JSON object with {:?}",
+                    check.required
                 ));
-                return TransformResult::Drop(ReasonCode::PayloadFormatInvalid.into());
+                return TransformOutcome::Drop(ReasonCode::PayloadFormatInvalid.into());
             }
         }
-        for t in c
-            .tag
-            .iter()
-            .filter(|t| topic_matches(&t.filter, &message.topic))
-        {
-            message.user_properties.push(Pair {
-                name: t.name.clone(),
-                value: t.value.clone(),
-            });
+        for t in c.tag.iter().filter(|t| topic_matches(&t.filter, &topic)) {
+            message.add_user_property(&t.name, &t.value);
             changed = true;
         }
         // Rewrites and tags depend on the topic alone (and keep the payload); a json
@@ -128,9 +116,9 @@ impl Transform for Transformer {
             reuse_answer(std::time::Duration::from_millis(c.reuse_ms));
         }
         if changed {
-            TransformResult::Replace(message)
+            TransformOutcome::Apply
         } else {
-            TransformResult::Keep
+            TransformOutcome::Keep
         }
     }
 }

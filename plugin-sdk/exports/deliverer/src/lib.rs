@@ -6,8 +6,9 @@ wit_bindgen::generate!({
     path: "../../../wit",
     world: "deliverer-plugin",
     with: {
-        "weir:plugin/types@0.2.0": weir_plugin_sdk::types,
-        "weir:plugin/host@0.2.0": weir_plugin_sdk::host,
+        "weir:plugin/types@0.3.0": weir_plugin_sdk::types,
+        "weir:plugin/context@0.3.0": weir_plugin_sdk::context,
+        "weir:plugin/host@0.3.0": weir_plugin_sdk::host,
     },
     pub_export_macro: true,
     default_bindings_module: "weir_plugin_deliverer",

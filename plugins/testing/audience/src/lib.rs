@@ -5,29 +5,25 @@
 //! only on the subscriber and the message's header.
 
 use std::time::Duration;
-use weir_plugin_sdk::{reuse_answer, Client, Deliver, DeliverResult, Message};
+use weir_plugin_sdk::{reuse_answer, Client, Deliver, DeliverOutcome, Message, MessageHeader};
 
 struct Audience;
 
-fn property<'a>(m: &'a Message, name: &str) -> Option<&'a str> {
-    let p = m.user_properties.iter().find(|p| p.name == name);
-    p.map(|p| p.value.as_str())
-}
-
 impl Deliver for Audience {
-    fn deliver(client: Client, mut message: Message) -> DeliverResult {
-        let user = client.username.as_deref();
-        if let Some(audience) = property(&message, "audience") {
+    fn deliver(client: &Client, message: &Message, _: MessageHeader) -> DeliverOutcome {
+        let user = client.username();
+        if let Some(audience) = message.user_property("audience") {
             if Some(audience) != user {
-                return DeliverResult::Drop;
+                return DeliverOutcome::Drop;
             }
         }
-        if property(&message, "redact").is_some() && user != Some("admin") {
-            message.payload = b"***".to_vec();
-            return DeliverResult::Replace(message);
+        let redacted = message.user_property("redact").is_some();
+        if redacted && user.as_deref() != Some("admin") {
+            message.set_payload(b"***");
+            return DeliverOutcome::Apply;
         }
         reuse_answer(Duration::from_secs(60));
-        DeliverResult::Keep
+        DeliverOutcome::Keep
     }
 }
 

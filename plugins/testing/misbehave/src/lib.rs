@@ -1,6 +1,7 @@
 //! A plugin that fails on purpose, for the broker's tests. Configured `mode`:
 //! `loop` (never returns), `trap` (panics), `print` (writes to stdout and stderr, then
-//! allows), `grab` (allocates until the memory cap stops it), `huge` (replaces the message with one of 8 MiB), `bad-code` (denies with reason
+//! allows), `grab` (allocates until the memory cap stops it), `huge` (replaces the message's payload with 8 MiB), `bad-topic` (sets the
+//! topic to a filter, `bad/+`, and applies it), `bad-code` (denies with reason
 //! code 0x00), `init-fail` (rejects its configuration). It misbehaves only for topics
 //! under `bad/`; for every other topic it allows and keeps, so the tests can show that
 //! other clients are served while it fails.
@@ -8,8 +9,8 @@
 use serde::Deserialize;
 use std::sync::OnceLock;
 use weir_plugin_sdk::{
-    parse_config, Access, Authorize, Client, Decision, Init, Message, ReasonCode, Transform,
-    TransformResult,
+    parse_config, Access, Authorize, Client, Decision, Init, Message, MessageHeader, ReasonCode,
+    Transform, TransformOutcome,
 };
 
 #[derive(Deserialize)]
@@ -48,6 +49,7 @@ fn misbehave(topic: &str) -> Option<&'static str> {
         }
         other => Some(match other {
             "huge" => "huge",
+            "bad-topic" => "bad-topic",
             "bad-code" => "bad-code",
             _ => "none",
         }),
@@ -68,7 +70,7 @@ impl Init for Misbehave {
 }
 
 impl Authorize for Misbehave {
-    fn authorize(_client: Client, access: Access) -> Decision {
+    fn authorize(_client: &Client, access: Access) -> Decision {
         match misbehave(&access.topic) {
             // Not a failure code: the broker must refuse the answer.
             Some("bad-code") => Decision::Deny(ReasonCode::Success.into()),
@@ -78,13 +80,17 @@ impl Authorize for Misbehave {
 }
 
 impl Transform for Misbehave {
-    fn transform(_client: Client, mut message: Message) -> TransformResult {
-        match misbehave(&message.topic) {
+    fn transform(_client: &Client, message: &Message, header: MessageHeader) -> TransformOutcome {
+        match misbehave(&header.topic) {
             Some("huge") => {
-                message.payload = vec![b'x'; 8 << 20];
-                TransformResult::Replace(message)
+                message.set_payload(&vec![b'x'; 8 << 20]);
+                TransformOutcome::Apply
             }
-            _ => TransformResult::Keep,
+            Some("bad-topic") => {
+                message.set_topic("bad/+");
+                TransformOutcome::Apply
+            }
+            _ => TransformOutcome::Keep,
         }
     }
 }

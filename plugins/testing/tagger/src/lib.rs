@@ -1,19 +1,16 @@
 //! Tags every message with the user property `version` = `a`, or `b` when built with
 //! `--features b`: two versions of one plugin, for the hot-reload tests.
 
-use weir_plugin_sdk::{Client, Message, Pair, Transform, TransformResult};
+use weir_plugin_sdk::{Client, Message, MessageHeader, Transform, TransformOutcome};
 
 const VERSION: &str = if cfg!(feature = "b") { "b" } else { "a" };
 
 struct Tagger;
 
 impl Transform for Tagger {
-    fn transform(_client: Client, mut message: Message) -> TransformResult {
-        message.user_properties.push(Pair {
-            name: "version".into(),
-            value: VERSION.into(),
-        });
-        TransformResult::Replace(message)
+    fn transform(_client: &Client, message: &Message, _: MessageHeader) -> TransformOutcome {
+        message.add_user_property("version", VERSION);
+        TransformOutcome::Apply
     }
 }
 
