@@ -159,7 +159,18 @@ macro_rules! __export_hook {
     ($t:ident, authorize) => {
         impl ::weir_plugin_authz::exports::weir::plugin::authz::Guest for $t {
             fn authorize(client: &$crate::Client, access: $crate::Access) -> $crate::Decision {
+                $crate::batch::begin();
                 <$t as $crate::Authorize>::authorize(client, access)
+            }
+        }
+        impl ::weir_plugin_authz::exports::weir::plugin::authz_many::Guest for $t {
+            fn authorize_many(
+                client: &$crate::Client,
+                accesses: Vec<$crate::Access>,
+            ) -> Vec<($crate::Decision, $crate::types::Grants)> {
+                $crate::batch::begin();
+                let each = |a| $crate::batch::each(|| <$t as $crate::Authorize>::authorize(client, a));
+                accesses.into_iter().map(each).collect()
             }
         }
         ::weir_plugin_authz::export!($t with_types_in ::weir_plugin_authz);
@@ -167,7 +178,19 @@ macro_rules! __export_hook {
     ($t:ident, transform) => {
         impl ::weir_plugin_transformer::exports::weir::plugin::transformer::Guest for $t {
             fn transform(client: &$crate::Client, message: &$crate::Message, header: $crate::MessageHeader) -> $crate::TransformOutcome {
+                $crate::batch::begin();
                 <$t as $crate::Transform>::transform(client, message, header)
+            }
+        }
+        impl ::weir_plugin_transformer::exports::weir::plugin::transformer_many::Guest for $t {
+            fn transform_many(
+                client: &$crate::Client,
+                messages: Vec<$crate::Message>,
+                headers: Vec<$crate::MessageHeader>,
+            ) -> Vec<($crate::TransformOutcome, $crate::types::Grants)> {
+                $crate::batch::begin();
+                let each = |(m, h)| $crate::batch::each(|| <$t as $crate::Transform>::transform(client, &m, h));
+                messages.into_iter().zip(headers).map(each).collect()
             }
         }
         ::weir_plugin_transformer::export!($t with_types_in ::weir_plugin_transformer);
@@ -175,7 +198,17 @@ macro_rules! __export_hook {
     ($t:ident, rate_limit) => {
         impl ::weir_plugin_limiter::exports::weir::plugin::limiter::Guest for $t {
             fn rate_limit(client: &$crate::Client, event: $crate::Event) -> $crate::RateResult {
+                $crate::batch::begin();
                 <$t as $crate::RateLimit>::rate_limit(client, event)
+            }
+        }
+        impl ::weir_plugin_limiter::exports::weir::plugin::limiter_many::Guest for $t {
+            fn rate_limit_many(
+                client: &$crate::Client,
+                events: Vec<$crate::Event>,
+            ) -> Vec<($crate::RateResult, $crate::types::Grants)> {
+                $crate::batch::begin();
+                $crate::batch::rate_limits(events, |e| <$t as $crate::RateLimit>::rate_limit(client, e))
             }
         }
         ::weir_plugin_limiter::export!($t with_types_in ::weir_plugin_limiter);
@@ -194,6 +227,7 @@ macro_rules! __export_hook {
     ($t:ident, subscribe) => {
         impl ::weir_plugin_subscriber::exports::weir::plugin::subscriber::Guest for $t {
             fn subscribe(client: &$crate::Client, subscription: $crate::Subscription) -> $crate::SubscribeResult {
+                $crate::batch::begin();
                 <$t as $crate::Subscribe>::subscribe(client, subscription)
             }
         }
@@ -202,6 +236,7 @@ macro_rules! __export_hook {
     ($t:ident, deliver) => {
         impl ::weir_plugin_deliverer::exports::weir::plugin::deliverer::Guest for $t {
             fn deliver(client: &$crate::Client, message: &$crate::Message, header: $crate::MessageHeader) -> $crate::DeliverOutcome {
+                $crate::batch::begin();
                 <$t as $crate::Deliver>::deliver(client, message, header)
             }
         }
@@ -270,7 +305,10 @@ pub fn take_tokens(key: &str, capacity: u64, refill_per_second: f64, n: u64) -> 
 /// payload, the clock or `kv`. Honoured by `authorize`, and by `transform` returning
 /// `Keep` or a `Replace` that keeps the payload; a reload or a reconnect forgets it.
 pub fn reuse_answer(ttl: std::time::Duration) {
-    host::reuse_answer(ttl.as_millis().min(u32::MAX as u128) as u32)
+    let ms = ttl.as_millis().min(u32::MAX as u128) as u32;
+    if !batch::reuse(ms) {
+        host::reuse_answer(ms)
+    }
 }
 
 /// From `rate_limit` answering `Allow` to a publish: the plugin has already taken the
@@ -278,7 +316,125 @@ pub fn reuse_answer(ttl: std::time::Duration) {
 /// the broker may allow those without calling it, for up to `ttl`. Tokens left in a
 /// lease that expires or whose client reconnects are not returned.
 pub fn lease(events: u32, bytes: u64, ttl: std::time::Duration) {
-    host::lease(events, bytes, ttl.as_millis().min(u32::MAX as u128) as u32)
+    let ttl_ms = ttl.as_millis().min(u32::MAX as u128) as u32;
+    if !batch::lease(events, bytes, ttl_ms) {
+        host::lease(events, bytes, ttl_ms)
+    }
+}
+
+/// The batch forms of the hooks (`authz-many` and the like), which `export_plugin!`
+/// exports for every plugin: the broker asks once for several messages a client sent
+/// together, and each answer carries what its call of the hook granted.
+#[doc(hidden)]
+pub mod batch {
+    use super::types::{Event, Grants, LeaseGrant, RateResult};
+    use std::cell::RefCell;
+
+    thread_local! {
+        /// What the current input of a batch call granted; `None` outside one.
+        static GRANTS: RefCell<Option<Grants>> = const { RefCell::new(None) };
+        /// The client's id and username, once asked during the current call.
+        static CLIENT: RefCell<(Option<String>, Option<Option<String>>)> =
+            const { RefCell::new((None, None)) };
+    }
+
+    /// A hook call starts: what was asked of the last one's client is forgotten.
+    pub fn begin() {
+        CLIENT.with(|c| *c.borrow_mut() = (None, None));
+    }
+
+    pub(crate) fn client_id(client: &super::Client) -> String {
+        CLIENT.with(|c| {
+            let mut c = c.borrow_mut();
+            c.0.get_or_insert_with(|| client.client_id()).clone()
+        })
+    }
+
+    pub(crate) fn username(client: &super::Client) -> Option<String> {
+        CLIENT.with(|c| {
+            let mut c = c.borrow_mut();
+            c.1.get_or_insert_with(|| client.username()).clone()
+        })
+    }
+
+    /// Runs the hook for one input of a batch call.
+    pub fn each<T>(hook: impl FnOnce() -> T) -> (T, Grants) {
+        let none = || Grants {
+            reuse_ms: None,
+            lease: None,
+        };
+        GRANTS.with(|g| *g.borrow_mut() = Some(none()));
+        let answer = hook();
+        let grants = GRANTS.with(|g| g.borrow_mut().take());
+        (answer, grants.unwrap_or_else(none))
+    }
+
+    /// The rate limiter over a batch of publishes, with its leases used as the broker
+    /// uses them between calls: a publish a lease covers is allowed without asking,
+    /// so a limiter that leases is not charged again for the publishes its lease paid
+    /// for. The broker keeps what is left of the last lease.
+    pub fn rate_limits(
+        events: Vec<Event>,
+        mut hook: impl FnMut(Event) -> RateResult,
+    ) -> Vec<(RateResult, Grants)> {
+        let none = || Grants {
+            reuse_ms: None,
+            lease: None,
+        };
+        let mut out: Vec<(RateResult, Grants)> = Vec::with_capacity(events.len());
+        // The answer that granted the current lease, and what is left of it.
+        let mut lease: Option<(usize, u32, u64)> = None;
+        for e in events {
+            if let (Event::Publish(b), Some((_, n, bytes))) = (e, &mut lease) {
+                if *n > 0 && *bytes >= b {
+                    (*n, *bytes) = (*n - 1, *bytes - b);
+                    out.push((RateResult::Allow, none()));
+                    continue;
+                }
+            }
+            let (r, mut g) = each(|| hook(e));
+            if let (RateResult::Allow, Some(l)) = (&r, &g.lease) {
+                lease = Some((out.len(), l.events, l.bytes));
+            } else {
+                g.lease = None;
+            }
+            out.push((r, g));
+        }
+        // Earlier leases were used up or replaced within the batch.
+        for (j, (_, g)) in out.iter_mut().enumerate() {
+            let left = lease.filter(|(at, n, _)| *at == j && *n > 0);
+            match (&mut g.lease, left) {
+                (Some(l), Some((_, n, bytes))) => (l.events, l.bytes) = (n, bytes),
+                (l, _) => *l = None,
+            }
+        }
+        out
+    }
+
+    /// Records `reuse_answer` for the current input; false outside a batch call.
+    pub(crate) fn reuse(ttl_ms: u32) -> bool {
+        GRANTS.with(|g| match &mut *g.borrow_mut() {
+            Some(g) => {
+                g.reuse_ms = Some(ttl_ms);
+                true
+            }
+            None => false,
+        })
+    }
+
+    pub(crate) fn lease(events: u32, bytes: u64, ttl_ms: u32) -> bool {
+        GRANTS.with(|g| match &mut *g.borrow_mut() {
+            Some(g) => {
+                g.lease = Some(LeaseGrant {
+                    events,
+                    bytes,
+                    ttl_ms,
+                });
+                true
+            }
+            None => false,
+        })
+    }
 }
 
 /// Takes `n` tokens whether or not they are there (the bucket may go into debt) and
@@ -298,6 +454,18 @@ pub fn parse_config<T: serde::de::DeserializeOwned>(config: &str) -> Result<T, S
     serde_json::from_str(config).map_err(|e| format!("invalid plugin config: {e}"))
 }
 
+/// The client's id, asked of the broker once per hook call (a batch call is one call
+/// for one client): ask through this rather than `client.client_id()` where a hook
+/// may need it for several messages.
+pub fn client_id(client: &Client) -> String {
+    batch::client_id(client)
+}
+
+/// The client's username, asked of the broker once per hook call; see [`client_id`].
+pub fn username(client: &Client) -> Option<String> {
+    batch::username(client)
+}
+
 /// The value of a client attribute set at authentication.
 pub fn attribute(client: &Client, name: &str) -> Option<String> {
     client.attribute(name)
@@ -313,10 +481,10 @@ pub fn substitute(pattern: &str, client: &Client) -> Option<String> {
     };
     let mut out = pattern.to_owned();
     if out.contains("%u") {
-        out = out.replace("%u", &safe(client.username().as_deref())?);
+        out = out.replace("%u", &safe(username(client).as_deref())?);
     }
     if out.contains("%c") {
-        out = out.replace("%c", &safe(Some(&client.client_id()))?);
+        out = out.replace("%c", &safe(Some(&client_id(client)))?);
     }
     Some(out)
 }

@@ -812,3 +812,96 @@ fn a_javascript_plugin_limits_publishes() {
         "{metrics}"
     );
 }
+
+/// PUBLISHes read together are asked about together (each plugin once for the run),
+/// and each still gets its own answer, in order: a denied one takes none of the
+/// limiter's tokens, the limiter's burst ends where it would one message at a time,
+/// and each routed one is transformed and arrives in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn publishes_read_together_get_each_its_own_answer() {
+    let w = broker(
+        &[
+            entry(
+                "acl",
+                "acl",
+                "",
+                "reuse_ms = 0\ndefault = \"deny\"\nrules = [ { access = \"readwrite\", topic = \"ok/#\" } ]",
+            ),
+            entry(
+                "limits",
+                "rate-limit",
+                "",
+                "action = \"reject\"\nper_client = { messages = { per_second = 0.001, burst = 5 } }",
+            ),
+            entry(
+                "shape",
+                "transform",
+                "",
+                "reuse_ms = 0\ntag = [ { filter = \"#\", name = \"seen\", value = \"yes\" } ]",
+            ),
+        ],
+        "",
+        "",
+    );
+    let (mut sub, _) = C5::connect_with(C5::opts(w.port, "sub")).await;
+    sub.subscribe("ok/#", QoS::AtLeastOnce).await;
+    let topics: Vec<String> = (1..=12u16)
+        .map(|i| match i % 3 {
+            0 => format!("bad/{i}"),
+            _ => format!("ok/{i}"),
+        })
+        .collect();
+    let mut r = v5_client(&w, "pub", &[]);
+    let calls = |p: &str| metric(&w, "weir_plugin_calls_total", p);
+    let before = (calls("acl"), calls("limits"), calls("shape"));
+    let all: Vec<u8> = (topics.iter().zip(1u16..))
+        .flat_map(|(t, i)| publish5(0x02, t, Some(i), &[], t.as_bytes()))
+        .collect();
+    r.send(&all);
+    let codes: Vec<u8> = (0..topics.len())
+        .map(|_| ack_code(&r.recv().expect("PUBACK")))
+        .collect();
+    let mut allowed = 0;
+    let expected: Vec<u8> = (topics.iter())
+        .map(|t| match t.starts_with("bad/") {
+            true => 0x87,
+            false if allowed < 5 => {
+                allowed += 1;
+                0
+            }
+            false => 0x96,
+        })
+        .collect();
+    assert_eq!(codes, expected, "one answer each, in order");
+    for want in ["ok/1", "ok/2", "ok/4", "ok/5", "ok/7"] {
+        let m = sub.publish().await;
+        assert_eq!(&m.topic[..], want.as_bytes());
+        let user = m.properties.unwrap().user_properties;
+        assert!(user.contains(&("seen".into(), "yes".into())), "{user:?}");
+    }
+    assert!(sub
+        .publish_within(Duration::from_millis(300))
+        .await
+        .is_none());
+    // Each plugin was asked about exactly the messages that reached it.
+    let after = (calls("acl"), calls("limits"), calls("shape"));
+    let asked = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
+    assert_eq!(asked, (12, 8, 5));
+
+    // A limiter that leases takes a lease's tokens once and lets the lease cover the
+    // publishes after it within the run too, as between runs: a burst of 20 is 20
+    // messages however they arrive (leases of 10: a second of 10/s).
+    let leasing = "action = \"reject\"\nlease_ms = 1000\nper_client = { messages = { per_second = 10.0, burst = 20 } }";
+    let w = broker(&[entry("limits", "rate-limit", "", leasing)], "", "");
+    let mut r = v5_client(&w, "pub", &[]);
+    let all: Vec<u8> = (1..=25u16)
+        .flat_map(|i| publish5(0x02, "t", Some(i), &[], b"x"))
+        .collect();
+    r.send(&all);
+    let codes: Vec<u8> = (0..25)
+        .map(|_| ack_code(&r.recv().expect("PUBACK")))
+        .collect();
+    let mut want = vec![0u8; 20];
+    want.extend([0x96; 5]);
+    assert_eq!(codes, want, "the burst, then the rate");
+}

@@ -9,7 +9,8 @@
 //!
 //! `MESSAGES` (default 4 000 000) and `ROUNDS` (default 3) size the throughput part;
 //! `ONLY=throughput` skips the per-call part, `ONLY=calls` the throughput part;
-//! `ONLY=floor` runs only the rows of the plugin that reads nothing (for profiling).
+//! `ONLY=floor` runs only the rows of the plugin that reads nothing, `ONLY=batch` only
+//! the chain on 32 messages at once (for profiling).
 
 use bytes::Bytes;
 use std::io::{Read, Write};
@@ -75,7 +76,12 @@ fn chain_config(hash: &str, reuse_ms: u32, lease_ms: u32, per_second: f64) -> St
     .concat()
 }
 
-fn per_call(name: &str, n: u32, mut f: impl FnMut()) {
+fn per_call(name: &str, n: u32, f: impl FnMut()) {
+    per_call_of(name, n, 1, f)
+}
+
+/// `n` runs of `f`, each of `items` calls or messages: the time per item.
+fn per_call_of(name: &str, n: u32, items: u32, mut f: impl FnMut()) {
     for _ in 0..n / 10 {
         f();
     }
@@ -83,8 +89,33 @@ fn per_call(name: &str, n: u32, mut f: impl FnMut()) {
     for _ in 0..n {
         f();
     }
-    let ns = t.elapsed().as_nanos() as f64 / n as f64;
+    let ns = t.elapsed().as_nanos() as f64 / (n as f64 * items as f64);
     println!("| {name:<55} | {ns:>9.0} |");
+}
+
+/// The connection every per-call row is made on behalf of.
+fn identity() -> Arc<Identity> {
+    Arc::new(Identity {
+        client_id: "dev-1".into(),
+        username: Some("alice".into()),
+        peer: "127.0.0.1:5555".into(),
+        listener: "tcp".into(),
+        attributes: Vec::new(),
+    })
+}
+
+/// A publish as the bench's clients send it: 64 bytes on the acl's and tagger's topic.
+fn message() -> Message {
+    Message {
+        topic: "home/alice/temp".into(),
+        payload: Bytes::from(vec![b'x'; 64]),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Default::default(),
+        expires_at: None,
+        publisher: None,
+        origin: None,
+    }
 }
 
 /// The floor: hooks of a plugin that reads nothing and answers at once, each call on
@@ -94,23 +125,8 @@ fn empty_rows(calls: u32) {
         "[[plugin]]\nname = \"empty\"\npath = {:?}\n",
         plugins::wasm("empty")
     ));
-    let identity = Arc::new(Identity {
-        client_id: "dev-1".into(),
-        username: Some("alice".into()),
-        peer: "127.0.0.1:5555".into(),
-        listener: "tcp".into(),
-        attributes: Vec::new(),
-    });
-    let msg = Message {
-        topic: "home/alice/temp".into(),
-        payload: Bytes::from(vec![b'x'; 64]),
-        qos: QoS::AtMostOnce,
-        retain: false,
-        properties: Default::default(),
-        expires_at: None,
-        publisher: None,
-        origin: None,
-    };
+    let identity = identity();
+    let msg = message();
     let mut c = PluginClient::new(chain, identity);
     per_call("authorize (empty: reads nothing, allows)", calls, || {
         let q = QoS::AtMostOnce;
@@ -122,6 +138,26 @@ fn empty_rows(calls: u32) {
     per_call("transform (empty: reads nothing, keeps)", calls, || {
         std::hint::black_box(c.transform(&mut msg.clone()));
     });
+}
+
+/// The whole chain for a run of 32 PUBLISHes read together, as a connection asks it
+/// (`publish_many`: each plugin once for the run), per message.
+fn batch_rows(
+    chains: &[(&str, Arc<PluginChain>)],
+    identity: &Arc<Identity>,
+    msg: &Message,
+    calls: u32,
+) {
+    for (name, chain) in chains {
+        let mut c = PluginClient::new(chain.clone(), identity.clone());
+        let mut batch = vec![msg.clone(); 32];
+        let mut outcomes = Vec::new();
+        per_call_of(name, calls / 32, 32, || {
+            batch.iter_mut().for_each(|m| *m = msg.clone());
+            c.publish_many(&mut batch, &mut outcomes);
+            std::hint::black_box(&outcomes);
+        });
+    }
 }
 
 /// A chain from `[[plugin]]` entries, compiled through the tests' shared cache.
@@ -170,16 +206,7 @@ fn hook_costs(hash: &str) {
         user_properties: &[],
         certificate: None,
     };
-    let msg = Message {
-        topic: "home/alice/temp".into(),
-        payload: Bytes::from(vec![b'x'; 64]),
-        qos: QoS::AtMostOnce,
-        retain: false,
-        properties: Default::default(),
-        expires_at: None,
-        publisher: None,
-        origin: None,
-    };
+    let msg = message();
     let untagged = Message {
         topic: "other/topic".into(),
         ..msg.clone()
@@ -189,13 +216,7 @@ fn hook_costs(hash: &str) {
         ..msg.clone()
     };
     // Each row is one connection's calls: what it keeps between them is its own.
-    let identity = Arc::new(Identity {
-        client_id: "dev-1".into(),
-        username: Some("alice".into()),
-        peer: "127.0.0.1:5555".into(),
-        listener: "tcp".into(),
-        attributes: Vec::new(),
-    });
+    let identity = identity();
     let connection = |chain: &Arc<PluginChain>| PluginClient::new(chain.clone(), identity.clone());
     let publish = |c: &mut PluginClient| {
         c.authorize(Action::Publish, "home/alice/temp", QoS::AtMostOnce, false)
@@ -216,6 +237,17 @@ fn hook_costs(hash: &str) {
     per_call("authorize (acl, one %u rule, reuse_ms = 0)", CALLS, || {
         std::hint::black_box(publish(&mut c));
     });
+    let chains = [
+        (
+            "publish, 32 at once (chain, every message asked), per message",
+            asked.clone(),
+        ),
+        (
+            "publish, 32 at once (chain, default settings), per message",
+            rust.clone(),
+        ),
+    ];
+    batch_rows(&chains, &identity, &msg, CALLS);
     let mut c = connection(&rust);
     per_call("authorize (acl, decision reused)", CALLS, || {
         std::hint::black_box(publish(&mut c));
@@ -372,6 +404,59 @@ fn main() {
     if only == "floor" {
         // The empty plugin's rows alone, long enough to profile.
         return empty_rows(10 * CALLS);
+    }
+    if only == "batch" {
+        // The batch rows alone, long enough to profile.
+        let chain = |reuse, lease| load(&chain_config(&hash, reuse, lease, 1e7));
+        let identity = identity();
+        let msg = message();
+        // Each plugin of the asked chain alone, and the one that reads nothing.
+        let alone = |name: &str| {
+            let entries = chain_config(&hash, 0, 0, 1e7);
+            let entry = entries
+                .split("[[plugin]]")
+                .find(|e| e.contains(&format!("name = {name:?}")));
+            load(&format!(
+                "[[plugin]]{}",
+                entry.expect("a plugin of the chain")
+            ))
+        };
+        let empty = load(&format!(
+            "[[plugin]]\nname = \"empty\"\npath = {:?}\n",
+            plugins::wasm("empty")
+        ));
+        let chains = [
+            (
+                "publish, 32 at once (chain, every message asked), per message",
+                chain(0, 0),
+            ),
+            (
+                "publish, 32 at once (chain, default settings), per message",
+                chain(60_000, 10),
+            ),
+            (
+                "publish, 32 at once (acl alone, asked), per message",
+                alone("acl"),
+            ),
+            (
+                "publish, 32 at once (rate-limit alone, asked), per message",
+                alone("limits"),
+            ),
+            (
+                "publish, 32 at once (transform alone, asked), per message",
+                alone("shape"),
+            ),
+            (
+                "publish, 32 at once (empty: authorize, rate-limit, transform)",
+                empty,
+            ),
+        ];
+        let which = std::env::var("ROW").unwrap_or_default();
+        let chains: Vec<_> = chains
+            .into_iter()
+            .filter(|(n, _)| n.contains(&which))
+            .collect();
+        return batch_rows(&chains, &identity, &msg, 10 * CALLS);
     }
     if only != "throughput" {
         hook_costs(&hash);

@@ -74,6 +74,9 @@ pub(super) struct Inbound {
     will: Option<Will>,
     /// A client mostly publishes to a few topics, often one: see [`codec::LastTopic`].
     last_topic: codec::LastTopic,
+    /// PUBLISHes read together, checked and waiting for the hooks to answer for all of
+    /// them at once (see [`ClientHooks::publish_many`]).
+    pub(super) gathered: super::gather::Gathered,
 }
 
 impl Inbound {
@@ -86,6 +89,7 @@ impl Inbound {
             connect_expiry,
             will,
             last_topic: codec::LastTopic::default(),
+            gathered: Default::default(),
         }
     }
 
@@ -143,8 +147,9 @@ impl Inbound {
         w.checked = Instant::now();
     }
 
-    fn pause_for(&mut self, d: std::time::Duration) {
-        self.paused_until = Some(Instant::now() + d);
+    /// Stops reading until `until`, or until a later pause already set ends.
+    pub(super) fn pause_until(&mut self, until: Instant) {
+        self.paused_until = Some(self.paused_until.map_or(until, |u| u.max(until)));
     }
 
     pub(super) fn take_will(&mut self) -> Option<Will> {
@@ -180,21 +185,39 @@ impl Inbound {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
-    /// Parses and handles every complete packet in the read buffer.
+    /// Parses and handles every complete packet in the read buffer, after what was
+    /// read before and held back (see [`super::gather`]).
     pub(super) fn process_input(&mut self) -> Result<(), Exit> {
+        self.settle_gathered()?;
+        let read = self.read_packets(self.client.hooks.batches());
+        let settled = self.publish_gathered();
+        read.and(settled)
+    }
+
+    /// Whether the client's input is read: not while a rate limit throttles it or what
+    /// it publishes waits for others.
+    pub(super) fn reading(&self) -> bool {
+        self.inbound.paused_until.is_none() && !self.inbound.is_held()
+    }
+
+    fn read_packets(&mut self, gather: bool) -> Result<(), Exit> {
         let max = self.client.listener.max_packet_size as usize;
-        while self.inbound.paused_until.is_none() && !self.inbound.is_held() {
+        while self.reading() {
             let Some(frame) = self.io.next_frame(max)? else {
                 break;
             };
             let packet =
                 codec::decode_with(frame, self.client.version, &mut self.inbound.last_topic)?;
-            self.handle(packet)?;
+            match packet {
+                Packet::Publish(p) if gather && p.qos != QoS::ExactlyOnce => self.gather(p)?,
+                other if self.inbound.gathered.is_empty() => self.handle(other)?,
+                other => self.gather_after(other)?,
+            }
         }
         Ok(())
     }
 
-    fn handle(&mut self, packet: Packet) -> Result<(), Exit> {
+    pub(super) fn handle(&mut self, packet: Packet) -> Result<(), Exit> {
         match packet {
             Packet::Publish(p) => self.on_publish(p),
             Packet::Ack(a) => {
@@ -220,7 +243,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
     }
 
-    fn on_publish(&mut self, mut p: Publish) -> Result<(), Exit> {
+    fn on_publish(&mut self, p: Publish) -> Result<(), Exit> {
+        let (qos, pid) = (p.qos, p.pid);
+        if let Some(mut msg) = self.admit_publish(p, 0)? {
+            let outcome = self.client.hooks.publish(&mut msg);
+            self.settle_publish(msg, pid, qos, outcome, Instant::now());
+        }
+        Ok(())
+    }
+
+    /// The checks a PUBLISH passes before the hooks see it, `pending` more of the
+    /// client's messages being gathered before it: the message, or `None` for a QoS 2
+    /// resend, acknowledged again and routed no more.
+    pub(super) fn admit_publish(
+        &mut self,
+        mut p: Publish,
+        pending: usize,
+    ) -> Result<Option<Message>, Exit> {
         let limits = &self.broker.config().limits;
         self.inbound
             .resolve_alias(&mut p, limits.topic_alias_maximum)?;
@@ -247,16 +286,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 false,
                 Vec::new(),
             );
-            return Ok(());
+            return Ok(None);
         }
         if qos != QoS::AtMostOnce {
-            self.check_receive_maximum()?;
+            self.check_receive_maximum(pending)?;
         }
-        let mut msg = Message::from_publish(p, Some(self.client.client_id.clone()));
-        match self.client.hooks.publish(&mut msg) {
+        Ok(Some(Message::from_publish(
+            p,
+            Some(self.client.client_id.clone()),
+        )))
+    }
+
+    /// Routes or refuses a PUBLISH as the hooks said at `answered`; `qos` is the one it
+    /// came with.
+    pub(super) fn settle_publish(
+        &mut self,
+        msg: Message,
+        pid: u16,
+        qos: QoS,
+        outcome: PublishOutcome,
+        answered: Instant,
+    ) {
+        match outcome {
             PublishOutcome::Route { throttle } => {
                 if let Some(d) = throttle {
-                    self.inbound.pause_for(d);
+                    self.inbound.pause_until(answered + d);
                 }
                 self.route(Arc::new(msg), pid);
                 self.inbound.held = self.broker.pace().is_some_and(|b| b.is_over());
@@ -265,7 +319,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 self.refuse_publish(qos, pid, code, &msg.topic, why)
             }
         }
-        Ok(())
     }
 
     /// QoS 1 messages whose PUBACK is held, plus QoS 2 messages not yet released, may
@@ -273,11 +326,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// maximum (its packet ids bound what it can have open), and a 3.1.1 library may
     /// rightly send everything it queued at once after a reconnect (paho does; found by
     /// the chaos script).
-    fn check_receive_maximum(&self) -> Result<(), Exit> {
+    fn check_receive_maximum(&self, pending: usize) -> Result<(), Exit> {
         if self.client.version != Version::V5 {
             return Ok(());
         }
-        let unacked = self.outbound.held_pubacks() + self.session.qos2_receipts();
+        let unacked = self.outbound.held_pubacks() + self.session.qos2_receipts() + pending;
         if unacked >= self.broker.config().limits.max_inflight as usize {
             return Err(Exit::protocol(
                 ReasonCode::ReceiveMaximumExceeded,
@@ -367,7 +420,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     self.suback(s.pid, codes, false, Vec::new());
                     return Ok(());
                 }
-                RateOutcome::Throttle(d) => self.inbound.pause_for(d),
+                RateOutcome::Throttle(d) => self.inbound.pause_until(Instant::now() + d),
             }
         }
         let mut codes = Vec::with_capacity(s.filters.len());

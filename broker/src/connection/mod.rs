@@ -14,6 +14,7 @@
 mod auth;
 mod exit;
 mod framed;
+mod gather;
 mod handshake;
 mod inbound;
 mod outbound;

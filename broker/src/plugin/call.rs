@@ -93,6 +93,19 @@ impl<'c> Call<'c> {
         }
     }
 
+    /// What a batch walks: the chain, its plugins as this call sees them, and what the
+    /// connection kept.
+    pub(super) fn parts(&mut self) -> (&'c PluginChain, &[std::sync::Arc<Plugin>], &mut Kept) {
+        let kept = self.kept.as_deref_mut().unwrap_or(&mut self.none);
+        (self.chain, &self.plugins[..], kept)
+    }
+
+    /// The enabled plugins that export `hook`, in order.
+    pub(super) fn plugins_with(&self, hook: Hook) -> Vec<&Plugin> {
+        let with = |p: &&std::sync::Arc<Plugin>| p.hooks().has(hook) && p.stats.enabled();
+        self.plugins.iter().filter(with).map(|p| &**p).collect()
+    }
+
     /// Asks each enabled plugin exporting `hook`, in order, until `ask` decides. A
     /// plugin that fails is logged and counted, and `on_failure` says what its
     /// `on_error` policy decides (`None`: ask the next one). `None` if nobody decided.
@@ -193,11 +206,7 @@ impl<'c> Call<'c> {
                 });
                 decided.into()
             },
-            |_, policy| match policy {
-                OnError::Deny => Some(Decision::Deny(ReasonCode::NotAuthorized)),
-                OnError::Allow => Some(Decision::Allow),
-                OnError::Defer => None,
-            },
+            |_, policy| authorize_on_error(policy),
         );
         decided.unwrap_or(match self.chain.defaults.authorize_default {
             AllowDeny::Allow => Decision::Allow,
@@ -282,8 +291,17 @@ fn admission(p: &Plugin, r: wit::AuthResult) -> Result<Option<AuthOutcome>, Fail
     })
 }
 
+/// What an authorization plugin's `on_error` decides; `None` asks the next plugin.
+pub(super) fn authorize_on_error(policy: OnError) -> Option<Decision> {
+    match policy {
+        OnError::Deny => Some(Decision::Deny(ReasonCode::NotAuthorized)),
+        OnError::Allow => Some(Decision::Allow),
+        OnError::Defer => None,
+    }
+}
+
 /// What an authorization plugin's answer means; `None` defers.
-fn decision(r: wit::Decision) -> Result<Option<Decision>, Failure> {
+pub(super) fn decision(r: wit::Decision) -> Result<Option<Decision>, Failure> {
     Ok(match r {
         wit::Decision::Allow => Some(Decision::Allow),
         wit::Decision::Deny(code) => Some(Decision::Deny(convert::failure_code(code, "deny")?)),
@@ -292,14 +310,14 @@ fn decision(r: wit::Decision) -> Result<Option<Decision>, Failure> {
 }
 
 /// Counts a denial, given or reused.
-fn counted(p: &Plugin, d: Decision) -> Decision {
+pub(super) fn counted(p: &Plugin, d: Decision) -> Decision {
     if matches!(d, Decision::Deny(_)) {
         p.stats.denied();
     }
     d
 }
 
-fn throttle_of(ms: u64) -> Result<Duration, Failure> {
+pub(super) fn throttle_of(ms: u64) -> Result<Duration, Failure> {
     let d = Duration::from_millis(ms);
     if d > MAX_THROTTLE {
         return Err(Failure::Invalid(format!(

@@ -138,6 +138,18 @@ impl ClientHooks for PluginClient {
         PublishOutcome::Route { throttle }
     }
 
+    fn publish_many(&mut self, messages: &mut [Message], outcomes: &mut Vec<PublishOutcome>) {
+        let (mut call, client) = self.call();
+        call.publish_many(&client, messages, outcomes)
+    }
+
+    fn batches(&self) -> bool {
+        let c = &self.chain;
+        [Hook::Authorize, Hook::RateLimit, Hook::Transform]
+            .into_iter()
+            .any(|h| c.any_active(h))
+    }
+
     fn rate_limit(&mut self, event: RateEvent) -> RateOutcome {
         let (mut call, client) = self.call();
         call.rate_limit(&client, event)

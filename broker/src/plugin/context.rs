@@ -4,10 +4,11 @@
 //! most of what a hook call cost before the plugin did anything; now a field crosses
 //! only when the plugin asks for it.
 //!
-//! A handle carries no state of its own: a call is about one client and at most one
-//! message, and they sit in the store's [`Scope`] for the call. The guest only ever
-//! receives `borrow`s, which the component model ends with the call, so a handle can
-//! never outlive what it stands for.
+//! A handle carries no state of its own: a call is about one client and one message or
+//! a batch of them, and they sit in the store's [`Scope`] for the call. A message
+//! handle's number is its place in the batch and the call's number, so a handle a
+//! plugin keeps past its call (`transform-many` hands out owned ones) stands for
+//! nothing in a later call: it reads as empty and its edits go nowhere.
 
 use super::bindings::weir::plugin::context::{self, HostClient, HostMessage};
 use super::bindings::weir::plugin::types as wit;
@@ -30,10 +31,14 @@ pub struct Scope {
     /// Kept after the call: the next call on this instance is most often for the same
     /// connection, and then setting it costs a pointer comparison.
     client: Option<Arc<wit::Client>>,
-    message: Option<Message>,
-    /// Why an edit made during this call cannot be applied.
-    invalid: Option<String>,
+    /// The call's messages, each with why an edit made to it cannot be applied.
+    messages: Vec<(Message, Option<String>)>,
+    /// Which call this is, in the upper half of message handles' numbers.
+    call: u16,
 }
+
+/// The most messages one call is about: the lower half of a handle's number.
+pub const MAX_BATCH: usize = 1 << 16;
 
 impl Scope {
     /// The call is about `client`; a borrow of handle 0 stands for it.
@@ -44,39 +49,59 @@ impl Scope {
         Resource::new_borrow(0)
     }
 
-    /// The call is also about `message`, which the plugin may edit.
-    pub fn enter_message(&mut self, message: &Message) -> Resource<MessageRef> {
-        self.message = Some(message.clone());
-        self.invalid = None;
-        Resource::new_borrow(0)
+    /// The call is also about `messages`, which the plugin may edit: a handle for each.
+    pub fn enter_messages<'m>(
+        &mut self,
+        messages: impl Iterator<Item = &'m Message>,
+        handle: impl Fn(u32) -> Resource<MessageRef>,
+    ) -> Vec<Resource<MessageRef>> {
+        self.call = self.call.wrapping_add(1);
+        self.messages.clear();
+        let call = (self.call as u32) << 16;
+        let batch = messages.take(MAX_BATCH).map(|m| (m.clone(), None));
+        self.messages.extend(batch);
+        (0..self.messages.len() as u32)
+            .map(|i| handle(call | i))
+            .collect()
     }
 
-    /// The message as the call's edits left it, or why they cannot be applied.
-    pub fn edited(&mut self) -> Result<Message, String> {
-        let m = self.message.take();
-        match self.invalid.take() {
-            Some(why) => Err(why),
-            None => m.ok_or_else(|| "no message in this call".to_string()),
+    /// The call is also about `message` alone, as a borrowed handle.
+    pub fn enter_message(&mut self, message: &Message) -> Resource<MessageRef> {
+        let mut handles = self.enter_messages(std::iter::once(message), Resource::new_borrow);
+        handles.remove(0)
+    }
+
+    /// Message `i` as the call's edits left it, or why they cannot be applied.
+    pub fn edited(&mut self, i: usize) -> Result<Message, String> {
+        match self.messages.get_mut(i) {
+            Some((_, Some(why))) => Err(std::mem::take(why)),
+            Some((m, None)) => Ok(m.clone()),
+            None => Err("no such message in this call".to_string()),
         }
     }
 
-    /// Forgets the call's message (its edits are not applied).
-    pub fn leave_message(&mut self) {
-        self.message = None;
-        self.invalid = None;
+    /// Forgets the call's messages.
+    pub fn leave_messages(&mut self) {
+        self.messages.clear();
     }
 
     fn client(&self) -> Option<&wit::Client> {
         self.client.as_deref()
     }
 
-    fn message(&mut self) -> Option<&mut Message> {
-        self.message.as_mut()
+    /// The message a handle stands for, if it is one of this call's.
+    fn message(&mut self, rep: u32) -> Option<&mut (Message, Option<String>)> {
+        if rep >> 16 != self.call as u32 {
+            return None;
+        }
+        self.messages.get_mut((rep & 0xFFFF) as usize)
     }
 
-    /// Remembers the first edit that cannot be applied.
-    fn refuse(&mut self, why: String) {
-        self.invalid.get_or_insert(why);
+    /// Remembers the first edit to message `rep` that cannot be applied.
+    fn refuse(&mut self, rep: u32, why: String) {
+        if let Some((_, invalid)) = self.message(rep) {
+            invalid.get_or_insert(why);
+        }
     }
 }
 
@@ -134,34 +159,43 @@ impl HostClient for PluginCtx {
 impl PluginCtx {
     /// Runs `f` on the call's message, if there is one (there always is while a
     /// message handle can be used).
-    fn with_message<R: Default>(&mut self, f: impl FnOnce(&mut Message) -> R) -> R {
-        self.scope.message().map(f).unwrap_or_default()
+    fn with_message<R: Default>(
+        &mut self,
+        r: Resource<MessageRef>,
+        f: impl FnOnce(&mut Message) -> R,
+    ) -> R {
+        self.scope
+            .message(r.rep())
+            .map(|(m, _)| f(m))
+            .unwrap_or_default()
     }
 }
 
 impl HostMessage for PluginCtx {
-    fn topic(&mut self, _: Resource<MessageRef>) -> String {
-        self.with_message(|m| m.topic.to_string())
+    fn topic(&mut self, r: Resource<MessageRef>) -> String {
+        self.with_message(r, |m| m.topic.to_string())
     }
 
-    fn payload(&mut self, _: Resource<MessageRef>) -> Vec<u8> {
-        self.with_message(|m| m.payload.to_vec())
+    fn payload(&mut self, r: Resource<MessageRef>) -> Vec<u8> {
+        self.with_message(r, |m| m.payload.to_vec())
     }
 
-    fn content_type(&mut self, _: Resource<MessageRef>) -> Option<String> {
-        self.with_message(|m| m.properties.content_type.clone())
+    fn content_type(&mut self, r: Resource<MessageRef>) -> Option<String> {
+        self.with_message(r, |m| m.properties.content_type.clone())
     }
 
-    fn response_topic(&mut self, _: Resource<MessageRef>) -> Option<String> {
-        self.with_message(|m| m.properties.response_topic.clone())
+    fn response_topic(&mut self, r: Resource<MessageRef>) -> Option<String> {
+        self.with_message(r, |m| m.properties.response_topic.clone())
     }
 
-    fn correlation_data(&mut self, _: Resource<MessageRef>) -> Option<Vec<u8>> {
-        self.with_message(|m| m.properties.correlation_data.as_ref().map(|c| c.to_vec()))
+    fn correlation_data(&mut self, r: Resource<MessageRef>) -> Option<Vec<u8>> {
+        self.with_message(r, |m| {
+            m.properties.correlation_data.as_ref().map(|c| c.to_vec())
+        })
     }
 
-    fn user_properties(&mut self, _: Resource<MessageRef>) -> Vec<wit::Pair> {
-        self.with_message(|m| {
+    fn user_properties(&mut self, r: Resource<MessageRef>) -> Vec<wit::Pair> {
+        self.with_message(r, |m| {
             let pairs = m.properties.user_properties.iter();
             pairs
                 .map(|(name, value)| wit::Pair {
@@ -172,68 +206,78 @@ impl HostMessage for PluginCtx {
         })
     }
 
-    fn user_property(&mut self, _: Resource<MessageRef>, name: String) -> Option<String> {
-        self.with_message(|m| {
+    fn user_property(&mut self, r: Resource<MessageRef>, name: String) -> Option<String> {
+        self.with_message(r, |m| {
             let mut pairs = m.properties.user_properties.iter();
             pairs.find(|(n, _)| *n == name).map(|(_, v)| v.clone())
         })
     }
 
-    fn set_topic(&mut self, _: Resource<MessageRef>, topic: String) {
+    fn set_topic(&mut self, r: Resource<MessageRef>, topic: String) {
         if let Err(e) = crate::topic::validate_name(&topic) {
-            return self.scope.refuse(format!("set an invalid topic: {e}"));
+            return self
+                .scope
+                .refuse(r.rep(), format!("set an invalid topic: {e}"));
         }
-        self.with_message(|m| m.topic = Arc::from(topic));
+        self.with_message(r, |m| m.topic = Arc::from(topic));
     }
 
-    fn set_payload(&mut self, _: Resource<MessageRef>, payload: Vec<u8>) {
-        self.with_message(|m| m.payload = Bytes::from(payload));
+    fn set_payload(&mut self, r: Resource<MessageRef>, payload: Vec<u8>) {
+        self.with_message(r, |m| m.payload = Bytes::from(payload));
     }
 
-    fn set_qos(&mut self, _: Resource<MessageRef>, qos: u8) {
+    fn set_qos(&mut self, r: Resource<MessageRef>, qos: u8) {
         match QoS::from_u8(qos) {
-            Some(q) => self.with_message(|m| m.qos = q),
-            None => self.scope.refuse(format!("set QoS {qos}")),
+            Some(q) => self.with_message(r, |m| m.qos = q),
+            None => self.scope.refuse(r.rep(), format!("set QoS {qos}")),
         }
     }
 
-    fn set_retain(&mut self, _: Resource<MessageRef>, retain: bool) {
-        self.with_message(|m| m.retain = retain);
+    fn set_retain(&mut self, r: Resource<MessageRef>, retain: bool) {
+        self.with_message(r, |m| m.retain = retain);
     }
 
-    fn set_message_expiry(&mut self, _: Resource<MessageRef>, seconds: Option<u32>) {
-        self.with_message(|m| m.expires_at = seconds.map(|s| now_secs() + s as u64));
+    fn set_message_expiry(&mut self, r: Resource<MessageRef>, seconds: Option<u32>) {
+        self.with_message(r, |m| m.expires_at = seconds.map(|s| now_secs() + s as u64));
     }
 
-    fn set_payload_utf8(&mut self, _: Resource<MessageRef>, utf8: bool) {
-        self.with_message(|m| m.properties.payload_format_indicator = utf8.then_some(1));
+    fn set_payload_utf8(&mut self, r: Resource<MessageRef>, utf8: bool) {
+        self.with_message(r, |m| {
+            m.properties.payload_format_indicator = utf8.then_some(1)
+        });
     }
 
-    fn set_content_type(&mut self, _: Resource<MessageRef>, content_type: Option<String>) {
-        self.with_message(|m| m.properties.content_type = content_type);
+    fn set_content_type(&mut self, r: Resource<MessageRef>, content_type: Option<String>) {
+        self.with_message(r, |m| m.properties.content_type = content_type);
     }
 
-    fn set_response_topic(&mut self, _: Resource<MessageRef>, topic: Option<String>) {
+    fn set_response_topic(&mut self, r: Resource<MessageRef>, topic: Option<String>) {
         if let Some(t) = &topic {
             if crate::topic::validate_name(t).is_err() {
-                return self.scope.refuse("set an invalid response topic".into());
+                return self
+                    .scope
+                    .refuse(r.rep(), "set an invalid response topic".into());
             }
         }
-        self.with_message(|m| m.properties.response_topic = topic);
+        self.with_message(r, |m| m.properties.response_topic = topic);
     }
 
-    fn set_correlation_data(&mut self, _: Resource<MessageRef>, data: Option<Vec<u8>>) {
-        self.with_message(|m| m.properties.correlation_data = data.map(Bytes::from));
+    fn set_correlation_data(&mut self, r: Resource<MessageRef>, data: Option<Vec<u8>>) {
+        self.with_message(r, |m| m.properties.correlation_data = data.map(Bytes::from));
     }
 
-    fn add_user_property(&mut self, _: Resource<MessageRef>, name: String, value: String) {
-        self.with_message(|m| m.properties.user_properties.push((name, value)));
+    fn add_user_property(&mut self, r: Resource<MessageRef>, name: String, value: String) {
+        self.with_message(r, |m| m.properties.user_properties.push((name, value)));
     }
 
-    fn remove_user_property(&mut self, _: Resource<MessageRef>, name: String) {
-        self.with_message(|m| m.properties.user_properties.retain(|(n, _)| *n != name));
+    fn remove_user_property(&mut self, r: Resource<MessageRef>, name: String) {
+        self.with_message(r, |m| {
+            m.properties.user_properties.retain(|(n, _)| *n != name)
+        });
     }
 
+    /// `transform-many`'s owned handles are dropped by the plugin; the messages are
+    /// the call's, forgotten when it ends.
     fn drop(&mut self, _: Resource<MessageRef>) -> wasmtime::Result<()> {
         Ok(())
     }

@@ -10,12 +10,12 @@ use super::bindings::v0_2::exports::weir::plugin as v2;
 use super::bindings::weir::plugin::types as wit;
 use super::context;
 use super::convert;
-use super::instance::PluginCtx;
+use super::instance::{Grants, PluginCtx};
 use super::{Hook, HookSet};
 use crate::message::Message;
 use std::cell::OnceCell;
 use std::sync::Arc;
-use wasmtime::component::{Instance, InstancePre};
+use wasmtime::component::{Instance, InstancePre, Resource};
 use wasmtime::Store;
 
 /// A hook there since 0.1.0, from whichever version a component was built against.
@@ -119,6 +119,9 @@ pub struct Indices {
     observer: Option<Since02<v2::observer::GuestIndices, v3::observer::GuestIndices>>,
     authenticator:
         Option<Since02<v2::authenticator::GuestIndices, v3::authenticator::GuestIndices>>,
+    authz_many: Option<v3::authz_many::GuestIndices>,
+    limiter_many: Option<v3::limiter_many::GuestIndices>,
+    transformer_many: Option<v3::transformer_many::GuestIndices>,
 }
 
 impl Indices {
@@ -133,6 +136,9 @@ impl Indices {
             deliverer: index02!(pre, deliverer),
             observer: index02!(pre, observer),
             authenticator: index02!(pre, authenticator),
+            authz_many: v3::authz_many::GuestIndices::new(pre).ok(),
+            limiter_many: v3::limiter_many::GuestIndices::new(pre).ok(),
+            transformer_many: v3::transformer_many::GuestIndices::new(pre).ok(),
         }
     }
 
@@ -151,6 +157,16 @@ impl Indices {
         .into_iter()
         .filter(|(has, _)| *has)
         .fold(HookSet::default(), |set, (_, h)| set.with(h))
+    }
+
+    /// Whether the plugin exports the batch form of `hook` (0.3.0's `*-many`).
+    pub fn batches(&self, hook: Hook) -> bool {
+        match hook {
+            Hook::Authorize => self.authz_many.is_some(),
+            Hook::RateLimit => self.limiter_many.is_some(),
+            Hook::Transform => self.transformer_many.is_some(),
+            _ => false,
+        }
     }
 
     pub fn has_init(&self) -> bool {
@@ -189,6 +205,15 @@ impl Indices {
             authenticator: (self.authenticator.as_ref())
                 .map(|i| each02!(i, i => i.load(&mut *s, instance)))
                 .transpose()?,
+            authz_many: (self.authz_many.as_ref())
+                .map(|i| i.load(&mut *s, instance))
+                .transpose()?,
+            limiter_many: (self.limiter_many.as_ref())
+                .map(|i| i.load(&mut *s, instance))
+                .transpose()?,
+            transformer_many: (self.transformer_many.as_ref())
+                .map(|i| i.load(&mut *s, instance))
+                .transpose()?,
         })
     }
 
@@ -217,6 +242,10 @@ pub struct Guests {
     pub deliverer: Option<Since02<v2::deliverer::Guest, v3::deliverer::Guest>>,
     pub observer: Option<Since02<v2::observer::Guest, v3::observer::Guest>>,
     pub authenticator: Option<Since02<v2::authenticator::Guest, v3::authenticator::Guest>>,
+    /// 0.3.0's batch forms, where the plugin exports them.
+    pub authz_many: Option<v3::authz_many::Guest>,
+    pub limiter_many: Option<v3::limiter_many::Guest>,
+    pub transformer_many: Option<v3::transformer_many::Guest>,
 }
 
 type S<'a> = &'a mut Store<PluginCtx>;
@@ -340,14 +369,15 @@ impl Since01<v1::transformer::Guest, v2::transformer::Guest, v3::transformer::Gu
 /// the edits forgotten otherwise.
 fn applied(s: S<'_>, answer: wasmtime::Result<Option<Reshaped>>) -> wasmtime::Result<Reshaped> {
     let scope = &mut s.data_mut().scope;
-    let Ok(None) = answer else {
-        scope.leave_message();
-        return answer.map(|r| r.unwrap_or(Reshaped::Keep));
+    let answer = match answer {
+        Ok(None) => Ok(match scope.edited(0) {
+            Ok(m) => Reshaped::Edited(m),
+            Err(why) => Reshaped::Invalid(why),
+        }),
+        other => other.map(|r| r.unwrap_or(Reshaped::Keep)),
     };
-    Ok(match scope.edited() {
-        Ok(m) => Reshaped::Edited(m),
-        Err(why) => Reshaped::Invalid(why),
-    })
+    scope.leave_messages();
+    answer
 }
 
 impl Since01<v1::limiter::Guest, v2::limiter::Guest, v3::limiter::Guest> {
@@ -440,5 +470,96 @@ impl Since02<v2::authenticator::Guest, v3::authenticator::Guest> {
         response: &wit::AuthResponse,
     ) -> wasmtime::Result<wit::AuthStep> {
         same02!(self, g => g.call_auth_continue(s, response))
+    }
+}
+
+/// What a batch call's answer granted, as a single call's grants.
+fn grants(g: &wit::Grants) -> Grants {
+    Grants {
+        reuse_ms: g.reuse_ms,
+        lease: g.lease.as_ref().map(|l| (l.events, l.bytes, l.ttl_ms)),
+    }
+}
+
+/// The batch forms: one call for several messages, through 0.3.0's `*-many` exports
+/// where the plugin has them, else the single hook once per message within the same
+/// call. Each answer comes with what it granted.
+impl Guests {
+    pub fn authorize_each(
+        &self,
+        s: S<'_>,
+        client: &Client,
+        accesses: &[wit::Access],
+    ) -> wasmtime::Result<Vec<(wit::Decision, Grants)>> {
+        if let Some(g) = &self.authz_many {
+            let c = s.data_mut().scope.enter(client);
+            let answers = g.call_authorize_many(s, c, accesses)?;
+            return Ok(answers.into_iter().map(|(d, g)| (d, grants(&g))).collect());
+        }
+        let each = |a| {
+            let d = match &self.authz {
+                Some(h) => h.call_authorize(s, client, a)?,
+                None => wit::Decision::Defer,
+            };
+            Ok((d, std::mem::take(&mut s.data_mut().grants)))
+        };
+        accesses.iter().map(each).collect()
+    }
+
+    /// `rate-limit-many`, if the plugin exports it. (A limiter without it is asked
+    /// once per publish, each with the leases it granted before: what it took for a
+    /// lease is what covers the publishes after it.)
+    pub fn rate_limit_many(
+        &self,
+        s: S<'_>,
+        client: &Client,
+        events: &[wit::Event],
+    ) -> wasmtime::Result<Vec<(wit::RateResult, Grants)>> {
+        let Some(g) = &self.limiter_many else {
+            return Err(wasmtime::format_err!("rate-limit-many is not exported"));
+        };
+        let c = s.data_mut().scope.enter(client);
+        let answers = g.call_rate_limit_many(s, c, events)?;
+        Ok(answers.into_iter().map(|(r, g)| (r, grants(&g))).collect())
+    }
+
+    pub fn transform_each(
+        &self,
+        s: S<'_>,
+        client: &Client,
+        messages: &[&Message],
+    ) -> wasmtime::Result<Vec<(Reshaped, Grants)>> {
+        let Some(g) = &self.transformer_many else {
+            let each = |m: &&Message| {
+                let r = match &self.transformer {
+                    Some(h) => h.call_transform(s, client, &Reshaping::new(m))?,
+                    None => Reshaped::Keep,
+                };
+                Ok((r, std::mem::take(&mut s.data_mut().grants)))
+            };
+            return messages.iter().map(each).collect();
+        };
+        let scope = &mut s.data_mut().scope;
+        let c = scope.enter(client);
+        let handles = scope.enter_messages(messages.iter().copied(), Resource::new_own);
+        let headers: Vec<_> = messages.iter().map(|m| context::header(m)).collect();
+        let answers = g.call_transform_many(&mut *s, c, &handles, &headers);
+        let scope = &mut s.data_mut().scope;
+        let answers = answers.map(|list| {
+            let each = |(i, (o, g))| {
+                let r = match o {
+                    wit::TransformOutcome::Keep => Reshaped::Keep,
+                    wit::TransformOutcome::Drop(code) => Reshaped::Drop(Some(code)),
+                    wit::TransformOutcome::Apply => match scope.edited(i) {
+                        Ok(m) => Reshaped::Edited(m),
+                        Err(why) => Reshaped::Invalid(why),
+                    },
+                };
+                (r, grants(&g))
+            };
+            list.into_iter().enumerate().map(each).collect()
+        });
+        scope.leave_messages();
+        answers
     }
 }

@@ -65,7 +65,9 @@ impl Bucket {
 /// refilled are swept out every [`SWEEP_EVERY`] operations, and past `max` buckets the
 /// least recently used go too (they come back full: lenient, but bounded).
 struct Buckets {
-    map: HashMap<String, Bucket>,
+    /// foldhash, seeded per process: keys come from clients, and SipHash was a tenth of
+    /// a rate-limit call.
+    map: crate::FastMap<String, Bucket>,
     max: usize,
     operations: u64,
 }
@@ -73,7 +75,7 @@ struct Buckets {
 impl Buckets {
     fn new(max: usize) -> Buckets {
         Buckets {
-            map: HashMap::new(),
+            map: crate::FastMap::default(),
             max,
             operations: 0,
         }

@@ -12,6 +12,7 @@
 //! one directly on the connection's thread.
 
 use super::answers::Answers;
+use super::bindings::weir::plugin::types as wit;
 use super::guests::{Guests, Indices};
 use super::host_api::SharedState;
 use super::http::HttpPolicy;
@@ -222,6 +223,43 @@ pub struct Shadow {
     pub failed: AtomicU64,
 }
 
+/// An answer a shadow's is compared with: one answer, or a batch's, answer by answer.
+pub trait Compared: std::fmt::Debug {
+    /// How many of these answers agree with `other`'s, and how many do not.
+    fn agreement(&self, other: &Self) -> (u64, u64);
+}
+
+macro_rules! compared_whole {
+    ($($t:ty),+) => {$(
+        impl Compared for $t {
+            fn agreement(&self, other: &Self) -> (u64, u64) {
+                if self == other { (1, 0) } else { (0, 1) }
+            }
+        }
+    )+};
+}
+
+compared_whole!(
+    (),
+    wit::AuthResult,
+    wit::AuthStep,
+    wit::Decision,
+    wit::RateResult,
+    wit::SubscribeResult,
+    super::guests::Reshaped
+);
+
+/// A batch's answers, each compared with its counterpart; what it granted is not.
+impl<T: PartialEq + std::fmt::Debug> Compared for Vec<(T, Grants)> {
+    fn agreement(&self, other: &Self) -> (u64, u64) {
+        if self.len() != other.len() {
+            return (0, self.len().max(other.len()) as u64);
+        }
+        let agreed = self.iter().zip(other).filter(|(a, b)| a.0 == b.0).count();
+        (agreed as u64, (self.len() - agreed) as u64)
+    }
+}
+
 /// Disagreements and failures logged, at most, before only every thousandth is.
 const SHADOW_LOGGED: u64 = 20;
 
@@ -237,25 +275,29 @@ impl Shadow {
     }
 
     /// Asks the candidate what `f` asked, and compares its answer with `answer`.
-    fn compare<R, F>(&self, active: &str, f: &F, answer: &R)
+    fn compare<R, F>(&self, active: &str, f: &F, answer: &R, items: u32)
     where
-        R: PartialEq + std::fmt::Debug,
+        R: Compared,
         F: Fn(&Guests, &mut Store<PluginCtx>) -> wasmtime::Result<R>,
     {
         let sampled = |n: u64| n <= SHADOW_LOGGED || n % 1000 == 0;
-        match self.candidate.answer(f).map(|(r, _)| r) {
-            Ok(r) if r == *answer => {
-                self.agreed.fetch_add(1, Relaxed);
-            }
+        let answered = self.candidate.answer(f, items).map(|(r, _)| r);
+        let (agreed, disagreed) = match &answered {
+            Ok(r) => r.agreement(answer),
+            Err(_) => (0, 0),
+        };
+        self.agreed.fetch_add(agreed, Relaxed);
+        match answered {
+            Ok(_) if disagreed == 0 => {}
             Ok(r) => {
-                let n = self.disagreed.fetch_add(1, Relaxed) + 1;
+                let n = self.disagreed.fetch_add(disagreed, Relaxed) + disagreed;
                 if sampled(n) {
                     tracing::warn!(plugin = active, candidate = %self.candidate.hash, disagreements = n,
                         "shadow disagrees: the plugin answered {answer:?}, the candidate {r:?}");
                 }
             }
             Err(e) => {
-                let n = self.failed.fetch_add(1, Relaxed) + 1;
+                let n = self.failed.fetch_add(items as u64, Relaxed) + items as u64;
                 if sampled(n) {
                     tracing::warn!(plugin = active, candidate = %self.candidate.hash, failures = n,
                         "shadow failed where the plugin answered {answer:?}: {e}");
@@ -360,6 +402,12 @@ impl Plugin {
     }
 
     /// Whether it is called on the blocking path (see [`wasi_io::may_wait`]).
+    /// Whether it answers for several messages in one call of `hook` (0.3.0's
+    /// `authz-many`, `limiter-many`, `transformer-many`).
+    pub fn batches(&self, hook: super::Hook) -> bool {
+        self.indices.batches(hook)
+    }
+
     pub fn may_wait(&self) -> bool {
         self.may_wait
     }
@@ -369,11 +417,12 @@ impl Plugin {
         crate::sync::lock(&self.pool)
     }
 
-    fn arm(&self, store: &mut Store<PluginCtx>) {
-        store.set_epoch_deadline(self.deadline_ticks);
+    /// Sets the deadline and fuel of a call about `items` things.
+    fn arm(&self, store: &mut Store<PluginCtx>, items: u32) {
+        store.set_epoch_deadline(self.deadline_ticks * items.max(1) as u64);
         store.data_mut().limiter.hit = false;
         if let Some(f) = self.fuel {
-            let _ = store.set_fuel(f);
+            let _ = store.set_fuel(f.saturating_mul(items.max(1) as u64));
         }
     }
 
@@ -399,7 +448,7 @@ impl Plugin {
         let mut store = Store::new(self.pre.engine(), ctx);
         store.limiter(|c| &mut c.limiter);
         store.epoch_deadline_trap();
-        self.arm(&mut store);
+        self.arm(&mut store, 1);
         // Instantiating (a Python component copies megabytes of pre-initialized heap)
         // and `init` are not hook calls: they get their own, longer bound.
         store.set_epoch_deadline(INIT_DEADLINE.as_millis() as u64 * 1000 / TICK.as_micros() as u64);
@@ -437,7 +486,7 @@ impl Plugin {
     /// Calls into the plugin with a pooled instance, on this thread, or inside
     /// `block_in_place` for a plugin that may wait. On failure the instance is dropped
     /// (the pooling allocator reclaims its slot) and the failure counted.
-    pub fn call<R: PartialEq + std::fmt::Debug>(
+    pub fn call<R: Compared>(
         &self,
         f: impl Fn(&Guests, &mut Store<PluginCtx>) -> wasmtime::Result<R>,
     ) -> Result<R, Failure> {
@@ -446,33 +495,43 @@ impl Plugin {
 
     /// [`Plugin::call`], also returning what the plugin allowed the broker to do without
     /// calling it again (`host.reuse-answer`, `host.lease`).
-    pub fn call_reusable<R: PartialEq + std::fmt::Debug>(
+    pub fn call_reusable<R: Compared>(
         &self,
         f: impl Fn(&Guests, &mut Store<PluginCtx>) -> wasmtime::Result<R>,
     ) -> Result<(R, Grants), Failure> {
-        let answered = self.answer(&f);
+        self.call_for(1, f)
+    }
+
+    /// A call that asks the plugin about `items` things at once (a batch of messages):
+    /// counted as that many calls, with that many times a call's deadline and fuel.
+    pub fn call_for<R: Compared>(
+        &self,
+        items: u32,
+        f: impl Fn(&Guests, &mut Store<PluginCtx>) -> wasmtime::Result<R>,
+    ) -> Result<(R, Grants), Failure> {
+        let answered = self.answer(&f, items);
         if let (Ok((answer, _)), true) = (&answered, self.shadowed.load(Relaxed)) {
             if let Some(shadow) = &*self.shadow.load() {
-                shadow.compare(&self.name, &f, answer);
+                shadow.compare(&self.name, &f, answer, items);
             }
         }
         answered
     }
 
     /// One call of this version alone (no shadow asked).
-    fn answer<R, F>(&self, f: &F) -> Result<(R, Grants), Failure>
+    fn answer<R, F>(&self, f: &F, items: u32) -> Result<(R, Grants), Failure>
     where
         F: Fn(&Guests, &mut Store<PluginCtx>) -> wasmtime::Result<R>,
     {
         if !self.may_wait {
-            return self.call_here(f, false);
+            return self.call_here(f, false, items);
         }
         blocking(|| {
             let Some(_slot) = self.slots.take(self.deadline()) else {
                 self.stats.failed(&Failure::Busy);
                 return Err(Failure::Busy);
             };
-            self.call_here(f, true)
+            self.call_here(f, true, items)
         })
     }
 
@@ -496,13 +555,14 @@ impl Plugin {
         &self,
         f: &impl Fn(&Guests, &mut Store<PluginCtx>) -> wasmtime::Result<R>,
         waiting: bool,
+        items: u32,
     ) -> Result<(R, Grants), Failure> {
         let pooled = self.pool().pop();
         let mut live = match pooled {
             Some(l) => l,
             None => self.fresh().inspect_err(|e| self.stats.failed(e))?,
         };
-        self.arm(&mut live.store);
+        self.arm(&mut live.store, items);
         live.store.data_mut().grants = Grants::default();
         // Reading the clock twice was a tenth of an empty call: only a sample of calls
         // is timed, and those that wait, whose deadline needs the start.
@@ -511,10 +571,11 @@ impl Plugin {
         let live_ = &mut *live;
         let mut run = || catch_unwind(AssertUnwindSafe(|| f(&live_.guests, &mut live_.store)));
         let outcome = match (waiting, started) {
-            (true, Some(t)) => wasi_io::waiting_until(t + self.deadline(), run),
+            (true, Some(t)) => wasi_io::waiting_until(t + self.deadline() * items, run),
             _ => run(),
         };
-        self.stats.called(started.map(|t| t.elapsed()));
+        self.stats
+            .called(items, started.map(|t| t.elapsed() / items.max(1)));
         let failure = match outcome {
             Ok(Ok(v)) => {
                 let grants = std::mem::take(&mut live.store.data_mut().grants);

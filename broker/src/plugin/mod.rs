@@ -15,6 +15,7 @@
 //! `answers` and `kept` (reused answers, shared and per connection), `stats`, `watch`.
 
 mod answers;
+mod batch;
 pub mod bindings;
 mod call;
 mod chain;

@@ -10,6 +10,7 @@ use super::convert;
 use super::guests::{Client, Guests, Reshaped, Reshaping};
 use super::instance::Failure;
 use super::instance::PluginCtx;
+use super::kept::Kept;
 use super::Hook;
 use crate::codec::{QoS, ReasonCode};
 use crate::config::OnError;
@@ -34,7 +35,7 @@ impl Stage {
         }
     }
 
-    fn question(self, header: u64) -> Question {
+    pub(super) fn question(self, header: u64) -> Question {
         match self {
             Stage::Transform => Question::Transform(header),
             Stage::Deliver { .. } => Question::Deliver(header),
@@ -60,6 +61,46 @@ impl Stage {
         }
     }
 
+    /// What one plugin's answer does to `message`: kept (the answer kept for reuse if
+    /// `reuse`), replaced in place, or dropped with the plugin's reason code.
+    pub(super) fn apply(
+        self,
+        ask: &Ask<'_>,
+        kept: &mut Kept,
+        message: &mut Message,
+        answer: Reshaped,
+        reuse: Option<u32>,
+        max_packet: usize,
+    ) -> Result<Applied, Failure> {
+        let question = |m: &Message| self.question(answers::header(m));
+        let mut new = match answer {
+            Reshaped::Keep => {
+                if let Some(ms) = reuse {
+                    ask.reuse(kept, &message.topic, question(message), Answer::Keep, ms);
+                }
+                return Ok(Applied::Kept);
+            }
+            Reshaped::Drop(code) => {
+                let code = code.map(|c| convert::failure_code(c, "drop"));
+                let code = code.transpose()?;
+                ask.p.stats.denied();
+                return Ok(Applied::Dropped(code));
+            }
+            Reshaped::Invalid(why) => {
+                return Err(Failure::Invalid(format!("edited message {why}")))
+            }
+            Reshaped::Replace(m) => convert::replacement(m, message, max_packet)?,
+            Reshaped::Edited(m) => edited(m, max_packet)?,
+        };
+        self.settle(&mut new);
+        if let (Some(ms), Some(r)) = (reuse, Replacement::of(&new, message)) {
+            let answer = Answer::Replace(Arc::new(r));
+            ask.reuse(kept, &message.topic, question(message), answer, ms);
+        }
+        *message = new;
+        Ok(Applied::Changed)
+    }
+
     /// A delivery's QoS and retain flag are not a plugin's to change.
     fn settle(self, m: &mut Message) {
         if let Stage::Deliver { qos, retain } = self {
@@ -68,9 +109,16 @@ impl Stage {
     }
 }
 
+/// What a plugin's answer did to a message.
+pub(super) enum Applied {
+    Kept,
+    Changed,
+    Dropped(Option<ReasonCode>),
+}
+
 /// Applies a reused answer to `message`: `Some(whether it changed it)`, or `None` if
 /// there was none that fits (the plugin is asked).
-fn reapply(
+pub(super) fn reapply(
     stage: Stage,
     reused: Option<Answer>,
     message: &mut Message,
@@ -88,7 +136,7 @@ fn reapply(
 
 /// A 0.3.0 plugin's edits, checked like an inbound PUBLISH (each edit was checked as it
 /// was made; what is left is what only the whole message shows).
-fn edited(m: Message, max_packet: usize) -> Result<Message, Failure> {
+pub(super) fn edited(m: Message, max_packet: usize) -> Result<Message, Failure> {
     match convert::unfit(&m.topic, &m.payload, &m.properties, max_packet) {
         Some(why) => Err(Failure::Invalid(format!("edited message {why}"))),
         None => Ok(m),
@@ -146,44 +194,16 @@ impl Call<'_> {
                 let answer = p.call_reusable(|g, s| stage.ask(g, s, c, &m));
                 let decided = answer.and_then(|(r, grants)| {
                     let reuse = grants.reuse_ms.filter(|_| original);
-                    match r {
-                        Reshaped::Keep => {
-                            if let Some(ms) = reuse {
-                                let q = question(message);
-                                ask.reuse(kept, &message.topic, q, Answer::Keep, ms);
+                    Ok(
+                        match stage.apply(&ask, kept, message, r, reuse, max_packet)? {
+                            Applied::Kept => None,
+                            Applied::Changed => {
+                                changed = true;
+                                None
                             }
-                            Ok(None)
-                        }
-                        Reshaped::Drop(code) => {
-                            let code = code.map(|c| convert::failure_code(c, "drop"));
-                            let code = code.transpose()?;
-                            p.stats.denied();
-                            Ok(Some(Dropped(code)))
-                        }
-                        Reshaped::Invalid(why) => {
-                            Err(Failure::Invalid(format!("edited message {why}")))
-                        }
-                        r @ (Reshaped::Replace(_) | Reshaped::Edited(_)) => {
-                            let mut m = match r {
-                                Reshaped::Replace(m) => {
-                                    convert::replacement(m, message, max_packet)?
-                                }
-                                Reshaped::Edited(m) => edited(m, max_packet)?,
-                                _ => unreachable!(),
-                            };
-                            stage.settle(&mut m);
-                            if let Some(ms) = reuse {
-                                let q = question(message);
-                                if let Some(r) = Replacement::of(&m, message) {
-                                    let answer = Answer::Replace(Arc::new(r));
-                                    ask.reuse(kept, &message.topic, q, answer, ms);
-                                }
-                            }
-                            *message = m;
-                            changed = true;
-                            Ok(None)
-                        }
-                    }
+                            Applied::Dropped(code) => Some(Dropped(code)),
+                        },
+                    )
                 });
                 Step::from(decided)
             },

@@ -97,9 +97,10 @@ impl Stats {
         crate::sync::lock(&self.last_rejection).clone()
     }
 
-    /// A call, and how long it took if it was timed (see [`sampled`]).
-    pub fn called(&self, took: Option<Duration>) {
-        self.calls.add(1);
+    /// A call about `items` things (a batch counts as that many calls), and how long
+    /// each took if it was timed (see [`sampled`]).
+    pub fn called(&self, items: u32, took: Option<Duration>) {
+        self.calls.add(items as u64);
         let Some(took) = took else { return };
         let ns = took.as_nanos().min(u64::MAX as u128) as u64;
         self.latency_ns_sum.fetch_add(ns, Relaxed);

@@ -18,8 +18,8 @@
 use serde::Deserialize;
 use std::sync::OnceLock;
 use weir_plugin_sdk::{
-    charge_tokens, lease, parse_config, take_tokens, Client, Event, Init, RateLimit, RateResult,
-    ReasonCode,
+    charge_tokens, client_id, lease, parse_config, take_tokens, username, Client, Event, Init,
+    RateLimit, RateResult, ReasonCode,
 };
 
 /// A lease is at most this many messages.
@@ -129,12 +129,12 @@ impl RateLimit for Limiter {
                     // Only what a configured limit needs is asked of the broker.
                     (
                         c.per_client.as_ref(),
-                        (c.per_client.as_ref()).map(|_| format!("client:{}", client.client_id())),
+                        (c.per_client.as_ref()).map(|_| format!("client:{}", client_id(client))),
                     ),
                     (
                         c.per_username.as_ref(),
                         (c.per_username.as_ref())
-                            .and_then(|_| client.username())
+                            .and_then(|_| username(client))
                             .map(|u| format!("user:{u}")),
                     ),
                 ];

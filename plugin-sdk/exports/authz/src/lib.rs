@@ -4,7 +4,7 @@
 
 wit_bindgen::generate!({
     path: "../../../wit",
-    world: "authz-plugin",
+    world: "authz-many-plugin",
     with: {
         "weir:plugin/types@0.3.0": weir_plugin_sdk::types,
         "weir:plugin/context@0.3.0": weir_plugin_sdk::context,
