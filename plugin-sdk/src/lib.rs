@@ -391,6 +391,8 @@ pub mod batch {
                     out.push((RateResult::Allow, none()));
                     continue;
                 }
+                // A lease that cannot cover a publish ends, as the broker's does.
+                lease = None;
             }
             let (r, mut g) = each(|| hook(e));
             if let (RateResult::Allow, Some(l)) = (&r, &g.lease) {

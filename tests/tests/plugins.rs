@@ -521,6 +521,50 @@ async fn a_huge_replacement_is_invalid_and_the_message_is_kept() {
     }
 }
 
+/// A message that makes a plugin trap fails alone, even among messages read together
+/// (asked about in one call first): its neighbours are answered as if it were not there.
+#[test]
+fn a_message_that_makes_a_plugin_fail_fails_alone_in_a_run() {
+    let w = misbehaving("trap", "");
+    let mut r = v5_client(&w, "pub", &[]);
+    let topics = ["ok/1", "bad/2", "ok/3", "ok/4"];
+    let all: Vec<u8> = (topics.iter().zip(1u16..))
+        .flat_map(|(t, i)| publish5(0x02, t, Some(i), &[], b"x"))
+        .collect();
+    r.send(&all);
+    let codes: Vec<u8> = (0..topics.len())
+        .map(|_| ack_code(&r.recv().expect("PUBACK")))
+        .collect();
+    assert_eq!(
+        codes,
+        [0, 0x87, 0, 0],
+        "authorize's on_error (deny) for the one"
+    );
+}
+
+/// A transform may send a message on at another QoS; the publisher's acknowledgement
+/// follows the QoS it published with, one by one or in a run read together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transform_that_changes_the_qos_leaves_the_acknowledgement_alone() {
+    let w = misbehaving("qos0", "");
+    let (mut sub, _) = C5::connect_with(C5::opts(w.port, "sub")).await;
+    sub.subscribe("bad/#", QoS::AtLeastOnce).await;
+    let mut r = v5_client(&w, "pub", &[]);
+    assert_eq!(
+        publish_code(&mut r, "bad/x", 1, b"one"),
+        0,
+        "PUBACK for QoS 1"
+    );
+    assert_eq!(sub.publish().await.qos, QoS::AtMostOnce, "sent on at QoS 0");
+    let all: Vec<u8> = (2..=5u16)
+        .flat_map(|i| publish5(0x02, "bad/y", Some(i), &[], b"run"))
+        .collect();
+    r.send(&all);
+    for _ in 2..=5 {
+        assert_eq!(ack_code(&r.recv().expect("a PUBACK each")), 0);
+    }
+}
+
 #[test]
 fn plugin_stdout_and_stderr_reach_the_log() {
     let w = misbehaving("print", "");

@@ -312,7 +312,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 if let Some(d) = throttle {
                     self.inbound.pause_until(answered + d);
                 }
-                self.route(Arc::new(msg), pid);
+                self.route(Arc::new(msg), pid, qos);
                 self.inbound.held = self.broker.pace().is_some_and(|b| b.is_over());
             }
             PublishOutcome::Refuse { code, why } => {
@@ -340,9 +340,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         Ok(())
     }
 
-    /// Routes an accepted message and acknowledges it once what it changed is durable.
-    fn route(&mut self, msg: Arc<Message>, pid: u16) {
-        let qos = msg.qos;
+    /// Routes an accepted message and acknowledges it once what it changed is durable,
+    /// as the QoS it came with asks (a transform may have changed the message's).
+    fn route(&mut self, msg: Arc<Message>, pid: u16, qos: QoS) {
         let routed = self.broker.publish(msg);
         let mut stored = routed.stored;
         self.inbound.wait_for(routed.hold, &self.session);

@@ -26,6 +26,31 @@ use std::time::Duration;
 /// answers holds a connection's thread.
 pub const MAX_BATCH: usize = 32;
 
+/// Messages asked about in one call, and the answers (or the failure).
+type Run<T> = (Vec<usize>, Result<Vec<T>, Failure>);
+
+/// Asks a plugin about `asked` in runs of at most [`MAX_BATCH`]: the answers (one per
+/// message) of each run. A run whose call fails is asked again one message at a time,
+/// so a message that makes the plugin fail (a trap, the deadline) fails alone, and its
+/// plugin's `on_error` applies to it only. Not for limiters: asking again would take
+/// their tokens twice.
+fn in_runs<T>(
+    asked: &[usize],
+    mut call: impl FnMut(&[usize]) -> Result<Vec<T>, Failure>,
+) -> Vec<Run<T>> {
+    let mut ask = |run: &[usize]| call(run).and_then(|list| complete(list, run.len()));
+    let mut out = Vec::new();
+    for run in asked.chunks(MAX_BATCH) {
+        match ask(run) {
+            Err(_) if run.len() > 1 => {
+                out.extend(run.iter().map(|&k| (vec![k], ask(&[k]))));
+            }
+            answers => out.push((run.to_vec(), answers)),
+        }
+    }
+    out
+}
+
 /// A batch answer with one answer per message asked, or an invalid answer.
 fn complete<T>(answers: Vec<T>, asked: usize) -> Result<Vec<T>, Failure> {
     if answers.len() != asked {
@@ -123,23 +148,24 @@ impl Call<'_> {
                 }
                 asked.push(k);
             }
-            for chunk in asked.chunks(MAX_BATCH) {
-                let accesses: Vec<wit::Access> = (chunk.iter().map(|&k| &messages[k]))
+            let runs = in_runs(&asked, |run| {
+                let accesses: Vec<wit::Access> = (run.iter().map(|&k| &messages[k]))
                     .map(|m| convert::access(Action::Publish, &m.topic, m.qos, m.retain))
                     .collect();
                 let c = record.of(client);
-                let answer =
-                    p.call_for(chunk.len() as u32, |g, s| g.authorize_each(s, c, &accesses));
-                let answers = answer.and_then(|(list, _)| complete(list, chunk.len()));
+                let answer = p.call_for(run.len() as u32, |g, s| g.authorize_each(s, c, &accesses));
+                answer.map(|(list, _)| list)
+            });
+            for (run, answers) in runs {
                 let answers = match answers {
                     Ok(list) => list,
                     Err(f) => {
                         let d = authorize_on_error(chain.failed(p, Hook::Authorize, &f));
-                        chunk.iter().for_each(|&k| decided[k] = d);
+                        run.iter().for_each(|&k| decided[k] = d);
                         continue;
                     }
                 };
-                for (&k, (r, grants)) in chunk.iter().zip(answers) {
+                for (&k, (r, grants)) in run.iter().zip(answers) {
                     let m = &messages[k];
                     decided[k] = match decision(r) {
                         Ok(d) => {
@@ -207,11 +233,13 @@ impl Call<'_> {
                     }
                 };
                 for (&j, (r, grants)) in chunk.iter().zip(answers) {
+                    // A lease goes with an `allow` only, as for single calls.
+                    let lease = grants.lease.filter(|_| r == wit::RateResult::Allow);
                     let answered = limited(p, r, &mut throttle[j]);
                     match answered {
                         Ok(Some(code)) => rejected[j] = Some(code),
                         Ok(None) => {
-                            if let Some((events, bytes, ms)) = grants.lease {
+                            if let Some((events, bytes, ms)) = lease {
                                 if let Some(until) = answers::until(ms) {
                                     kept.lease(i, events, bytes, until);
                                 }
@@ -274,22 +302,24 @@ impl Call<'_> {
                 }
                 asked.push(j);
             }
-            for chunk in asked.chunks(MAX_BATCH) {
-                let batch: Vec<&Message> = chunk.iter().map(|&j| &messages[live[j]]).collect();
+            let runs = in_runs(&asked, |run| {
+                let batch: Vec<&Message> = run.iter().map(|&j| &messages[live[j]]).collect();
                 let c = record.of(client);
-                let answer = p.call_for(chunk.len() as u32, |g, s| g.transform_each(s, c, &batch));
-                let answers = answer.and_then(|(list, _)| complete(list, chunk.len()));
+                let answer = p.call_for(run.len() as u32, |g, s| g.transform_each(s, c, &batch));
+                answer.map(|(list, _)| list)
+            });
+            for (run, answers) in runs {
                 let answers = match answers {
                     Ok(list) => list,
                     Err(f) => {
                         if chain.failed(p, Hook::Transform, &f) == OnError::Deny {
                             let code = Some(ReasonCode::ImplementationSpecificError);
-                            chunk.iter().for_each(|&j| dropped[j] = code);
+                            run.iter().for_each(|&j| dropped[j] = code);
                         }
                         continue;
                     }
                 };
-                for (&j, (r, grants)) in chunk.iter().zip(answers) {
+                for (&j, (r, grants)) in run.iter().zip(answers) {
                     let reuse = grants.reuse_ms.filter(|_| !changed[j]);
                     let m = &mut messages[live[j]];
                     match Stage::Transform.apply(&ask, kept, m, r, reuse, max_packet) {

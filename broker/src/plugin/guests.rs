@@ -506,9 +506,9 @@ impl Guests {
         accesses.iter().map(each).collect()
     }
 
-    /// `rate-limit-many`, if the plugin exports it. (A limiter without it is asked
-    /// once per publish, each with the leases it granted before: what it took for a
-    /// lease is what covers the publishes after it.)
+    /// `rate-limit-many`. The chain asks a limiter without it once per publish, each
+    /// after what its leases covered; this asks it about each in turn only for a
+    /// shadow, whose tokens are its own.
     pub fn rate_limit_many(
         &self,
         s: S<'_>,
@@ -516,7 +516,14 @@ impl Guests {
         events: &[wit::Event],
     ) -> wasmtime::Result<Vec<(wit::RateResult, Grants)>> {
         let Some(g) = &self.limiter_many else {
-            return Err(wasmtime::format_err!("rate-limit-many is not exported"));
+            let each = |e: &wit::Event| {
+                let r = match &self.limiter {
+                    Some(h) => h.call_rate_limit(s, client, *e)?,
+                    None => wit::RateResult::Allow,
+                };
+                Ok((r, std::mem::take(&mut s.data_mut().grants)))
+            };
+            return events.iter().map(each).collect();
         };
         let c = s.data_mut().scope.enter(client);
         let answers = g.call_rate_limit_many(s, c, events)?;

@@ -158,16 +158,20 @@ impl Stats {
 pub const SAMPLE_EVERY: u32 = 8;
 
 /// Whether to time this call: one in [`SAMPLE_EVERY`] of the calls each thread makes,
-/// whichever plugin and hook, so a plugin called rarely is sampled as often as one
-/// called for every message. The histogram is a sample; `calls` counts every call.
+/// at random (xorshift), whichever plugin and hook: a plugin called rarely is sampled as
+/// often as one called for every message, and plugins called in turn (a chain) are not
+/// always the same one sampled. The histogram is a sample; `calls` counts every call.
 pub fn sampled() -> bool {
     thread_local! {
-        static CALLS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+        static STATE: std::cell::Cell<u32> = const { std::cell::Cell::new(0x9E37_79B9) };
     }
-    CALLS.with(|c| {
-        let n = c.get().wrapping_add(1);
-        c.set(n);
-        n % SAMPLE_EVERY == 1
+    STATE.with(|c| {
+        let mut x = c.get();
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        c.set(x);
+        x % SAMPLE_EVERY == 0
     })
 }
 

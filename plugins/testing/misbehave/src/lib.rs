@@ -1,7 +1,7 @@
 //! A plugin that fails on purpose, for the broker's tests. Configured `mode`:
 //! `loop` (never returns), `trap` (panics), `print` (writes to stdout and stderr, then
 //! allows), `grab` (allocates until the memory cap stops it), `huge` (replaces the message's payload with 8 MiB), `bad-topic` (sets the
-//! topic to a filter, `bad/+`, and applies it), `bad-code` (denies with reason
+//! topic to a filter, `bad/+`, and applies it), `qos0` (sends the message on at QoS 0), `bad-code` (denies with reason
 //! code 0x00), `init-fail` (rejects its configuration). It misbehaves only for topics
 //! under `bad/`; for every other topic it allows and keeps, so the tests can show that
 //! other clients are served while it fails.
@@ -50,6 +50,7 @@ fn misbehave(topic: &str) -> Option<&'static str> {
         other => Some(match other {
             "huge" => "huge",
             "bad-topic" => "bad-topic",
+            "qos0" => "qos0",
             "bad-code" => "bad-code",
             _ => "none",
         }),
@@ -88,6 +89,10 @@ impl Transform for Misbehave {
             }
             Some("bad-topic") => {
                 message.set_topic("bad/+");
+                TransformOutcome::Apply
+            }
+            Some("qos0") => {
+                message.set_qos(0);
                 TransformOutcome::Apply
             }
             _ => TransformOutcome::Keep,
