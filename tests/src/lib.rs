@@ -71,6 +71,17 @@ pub fn conns_bin() -> PathBuf {
     BIN.get_or_init(|| built("weir-bench", "conns")).clone()
 }
 
+/// A whole-number setting of a bench run from the environment, or its default; a value
+/// that is not a number stops the run with its name rather than measuring something else.
+pub fn setting(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Err(_) => default,
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} must be a whole number, not {v:?}")),
+    }
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("binding a free port")

@@ -18,19 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir_tests::http::request;
 use weir_tests::raw::{connect, count_publishes, packet, string, varint};
-use weir_tests::{plugins, Opts, Weir};
+use weir_tests::{plugins, setting, Opts, Weir};
 
 const SUBSCRIBERS: usize = 100;
 const CHURNERS: usize = 8;
-
-fn setting(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Err(_) => default,
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name} must be a whole number, not {v:?}")),
-    }
-}
 
 fn plugin(name: &str, wasm: &str, config: &str) -> String {
     format!(

@@ -24,21 +24,10 @@ use weir::message::Message;
 use weir::plugin::{PluginChain, PluginClient};
 use weir_tests::http::request;
 use weir_tests::raw::{connect_login, count_publishes, packet, string};
-use weir_tests::{plugins, tokens, Opts, Weir};
+use weir_tests::{plugins, setting, tokens, Opts, Weir};
 
 const CALLS: u32 = 200_000;
 const PUBLISHERS: usize = 4;
-
-/// A setting from the environment, or its default; a value that is not a number stops
-/// the run with its name rather than measuring something else.
-fn setting(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Err(_) => default,
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name} must be a whole number, not {v:?}")),
-    }
-}
 
 /// The plugin issue's chain: auth-password, acl, transform (tagging every benchmark
 /// message, so it replaces each one), rate-limit. `reuse_ms` is how long acl and

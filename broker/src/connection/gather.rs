@@ -32,6 +32,9 @@ pub(in crate::connection) struct Gathered {
     answered: VecDeque<Answered>,
     /// The packet that ended the run, handled after it.
     after: Option<Packet>,
+    /// The QoS 1 messages among them, not yet acknowledged: they count against the
+    /// client's Receive Maximum as those already routed do.
+    unacknowledged: usize,
 }
 
 struct Answered {
@@ -46,27 +49,20 @@ impl Gathered {
     pub(in crate::connection) fn is_empty(&self) -> bool {
         self.messages.is_empty() && self.answered.is_empty() && self.after.is_none()
     }
-
-    /// The gathered QoS 1 messages, not yet acknowledged: they count against the
-    /// client's Receive Maximum as those already routed do.
-    fn unacknowledged(&self) -> usize {
-        let read = self.acks.iter().filter(|(_, q)| *q != QoS::AtMostOnce);
-        let answered = self.answered.iter().filter(|a| a.qos != QoS::AtMostOnce);
-        read.count() + answered.count()
-    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// Checks a QoS 0 or 1 PUBLISH and gathers it; a full run is asked about.
     pub(super) fn gather(&mut self, p: Publish) -> Result<(), Exit> {
         let (qos, pid) = (p.qos, p.pid);
-        let pending = self.inbound.gathered.unacknowledged();
+        let pending = self.inbound.gathered.unacknowledged;
         let Some(message) = self.admit_publish(p, pending)? else {
             return Ok(());
         };
         let g = &mut self.inbound.gathered;
         g.messages.push(message);
         g.acks.push((pid, qos));
+        g.unacknowledged += (qos != QoS::AtMostOnce) as usize;
         if g.messages.len() >= GATHER_MAX {
             self.publish_gathered()?;
         }
@@ -110,12 +106,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// handles the packet after them.
     pub(super) fn settle_gathered(&mut self) -> Result<(), Exit> {
         while self.reading() {
-            let Some(a) = self.inbound.gathered.answered.pop_front() else {
+            let g = &mut self.inbound.gathered;
+            let Some(a) = g.answered.pop_front() else {
                 return match self.inbound.gathered.after.take() {
                     Some(packet) => self.handle(packet),
                     None => Ok(()),
                 };
             };
+            g.unacknowledged -= (a.qos != QoS::AtMostOnce) as usize;
             self.settle_publish(a.message, a.pid, a.qos, a.outcome, a.at);
         }
         Ok(())

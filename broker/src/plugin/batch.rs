@@ -9,7 +9,7 @@
 
 use super::answers::{self, Answer, Question};
 use super::bindings::weir::plugin::types as wit;
-use super::call::{authorize_on_error, counted, decision, throttle_of, Ask, Call};
+use super::call::{authorize_on_error, counted, decision, limited, Ask, Call};
 use super::convert;
 use super::instance::{Failure, Plugin};
 use super::kept::Kept;
@@ -233,18 +233,9 @@ impl Call<'_> {
                     }
                 };
                 for (&j, (r, grants)) in chunk.iter().zip(answers) {
-                    // A lease goes with an `allow` only, as for single calls.
-                    let lease = grants.lease.filter(|_| r == wit::RateResult::Allow);
-                    let answered = limited(p, r, &mut throttle[j]);
-                    match answered {
+                    match limited(p, r, (kept, i, grants.lease), &mut throttle[j]) {
                         Ok(Some(code)) => rejected[j] = Some(code),
-                        Ok(None) => {
-                            if let Some((events, bytes, ms)) = lease {
-                                if let Some(until) = answers::until(ms) {
-                                    kept.lease(i, events, bytes, until);
-                                }
-                            }
-                        }
+                        Ok(None) => {}
                         Err(f) => {
                             if chain.failed(p, Hook::RateLimit, &f) == OnError::Deny {
                                 rejected[j] = Some(ReasonCode::UnspecifiedError);
@@ -364,25 +355,4 @@ fn unleased(
         asked.push(j);
     }
     asked
-}
-
-/// What one limiter's answer to one publish means: a rejection's code, or `None` with
-/// any throttle added to `throttle`.
-fn limited(
-    p: &Plugin,
-    r: wit::RateResult,
-    throttle: &mut Duration,
-) -> Result<Option<ReasonCode>, Failure> {
-    match r {
-        wit::RateResult::Allow => Ok(None),
-        wit::RateResult::Reject(code) => {
-            let code = convert::failure_code(code, "reject")?;
-            p.stats.denied();
-            Ok(Some(code))
-        }
-        wit::RateResult::Throttle(ms) => {
-            *throttle = (*throttle).max(throttle_of(ms)?);
-            Ok(None)
-        }
-    }
 }

@@ -232,29 +232,10 @@ impl<'c> Call<'c> {
                     Some(h) => h.call_rate_limit(s, c, e),
                     None => Ok(wit::RateResult::Allow),
                 });
-                let decided = answer.and_then(|(r, grants)| match r {
-                    wit::RateResult::Allow => {
-                        // Kept by the connection only: a lease is a budget, and one copy
-                        // of it is what bounds the client. A call with no connection
-                        // behind it lets the lease go unused, which costs only tokens.
-                        if let (RateEvent::Publish(_), Some((events, bytes, ms))) =
-                            (event, grants.lease)
-                        {
-                            if let Some(until) = answers::until(ms) {
-                                kept.lease(i, events, bytes, until);
-                            }
-                        }
-                        Ok(None)
-                    }
-                    wit::RateResult::Reject(code) => {
-                        let code = convert::failure_code(code, "reject")?;
-                        p.stats.denied();
-                        Ok(Some(code))
-                    }
-                    wit::RateResult::Throttle(ms) => {
-                        throttle = throttle.max(throttle_of(ms)?);
-                        Ok(None)
-                    }
+                let publish = matches!(event, RateEvent::Publish(_));
+                let decided = answer.and_then(|(r, grants)| {
+                    let lease = grants.lease.filter(|_| publish);
+                    limited(p, r, (kept, i, lease), &mut throttle)
                 });
                 decided.into()
             },
@@ -264,6 +245,38 @@ impl<'c> Call<'c> {
             Some(code) => RateOutcome::Reject(code),
             None if throttle.is_zero() => RateOutcome::Allow,
             None => RateOutcome::Throttle(throttle),
+        }
+    }
+}
+
+/// What a limiter's answer means: a rejection's code, or `None` with any throttle added
+/// to `throttle` and, with an `allow`, the lease it granted kept for the plugin at `i`
+/// (by the connection only: a lease is a budget, and one copy of it is what bounds the
+/// client; a call with no connection behind it lets the lease go unused, which costs
+/// only tokens).
+pub(super) fn limited(
+    p: &Plugin,
+    r: wit::RateResult,
+    (kept, i, lease): (&mut Kept, usize, Option<(u32, u64, u32)>),
+    throttle: &mut Duration,
+) -> Result<Option<ReasonCode>, Failure> {
+    match r {
+        wit::RateResult::Allow => {
+            if let Some((events, bytes, until)) =
+                lease.and_then(|(e, b, ms)| Some((e, b, answers::until(ms)?)))
+            {
+                kept.lease(i, events, bytes, until);
+            }
+            Ok(None)
+        }
+        wit::RateResult::Reject(code) => {
+            let code = convert::failure_code(code, "reject")?;
+            p.stats.denied();
+            Ok(Some(code))
+        }
+        wit::RateResult::Throttle(ms) => {
+            *throttle = (*throttle).max(throttle_of(ms)?);
+            Ok(None)
         }
     }
 }
@@ -317,7 +330,7 @@ pub(super) fn counted(p: &Plugin, d: Decision) -> Decision {
     d
 }
 
-pub(super) fn throttle_of(ms: u64) -> Result<Duration, Failure> {
+fn throttle_of(ms: u64) -> Result<Duration, Failure> {
     let d = Duration::from_millis(ms);
     if d > MAX_THROTTLE {
         return Err(Failure::Invalid(format!(

@@ -31,14 +31,15 @@ pub struct Scope {
     /// Kept after the call: the next call on this instance is most often for the same
     /// connection, and then setting it costs a pointer comparison.
     client: Option<Arc<wit::Client>>,
-    /// The call's messages, each with why an edit made to it cannot be applied.
-    messages: Vec<(Message, Option<String>)>,
+    /// The call's messages (taken when applied), each with why an edit made to it
+    /// cannot be applied.
+    messages: Vec<(Option<Message>, Option<String>)>,
     /// Which call this is, in the upper half of message handles' numbers.
     call: u16,
 }
 
 /// The most messages one call is about: the lower half of a handle's number.
-pub const MAX_BATCH: usize = 1 << 16;
+const HANDLES_PER_CALL: usize = 1 << 16;
 
 impl Scope {
     /// The call is about `client`; a borrow of handle 0 stands for it.
@@ -49,34 +50,44 @@ impl Scope {
         Resource::new_borrow(0)
     }
 
-    /// The call is also about `messages`, which the plugin may edit: a handle for each.
+    /// A new call about `messages`, which the plugin may edit.
+    fn start<'m>(&mut self, messages: impl Iterator<Item = &'m Message>) {
+        self.call = self.call.wrapping_add(1);
+        self.messages.clear();
+        let each = messages
+            .take(HANDLES_PER_CALL)
+            .map(|m| (Some(m.clone()), None));
+        self.messages.extend(each);
+    }
+
+    /// The number of the handle of the call's message `i`.
+    fn handle(&self, i: usize) -> u32 {
+        (self.call as u32) << 16 | i as u32
+    }
+
+    /// The call is also about `messages` (`transform-many`): an owned handle for each.
     pub fn enter_messages<'m>(
         &mut self,
         messages: impl Iterator<Item = &'m Message>,
-        handle: impl Fn(u32) -> Resource<MessageRef>,
     ) -> Vec<Resource<MessageRef>> {
-        self.call = self.call.wrapping_add(1);
-        self.messages.clear();
-        let call = (self.call as u32) << 16;
-        let batch = messages.take(MAX_BATCH).map(|m| (m.clone(), None));
-        self.messages.extend(batch);
-        (0..self.messages.len() as u32)
-            .map(|i| handle(call | i))
-            .collect()
+        self.start(messages);
+        let each = (0..self.messages.len()).map(|i| Resource::new_own(self.handle(i)));
+        each.collect()
     }
 
     /// The call is also about `message` alone, as a borrowed handle.
     pub fn enter_message(&mut self, message: &Message) -> Resource<MessageRef> {
-        let mut handles = self.enter_messages(std::iter::once(message), Resource::new_borrow);
-        handles.remove(0)
+        self.start(std::iter::once(message));
+        Resource::new_borrow(self.handle(0))
     }
 
     /// Message `i` as the call's edits left it, or why they cannot be applied.
     pub fn edited(&mut self, i: usize) -> Result<Message, String> {
+        let gone = || "no such message in this call".to_string();
         match self.messages.get_mut(i) {
             Some((_, Some(why))) => Err(std::mem::take(why)),
-            Some((m, None)) => Ok(m.clone()),
-            None => Err("no such message in this call".to_string()),
+            Some((m, None)) => m.take().ok_or_else(gone),
+            None => Err(gone()),
         }
     }
 
@@ -90,7 +101,7 @@ impl Scope {
     }
 
     /// The message a handle stands for, if it is one of this call's.
-    fn message(&mut self, rep: u32) -> Option<&mut (Message, Option<String>)> {
+    fn message(&mut self, rep: u32) -> Option<&mut (Option<Message>, Option<String>)> {
         if rep >> 16 != self.call as u32 {
             return None;
         }
@@ -164,10 +175,8 @@ impl PluginCtx {
         r: Resource<MessageRef>,
         f: impl FnOnce(&mut Message) -> R,
     ) -> R {
-        self.scope
-            .message(r.rep())
-            .map(|(m, _)| f(m))
-            .unwrap_or_default()
+        let m = self.scope.message(r.rep()).and_then(|(m, _)| m.as_mut());
+        m.map(f).unwrap_or_default()
     }
 }
 

@@ -15,7 +15,7 @@ use super::{Hook, HookSet};
 use crate::message::Message;
 use std::cell::OnceCell;
 use std::sync::Arc;
-use wasmtime::component::{Instance, InstancePre, Resource};
+use wasmtime::component::{Instance, InstancePre};
 use wasmtime::Store;
 
 /// A hook there since 0.1.0, from whichever version a component was built against.
@@ -548,7 +548,7 @@ impl Guests {
         };
         let scope = &mut s.data_mut().scope;
         let c = scope.enter(client);
-        let handles = scope.enter_messages(messages.iter().copied(), Resource::new_own);
+        let handles = scope.enter_messages(messages.iter().copied());
         let headers: Vec<_> = messages.iter().map(|m| context::header(m)).collect();
         let answers = g.call_transform_many(&mut *s, c, &handles, &headers);
         let scope = &mut s.data_mut().scope;
