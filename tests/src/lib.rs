@@ -274,7 +274,7 @@ impl Weir {
     }
 
     /// A sample's value from `/metrics`, by its name with labels as printed
-    /// (`weir_messages_dropped_total{cause="queue_full"}`).
+    /// (`weir_dropped_messages_total{cause="queue_full"}`).
     pub fn metric(&self, name: &str) -> u64 {
         let (status, body) = http::request(self.admin_port, "GET", "/metrics", None);
         assert_eq!(status, 200);
