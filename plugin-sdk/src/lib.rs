@@ -31,8 +31,8 @@ pub use types::{
     Access, Action, Admission, AuthChallenge, AuthRequest, AuthResponse, AuthResult, AuthStep,
     AuthSuccess, BrokerEvent, Certificate, ConnectInfo, Decision, DeliverOutcome, Denial,
     DisconnectEvent, DropEvent, Event, MessageHeader, Pair, Protocol, RateResult, Rewrite,
-    SubscribeEvent, SubscribeResult, Subscription, TimedEvent, TransformOutcome,
-    UnsubscribeEvent, WillEvent,
+    SubscribeEvent, SubscribeResult, Subscription, TimedEvent, TransformOutcome, UnsubscribeEvent,
+    WillEvent,
 };
 /// Topic names and filters, matched exactly as the broker matches them.
 pub use weir_protocol::topic;
@@ -328,7 +328,8 @@ pub fn lease(events: u32, bytes: u64, ttl: std::time::Duration) {
 #[doc(hidden)]
 pub mod batch {
     use super::types::{Event, Grants, LeaseGrant, RateResult};
-    use std::cell::RefCell;
+    use std::cell::{Cell, RefCell};
+    use std::rc::Rc;
 
     thread_local! {
         /// What the current input of a batch call granted; `None` outside one.
@@ -336,11 +337,39 @@ pub mod batch {
         /// The client's id and username, once asked during the current call.
         static CLIENT: RefCell<(Option<String>, Option<Option<String>>)> =
             const { RefCell::new((None, None)) };
+        /// The patterns `substitute` filled in during the current call.
+        static SUBSTITUTED: RefCell<Vec<(String, Option<Rc<str>>)>> =
+            const { RefCell::new(Vec::new()) };
+        /// Which hook call this is.
+        static CALL: Cell<u64> = const { Cell::new(0) };
     }
 
     /// A hook call starts: what was asked of the last one's client is forgotten.
     pub fn begin() {
         CLIENT.with(|c| *c.borrow_mut() = (None, None));
+        SUBSTITUTED.with(|s| s.borrow_mut().clear());
+        CALL.with(|c| c.set(c.get().wrapping_add(1)));
+    }
+
+    pub(crate) fn call_number() -> u64 {
+        CALL.with(Cell::get)
+    }
+
+    /// `pattern` filled in for the call's client, by `fill` once per call.
+    pub(crate) fn substituted(
+        pattern: &str,
+        fill: impl FnOnce() -> Option<String>,
+    ) -> Option<Rc<str>> {
+        let known = SUBSTITUTED.with(|s| {
+            let s = s.borrow();
+            s.iter().find(|(p, _)| p == pattern).map(|(_, v)| v.clone())
+        });
+        if let Some(v) = known {
+            return v;
+        }
+        let v: Option<Rc<str>> = fill().map(Rc::from);
+        SUBSTITUTED.with(|s| s.borrow_mut().push((pattern.to_owned(), v.clone())));
+        v
     }
 
     pub(crate) fn client_id(client: &super::Client) -> String {
@@ -473,20 +502,31 @@ pub fn attribute(client: &Client, name: &str) -> Option<String> {
     client.attribute(name)
 }
 
+/// A number that changes with every hook call (a batch call is one call, for one
+/// client): what a plugin works out from the call's client (keys, patterns) it may keep
+/// while this stays the same.
+pub fn call_number() -> u64 {
+    batch::call_number()
+}
+
 /// Replaces `%u` (username) and `%c` (client id) in a topic pattern. `None` when the
 /// pattern needs a value the client lacks, or has with `/`, `+` or `#` in it: such a
 /// value could widen the pattern to other clients' topics, so the rule must not apply.
-pub fn substitute(pattern: &str, client: &Client) -> Option<String> {
-    let safe = |s: Option<&str>| {
-        s.filter(|s| !s.is_empty() && !s.contains(['/', '+', '#']))
-            .map(str::to_owned)
-    };
-    let mut out = pattern.to_owned();
-    if out.contains("%u") {
-        out = out.replace("%u", &safe(username(client).as_deref())?);
-    }
-    if out.contains("%c") {
-        out = out.replace("%c", &safe(Some(&client_id(client)))?);
-    }
-    Some(out)
+/// Worked out once per pattern per hook call (a batch call asks about many messages
+/// of one client).
+pub fn substitute(pattern: &str, client: &Client) -> Option<std::rc::Rc<str>> {
+    batch::substituted(pattern, || {
+        let safe = |s: Option<&str>| {
+            s.filter(|s| !s.is_empty() && !s.contains(['/', '+', '#']))
+                .map(str::to_owned)
+        };
+        let mut out = pattern.to_owned();
+        if out.contains("%u") {
+            out = out.replace("%u", &safe(username(client).as_deref())?);
+        }
+        if out.contains("%c") {
+            out = out.replace("%c", &safe(Some(&client_id(client)))?);
+        }
+        Some(out)
+    })
 }

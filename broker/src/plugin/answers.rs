@@ -49,13 +49,7 @@ pub enum Question {
 /// plugin sees except the payload. Keyed once per process, like the caches' own hashes.
 pub fn header(m: &Message) -> u64 {
     static SEED: LazyLock<foldhash::fast::RandomState> = LazyLock::new(Default::default);
-    SEED.hash_one((
-        m.qos,
-        m.retain,
-        // The clock only for messages that expire.
-        m.expires_at.and_then(|_| m.remaining_expiry(now_secs())),
-        &m.properties,
-    ))
+    SEED.hash_one((m.qos, m.retain, m.remaining_expiry_now(), &m.properties))
 }
 
 /// A transform's replacement with everything but the payload, which is the message's
@@ -78,7 +72,7 @@ impl Replacement {
             qos: replaced.qos,
             retain: replaced.retain,
             properties: replaced.properties.clone(),
-            expiry: replaced.remaining_expiry(now_secs()),
+            expiry: replaced.remaining_expiry_now(),
         })
     }
 

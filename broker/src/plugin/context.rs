@@ -123,7 +123,7 @@ pub fn header(m: &Message) -> wit::MessageHeader {
         qos: m.qos as u8,
         retain: m.retain,
         payload_len: m.payload.len().min(u32::MAX as usize) as u32,
-        message_expiry: m.remaining_expiry(now_secs()),
+        message_expiry: m.remaining_expiry_now(),
         payload_utf8: m.properties.payload_format_indicator == Some(1),
     }
 }

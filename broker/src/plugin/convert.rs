@@ -140,7 +140,7 @@ pub fn message(m: &Message) -> wit::Message {
         payload: m.payload.to_vec(),
         qos: m.qos as u8,
         retain: m.retain,
-        message_expiry: m.remaining_expiry(now_secs()),
+        message_expiry: m.remaining_expiry_now(),
         payload_utf8: p.payload_format_indicator == Some(1),
         content_type: p.content_type.clone(),
         response_topic: p.response_topic.clone(),

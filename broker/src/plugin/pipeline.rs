@@ -93,7 +93,9 @@ impl Stage {
             Reshaped::Edited(m) => edited(m, max_packet)?,
         };
         self.settle(&mut new);
-        if let (Some(ms), Some(r)) = (reuse, Replacement::of(&new, message)) {
+        // Only an answer to be reused is kept (taking it clones the properties).
+        let reusable = reuse.and_then(|ms| Some((ms, Replacement::of(&new, message)?)));
+        if let Some((ms, r)) = reusable {
             let answer = Answer::Replace(Arc::new(r));
             ask.reuse(kept, &message.topic, question(message), answer, ms);
         }

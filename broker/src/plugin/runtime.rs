@@ -173,6 +173,10 @@ fn engine(pooling: bool, fuel: bool, max_memory_mb: u64) -> wasmtime::Result<Eng
     c.concurrency_support(false);
     c.epoch_interruption(true);
     c.consume_fuel(fuel);
+    // For profiling plugins: `perf` then names the guests' functions (/tmp/perf-PID.map).
+    if std::env::var_os("WEIR_PERFMAP").is_some() {
+        c.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     if pooling {
         let mut p = PoolingAllocationConfig::default();
         // Instances are long-lived and few (one per plugin per worker thread, plus

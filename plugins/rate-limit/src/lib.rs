@@ -16,10 +16,11 @@
 //! the limits hold exactly as without leases.
 
 use serde::Deserialize;
+use std::cell::RefCell;
 use std::sync::OnceLock;
 use weir_plugin_sdk::{
-    charge_tokens, client_id, lease, parse_config, take_tokens, username, Client, Event, Init,
-    RateLimit, RateResult, ReasonCode,
+    call_number, charge_tokens, client_id, lease, parse_config, take_tokens, username, Client,
+    Event, Init, RateLimit, RateResult, ReasonCode,
 };
 
 /// A lease is at most this many messages.
@@ -119,78 +120,92 @@ impl RateLimit for Limiter {
                 }
                 RateResult::Allow
             }
-            Event::Publish(bytes) => {
-                let mut wait = 0;
-                let mut over = false;
-                // The buckets this client's publishes are counted in: (key, rate,
-                // whether it counts messages rather than bytes).
-                let mut buckets: Vec<(String, Rate, bool)> = Vec::new();
-                let scopes = [
-                    // Only what a configured limit needs is asked of the broker.
-                    (
-                        c.per_client.as_ref(),
-                        (c.per_client.as_ref()).map(|_| format!("client:{}", client_id(client))),
-                    ),
-                    (
-                        c.per_username.as_ref(),
-                        (c.per_username.as_ref())
-                            .and_then(|_| username(client))
-                            .map(|u| format!("user:{u}")),
-                    ),
-                ];
-                for (limits, key) in scopes {
-                    let (Some(limits), Some(key)) = (limits, key) else {
-                        continue;
-                    };
-                    for (rate, n, kind) in
-                        [(limits.messages, 1, "msg"), (limits.bytes, bytes, "bytes")]
-                    {
-                        let Some(rate) = rate else { continue };
-                        let key = format!("{kind}:{key}");
-                        buckets.push((key.clone(), rate, kind == "msg"));
-                        match c.action {
-                            // Every message is paid for, going into debt if need be; the
-                            // client is held back until the debt is repaid, so it runs at
-                            // exactly the rate and nothing is refused.
-                            Over::Throttle => {
-                                wait =
-                                    wait.max(charge_tokens(&key, rate.burst(), rate.per_second, n))
-                            }
-                            // A message larger than the whole burst could never fit: it
-                            // is counted against a full bucket.
-                            Over::Reject => {
-                                over |= !take_tokens(
-                                    &key,
-                                    rate.burst(),
-                                    rate.per_second,
-                                    n.min(rate.burst()),
-                                )
-                            }
-                        }
-                    }
+            Event::Publish(bytes) => BUCKETS.with(|b| {
+                let mut b = b.borrow_mut();
+                if b.0 != Some(call_number()) {
+                    *b = (Some(call_number()), buckets(c, client));
                 }
-                if over {
-                    RateResult::Reject(ReasonCode::MessageRateTooHigh.into())
-                } else if wait > 0 {
-                    RateResult::Throttle(wait.min(60_000))
-                } else {
-                    take_lease(&buckets, bytes, c.lease_ms as f64 / 1000.0);
-                    RateResult::Allow
-                }
-            }
+                publish(c, &b.1, bytes)
+            }),
             Event::Subscribe => RateResult::Allow,
         }
     }
 }
 
+/// A bucket a client's publishes are counted in.
+struct Bucket {
+    key: String,
+    rate: Rate,
+    /// It counts messages (rather than bytes).
+    messages: bool,
+}
+
+thread_local! {
+    /// The buckets of the current call's client, and that call's number.
+    static BUCKETS: RefCell<(Option<u64>, Vec<Bucket>)> = const { RefCell::new((None, Vec::new())) };
+}
+
+/// The buckets `client`'s publishes are counted in. Only what a configured limit needs
+/// is asked of the broker.
+fn buckets(c: &Config, client: &Client) -> Vec<Bucket> {
+    let scopes = [
+        (c.per_client.as_ref()).map(|l| (l, format!("client:{}", client_id(client)))),
+        (c.per_username.as_ref()).and_then(|l| Some((l, format!("user:{}", username(client)?)))),
+    ];
+    let mut out = Vec::new();
+    for (limits, key) in scopes.into_iter().flatten() {
+        for (rate, kind) in [(limits.messages, "msg"), (limits.bytes, "bytes")] {
+            if let Some(rate) = rate {
+                let key = format!("{kind}:{key}");
+                out.push(Bucket {
+                    key,
+                    rate,
+                    messages: kind == "msg",
+                });
+            }
+        }
+    }
+    out
+}
+
+/// One publish of `bytes` counted in every bucket.
+fn publish(c: &Config, buckets: &[Bucket], bytes: u64) -> RateResult {
+    let mut wait = 0;
+    let mut over = false;
+    for b in buckets {
+        let (rate, n) = (b.rate, if b.messages { 1 } else { bytes });
+        match c.action {
+            // Every message is paid for, going into debt if need be; the client is
+            // held back until the debt is repaid, so it runs at exactly the rate and
+            // nothing is refused.
+            Over::Throttle => {
+                wait = wait.max(charge_tokens(&b.key, rate.burst(), rate.per_second, n))
+            }
+            // A message larger than the whole burst could never fit: it is counted
+            // against a full bucket.
+            Over::Reject => {
+                over |= !take_tokens(&b.key, rate.burst(), rate.per_second, n.min(rate.burst()))
+            }
+        }
+    }
+    if over {
+        RateResult::Reject(ReasonCode::MessageRateTooHigh.into())
+    } else if wait > 0 {
+        RateResult::Throttle(wait.min(60_000))
+    } else {
+        take_lease(buckets, bytes, c.lease_ms as f64 / 1000.0);
+        RateResult::Allow
+    }
+}
+
 /// Takes a lease's tokens from every bucket while all have them to spare, and tells
 /// the broker. `bytes` is the size of the message just counted, the guess for the next.
-fn take_lease(buckets: &[(String, Rate, bool)], bytes: u64, secs: f64) {
+fn take_lease(buckets: &[Bucket], bytes: u64, secs: f64) {
     let mut events = LEASE_MAX;
     let mut budget = u64::MAX;
-    for (_, rate, messages) in buckets {
-        let share = (rate.per_second * secs).floor() as u64;
-        if *messages {
+    for b in buckets {
+        let share = (b.rate.per_second * secs).floor() as u64;
+        if b.messages {
             events = events.min(share);
         } else {
             budget = budget.min(share);
@@ -200,7 +215,12 @@ fn take_lease(buckets: &[(String, Rate, bool)], bytes: u64, secs: f64) {
     if events == 0 || buckets.is_empty() {
         return;
     }
-    for (key, rate, messages) in buckets {
+    for Bucket {
+        key,
+        rate,
+        messages,
+    } in buckets
+    {
         let n = if *messages { events } else { budget };
         // A bucket without that many tokens to spare ends the attempt; what the
         // buckets before it gave is not returned (at most 10 ms of the rate).
