@@ -24,9 +24,11 @@ pub mod bindings {
 pub use bindings::weir::plugin::context;
 pub use bindings::weir::plugin::host;
 pub use bindings::weir::plugin::types;
-/// The client a hook is called about (for `deliver`, the subscriber), and the message
-/// `transform` and `deliver` are called about: handles valid for the one call.
-pub use context::{Client, Message};
+/// The client a hook is called about (for `deliver`, the subscriber): a handle valid
+/// for the one call.
+pub use context::Client;
+mod message;
+pub use message::Message;
 pub use types::{
     Access, Action, Admission, AuthChallenge, AuthRequest, AuthResponse, AuthResult, AuthStep,
     AuthSuccess, BrokerEvent, Certificate, ConnectInfo, Decision, DeliverOutcome, Denial,
@@ -80,6 +82,16 @@ pub trait RateLimit {
     fn rate_limit(client: &Client, event: Event) -> RateResult {
         let _ = (client, event);
         RateResult::Allow
+    }
+
+    /// Several publishes a client sent together, by payload size, in one call: an
+    /// answer each, as `rate_limit` would give them one after another (charge the
+    /// buckets once for all of them with [`charge_tokens_each`] or
+    /// [`take_tokens_each`]). `None`, the default, asks `rate_limit` about each. Answers
+    /// given here lease nothing.
+    fn rate_limit_publishes(client: &Client, sizes: &[u64]) -> Option<Vec<RateResult>> {
+        let _ = (client, sizes);
+        None
     }
 }
 
@@ -177,20 +189,24 @@ macro_rules! __export_hook {
     };
     ($t:ident, transform) => {
         impl ::weir_plugin_transformer::exports::weir::plugin::transformer::Guest for $t {
-            fn transform(client: &$crate::Client, message: &$crate::Message, header: $crate::MessageHeader) -> $crate::TransformOutcome {
+            fn transform(client: &$crate::Client, message: &$crate::context::Message, header: $crate::MessageHeader) -> $crate::TransformOutcome {
                 $crate::batch::begin();
-                <$t as $crate::Transform>::transform(client, message, header)
+                <$t as $crate::Transform>::transform(client, &$crate::Message::handle(message), header)
             }
         }
         impl ::weir_plugin_transformer::exports::weir::plugin::transformer_many::Guest for $t {
             fn transform_many(
                 client: &$crate::Client,
-                messages: Vec<$crate::Message>,
+                messages: &$crate::context::Messages,
                 headers: Vec<$crate::MessageHeader>,
-            ) -> Vec<($crate::TransformOutcome, $crate::types::Grants)> {
+            ) -> Vec<($crate::types::EditedOutcome, $crate::types::Grants)> {
                 $crate::batch::begin();
-                let each = |(m, h)| $crate::batch::each(|| <$t as $crate::Transform>::transform(client, &m, h));
-                messages.into_iter().zip(headers).map(each).collect()
+                let each = |(i, h)| $crate::batch::each(|| {
+                    let m = $crate::Message::in_run(messages, i as u32);
+                    let outcome = <$t as $crate::Transform>::transform(client, &m, h);
+                    m.answer(outcome)
+                });
+                headers.into_iter().enumerate().map(each).collect()
             }
         }
         ::weir_plugin_transformer::export!($t with_types_in ::weir_plugin_transformer);
@@ -208,7 +224,11 @@ macro_rules! __export_hook {
                 events: Vec<$crate::Event>,
             ) -> Vec<($crate::RateResult, $crate::types::Grants)> {
                 $crate::batch::begin();
-                $crate::batch::rate_limits(events, |e| <$t as $crate::RateLimit>::rate_limit(client, e))
+                $crate::batch::rate_limits(
+                    events,
+                    |sizes| <$t as $crate::RateLimit>::rate_limit_publishes(client, sizes),
+                    |e| <$t as $crate::RateLimit>::rate_limit(client, e),
+                )
             }
         }
         ::weir_plugin_limiter::export!($t with_types_in ::weir_plugin_limiter);
@@ -235,9 +255,9 @@ macro_rules! __export_hook {
     };
     ($t:ident, deliver) => {
         impl ::weir_plugin_deliverer::exports::weir::plugin::deliverer::Guest for $t {
-            fn deliver(client: &$crate::Client, message: &$crate::Message, header: $crate::MessageHeader) -> $crate::DeliverOutcome {
+            fn deliver(client: &$crate::Client, message: &$crate::context::Message, header: $crate::MessageHeader) -> $crate::DeliverOutcome {
                 $crate::batch::begin();
-                <$t as $crate::Deliver>::deliver(client, message, header)
+                <$t as $crate::Deliver>::deliver(client, &$crate::Message::handle(message), header)
             }
         }
         ::weir_plugin_deliverer::export!($t with_types_in ::weir_plugin_deliverer);
@@ -404,12 +424,24 @@ pub mod batch {
     /// for. The broker keeps what is left of the last lease.
     pub fn rate_limits(
         events: Vec<Event>,
+        run: impl FnOnce(&[u64]) -> Option<Vec<RateResult>>,
         mut hook: impl FnMut(Event) -> RateResult,
     ) -> Vec<(RateResult, Grants)> {
         let none = || Grants {
             reuse_ms: None,
             lease: None,
         };
+        let sizes: Option<Vec<u64>> = (events.iter())
+            .map(|e| match e {
+                Event::Publish(bytes) => Some(*bytes),
+                _ => None,
+            })
+            .collect();
+        // The plugin's own answers for the whole run, if it gives them (a wrong number
+        // of them is the broker's to refuse).
+        if let Some(list) = sizes.and_then(|sizes| run(sizes.as_slice())) {
+            return list.into_iter().map(|r| (r, none())).collect();
+        }
         let mut out: Vec<(RateResult, Grants)> = Vec::with_capacity(events.len());
         // The answer that granted the current lease, and what is left of it.
         let mut lease: Option<(usize, u32, u64)> = None;
@@ -473,6 +505,28 @@ pub mod batch {
 /// hold it at the rate without refusing anything.
 pub fn charge_tokens(key: &str, capacity: u64, refill_per_second: f64, n: u64) -> u64 {
     host::bucket_charge(key, capacity, refill_per_second, n)
+}
+
+/// [`take_tokens`] for each of `amounts` in turn, in one call into the broker: whether
+/// each got its tokens.
+pub fn take_tokens_each(
+    key: &str,
+    capacity: u64,
+    refill_per_second: f64,
+    amounts: &[u64],
+) -> Vec<bool> {
+    host::bucket_take_each(key, capacity, refill_per_second, amounts)
+}
+
+/// [`charge_tokens`] for each of `amounts` in turn, in one call into the broker: what
+/// each would have returned.
+pub fn charge_tokens_each(
+    key: &str,
+    capacity: u64,
+    refill_per_second: f64,
+    amounts: &[u64],
+) -> Vec<u64> {
+    host::bucket_charge_each(key, capacity, refill_per_second, amounts)
 }
 
 /// Milliseconds since the Unix epoch, from the broker.

@@ -857,6 +857,43 @@ fn a_javascript_plugin_limits_publishes() {
     );
 }
 
+/// A transform that edits a message and reads it back sees its own edits, whether it
+/// is asked alone (each edit a call into the broker) or for a run of PUBLISHes read
+/// together (the SDK keeps the edits and answers them with the run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transform_reads_its_own_edits_alone_and_in_a_run() {
+    let w = misbehaving("edit-read", "");
+    let (mut sub, _) = C5::connect_with(C5::opts(w.port, "sub")).await;
+    sub.subscribe("edited/#", QoS::AtLeastOnce).await;
+    let mut r = v5_client(&w, "pub", &[]);
+    // One alone, then five in one write.
+    r.send(&publish5(0x02, "bad/alone", Some(1), &[], b"x"));
+    assert_eq!(ack_code(&r.recv().expect("PUBACK")), 0);
+    let run: Vec<u8> = (2..=6u16)
+        .flat_map(|i| publish5(0x02, &format!("bad/{i}"), Some(i), &[], b"x"))
+        .collect();
+    r.send(&run);
+    for _ in 2..=6 {
+        assert_eq!(ack_code(&r.recv().expect("PUBACK")), 0);
+    }
+    for name in ["alone", "2", "3", "4", "5", "6"] {
+        let m = sub.publish().await;
+        let topic = format!("edited/{name}");
+        assert_eq!(&m.topic[..], topic.as_bytes());
+        let props = m.properties.unwrap();
+        assert_eq!(props.content_type.as_deref(), Some("text/x"));
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let want = vec![
+            pair("a", "1"),
+            pair("topic-seen", &topic),
+            pair("a-seen", "1"),
+            pair("count", "3"),
+            pair("content-type-seen", "text/x"),
+        ];
+        assert_eq!(props.user_properties, want, "{name}");
+    }
+}
+
 /// PUBLISHes read together are asked about together (each plugin once for the run),
 /// and each still gets its own answer, in order: a denied one takes none of the
 /// limiter's tokens, the limiter's burst ends where it would one message at a time,

@@ -10,6 +10,7 @@ wasmtime::component::bindgen!({
     with: {
         "weir:plugin/context.client": super::context::ClientRef,
         "weir:plugin/context.message": super::context::MessageRef,
+        "weir:plugin/context.messages": super::context::MessagesRef,
     },
 });
 

@@ -5,12 +5,13 @@
 //! only when the plugin asks for it.
 //!
 //! A handle carries no state of its own: a call is about one client and one message or
-//! a batch of them, and they sit in the store's [`Scope`] for the call. A message
-//! handle's number is its place in the batch and the call's number, so a handle a
-//! plugin keeps past its call (`transform-many` hands out owned ones) stands for
-//! nothing in a later call: it reads as empty and its edits go nowhere.
+//! a run of them, and they sit in the store's [`Scope`] for the call. A message
+//! handle's number carries the call's number, so a handle used past its call stands for
+//! nothing in a later call: it reads as empty and its edits go nowhere. A
+//! `transform-many` call reads its run through one `messages` handle and answers each
+//! message's edits as data: no call into the broker per message.
 
-use super::bindings::weir::plugin::context::{self, HostClient, HostMessage};
+use super::bindings::weir::plugin::context::{self, HostClient, HostMessage, HostMessages};
 use super::bindings::weir::plugin::types as wit;
 use super::instance::PluginCtx;
 use crate::codec::QoS;
@@ -24,6 +25,10 @@ pub struct ClientRef;
 
 /// What a `context.message` handle stands for: the message of the current call.
 pub struct MessageRef;
+
+/// What a `context.messages` handle stands for: the messages of the current
+/// `transform-many` call.
+pub struct MessagesRef;
 
 /// The client and message of the store's current call.
 #[derive(Default)]
@@ -65,20 +70,29 @@ impl Scope {
         (self.call as u32) << 16 | i as u32
     }
 
-    /// The call is also about `messages` (`transform-many`): an owned handle for each.
-    pub fn enter_messages<'m>(
+    /// The call is also about `messages` (`transform-many`): one borrowed handle for
+    /// them all, the call's number in it.
+    pub fn enter_run<'m>(
         &mut self,
         messages: impl Iterator<Item = &'m Message>,
-    ) -> Vec<Resource<MessageRef>> {
+    ) -> Resource<MessagesRef> {
         self.start(messages);
-        let each = (0..self.messages.len()).map(|i| Resource::new_own(self.handle(i)));
-        each.collect()
+        Resource::new_borrow(self.handle(0))
     }
 
     /// The call is also about `message` alone, as a borrowed handle.
     pub fn enter_message(&mut self, message: &Message) -> Resource<MessageRef> {
         self.start(std::iter::once(message));
         Resource::new_borrow(self.handle(0))
+    }
+
+    /// Message `i` with `edits` made, in order, or why one of them cannot be made.
+    pub fn edited_by(&mut self, i: usize, edits: Vec<wit::Edit>) -> Result<Message, String> {
+        let mut m = self.edited(i)?;
+        for e in edits {
+            edit(&mut m, e)?;
+        }
+        Ok(m)
     }
 
     /// Message `i` as the call's edits left it, or why they cannot be applied.
@@ -108,12 +122,58 @@ impl Scope {
         self.messages.get_mut((rep & 0xFFFF) as usize)
     }
 
-    /// Remembers the first edit to message `rep` that cannot be applied.
-    fn refuse(&mut self, rep: u32, why: String) {
-        if let Some((_, invalid)) = self.message(rep) {
-            invalid.get_or_insert(why);
+    /// Makes an edit to message `rep`, or remembers the first that cannot be made.
+    fn edit(&mut self, rep: u32, e: wit::Edit) {
+        if let Some((Some(m), invalid)) = self.message(rep) {
+            if invalid.is_none() {
+                if let Err(why) = edit(m, e) {
+                    *invalid = Some(why);
+                }
+            }
         }
     }
+
+    /// Message `i` of the run whose handle is `rep`, as it came (or as a single call's
+    /// edits left it).
+    fn in_run(&self, rep: u32, i: u32) -> Option<&Message> {
+        if rep >> 16 != self.call as u32 {
+            return None;
+        }
+        let (m, _) = self.messages.get(i as usize)?;
+        m.as_ref()
+    }
+}
+
+/// One edit of a message, checked as an inbound PUBLISH's field is: a topic that is not
+/// a valid topic name, a QoS above 2, or an invalid response topic cannot be made.
+fn edit(m: &mut Message, e: wit::Edit) -> Result<(), String> {
+    use wit::Edit as E;
+    match e {
+        E::Topic(topic) => {
+            crate::topic::validate_name(&topic)
+                .map_err(|e| format!("set an invalid topic: {e}"))?;
+            m.topic = Arc::from(topic);
+        }
+        E::Payload(payload) => m.payload = Bytes::from(payload),
+        E::Qos(qos) => m.qos = QoS::from_u8(qos).ok_or_else(|| format!("set QoS {qos}"))?,
+        E::Retain(retain) => m.retain = retain,
+        E::MessageExpiry(seconds) => m.expires_at = seconds.map(|s| now_secs() + s as u64),
+        E::PayloadUtf8(utf8) => m.properties.payload_format_indicator = utf8.then_some(1),
+        E::ContentType(content_type) => m.properties.content_type = content_type,
+        E::ResponseTopic(topic) => {
+            if topic
+                .as_deref()
+                .is_some_and(|t| crate::topic::validate_name(t).is_err())
+            {
+                return Err("set an invalid response topic".into());
+            }
+            m.properties.response_topic = topic;
+        }
+        E::CorrelationData(data) => m.properties.correlation_data = data.map(Bytes::from),
+        E::AddUserProperty(p) => m.properties.user_properties.push((p.name, p.value)),
+        E::RemoveUserProperty(name) => m.properties.user_properties.retain(|(n, _)| *n != name),
+    }
+    Ok(())
 }
 
 /// What `transform` and `deliver` are handed with the message handle.
@@ -180,6 +240,26 @@ impl PluginCtx {
     }
 }
 
+/// The user properties, as pairs.
+fn pairs(m: &Message) -> Vec<wit::Pair> {
+    let pairs = m.properties.user_properties.iter();
+    let pair = |(name, value): &(String, String)| wit::Pair {
+        name: name.clone(),
+        value: value.clone(),
+    };
+    pairs.map(pair).collect()
+}
+
+/// The first user property called `name`.
+fn first(m: &Message, name: &str) -> Option<String> {
+    let mut pairs = m.properties.user_properties.iter();
+    pairs.find(|(n, _)| *n == name).map(|(_, v)| v.clone())
+}
+
+fn correlation(m: &Message) -> Option<Vec<u8>> {
+    m.properties.correlation_data.as_ref().map(|c| c.to_vec())
+}
+
 impl HostMessage for PluginCtx {
     fn topic(&mut self, r: Resource<MessageRef>) -> String {
         self.with_message(r, |m| m.topic.to_string())
@@ -198,96 +278,113 @@ impl HostMessage for PluginCtx {
     }
 
     fn correlation_data(&mut self, r: Resource<MessageRef>) -> Option<Vec<u8>> {
-        self.with_message(r, |m| {
-            m.properties.correlation_data.as_ref().map(|c| c.to_vec())
-        })
+        self.with_message(r, |m| correlation(m))
     }
 
     fn user_properties(&mut self, r: Resource<MessageRef>) -> Vec<wit::Pair> {
-        self.with_message(r, |m| {
-            let pairs = m.properties.user_properties.iter();
-            pairs
-                .map(|(name, value)| wit::Pair {
-                    name: name.clone(),
-                    value: value.clone(),
-                })
-                .collect()
-        })
+        self.with_message(r, |m| pairs(m))
     }
 
     fn user_property(&mut self, r: Resource<MessageRef>, name: String) -> Option<String> {
-        self.with_message(r, |m| {
-            let mut pairs = m.properties.user_properties.iter();
-            pairs.find(|(n, _)| *n == name).map(|(_, v)| v.clone())
-        })
+        self.with_message(r, |m| first(m, &name))
     }
 
     fn set_topic(&mut self, r: Resource<MessageRef>, topic: String) {
-        if let Err(e) = crate::topic::validate_name(&topic) {
-            return self
-                .scope
-                .refuse(r.rep(), format!("set an invalid topic: {e}"));
-        }
-        self.with_message(r, |m| m.topic = Arc::from(topic));
+        self.scope.edit(r.rep(), wit::Edit::Topic(topic))
     }
 
     fn set_payload(&mut self, r: Resource<MessageRef>, payload: Vec<u8>) {
-        self.with_message(r, |m| m.payload = Bytes::from(payload));
+        self.scope.edit(r.rep(), wit::Edit::Payload(payload))
     }
 
     fn set_qos(&mut self, r: Resource<MessageRef>, qos: u8) {
-        match QoS::from_u8(qos) {
-            Some(q) => self.with_message(r, |m| m.qos = q),
-            None => self.scope.refuse(r.rep(), format!("set QoS {qos}")),
-        }
+        self.scope.edit(r.rep(), wit::Edit::Qos(qos))
     }
 
     fn set_retain(&mut self, r: Resource<MessageRef>, retain: bool) {
-        self.with_message(r, |m| m.retain = retain);
+        self.scope.edit(r.rep(), wit::Edit::Retain(retain))
     }
 
     fn set_message_expiry(&mut self, r: Resource<MessageRef>, seconds: Option<u32>) {
-        self.with_message(r, |m| m.expires_at = seconds.map(|s| now_secs() + s as u64));
+        self.scope.edit(r.rep(), wit::Edit::MessageExpiry(seconds))
     }
 
     fn set_payload_utf8(&mut self, r: Resource<MessageRef>, utf8: bool) {
-        self.with_message(r, |m| {
-            m.properties.payload_format_indicator = utf8.then_some(1)
-        });
+        self.scope.edit(r.rep(), wit::Edit::PayloadUtf8(utf8))
     }
 
     fn set_content_type(&mut self, r: Resource<MessageRef>, content_type: Option<String>) {
-        self.with_message(r, |m| m.properties.content_type = content_type);
+        self.scope
+            .edit(r.rep(), wit::Edit::ContentType(content_type))
     }
 
     fn set_response_topic(&mut self, r: Resource<MessageRef>, topic: Option<String>) {
-        if let Some(t) = &topic {
-            if crate::topic::validate_name(t).is_err() {
-                return self
-                    .scope
-                    .refuse(r.rep(), "set an invalid response topic".into());
-            }
-        }
-        self.with_message(r, |m| m.properties.response_topic = topic);
+        self.scope.edit(r.rep(), wit::Edit::ResponseTopic(topic))
     }
 
     fn set_correlation_data(&mut self, r: Resource<MessageRef>, data: Option<Vec<u8>>) {
-        self.with_message(r, |m| m.properties.correlation_data = data.map(Bytes::from));
+        self.scope.edit(r.rep(), wit::Edit::CorrelationData(data))
     }
 
     fn add_user_property(&mut self, r: Resource<MessageRef>, name: String, value: String) {
-        self.with_message(r, |m| m.properties.user_properties.push((name, value)));
+        let pair = wit::Pair { name, value };
+        self.scope.edit(r.rep(), wit::Edit::AddUserProperty(pair))
     }
 
     fn remove_user_property(&mut self, r: Resource<MessageRef>, name: String) {
-        self.with_message(r, |m| {
-            m.properties.user_properties.retain(|(n, _)| *n != name)
-        });
+        self.scope
+            .edit(r.rep(), wit::Edit::RemoveUserProperty(name))
     }
 
-    /// `transform-many`'s owned handles are dropped by the plugin; the messages are
-    /// the call's, forgotten when it ends.
+    /// Only borrows are handed out.
     fn drop(&mut self, _: Resource<MessageRef>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
+
+impl PluginCtx {
+    /// Runs `f` on message `i` of the call's run, if there is one.
+    fn with_run<R: Default>(
+        &self,
+        r: Resource<MessagesRef>,
+        i: u32,
+        f: impl FnOnce(&Message) -> R,
+    ) -> R {
+        self.scope.in_run(r.rep(), i).map(f).unwrap_or_default()
+    }
+}
+
+impl HostMessages for PluginCtx {
+    fn topic(&mut self, r: Resource<MessagesRef>, i: u32) -> String {
+        self.with_run(r, i, |m| m.topic.to_string())
+    }
+
+    fn payload(&mut self, r: Resource<MessagesRef>, i: u32) -> Vec<u8> {
+        self.with_run(r, i, |m| m.payload.to_vec())
+    }
+
+    fn content_type(&mut self, r: Resource<MessagesRef>, i: u32) -> Option<String> {
+        self.with_run(r, i, |m| m.properties.content_type.clone())
+    }
+
+    fn response_topic(&mut self, r: Resource<MessagesRef>, i: u32) -> Option<String> {
+        self.with_run(r, i, |m| m.properties.response_topic.clone())
+    }
+
+    fn correlation_data(&mut self, r: Resource<MessagesRef>, i: u32) -> Option<Vec<u8>> {
+        self.with_run(r, i, correlation)
+    }
+
+    fn user_properties(&mut self, r: Resource<MessagesRef>, i: u32) -> Vec<wit::Pair> {
+        self.with_run(r, i, pairs)
+    }
+
+    fn user_property(&mut self, r: Resource<MessagesRef>, i: u32, name: String) -> Option<String> {
+        self.with_run(r, i, |m| first(m, &name))
+    }
+
+    /// Only borrows are handed out.
+    fn drop(&mut self, _: Resource<MessagesRef>) -> wasmtime::Result<()> {
         Ok(())
     }
 }

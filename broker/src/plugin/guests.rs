@@ -548,16 +548,16 @@ impl Guests {
         };
         let scope = &mut s.data_mut().scope;
         let c = scope.enter(client);
-        let handles = scope.enter_messages(messages.iter().copied());
+        let run = scope.enter_run(messages.iter().copied());
         let headers: Vec<_> = messages.iter().map(|m| context::header(m)).collect();
-        let answers = g.call_transform_many(&mut *s, c, &handles, &headers);
+        let answers = g.call_transform_many(&mut *s, c, run, &headers);
         let scope = &mut s.data_mut().scope;
         let answers = answers.map(|list| {
             let each = |(i, (o, g))| {
                 let r = match o {
-                    wit::TransformOutcome::Keep => Reshaped::Keep,
-                    wit::TransformOutcome::Drop(code) => Reshaped::Drop(Some(code)),
-                    wit::TransformOutcome::Apply => match scope.edited(i) {
+                    wit::EditedOutcome::Keep => Reshaped::Keep,
+                    wit::EditedOutcome::Drop(code) => Reshaped::Drop(Some(code)),
+                    wit::EditedOutcome::Apply(edits) => match scope.edited_by(i, edits) {
                         Ok(m) => Reshaped::Edited(m),
                         Err(why) => Reshaped::Invalid(why),
                     },

@@ -58,6 +58,28 @@ impl Bucket {
         let earned = now.duration_since(self.last).as_secs_f64() * self.per_second;
         self.tokens + earned >= self.capacity
     }
+
+    /// `bucket-take`: `n` tokens if there are that many.
+    fn take(&mut self, n: u64) -> bool {
+        let enough = self.tokens >= n as f64;
+        if enough {
+            self.tokens -= n as f64;
+        }
+        enough
+    }
+
+    /// `bucket-charge`: `n` tokens, into debt if need be; the milliseconds until the
+    /// bucket is out of debt.
+    fn charge(&mut self, n: u64) -> u64 {
+        self.tokens -= n as f64;
+        if self.tokens >= 0.0 {
+            0
+        } else if self.per_second == 0.0 {
+            u64::MAX
+        } else {
+            ((-self.tokens / self.per_second) * 1000.0).ceil() as u64
+        }
+    }
 }
 
 /// A plugin's token buckets by key. Keys are typically client ids or addresses, so
@@ -252,27 +274,36 @@ impl host::Host for PluginCtx {
 
     fn bucket_take(&mut self, key: String, capacity: u64, refill_per_second: f64, n: u64) -> bool {
         let mut buckets = lock(&self.state.buckets);
-        let b = buckets.refilled(key, capacity, refill_per_second);
-        if b.tokens >= n as f64 {
-            b.tokens -= n as f64;
-            true
-        } else {
-            false
-        }
+        buckets.refilled(key, capacity, refill_per_second).take(n)
     }
 
     fn bucket_charge(&mut self, key: String, capacity: u64, refill_per_second: f64, n: u64) -> u64 {
         let mut buckets = lock(&self.state.buckets);
-        let refill = rate(refill_per_second);
+        buckets.refilled(key, capacity, refill_per_second).charge(n)
+    }
+
+    fn bucket_take_each(
+        &mut self,
+        key: String,
+        capacity: u64,
+        refill_per_second: f64,
+        amounts: Vec<u64>,
+    ) -> Vec<bool> {
+        let mut buckets = lock(&self.state.buckets);
         let b = buckets.refilled(key, capacity, refill_per_second);
-        b.tokens -= n as f64;
-        if b.tokens >= 0.0 {
-            0
-        } else if refill == 0.0 {
-            u64::MAX
-        } else {
-            ((-b.tokens / refill) * 1000.0).ceil() as u64
-        }
+        amounts.into_iter().map(|n| b.take(n)).collect()
+    }
+
+    fn bucket_charge_each(
+        &mut self,
+        key: String,
+        capacity: u64,
+        refill_per_second: f64,
+        amounts: Vec<u64>,
+    ) -> Vec<u64> {
+        let mut buckets = lock(&self.state.buckets);
+        let b = buckets.refilled(key, capacity, refill_per_second);
+        amounts.into_iter().map(|n| b.charge(n)).collect()
     }
 
     fn reuse_answer(&mut self, ttl_ms: u32) {

@@ -19,8 +19,8 @@ use serde::Deserialize;
 use std::cell::RefCell;
 use std::sync::OnceLock;
 use weir_plugin_sdk::{
-    call_number, charge_tokens, client_id, lease, parse_config, take_tokens, username, Client,
-    Event, Init, RateLimit, RateResult, ReasonCode,
+    call_number, charge_tokens, charge_tokens_each, client_id, lease, parse_config, take_tokens,
+    take_tokens_each, username, Client, Event, Init, RateLimit, RateResult, ReasonCode,
 };
 
 /// A lease is at most this many messages.
@@ -130,6 +130,20 @@ impl RateLimit for Limiter {
             Event::Subscribe => RateResult::Allow,
         }
     }
+
+    /// A run of publishes: each bucket charged once for all of them. A limiter that
+    /// leases answers one publish at a time instead: then one call takes a lease that
+    /// covers the rest of the run and the runs after it.
+    fn rate_limit_publishes(client: &Client, sizes: &[u64]) -> Option<Vec<RateResult>> {
+        let c = CONFIG.get().filter(|c| c.lease_ms == 0)?;
+        BUCKETS.with(|b| {
+            let mut b = b.borrow_mut();
+            if b.0 != Some(call_number()) {
+                *b = (Some(call_number()), buckets(c, client));
+            }
+            Some(publishes(c, &b.1, sizes))
+        })
+    }
 }
 
 /// A bucket a client's publishes are counted in.
@@ -188,12 +202,50 @@ fn publish(c: &Config, buckets: &[Bucket], bytes: u64) -> RateResult {
             }
         }
     }
+    let result = answer(over, wait);
+    if matches!(result, RateResult::Allow) {
+        take_lease(buckets, bytes, c.lease_ms as f64 / 1000.0);
+    }
+    result
+}
+
+/// Publishes of `sizes`, in turn, counted in every bucket: each bucket asked once for
+/// all of them, with what asking it once per publish would have answered.
+fn publishes(c: &Config, buckets: &[Bucket], sizes: &[u64]) -> Vec<RateResult> {
+    let mut wait = vec![0; sizes.len()];
+    let mut over = vec![false; sizes.len()];
+    for b in buckets {
+        let (rate, burst) = (b.rate.per_second, b.rate.burst());
+        let amounts = sizes
+            .iter()
+            .map(|&bytes| if b.messages { 1 } else { bytes });
+        match c.action {
+            Over::Throttle => {
+                let amounts: Vec<u64> = amounts.collect();
+                let waits = charge_tokens_each(&b.key, burst, rate, &amounts);
+                wait.iter_mut()
+                    .zip(waits)
+                    .for_each(|(w, x)| *w = (*w).max(x));
+            }
+            Over::Reject => {
+                let amounts: Vec<u64> = amounts.map(|n| n.min(burst)).collect();
+                let took = take_tokens_each(&b.key, burst, rate, &amounts);
+                over.iter_mut().zip(took).for_each(|(o, ok)| *o |= !ok);
+            }
+        }
+    }
+    (wait.into_iter().zip(over))
+        .map(|(wait, over)| answer(over, wait))
+        .collect()
+}
+
+/// A publish's answer from what its buckets said.
+fn answer(over: bool, wait: u64) -> RateResult {
     if over {
         RateResult::Reject(ReasonCode::MessageRateTooHigh.into())
     } else if wait > 0 {
         RateResult::Throttle(wait.min(60_000))
     } else {
-        take_lease(buckets, bytes, c.lease_ms as f64 / 1000.0);
         RateResult::Allow
     }
 }

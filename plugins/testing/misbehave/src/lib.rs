@@ -1,7 +1,8 @@
 //! A plugin that fails on purpose, for the broker's tests. Configured `mode`:
 //! `loop` (never returns), `trap` (panics), `print` (writes to stdout and stderr, then
 //! allows), `grab` (allocates until the memory cap stops it), `huge` (replaces the message's payload with 8 MiB), `bad-topic` (sets the
-//! topic to a filter, `bad/+`, and applies it), `qos0` (sends the message on at QoS 0), `bad-code` (denies with reason
+//! topic to a filter, `bad/+`, and applies it), `qos0` (sends the message on at QoS 0), `edit-read` (edits the
+//! message and reads its edits back into user properties, for the SDK's batch form), `bad-code` (denies with reason
 //! code 0x00), `init-fail` (rejects its configuration). It misbehaves only for topics
 //! under `bad/`; for every other topic it allows and keeps, so the tests can show that
 //! other clients are served while it fails.
@@ -51,6 +52,7 @@ fn misbehave(topic: &str) -> Option<&'static str> {
             "huge" => "huge",
             "bad-topic" => "bad-topic",
             "qos0" => "qos0",
+            "edit-read" => "edit-read",
             "bad-code" => "bad-code",
             _ => "none",
         }),
@@ -95,9 +97,28 @@ impl Transform for Misbehave {
                 message.set_qos(0);
                 TransformOutcome::Apply
             }
+            Some("edit-read") => edit_read(message, &header.topic),
             _ => TransformOutcome::Keep,
         }
     }
+}
+
+/// Edits, then what the getters say after them: the same in a single call (each a call
+/// into the broker) and in a batch (edits kept in the plugin until the answer).
+fn edit_read(message: &Message, topic: &str) -> TransformOutcome {
+    message.set_topic(&format!("edited/{}", &topic["bad/".len()..]));
+    message.add_user_property("a", "1");
+    message.add_user_property("b", "2");
+    message.remove_user_property("b");
+    message.set_content_type(Some("text/x"));
+    message.add_user_property("topic-seen", &message.topic());
+    let a = message.user_property("a").unwrap_or_default();
+    message.add_user_property("a-seen", &a);
+    let count = message.user_properties().len().to_string();
+    message.add_user_property("count", &count);
+    let content_type = message.content_type().unwrap_or_default();
+    message.add_user_property("content-type-seen", &content_type);
+    TransformOutcome::Apply
 }
 
 weir_plugin_sdk::export_plugin!(Misbehave: init, authorize, transform);
