@@ -114,7 +114,6 @@ impl Message {
         self.expires_at.is_some_and(|t| now >= t)
     }
 
-    /// Seconds left, for the Message Expiry Interval sent onward (MQTT-3.3.2-6).
     /// [`Message::remaining_expiry`] now, reading the clock only for a message that
     /// expires.
     pub fn remaining_expiry_now(&self) -> Option<u32> {
@@ -122,6 +121,7 @@ impl Message {
             .and_then(|_| self.remaining_expiry(now_secs()))
     }
 
+    /// Seconds left, for the Message Expiry Interval sent onward (MQTT-3.3.2-6).
     pub fn remaining_expiry(&self, now: u64) -> Option<u32> {
         self.expires_at
             .map(|t| t.saturating_sub(now).min(u32::MAX as u64) as u32)

@@ -349,6 +349,7 @@ pub fn lease(events: u32, bytes: u64, ttl: std::time::Duration) {
 pub mod batch {
     use super::types::{Event, Grants, LeaseGrant, RateResult};
     use std::cell::{Cell, RefCell};
+    use std::collections::HashMap;
     use std::rc::Rc;
 
     thread_local! {
@@ -358,8 +359,8 @@ pub mod batch {
         static CLIENT: RefCell<(Option<String>, Option<Option<String>>)> =
             const { RefCell::new((None, None)) };
         /// The patterns `substitute` filled in during the current call.
-        static SUBSTITUTED: RefCell<Vec<(String, Option<Rc<str>>)>> =
-            const { RefCell::new(Vec::new()) };
+        static SUBSTITUTED: RefCell<HashMap<String, Option<Rc<str>>>> =
+            RefCell::new(HashMap::new());
         /// Which hook call this is.
         static CALL: Cell<u64> = const { Cell::new(0) };
     }
@@ -380,15 +381,12 @@ pub mod batch {
         pattern: &str,
         fill: impl FnOnce() -> Option<String>,
     ) -> Option<Rc<str>> {
-        let known = SUBSTITUTED.with(|s| {
-            let s = s.borrow();
-            s.iter().find(|(p, _)| p == pattern).map(|(_, v)| v.clone())
-        });
+        let known = SUBSTITUTED.with(|s| s.borrow().get(pattern).cloned());
         if let Some(v) = known {
             return v;
         }
         let v: Option<Rc<str>> = fill().map(Rc::from);
-        SUBSTITUTED.with(|s| s.borrow_mut().push((pattern.to_owned(), v.clone())));
+        SUBSTITUTED.with(|s| s.borrow_mut().insert(pattern.to_owned(), v.clone()));
         v
     }
 
@@ -556,9 +554,10 @@ pub fn attribute(client: &Client, name: &str) -> Option<String> {
     client.attribute(name)
 }
 
-/// A number that changes with every hook call (a batch call is one call, for one
-/// client): what a plugin works out from the call's client (keys, patterns) it may keep
-/// while this stays the same.
+/// A number that changes with every call of a hook about a client (`authorize`,
+/// `rate_limit`, `transform`, `subscribe`, `deliver`; a batch call is one call, for one
+/// client) exported with [`export_plugin!`]: what a plugin works out from the call's
+/// client (keys, patterns) it may keep while this stays the same.
 pub fn call_number() -> u64 {
     batch::call_number()
 }
@@ -567,7 +566,7 @@ pub fn call_number() -> u64 {
 /// pattern needs a value the client lacks, or has with `/`, `+` or `#` in it: such a
 /// value could widen the pattern to other clients' topics, so the rule must not apply.
 /// Worked out once per pattern per hook call (a batch call asks about many messages
-/// of one client).
+/// of one client; see [`call_number`]).
 pub fn substitute(pattern: &str, client: &Client) -> Option<std::rc::Rc<str>> {
     batch::substituted(pattern, || {
         let safe = |s: Option<&str>| {

@@ -858,19 +858,24 @@ fn a_javascript_plugin_limits_publishes() {
 }
 
 /// A transform that edits a message and reads it back sees its own edits, whether it
-/// is asked alone (each edit a call into the broker) or for a run of PUBLISHes read
-/// together (the SDK keeps the edits and answers them with the run).
+/// is asked alone (QoS 2 is never gathered into a run: each edit a call into the
+/// broker) or for a run of PUBLISHes read together (the SDK keeps the edits and answers
+/// them with the run). Each message comes with a user property the plugin removes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_transform_reads_its_own_edits_alone_and_in_a_run() {
     let w = misbehaving("edit-read", "");
     let (mut sub, _) = C5::connect_with(C5::opts(w.port, "sub")).await;
     sub.subscribe("edited/#", QoS::AtLeastOnce).await;
     let mut r = v5_client(&w, "pub", &[]);
-    // One alone, then five in one write.
-    r.send(&publish5(0x02, "bad/alone", Some(1), &[], b"x"));
-    assert_eq!(ack_code(&r.recv().expect("PUBACK")), 0);
+    let came = [[0x26].as_slice(), &string("b"), &string("came")].concat();
+    // One alone at QoS 2, then five at QoS 1 in one write.
+    r.send(&publish5(0x04, "bad/alone", Some(1), &came, b"x"));
+    let rec = r.recv().expect("PUBREC");
+    assert_eq!((rec[0], ack_code(&rec)), (0x50, 0));
+    r.send(&packet(0x62, &1u16.to_be_bytes()));
+    assert_eq!(r.recv().expect("PUBCOMP")[0], 0x70);
     let run: Vec<u8> = (2..=6u16)
-        .flat_map(|i| publish5(0x02, &format!("bad/{i}"), Some(i), &[], b"x"))
+        .flat_map(|i| publish5(0x02, &format!("bad/{i}"), Some(i), &came, b"x"))
         .collect();
     r.send(&run);
     for _ in 2..=6 {
