@@ -120,13 +120,7 @@ impl RateLimit for Limiter {
                 }
                 RateResult::Allow
             }
-            Event::Publish(bytes) => BUCKETS.with(|b| {
-                let mut b = b.borrow_mut();
-                if b.0 != Some(call_number()) {
-                    *b = (Some(call_number()), buckets(c, client));
-                }
-                publish(c, &b.1, bytes)
-            }),
+            Event::Publish(bytes) => with_buckets(c, client, |b| publish(c, b, bytes)),
             Event::Subscribe => RateResult::Allow,
         }
     }
@@ -136,14 +130,19 @@ impl RateLimit for Limiter {
     /// covers the rest of the run and the runs after it.
     fn rate_limit_publishes(client: &Client, sizes: &[u64]) -> Option<Vec<RateResult>> {
         let c = CONFIG.get().filter(|c| c.lease_ms == 0)?;
-        BUCKETS.with(|b| {
-            let mut b = b.borrow_mut();
-            if b.0 != Some(call_number()) {
-                *b = (Some(call_number()), buckets(c, client));
-            }
-            Some(publishes(c, &b.1, sizes))
-        })
+        Some(with_buckets(c, client, |b| publishes(c, b, sizes)))
     }
+}
+
+/// Runs `f` on the buckets of the current call's client, worked out once per call.
+fn with_buckets<R>(c: &Config, client: &Client, f: impl FnOnce(&[Bucket]) -> R) -> R {
+    BUCKETS.with(|b| {
+        let mut b = b.borrow_mut();
+        if b.0 != Some(call_number()) {
+            *b = (Some(call_number()), buckets(c, client));
+        }
+        f(&b.1)
+    })
 }
 
 /// A bucket a client's publishes are counted in.
