@@ -56,11 +56,47 @@ impl NatsServer {
         }
     }
 
-    /// Starts it again with the same ports and store.
+    /// Starts it again with the same ports and store. A port can be held for a moment by
+    /// another test's outgoing connection (ports from the same ephemeral range), so a
+    /// server that exits at once is started again.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the server first");
+        for _ in 0..10 {
+            if self.spawn_and_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        panic!(
+            "nats-server {} did not start again; log:\n{}",
+            self.name,
+            self.log()
+        );
+    }
+
+    /// Spawns the server and waits until it accepts connections. False if it exited first
+    /// (its port was taken, say) or never listened.
+    fn spawn_and_wait(&mut self) -> bool {
         self.spawn();
-        wait_for_port(self.port);
+        self.wait_started()
+    }
+
+    /// Waits until the spawned server accepts connections; false (and no process) if it
+    /// exited first or never listened.
+    fn wait_started(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return true;
+            }
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill9();
+        false
     }
 
     pub fn log(&self) -> String {
@@ -85,16 +121,39 @@ pub struct NatsCluster {
 }
 
 impl NatsCluster {
+    /// Free ports are picked before the servers bind them, so another test can take one
+    /// in between: the whole cluster is then started again on new ports.
     pub fn start(n: usize) -> NatsCluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut servers: Vec<NatsServer> = (0..n)
+        let mut last_logs = String::new();
+        for attempt in 0..5 {
+            let attempt_dir = dir.path().join(format!("start{attempt}"));
+            std::fs::create_dir_all(&attempt_dir).expect("nats dir");
+            let mut servers = Self::configure(n, &attempt_dir);
+            for s in &mut servers {
+                s.spawn();
+            }
+            if servers.iter_mut().all(|s| s.wait_started()) {
+                return NatsCluster { servers, _dir: dir };
+            }
+            last_logs = servers
+                .iter()
+                .map(|s| format!("--- {}\n{}", s.name, s.log()))
+                .collect();
+        }
+        panic!("nats-server did not start; logs:\n{last_logs}");
+    }
+
+    /// Picks ports for `n` servers and writes their configuration files.
+    fn configure(n: usize, dir: &std::path::Path) -> Vec<NatsServer> {
+        let servers: Vec<NatsServer> = (0..n)
             .map(|i| NatsServer {
                 child: None,
                 name: format!("n{}", i + 1),
                 port: free_port(),
                 cluster_port: free_port(),
-                config: dir.path().join(format!("n{}.conf", i + 1)),
-                log: dir.path().join(format!("n{}.log", i + 1)),
+                config: dir.join(format!("n{}.conf", i + 1)),
+                log: dir.join(format!("n{}.log", i + 1)),
             })
             .collect();
         let routes: Vec<String> = servers
@@ -102,7 +161,7 @@ impl NatsCluster {
             .map(|s| format!("nats://127.0.0.1:{}", s.cluster_port))
             .collect();
         for s in &servers {
-            let store = dir.path().join(&s.name);
+            let store = dir.join(&s.name);
             let mut conf = format!(
                 "server_name: {}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: {:?}, max_mem_store: 256MB, max_file_store: 2GB }}\n",
                 s.name, s.port, store
@@ -116,13 +175,7 @@ impl NatsCluster {
             }
             std::fs::write(&s.config, conf).expect("nats config");
         }
-        for s in &mut servers {
-            s.spawn();
-        }
-        for s in &servers {
-            wait_for_port(s.port);
-        }
-        NatsCluster { servers, _dir: dir }
+        servers
     }
 
     /// The `servers` value of a `[cluster]` table naming every server.
@@ -141,15 +194,4 @@ impl NatsCluster {
             .map(|s| format!("--- {}\n{}", s.name, s.log()))
             .collect()
     }
-}
-
-fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("nats-server did not listen on {port}");
 }
