@@ -18,6 +18,7 @@ pub mod bindings {
         path: "../wit",
         world: "imports",
         generate_all,
+        additional_derives: [PartialEq],
     });
 }
 
@@ -178,11 +179,11 @@ macro_rules! __export_hook {
         impl ::weir_plugin_authz::exports::weir::plugin::authz_many::Guest for $t {
             fn authorize_many(
                 client: &$crate::Client,
-                accesses: Vec<$crate::Access>,
+                run: $crate::types::Publishes,
             ) -> Vec<($crate::Decision, $crate::types::Grants)> {
                 $crate::batch::begin();
                 let each = |a| $crate::batch::each(|| <$t as $crate::Authorize>::authorize(client, a));
-                accesses.into_iter().map(each).collect()
+                $crate::batch::accesses(run).map(each).collect()
             }
         }
         ::weir_plugin_authz::export!($t with_types_in ::weir_plugin_authz);
@@ -198,7 +199,7 @@ macro_rules! __export_hook {
             fn transform_many(
                 client: &$crate::Client,
                 messages: &$crate::context::Messages,
-                headers: Vec<$crate::MessageHeader>,
+                run: $crate::types::MessageRun,
             ) -> Vec<($crate::types::EditedOutcome, $crate::types::Grants)> {
                 $crate::batch::begin();
                 let each = |(i, h)| $crate::batch::each(|| {
@@ -206,7 +207,9 @@ macro_rules! __export_hook {
                     let outcome = <$t as $crate::Transform>::transform(client, &m, h);
                     m.answer(outcome)
                 });
-                headers.into_iter().enumerate().map(each).collect()
+                let mut answers: Vec<_> = $crate::batch::headers(run).enumerate().map(each).collect();
+                $crate::Message::repeats_as_same(&mut answers);
+                answers
             }
         }
         ::weir_plugin_transformer::export!($t with_types_in ::weir_plugin_transformer);
@@ -352,6 +355,9 @@ pub mod batch {
     use std::collections::HashMap;
     use std::rc::Rc;
 
+    /// Patterns come from the plugin's configuration, not from clients: a fixed seed.
+    type Memo = HashMap<String, Option<Rc<str>>, foldhash::fast::FixedState>;
+
     thread_local! {
         /// What the current input of a batch call granted; `None` outside one.
         static GRANTS: RefCell<Option<Grants>> = const { RefCell::new(None) };
@@ -359,8 +365,7 @@ pub mod batch {
         static CLIENT: RefCell<(Option<String>, Option<Option<String>>)> =
             const { RefCell::new((None, None)) };
         /// The patterns `substitute` filled in during the current call.
-        static SUBSTITUTED: RefCell<HashMap<String, Option<Rc<str>>>> =
-            RefCell::new(HashMap::new());
+        static SUBSTITUTED: RefCell<Memo> = RefCell::new(Memo::default());
         /// Which hook call this is.
         static CALL: Cell<u64> = const { Cell::new(0) };
     }
@@ -401,6 +406,44 @@ pub mod batch {
         CLIENT.with(|c| {
             let mut c = c.borrow_mut();
             c.1.get_or_insert_with(|| client.username()).clone()
+        })
+    }
+
+    /// Input `i`'s topic of a batch call's `topics`.
+    fn topic(t: &super::types::Topics, i: usize) -> String {
+        let start = match i {
+            0 => 0,
+            _ => t.ends.get(i - 1).copied().unwrap_or(0) as usize,
+        };
+        let end = t.ends.get(i).copied().unwrap_or(0) as usize;
+        t.text.get(start..end).unwrap_or_default().to_owned()
+    }
+
+    /// `authorize-many`'s run as the `access` of each publish.
+    pub fn accesses(run: super::types::Publishes) -> impl Iterator<Item = super::Access> {
+        (0..run.topics.ends.len()).map(move |i| super::Access {
+            action: super::Action::Publish,
+            topic: topic(&run.topics, i),
+            qos: run.qos.get(i).copied().unwrap_or(0),
+            retain: run.retain.get(i).is_some_and(|r| *r != 0),
+        })
+    }
+
+    /// `transform-many`'s run as the `message-header` of each message.
+    pub fn headers(
+        mut run: super::types::MessageRun,
+    ) -> impl Iterator<Item = super::MessageHeader> {
+        let mut expiring = std::mem::take(&mut run.message_expiry).into_iter().peekable();
+        (0..run.topics.ends.len()).map(move |i| {
+            let flag = |column: &[u8]| column.get(i).is_some_and(|f| *f != 0);
+            super::MessageHeader {
+                topic: topic(&run.topics, i),
+                qos: run.qos.get(i).copied().unwrap_or(0),
+                retain: flag(&run.retain),
+                payload_len: run.payload_lens.get(i).copied().unwrap_or(0),
+                message_expiry: expiring.next_if(|(at, _)| *at as usize == i).map(|(_, s)| s),
+                payload_utf8: flag(&run.payload_utf8),
+            }
         })
     }
 

@@ -53,6 +53,25 @@ impl<'a> Message<'a> {
         }
     }
 
+    /// A batch call's answers, each `apply` whose edits are the last `apply`'s answered
+    /// `same-as` it instead: the broker reads a tag added to a whole run once.
+    #[doc(hidden)]
+    pub fn repeats_as_same<G>(answers: &mut [(EditedOutcome, G)]) {
+        let mut last: Option<usize> = None;
+        for i in 0..answers.len() {
+            let EditedOutcome::Apply(edits) = &answers[i].0 else {
+                continue;
+            };
+            if let Some(j) = last {
+                if matches!(&answers[j].0, EditedOutcome::Apply(first) if first == edits) {
+                    answers[i].0 = EditedOutcome::SameAs(j as u32);
+                    continue;
+                }
+            }
+            last = Some(i);
+        }
+    }
+
     /// An edit: made through the handle, or kept for the answer.
     fn edit(&self, handle: impl FnOnce(&context::Message), edit: impl FnOnce() -> Edit) {
         match &self.source {

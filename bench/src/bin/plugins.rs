@@ -22,6 +22,11 @@ use weir::config::Config;
 use weir::hooks::{Action, ClientHooks, ClientInfo, ConnectInfo, Hooks, Identity, RateEvent};
 use weir::message::Message;
 use weir::plugin::{PluginChain, PluginClient};
+
+/// The per-call and batch rows run the broker's plugin code in this process, so it
+/// allocates as the `weir` binary does.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use weir_tests::http::request;
 use weir_tests::raw::{connect_login, count_publishes, packet, string};
 use weir_tests::{plugins, setting, tokens, Opts, Weir};

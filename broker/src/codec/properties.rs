@@ -343,6 +343,16 @@ impl Properties {
     pub fn is_empty(&self) -> bool {
         self.0.as_deref().is_none_or(|set| *set == EMPTY)
     }
+
+    /// Are these the very same properties (none, or one shared set)? Cheaper than
+    /// comparing them, and enough to know two messages' sets are alike.
+    pub fn shares(&self, other: &Properties) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
 }
 
 impl PropertySet {

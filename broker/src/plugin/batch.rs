@@ -149,11 +149,9 @@ impl Call<'_> {
                 asked.push(k);
             }
             let runs = in_runs(&asked, |run| {
-                let accesses: Vec<wit::Access> = (run.iter().map(|&k| &messages[k]))
-                    .map(|m| convert::access(Action::Publish, &m.topic, m.qos, m.retain))
-                    .collect();
+                let run_of: Vec<&Message> = run.iter().map(|&k| &messages[k]).collect();
                 let c = record.of(client);
-                let answer = p.call_for(run.len() as u32, |g, s| g.authorize_each(s, c, &accesses));
+                let answer = p.call_for(run.len() as u32, |g, s| g.authorize_each(s, c, &run_of));
                 answer.map(|(list, _)| list)
             });
             for (run, answers) in runs {

@@ -14,7 +14,7 @@
 use super::bindings::weir::plugin::context::{self, HostClient, HostMessage, HostMessages};
 use super::bindings::weir::plugin::types as wit;
 use super::instance::PluginCtx;
-use crate::codec::QoS;
+use crate::codec::{Properties, QoS};
 use crate::message::{now_secs, Message};
 use bytes::Bytes;
 use std::sync::Arc;
@@ -93,6 +93,34 @@ impl Scope {
             edit(&mut m, e)?;
         }
         Ok(m)
+    }
+
+    /// Message `i` with the edits another message of the call had made, given its
+    /// properties `before` and `after` them: a message whose properties were the very
+    /// same set gets the other's result shared, and only the other edits made.
+    pub fn edited_like(
+        &mut self,
+        i: usize,
+        edits: &[wit::Edit],
+        (before, after): (&Properties, Option<&Properties>),
+    ) -> Result<Message, String> {
+        let mut m = self.edited(i)?;
+        let shared = after.filter(|_| m.properties.shares(before));
+        for e in edits {
+            if shared.is_none() || !touches_properties(e) {
+                edit(&mut m, e.clone())?;
+            }
+        }
+        if let Some(after) = shared {
+            m.properties = after.clone();
+        }
+        Ok(m)
+    }
+
+    /// Message `i`'s properties as it came.
+    pub fn properties_of(&self, i: usize) -> Option<Properties> {
+        let (m, _) = self.messages.get(i)?;
+        m.as_ref().map(|m| m.properties.clone())
     }
 
     /// Message `i` as the call's edits left it, or why they cannot be applied.
@@ -174,6 +202,16 @@ fn edit(m: &mut Message, e: wit::Edit) -> Result<(), String> {
         E::RemoveUserProperty(name) => m.properties.user_properties.retain(|(n, _)| *n != name),
     }
     Ok(())
+}
+
+/// Does the edit change the message's properties (rather than its topic, payload,
+/// QoS, retain flag or expiry)?
+fn touches_properties(e: &wit::Edit) -> bool {
+    use wit::Edit as E;
+    !matches!(
+        e,
+        E::Topic(_) | E::Payload(_) | E::Qos(_) | E::Retain(_) | E::MessageExpiry(_)
+    )
 }
 
 /// What `transform` and `deliver` are handed with the message handle.

@@ -60,6 +60,45 @@ pub fn access(action: Action, topic: &str, qos: QoS, retain: bool) -> wit::Acces
     }
 }
 
+/// A run's topics end to end, for a batch call.
+fn topics<'m>(messages: impl ExactSizeIterator<Item = &'m Message> + Clone) -> wit::Topics {
+    let len = messages.clone().map(|m| m.topic.len()).sum();
+    let mut text = String::with_capacity(len);
+    let mut ends = Vec::with_capacity(messages.len());
+    for m in messages {
+        text.push_str(&m.topic);
+        ends.push(text.len() as u32);
+    }
+    wit::Topics { text, ends }
+}
+
+/// A run of publishes for `authorize-many`.
+pub fn publishes(messages: &[&Message]) -> wit::Publishes {
+    wit::Publishes {
+        topics: topics(messages.iter().copied()),
+        qos: messages.iter().map(|m| m.qos as u8).collect(),
+        retain: messages.iter().map(|m| m.retain as u8).collect(),
+    }
+}
+
+/// A run's headers for `transform-many`.
+pub fn message_run(messages: &[&Message]) -> wit::MessageRun {
+    let utf8 = |m: &&Message| (m.properties.payload_format_indicator == Some(1)) as u8;
+    let expiring = messages.iter().enumerate();
+    wit::MessageRun {
+        topics: topics(messages.iter().copied()),
+        qos: messages.iter().map(|m| m.qos as u8).collect(),
+        retain: messages.iter().map(|m| m.retain as u8).collect(),
+        payload_lens: (messages.iter())
+            .map(|m| m.payload.len().min(u32::MAX as usize) as u32)
+            .collect(),
+        payload_utf8: messages.iter().map(utf8).collect(),
+        message_expiry: expiring
+            .filter_map(|(i, m)| Some((i as u32, m.remaining_expiry_now()?)))
+            .collect(),
+    }
+}
+
 pub fn subscription(filter: &str, qos: QoS, o: SubscriptionOptions) -> wit::Subscription {
     wit::Subscription {
         filter: filter.to_owned(),

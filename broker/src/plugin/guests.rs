@@ -489,21 +489,22 @@ impl Guests {
         &self,
         s: S<'_>,
         client: &Client,
-        accesses: &[wit::Access],
+        messages: &[&Message],
     ) -> wasmtime::Result<Vec<(wit::Decision, Grants)>> {
         if let Some(g) = &self.authz_many {
             let c = s.data_mut().scope.enter(client);
-            let answers = g.call_authorize_many(s, c, accesses)?;
+            let answers = g.call_authorize_many(s, c, &convert::publishes(messages))?;
             return Ok(answers.into_iter().map(|(d, g)| (d, grants(&g))).collect());
         }
-        let each = |a| {
+        let each = |m: &&Message| {
+            let a = convert::access(crate::hooks::Action::Publish, &m.topic, m.qos, m.retain);
             let d = match &self.authz {
-                Some(h) => h.call_authorize(s, client, a)?,
+                Some(h) => h.call_authorize(s, client, &a)?,
                 None => wit::Decision::Defer,
             };
             Ok((d, std::mem::take(&mut s.data_mut().grants)))
         };
-        accesses.iter().map(each).collect()
+        messages.iter().map(each).collect()
     }
 
     /// `rate-limit-many`. The chain asks a limiter without it once per publish, each
@@ -549,24 +550,143 @@ impl Guests {
         let scope = &mut s.data_mut().scope;
         let c = scope.enter(client);
         let run = scope.enter_run(messages.iter().copied());
-        let headers: Vec<_> = messages.iter().map(|m| context::header(m)).collect();
-        let answers = g.call_transform_many(&mut *s, c, run, &headers);
+        let answers = g.call_transform_many(&mut *s, c, run, &convert::message_run(messages));
         let scope = &mut s.data_mut().scope;
-        let answers = answers.map(|list| {
-            let each = |(i, (o, g))| {
-                let r = match o {
-                    wit::EditedOutcome::Keep => Reshaped::Keep,
-                    wit::EditedOutcome::Drop(code) => Reshaped::Drop(Some(code)),
-                    wit::EditedOutcome::Apply(edits) => match scope.edited_by(i, edits) {
-                        Ok(m) => Reshaped::Edited(m),
-                        Err(why) => Reshaped::Invalid(why),
-                    },
-                };
-                (r, grants(&g))
-            };
-            list.into_iter().enumerate().map(each).collect()
-        });
+        let answers = answers.map(|list| edited_as_answered(scope, list));
         scope.leave_messages();
         answers
+    }
+}
+
+/// A `transform-many` answer made: each message edited as its answer says. The edits of
+/// a message a later answer repeats (`same-as`) are kept to be made again, with its
+/// properties before and after them (shared by the messages whose sets were the same).
+fn edited_as_answered(
+    scope: &mut context::Scope,
+    list: Vec<(wit::EditedOutcome, wit::Grants)>,
+) -> Vec<(Reshaped, Grants)> {
+    use wit::EditedOutcome as O;
+    let repeated: Vec<u32> = list
+        .iter()
+        .filter_map(|(o, _)| match o {
+            O::SameAs(n) => Some(*n),
+            _ => None,
+        })
+        .collect();
+    let mut kept: Vec<Repeated> = Vec::new();
+    let made = |m: Result<Message, String>| match m {
+        Ok(m) => Reshaped::Edited(m),
+        Err(why) => Reshaped::Invalid(why),
+    };
+    let each = |(i, (o, g))| {
+        let r = match o {
+            O::Keep => Reshaped::Keep,
+            O::Drop(code) => Reshaped::Drop(Some(code)),
+            O::Apply(edits) if repeated.contains(&(i as u32)) => {
+                let before = scope.properties_of(i).unwrap_or_default();
+                let r = made(scope.edited_by(i, edits.clone()));
+                let after = match &r {
+                    Reshaped::Edited(m) => Some(m.properties.clone()),
+                    _ => None,
+                };
+                kept.push(Repeated {
+                    at: i,
+                    edits,
+                    before,
+                    after,
+                });
+                r
+            }
+            O::Apply(edits) => made(scope.edited_by(i, edits)),
+            O::SameAs(n) => match kept.iter().find(|k| k.at == n as usize) {
+                Some(k) => made(scope.edited_like(i, &k.edits, (&k.before, k.after.as_ref()))),
+                None => Reshaped::Invalid(format!(
+                    "answered same-as({n}): message {n} is not an earlier one answered apply"
+                )),
+            },
+        };
+        (r, grants(&g))
+    };
+    list.into_iter().enumerate().map(each).collect()
+}
+
+/// An `apply` answer a later `same-as` repeats.
+struct Repeated {
+    at: usize,
+    edits: Vec<wit::Edit>,
+    before: crate::codec::Properties,
+    after: Option<crate::codec::Properties>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::QoS;
+
+    fn message(topic: &str) -> Message {
+        Message {
+            topic: Arc::from(topic),
+            payload: bytes::Bytes::from_static(b"x"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Default::default(),
+            expires_at: None,
+            publisher: None,
+            origin: None,
+        }
+    }
+
+    fn no_grants() -> wit::Grants {
+        wit::Grants {
+            reuse_ms: None,
+            lease: None,
+        }
+    }
+
+    fn tags(r: &Reshaped) -> Vec<(String, String)> {
+        match r {
+            Reshaped::Edited(m) => m.properties.user_properties.clone(),
+            _ => panic!("not edited"),
+        }
+    }
+
+    #[test]
+    fn same_as_repeats_an_earlier_apply_and_nothing_else() {
+        let mut run: Vec<Message> = ["a", "b", "c", "d", "e"].into_iter().map(message).collect();
+        run[2]
+            .properties
+            .user_properties
+            .push(("own".into(), "1".into()));
+        let mut scope = context::Scope::default();
+        let _ = scope.enter_run(run.iter());
+        let tag = wit::Edit::AddUserProperty(wit::Pair {
+            name: "checked".into(),
+            value: "yes".into(),
+        });
+        let answers = vec![
+            (
+                wit::EditedOutcome::Apply(vec![tag, wit::Edit::Qos(0)]),
+                no_grants(),
+            ),
+            (wit::EditedOutcome::SameAs(0), no_grants()),
+            (wit::EditedOutcome::SameAs(0), no_grants()),
+            (wit::EditedOutcome::SameAs(4), no_grants()),
+            (wit::EditedOutcome::Keep, no_grants()),
+        ];
+        let made = edited_as_answered(&mut scope, answers);
+        let checked = ("checked".to_string(), "yes".to_string());
+        assert_eq!(tags(&made[0].0), vec![checked.clone()]);
+        assert_eq!(tags(&made[1].0), vec![checked.clone()]);
+        let (Reshaped::Edited(first), Reshaped::Edited(second)) = (&made[0].0, &made[1].0) else {
+            panic!("not edited");
+        };
+        // Alike before, so one set after; the other edits are made to each.
+        assert!(first.properties.shares(&second.properties));
+        assert_eq!((first.qos, second.qos), (QoS::AtMostOnce, QoS::AtMostOnce));
+        // Its own properties kept, the tag added to them.
+        let own = ("own".to_string(), "1".to_string());
+        assert_eq!(tags(&made[2].0), vec![own, checked]);
+        assert!(matches!(&made[3].0, Reshaped::Invalid(why) if why.contains("same-as(4)")));
+        assert!(matches!(made[4].0, Reshaped::Keep));
     }
 }

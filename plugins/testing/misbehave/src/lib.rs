@@ -2,7 +2,7 @@
 //! `loop` (never returns), `trap` (panics), `print` (writes to stdout and stderr, then
 //! allows), `grab` (allocates until the memory cap stops it), `huge` (replaces the message's payload with 8 MiB), `bad-topic` (sets the
 //! topic to a filter, `bad/+`, and applies it), `qos0` (sends the message on at QoS 0), `edit-read` (edits the
-//! message and reads its edits back into user properties, for the SDK's batch form), `bad-code` (denies with reason
+//! message and reads its edits and its header back into user properties, for the SDK's batch form), `bad-code` (denies with reason
 //! code 0x00), `init-fail` (rejects its configuration). It misbehaves only for topics
 //! under `bad/`; for every other topic it allows and keeps, so the tests can show that
 //! other clients are served while it fails.
@@ -97,7 +97,7 @@ impl Transform for Misbehave {
                 message.set_qos(0);
                 TransformOutcome::Apply
             }
-            Some("edit-read") => edit_read(message, &header.topic),
+            Some("edit-read") => edit_read(message, &header),
             _ => TransformOutcome::Keep,
         }
     }
@@ -105,7 +105,8 @@ impl Transform for Misbehave {
 
 /// Edits, then what the getters say after them: the same in a single call (each a call
 /// into the broker) and in a batch (edits kept in the plugin until the answer).
-fn edit_read(message: &Message, topic: &str) -> TransformOutcome {
+fn edit_read(message: &Message, header: &MessageHeader) -> TransformOutcome {
+    let topic = &header.topic;
     message.set_topic(&format!("edited/{}", &topic["bad/".len()..]));
     message.add_user_property("a", "1");
     message.add_user_property("b", "2");
@@ -118,6 +119,13 @@ fn edit_read(message: &Message, topic: &str) -> TransformOutcome {
     message.add_user_property("count", &count);
     let content_type = message.content_type().unwrap_or_default();
     message.add_user_property("content-type-seen", &content_type);
+    // The header as the plugin was handed it (a run's headers come as columns).
+    let h = header;
+    let seen = format!(
+        "qos {} retain {} len {} expiry {:?} utf8 {}",
+        h.qos, h.retain, h.payload_len, h.message_expiry, h.payload_utf8
+    );
+    message.add_user_property("header-seen", &seen);
     TransformOutcome::Apply
 }
 
