@@ -224,11 +224,11 @@ macro_rules! __export_hook {
         impl ::weir_plugin_limiter::exports::weir::plugin::limiter_many::Guest for $t {
             fn rate_limit_many(
                 client: &$crate::Client,
-                events: Vec<$crate::Event>,
+                sizes: Vec<u64>,
             ) -> Vec<($crate::RateResult, $crate::types::Grants)> {
                 $crate::batch::begin();
                 $crate::batch::rate_limits(
-                    events,
+                    sizes,
                     |sizes| <$t as $crate::RateLimit>::rate_limit_publishes(client, sizes),
                     |e| <$t as $crate::RateLimit>::rate_limit(client, e),
                 )
@@ -464,7 +464,7 @@ pub mod batch {
     /// so a limiter that leases is not charged again for the publishes its lease paid
     /// for. The broker keeps what is left of the last lease.
     pub fn rate_limits(
-        events: Vec<Event>,
+        sizes: Vec<u64>,
         run: impl FnOnce(&[u64]) -> Option<Vec<RateResult>>,
         mut hook: impl FnMut(Event) -> RateResult,
     ) -> Vec<(RateResult, Grants)> {
@@ -472,22 +472,16 @@ pub mod batch {
             reuse_ms: None,
             lease: None,
         };
-        let sizes: Option<Vec<u64>> = (events.iter())
-            .map(|e| match e {
-                Event::Publish(bytes) => Some(*bytes),
-                _ => None,
-            })
-            .collect();
         // The plugin's own answers for the whole run, if it gives them (a wrong number
         // of them is the broker's to refuse).
-        if let Some(list) = sizes.and_then(|sizes| run(sizes.as_slice())) {
+        if let Some(list) = run(sizes.as_slice()) {
             return list.into_iter().map(|r| (r, none())).collect();
         }
-        let mut out: Vec<(RateResult, Grants)> = Vec::with_capacity(events.len());
+        let mut out: Vec<(RateResult, Grants)> = Vec::with_capacity(sizes.len());
         // The answer that granted the current lease, and what is left of it.
         let mut lease: Option<(usize, u32, u64)> = None;
-        for e in events {
-            if let (Event::Publish(b), Some((_, n, bytes))) = (e, &mut lease) {
+        for b in sizes {
+            if let Some((_, n, bytes)) = &mut lease {
                 if *n > 0 && *bytes >= b {
                     (*n, *bytes) = (*n - 1, *bytes - b);
                     out.push((RateResult::Allow, none()));
@@ -496,7 +490,7 @@ pub mod batch {
                 // A lease that cannot cover a publish ends, as the broker's does.
                 lease = None;
             }
-            let (r, mut g) = each(|| hook(e));
+            let (r, mut g) = each(|| hook(Event::Publish(b)));
             if let (RateResult::Allow, Some(l)) = (&r, &g.lease) {
                 lease = Some((out.len(), l.events, l.bytes));
             } else {

@@ -8,9 +8,7 @@
 //! reused and leases taken per message, as for single calls.
 
 use super::answers::{self, Answer, Question};
-use super::bindings::weir::plugin::types as wit;
 use super::call::{authorize_on_error, counted, decision, limited, Ask, Call};
-use super::convert;
 use super::instance::{Failure, Plugin};
 use super::kept::Kept;
 use super::pipeline::{Applied, Stage};
@@ -213,12 +211,11 @@ impl Call<'_> {
             let sizes = live.iter().map(|&k| messages[k].payload.len() as u64);
             let asked = unleased(kept, i, p, sizes, &rejected);
             for chunk in asked.chunks(MAX_BATCH) {
-                let events: Vec<wit::Event> = (chunk.iter())
-                    .map(|&j| convert::event(event(live[j])))
+                let sizes: Vec<u64> = (chunk.iter())
+                    .map(|&j| messages[live[j]].payload.len() as u64)
                     .collect();
                 let c = record.of(client);
-                let answer =
-                    p.call_for(chunk.len() as u32, |g, s| g.rate_limit_many(s, c, &events));
+                let answer = p.call_for(chunk.len() as u32, |g, s| g.rate_limit_many(s, c, &sizes));
                 let answers = answer.and_then(|(list, _)| complete(list, chunk.len()));
                 let answers = match answers {
                     Ok(list) => list,

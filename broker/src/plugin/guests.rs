@@ -514,20 +514,20 @@ impl Guests {
         &self,
         s: S<'_>,
         client: &Client,
-        events: &[wit::Event],
+        sizes: &[u64],
     ) -> wasmtime::Result<Vec<(wit::RateResult, Grants)>> {
         let Some(g) = &self.limiter_many else {
-            let each = |e: &wit::Event| {
+            let each = |bytes: &u64| {
                 let r = match &self.limiter {
-                    Some(h) => h.call_rate_limit(s, client, *e)?,
+                    Some(h) => h.call_rate_limit(s, client, wit::Event::Publish(*bytes))?,
                     None => wit::RateResult::Allow,
                 };
                 Ok((r, std::mem::take(&mut s.data_mut().grants)))
             };
-            return events.iter().map(each).collect();
+            return sizes.iter().map(each).collect();
         };
         let c = s.data_mut().scope.enter(client);
-        let answers = g.call_rate_limit_many(s, c, events)?;
+        let answers = g.call_rate_limit_many(s, c, sizes)?;
         Ok(answers.into_iter().map(|(r, g)| (r, grants(&g))).collect())
     }
 
