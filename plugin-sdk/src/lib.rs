@@ -433,7 +433,9 @@ pub mod batch {
     pub fn headers(
         mut run: super::types::MessageRun,
     ) -> impl Iterator<Item = super::MessageHeader> {
-        let mut expiring = std::mem::take(&mut run.message_expiry).into_iter().peekable();
+        let mut expiring = std::mem::take(&mut run.message_expiry)
+            .into_iter()
+            .peekable();
         (0..run.topics.ends.len()).map(move |i| {
             let flag = |column: &[u8]| column.get(i).is_some_and(|f| *f != 0);
             super::MessageHeader {
@@ -441,7 +443,9 @@ pub mod batch {
                 qos: run.qos.get(i).copied().unwrap_or(0),
                 retain: flag(&run.retain),
                 payload_len: run.payload_lens.get(i).copied().unwrap_or(0),
-                message_expiry: expiring.next_if(|(at, _)| *at as usize == i).map(|(_, s)| s),
+                message_expiry: expiring
+                    .next_if(|(at, _)| *at as usize == i)
+                    .map(|(_, s)| s),
                 payload_utf8: flag(&run.payload_utf8),
             }
         })
