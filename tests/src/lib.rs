@@ -245,13 +245,11 @@ impl Weir {
             .spawn()
             .expect("spawning weir");
         self.child = Some(child);
-        // A cluster node listens once NATS and its JetStream answer, which a NATS
-        // cluster just started on a busy machine may take a while to.
-        let wait = match self.opts.extra.contains("[cluster]") {
-            true => 90,
-            false => 20,
-        };
-        let deadline = Instant::now() + Duration::from_secs(wait);
+        // A broker listens once its plugins are compiled (a JavaScript component takes
+        // tens of seconds on a busy 2-core machine the first time; killing it then would
+        // throw the compile away and start it again) and, as a cluster node, once NATS
+        // and its JetStream answer. One that cannot start exits, and is seen at once.
+        let deadline = Instant::now() + Duration::from_secs(180);
         while Instant::now() < deadline {
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return true;
