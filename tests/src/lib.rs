@@ -90,6 +90,28 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Waits until the process in `child` accepts connections on `port`: true, or false with
+/// no process left if it exited first (its port was taken, say) or did not listen
+/// `within` (then it is killed).
+pub fn wait_listening(child: &mut Option<Child>, port: u16, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        if let Some(Ok(Some(_))) = child.as_mut().map(|c| c.try_wait()) {
+            *child = None;
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    false
+}
+
 /// Extra configuration for a test broker, as TOML lines per table.
 #[derive(Default, Clone)]
 pub struct Opts {
@@ -249,22 +271,7 @@ impl Weir {
         // tens of seconds on a busy 2-core machine the first time; killing it then would
         // throw the compile away and start it again) and, as a cluster node, once NATS
         // and its JetStream answer. One that cannot start exits, and is seen at once.
-        let deadline = Instant::now() + Duration::from_secs(180);
-        while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return true;
-            }
-            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
-                self.child = None;
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        false
+        wait_listening(&mut self.child, self.port, Duration::from_secs(180))
     }
 
     pub fn pid(&self) -> u32 {

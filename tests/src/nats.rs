@@ -2,10 +2,9 @@
 //! on loopback with free ports (`.ci/setup` installs the pinned `nats-server`).
 
 use crate::{free_port, wait_timeout};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The `nats-server` binary: `$NATS_SERVER`, or the one on `PATH`.
 pub fn nats_server_bin() -> PathBuf {
@@ -84,19 +83,7 @@ impl NatsServer {
     /// Waits until the spawned server accepts connections; false (and no process) if it
     /// exited first or never listened.
     fn wait_started(&mut self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return true;
-            }
-            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
-                self.child = None;
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.kill9();
-        false
+        crate::wait_listening(&mut self.child, self.port, Duration::from_secs(30))
     }
 
     pub fn log(&self) -> String {
