@@ -190,14 +190,14 @@ impl Call<'_> {
         messages: &[Message],
         live: &[usize],
     ) -> Vec<RateOutcome> {
-        let event = |k: usize| RateEvent::Publish(messages[k].payload.len() as u64);
+        let size = |k: usize| messages[k].payload.len() as u64;
         let limiters = self.plugins_with(Hook::RateLimit);
         if !limiters.iter().all(|p| p.batches(Hook::RateLimit)) {
             // A limiter that cannot answer for a batch is asked once per publish,
             // each after what its leases covered, as single calls are.
             return live
                 .iter()
-                .map(|&k| self.rate_limit(client, event(k)))
+                .map(|&k| self.rate_limit(client, RateEvent::Publish(size(k))))
                 .collect();
         }
         let mut rejected: Vec<Option<ReasonCode>> = vec![None; live.len()];
@@ -208,12 +208,9 @@ impl Call<'_> {
             if !p.hooks().has(Hook::RateLimit) || !p.stats.enabled() {
                 continue;
             }
-            let sizes = live.iter().map(|&k| messages[k].payload.len() as u64);
-            let asked = unleased(kept, i, p, sizes, &rejected);
+            let asked = unleased(kept, i, p, live.iter().map(|&k| size(k)), &rejected);
             for chunk in asked.chunks(MAX_BATCH) {
-                let sizes: Vec<u64> = (chunk.iter())
-                    .map(|&j| messages[live[j]].payload.len() as u64)
-                    .collect();
+                let sizes: Vec<u64> = chunk.iter().map(|&j| size(live[j])).collect();
                 let c = record.of(client);
                 let answer = p.call_for(chunk.len() as u32, |g, s| g.rate_limit_many(s, c, &sizes));
                 let answers = answer.and_then(|(list, _)| complete(list, chunk.len()));

@@ -84,7 +84,6 @@ pub fn publishes(messages: &[&Message]) -> wit::Publishes {
 /// A run's headers for `transform-many`.
 pub fn message_run(messages: &[&Message]) -> wit::MessageRun {
     let utf8 = |m: &&Message| (m.properties.payload_format_indicator == Some(1)) as u8;
-    let expiring = messages.iter().enumerate();
     wit::MessageRun {
         topics: topics(messages.iter().copied()),
         qos: messages.iter().map(|m| m.qos as u8).collect(),
@@ -93,7 +92,7 @@ pub fn message_run(messages: &[&Message]) -> wit::MessageRun {
             .map(|m| m.payload.len().min(u32::MAX as usize) as u32)
             .collect(),
         payload_utf8: messages.iter().map(utf8).collect(),
-        message_expiry: expiring
+        message_expiry: (messages.iter().enumerate())
             .filter_map(|(i, m)| Some((i as u32, m.remaining_expiry_now()?)))
             .collect(),
     }
