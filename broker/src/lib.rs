@@ -42,7 +42,7 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 
 /// The bytes [`hex`] wrote; `None` for anything else.
 pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

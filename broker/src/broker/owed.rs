@@ -273,7 +273,7 @@ mod tests {
                 origin: None,
             }),
             qos: QoS::AtLeastOnce,
-            retain: n % 2 == 0,
+            retain: n.is_multiple_of(2),
             subscription_ids: vec![n as u32],
             store_seq,
         };

@@ -107,7 +107,7 @@ impl Buckets {
     fn refilled(&mut self, key: String, capacity: u64, per_second: f64) -> &mut Bucket {
         let now = Instant::now();
         self.operations += 1;
-        if self.operations % SWEEP_EVERY == 0 {
+        if self.operations.is_multiple_of(SWEEP_EVERY) {
             self.map.retain(|_, b| !b.is_full_by(now));
         }
         if self.map.len() >= self.max && !self.map.contains_key(&key) {
@@ -175,7 +175,7 @@ impl Kv {
 
     fn put(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> bool {
         self.writes += 1;
-        if self.writes % 4096 == 0 {
+        if self.writes.is_multiple_of(4096) {
             let now = Instant::now();
             let dead: Vec<String> = self
                 .entries

@@ -280,7 +280,7 @@ impl Shadow {
         R: Compared,
         F: Fn(&Guests, &mut Store<PluginCtx>) -> wasmtime::Result<R>,
     {
-        let sampled = |n: u64| n <= SHADOW_LOGGED || n % 1000 == 0;
+        let sampled = |n: u64| n <= SHADOW_LOGGED || n.is_multiple_of(1000);
         let answered = self.candidate.answer(f, items).map(|(r, _)| r);
         let (agreed, disagreed) = match &answered {
             Ok(r) => r.agreement(answer),
