@@ -43,6 +43,9 @@ pub struct Config {
     pub log: Log,
     /// Present: this node is one of several acting as one broker through NATS.
     pub cluster: Option<ClusterConfig>,
+    /// Seconds between `$SYS` updates (Mosquitto's name); 0 publishes none. A
+    /// top-level key: it goes before the first table.
+    pub sys_interval: u64,
 }
 
 impl Default for Config {
@@ -59,6 +62,7 @@ impl Default for Config {
             admin: Admin::default(),
             log: Log::default(),
             cluster: None,
+            sys_interval: 10,
         }
     }
 }
@@ -142,6 +146,9 @@ pub struct ListenerConfig {
     pub path: String,
     /// `ws`/`wss`: if not empty, only these `Origin` header values may connect (403).
     pub allowed_origins: Vec<String>,
+    /// Every connection starts with a PROXY protocol (v1 or v2) header from a load
+    /// balancer, naming the client's address; connections without one are closed.
+    pub proxy_protocol: bool,
 }
 
 impl Default for ListenerConfig {
@@ -160,6 +167,7 @@ impl Default for ListenerConfig {
             use_identity_as_username: false,
             path: "/mqtt".into(),
             allowed_origins: Vec::new(),
+            proxy_protocol: false,
         }
     }
 }
@@ -750,12 +758,24 @@ impl Default for Admin {
 pub struct Log {
     /// A tracing filter such as `info` or `weir=debug`; `RUST_LOG` overrides it.
     pub level: String,
+    /// `text` for people, `json` for log shippers: one object per line.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    /// `{"timestamp", "level", "target", "message", ...the event's fields}` per line.
+    Json,
 }
 
 impl Default for Log {
     fn default() -> Self {
         Log {
             level: "info".into(),
+            format: LogFormat::Text,
         }
     }
 }
@@ -795,6 +815,12 @@ impl Config {
         }
         if self.storage.persistence && self.storage.dir.as_os_str().is_empty() {
             return Err(invalid("storage.dir", "must not be empty"));
+        }
+        if self.sys_interval > 86_400 {
+            return Err(invalid(
+                "sys_interval",
+                "must be at most 86400 seconds (0 turns $SYS off)",
+            ));
         }
         if self.storage.flush_interval_ms == 0 {
             return Err(invalid("storage.flush_interval_ms", "must be at least 1"));

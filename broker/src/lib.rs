@@ -24,6 +24,7 @@ pub mod server;
 pub mod session;
 pub mod store;
 mod sync;
+pub mod sys;
 pub mod testkit;
 
 /// Topic names and filters: one implementation, shared with the plugin SDK.

@@ -54,6 +54,10 @@ pub struct Message {
     /// In cluster mode, the node it was published on and its number there: how a
     /// session moving between nodes tells a message it already has from a new one.
     pub origin: Option<Origin>,
+    /// When its PUBLISH was read from a client of this node: where the delivery
+    /// latency histogram starts. `None` for what a store, the retained index or
+    /// another node gave back, whose wait is not the broker's speed.
+    pub received: Option<std::time::Instant>,
 }
 
 /// Where in the cluster a message was published: the node, and the number the node
@@ -107,6 +111,7 @@ impl Message {
             expires_at,
             publisher,
             origin: None,
+            received: None,
         }
     }
 

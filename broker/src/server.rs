@@ -60,6 +60,13 @@ pub async fn run(
         false => None,
     };
     let listeners = start_listeners(&broker, &shutdown_rx, &alive_tx).await?;
+    let sys = crate::sys::Sources {
+        broker: broker.clone(),
+        listeners: listeners.clone(),
+        plugins: plugins.clone(),
+    };
+    let interval = Duration::from_secs(broker.config().sys_interval);
+    crate::sys::start(sys, interval, shutdown_rx.clone());
     if let Some(socket) = admin {
         serve_admin(
             socket,

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 pub mod auth_service;
 pub mod clients;
+pub mod grafana;
 pub mod http;
 pub mod nats;
 pub mod pki;
@@ -128,6 +129,10 @@ pub struct Opts {
     pub extra: String,
     /// Lines for the `[admin]` table (its port is always a free one).
     pub admin: String,
+    /// Lines for the `[log]` table besides `level = "info"`.
+    pub log: String,
+    /// Top-level keys (`sys_interval = 1`), written before the first table.
+    pub top: String,
 }
 
 /// A listener besides the default TCP one: name, kind, and extra TOML lines.
@@ -218,7 +223,7 @@ impl Weir {
 
     fn write_config(&self) {
         let data = self.dir.path().join("data");
-        let mut text = String::new();
+        let mut text = format!("{}\n", self.opts.top);
         for l in &self.opts.listeners {
             text += &format!(
                 "[[listener]]\nname = {:?}\nkind = {:?}\nbind = \"127.0.0.1:{}\"\n{}\n\n",
@@ -226,8 +231,8 @@ impl Weir {
             );
         }
         text += &format!(
-            "[[listener]]\nname = \"tcp\"\nbind = \"127.0.0.1:{}\"\n{}\n\n[limits]\n{}\n\n[storage]\ndir = {:?}\n{}\n\n[log]\nlevel = \"info\"\n",
-            self.port, self.opts.listener, self.opts.limits, data, self.opts.storage
+            "[[listener]]\nname = \"tcp\"\nbind = \"127.0.0.1:{}\"\n{}\n\n[limits]\n{}\n\n[storage]\ndir = {:?}\n{}\n\n[log]\nlevel = \"info\"\n{}\n",
+            self.port, self.opts.listener, self.opts.limits, data, self.opts.storage, self.opts.log
         );
         // The tests share one compile cache unless a test picks its own.
         let mut table = if self.opts.plugins.contains("cache_dir") {

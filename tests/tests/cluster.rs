@@ -268,6 +268,7 @@ async fn without_nats_local_clients_are_served_and_qos1_acks_wait() {
     local.subscribe("o/#", QoS::AtMostOnce).await;
     let (mut p, _) = C5::connect_with(C5::opts(w1.port, "p")).await;
 
+    assert_eq!(metric(&w1, "weir_cluster_connected"), 1);
     nats.servers[0].kill9();
     p.send("o/1", QoS::AtLeastOnce, false, "during").await;
     assert_eq!(&local.publish().await.payload[..], b"during");
@@ -287,6 +288,25 @@ async fn without_nats_local_clients_are_served_and_qos1_acks_wait() {
     assert!(acked, "no PUBACK once NATS was back; w1 log:\n{}", w1.log());
     assert!(metric(&w1, "weir_cluster_disconnects_total") >= 1);
     assert!(w1.log().contains("lost the connection to NATS"));
+    // The NATS connection state and JetStream's latency are there to alert on: the
+    // acknowledgement waited the outage out.
+    assert_eq!(metric(&w1, "weir_cluster_connected"), 1);
+    let (_, m) = weir_tests::http::request(w1.admin_port, "GET", "/metrics", None);
+    let waited = m
+        .lines()
+        .find_map(|l| l.strip_prefix("weir_cluster_jetstream_publish_seconds_sum "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no JetStream latency in:\n{m}"));
+    assert!(waited >= 2.0, "the PUBACK waited {waited} s in JetStream");
+    // Every cluster metric the Grafana dashboard queries is exported by a node.
+    let (_, cluster) = weir_tests::grafana::queried_metrics();
+    let missing: Vec<&String> = (cluster.iter())
+        .filter(|n| !weir_tests::grafana::exposes(&m, n))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries {missing:?}, not in:\n{m}"
+    );
 }
 
 /// Overlapping filters on one node make NATS send that node each message once per

@@ -298,7 +298,7 @@ fn every_admin_endpoint_and_bad_input() {
     let (status, metrics) = request(port, "GET", "/metrics", t);
     assert_eq!(status, 200);
     for needle in [
-        "weir_connections{listener=\"tcp\"} 1",
+        "weir_connections{listener=\"tcp\",protocol=\"5.0\"} 1",
         "weir_plugin_calls_total{plugin=\"acl\"}",
         "weir_plugin_denials_total{plugin=\"acl\"} 1",
         "weir_dropped_messages_total{cause=\"denied\"} 1",

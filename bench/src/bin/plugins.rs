@@ -109,6 +109,7 @@ fn message() -> Message {
         expires_at: None,
         publisher: None,
         origin: None,
+        received: None,
     }
 }
 

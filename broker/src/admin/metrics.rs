@@ -2,7 +2,8 @@
 
 use super::AdminState;
 use crate::broker::Broker;
-use crate::metrics::DropCause;
+use crate::codec::{ReasonCode, Version};
+use crate::metrics::{AuthResult, DropCause, Ending, Histogram};
 use crate::plugin::{Plugin, LATENCY_BUCKETS_NS};
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
@@ -22,6 +23,9 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 pub fn render(s: &AdminState) -> String {
     let mut out = String::new();
     broker_families(&mut out, s);
+    connection_families(&mut out, s);
+    latency_families(&mut out, &s.broker);
+    super::process::render(&mut out);
     if let Some(chain) = &s.plugins {
         plugin_families(&mut out, &chain.plugins());
     }
@@ -93,41 +97,142 @@ fn cluster_families(out: &mut String, c: &crate::cluster::ClusterStats) {
             "Records of expired sessions that dead nodes left in weir_sessions, deleted.",
             &c.records_swept,
         ),
+    ] {
+        family(out, name, kind, help);
+        let _ = writeln!(out, "{name} {}", v.load(Relaxed));
+    }
+    cluster_gauges(out, c);
+}
+
+fn cluster_gauges(out: &mut String, c: &crate::cluster::ClusterStats) {
+    for (name, help, v) in [
         (
             "weir_cluster_queued",
-            "gauge",
             "QoS 0 messages waiting to be sent to NATS.",
             c.queued_once.gauge(),
         ),
         (
             "weir_cluster_subjects",
-            "gauge",
             "NATS subjects this node subscribes to for its clients' filters.",
             &c.subjects,
         ),
+        (
+            "weir_cluster_connected",
+            "1 while the connection to NATS is up.",
+            &c.connected,
+        ),
     ] {
-        family(out, name, kind, help);
+        family(out, name, "gauge", help);
         let _ = writeln!(out, "{name} {}", v.load(Relaxed));
+    }
+    let name = "weir_cluster_jetstream_publish_seconds";
+    let help = "A QoS 1/2 message's JetStream publish -> its acknowledgement, retries included (its PUBACK waits for this).";
+    family(out, name, "histogram", help);
+    histogram(out, name, "", &c.jetstream_publish);
+}
+
+/// A histogram family's samples (`labels` inside the braces, before `le`).
+fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    for (bound, n) in h.cumulative() {
+        let le = match bound {
+            u64::MAX => "+Inf".to_string(),
+            b => format!("{}", b as f64 / 1e9),
+        };
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {n}");
+    }
+    let braces = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    };
+    let _ = writeln!(out, "{name}_sum{braces} {}", h.sum_seconds());
+    let _ = writeln!(out, "{name}_count{braces} {}", h.count());
+}
+
+fn latency_families(out: &mut String, b: &Broker) {
+    let name = "weir_delivery_latency_seconds";
+    let help = "A PUBLISH read from a client of this node -> its copy written for a subscriber (a message queued for an offline session counts its wait).";
+    family(out, name, "histogram", help);
+    histogram(out, name, "", b.metrics().delivery_latency());
+    let name = "weir_store_sync_seconds";
+    let help = "The store's group-commit syncs, which durable acknowledgements wait for (none with storage.durability = periodic or persistence off).";
+    family(out, name, "histogram", help);
+    histogram(
+        out,
+        name,
+        "",
+        b.store_sync_latency().unwrap_or(&Histogram::default()),
+    );
+}
+
+/// The `code` label of a reason code: its name in the MQTT 5 specification, snake case.
+fn reason_label(code: u8) -> String {
+    let Some(c) = ReasonCode::from_u8(code) else {
+        return format!("0x{code:02x}");
+    };
+    let mut label = String::new();
+    for (i, ch) in format!("{c:?}").chars().enumerate() {
+        if ch.is_ascii_uppercase() && i > 0 {
+            label.push('_');
+        }
+        label.push(ch.to_ascii_lowercase());
+    }
+    label
+}
+
+fn connection_families(out: &mut String, s: &AdminState) {
+    let m = s.broker.metrics();
+    family(
+        out,
+        "weir_connections",
+        "gauge",
+        "Connected clients by listener and protocol level.",
+    );
+    for l in &s.listeners {
+        for (v, level) in [(Version::V311, "3.1.1"), (Version::V5, "5.0")] {
+            let (name, n) = (label(&l.name), l.connections_of(v));
+            let _ = writeln!(
+                out,
+                "weir_connections{{listener=\"{name}\",protocol=\"{level}\"}} {n}"
+            );
+        }
+    }
+    let name = "weir_connects_total";
+    family(
+        out,
+        name,
+        "counter",
+        "CONNACKs sent, by reason code (success: the client is in).",
+    );
+    for (code, n) in m.connacks() {
+        let _ = writeln!(out, "{name}{{code=\"{}\"}} {n}", reason_label(code));
+    }
+    let name = "weir_disconnects_total";
+    family(out, name, "counter", "Connections ended, by reason.");
+    for e in Ending::ALL {
+        let _ = writeln!(out, "{name}{{reason=\"{}\"}} {}", e.label(), m.endings(e));
+    }
+    let name = "weir_authentications_total";
+    family(
+        out,
+        name,
+        "counter",
+        "Credential checks at CONNECT: allowed, denied, or failed (the checker erred).",
+    );
+    for o in AuthResult::ALL {
+        let _ = writeln!(
+            out,
+            "{name}{{outcome=\"{}\"}} {}",
+            o.label(),
+            m.auth_outcomes(o)
+        );
     }
 }
 
 fn broker_families(out: &mut String, s: &AdminState) {
     let b = &s.broker;
     let m = b.metrics();
-    family(
-        out,
-        "weir_connections",
-        "gauge",
-        "Connected clients by listener.",
-    );
-    for l in &s.listeners {
-        let _ = writeln!(
-            out,
-            "weir_connections{{listener=\"{}\"}} {}",
-            label(&l.name),
-            l.connections()
-        );
-    }
     for (name, help, v) in [
         (
             "weir_messages_received_total",
@@ -201,6 +306,11 @@ fn broker_gauges(out: &mut String, b: &Broker) {
             "weir_sessions",
             "Sessions, connected or not.",
             b.session_count(),
+        ),
+        (
+            "weir_subscriptions",
+            "Subscriptions of this node's sessions, connected or not (each shared group member counts).",
+            b.subscription_count(),
         ),
         (
             "weir_queued_messages",

@@ -4,8 +4,11 @@
 //! clients and swap plugins. Every error is a JSON body `{"error": "..."}` with a status
 //! that says what kind of error it is.
 
+mod browse;
 pub mod client;
 mod metrics;
+mod process;
+mod ui;
 
 use crate::broker::Broker;
 use crate::codec::ReasonCode;
@@ -58,6 +61,16 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/plugins/{name}/promote", post(promote))
         .route("/clients", get(clients))
         .route("/clients/{id}", delete(kick))
+        .route("/sessions", get(browse::sessions))
+        .route("/subscriptions", get(browse::subscriptions))
+        .route("/retained", get(browse::retained))
+        .route("/stats", get(browse::stats))
+        .route("/ui", get(ui::page))
+        .route("/ui/app.js", get(ui::app_js))
+        .route("/ui/app.css", get(ui::app_css))
+        .route("/ui/login.js", get(ui::login_js))
+        .route("/ui/login", post(ui::login))
+        .route("/ui/logout", post(ui::logout))
         .fallback(|| async { err(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             err(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
@@ -65,32 +78,43 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .with_state(state)
 }
 
-/// Refuses a request without the configured bearer token.
+/// Refuses a request without the configured token: as `Authorization: Bearer`, or as
+/// the dashboard's cookie ([`ui::COOKIE`]) on a request from the dashboard's own
+/// origin (a page elsewhere cannot make the browser act with it).
 fn authorized(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &state.token else {
         return Ok(());
     };
-    let given = headers
+    let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        // Constant-time comparison: the token is a password.
-        Some(g)
-            if g.len() == token.len()
-                && g.bytes()
-                    .zip(token.bytes())
-                    .fold(0, |a, (x, y)| a | (x ^ y))
-                    == 0 =>
-        {
-            Ok(())
+    let cookie;
+    let given = match bearer {
+        Some(b) => Some(b),
+        None => {
+            cookie = ui::cookie_token(headers);
+            cookie.as_deref()
         }
+    };
+    match given {
+        Some(g) if same_secret(g, token) => Ok(()),
         Some(_) => Err(err(StatusCode::UNAUTHORIZED, "wrong bearer token")),
         None => Err(err(
             StatusCode::UNAUTHORIZED,
             "an Authorization: Bearer token is required",
         )),
     }
+}
+
+/// Constant-time comparison: the token is a password.
+fn same_secret(given: &str, token: &str) -> bool {
+    given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0, |a, (x, y)| a | (x ^ y))
+            == 0
 }
 
 fn chain(state: &AdminState) -> Result<&Arc<PluginChain>, ApiError> {
@@ -135,11 +159,22 @@ fn plugin_json(p: &crate::plugin::Plugin) -> Value {
         "reused_answers": st.reused.load(),
         "denials": st.denials.load(Relaxed),
         "errors": errors,
+        "latency_mean_us": mean_us(st),
         "reloads": st.reloads.load(Relaxed),
         "rejections": st.rejections.load(Relaxed),
         "last_rejection": st.last_rejection(),
         "shadow": p.shadow().map(|s| shadow_json(&s)),
     })
+}
+
+/// A plugin's mean call time, microseconds (0 before its first call).
+fn mean_us(st: &crate::plugin::Stats) -> f64 {
+    use std::sync::atomic::Ordering::Relaxed;
+    let n: u64 = st.latency_buckets.iter().map(|b| b.load(Relaxed)).sum();
+    match n {
+        0 => 0.0,
+        n => (st.latency_ns_sum.load(Relaxed) as f64 / n as f64 / 1000.0 * 100.0).round() / 100.0,
+    }
 }
 
 fn shadow_json(s: &crate::plugin::Shadow) -> Value {
@@ -282,9 +317,25 @@ async fn disable(
 struct Paging {
     offset: Option<usize>,
     limit: Option<usize>,
+    /// Only entries whose client id (or filter) contains this.
+    search: Option<String>,
 }
 
 const MAX_PAGE: usize = 1000;
+
+impl Paging {
+    /// Offset and limit, the limit checked.
+    fn bounds(&self) -> Result<(usize, usize), ApiError> {
+        let limit = self.limit.unwrap_or(100);
+        if limit == 0 || limit > MAX_PAGE {
+            return Err(err(
+                StatusCode::BAD_REQUEST,
+                format!("limit must be between 1 and {MAX_PAGE}"),
+            ));
+        }
+        Ok((self.offset.unwrap_or(0), limit))
+    }
+}
 
 async fn clients(
     State(s): State<Arc<AdminState>>,
@@ -298,18 +349,11 @@ async fn clients(
             format!("bad query: {}", e.body_text()),
         )
     })?;
-    let offset = paging.offset.unwrap_or(0);
-    let limit = paging.limit.unwrap_or(100);
-    if limit == 0 || limit > MAX_PAGE {
-        return Err(err(
-            StatusCode::BAD_REQUEST,
-            format!("limit must be between 1 and {MAX_PAGE}"),
-        ));
-    }
     let mut connected: Vec<Value> = s
         .broker
         .connected_clients()
         .iter()
+        .filter(|c| paging.search.as_deref().is_none_or(|q| c.client_id.contains(q)))
         .map(|c| {
             json!({
                 "client_id": &*c.client_id,
@@ -321,12 +365,7 @@ async fn clients(
         })
         .collect();
     connected.sort_by(|a, b| a["client_id"].as_str().cmp(&b["client_id"].as_str()));
-    let total = connected.len();
-    let page: Vec<Value> = connected.into_iter().skip(offset).take(limit).collect();
-    Ok(
-        Json(json!({ "total": total, "offset": offset, "limit": limit, "clients": page }))
-            .into_response(),
-    )
+    Ok(Json(browse::paged("clients", connected, &paging)?).into_response())
 }
 
 async fn kick(

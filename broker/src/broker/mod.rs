@@ -314,6 +314,22 @@ impl Broker {
             .collect()
     }
 
+    /// Every session of this node with what the admin API shows of it, by client id.
+    pub fn session_overviews(&self) -> Vec<(Arc<str>, crate::session::Overview)> {
+        let mut all: Vec<_> = (self.sessions.all().iter())
+            .map(|s| (s.client_id().clone(), s.overview()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Retained messages matching `filter`, by topic.
+    pub fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
+        let mut all = self.retained.matching(filter);
+        all.sort_by(|a, b| a.topic.cmp(&b.topic));
+        all
+    }
+
     /// Sessions, connected or not.
     pub fn session_count(&self) -> usize {
         self.sessions.count()
@@ -321,6 +337,16 @@ impl Broker {
 
     pub fn retained_count(&self) -> usize {
         self.retained.len()
+    }
+
+    /// How long the store's syncs take (`None` without persistence).
+    pub fn store_sync_latency(&self) -> Option<&crate::metrics::Histogram> {
+        self.store.sync_latency()
+    }
+
+    /// Subscriptions of this node's sessions (connected or not).
+    pub fn subscription_count(&self) -> usize {
+        self.fanout.subscriptions()
     }
 
     /// Messages waiting in session queues.

@@ -271,6 +271,7 @@ mod tests {
                 expires_at: Some(99),
                 publisher: None,
                 origin: None,
+                received: None,
             }),
             qos: QoS::AtLeastOnce,
             retain: n.is_multiple_of(2),

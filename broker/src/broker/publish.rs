@@ -26,6 +26,25 @@ impl Broker {
         routed
     }
 
+    /// Publishes one of the broker's own `$SYS` values: retained in this node's index
+    /// (not in the store, not in the cluster: each node describes itself, and a
+    /// restart publishes afresh) and sent to this node's subscribers.
+    pub fn publish_sys(&self, topic: &str, payload: Bytes) {
+        let msg = Arc::new(Message {
+            topic: Arc::from(topic),
+            payload,
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: Default::default(),
+            expires_at: None,
+            publisher: None,
+            origin: None,
+            received: None,
+        });
+        self.retained.set(msg.clone());
+        self.route(&msg);
+    }
+
     /// Routes messages another node of the cluster forwarded to this one, in order, to
     /// this node's subscribers only (the node they were published on keeps them
     /// retained). A run of messages on one topic from one publisher, as a batch from
@@ -155,6 +174,7 @@ impl Broker {
         // lives indefinitely, so it gets its own copy rather than pinning that buffer.
         let own = Message {
             payload: Bytes::copy_from_slice(&msg.payload),
+            received: None,
             ..msg.clone()
         };
         self.retained.set(Arc::new(own));

@@ -378,6 +378,7 @@ impl<'a> Reader<'a> {
                     seq,
                     at: at.ok_or("no time")?,
                 }),
+                received: None,
             }));
         }
         Ok(())
@@ -456,6 +457,7 @@ mod tests {
             expires_at: Some(1_900_000_000),
             publisher: Some(Arc::from("pub")),
             origin: None,
+            received: None,
         };
         let back = unwrap(wrap("w1", (42, 7), &msg).unwrap()).unwrap();
         assert_eq!(back.publisher.as_deref(), Some("pub"));
@@ -494,6 +496,7 @@ mod tests {
             expires_at: None,
             publisher: Some(Arc::from(publisher)),
             origin: None,
+            received: None,
         };
         let names = Names::default();
         let mut reader = Reader::new(&names);
@@ -573,6 +576,7 @@ mod tests {
             expires_at: None,
             publisher: publisher.map(Arc::from),
             origin: None,
+            received: None,
         };
         let mut sent = vec![
             ((7, 100), msg("t/1", Some("p1"), b"one")),
@@ -639,6 +643,7 @@ mod tests {
             expires_at: None,
             publisher: None,
             origin: None,
+            received: None,
         };
         let mut old = BytesMut::from(&BATCH[..]);
         for seq in [1, 2] {

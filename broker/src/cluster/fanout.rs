@@ -221,6 +221,10 @@ impl Fanout for ClusterFanout {
         self.router.group(share)
     }
 
+    fn subscriptions(&self) -> usize {
+        self.router.count()
+    }
+
     fn stamp(&self, msg: Arc<Message>) -> Arc<Message> {
         if msg.origin.is_some() {
             return msg;

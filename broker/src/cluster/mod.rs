@@ -80,6 +80,11 @@ pub struct ClusterStats {
     pub replay_failures: AtomicU64,
     /// Records of expired sessions that dead nodes left, deleted ([`records::sweep`]).
     pub records_swept: AtomicU64,
+    /// 1 while the connection to NATS is up (a gauge).
+    pub connected: AtomicU64,
+    /// A QoS 1/2 message's first JetStream publish → its acknowledgement, retries
+    /// included: what its publisher's PUBACK waits for.
+    pub jetstream_publish: crate::metrics::Histogram,
 }
 
 /// Where what other nodes send is handed over: the broker, seen from the cluster.
@@ -148,6 +153,7 @@ impl Cluster {
             events: events_tx,
         };
         let client = connect_client(config, Some(watched), deadline).await?;
+        stats.connected.store(1, Relaxed);
         // Queue subscriptions for shared groups use a connection of their own: the main
         // one does not echo, and a group's member on this node must get this node's
         // messages when NATS picks it.
@@ -492,11 +498,13 @@ async fn options(
             match event {
                 async_nats::Event::Disconnected => {
                     watched.stats.disconnects.fetch_add(1, Relaxed);
+                    watched.stats.connected.store(0, Relaxed);
                     watched.stats.queued_once.set_flowing(false);
                     let _ = (watched.events).send(Connection::Lost(std::time::SystemTime::now()));
                     tracing::warn!("lost the connection to NATS; reconnecting");
                 }
                 async_nats::Event::Connected => {
+                    watched.stats.connected.store(1, Relaxed);
                     watched.stats.queued_once.set_flowing(true);
                     let _ = watched.events.send(Connection::Back);
                     tracing::info!("connected to NATS");
@@ -513,6 +521,8 @@ struct Kept {
     headers: HeaderMap,
     body: Bytes,
     ticket: u64,
+    /// When it was first sent.
+    sent_at: Instant,
 }
 
 /// The running side of [`Cluster`].
@@ -670,6 +680,7 @@ impl Link {
         let mut headers = HeaderMap::new();
         // The same id on every attempt: JetStream keeps one copy of a retried publish.
         headers.insert("Nats-Msg-Id", format!("{}{ticket}", self.msg_ids).as_str());
+        let sent_at = Instant::now();
         let first = self
             .js
             .publish_with_headers(subject.clone(), headers.clone(), body.clone())
@@ -681,6 +692,7 @@ impl Link {
                 headers,
                 body,
                 ticket,
+                sent_at,
             };
             link.confirm(kept, first, &msg.topic).await
         });
@@ -720,6 +732,7 @@ impl Link {
                 .await;
         }
         self.stats.published.fetch_add(1, Relaxed);
+        self.stats.jetstream_publish.observe(kept.sent_at.elapsed());
         self.tickets.done(kept.ticket);
     }
 

@@ -261,6 +261,7 @@ mod tests {
                 seq,
                 at: 0,
             }),
+            received: None,
         }
     }
 

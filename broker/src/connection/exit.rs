@@ -5,6 +5,7 @@ use super::framed::WRITE_TIMEOUT;
 use super::Connection;
 use crate::codec::{self, Disconnect, Packet, Properties, ReasonCode, Version};
 use crate::events::Event;
+use crate::metrics::Ending;
 use crate::session::will_message;
 use bytes::BytesMut;
 use std::sync::Arc;
@@ -73,6 +74,21 @@ impl Exit {
         }
     }
 
+    /// How `/metrics` counts it.
+    fn ending(&self) -> Ending {
+        match self {
+            Exit::ClientDisconnect { .. } => Ending::Client,
+            Exit::Closed => Ending::Closed,
+            Exit::Io(_) => Ending::NetworkError,
+            Exit::Protocol { .. } => Ending::ProtocolError,
+            Exit::KeepAlive => Ending::KeepAlive,
+            Exit::WriteStalled => Ending::WriteStalled,
+            Exit::TakenOver => Ending::TakenOver,
+            Exit::Kicked(_) => Ending::Kicked,
+            Exit::Shutdown => Ending::Shutdown,
+        }
+    }
+
     pub(super) fn describe(&self) -> String {
         match self {
             Exit::ClientDisconnect { will: false } => "client sent DISCONNECT".into(),
@@ -128,7 +144,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             _ => self.broker.detach(&self.session, self.client.conn_id, will),
         }
         self.broker.metrics().disconnected();
-        self.client.listener.disconnected();
+        self.broker.metrics().ended(exit.ending());
+        self.client.listener.disconnected(self.client.version);
         let reason = exit.describe();
         tracing::info!(client_id = %client_id, peer = %self.client.peer, listener = %self.client.listener.name,
             protocol = %self.client.version, reason = %reason, "client disconnected");

@@ -13,6 +13,7 @@ use crate::hooks::{
     AuthOutcome, ClientHooks, ConnectInfo, Decision, Identity, RateEvent, RateOutcome,
 };
 use crate::message::now_secs;
+use crate::metrics::AuthResult;
 use crate::session::{will_message, ConnHandle, NEVER};
 use crate::topic;
 use bytes::BytesMut;
@@ -81,6 +82,7 @@ where
         Err(r) => {
             tracing::info!(peer = %from.addr, listener = %listener.name, client_id = %requested, protocol = %version,
                 "connection refused: {} (reason {})", r.why, r.code);
+            broker.metrics().connack(r.code.code());
             refuse(&mut io, version, client_max, r).await;
             None
         }
@@ -195,35 +197,13 @@ where
         let why = "a client certificate with a common name is required";
         connect.username = Some(cn.ok_or_else(|| refusal(ReasonCode::NotAuthorized, why))?);
     }
-    let (identity, auth_data, enhanced) = match connect.properties.authentication_method.clone() {
-        Some(method) => {
-            let due =
-                from.accepted + Duration::from_secs(broker.config().limits.connect_timeout_secs);
-            let max = listener.max_packet_size as usize;
-            let (identity, data) = authenticate_by_exchange(
-                io, due, max, &connect, &client_id, from, listener, broker, &method,
-            )
-            .await?;
-            let enhanced = Enhanced::new(
-                method,
-                connect.username.clone(),
-                connect.properties.user_properties.clone(),
-                from.certificate.clone(),
-                listener.allow_anonymous,
-            );
-            (identity, data, Some(enhanced))
-        }
-        None if broker.hooks().authenticate_waits() => {
-            let asked = (connect, client_id.clone(), from.clone(), listener.clone());
-            let (c, identity) = authenticate_waiting(asked, broker.clone()).await?;
-            connect = c;
-            (identity, None, None)
-        }
-        None => {
-            let identity = authenticate(&mut connect, &client_id, from, listener, broker)?;
-            (identity, None, None)
-        }
-    };
+    let checked = authenticated(io, connect, &client_id, from, listener, broker).await;
+    broker.metrics().authenticated(match &checked {
+        Ok(_) => AuthResult::Allowed,
+        Err(r) if denies(r.code) => AuthResult::Denied,
+        Err(_) => AuthResult::Failed,
+    });
+    let (connect, identity, auth_data, enhanced) = checked?;
     let identity = Arc::new(identity);
     let mut hooks = broker.hooks().clone().open(identity.clone());
     if broker.hooks().limits_rate() {
@@ -245,6 +225,62 @@ where
         auth_data,
         enhanced,
     })
+}
+
+/// Codes that mean the client was told no, rather than the check failing.
+fn denies(code: ReasonCode) -> bool {
+    matches!(
+        code,
+        ReasonCode::NotAuthorized
+            | ReasonCode::BadUserNameOrPassword
+            | ReasonCode::Banned
+            | ReasonCode::BadAuthenticationMethod
+    )
+}
+
+/// The client's identity by whichever way it authenticates: an exchange (MQTT 5
+/// enhanced authentication), a hook that waits (an HTTP service, say), or one that
+/// answers at once. Also the exchange's last data and what re-authentication needs;
+/// the CONNECT comes back as the check left it (a plugin may set the username).
+async fn authenticated<S>(
+    io: &mut Framed<S>,
+    mut connect: Connect,
+    client_id: &Arc<str>,
+    from: &Peer,
+    listener: &Arc<ListenerInfo>,
+    broker: &Arc<Broker>,
+) -> Result<(Connect, Identity, Option<Vec<u8>>, Option<Enhanced>), Refusal>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    match connect.properties.authentication_method.clone() {
+        Some(method) => {
+            let due =
+                from.accepted + Duration::from_secs(broker.config().limits.connect_timeout_secs);
+            let max = listener.max_packet_size as usize;
+            let (identity, data) = authenticate_by_exchange(
+                io, due, max, &connect, client_id, from, listener, broker, &method,
+            )
+            .await?;
+            let enhanced = Enhanced::new(
+                method,
+                connect.username.clone(),
+                connect.properties.user_properties.clone(),
+                from.certificate.clone(),
+                listener.allow_anonymous,
+            );
+            Ok((connect, identity, data, Some(enhanced)))
+        }
+        None if broker.hooks().authenticate_waits() => {
+            let asked = (connect, client_id.clone(), from.clone(), listener.clone());
+            let (connect, identity) = authenticate_waiting(asked, broker.clone()).await?;
+            Ok((connect, identity, None, None))
+        }
+        None => {
+            let identity = authenticate(&mut connect, client_id, from, listener, broker)?;
+            Ok((connect, identity, None, None))
+        }
+    }
 }
 
 /// The client id, and whether the broker assigned it.
@@ -417,7 +453,8 @@ where
     let (session, present) = (attached.session, attached.present);
     write_connack(io.out(), &a, present, &granted, &broker, &listener);
     broker.metrics().connected();
-    listener.connected();
+    broker.metrics().connack(0);
+    listener.connected(a.connect.version);
     tracing::info!(client_id = %a.client_id, peer = %from.addr, listener = %listener.name,
         protocol = %a.connect.version, clean_start = a.connect.clean_start, session_present = present,
         keep_alive = granted.keep_alive, username = %a.identity.username.as_deref().unwrap_or(""),
@@ -443,6 +480,7 @@ where
         },
         session,
         broker,
+        last_read: tokio::time::Instant::now(),
         keep_alive,
         control,
         shutdown,

@@ -291,10 +291,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         if qos != QoS::AtMostOnce {
             self.check_receive_maximum(pending)?;
         }
-        Ok(Some(Message::from_publish(
-            p,
-            Some(self.client.client_id.clone()),
-        )))
+        let mut msg = Message::from_publish(p, Some(self.client.client_id.clone()));
+        msg.received = Some(self.last_read.into_std());
+        Ok(Some(msg))
     }
 
     /// Routes or refuses a PUBLISH as the hooks said at `answered`; `qos` is the one it
@@ -308,6 +307,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         answered: Instant,
     ) {
         match outcome {
+            PublishOutcome::Route { .. } if !crate::sys::client_may_publish(&msg.topic) => {
+                let why = "refused: only the broker publishes under $SYS/";
+                self.refuse_publish(qos, pid, ReasonCode::NotAuthorized, &msg.topic, why)
+            }
             PublishOutcome::Route { throttle } => {
                 if let Some(d) = throttle {
                     self.inbound.pause_until(answered + d);

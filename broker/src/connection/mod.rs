@@ -43,8 +43,8 @@ pub struct ListenerInfo {
     pub max_packet_size: u32,
     /// Replace the client's username with its certificate's common name.
     pub use_identity_as_username: bool,
-    /// Connected clients on this listener, for metrics.
-    connections: AtomicU64,
+    /// Connected clients on this listener by protocol level (3.1.1, 5.0), for metrics.
+    connections: [AtomicU64; 2],
 }
 
 impl ListenerInfo {
@@ -59,21 +59,36 @@ impl ListenerInfo {
             allow_anonymous,
             max_packet_size,
             use_identity_as_username,
-            connections: AtomicU64::new(0),
+            connections: Default::default(),
         }
     }
 
     /// Clients connected through this listener now.
     pub fn connections(&self) -> u64 {
-        self.connections.load(Ordering::Relaxed)
+        self.connections
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 
-    fn connected(&self) {
-        self.connections.fetch_add(1, Ordering::Relaxed);
+    /// Clients connected through this listener now with protocol `version`.
+    pub fn connections_of(&self, version: Version) -> u64 {
+        self.connections[slot(version)].load(Ordering::Relaxed)
     }
 
-    fn disconnected(&self) {
-        self.connections.fetch_sub(1, Ordering::Relaxed);
+    fn connected(&self, version: Version) {
+        self.connections[slot(version)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn disconnected(&self, version: Version) {
+        self.connections[slot(version)].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn slot(version: Version) -> usize {
+    match version {
+        Version::V311 => 0,
+        Version::V5 => 1,
     }
 }
 
@@ -172,6 +187,9 @@ struct Connection<S> {
     keep_alive: Option<Duration>,
     control: mpsc::UnboundedReceiver<Control>,
     shutdown: watch::Receiver<bool>,
+    /// The last read from the client (or the end of a pause in reading): the keep
+    /// alive counts from it, and the messages in what was read were received then.
+    last_read: Instant,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
@@ -181,7 +199,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         if let Err(e) = self.process_input().and_then(|_| self.drain()) {
             return e;
         }
-        let mut last_read = Instant::now();
+        self.last_read = Instant::now();
         loop {
             match self.io.flush().await {
                 // A shared counter: touched only when there was something to write.
@@ -189,7 +207,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 Ok(n) => self.broker.metrics().wrote_bytes(n),
                 Err(e) => return e,
             }
-            let step = self.next_event(&mut last_read).await;
+            let step = self.next_event().await;
             if let Err(e) = step
                 .and_then(|_| self.release_acks())
                 .and_then(|_| self.drain())
@@ -201,7 +219,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
 
     /// Waits for the next thing to do and does it: input to handle, a session with
     /// something to send, a durable commit, an order from the broker, a deadline.
-    async fn next_event(&mut self, last_read: &mut Instant) -> Result<(), Exit> {
+    async fn next_event(&mut self) -> Result<(), Exit> {
         // While a rate limit or the pace holds the client back its silence is ours,
         // not its own.
         let paused = self.inbound.paused_until();
@@ -209,7 +227,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let deadline = self
             .keep_alive
             .filter(|_| paused.is_none() && !held)
-            .map(|k| *last_read + k);
+            .map(|k| self.last_read + k);
         let holding = self.outbound.is_holding();
         let pace = self.broker.pace();
         let waiting = self.inbound.waiting();
@@ -217,17 +235,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         tokio::select! {
             _ = sleep_until(paused.unwrap_or_else(Instant::now)), if paused.is_some() => {
                 self.inbound.resume();
-                *last_read = Instant::now();
+                self.last_read = Instant::now();
                 self.process_input()
             }
             _ = async { if let Some(p) = pace { p.drained().await } }, if held && waiting.is_none() => {
                 self.inbound.let_go();
-                *last_read = Instant::now();
+                self.last_read = Instant::now();
                 self.process_input()
             }
             _ = async { if let Some(w) = waiting { w.drained().await } }, if waiting.is_some() => {
                 self.inbound.stop_waiting();
-                *last_read = Instant::now();
+                self.last_read = Instant::now();
                 self.process_input()
             }
             _ = sleep_until(stall_check.unwrap_or_else(Instant::now)), if stall_check.is_some() => {
@@ -237,7 +255,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             r = self.io.read(), if paused.is_none() && !held => match r {
                 Ok(0) => Err(Exit::Closed),
                 Ok(n) => {
-                    *last_read = Instant::now();
+                    self.last_read = Instant::now();
                     self.broker.metrics().read_bytes(n);
                     self.process_input()
                 }

@@ -5,8 +5,8 @@ use super::framed::WRITE_HIGH_WATER;
 use super::Connection;
 use crate::codec::{self, Ack, AckKind, Packet, PropertySet, QoS};
 use crate::hooks::DeliverOutcome;
-use crate::message::{now_secs, Delivery};
-use crate::metrics::DropCause;
+use crate::message::{now_secs, Delivery, Message};
+use crate::metrics::{DropCause, Histogram, Tally};
 use crate::session::Outgoing;
 use crate::FastMap;
 use bytes::BytesMut;
@@ -186,6 +186,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             self.session.wake();
         }
         let start = self.io.out().len();
+        let mut latency = Latency::default();
         for o in batch.drain(..) {
             match o {
                 Outgoing::PubRel { pid } => {
@@ -193,11 +194,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 }
                 Outgoing::Publish { pid, dup, delivery } => {
                     if let Some(d) = self.delivered(pid, delivery) {
-                        self.write_publish(pid, dup, &d, now)
+                        if self.write_publish(pid, dup, &d, now) {
+                            latency.observe(&d.message);
+                        }
                     }
                 }
             }
         }
+        latency.record(self.broker.metrics().delivery_latency());
         self.outbound.batch = batch;
         // Stored packet ids must be durable before the client sees them; and nothing
         // may overtake output that is already held.
@@ -239,7 +243,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
     }
 
-    fn write_publish(&mut self, pid: u16, dup: bool, d: &Delivery, now: u64) {
+    /// Encodes the PUBLISH; false if it was dropped as larger than the client takes.
+    fn write_publish(&mut self, pid: u16, dup: bool, d: &Delivery, now: u64) -> bool {
         let msg = &d.message;
         let alias = self.outbound.alias(&msg.topic);
         // A resend must carry the topic itself: the alias mapping may be from a
@@ -274,7 +279,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let fits = encoded.is_ok() && out.len() - before <= self.outbound.max_packet;
         if fits {
             self.broker.metrics().sent_message();
-            return;
+            return true;
         }
         out.truncate(before);
         if let Some((_, true)) = alias {
@@ -286,6 +291,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         tracing::debug!(client_id = %self.client.client_id, topic = %msg.topic, "message larger than the client's maximum packet size dropped");
         if d.qos != QoS::AtMostOnce {
             self.broker.acknowledged(&self.session, pid);
+        }
+        false
+    }
+}
+
+/// The delivery latencies of one write: one clock read for all of it, one atomic per
+/// bucket touched when it is recorded.
+#[derive(Default)]
+struct Latency {
+    now: Option<std::time::Instant>,
+    tally: Tally,
+}
+
+impl Latency {
+    fn observe(&mut self, msg: &Message) {
+        let Some(received) = msg.received else { return };
+        let now = *self.now.get_or_insert_with(std::time::Instant::now);
+        self.tally.observe(now.saturating_duration_since(received));
+    }
+
+    fn record(self, into: &Histogram) {
+        if self.now.is_some() {
+            into.add(&self.tally);
         }
     }
 }

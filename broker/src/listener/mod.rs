@@ -4,6 +4,7 @@
 //! verified certificate's identity.
 
 mod addresses;
+pub mod proxy;
 pub mod tls;
 pub mod ws;
 
@@ -13,6 +14,7 @@ use crate::broker::Broker;
 use crate::config::{ListenerConfig, ListenerKind};
 use crate::connection::{serve, ListenerInfo, OverLimit, Peer};
 use addresses::AddressPlace;
+use proxy::Prefixed;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,6 +121,20 @@ pub struct Endpoint {
     ws: Option<Arc<WsSettings>>,
     /// TLS, WebSocket and CONNECT must all be done this long after the accept.
     handshake_timeout: Duration,
+    /// Every connection starts with a PROXY protocol header giving the client's address.
+    proxy_protocol: bool,
+}
+
+/// A socket as the connection code gets it: bytes a PROXY header was read with come first.
+type Accepted = Prefixed<TcpStream>;
+
+/// What each connection task of a listener is handed besides its socket.
+#[derive(Clone)]
+struct Shared {
+    broker: Arc<Broker>,
+    permits: Permits,
+    shutdown: watch::Receiver<bool>,
+    alive: mpsc::Sender<()>,
 }
 
 impl Endpoint {
@@ -150,6 +166,7 @@ impl Endpoint {
             tls,
             ws,
             handshake_timeout: Duration::from_secs(broker.config().limits.connect_timeout_secs),
+            proxy_protocol: l.proxy_protocol,
         })
     }
 
@@ -163,6 +180,12 @@ impl Endpoint {
         mut shutdown: watch::Receiver<bool>,
         alive: mpsc::Sender<()>,
     ) {
+        let shared = Shared {
+            broker,
+            permits,
+            shutdown: shutdown.clone(),
+            alive,
+        };
         loop {
             let accepted = tokio::select! {
                 r = socket.accept() => r,
@@ -177,31 +200,62 @@ impl Endpoint {
                     continue;
                 }
             };
-            let accepted = Instant::now();
             let _ = stream.set_nodelay(true);
-            let Some(held) = admit(&permits, addr.ip()) else {
-                broker.metrics().refused_busy();
-                tracing::debug!(listener = %self.info.name, peer = %addr, "over the connection limit with {} refusals under way; closed", broker.config().limits.max_refusing);
-                continue;
-            };
-            let over_limit = held.over_limit();
             let peer = Peer {
                 addr,
                 certificate: None,
-                accepted,
+                accepted: Instant::now(),
             };
-            let (me, broker, shutdown, alive) = (
-                self.clone(),
-                broker.clone(),
-                shutdown.clone(),
-                alive.clone(),
-            );
-            tokio::spawn(async move {
-                let _held = held;
-                let _alive = alive;
-                me.handle(stream, peer, broker, shutdown, over_limit).await;
-            });
+            if self.proxy_protocol {
+                // The limits are per client address: known once the header is read.
+                let (me, shared) = (self.clone(), shared.clone());
+                tokio::spawn(async move { me.proxied(stream, peer, shared).await });
+            } else {
+                self.start(Prefixed::plain(stream), peer, &shared);
+            }
         }
+    }
+
+    /// Reads the PROXY header within the handshake time, then admits the connection
+    /// as coming from the address it names.
+    async fn proxied(self: Arc<Self>, mut stream: TcpStream, mut peer: Peer, shared: Shared) {
+        let due = peer.accepted + self.handshake_timeout;
+        let (source, rest) = match timeout_at(due, proxy::read_header(&mut stream)).await {
+            Ok(Ok(header)) => header,
+            Ok(Err(e)) => return self.closed(peer.addr, e.to_string()),
+            Err(_) => {
+                let why = "PROXY protocol header not received in time";
+                return self.closed(peer.addr, why.into());
+            }
+        };
+        if let Some(source) = source {
+            tracing::debug!(listener = %self.info.name, proxy = %peer.addr, client = %source, "PROXY protocol header read");
+            peer.addr = source;
+        }
+        self.start(Prefixed::new(rest, stream), peer, &shared);
+    }
+
+    /// Gives the connection its place under the limits (or a place to be told it is
+    /// over one) and its task; closes it when even that is not possible.
+    fn start(self: &Arc<Self>, stream: Accepted, peer: Peer, shared: &Shared) {
+        let broker = &shared.broker;
+        let Some(held) = admit(&shared.permits, peer.addr.ip()) else {
+            broker.metrics().refused_busy();
+            tracing::debug!(listener = %self.info.name, peer = %peer.addr, "over the connection limit with {} refusals under way; closed", broker.config().limits.max_refusing);
+            return;
+        };
+        let over_limit = held.over_limit();
+        let (me, broker, shutdown, alive) = (
+            self.clone(),
+            broker.clone(),
+            shared.shutdown.clone(),
+            shared.alive.clone(),
+        );
+        tokio::spawn(async move {
+            let _held = held;
+            let _alive = alive;
+            me.handle(stream, peer, broker, shutdown, over_limit).await;
+        });
     }
 
     /// Runs the transport's handshakes, then the MQTT connection.
@@ -211,7 +265,7 @@ impl Endpoint {
     /// for a TLS session and a WebSocket on top of its own state.
     async fn handle(
         &self,
-        stream: TcpStream,
+        stream: Accepted,
         peer: Peer,
         broker: Arc<Broker>,
         shutdown: watch::Receiver<bool>,
@@ -228,7 +282,7 @@ impl Endpoint {
     async fn handle_tls(
         &self,
         tls: &TlsSetup,
-        stream: TcpStream,
+        stream: Accepted,
         mut peer: Peer,
         broker: Arc<Broker>,
         shutdown: watch::Receiver<bool>,

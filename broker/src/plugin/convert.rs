@@ -246,6 +246,7 @@ pub fn replacement(
         expires_at: m.message_expiry.map(|s| now_secs() + s as u64),
         publisher: original.publisher.clone(),
         origin: original.origin.clone(),
+        received: original.received,
     };
     match unfit(
         &replaced.topic,

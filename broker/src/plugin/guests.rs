@@ -633,6 +633,7 @@ mod tests {
             expires_at: None,
             publisher: None,
             origin: None,
+            received: None,
         }
     }
 

@@ -42,6 +42,8 @@ pub trait Fanout: Send + Sync + 'static {
     /// The shared group `share` (`$share/group/filter`) of this process, to pick a
     /// member from.
     fn group(&self, share: &str) -> Option<SharedGroup>;
+    /// Subscriptions of this process's clients.
+    fn subscriptions(&self) -> usize;
     /// The message as it is routed from here: a cluster numbers what each node
     /// publishes ([`Message::origin`]); one process has no use for that.
     fn stamp(&self, msg: Arc<Message>) -> Arc<Message> {
@@ -93,5 +95,9 @@ impl Fanout for Router {
 
     fn group(&self, share: &str) -> Option<SharedGroup> {
         Router::group(self, share)
+    }
+
+    fn subscriptions(&self) -> usize {
+        self.count()
     }
 }

@@ -97,6 +97,8 @@ impl Node {
 #[derive(Default)]
 pub struct Router {
     root: RwLock<Node>,
+    /// Subscriptions held (a shared group's members each count), for metrics.
+    count: AtomicUsize,
 }
 
 impl Router {
@@ -118,7 +120,7 @@ impl Router {
         for level in real.split('/') {
             node = node.children.entry(level.into()).or_default();
         }
-        match group {
+        let existed = match group {
             None => node
                 .subscribers
                 .insert(client_id.clone(), (options, id))
@@ -140,7 +142,11 @@ impl Router {
                 group.members = members.into();
                 existed
             }
+        };
+        if !existed {
+            self.count.fetch_add(1, Ordering::Relaxed);
         }
+        existed
     }
 
     /// Removes `client_id`'s subscription to `filter`; returns whether there was one.
@@ -151,7 +157,16 @@ impl Router {
         };
         let levels: Vec<&str> = real.split('/').collect();
         let mut root = write(&self.root);
-        remove(&mut root, &levels, group, client_id)
+        let removed = remove(&mut root, &levels, group, client_id);
+        if removed {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
+    }
+
+    /// Subscriptions held now.
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
     }
 
     /// Collects into `out` every subscription matching `topic` and every shared group

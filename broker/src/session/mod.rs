@@ -58,6 +58,21 @@ pub struct Subscription {
     pub id: Option<u32>,
 }
 
+/// A session as the admin API shows it.
+#[derive(Debug, Clone)]
+pub struct Overview {
+    pub connected: bool,
+    pub expiry_interval: u32,
+    /// Waiting to be sent, in memory and on disk.
+    pub queued: usize,
+    /// Sent and not yet acknowledged.
+    pub inflight: usize,
+    /// Unix seconds; `None` while connected.
+    pub disconnected_at: Option<u64>,
+    /// Filter and maximum QoS, by filter.
+    pub subscriptions: Vec<(String, u8)>,
+}
+
 /// A will waiting for its Will Delay Interval (5.0) to pass.
 #[derive(Debug, Clone)]
 pub struct PendingWill {
@@ -219,6 +234,11 @@ impl Session {
         self.lock().qos2_receipts()
     }
 
+    /// What the admin API shows of it.
+    pub fn overview(&self) -> Overview {
+        self.lock().overview()
+    }
+
     /// Messages waiting in the queue (not in flight).
     pub fn queued(&self) -> usize {
         self.lock().queued()
@@ -256,5 +276,6 @@ pub fn will_message(w: &Will, client_id: &Arc<str>) -> Message {
         expires_at,
         publisher: Some(client_id.clone()),
         origin: None,
+        received: None,
     }
 }

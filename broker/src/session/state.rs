@@ -385,6 +385,24 @@ impl SessionState {
 
     // ---- what is owed
 
+    /// What the admin API shows of the session.
+    pub fn overview(&self) -> super::Overview {
+        let mut subscriptions: Vec<(String, u8)> = self
+            .subscriptions
+            .iter()
+            .map(|(f, s)| (f.clone(), s.options.qos as u8))
+            .collect();
+        subscriptions.sort();
+        super::Overview {
+            connected: self.conn.is_some(),
+            expiry_interval: self.expiry_interval,
+            queued: self.queued(),
+            inflight: self.inflight.len(),
+            disconnected_at: self.disconnected_at,
+            subscriptions,
+        }
+    }
+
     /// Deliveries waiting, in memory and on disk.
     pub fn queued(&self) -> usize {
         self.queue.len() + self.spilled_count + self.spilling.len() + self.tail.len()
@@ -941,6 +959,7 @@ mod tests {
                 expires_at: None,
                 publisher: None,
                 origin: None,
+                received: None,
             }),
             qos: QoS::AtLeastOnce,
             retain: false,

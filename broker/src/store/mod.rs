@@ -107,6 +107,11 @@ pub trait Commit {
     fn durable(&self) -> watch::Receiver<u64>;
     /// Syncs everything now (shutdown).
     fn flush(&self) -> Result<(), StoreError>;
+    /// How long the group commit's syncs take; `None` where nothing is synced (the
+    /// memory store).
+    fn sync_latency(&self) -> Option<&crate::metrics::Histogram> {
+        None
+    }
 }
 
 /// Where a session's queue overflows to when its client is slower than its publishers,

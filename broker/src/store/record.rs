@@ -78,6 +78,7 @@ pub(crate) fn decode_message_with(
             expires_at: (expires != 0).then_some(expires),
             publisher: None,
             origin: None,
+            received: None,
         }),
         other => Err(format!("expected PUBLISH, found {}", other.name())),
     }
@@ -219,6 +220,7 @@ mod tests {
                 expires_at: Some(1_900_000_000),
                 publisher: None,
                 origin: None,
+                received: None,
             },
         };
         let bare = d.encode().unwrap();

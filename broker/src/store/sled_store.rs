@@ -6,12 +6,13 @@ use super::{
 };
 use crate::config::Durability;
 use crate::message::Message;
+use crate::metrics::Histogram;
 use bytes::Bytes;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 pub struct SledStore {
@@ -34,6 +35,8 @@ struct GroupCommit {
     issued: AtomicU64,
     durable: watch::Sender<u64>,
     stop: AtomicBool,
+    /// Each sync's time: what an acknowledgement that promises durability waits for.
+    synced: Histogram,
 }
 
 impl SledStore {
@@ -55,6 +58,7 @@ impl SledStore {
             issued: AtomicU64::new(0),
             durable: watch::channel(0).0,
             stop: AtomicBool::new(false),
+            synced: Histogram::default(),
         });
         let flusher = match durability {
             Durability::Sync => {
@@ -89,7 +93,10 @@ fn flush_loop(db: sled::Db, commit: Arc<GroupCommit>) {
     loop {
         let target = commit.issued.load(Ordering::Acquire);
         if target > done {
-            if let Err(e) = db.flush() {
+            let began = Instant::now();
+            let flushed = db.flush();
+            commit.synced.observe(began.elapsed());
+            if let Err(e) = flushed {
                 // Nothing is acknowledged until a sync succeeds; keep trying.
                 tracing::error!(error = %e, "store sync failed; acknowledgements are held back");
                 thread::sleep(Duration::from_millis(100));
@@ -287,5 +294,9 @@ impl Commit for SledStore {
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
+    }
+
+    fn sync_latency(&self) -> Option<&Histogram> {
+        Some(&self.commit.synced)
     }
 }

@@ -214,6 +214,7 @@ fn message(case: &Case) -> Result<Message, String> {
         expires_at: None,
         publisher: None,
         origin: None,
+        received: None,
     };
     m.properties.user_properties = pairs(&case.user_properties);
     Ok(m)
