@@ -5,6 +5,8 @@
 // PLUGIN after copying NEW_VERSION_FILE over PLUGIN_FILE (and sees its version
 // change), disables and enables it, and kicks the client. Prints a line per step
 // (SEEN, TABLES, CHART, VERSION, TOGGLED, KICKED, DONE) or FAIL with the reason.
+// With SCREENSHOT_DIR, also screenshots of the sign-in, the dashboard and the page
+// after the kick, for docs/operations.md.
 import { chromium } from 'playwright-core';
 import { copyFileSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
@@ -94,6 +96,12 @@ try {
   await page.click(`${client} button[data-action=kick]`);
   await page.waitForSelector(client, { state: 'detached', ...WAIT });
   await page.waitForSelector(`#sessions tr[data-session="${clientId}"] .off`, WAIT);
+  // Its session stays, and what is published for it queues there.
+  await page.waitForFunction(
+    (sel) => Number(document.querySelector(sel)?.textContent) > 0,
+    `#sessions tr[data-session="${clientId}"] .queued`,
+    WAIT,
+  );
   console.log(`KICKED ${clientId}`);
   await shot('dashboard-after-kick.png');
   console.log('DONE');

@@ -42,12 +42,13 @@ async fn an_operator_signs_in_watches_reloads_and_kicks_in_a_real_browser() {
         .publish("dash/retained", QoS::AtLeastOnce, true, "kept")
         .await
         .unwrap();
-    // Traffic for the chart, 20 messages a second until the test ends.
+    // Traffic for the chart, 20 messages a second until the test ends (QoS 1: once the
+    // client is kicked they queue in its session).
     let traffic = tokio::spawn(async move {
         loop {
             let _ = publisher
                 .client
-                .publish("dash/live", QoS::AtMostOnce, false, "x")
+                .publish("dash/live", QoS::AtLeastOnce, false, "x")
                 .await;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -160,6 +160,8 @@ fn plugin_json(p: &crate::plugin::Plugin) -> Value {
         "denials": st.denials.load(Relaxed),
         "errors": errors,
         "latency_mean_us": mean_us(st),
+        "latency_p50_us": quantile_us(st, 0.5),
+        "latency_p99_us": quantile_us(st, 0.99),
         "reloads": st.reloads.load(Relaxed),
         "rejections": st.rejections.load(Relaxed),
         "last_rejection": st.last_rejection(),
@@ -175,6 +177,24 @@ fn mean_us(st: &crate::plugin::Stats) -> f64 {
         0 => 0.0,
         n => (st.latency_ns_sum.load(Relaxed) as f64 / n as f64 / 1000.0 * 100.0).round() / 100.0,
     }
+}
+
+/// The upper bound of the latency bucket holding quantile `q` of the timed calls,
+/// microseconds (`None` before any call, or past the last finite bucket). A mean
+/// carries the first call's instantiation for long; this does not.
+fn quantile_us(st: &crate::plugin::Stats, q: f64) -> Option<f64> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let counts: Vec<u64> = st.latency_buckets.iter().map(|b| b.load(Relaxed)).collect();
+    let total: u64 = counts.iter().sum();
+    let rank = (total as f64 * q).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (bound, n) in crate::plugin::LATENCY_BUCKETS_NS.iter().zip(&counts) {
+        seen += n;
+        if total > 0 && seen >= rank {
+            return (*bound != u64::MAX).then(|| *bound as f64 / 1000.0);
+        }
+    }
+    None
 }
 
 fn shadow_json(s: &crate::plugin::Shadow) -> Value {

@@ -217,7 +217,9 @@ async function plugins() {
     cell(tr, p.denials, 'num');
     const errors = Object.values(p.errors).reduce((a, b) => a + b, 0);
     cell(tr, errors, 'num');
-    cell(tr, `${p.latency_mean_us} µs`, 'num');
+    const upTo = (us) => (us === null ? '—' : `≤ ${us} µs`);
+    const latency = cell(tr, p.calls ? `${upTo(p.latency_p50_us)} / ${upTo(p.latency_p99_us)}` : '', 'num');
+    latency.title = `mean ${p.latency_mean_us} µs (includes the first call's instantiation)`;
     cell(tr, p.shadow ? `${p.shadow.sha256.slice(0, 12)} (${p.shadow.agreed} agreed, ${p.shadow.disagreed} disagreed)` : '');
     const td = cell(tr, '');
     const name = encodeURIComponent(p.name);
