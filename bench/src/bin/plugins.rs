@@ -216,7 +216,7 @@ fn hook_costs(hash: &str) {
     let publish = |c: &mut PluginClient| {
         c.authorize(Action::Publish, "home/alice/temp", QoS::AtMostOnce, false)
     };
-    println!("Hook calls through the broker's plugin host (wasmtime 48, pooled instance, warm):\n");
+    println!("Hook calls through the broker's plugin host (wasmtime 49, pooled instance, warm):\n");
     println!("| hook (plugin)                                           |  ns/call |");
     println!("|---------------------------------------------------------|---------:|");
     let mut c = connection(&floor);
