@@ -1,17 +1,18 @@
 // Drives Weir's dashboard in headless Chromium as an operator would:
-//   node dashboard.mjs UI_URL TOKEN CLIENT_ID PLUGIN PLUGIN_FILE NEW_VERSION_FILE [SCREENSHOT_DIR]
+//   node dashboard.mjs UI_URL TOKEN CLIENT_ID PLUGIN PLUGIN_FILE NEW_VERSION_FILE SHADOW_FILE [SCREENSHOT_DIR]
 // Signs in with the token, finds CLIENT_ID among the connected clients, its session,
 // subscription and a retained message, watches the message chart move, reloads
 // PLUGIN after copying NEW_VERSION_FILE over PLUGIN_FILE (and sees its version
-// change), disables and enables it, and kicks the client. Prints a line per step
-// (SEEN, TABLES, CHART, VERSION, TOGGLED, KICKED, DONE) or FAIL with the reason.
+// change), promotes SHADOW_FILE set as its shadow, disables and enables it, and kicks
+// the client. Prints a line per step (SEEN, TABLES, CHART, VERSION, PROMOTED, TOGGLED,
+// KICKED, DONE) or FAIL with the reason.
 // With SCREENSHOT_DIR, also screenshots of the sign-in, the dashboard and the page
 // after the kick, for docs/operations.md.
 import { chromium } from 'playwright-core';
 import { copyFileSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 
-const [uiUrl, token, clientId, plugin, pluginFile, newVersion, shots] = process.argv.slice(2);
+const [uiUrl, token, clientId, plugin, pluginFile, newVersion, shadow, shots] = process.argv.slice(2);
 const WAIT = { timeout: 30000 };
 
 const browser = await chromium.launch({
@@ -82,6 +83,19 @@ try {
   );
   await page.waitForSelector('#notice:has-text("Reloaded")', WAIT);
   console.log(`VERSION ${before} ${(await page.textContent(`${row} .version`)).trim()}`);
+
+  // A shadow candidate (the first version again, set through the API as `weir shadow`
+  // would), promoted from the page.
+  const shadowed = await page.request.post(`${new URL(uiUrl).origin}/plugins/${plugin}/shadow?path=${encodeURIComponent(shadow)}`);
+  if (!shadowed.ok()) throw new Error(`shadow: ${shadowed.status()} ${await shadowed.text()}`);
+  const reloaded = (await page.textContent(`${row} .version`)).trim();
+  await page.click(`${row} button[data-action=promote]`, WAIT);
+  await page.waitForFunction(
+    ([sel, old]) => document.querySelector(sel)?.textContent.trim() !== old,
+    [`${row} .version`, reloaded],
+    WAIT,
+  );
+  console.log(`PROMOTED ${(await page.textContent(`${row} .version`)).trim()}`);
 
   await page.click(`${row} button[data-action=disable]`);
   await page.waitForSelector(`${row} .enabled:has-text("no")`, WAIT);

@@ -1,7 +1,8 @@
 //! The dashboard at `/ui`, driven in headless Chromium by playwright-core
 //! (tests/js/dashboard.mjs) against the real broker: sign in with the admin token, see
 //! a client, its session, subscription and a retained message, watch a chart move,
-//! reload a plugin and see its version change, switch it off and on, kick the client.
+//! reload a plugin and see its version change, promote a shadow, switch it off and on,
+//! kick the client.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -65,6 +66,7 @@ async fn an_operator_signs_in_watches_reloads_and_kicks_in_a_real_browser() {
         "tag".into(),
         file.display().to_string(),
         tagger_b.display().to_string(),
+        plugins::wasm("tagger").display().to_string(),
         shots,
     ];
     let out = tokio::task::spawn_blocking(move || {

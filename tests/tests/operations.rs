@@ -61,7 +61,15 @@ fn proxied_tcp(limits: &str) -> Weir {
 
 #[test]
 fn the_client_address_comes_from_proxy_v1_and_v2_headers() {
-    let w = proxied_tcp("");
+    // event-log writes each event a plugin is told as a JSON line in the broker's log.
+    let w = Weir::with(Opts {
+        listeners: vec![Listener::new("lb", "tcp", "proxy_protocol = true")],
+        extra: format!(
+            "[[plugin]]\nname = \"audit\"\npath = {:?}\n",
+            weir_tests::plugins::wasm("event-log")
+        ),
+        ..Default::default()
+    });
     let lb = w.port_of("lb");
     let (_a, code) = connect_behind(lb, &v1_header("203.0.113.7", 51234), "via-v1");
     assert_eq!(code, Some(0));
@@ -81,6 +89,16 @@ fn the_client_address_comes_from_proxy_v1_and_v2_headers() {
             && l.contains("via-v2")
             && l.contains("198.51.100.9:40000")
     )));
+    // Plugins are told the client's address too.
+    assert!(
+        eventually(Duration::from_secs(10), || w
+            .log()
+            .lines()
+            .any(|l| l.contains("\"event\":\"connected\"")
+                && l.contains("\"peer\":\"203.0.113.7:51234\""))),
+        "no connected event with the header's address:\n{}",
+        w.log()
+    );
     // A balancer's health check (v2 LOCAL) keeps the socket's address.
     let mut local = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
     local.extend([0x20, 0x00, 0, 0]);
