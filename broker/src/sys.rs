@@ -110,7 +110,9 @@ impl Tree {
         self.max_connected = self.max_connected.max(connected);
         let sessions = b.session_count() as u64;
         let dropped: u64 = DropCause::ALL.iter().map(|c| m.drops(*c)).sum();
-        let counts: [(&str, u64); 16] = [
+        let queued = b.queued_messages() as u64;
+        let retained = b.retained_count() as u64;
+        let counts: [(&str, u64); 17] = [
             ("clients/connected", connected),
             ("clients/active", connected),
             ("clients/total", sessions.max(connected)),
@@ -125,8 +127,9 @@ impl Tree {
             ("bytes/received", m.bytes_read()),
             ("bytes/sent", m.bytes_written()),
             ("subscriptions/count", b.subscription_count() as u64),
-            ("retained messages/count", b.retained_count() as u64),
-            ("store/messages/count", b.queued_messages() as u64),
+            ("retained messages/count", retained),
+            ("store/messages/count", queued),
+            ("messages/stored", retained + queued),
         ];
         let mut out: Vec<(String, String)> = counts
             .iter()
@@ -150,6 +153,8 @@ impl Tree {
             [
                 ("messages/received", m.messages_received()),
                 ("messages/sent", m.messages_sent()),
+                ("publish/received", m.messages_received()),
+                ("publish/sent", m.messages_sent()),
                 ("publish/dropped", dropped),
                 ("bytes/received", m.bytes_read()),
                 ("bytes/sent", m.bytes_written()),
@@ -163,7 +168,7 @@ impl Tree {
         &mut self,
         now: Instant,
         out: &mut Vec<(String, String)>,
-        totals: [(&'static str, u64); 6],
+        totals: [(&'static str, u64); 8],
     ) {
         let elapsed = self
             .last_tick

@@ -63,6 +63,8 @@ async fn sys_topics_have_mosquitto_names_and_follow_the_broker() {
         "$SYS/broker/bytes/received",
         "$SYS/broker/retained messages/count",
         "$SYS/broker/store/messages/count",
+        "$SYS/broker/messages/stored",
+        "$SYS/broker/load/publish/sent/5min",
         "$SYS/broker/load/messages/received/1min",
         "$SYS/broker/load/bytes/sent/15min",
         "$SYS/broker/dropped/queue_full",
