@@ -258,30 +258,19 @@ async fn metrics_cover_the_process_connections_auth_and_latency() {
         sample(&m, "weir_connections{listener=\"tcp\",protocol=\"5.0\"}"),
         2.0
     );
-    assert_eq!(sample(&m, "weir_connects_total{code=\"success\"}"), 3.0);
-    assert_eq!(
-        sample(
-            &m,
-            "weir_connects_total{code=\"client_identifier_not_valid\"}"
+    for (name, value) in [
+        ("weir_connects_total{code=\"success\"}", 3.0),
+        (
+            "weir_connects_total{code=\"client_identifier_not_valid\"}",
+            1.0,
         ),
-        1.0
-    );
-    assert_eq!(
-        sample(&m, "weir_connects_total{code=\"not_authorized\"}"),
-        1.0
-    );
-    assert_eq!(
-        sample(&m, "weir_authentications_total{outcome=\"allowed\"}"),
-        3.0
-    );
-    assert_eq!(
-        sample(&m, "weir_authentications_total{outcome=\"denied\"}"),
-        1.0
-    );
-    assert_eq!(
-        sample(&m, "weir_disconnects_total{reason=\"client_disconnect\"}"),
-        1.0
-    );
+        ("weir_connects_total{code=\"not_authorized\"}", 1.0),
+        ("weir_authentications_total{outcome=\"allowed\"}", 3.0),
+        ("weir_authentications_total{outcome=\"denied\"}", 1.0),
+        ("weir_disconnects_total{reason=\"client_disconnect\"}", 1.0),
+    ] {
+        assert_eq!(sample(&m, name), value, "{name}");
+    }
     assert_eq!(sample(&m, "weir_subscriptions"), 2.0);
     let delivered = sample(&m, "weir_delivery_latency_seconds_count");
     assert!(delivered >= 20.0, "{delivered}");

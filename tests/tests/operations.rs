@@ -165,14 +165,7 @@ fn per_address_limits_count_the_address_the_header_gives() {
 async fn the_header_comes_before_tls_on_a_tls_listener() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let pki = Pki::new();
-    let lines = format!(
-        "cert = {:?}\nkey = {:?}\nproxy_protocol = true",
-        pki.server.cert, pki.server.key
-    );
-    let w = Weir::with(Opts {
-        listeners: vec![Listener::new("lbtls", "tls", &lines)],
-        ..Default::default()
-    });
+    let w = proxied_tls(&pki);
     let connector = tls_connector(&pki.ca_file);
     let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", w.port_of("lbtls")))
         .await
@@ -194,21 +187,24 @@ async fn the_header_comes_before_tls_on_a_tls_listener() {
     assert_eq!(address.as_deref(), Some("203.0.113.50:61000"));
 
     // Without the header, the TLS hello itself is refused.
-    let pki2 = Pki::new();
-    let lines = format!(
-        "cert = {:?}\nkey = {:?}\nproxy_protocol = true",
-        pki2.server.cert, pki2.server.key
-    );
-    let w = Weir::with(Opts {
-        listeners: vec![Listener::new("lbtls", "tls", &lines)],
-        ..Default::default()
-    });
+    let w = proxied_tls(&pki);
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", w.port_of("lbtls")))
         .await
         .unwrap();
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let refused = tls_connector(&pki2.ca_file).connect(name, tcp).await;
+    let refused = tls_connector(&pki.ca_file).connect(name, tcp).await;
     assert!(refused.is_err(), "TLS without a PROXY header was accepted");
+}
+
+fn proxied_tls(pki: &Pki) -> Weir {
+    let lines = format!(
+        "cert = {:?}\nkey = {:?}\nproxy_protocol = true",
+        pki.server.cert, pki.server.key
+    );
+    Weir::with(Opts {
+        listeners: vec![Listener::new("lbtls", "tls", &lines)],
+        ..Default::default()
+    })
 }
 
 fn tls_connector(ca: &Path) -> tokio_rustls::TlsConnector {
