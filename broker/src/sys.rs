@@ -203,10 +203,7 @@ fn plugin_values(s: &Sources, out: &mut Vec<(String, String)>) {
         let st = &p.stats;
         let calls = st.calls.load();
         let errors: u64 = st.errors().iter().map(|(_, n)| n).sum();
-        let mean_us = match calls {
-            0 => 0.0,
-            n => st.latency_ns_sum.load(Relaxed) as f64 / n as f64 / 1000.0,
-        };
+        let mean_us = st.mean_call_us();
         let base = format!("$SYS/broker/plugins/{}", p.name);
         out.extend([
             (format!("{base}/version"), p.hash.clone()),

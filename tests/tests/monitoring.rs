@@ -141,6 +141,21 @@ async fn sys_is_off_at_0_and_out_of_reach_of_wildcards_and_publishers() {
         b"evil",
     ));
     assert_eq!(ack_code(&forger.recv().unwrap()), 0x87);
+    // Nor through a will: the connection is refused (0x87).
+    let mut o = C5::opts(w.port, "will-forger");
+    o.set_last_will(rumqttc::v5::mqttbytes::v5::LastWill::new(
+        "$SYS/broker/version",
+        "evil",
+        QoS::AtMostOnce,
+        true,
+        None,
+    ));
+    let mut refused = C5::start(o);
+    let ended = refused.next(Duration::from_secs(10)).await;
+    assert!(
+        matches!(&ended, Some(Err(e)) if e.contains("NotAuthorized")),
+        "{ended:?}"
+    );
     let out = Command::new("mosquitto_sub")
         .args(["-p", &w.port.to_string(), "-t", "$SYS/broker/version"])
         .args(["-C", "1", "-W", "10"])

@@ -159,6 +159,31 @@ fn per_address_limits_count_the_address_the_header_gives() {
     assert_eq!(code, Some(0));
 }
 
+#[test]
+fn sockets_waiting_for_their_header_count_against_the_connection_limit() {
+    let w = Weir::with(Opts {
+        listeners: vec![Listener::new(
+            "lb",
+            "tcp",
+            "proxy_protocol = true\nmax_connections = 2",
+        )],
+        ..Default::default()
+    });
+    let lb = w.port_of("lb");
+    // Two sockets that say nothing hold the listener's two places...
+    let silent: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(("127.0.0.1", lb)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // ...so a client with a good header is told the broker is busy (0x89).
+    let (_c, code) = connect_behind(lb, &v1_header("198.51.100.20", 5000), "late");
+    assert_eq!(code, Some(0x89));
+    drop(silent);
+    assert!(eventually(Duration::from_secs(5), || {
+        connect_behind(lb, &v1_header("198.51.100.20", 5001), "later").1 == Some(0)
+    }));
+}
+
 /// A TLS client behind a TCP balancer (HAProxy `mode tcp` + `send-proxy-v2`): the header
 /// comes before the TLS handshake.
 #[tokio::test]

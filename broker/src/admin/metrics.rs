@@ -134,7 +134,10 @@ fn cluster_gauges(out: &mut String, c: &crate::cluster::ClusterStats) {
 /// A histogram family's samples (`labels` inside the braces, before `le`).
 fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
     let sep = if labels.is_empty() { "" } else { "," };
+    // `_count` is the +Inf bucket as printed: read apart, they could differ under load.
+    let mut count = 0;
     for (bound, n) in h.cumulative() {
+        count = n;
         let le = match bound {
             u64::MAX => "+Inf".to_string(),
             b => format!("{}", b as f64 / 1e9),
@@ -147,7 +150,7 @@ fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
         format!("{{{labels}}}")
     };
     let _ = writeln!(out, "{name}_sum{braces} {}", h.sum_seconds());
-    let _ = writeln!(out, "{name}_count{braces} {}", h.count());
+    let _ = writeln!(out, "{name}_count{braces} {count}");
 }
 
 fn latency_families(out: &mut String, b: &Broker) {

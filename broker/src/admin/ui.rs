@@ -13,7 +13,8 @@ use axum::Json;
 use serde::Deserialize;
 use std::sync::Arc;
 
-/// The cookie that carries the admin token (hex, so any token is a valid value).
+/// The cookie that stands for the admin token: a digest of it, so the token itself is
+/// not handed to the browser (which sends cookies to every port of the host).
 pub(super) const COOKIE: &str = "weir_admin";
 
 const DASHBOARD: &str = include_str!("ui/dashboard.html");
@@ -92,7 +93,7 @@ pub(super) async fn login(
     }
     let cookie = format!(
         "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
-        hex(login.token.as_bytes())
+        session_value(token)
     );
     let mut r = StatusCode::NO_CONTENT.into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -111,9 +112,18 @@ pub(super) async fn logout() -> Response {
     r
 }
 
-/// The token in the dashboard's cookie, on a request whose `Origin` (when a browser
-/// sends one) is this API's own.
-pub(super) fn cookie_token(headers: &HeaderMap) -> Option<String> {
+/// What the cookie holds for `token`: a keyed digest, the same for as long as the
+/// token is (changing `admin.token` signs every browser out).
+fn session_value(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    crate::hex(&Sha256::digest(
+        format!("weir dashboard session\0{token}").as_bytes(),
+    ))
+}
+
+/// Whether the dashboard's cookie stands for `token`, on a request whose `Origin`
+/// (when a browser sends one) is this API's own; `None` without a usable cookie.
+pub(super) fn cookie_matches(headers: &HeaderMap, token: &str) -> Option<bool> {
     if let Some(origin) = headers.get(header::ORIGIN) {
         let host = headers.get(header::HOST)?.to_str().ok()?;
         let origin = origin.to_str().ok()?;
@@ -128,22 +138,7 @@ pub(super) fn cookie_token(headers: &HeaderMap) -> Option<String> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))?;
-    unhex(value)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<String> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    let bytes: Option<Vec<u8>> = (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect();
-    String::from_utf8(bytes?).ok()
+    Some(same_secret(value, &session_value(token)))
 }
 
 #[cfg(test)]
@@ -159,27 +154,29 @@ mod tests {
     }
 
     #[test]
-    fn the_cookie_carries_any_token_and_only_to_its_own_origin() {
+    fn the_cookie_stands_for_the_token_and_only_from_its_own_origin() {
         let token = "s3cret; with=odd chars ü";
-        let cookie = format!("a=b; {COOKIE}={}; c=d", hex(token.as_bytes()));
+        let value = session_value(token);
+        assert!(!value.contains("s3cret") && value.len() == 64);
+        let cookie = format!("a=b; {COOKIE}={value}; c=d");
         let same = headers(&[("cookie", &cookie), ("host", "127.0.0.1:9883")]);
-        assert_eq!(cookie_token(&same).as_deref(), Some(token));
+        assert_eq!(cookie_matches(&same, token), Some(true));
+        assert_eq!(cookie_matches(&same, "another token"), Some(false));
         let with_origin = headers(&[
             ("cookie", &cookie),
             ("host", "127.0.0.1:9883"),
             ("origin", "http://127.0.0.1:9883"),
         ]);
-        assert_eq!(cookie_token(&with_origin).as_deref(), Some(token));
+        assert_eq!(cookie_matches(&with_origin, token), Some(true));
         let elsewhere = headers(&[
             ("cookie", &cookie),
             ("host", "127.0.0.1:9883"),
             ("origin", "https://evil.example"),
         ]);
-        assert_eq!(cookie_token(&elsewhere), None);
-        assert_eq!(cookie_token(&headers(&[("cookie", "weir_admin=zz")])), None);
-        assert_eq!(
-            cookie_token(&headers(&[("cookie", "weir_adminx=00")])),
-            None
-        );
+        assert_eq!(cookie_matches(&elsewhere, token), None);
+        let wrong = headers(&[("cookie", "weir_admin=zz")]);
+        assert_eq!(cookie_matches(&wrong, token), Some(false));
+        let other = headers(&[("cookie", "weir_adminx=00")]);
+        assert_eq!(cookie_matches(&other, token), None);
     }
 }

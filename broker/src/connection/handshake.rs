@@ -405,6 +405,10 @@ fn check_will(
         let why = "will topic exceeds the topic limits";
         return Err(refusal(ReasonCode::TopicNameInvalid, why));
     }
+    if !crate::sys::client_may_publish(&w.topic) {
+        let why = "a will under $SYS/: only the broker publishes there";
+        return Err(refusal(ReasonCode::NotAuthorized, why));
+    }
     let decision = hooks.authorize(crate::hooks::Action::Publish, &w.topic, w.qos, w.retain);
     match decision {
         Decision::Allow => Ok(()),

@@ -85,24 +85,29 @@ impl Held {
     }
 }
 
-/// A place for a new connection from `ip`, or `None` when it must be closed at once.
-fn admit(permits: &Permits, ip: std::net::IpAddr) -> Option<Held> {
+/// A connection's places under the broker's and its listener's connection limits.
+type Places = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+
+fn take_places(permits: &Permits) -> Option<Places> {
+    let global = permits.global.clone().try_acquire_owned().ok()?;
+    let listener = permits.listener.clone().try_acquire_owned().ok()?;
+    Some((global, listener))
+}
+
+/// A place for a new connection from `ip` (with `places` it took before its address was
+/// known), or `None` when it must be closed at once.
+fn admit(permits: &Permits, ip: std::net::IpAddr, places: Option<Places>) -> Option<Held> {
     let over = match permits.addresses.enter(ip) {
-        Ok(address) => {
-            let global = permits.global.clone().try_acquire_owned();
-            let both = global.and_then(|g| {
-                let l = permits.listener.clone().try_acquire_owned()?;
-                Ok(Held::Connection {
-                    _global: g,
-                    _listener: l,
+        Ok(address) => match places.or_else(|| take_places(permits)) {
+            Some((global, listener)) => {
+                return Some(Held::Connection {
+                    _global: global,
+                    _listener: listener,
                     _address: address,
                 })
-            });
-            match both {
-                Ok(held) => return Some(held),
-                Err(_) => OverLimit::Connections,
             }
-        }
+            None => OverLimit::Connections,
+        },
         Err(over) => over,
     };
     let place = permits.refusing.clone().try_acquire_owned().ok()?;
@@ -110,6 +115,35 @@ fn admit(permits: &Permits, ip: std::net::IpAddr) -> Option<Held> {
         _place: place,
         over,
     })
+}
+
+/// What a connection holds while it waits for its PROXY header: its places under the
+/// connection limits, or, over them, a place to be told so. Sockets that never send a
+/// header count against the limits like any other.
+enum Waiting {
+    Places(Places),
+    Refusing(OwnedSemaphorePermit),
+}
+
+impl Waiting {
+    fn take(permits: &Permits) -> Option<Waiting> {
+        if let Some(places) = take_places(permits) {
+            return Some(Waiting::Places(places));
+        }
+        let place = permits.refusing.clone().try_acquire_owned().ok()?;
+        Some(Waiting::Refusing(place))
+    }
+
+    /// The connection's hold once its client's address is known.
+    fn admit(self, permits: &Permits, ip: std::net::IpAddr) -> Option<Held> {
+        match self {
+            Waiting::Places(places) => admit(permits, ip, Some(places)),
+            Waiting::Refusing(place) => Some(Held::Refusing {
+                _place: place,
+                over: OverLimit::Connections,
+            }),
+        }
+    }
 }
 
 /// One configured listener, ready to accept.
@@ -206,21 +240,37 @@ impl Endpoint {
                 certificate: None,
                 accepted: Instant::now(),
             };
-            if self.proxy_protocol {
-                // The limits are per client address: known once the header is read.
-                let (me, shared) = (self.clone(), shared.clone());
-                tokio::spawn(async move { me.proxied(stream, peer, shared).await });
-            } else {
-                self.start(Prefixed::plain(stream), peer, &shared);
+            if !self.proxy_protocol {
+                let held = admit(&shared.permits, peer.addr.ip(), None);
+                self.start(Prefixed::plain(stream), peer, &shared, held);
+                continue;
             }
+            // The per-address limits wait for the address the header gives.
+            let Some(waiting) = Waiting::take(&shared.permits) else {
+                self.closed_busy(&shared.broker, peer.addr);
+                continue;
+            };
+            let (me, shared) = (self.clone(), shared.clone());
+            tokio::spawn(async move { me.proxied(stream, peer, shared, waiting).await });
         }
     }
 
     /// Reads the PROXY header within the handshake time, then admits the connection
     /// as coming from the address it names.
-    async fn proxied(self: Arc<Self>, mut stream: TcpStream, mut peer: Peer, shared: Shared) {
+    async fn proxied(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        mut peer: Peer,
+        shared: Shared,
+        waiting: Waiting,
+    ) {
         let due = peer.accepted + self.handshake_timeout;
-        let (source, rest) = match timeout_at(due, proxy::read_header(&mut stream)).await {
+        let mut shutdown = shared.shutdown.clone();
+        let read = tokio::select! {
+            r = timeout_at(due, proxy::read_header(&mut stream)) => r,
+            _ = shutdown.changed() => return,
+        };
+        let (source, rest) = match read {
             Ok(Ok(header)) => header,
             Ok(Err(e)) => return self.closed(peer.addr, e.to_string()),
             Err(_) => {
@@ -232,22 +282,20 @@ impl Endpoint {
             tracing::debug!(listener = %self.info.name, proxy = %peer.addr, client = %source, "PROXY protocol header read");
             peer.addr = source;
         }
-        self.start(Prefixed::new(rest, stream), peer, &shared);
+        let held = waiting.admit(&shared.permits, peer.addr.ip());
+        self.start(Prefixed::new(rest, stream), peer, &shared, held);
     }
 
-    /// Gives the connection its place under the limits (or a place to be told it is
-    /// over one) and its task; closes it when even that is not possible.
-    fn start(self: &Arc<Self>, stream: Accepted, peer: Peer, shared: &Shared) {
-        let broker = &shared.broker;
-        let Some(held) = admit(&shared.permits, peer.addr.ip()) else {
-            broker.metrics().refused_busy();
-            tracing::debug!(listener = %self.info.name, peer = %peer.addr, "over the connection limit with {} refusals under way; closed", broker.config().limits.max_refusing);
-            return;
+    /// Starts the connection's task with its place under the limits (or a place to be
+    /// told it is over one); closes it when it has neither.
+    fn start(self: &Arc<Self>, stream: Accepted, peer: Peer, shared: &Shared, held: Option<Held>) {
+        let Some(held) = held else {
+            return self.closed_busy(&shared.broker, peer.addr);
         };
         let over_limit = held.over_limit();
         let (me, broker, shutdown, alive) = (
             self.clone(),
-            broker.clone(),
+            shared.broker.clone(),
             shared.shutdown.clone(),
             shared.alive.clone(),
         );
@@ -256,6 +304,11 @@ impl Endpoint {
             let _alive = alive;
             me.handle(stream, peer, broker, shutdown, over_limit).await;
         });
+    }
+
+    fn closed_busy(&self, broker: &Broker, peer: SocketAddr) {
+        broker.metrics().refused_busy();
+        tracing::debug!(listener = %self.info.name, %peer, "over the connection limit with {} refusals under way; closed", broker.config().limits.max_refusing);
     }
 
     /// Runs the transport's handshakes, then the MQTT connection.

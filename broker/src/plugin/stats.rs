@@ -99,6 +99,16 @@ impl Stats {
 
     /// A call about `items` things (a batch counts as that many calls), and how long
     /// each took if it was timed (see [`sampled`]).
+    /// The mean of the timed calls, microseconds (0 before the first). Calls are timed
+    /// one in several, so this divides by the timed ones, not by `calls`.
+    pub fn mean_call_us(&self) -> f64 {
+        let timed: u64 = self.latency_buckets.iter().map(|b| b.load(Relaxed)).sum();
+        match timed {
+            0 => 0.0,
+            n => self.latency_ns_sum.load(Relaxed) as f64 / n as f64 / 1000.0,
+        }
+    }
+
     pub fn called(&self, items: u32, took: Option<Duration>) {
         self.calls.add(items as u64);
         let Some(took) = took else { return };
