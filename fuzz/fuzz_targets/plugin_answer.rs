@@ -61,6 +61,7 @@ fuzz_target!(|data: &[u8]| {
         expires_at: None,
         publisher: Some(Arc::from("c")),
         origin: None,
+        received: None,
     };
     if let Ok(r) = convert::replacement(m, &original, 256) {
         assert!(weir::topic::validate_name(&r.topic).is_ok());

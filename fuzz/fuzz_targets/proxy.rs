@@ -8,17 +8,21 @@ use libfuzzer_sys::fuzz_target;
 use weir::listener::proxy::{parse, Parsed};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(parsed) = parse(data) else { return };
-    if let Parsed::Header { len, .. } = &parsed {
-        assert!(*len <= data.len(), "a header longer than its input");
-        let whole = &data[..*len];
-        assert_eq!(parse(whole).ok(), Some(parsed), "the header alone parses the same");
-        for cut in 0..*len {
-            assert_eq!(
-                parse(&whole[..cut]).ok(),
-                Some(Parsed::Incomplete),
-                "a prefix of {cut} bytes"
-            );
-        }
+    let Ok(Parsed::Header { source, len }) = parse(data) else {
+        return;
+    };
+    assert!(len <= data.len(), "a header longer than its input");
+    let whole = &data[..len];
+    assert_eq!(
+        parse(whole).ok(),
+        Some(Parsed::Header { source, len }),
+        "the header alone parses the same"
+    );
+    for cut in 0..len {
+        assert_eq!(
+            parse(&whole[..cut]).ok(),
+            Some(Parsed::Incomplete),
+            "a prefix of {cut} bytes"
+        );
     }
 });
