@@ -23,11 +23,11 @@ pub(super) fn paged(key: &str, items: Vec<Value>, p: &Paging) -> Result<Value, s
 }
 
 /// Whether `id` passes the `search` of a query (a substring; no search passes all).
-fn found(p: &Paging, id: &str) -> bool {
+pub(super) fn found(p: &Paging, id: &str) -> bool {
     p.search.as_deref().is_none_or(|s| id.contains(s))
 }
 
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, super::ApiError> {
+pub(super) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, super::ApiError> {
     q.map(|Query(q)| q).map_err(|e| {
         err(
             StatusCode::BAD_REQUEST,

@@ -133,10 +133,22 @@ fn cluster_gauges(out: &mut String, c: &crate::cluster::ClusterStats) {
 
 /// A histogram family's samples (`labels` inside the braces, before `le`).
 fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
+    samples(out, name, labels, h.cumulative(), h.sum_seconds());
+}
+
+/// A histogram's samples from its cumulative buckets (upper bound in ns, `u64::MAX` for
+/// +Inf) and its sum in seconds; `labels` go inside the braces, before `le`.
+fn samples(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    cumulative: impl Iterator<Item = (u64, u64)>,
+    sum_seconds: f64,
+) {
     let sep = if labels.is_empty() { "" } else { "," };
     // `_count` is the +Inf bucket as printed: read apart, they could differ under load.
     let mut count = 0;
-    for (bound, n) in h.cumulative() {
+    for (bound, n) in cumulative {
         count = n;
         let le = match bound {
             u64::MAX => "+Inf".to_string(),
@@ -149,7 +161,7 @@ fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
     } else {
         format!("{{{labels}}}")
     };
-    let _ = writeln!(out, "{name}_sum{braces} {}", h.sum_seconds());
+    let _ = writeln!(out, "{name}_sum{braces} {sum_seconds}");
     let _ = writeln!(out, "{name}_count{braces} {count}");
 }
 
@@ -447,22 +459,13 @@ fn plugin_latency(out: &mut String, plugins: &[Arc<Plugin>]) {
     let family_name = "weir_plugin_call_duration_seconds";
     family(out, family_name, "histogram", "Hook call latency.");
     for p in plugins {
-        let name = label(&p.name);
-        let mut cumulative = 0;
-        for (i, bound) in LATENCY_BUCKETS_NS.iter().enumerate() {
-            cumulative += p.stats.latency_buckets[i].load(Relaxed);
-            let le = if *bound == u64::MAX {
-                "+Inf".to_string()
-            } else {
-                format!("{}", *bound as f64 / 1e9)
-            };
-            let _ = writeln!(
-                out,
-                "{family_name}_bucket{{plugin=\"{name}\",le=\"{le}\"}} {cumulative}"
-            );
-        }
+        let labels = format!("plugin=\"{}\"", label(&p.name));
+        let counts = LATENCY_BUCKETS_NS.iter().zip(&p.stats.latency_buckets);
+        let cumulative = counts.scan(0, |total, (bound, n)| {
+            *total += n.load(Relaxed);
+            Some((*bound, *total))
+        });
         let sum = p.stats.latency_ns_sum.load(Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{family_name}_sum{{plugin=\"{name}\"}} {sum}");
-        let _ = writeln!(out, "{family_name}_count{{plugin=\"{name}\"}} {cumulative}");
+        samples(out, family_name, &labels, cumulative, sum);
     }
 }

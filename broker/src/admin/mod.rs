@@ -354,17 +354,12 @@ async fn clients(
     paging: Result<Query<Paging>, QueryRejection>,
 ) -> Answer {
     authorized(&s, &headers)?;
-    let Query(paging) = paging.map_err(|e| {
-        err(
-            StatusCode::BAD_REQUEST,
-            format!("bad query: {}", e.body_text()),
-        )
-    })?;
+    let paging = browse::query(paging)?;
     let mut connected: Vec<Value> = s
         .broker
         .connected_clients()
         .iter()
-        .filter(|c| paging.search.as_deref().is_none_or(|q| c.client_id.contains(q)))
+        .filter(|c| browse::found(&paging, &c.client_id))
         .map(|c| {
             json!({
                 "client_id": &*c.client_id,
