@@ -311,6 +311,11 @@ pub struct PluginConfig {
     /// Calls that can wait outside the broker (HTTP, timers) running at once; more
     /// wait for a slot, up to the plugin's deadline.
     pub max_waiting_calls: Option<usize>,
+    /// Makes this entry a candidate for the named plugin rather than a member of the
+    /// chain: asked every question that plugin is asked, with this entry's own `config`
+    /// and limits, its answers compared and counted but never applied, until `weir
+    /// promote` swaps it in. At most one per plugin.
+    pub shadow_of: Option<String>,
 }
 
 /// One entry of a plugin's `allow_http`: requests to this scheme, host and port whose
@@ -899,6 +904,7 @@ impl Config {
             }
             p.validate_http(&key)?;
         }
+        self.validate_shadows()?;
         if self.plugins.watch_ms == 0 {
             return Err(invalid("plugins.watch_ms", "must be at least 1"));
         }
@@ -911,6 +917,28 @@ impl Config {
         if self.plugins.events_queue == 0 || self.plugins.events_queue > 10_000_000 {
             let why = "must be between 1 and 10000000";
             return Err(invalid("plugins.events_queue", why));
+        }
+        Ok(())
+    }
+
+    /// Each `shadow_of` names a plugin of the chain (not another shadow), once.
+    fn validate_shadows(&self) -> Result<(), ConfigError> {
+        let mut shadowed = std::collections::HashMap::new();
+        for (i, p) in self.plugin.iter().enumerate() {
+            let Some(of) = &p.shadow_of else { continue };
+            let key = format!("plugin[{i}].shadow_of");
+            match self.plugin.iter().find(|q| &q.name == of) {
+                None => return Err(invalid(key, format!("no [[plugin]] is named '{of}'"))),
+                Some(q) if q.shadow_of.is_some() => {
+                    let why = format!("'{of}' is a shadow itself; name a plugin of the chain");
+                    return Err(invalid(key, why));
+                }
+                Some(_) => {}
+            }
+            if let Some(first) = shadowed.insert(of, i) {
+                let why = format!("'{of}' already has a shadow (plugin[{first}])");
+                return Err(invalid(key, why));
+            }
         }
         Ok(())
     }
@@ -1049,6 +1077,36 @@ mod tests {
         assert!(default_port.allows(&"https://id.example:443/x".parse().unwrap()));
         assert!(default_port.allows(&"https://id.example/".parse().unwrap()));
         assert!(!default_port.allows(&"http://id.example/".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_shadow_names_one_plugin_of_the_chain() {
+        let entry = |name: &str, of: Option<&str>| {
+            let of = of
+                .map(|o| format!("shadow_of = {o:?}\n"))
+                .unwrap_or_default();
+            format!("[[plugin]]\nname = {name:?}\npath = \"Cargo.toml\"\n{of}")
+        };
+        let ok = entry("acl", None) + &entry("acl-next", Some("acl"));
+        let c = Config::from_toml(&ok).unwrap();
+        assert_eq!(c.plugin[1].shadow_of.as_deref(), Some("acl"));
+        for (bad, why) in [
+            (
+                entry("acl", None) + &entry("next", Some("acll")),
+                "no [[plugin]] is named 'acll'",
+            ),
+            (
+                entry("acl", None) + &entry("next", Some("next")),
+                "is a shadow itself",
+            ),
+            (
+                entry("acl", None) + &entry("a", Some("acl")) + &entry("b", Some("acl")),
+                "already has a shadow (plugin[1])",
+            ),
+        ] {
+            let e = Config::from_toml(&bad).unwrap_err().to_string();
+            assert!(e.contains("shadow_of") && e.contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -19,13 +19,21 @@ pub mod tokens;
 
 /// A cargo command without the per-package variables `cargo test` sets for this
 /// process: passed on, they change build fingerprints and make every test binary
-/// rebuild what it builds.
+/// rebuild what it builds. The caller's own cargo settings (`CARGO_INCREMENTAL=0` in
+/// CI, profiles, the target directory) pass: without them the build differs from the
+/// one being tested, and takes disk of its own.
 pub fn cargo(dir: &Path) -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(dir);
+    const SETTINGS: [&str; 6] = ["BUILD_", "PROFILE_", "NET_", "TERM_", "HTTP_", "REGISTR"];
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy();
-        if k.starts_with("CARGO_") && !matches!(&*k, "CARGO_HOME" | "CARGO_TARGET_DIR") {
+        let Some(rest) = k.strip_prefix("CARGO_") else {
+            continue;
+        };
+        let setting = matches!(rest, "HOME" | "TARGET_DIR" | "INCREMENTAL")
+            || SETTINGS.iter().any(|s| rest.starts_with(s));
+        if !setting {
             c.env_remove(&*k);
         }
     }

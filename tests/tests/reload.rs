@@ -13,10 +13,15 @@ use weir_tests::{eventually, plugins, Opts, Weir};
 
 /// A broker whose plugin `tag` is loaded from a file the test may replace.
 fn tagging_broker(dir: &Path) -> (Weir, PathBuf) {
+    tagging_broker_and(dir, "")
+}
+
+/// [`tagging_broker`] with `more` configuration after the plugin's entry.
+fn tagging_broker_and(dir: &Path, more: &str) -> (Weir, PathBuf) {
     let file = dir.join("tag.wasm");
     std::fs::copy(plugins::wasm("tagger"), &file).unwrap();
     let w = Weir::with(Opts {
-        extra: format!("[[plugin]]\nname = \"tag\"\npath = {file:?}\n"),
+        extra: format!("[[plugin]]\nname = \"tag\"\npath = {file:?}\n{more}"),
         plugins: "watch_ms = 100".into(),
         ..Default::default()
     });
@@ -543,4 +548,60 @@ async fn a_shadow_is_compared_never_applied_and_promoted_under_load() {
     );
     let (ok, out) = weir_cli(&w, &["promote", "tag"]);
     assert!(!ok && out.contains("has no shadow"), "{out}");
+}
+
+/// A `shadow_of` entry shadows its plugin from startup; a new file under it is a new
+/// candidate and a reload of the plugin keeps it (both counted afresh); promotion swaps
+/// it in; SIGHUP loads the file's chain again, shadow included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_configured_shadow_is_watched_promoted_and_restored_by_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let next = dir.path().join("tag-next.wasm");
+    std::fs::copy(plugins::wasm("tagger"), &next).unwrap();
+    let entry = format!("[[plugin]]\nname = \"tag-next\"\npath = {next:?}\nshadow_of = \"tag\"\n");
+    let (w, _file) = tagging_broker_and(dir.path(), &entry);
+    let (mut sub, _) = C5::connect_with(C5::opts(w.port, "sub")).await;
+    sub.subscribe("s/#", QoS::AtLeastOnce).await;
+    let (p, _) = C5::connect_with(C5::opts(w.port, "pub")).await;
+    let (_, body) = request(w.admin_port, "GET", "/plugins", None);
+    assert!(
+        body.contains("tag-next.wasm"),
+        "the shadow runs from startup: {body}"
+    );
+
+    assert_eq!(tags_of(&p, &mut sub, "s/same", 10).await, vec!["a"; 10]);
+    assert!(eventually(Duration::from_secs(5), || shadow_count(
+        &w, "agreed"
+    ) == 10));
+
+    // A new file under the entry: the watcher loads it as the new candidate.
+    std::fs::copy(plugins::wasm("tagger-b"), &next).unwrap();
+    assert!(eventually(Duration::from_secs(10), || shadow_count(
+        &w, "agreed"
+    ) == 0));
+    assert_eq!(tags_of(&p, &mut sub, "s/other", 10).await, vec!["a"; 10]);
+    assert!(eventually(Duration::from_secs(5), || shadow_count(
+        &w,
+        "disagreed"
+    ) == 10));
+
+    // A reload of the plugin keeps a configured shadow, counted afresh.
+    let (ok, out) = weir_cli(&w, &["reload", "tag"]);
+    assert!(ok && out.contains("tag-next.wasm"), "{out}");
+    assert_eq!(shadow_count(&w, "disagreed"), 0);
+    assert_eq!(tags_of(&p, &mut sub, "s/again", 5).await, vec!["a"; 5]);
+    assert!(eventually(Duration::from_secs(5), || shadow_count(
+        &w,
+        "disagreed"
+    ) == 5));
+
+    let (ok, out) = weir_cli(&w, &["promote", "tag"]);
+    assert!(ok && out.contains("\"shadow\":null"), "{out}");
+    assert_eq!(tags_of(&p, &mut sub, "s/promoted", 10).await, vec!["b"; 10]);
+
+    // The configuration file still says tagger with tagger-b shadowing it.
+    w.sighup_until("plugin chain reconfigured");
+    assert_eq!(tags_of(&p, &mut sub, "s/restored", 10).await, vec!["a"; 10]);
+    let (_, body) = request(w.admin_port, "GET", "/plugins", None);
+    assert!(body.contains("tag-next.wasm"), "the shadow is back: {body}");
 }

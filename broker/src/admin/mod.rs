@@ -191,7 +191,7 @@ fn quantile_us(st: &crate::plugin::Stats, q: f64) -> Option<f64> {
 fn shadow_json(s: &crate::plugin::Shadow) -> Value {
     use std::sync::atomic::Ordering::Relaxed;
     json!({
-        "path": s.path,
+        "path": s.config.path,
         "sha256": s.candidate.hash,
         "agreed": s.agreed.load(Relaxed),
         "disagreed": s.disagreed.load(Relaxed),

@@ -85,13 +85,42 @@ impl PluginChain {
             defaults: config.plugins.clone(),
             max_packet: config.limits.max_packet_size as usize,
         };
-        let mut loaded = Vec::new();
-        for p in &config.plugin {
-            loaded.push(Arc::new(chain.load_one(p)?));
-        }
-        chain.plugins.store(Arc::new(loaded));
+        chain
+            .plugins
+            .store(Arc::new(chain.load_all(&config.plugin)?));
         chain.refresh_active();
         Ok(chain)
+    }
+
+    /// The chain `configs` describe: its members in order, each entry with `shadow_of`
+    /// loaded as the shadow of the member it names. Any that fails fails it all.
+    fn load_all(&self, configs: &[PluginConfig]) -> Result<Vec<Arc<Plugin>>, PluginError> {
+        let mut list = Vec::new();
+        for c in configs.iter().filter(|c| c.shadow_of.is_none()) {
+            list.push(Arc::new(self.load_one(c)?));
+        }
+        for c in configs {
+            let Some(of) = &c.shadow_of else { continue };
+            let target = list.iter().find(|p| &*p.name == of);
+            let target = target.ok_or_else(|| PluginError::Unknown(of.clone()))?;
+            target.set_shadow(Some(self.load_shadow(c)?));
+        }
+        Ok(list)
+    }
+
+    /// A candidate with host state and counters of its own: it takes no tokens from the
+    /// buckets of the plugin it shadows.
+    fn load_shadow(&self, cfg: &PluginConfig) -> Result<Arc<Shadow>, PluginError> {
+        let candidate = Plugin::load(
+            &self.runtime,
+            cfg,
+            &self.defaults,
+            Arc::default(),
+            Arc::default(),
+        )?;
+        tracing::info!(plugin = cfg.shadow_of.as_deref().unwrap_or(&cfg.name), candidate = %candidate.hash,
+            path = %cfg.path.display(), "candidate shadowing the plugin");
+        Ok(Arc::new(Shadow::new(candidate, cfg.clone())))
     }
 
     fn load_one(&self, cfg: &PluginConfig) -> Result<Plugin, PluginError> {
@@ -122,30 +151,48 @@ impl PluginChain {
     /// Loads the plugin's file again and, if the new version compiles, links and
     /// `init`s, swaps it in; otherwise the current version keeps serving and the
     /// rejection is recorded. Runs on the caller's thread, never on a connection's.
+    /// For a `shadow_of` entry, loads the candidate again; the answer is the plugin it
+    /// shadows.
     pub fn reload(&self, name: &str) -> Result<Arc<Plugin>, PluginError> {
         let _one = lock(&self.reloading);
-        self.reload_from(name, None)
+        let cfg = self.config_of(name)?;
+        match &cfg.shadow_of {
+            None => {
+                let fresh = self.swap_in(cfg)?;
+                self.reattach_configured_shadow(&fresh);
+                Ok(fresh)
+            }
+            Some(of) => {
+                let target = self.active(of)?;
+                let loaded = self.load_shadow(&cfg).inspect_err(|e| {
+                    tracing::warn!(
+                        plugin = of,
+                        shadow = name,
+                        "new candidate rejected; the shadow before it stays: {e}"
+                    );
+                })?;
+                target.set_shadow(Some(loaded));
+                Ok(target)
+            }
+        }
     }
 
-    /// [`PluginChain::reload`], from `path` if given (which then becomes the plugin's
-    /// file); the caller holds `reloading`.
-    fn reload_from(&self, name: &str, path: Option<&Path>) -> Result<Arc<Plugin>, PluginError> {
-        let mut cfg = self.config_of(name)?;
-        if let Some(p) = path {
-            cfg.path = p.to_path_buf();
-        }
-        let stats = self.stats_of(name);
+    /// Loads `cfg` and, if it loads, puts it in the place of the plugin of its name,
+    /// both in the chain and among the configurations; the caller holds `reloading`.
+    fn swap_in(&self, cfg: PluginConfig) -> Result<Arc<Plugin>, PluginError> {
+        let name = cfg.name.clone();
+        let stats = self.stats_of(&name);
         match self.load_one(&cfg) {
             Ok(p) => {
                 let fresh = Arc::new(p);
                 let mut list: Vec<Arc<Plugin>> = self.plugins().iter().cloned().collect();
-                for slot in list.iter_mut().filter(|p| &*p.name == name) {
+                for slot in list.iter_mut().filter(|p| *p.name == name) {
                     *slot = fresh.clone();
                 }
                 self.plugins.store(Arc::new(list));
                 self.refresh_active();
                 for c in lock(&self.configs).iter_mut().filter(|c| c.name == name) {
-                    c.path = cfg.path.clone();
+                    *c = cfg.clone();
                 }
                 stats.reloaded();
                 tracing::info!(plugin = name, sha256 = %fresh.hash, "plugin reloaded");
@@ -173,6 +220,29 @@ impl PluginChain {
         found.ok_or_else(|| PluginError::Unknown(name.into()))
     }
 
+    /// A configured shadow outlives reloads of its plugin: loaded again beside the new
+    /// version and counted afresh against it. (One set by `weir shadow` ends with the
+    /// version it was compared with.)
+    fn reattach_configured_shadow(&self, plugin: &Plugin) {
+        let configs = lock(&self.configs);
+        let entry = configs
+            .iter()
+            .find(|c| c.shadow_of.as_deref() == Some(&*plugin.name));
+        let Some(entry) = entry.cloned() else { return };
+        drop(configs);
+        match self.load_shadow(&entry) {
+            Ok(shadow) => plugin.set_shadow(Some(shadow)),
+            Err(e) => tracing::warn!(plugin = %plugin.name, shadow = entry.name,
+                "the configured shadow does not load beside the new version; none runs: {e}"),
+        }
+    }
+
+    /// Forgets the configured shadow of `name` (a `shadow_of` entry), so the file
+    /// watcher no longer brings it back; the configuration file still names it.
+    fn forget_shadow_entry(&self, name: &str) {
+        lock(&self.configs).retain(|c| c.shadow_of.as_deref() != Some(name));
+    }
+
     /// Loads the component at `path` with the plugin's configuration and lets it shadow
     /// the plugin: asked every question the plugin is asked, its answers compared and
     /// counted, never used. It replaces an earlier shadow.
@@ -181,13 +251,9 @@ impl PluginChain {
         let active = self.active(name)?;
         let mut cfg = self.config_of(name)?;
         cfg.path = path.to_path_buf();
-        // Host state and counters of its own: it takes no tokens from the plugin's buckets.
-        let (state, stats) = (Arc::default(), Arc::default());
-        let candidate = Plugin::load(&self.runtime, &cfg, &self.defaults, state, stats)?;
-        let shadow = Arc::new(Shadow::new(candidate, cfg.path.clone()));
+        let shadow = self.load_shadow(&cfg)?;
         active.set_shadow(Some(shadow.clone()));
-        tracing::info!(plugin = name, candidate = %shadow.candidate.hash, path = %path.display(),
-            "candidate shadowing the plugin");
+        self.forget_shadow_entry(name);
         Ok(shadow)
     }
 
@@ -199,17 +265,24 @@ impl PluginChain {
             return Err(PluginError::NoShadow(name.into()));
         }
         active.set_shadow(None);
+        self.forget_shadow_entry(name);
         tracing::info!(plugin = name, "shadow stopped");
         Ok(())
     }
 
-    /// Makes the shadow's file the plugin's and loads it as a reload does: swapped in
-    /// at once for every call that starts after, the old version serving the calls in
-    /// progress. The shadow stops.
+    /// Loads the shadow's file, with the configuration it shadows with, as the plugin's
+    /// and swaps it in as a reload does: at once for every call that starts after, the
+    /// old version serving the calls in progress. The shadow stops.
     pub fn promote(&self, name: &str) -> Result<Arc<Plugin>, PluginError> {
         let _one = lock(&self.reloading);
         let shadow = (self.active(name)?.shadow()).ok_or(PluginError::NoShadow(name.into()))?;
-        let promoted = self.reload_from(name, Some(&shadow.path))?;
+        let cfg = PluginConfig {
+            name: name.to_owned(),
+            shadow_of: None,
+            ..shadow.config.clone()
+        };
+        let promoted = self.swap_in(cfg)?;
+        self.forget_shadow_entry(name);
         tracing::info!(plugin = name, sha256 = %promoted.hash, agreed = shadow.agreed.load(Relaxed),
             disagreed = shadow.disagreed.load(Relaxed), failed = shadow.failed.load(Relaxed),
             "shadow promoted");
@@ -231,10 +304,7 @@ impl PluginChain {
     /// fails, nothing changes.
     pub fn reconfigure(&self, configs: &[PluginConfig]) -> Result<(), PluginError> {
         let _one = lock(&self.reloading);
-        let mut list = Vec::new();
-        for c in configs {
-            list.push(Arc::new(self.load_one(c)?));
-        }
+        let list = self.load_all(configs)?;
         *lock(&self.configs) = configs.to_vec();
         self.plugins.store(Arc::new(list));
         self.refresh_active();
@@ -242,13 +312,28 @@ impl PluginChain {
         Ok(())
     }
 
-    /// The files the chain was loaded from, by plugin name (for the file watcher).
+    /// The files the chain and its configured shadows were loaded from, by entry name
+    /// (for the file watcher).
     pub fn sources(&self) -> Vec<(String, PathBuf)> {
         let configs = lock(&self.configs);
         configs
             .iter()
             .map(|c| (c.name.clone(), c.path.clone()))
             .collect()
+    }
+
+    /// The SHA-256 of what runs for the entry `name`: the plugin, or for a `shadow_of`
+    /// entry the candidate shadowing its plugin.
+    pub fn running_hash(&self, name: &str) -> Option<String> {
+        let of = lock(&self.configs)
+            .iter()
+            .find(|c| c.name == name)
+            .and_then(|c| c.shadow_of.clone());
+        let plugin = self.active(of.as_deref().unwrap_or(name)).ok()?;
+        match of {
+            None => Some(plugin.hash.clone()),
+            Some(_) => plugin.shadow().map(|s| s.candidate.hash.clone()),
+        }
     }
 
     pub fn stats_of(&self, name: &str) -> Arc<Stats> {

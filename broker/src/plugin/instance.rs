@@ -217,7 +217,9 @@ pub struct Plugin {
 /// buckets) is its own, so it takes nothing from the active version's.
 pub struct Shadow {
     pub candidate: Plugin,
-    pub path: std::path::PathBuf,
+    /// What it was loaded with: the plugin's own configuration with another file
+    /// (`weir shadow`), or a `shadow_of` entry's. Promotion loads this.
+    pub config: PluginConfig,
     pub agreed: AtomicU64,
     pub disagreed: AtomicU64,
     pub failed: AtomicU64,
@@ -264,10 +266,10 @@ impl<T: PartialEq + std::fmt::Debug> Compared for Vec<(T, Grants)> {
 const SHADOW_LOGGED: u64 = 20;
 
 impl Shadow {
-    pub fn new(candidate: Plugin, path: std::path::PathBuf) -> Shadow {
+    pub fn new(candidate: Plugin, config: PluginConfig) -> Shadow {
         Shadow {
             candidate,
-            path,
+            config,
             agreed: AtomicU64::new(0),
             disagreed: AtomicU64::new(0),
             failed: AtomicU64::new(0),

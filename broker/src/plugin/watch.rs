@@ -52,12 +52,7 @@ pub fn watch(chain: &Arc<PluginChain>, every: Duration) {
                         continue;
                     };
                     let hash = crate::hex(&Sha256::digest(&bytes));
-                    let running = c
-                        .plugins()
-                        .iter()
-                        .find(|p| *p.name == name)
-                        .map(|p| p.hash.clone());
-                    if running.as_deref() != Some(hash.as_str()) {
+                    if c.running_hash(&name).as_deref() != Some(hash.as_str()) {
                         tracing::info!(plugin = %name, "plugin file changed; reloading");
                         // The outcome is logged and counted by `reload`.
                         let _ = c.reload(&name);

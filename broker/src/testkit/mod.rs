@@ -71,6 +71,7 @@ pub fn load(
         http_timeout_ms: None,
         http_max_bytes: None,
         max_waiting_calls: None,
+        shadow_of: None,
     });
     c.validate()
         .map_err(|e| TestkitError::Config(e.to_string()))?;
