@@ -724,6 +724,10 @@ pub struct Admin {
     pub bind: SocketAddr,
     /// If set, every request needs `Authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// With `key`: the API speaks HTTPS only (PEM chain, reloaded on SIGHUP), so a token
+    /// and the dashboard's cookie never cross the network in the clear.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 impl Admin {
@@ -733,6 +737,11 @@ impl Admin {
                 "admin.token",
                 "must not be empty (leave it out for no token on loopback)",
             ));
+        }
+        match (&self.cert, &self.key) {
+            (Some(_), None) => return Err(invalid("admin.key", "is required with admin.cert")),
+            (None, Some(_)) => return Err(invalid("admin.cert", "is required with admin.key")),
+            _ => {}
         }
         // Anyone who reaches the API can kick clients and swap plugins.
         if self.enabled && self.token.is_none() && !self.bind.ip().is_loopback() {
@@ -754,6 +763,8 @@ impl Default for Admin {
             enabled: true,
             bind: SocketAddr::from(([127, 0, 0, 1], 9883)),
             token: None,
+            cert: None,
+            key: None,
         }
     }
 }
@@ -1038,6 +1049,8 @@ mod tests {
         let ok = "[admin]\nbind = \"0.0.0.0:9883\"\ntoken = \"s3cret\"\n";
         assert!(Config::from_toml(ok).is_ok());
         assert!(Config::from_toml("[admin]\nbind = \"[::1]:9883\"\n").is_ok());
+        let half = Config::from_toml("[admin]\ncert = \"a.pem\"\n").unwrap_err();
+        assert!(half.to_string().contains("admin.key"), "{half}");
         let off = "[admin]\nenabled = false\nbind = \"0.0.0.0:9883\"\n";
         assert!(Config::from_toml(off).is_ok());
     }

@@ -38,6 +38,16 @@ struct Args {
     #[arg(long)]
     admin: Option<SocketAddr>,
 
+    /// The admin API speaks HTTPS: trust the PEM certificates in this file (its CA, or
+    /// its self-signed certificate). Default with --config whose `[admin] cert` is set:
+    /// that file.
+    #[arg(long)]
+    admin_ca: Option<PathBuf>,
+
+    /// The name the admin API's certificate must carry (default: the address's IP).
+    #[arg(long)]
+    admin_name: Option<String>,
+
     /// Bearer token for the admin API (default: `[admin] token` of --config).
     #[arg(long, env = "WEIR_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -167,16 +177,22 @@ fn plugin_command(command: &PluginCommand) -> anyhow::Result<std::process::ExitC
 
 /// Runs an operator command against the admin API; prints the answer.
 fn operate(args: &Args, command: &Command) -> anyhow::Result<()> {
-    use weir::admin::client::{request, segment};
+    use weir::admin::client::{request, segment, Target, Trust};
     let config = match &args.config {
-        Some(path) => Some(Config::from_file(path)?),
+        Some(path) => Some(Config::from_file(path)?.admin),
         None => None,
     };
     let addr = args
         .admin
-        .or(config.as_ref().map(|c| c.admin.bind))
+        .or(config.as_ref().map(|c| c.bind))
         .unwrap_or(weir::config::Admin::default().bind);
-    let token = args.token.clone().or(config.and_then(|c| c.admin.token));
+    let ca = (args.admin_ca.clone()).or(config.as_ref().and_then(|c| c.cert.clone()));
+    let tls = ca.map(|ca| Trust {
+        ca,
+        name: args.admin_name.clone(),
+    });
+    let target = Target { addr, tls };
+    let token = args.token.clone().or(config.and_then(|c| c.token));
     let (method, path) = match command {
         Command::Health => ("GET", "/health".to_string()),
         Command::Metrics => ("GET", "/metrics".to_string()),
@@ -200,7 +216,7 @@ fn operate(args: &Args, command: &Command) -> anyhow::Result<()> {
         Command::Kick { client_id } => ("DELETE", format!("/clients/{}", segment(client_id))),
         Command::Plugin(_) => anyhow::bail!("not an admin API command"),
     };
-    let (status, body) = request(addr, method, &path, token.as_deref())?;
+    let (status, body) = request(&target, method, &path, token.as_deref())?;
     if (200..300).contains(&status) {
         if status == 204 {
             println!("done");

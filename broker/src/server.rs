@@ -225,43 +225,75 @@ async fn start_listeners(
     Ok(listeners)
 }
 
-async fn bind_admin(broker: &Broker) -> Result<TcpListener, ServerError> {
-    let bind = broker.config().admin.bind;
-    TcpListener::bind(bind)
+/// The admin API's socket, and its TLS setup when `[admin] cert` is set (a certificate
+/// that does not load stops startup, naming the file).
+async fn bind_admin(broker: &Broker) -> Result<AdminSocket, ServerError> {
+    let admin = &broker.config().admin;
+    let tls = match (&admin.cert, &admin.key) {
+        (Some(cert), Some(key)) => {
+            let setup = TlsSetup::from_files("admin", cert, key, None, &[b"http/1.1"])?;
+            Some(Arc::new(setup))
+        }
+        _ => None,
+    };
+    let socket = TcpListener::bind(admin.bind)
         .await
         .map_err(|source| ServerError::Bind {
             name: "admin".into(),
-            addr: bind,
+            addr: admin.bind,
             source,
-        })
+        })?;
+    Ok(AdminSocket { socket, tls })
+}
+
+struct AdminSocket {
+    socket: TcpListener,
+    tls: Option<Arc<TlsSetup>>,
 }
 
 fn serve_admin(
-    socket: TcpListener,
+    admin: AdminSocket,
     broker: &Arc<Broker>,
     plugins: Option<Arc<PluginChain>>,
     cluster: Option<Arc<ClusterStats>>,
     listeners: Vec<Arc<ListenerInfo>>,
-    mut down: watch::Receiver<bool>,
+    down: watch::Receiver<bool>,
 ) {
-    let admin = &broker.config().admin;
+    let config = &broker.config().admin;
     let state = Arc::new(AdminState {
         broker: broker.clone(),
         plugins,
         listeners,
-        token: admin.token.clone(),
+        token: config.token.clone(),
+        https: admin.tls.is_some(),
         cluster,
     });
-    tracing::info!(addr = %admin.bind, token = admin.token.is_some(), "admin API listening");
-    tokio::spawn(async move {
-        let serving =
-            axum::serve(socket, crate::admin::router(state)).with_graceful_shutdown(async move {
-                let _ = down.changed().await;
-            });
-        if let Err(e) = serving.await {
-            tracing::error!(error = %e, "admin API stopped");
+    let router = crate::admin::router(state);
+    tracing::info!(addr = %config.bind, token = config.token.is_some(), https = admin.tls.is_some(),
+        "admin API listening");
+    match admin.tls {
+        None => drop(tokio::spawn(serve_http(admin.socket, router, down))),
+        Some(tls) => {
+            reload_certificates_on_sighup(vec![tls.clone()]);
+            match crate::admin::https::Https::new(admin.socket, tls) {
+                Ok(https) => drop(tokio::spawn(serve_http(https, router, down))),
+                Err(e) => tracing::error!(error = %e, "admin API not started"),
+            }
         }
+    }
+}
+
+async fn serve_http<L>(listener: L, router: axum::Router, mut down: watch::Receiver<bool>)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let serving = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let _ = down.changed().await;
     });
+    if let Err(e) = serving.await {
+        tracing::error!(error = %e, "admin API stopped");
+    }
 }
 
 /// The once-a-second pass of [`Broker::housekeeping`] (session expiry, delayed wills,

@@ -376,3 +376,82 @@ fn sighup_without_plugins_leaves_the_broker_running() {
     s.read_exact(&mut connack).unwrap();
     assert_eq!(connack[0], 0x20);
 }
+
+/// `weir` with the admin API at `w`'s, trusting `ca`: whether it succeeded, and what
+/// it printed.
+fn cli_over_tls(w: &Weir, ca: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(weir_tests::weir_bin())
+        .arg("--admin")
+        .arg(format!("127.0.0.1:{}", w.admin_port))
+        .arg("--admin-ca")
+        .arg(ca)
+        .args(["--token", "t0k"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// `[admin] cert` and `key`: the API speaks HTTPS and nothing else, the dashboard's
+/// cookie is `Secure`, the CLI trusts the CA it is given, and SIGHUP puts a new
+/// certificate in force for new connections.
+#[test]
+fn the_admin_api_over_https_marks_its_cookie_secure_and_reloads_on_sighup() {
+    let pki = Pki::new();
+    let w = Weir::with(Opts {
+        admin: format!(
+            "token = \"t0k\"\ncert = {:?}\nkey = {:?}\n",
+            pki.server.cert, pki.server.key
+        ),
+        ..Default::default()
+    });
+    let (ok, out) = cli_over_tls(&w, &pki.ca_file, &["health"]);
+    assert!(ok, "{out}");
+
+    // Plain HTTP gets no HTTP answer: the token never crosses in the clear.
+    let mut plain = TcpStream::connect(("127.0.0.1", w.admin_port)).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let _ =
+        plain.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0k\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(eventually(Duration::from_secs(5), || w
+        .log()
+        .contains("TLS handshake failed")));
+
+    let login = r#"{"token":"t0k"}"#;
+    let (head, _) =
+        weir_tests::http::request_tls(w.admin_port, &pki.ca_file, "POST", "/ui/login", login)
+            .unwrap();
+    let cookie = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"));
+    let cookie = cookie.unwrap_or_else(|| panic!("no cookie: {head}"));
+    assert!(
+        cookie.contains("; Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+
+    // A certificate from another CA, then SIGHUP.
+    let other = weir_tests::pki::Ca::new("Next Admin CA");
+    let other_ca = other.write(&pki.dir.path().join("next-ca.pem"));
+    let (ok, out) = cli_over_tls(&w, &other_ca, &["health"]);
+    assert!(!ok && out.contains("certificate"), "not trusted yet: {out}");
+    let next = other.server(pki.dir.path(), "next");
+    std::fs::copy(&next.cert, &pki.server.cert).unwrap();
+    std::fs::copy(&next.key, &pki.server.key).unwrap();
+    w.sighup_until("TLS certificates reloaded");
+    let (ok, out) = cli_over_tls(&w, &other_ca, &["health"]);
+    assert!(ok, "the new certificate serves: {out}");
+    let (ok, out) = cli_over_tls(&w, &pki.ca_file, &["health"]);
+    assert!(!ok, "the old one no longer: {out}");
+}

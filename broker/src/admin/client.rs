@@ -1,9 +1,26 @@
 //! The client side of the admin API, for `weir plugins`, `weir reload NAME`, ...: one
-//! HTTP/1.1 request per connection over a plain socket (the API is local).
+//! HTTP/1.1 request per connection, over TLS when the API speaks HTTPS.
 
+use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// Where the admin API is, and whom to trust when it speaks HTTPS.
+pub struct Target {
+    pub addr: SocketAddr,
+    pub tls: Option<Trust>,
+}
+
+pub struct Trust {
+    /// PEM certificates to trust: the API's CA, or its self-signed certificate.
+    pub ca: PathBuf,
+    /// The name its certificate must carry; default: the IP address connected to.
+    pub name: Option<String>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -19,6 +36,8 @@ pub enum ClientError {
     },
     #[error("admin API at {addr} answered something that is not HTTP")]
     NotHttp { addr: SocketAddr },
+    #[error("cannot trust the admin API's certificate with {path}: {message}")]
+    Trust { path: PathBuf, message: String },
 }
 
 /// Percent-encodes a path segment (client ids may hold `/`, `?`, spaces, ...).
@@ -35,13 +54,14 @@ pub fn segment(s: &str) -> String {
 
 /// Sends a request; the status code and the body.
 pub fn request(
-    addr: SocketAddr,
+    target: &Target,
     method: &str,
     path: &str,
     token: Option<&str>,
 ) -> Result<(u16, String), ClientError> {
+    let addr = target.addr;
     let io = |source| ClientError::Io { addr, source };
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .map_err(|source| ClientError::Connect { addr, source })?;
     s.set_read_timeout(Some(Duration::from_secs(60)))
         .map_err(io)?;
@@ -49,9 +69,14 @@ pub fn request(
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
     let head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
-    s.write_all(head.as_bytes()).map_err(io)?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(io)?;
+    let raw = match &target.tls {
+        None => exchange(s, head.as_bytes()),
+        Some(trust) => exchange(
+            StreamOwned::new(tls_client(addr, trust)?, s),
+            head.as_bytes(),
+        ),
+    }
+    .map_err(io)?;
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text
         .split_once("\r\n\r\n")
@@ -62,4 +87,44 @@ pub fn request(
         .and_then(|c| c.parse().ok())
         .ok_or(ClientError::NotHttp { addr })?;
     Ok((status, body.to_owned()))
+}
+
+/// Writes the request and reads until the server closes. A TLS server that closes
+/// without `close_notify` after answering still answered.
+fn exchange(mut s: impl Read + Write, request: &[u8]) -> std::io::Result<Vec<u8>> {
+    s.write_all(request)?;
+    let mut raw = Vec::new();
+    match s.read_to_end(&mut raw) {
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => Ok(raw),
+        read => read.map(|_| raw),
+    }
+}
+
+fn tls_client(addr: SocketAddr, trust: &Trust) -> Result<ClientConnection, ClientError> {
+    let fail = |message: String| ClientError::Trust {
+        path: trust.ca.clone(),
+        message,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&trust.ca)
+        .map_err(|e| fail(e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| fail(e.to_string()))?;
+    let mut roots = RootCertStore::empty();
+    for c in certs {
+        roots.add(c).map_err(|e| fail(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(fail("it holds no certificate".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = match &trust.name {
+        Some(n) => ServerName::try_from(n.clone()).map_err(|e| fail(format!("{n}: {e}")))?,
+        None => ServerName::IpAddress(addr.ip().into()),
+    };
+    ClientConnection::new(Arc::new(config), name).map_err(|e| fail(e.to_string()))
 }

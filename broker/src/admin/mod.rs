@@ -6,6 +6,7 @@
 
 mod browse;
 pub mod client;
+pub(crate) mod https;
 mod metrics;
 mod process;
 mod ui;
@@ -30,6 +31,8 @@ pub struct AdminState {
     pub plugins: Option<Arc<PluginChain>>,
     pub listeners: Vec<Arc<ListenerInfo>>,
     pub token: Option<String>,
+    /// Served over TLS: the dashboard's cookie is marked `Secure`.
+    pub https: bool,
     /// In cluster mode, the link to NATS's counters.
     pub cluster: Option<Arc<crate::cluster::ClusterStats>>,
 }

@@ -92,8 +92,9 @@ pub(super) async fn login(
         return Err(err(StatusCode::UNAUTHORIZED, "wrong token"));
     }
     let cookie = format!(
-        "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
-        session_value(token)
+        "{COOKIE}={}; {}",
+        session_value(token),
+        cookie_attributes(s.https)
     );
     let mut r = StatusCode::NO_CONTENT.into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -102,10 +103,19 @@ pub(super) async fn login(
     Ok(r)
 }
 
+/// Script on the page never reads the cookie, other sites never send it, and over
+/// HTTPS the browser never sends it in the clear.
+fn cookie_attributes(https: bool) -> &'static str {
+    match https {
+        true => "HttpOnly; SameSite=Strict; Path=/; Secure",
+        false => "HttpOnly; SameSite=Strict; Path=/",
+    }
+}
+
 /// Forgets the cookie.
-pub(super) async fn logout() -> Response {
+pub(super) async fn logout(State(s): State<Arc<AdminState>>) -> Response {
     let mut r = StatusCode::NO_CONTENT.into_response();
-    let gone = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+    let gone = format!("{COOKIE}=; {}; Max-Age=0", cookie_attributes(s.https));
     if let Ok(v) = HeaderValue::from_str(&gone) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }

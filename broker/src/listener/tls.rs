@@ -52,21 +52,37 @@ impl TlsSetup {
     /// `alpn`: the protocols this listener accepts when a client offers ALPN (`mqtt` for
     /// plain TLS; browsers open WSS with `http/1.1`).
     pub fn load(l: &ListenerConfig, alpn: &[&[u8]]) -> Result<TlsSetup, TlsError> {
-        let setup_err = |message: String| TlsError::Setup {
-            listener: l.name().to_owned(),
-            message,
-        };
         let (Some(cert), Some(key)) = (&l.cert, &l.key) else {
-            return Err(setup_err("cert and key are required".into()));
+            return Err(TlsError::Setup {
+                listener: l.name().to_owned(),
+                message: "cert and key are required".into(),
+            });
+        };
+        let client_ca = l.client_ca.as_deref().map(|ca| (ca, l.client_cert));
+        TlsSetup::from_files(l.name(), cert, key, client_ca, alpn)
+    }
+
+    /// A server certificate chain and key, and the CA client certificates must come
+    /// from (if any), for the listener named `listener` (in errors and logs).
+    pub fn from_files(
+        listener: &str,
+        cert: &Path,
+        key: &Path,
+        client_ca: Option<(&Path, ClientCert)>,
+        alpn: &[&[u8]],
+    ) -> Result<TlsSetup, TlsError> {
+        let setup_err = |message: String| TlsError::Setup {
+            listener: listener.to_owned(),
+            message,
         };
         let ticketer =
             rustls::crypto::ring::Ticketer::new().map_err(|e| setup_err(e.to_string()))?;
         let files = TlsFiles {
-            listener: l.name().to_owned(),
-            cert: cert.clone(),
-            key: key.clone(),
-            client_ca: l.client_ca.clone(),
-            client_cert: l.client_cert,
+            listener: listener.to_owned(),
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            client_ca: client_ca.map(|(ca, _)| ca.to_owned()),
+            client_cert: client_ca.map_or(ClientCert::Required, |(_, c)| c),
             alpn: alpn.iter().map(|p| p.to_vec()).collect(),
             sessions: rustls::server::ServerSessionMemoryCache::new(4096),
             ticketer,
