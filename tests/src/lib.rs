@@ -57,6 +57,20 @@ fn built(package: &str, bin: &str) -> PathBuf {
     target.join("debug").join(bin)
 }
 
+/// `weir ARGS` against the admin API on `admin_port`: whether it succeeded, and what
+/// it printed (stdout, then stderr).
+pub fn weir_cli(admin_port: u16, args: &[&str]) -> (bool, String) {
+    let out = Command::new(weir_bin())
+        .arg("--admin")
+        .arg(format!("127.0.0.1:{admin_port}"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
 /// Path of the `weir` binary, built once per test process (or `WEIR_BIN`).
 pub fn weir_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();

@@ -380,18 +380,9 @@ fn sighup_without_plugins_leaves_the_broker_running() {
 /// `weir` with the admin API at `w`'s, trusting `ca`: whether it succeeded, and what
 /// it printed.
 fn cli_over_tls(w: &Weir, ca: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(weir_tests::weir_bin())
-        .arg("--admin")
-        .arg(format!("127.0.0.1:{}", w.admin_port))
-        .arg("--admin-ca")
-        .arg(ca)
-        .args(["--token", "t0k"])
-        .args(args)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
+    let ca = ca.to_string_lossy();
+    let with = [&["--admin-ca", &*ca, "--token", "t0k"][..], args].concat();
+    weir_tests::weir_cli(w.admin_port, &with)
 }
 
 /// `[admin] cert` and `key`: the API speaks HTTPS and nothing else, the dashboard's

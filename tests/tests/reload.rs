@@ -436,15 +436,7 @@ async fn sighup_rereads_the_plugin_configuration() {
 
 /// `weir` against the broker's admin API: whether it succeeded, and what it printed.
 fn weir_cli(w: &Weir, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(weir_tests::weir_bin())
-        .arg("--admin")
-        .arg(format!("127.0.0.1:{}", w.admin_port))
-        .args(args)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
+    weir_tests::weir_cli(w.admin_port, args)
 }
 
 fn shadow_count(w: &Weir, result: &str) -> u64 {
