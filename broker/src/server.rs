@@ -59,7 +59,9 @@ pub async fn run(
         true => Some(bind_admin(&broker).await?),
         false => None,
     };
-    let listeners = start_listeners(&broker, &shutdown_rx, &alive_tx).await?;
+    let (listeners, mut tls) = start_listeners(&broker, &shutdown_rx, &alive_tx).await?;
+    tls.extend(admin.as_ref().and_then(|a| a.tls.clone()));
+    reload_certificates_on_sighup(tls);
     let sys = crate::sys::Sources {
         broker: broker.clone(),
         listeners: listeners.clone(),
@@ -176,14 +178,14 @@ impl crate::cluster::Arrivals for Arrivals {
     }
 }
 
-/// Binds every configured listener and starts accepting on it. `alive` is cloned into
-/// every connection task, so the server knows all connections are gone when every
-/// clone has been dropped.
+/// Binds every configured listener and starts accepting on it; the listeners, and the
+/// TLS setups SIGHUP reloads. `alive` is cloned into every connection task, so the
+/// server knows all connections are gone when every clone has been dropped.
 async fn start_listeners(
     broker: &Arc<Broker>,
     shutdown: &watch::Receiver<bool>,
     alive: &mpsc::Sender<()>,
-) -> Result<Vec<Arc<ListenerInfo>>, ServerError> {
+) -> Result<(Vec<Arc<ListenerInfo>>, Vec<Arc<TlsSetup>>), ServerError> {
     let limits = &broker.config().limits;
     let global = Arc::new(Semaphore::new(limits.max_connections));
     let refusing = Arc::new(Semaphore::new(limits.max_refusing));
@@ -221,8 +223,7 @@ async fn start_listeners(
             alive.clone(),
         ));
     }
-    reload_certificates_on_sighup(tls_endpoints);
-    Ok(listeners)
+    Ok((listeners, tls_endpoints))
 }
 
 /// The admin API's socket, and its TLS setup when `[admin] cert` is set (a certificate
@@ -273,13 +274,10 @@ fn serve_admin(
         "admin API listening");
     match admin.tls {
         None => drop(tokio::spawn(serve_http(admin.socket, router, down))),
-        Some(tls) => {
-            reload_certificates_on_sighup(vec![tls.clone()]);
-            match crate::admin::https::Https::new(admin.socket, tls) {
-                Ok(https) => drop(tokio::spawn(serve_http(https, router, down))),
-                Err(e) => tracing::error!(error = %e, "admin API not started"),
-            }
-        }
+        Some(tls) => match crate::admin::https::Https::new(admin.socket, tls) {
+            Ok(https) => drop(tokio::spawn(serve_http(https, router, down))),
+            Err(e) => tracing::error!(error = %e, "admin API not started"),
+        },
     }
 }
 
@@ -341,7 +339,8 @@ impl Drop for Housekeeper {
     }
 }
 
-/// SIGHUP re-reads every TLS listener's certificate, key and client CA. Established
+/// SIGHUP re-reads every TLS listener's certificate, key and client CA (the admin API's
+/// too). Established
 /// connections keep the session they have; a file that fails to load leaves that
 /// listener on its previous certificates.
 fn reload_certificates_on_sighup(endpoints: Vec<Arc<TlsSetup>>) {

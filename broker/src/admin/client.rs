@@ -1,7 +1,7 @@
 //! The client side of the admin API, for `weir plugins`, `weir reload NAME`, ...: one
 //! HTTP/1.1 request per connection, over TLS when the API speaks HTTPS.
 
-use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -105,19 +105,14 @@ fn tls_client(addr: SocketAddr, trust: &Trust) -> Result<ClientConnection, Clien
         path: trust.ca.clone(),
         message,
     };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&trust.ca)
-        .map_err(|e| fail(e.to_string()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| fail(e.to_string()))?;
     let mut roots = RootCertStore::empty();
-    for c in certs {
+    for c in crate::listener::tls::pem_certificates(&trust.ca).map_err(fail)? {
         roots.add(c).map_err(|e| fail(e.to_string()))?;
     }
     if roots.is_empty() {
         return Err(fail("it holds no certificate".into()));
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
+    let config = ClientConfig::builder_with_provider(crate::listener::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| fail(e.to_string()))?
         .with_root_certificates(roots)

@@ -163,16 +163,12 @@ impl TlsFiles {
         path: &Path,
         what: &'static str,
     ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-        let pem_err = |message: String| TlsError::Pem {
+        let certs = pem_certificates(path).map_err(|message| TlsError::Pem {
             listener: self.listener.clone(),
             what,
             path: path.to_owned(),
             message,
-        };
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| pem_err(e.to_string()))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| pem_err(e.to_string()))?;
+        })?;
         if certs.is_empty() {
             return Err(TlsError::NoCertificate {
                 listener: self.listener.clone(),
@@ -183,7 +179,16 @@ impl TlsFiles {
     }
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+/// Every certificate in a PEM file (none is not an error here); the reason otherwise.
+pub fn pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    CertificateDer::pem_file_iter(path)
+        .map_err(|e| e.to_string())?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())
+}
+
+/// ring, the one crypto provider Weir builds with (servers and the admin client).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
